@@ -1,0 +1,484 @@
+//! Collectives: validation, plan selection, execution, AVG finalisation. Each operation has one
+//! implementation (`*_impl`) used by its blocking typed form, its blocking byte form (`*_raw`)
+//! and its asynchronous owned-buffer form (`*_async`).
+use super::buffer::{as_bytes, as_bytes_mut, Element};
+use super::select::{self, AllReduceAlgo, Topo};
+use super::ProcessGroup;
+use crate::algo;
+use crate::engine::comm::{Comm, OpCtx};
+use crate::engine::exec::{self, Bufs, Reduction};
+use crate::engine::p2p::OpBuffer;
+use crate::engine::work::Work;
+use crate::error::{ChorusError, Result};
+use chorus_kernels::{self as kernels, DType, ReduceOp};
+
+mod kind {
+    pub const ALL_REDUCE: u64 = 1;
+    pub const REDUCE: u64 = 2;
+    pub const BROADCAST: u64 = 3;
+    pub const ALL_GATHER: u64 = 4;
+    pub const REDUCE_SCATTER: u64 = 5;
+    pub const ALL_TO_ALL: u64 = 6;
+    pub const GATHER: u64 = 7;
+    pub const SCATTER: u64 = 8;
+    pub const BARRIER: u64 = 9;
+    pub const ALL_TO_ALL_V: u64 = 10;
+}
+
+fn elems(bytes: usize, dtype: DType, what: &str) -> Result<u64> {
+    if bytes % dtype.size() != 0 {
+        return Err(ChorusError::InvalidArgument(format!("{what}: {bytes} bytes is not a whole number of {} elements", dtype.name())));
+    }
+    Ok((bytes / dtype.size()) as u64)
+}
+
+fn check_root(root: usize, n: usize) -> Result<()> {
+    if root >= n {
+        return Err(ChorusError::InvalidRank { rank: root, size: n });
+    }
+    Ok(())
+}
+
+fn finalize(op: ReduceOp, dtype: DType, buf: &mut [u8], n: usize) -> Result<()> {
+    if op == ReduceOp::Avg {
+        kernels::finalize_avg(dtype, buf, n)?;
+    }
+    Ok(())
+}
+
+fn all_reduce_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+    let (n, me, bytes, elem, chunk) = (t.n, t.me, buf.len(), dtype.size(), t.chunk);
+    let plan = match select::all_reduce(&t, bytes) {
+        AllReduceAlgo::Direct => algo::all_reduce_direct(n, me, bytes, elem, chunk),
+        AllReduceAlgo::RsAg => algo::all_reduce_rs_ag(n, me, bytes, elem, chunk),
+        AllReduceAlgo::Ring => algo::all_reduce_ring(n, me, bytes, elem, chunk),
+    };
+    exec::run(comm, ctx, &plan, &mut Bufs::InPlace(buf), Some(Reduction { dtype, op }), None)?;
+    finalize(op, dtype, buf, n)
+}
+
+fn reduce_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
+    let (n, me, bytes, elem, chunk) = (t.n, t.me, buf.len(), dtype.size(), t.chunk);
+    let plan = if select::reduce_rs_gather(&t, bytes) {
+        algo::reduce_rs_gather(n, me, root, bytes, elem, chunk)
+    } else {
+        algo::reduce_direct(n, me, root, bytes, elem, chunk)
+    };
+    let red = Some(Reduction { dtype, op });
+    if me == root {
+        exec::run(comm, ctx, &plan, &mut Bufs::InPlace(buf), red, None)?;
+        finalize(op, dtype, buf, n)
+    } else {
+        // Non-roots keep their input intact; partial results go to scratch.
+        let mut scratch = vec![0u8; bytes];
+        exec::run(comm, ctx, &plan, &mut Bufs::Separate { input: buf, output: &mut scratch }, red, None)?;
+        comm.drain(ctx)
+    }
+}
+
+fn broadcast_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], root: usize) -> Result<()> {
+    let plan = if select::broadcast_chain(&t, buf.len()) {
+        algo::broadcast_chain(t.n, t.me, root, buf.len(), t.chunk)
+    } else {
+        algo::broadcast_direct(t.n, t.me, root, buf.len(), t.chunk)
+    };
+    exec::run(comm, ctx, &plan, &mut Bufs::InPlace(buf), None, None)?;
+    comm.drain(ctx)
+}
+
+fn all_gather_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8]) -> Result<()> {
+    let block = input.len();
+    let plan = if select::use_ring(&t, output.len()) {
+        algo::all_gather_ring(t.n, t.me, block, t.chunk)
+    } else {
+        algo::all_gather_direct(t.n, t.me, block, t.chunk)
+    };
+    exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, None, None)
+}
+
+fn reduce_scatter_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+    let block = output.len();
+    let plan = if select::use_ring(&t, input.len()) {
+        algo::reduce_scatter_ring(t.n, t.me, block, dtype.size(), t.chunk)
+    } else {
+        algo::reduce_scatter_direct(t.n, t.me, block, dtype.size(), t.chunk)
+    };
+    exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, Some(Reduction { dtype, op }), None)?;
+    finalize(op, dtype, output, t.n)
+}
+
+fn all_to_all_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], send: &[(usize, usize)], recv: &[(usize, usize)], check_totals: bool) -> Result<()> {
+    let plan = algo::all_to_all(t.n, t.me, send, recv, t.chunk);
+    let st: Vec<u64> = send.iter().map(|s| s.1 as u64).collect();
+    let rt: Vec<u64> = recv.iter().map(|r| r.1 as u64).collect();
+    let totals = check_totals.then_some((&st[..], &rt[..]));
+    exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, None, totals)
+}
+
+fn gather_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+    let plan = algo::gather(t.n, t.me, root, input.len(), t.chunk);
+    exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, None, None)?;
+    comm.drain(ctx)
+}
+
+fn scatter_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+    let plan = algo::scatter(t.n, t.me, root, output.len(), t.chunk);
+    exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, None, None)?;
+    comm.drain(ctx)
+}
+
+fn even_splits(n: usize, block: usize) -> Vec<(usize, usize)> {
+    (0..n).map(|p| (p * block, block)).collect()
+}
+
+fn counts_to_splits(counts: &[usize], elem: usize) -> Vec<(usize, usize)> {
+    let mut off = 0;
+    counts
+        .iter()
+        .map(|&c| {
+            let s = (off, c * elem);
+            off += c * elem;
+            s
+        })
+        .collect()
+}
+
+impl ProcessGroup {
+    // ---------------------------------------------------------------- all_reduce
+    /// Reduces `buf` across all ranks; every rank gets the result.
+    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        self.all_reduce_raw(as_bytes_mut(buf), T::DTYPE, op)
+    }
+
+    pub fn all_reduce_raw(&self, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+        kernels::check_supported(dtype, op)?;
+        let count = elems(buf.len(), dtype, "all_reduce")?;
+        let t = self.topo();
+        self.run_blocking("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], |c, x| all_reduce_impl(t, c, x, buf, dtype, op))
+    }
+
+    pub fn all_reduce_async<B: OpBuffer>(&self, buf: B, dtype: DType, op: ReduceOp) -> Work<B> {
+        let count = match kernels::check_supported(dtype, op).map_err(ChorusError::from).and_then(|_| elems(buf.bytes().len(), dtype, "all_reduce")) {
+            Ok(c) => c,
+            Err(e) => return Work::ready("all_reduce", Err(e)),
+        };
+        let t = self.topo();
+        self.run_async("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], buf, move |c, x, b| all_reduce_impl(t, c, x, b.bytes_mut(), dtype, op))
+    }
+
+    // ---------------------------------------------------------------- reduce
+    /// Reduces `buf` across all ranks into `root`'s `buf` (other ranks' buffers are unchanged).
+    pub fn reduce<T: Element>(&self, buf: &mut [T], root: usize, op: ReduceOp) -> Result<()> {
+        self.reduce_raw(as_bytes_mut(buf), root, T::DTYPE, op)
+    }
+
+    pub fn reduce_raw(&self, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
+        kernels::check_supported(dtype, op)?;
+        check_root(root, self.size())?;
+        let count = elems(buf.len(), dtype, "reduce")?;
+        let t = self.topo();
+        self.run_blocking("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], |c, x| reduce_impl(t, c, x, buf, root, dtype, op))
+    }
+
+    pub fn reduce_async<B: OpBuffer>(&self, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Work<B> {
+        let count = match kernels::check_supported(dtype, op)
+            .map_err(ChorusError::from)
+            .and_then(|_| check_root(root, self.size()))
+            .and_then(|_| elems(buf.bytes().len(), dtype, "reduce"))
+        {
+            Ok(c) => c,
+            Err(e) => return Work::ready("reduce", Err(e)),
+        };
+        let t = self.topo();
+        self.run_async("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], buf, move |c, x, b| reduce_impl(t, c, x, b.bytes_mut(), root, dtype, op))
+    }
+
+    // ---------------------------------------------------------------- broadcast
+    /// Copies `root`'s `buf` into every rank's `buf`.
+    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
+        self.broadcast_raw(as_bytes_mut(buf), root)
+    }
+
+    pub fn broadcast_raw(&self, buf: &mut [u8], root: usize) -> Result<()> {
+        check_root(root, self.size())?;
+        let t = self.topo();
+        self.run_blocking("broadcast", &[kind::BROADCAST, buf.len() as u64, root as u64], |c, x| broadcast_impl(t, c, x, buf, root))
+    }
+
+    pub fn broadcast_async<B: OpBuffer>(&self, buf: B, root: usize) -> Work<B> {
+        if let Err(e) = check_root(root, self.size()) {
+            return Work::ready("broadcast", Err(e));
+        }
+        let t = self.topo();
+        let len = buf.bytes().len() as u64;
+        self.run_async("broadcast", &[kind::BROADCAST, len, root as u64], buf, move |c, x, b| broadcast_impl(t, c, x, b.bytes_mut(), root))
+    }
+
+    // ---------------------------------------------------------------- all_gather
+    /// Concatenates every rank's `input` (rank order) into every rank's `output`
+    /// (`output.len() == size * input.len()`).
+    pub fn all_gather<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<()> {
+        self.all_gather_raw(as_bytes(input), as_bytes_mut(output))
+    }
+
+    pub fn all_gather_raw(&self, input: &[u8], output: &mut [u8]) -> Result<()> {
+        self.check_gather_sizes("all_gather", input.len(), output.len())?;
+        let t = self.topo();
+        self.run_blocking("all_gather", &[kind::ALL_GATHER, input.len() as u64], |c, x| all_gather_impl(t, c, x, input, output))
+    }
+
+    /// List form: `outputs[r]` receives rank `r`'s input.
+    pub fn all_gather_list<T: Element>(&self, input: &[T], outputs: &mut [&mut [T]]) -> Result<()> {
+        if outputs.len() != self.size() || outputs.iter().any(|o| o.len() != input.len()) {
+            return Err(ChorusError::InvalidArgument(format!(
+                "all_gather: expected {} output buffers of {} elements each, got {} buffers",
+                self.size(),
+                input.len(),
+                outputs.len()
+            )));
+        }
+        let mut flat = vec![0u8; std::mem::size_of_val(input) * self.size()];
+        self.all_gather_raw(as_bytes(input), &mut flat)?;
+        let block = std::mem::size_of_val(input);
+        for (r, o) in outputs.iter_mut().enumerate() {
+            as_bytes_mut(o).copy_from_slice(&flat[r * block..(r + 1) * block]);
+        }
+        Ok(())
+    }
+
+    pub fn all_gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {
+        if let Err(e) = self.check_gather_sizes("all_gather", input.bytes().len(), output.bytes().len()) {
+            return Work::ready("all_gather", Err(e));
+        }
+        let t = self.topo();
+        let len = input.bytes().len() as u64;
+        self.run_async("all_gather", &[kind::ALL_GATHER, len], (input, output), move |c, x, (i, o)| all_gather_impl(t, c, x, i.bytes(), o.bytes_mut()))
+    }
+
+    fn check_gather_sizes(&self, op: &str, block: usize, total: usize) -> Result<()> {
+        if total != block * self.size() {
+            return Err(ChorusError::InvalidArgument(format!(
+                "{op}: the gathered buffer has {total} bytes but must have {} ({} ranks x {block})",
+                block * self.size(),
+                self.size()
+            )));
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- reduce_scatter
+    /// Reduces `input` (`size` blocks) across ranks; rank `r` gets block `r` in `output`.
+    pub fn reduce_scatter<T: Element>(&self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<()> {
+        self.reduce_scatter_raw(as_bytes(input), as_bytes_mut(output), T::DTYPE, op)
+    }
+
+    pub fn reduce_scatter_raw(&self, input: &[u8], output: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+        kernels::check_supported(dtype, op)?;
+        self.check_gather_sizes("reduce_scatter", output.len(), input.len())?;
+        let count = elems(output.len(), dtype, "reduce_scatter")?;
+        let t = self.topo();
+        self.run_blocking("reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], |c, x| {
+            reduce_scatter_impl(t, c, x, input, output, dtype, op)
+        })
+    }
+
+    /// List form: `inputs[r]` is the block reduced into rank `r`'s output.
+    pub fn reduce_scatter_list<T: Element>(&self, inputs: &[&[T]], output: &mut [T], op: ReduceOp) -> Result<()> {
+        if inputs.len() != self.size() || inputs.iter().any(|i| i.len() != output.len()) {
+            return Err(ChorusError::InvalidArgument(format!(
+                "reduce_scatter: expected {} input buffers of {} elements each, got {} buffers",
+                self.size(),
+                output.len(),
+                inputs.len()
+            )));
+        }
+        let flat: Vec<u8> = inputs.iter().flat_map(|i| as_bytes(i).iter().copied()).collect();
+        self.reduce_scatter_raw(&flat, as_bytes_mut(output), T::DTYPE, op)
+    }
+
+    pub fn reduce_scatter_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, dtype: DType, op: ReduceOp) -> Work<(I, O)> {
+        let count = match kernels::check_supported(dtype, op)
+            .map_err(ChorusError::from)
+            .and_then(|_| self.check_gather_sizes("reduce_scatter", output.bytes().len(), input.bytes().len()))
+            .and_then(|_| elems(output.bytes().len(), dtype, "reduce_scatter"))
+        {
+            Ok(c) => c,
+            Err(e) => return Work::ready("reduce_scatter", Err(e)),
+        };
+        let t = self.topo();
+        self.run_async("reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], (input, output), move |c, x, (i, o)| {
+            reduce_scatter_impl(t, c, x, i.bytes(), o.bytes_mut(), dtype, op)
+        })
+    }
+
+    // ---------------------------------------------------------------- all_to_all
+    /// Equal splits: block `p` of `input` goes to rank `p`; block `p` of `output` comes from `p`.
+    pub fn all_to_all<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<()> {
+        self.all_to_all_raw(as_bytes(input), as_bytes_mut(output))
+    }
+
+    pub fn all_to_all_raw(&self, input: &[u8], output: &mut [u8]) -> Result<()> {
+        let block = self.check_all_to_all(input.len(), output.len())?;
+        let t = self.topo();
+        let splits = even_splits(t.n, block);
+        self.run_blocking("all_to_all", &[kind::ALL_TO_ALL, input.len() as u64], |c, x| all_to_all_impl(t, c, x, input, output, &splits, &splits, false))
+    }
+
+    fn check_all_to_all(&self, input: usize, output: usize) -> Result<usize> {
+        let n = self.size();
+        if input != output || input % n != 0 {
+            return Err(ChorusError::InvalidArgument(format!(
+                "all_to_all: input ({input} bytes) and output ({output} bytes) must be equal and divisible by the group size {n}"
+            )));
+        }
+        Ok(input / n)
+    }
+
+    /// Uneven splits (like torch's `all_to_all_single`): `send_counts[p]` elements of `input`
+    /// go to rank `p` (consecutively), `recv_counts[p]` elements from `p` land in `output`.
+    pub fn all_to_all_v<T: Element>(&self, input: &[T], send_counts: &[usize], output: &mut [T], recv_counts: &[usize]) -> Result<()> {
+        self.all_to_all_v_raw(as_bytes(input), send_counts, as_bytes_mut(output), recv_counts, T::DTYPE)
+    }
+
+    pub fn all_to_all_v_raw(&self, input: &[u8], send_counts: &[usize], output: &mut [u8], recv_counts: &[usize], dtype: DType) -> Result<()> {
+        let (send, recv) = self.check_all_to_all_v(input.len(), send_counts, output.len(), recv_counts, dtype)?;
+        let t = self.topo();
+        self.run_blocking("all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], |c, x| all_to_all_impl(t, c, x, input, output, &send, &recv, true))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn check_all_to_all_v(&self, input: usize, send_counts: &[usize], output: usize, recv_counts: &[usize], dtype: DType) -> Result<(Vec<(usize, usize)>, Vec<(usize, usize)>)> {
+        let n = self.size();
+        let e = dtype.size();
+        if send_counts.len() != n || recv_counts.len() != n {
+            return Err(ChorusError::InvalidArgument(format!("all_to_all_v: need {n} send and recv counts, got {} and {}", send_counts.len(), recv_counts.len())));
+        }
+        let (s, r): (usize, usize) = (send_counts.iter().sum(), recv_counts.iter().sum());
+        if s * e > input || r * e > output {
+            return Err(ChorusError::InvalidArgument(format!(
+                "all_to_all_v: counts need {} input and {} output bytes but the buffers have {input} and {output}",
+                s * e,
+                r * e
+            )));
+        }
+        Ok((counts_to_splits(send_counts, e), counts_to_splits(recv_counts, e)))
+    }
+
+    pub fn all_to_all_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {
+        let block = match self.check_all_to_all(input.bytes().len(), output.bytes().len()) {
+            Ok(b) => b,
+            Err(e) => return Work::ready("all_to_all", Err(e)),
+        };
+        let t = self.topo();
+        let len = input.bytes().len() as u64;
+        let splits = even_splits(t.n, block);
+        self.run_async("all_to_all", &[kind::ALL_TO_ALL, len], (input, output), move |c, x, (i, o)| {
+            all_to_all_impl(t, c, x, i.bytes(), o.bytes_mut(), &splits, &splits, false)
+        })
+    }
+
+    pub fn all_to_all_v_async<I: OpBuffer, O: OpBuffer>(&self, input: I, send_counts: Vec<usize>, output: O, recv_counts: Vec<usize>, dtype: DType) -> Work<(I, O)> {
+        let (send, recv) = match self.check_all_to_all_v(input.bytes().len(), &send_counts, output.bytes().len(), &recv_counts, dtype) {
+            Ok(s) => s,
+            Err(e) => return Work::ready("all_to_all_v", Err(e)),
+        };
+        let t = self.topo();
+        self.run_async("all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], (input, output), move |c, x, (i, o)| {
+            all_to_all_impl(t, c, x, i.bytes(), o.bytes_mut(), &send, &recv, true)
+        })
+    }
+
+    // ---------------------------------------------------------------- gather / scatter
+    /// Every rank's `input` lands in `root`'s `output` (rank order); `output` is ignored elsewhere.
+    pub fn gather<T: Element>(&self, input: &[T], output: &mut [T], root: usize) -> Result<()> {
+        self.gather_raw(as_bytes(input), as_bytes_mut(output), root)
+    }
+
+    pub fn gather_raw(&self, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+        check_root(root, self.size())?;
+        let out_len = if self.rank() == root {
+            self.check_gather_sizes("gather", input.len(), output.len())?;
+            output.len()
+        } else {
+            0
+        };
+        let t = self.topo();
+        self.run_blocking("gather", &[kind::GATHER, input.len() as u64, root as u64], |c, x| gather_impl(t, c, x, input, &mut output[..out_len], root))
+    }
+
+    pub fn gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
+        let me = self.rank();
+        let check = check_root(root, self.size()).and_then(|_| {
+            if me == root {
+                self.check_gather_sizes("gather", input.bytes().len(), output.bytes().len())
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = check {
+            return Work::ready("gather", Err(e));
+        }
+        let t = self.topo();
+        let len = input.bytes().len() as u64;
+        self.run_async("gather", &[kind::GATHER, len, root as u64], (input, output), move |c, x, (i, o)| {
+            let out = o.bytes_mut();
+            let out = if me == root { out } else { &mut out[..0] };
+            gather_impl(t, c, x, i.bytes(), out, root)
+        })
+    }
+
+    /// `root`'s `input` (`size` blocks) is split so rank `r` gets block `r` in `output`.
+    pub fn scatter<T: Element>(&self, input: &[T], output: &mut [T], root: usize) -> Result<()> {
+        self.scatter_raw(as_bytes(input), as_bytes_mut(output), root)
+    }
+
+    pub fn scatter_raw(&self, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+        check_root(root, self.size())?;
+        let in_len = if self.rank() == root {
+            self.check_gather_sizes("scatter", output.len(), input.len())?;
+            input.len()
+        } else {
+            0
+        };
+        let t = self.topo();
+        self.run_blocking("scatter", &[kind::SCATTER, output.len() as u64, root as u64], |c, x| scatter_impl(t, c, x, &input[..in_len], output, root))
+    }
+
+    pub fn scatter_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
+        let me = self.rank();
+        let check = check_root(root, self.size()).and_then(|_| {
+            if me == root {
+                self.check_gather_sizes("scatter", output.bytes().len(), input.bytes().len())
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = check {
+            return Work::ready("scatter", Err(e));
+        }
+        let t = self.topo();
+        let len = output.bytes().len() as u64;
+        self.run_async("scatter", &[kind::SCATTER, len, root as u64], (input, output), move |c, x, (i, o)| {
+            let inp = if me == root { i.bytes() } else { &i.bytes()[..0] };
+            scatter_impl(t, c, x, inp, o.bytes_mut(), root)
+        })
+    }
+
+    // ---------------------------------------------------------------- barrier
+    /// Returns once every rank has entered the barrier.
+    pub fn barrier(&self) -> Result<()> {
+        let t = self.topo();
+        self.run_blocking("barrier", &[kind::BARRIER], |c, x| {
+            let plan = algo::barrier(t.n, t.me);
+            exec::run(c, x, &plan, &mut Bufs::InPlace(&mut []), None, None)
+        })
+    }
+
+    pub fn barrier_async(&self) -> Work<()> {
+        let t = self.topo();
+        self.run_async("barrier", &[kind::BARRIER], (), move |c, x, _| {
+            let plan = algo::barrier(t.n, t.me);
+            exec::run(c, x, &plan, &mut Bufs::InPlace(&mut []), None, None)
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! The public Rust API: [`ProcessGroup`], its collectives and point-to-point calls.
+pub mod buffer;
+mod collectives;
+mod p2p;
+pub mod p2p_types { pub use super::p2p::P2pRequest; }
+pub mod select;
+
+use crate::engine::comm::{describe, Comm, OpCtx};
+use crate::engine::work::{self, Work};
+use crate::error::{ChorusError, Result};
+use crate::group::{self, GroupInner};
+use crate::options::Options;
+use chorus_bootstrap::{env, Store, StoreServer};
+use select::Topo;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A group of ranks that run collectives together. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct ProcessGroup {
+    inner: Arc<GroupInner>,
+    /// Keeps a store this rank hosts alive for the group's life.
+    _server: Option<Arc<StoreServer>>,
+}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessGroup").field("uid", &self.inner.uid).field("rank", &self.inner.rank).field("size", &self.inner.size).finish()
+    }
+}
+
+impl ProcessGroup {
+    /// Creates a top-level group: every one of `size` ranks calls this with its `rank` and a
+    /// client of the same store.
+    pub fn new(store: Arc<dyn Store>, rank: usize, size: usize, opts: Options) -> Result<ProcessGroup> {
+        // Generations keep repeated top-level groups with the same name apart on one store.
+        let gen = store.add(&format!("chorus/{}/generation/{rank}", opts.name), 1)?;
+        let uid = format!("{}.{gen}", opts.name);
+        let inner = group::create(store, uid, rank, size, (0..size).collect(), opts)?;
+        Ok(ProcessGroup { inner, _server: None })
+    }
+
+    /// Creates the default group from torchrun/SLURM/chorus-run environment variables: rank 0
+    /// hosts the store unless `CHORUS_STORE_ADDR` names one (as `chorus-run` does).
+    pub fn from_env(opts: Options) -> Result<ProcessGroup> {
+        let rdv = env::from_env()?;
+        let (store, server) = env::connect_store(&rdv, opts.timeout)?;
+        let mut opts = opts;
+        if opts.route_hint.is_none() {
+            opts.route_hint = Some(rdv.master_addr.clone());
+        }
+        let mut pg = ProcessGroup::new(store, rdv.rank, rdv.world_size, opts)?;
+        pg._server = server.map(Arc::new);
+        Ok(pg)
+    }
+
+    pub fn rank(&self) -> usize {
+        self.inner.rank
+    }
+
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// The group's unique id (stable across ranks).
+    pub fn uid(&self) -> &str {
+        &self.inner.uid
+    }
+
+    /// The transport used towards each rank ("self" for this rank).
+    pub fn transports(&self) -> Vec<&'static str> {
+        group::transport_names(&self.inner.links)
+    }
+
+    /// Connections this rank made for the group (sockets and shared-memory mappings).
+    pub fn connection_count(&self) -> u64 {
+        self.inner.counters.connections.load(Ordering::Relaxed)
+    }
+
+    /// This group's rank `r` expressed as a rank of the group it was made from.
+    pub fn parent_rank(&self, r: usize) -> Option<usize> {
+        self.inner.parent_ranks.get(r).copied()
+    }
+
+    /// A subgroup of the given ranks (ranks of this group). Every rank of this group must call
+    /// it, in the same order as other `new_group` calls; members get `Some`, others `None`.
+    pub fn new_group(&self, ranks: &[usize]) -> Result<Option<ProcessGroup>> {
+        self.inner.check_live()?;
+        let mut sorted = ranks.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != ranks.len() {
+            return Err(ChorusError::InvalidArgument(format!("new_group: ranks {ranks:?} contain duplicates")));
+        }
+        if let Some(&bad) = sorted.iter().find(|&&r| r >= self.size()) {
+            return Err(ChorusError::InvalidRank { rank: bad, size: self.size() });
+        }
+        let k = self.inner.subgroups.fetch_add(1, Ordering::SeqCst);
+        let uid = format!("{}/{k}", self.inner.uid);
+        let Some(my_index) = sorted.iter().position(|&r| r == self.rank()) else { return Ok(None) };
+        let inner = group::create(self.inner.store.clone(), uid, my_index, sorted.len(), sorted, self.inner.opts.clone())?;
+        Ok(Some(ProcessGroup { inner, _server: self._server.clone() }))
+    }
+
+    /// Splits this group by `color` (ranks with equal colors form a group, ordered by `key` then
+    /// rank); `None` opts out. Every rank of this group must call it.
+    pub fn split(&self, color: Option<u32>, key: i64) -> Result<Option<ProcessGroup>> {
+        self.inner.check_live()?;
+        let k = self.inner.subgroups.fetch_add(1, Ordering::SeqCst);
+        let enc = |c: Option<u32>, key: i64| format!("{}:{key}", c.map_or(-1, |c| c as i64));
+        let me_key = self.inner.store_key(&format!("split/{k}/{}", self.rank()));
+        self.inner.store.set(&me_key, enc(color, key).as_bytes())?;
+        let keys: Vec<String> = (0..self.size()).map(|r| self.inner.store_key(&format!("split/{k}/{r}"))).collect();
+        let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+        let vals = self.inner.store.wait(&refs, self.inner.opts.timeout)?;
+        let Some(color) = color else { return Ok(None) };
+        let mut members: Vec<(i64, usize)> = Vec::new();
+        for (r, v) in vals.iter().enumerate() {
+            let s = String::from_utf8_lossy(v);
+            let (c, kk) = s.split_once(':').ok_or_else(|| ChorusError::InvalidArgument("bad split record".into()))?;
+            if c.parse::<i64>().ok() == Some(color as i64) {
+                members.push((kk.parse().unwrap_or(0), r));
+            }
+        }
+        members.sort_unstable();
+        let ranks: Vec<usize> = members.iter().map(|&(_, r)| r).collect();
+        let my_index = ranks.iter().position(|&r| r == self.rank()).expect("member of own color");
+        let uid = format!("{}/{k}.{color}", self.inner.uid);
+        let inner = group::create(self.inner.store.clone(), uid, my_index, ranks.len(), ranks, self.inner.opts.clone())?;
+        Ok(Some(ProcessGroup { inner, _server: self._server.clone() }))
+    }
+
+    /// Destroys the group: later calls on any handle fail with `Destroyed`; peers still inside an
+    /// operation with this rank get an error instead of waiting for their deadline.
+    pub fn destroy(&self) {
+        self.inner.destroy(true);
+    }
+
+    fn topo(&self) -> Topo {
+        Topo { n: self.inner.size, me: self.inner.rank, chunk: self.inner.chunk, shared_memory: self.inner.all_shared_memory }
+    }
+
+    fn next_ctx(&self, name: &'static str, desc: &[u64]) -> OpCtx {
+        let op_seq = self.inner.op_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.counters.collectives.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        OpCtx { name, op_seq, desc: describe(desc), deadline: now + self.inner.opts.timeout, started: now }
+    }
+
+    /// Runs a collective on the caller's thread, after every queued asynchronous one.
+    fn run_blocking(&self, name: &'static str, desc: &[u64], f: impl FnOnce(&mut Comm, &OpCtx) -> Result<()>) -> Result<()> {
+        self.inner.check_live()?;
+        self.inner.worker.quiesce(self.inner.opts.timeout)?;
+        let ctx = self.next_ctx(name, desc);
+        let mut guard = self.inner.coll.lock().unwrap_or_else(|p| p.into_inner());
+        let _span = tracing::debug_span!("collective", op = name, seq = ctx.op_seq, rank = self.inner.rank).entered();
+        let ctx = OpCtx { started: Instant::now(), deadline: Instant::now() + self.inner.opts.timeout, ..ctx };
+        f(&mut guard.comm, &ctx)
+    }
+
+    /// Queues a collective on the group's worker; `bufs` travel with it and come back from
+    /// `Work::wait`.
+    fn run_async<B: Send + 'static>(
+        &self,
+        name: &'static str,
+        desc: &[u64],
+        mut bufs: B,
+        f: impl FnOnce(&mut Comm, &OpCtx, &mut B) -> Result<()> + Send + 'static,
+    ) -> Work<B> {
+        if let Err(e) = self.inner.check_live() {
+            return Work::ready(name, Err(e));
+        }
+        let ctx = self.next_ctx(name, desc);
+        let (work, done) = work::pair(name);
+        let coll = self.inner.coll.clone();
+        let rank = self.inner.rank;
+        let timeout = self.inner.opts.timeout;
+        let job = Box::new(move || {
+            let mut guard = coll.lock().unwrap_or_else(|p| p.into_inner());
+            let _span = tracing::debug_span!("collective", op = name, seq = ctx.op_seq, rank).entered();
+            let ctx = OpCtx { started: Instant::now(), deadline: Instant::now() + timeout, ..ctx };
+            let r = f(&mut guard.comm, &ctx, &mut bufs);
+            done.complete(r.map(|_| bufs));
+        });
+        if let Err(e) = self.inner.worker.submit(job) {
+            return Work::ready(name, Err(e));
+        }
+        work
+    }
+}

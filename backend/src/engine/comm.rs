@@ -1,0 +1,185 @@
+//! Chunk movement with credits.
+//!
+//! Per ordered pair and stream, the sender numbers its chunks 0, 1, 2, … (`sent`), the receiver
+//! counts what it consumed (`recvd`). Chunk `s` goes to slot `s % slots`; the sender may write it
+//! only once the receiver acked chunk `s - slots` (its `ack_seq` in our signal block). Counters
+//! never reset, for the life of the group: a slot is never "cleared" for reuse (DESIGN
+//! invariant 1), so a late writer can never be mistaken for a new one.
+use super::signals::{SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED, ABORT_FAILED, ABORT_MISMATCH};
+use crate::error::{ChorusError, Result};
+use crate::transport::{Link, SlotMeta};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-operation context: what the chunks must carry and when to give up.
+#[derive(Clone, Debug)]
+pub struct OpCtx {
+    pub name: &'static str,
+    pub op_seq: u64,
+    pub desc: u64,
+    pub deadline: Instant,
+    pub started: Instant,
+}
+
+/// Everything one worker needs to move chunks on one stream.
+pub struct Comm {
+    pub me: usize,
+    pub n: usize,
+    pub stream: Stream,
+    pub links: Vec<Option<Arc<dyn Link>>>,
+    pub signals: SignalBlock,
+    pub policy: WaitPolicy,
+    pub timeout: Duration,
+    pub sent: Vec<u64>,
+    pub recvd: Vec<u64>,
+}
+
+/// FNV-1a over the words that describe an operation; ranks compare it chunk by chunk.
+pub fn describe(words: &[u64]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for w in words {
+        for b in w.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+impl Comm {
+    pub fn new(me: usize, n: usize, stream: Stream, links: Vec<Option<Arc<dyn Link>>>, signals: SignalBlock, policy: WaitPolicy, timeout: Duration) -> Comm {
+        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n] }
+    }
+
+    pub fn link(&self, peer: usize) -> Result<Arc<dyn Link>> {
+        self.links
+            .get(peer)
+            .and_then(|l| l.clone())
+            .ok_or(ChorusError::InvalidRank { rank: peer, size: self.n })
+    }
+
+    /// Error if the group was aborted (by any rank) or `peer` is gone.
+    pub fn check(&self, op: &'static str, peer: Option<usize>) -> Result<()> {
+        if self.signals.abort_count().load(Ordering::SeqCst) > 0 {
+            let reason = self.signals.abort_reason().load(Ordering::SeqCst);
+            let reporter = (reason >> 32) as usize;
+            return Err(match reason & 0xffff_ffff {
+                ABORT_MISMATCH => ChorusError::PeerReportedMismatch { op, peer: reporter },
+                ABORT_DESTROYED => ChorusError::Aborted(format!("rank {reporter} destroyed the group")),
+                ABORT_FAILED => ChorusError::Aborted(format!("rank {reporter} reported a failure")),
+                c => ChorusError::Aborted(format!("rank {reporter} aborted with code {c}")),
+            });
+        }
+        if let Some(p) = peer {
+            self.link(p)?.check_alive().map_err(|e| match e {
+                ChorusError::PeerFailed { peer, why, .. } => ChorusError::PeerFailed { op, peer, why },
+                e => e,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Waits for `ready`, re-checking liveness of `peer` and the abort counter.
+    fn wait_for<T>(&self, ctx: &OpCtx, peer: usize, what: &'static str, ready: impl FnMut() -> Option<T>) -> Result<T> {
+        let check = || self.check(ctx.name, Some(peer));
+        match self.signals.wait(&self.policy, ctx.deadline, ready, check) {
+            Ok(v) => Ok(v),
+            Err(Some(e)) => Err(e),
+            Err(None) => {
+                // A last look: a failure is a better error than a timeout.
+                self.check(ctx.name, Some(peer))?;
+                tracing::debug!(op = ctx.name, peer, what, "deadline passed");
+                Err(ChorusError::Timeout { op: ctx.name, what, peer, waited_ms: ctx.started.elapsed().as_millis() as u64 })
+            }
+        }
+    }
+
+    /// Sends one chunk of `len` bytes produced by `fill` to `to`.
+    pub fn send(&mut self, ctx: &OpCtx, to: usize, meta_total: u64, tag: u64, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+        let link = self.link(to)?;
+        let slots = link.geometry().slots as u64;
+        let seq = self.sent[to];
+        if seq >= slots {
+            let need = seq + 1 - slots;
+            let acks = self.signals.ack_seq(to, self.stream);
+            if acks.load(Ordering::Acquire) < need {
+                tracing::debug!(op = ctx.name, peer = to, seq, "waiting for a free slot (credit)");
+                self.wait_for(ctx, to, "a free slot (credit)", || (acks.load(Ordering::Acquire) >= need).then_some(()))?;
+            }
+        }
+        let meta = SlotMeta { op_seq: ctx.op_seq, desc: ctx.desc, total: meta_total, offset: 0, tag, len: len as u64 };
+        link.put(self.stream, seq, &meta, fill)?;
+        self.sent[to] = seq + 1;
+        Ok(())
+    }
+
+    /// Waits until the next chunk from `from` has arrived; returns its sequence number.
+    pub fn wait_chunk(&self, ctx: &OpCtx, from: usize) -> Result<u64> {
+        let seq = self.recvd[from];
+        let data = self.signals.data_seq(from, self.stream);
+        if data.load(Ordering::Acquire) <= seq {
+            tracing::debug!(op = ctx.name, peer = from, seq, "waiting for data");
+            self.wait_for(ctx, from, "data", || (data.load(Ordering::Acquire) > seq).then_some(()))?;
+        }
+        Ok(seq)
+    }
+
+    /// Whether the next chunk from `from` is already there (no waiting).
+    pub fn chunk_ready(&self, from: usize) -> bool {
+        self.signals.data_seq(from, self.stream).load(Ordering::Acquire) > self.recvd[from]
+    }
+
+    /// Checks the header of the arrived chunk `seq` from `from` against what this rank expects;
+    /// on a mismatch tells every peer to abort and returns the error.
+    pub fn validate(&self, ctx: &OpCtx, from: usize, seq: u64, expect_len: usize, expect_total: Option<u64>) -> Result<SlotMeta> {
+        let meta = self.link(from)?.inbound(self.stream).meta(seq);
+        let mismatch = if meta.op_seq != ctx.op_seq {
+            Some(("the sequence of collectives", ctx.op_seq, meta.op_seq))
+        } else if meta.desc != ctx.desc {
+            Some(("the operation, dtype, count or root", ctx.desc, meta.desc))
+        } else if meta.len != expect_len as u64 {
+            Some(("the number of bytes", expect_len as u64, meta.len))
+        } else if expect_total.is_some_and(|t| t != meta.total) {
+            Some(("the message size", expect_total.unwrap_or(0), meta.total))
+        } else {
+            None
+        };
+        if let Some((what, mine, theirs)) = mismatch {
+            self.abort_all(ABORT_MISMATCH);
+            return Err(ChorusError::Mismatch { op: ctx.name, what, peer: from, mine, theirs });
+        }
+        Ok(meta)
+    }
+
+    /// Returns the credit for chunk `seq` from `from`.
+    pub fn release(&mut self, from: usize, seq: u64) -> Result<()> {
+        self.recvd[from] = seq + 1;
+        self.link(from)?.ack(self.stream, seq + 1)
+    }
+
+    /// Waits until every peer consumed everything we sent (so a receiver's complaint reaches us
+    /// within this operation).
+    pub fn drain(&self, ctx: &OpCtx) -> Result<()> {
+        for peer in 0..self.n {
+            if peer == self.me || self.sent[peer] == 0 {
+                continue;
+            }
+            let need = self.sent[peer];
+            let acks = self.signals.ack_seq(peer, self.stream);
+            if acks.load(Ordering::Acquire) < need {
+                self.wait_for(ctx, peer, "the receiver to consume our data", || (acks.load(Ordering::Acquire) >= need).then_some(()))?;
+            }
+        }
+        // A receiver that found a mismatch raised our abort counter instead of (or before) acking.
+        self.check(ctx.name, None)
+    }
+
+    /// Raises the abort counter of every peer (and our own).
+    pub fn abort_all(&self, code: u64) {
+        for l in self.links.iter().flatten() {
+            l.send_abort(self.me, code);
+        }
+        self.signals.raise_abort(self.me, code);
+    }
+}

@@ -1,0 +1,366 @@
+//! Tagged point-to-point messages, progressed concurrently.
+//!
+//! One thread per group owns the point-to-point stream of every pair. It keeps every pending
+//! send and receive moving at once (so `isend`/`irecv` in both directions at the same time, in
+//! any order, never deadlock): each turn it puts chunks of the head message for every peer while
+//! credits allow, drains every arrived chunk — into a posted receive whose (source, tag) matches,
+//! or into an unexpected-message queue — and matches new receives against that queue. Messages
+//! between a pair with the same tag arrive in the order they were sent.
+use super::comm::{Comm, OpCtx};
+use crate::error::{ChorusError, Result};
+use crate::transport::SlotMeta;
+use crossbeam::channel::{Receiver, TryRecvError};
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Memory an asynchronous operation owns until it completes.
+pub trait OpBuffer: Send + 'static {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+pub type Finish = Box<dyn FnOnce(Box<dyn OpBuffer>, Result<()>) + Send>;
+
+pub enum P2pOp {
+    Send { to: usize, tag: u64, buf: Box<dyn OpBuffer>, finish: Finish },
+    Recv { from: usize, tag: u64, buf: Box<dyn OpBuffer>, finish: Finish },
+}
+
+struct SendOp {
+    tag: u64,
+    buf: Box<dyn OpBuffer>,
+    off: usize,
+    chunks_sent: u64,
+    deadline: Instant,
+    finish: Finish,
+}
+
+struct RecvOp {
+    from: usize,
+    tag: u64,
+    buf: Box<dyn OpBuffer>,
+    deadline: Instant,
+    finish: Finish,
+    /// Set while a message is streaming into this receive.
+    streaming: bool,
+}
+
+enum Target {
+    Posted(u64),
+    Unexpected(Vec<u8>),
+    Discard,
+}
+
+struct Incoming {
+    tag: u64,
+    total: u64,
+    got: u64,
+    target: Target,
+}
+
+pub struct P2pEngine {
+    comm: Comm,
+    sends: Vec<VecDeque<SendOp>>,
+    recvs: Vec<(u64, RecvOp)>,
+    next_recv_id: u64,
+    incoming: Vec<Option<Incoming>>,
+    unexpected: HashMap<(usize, u64), VecDeque<Vec<u8>>>,
+}
+
+impl P2pEngine {
+    pub fn new(comm: Comm) -> P2pEngine {
+        let n = comm.n;
+        P2pEngine {
+            comm,
+            sends: (0..n).map(|_| VecDeque::new()).collect(),
+            recvs: Vec::new(),
+            next_recv_id: 0,
+            incoming: (0..n).map(|_| None).collect(),
+            unexpected: HashMap::new(),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.recvs.is_empty() && self.sends.iter().all(|q| q.is_empty())
+    }
+
+    fn accept(&mut self, op: P2pOp) {
+        let deadline = Instant::now() + self.comm.timeout;
+        match op {
+            P2pOp::Send { to, tag, buf, finish } => {
+                if to >= self.comm.n || to == self.comm.me {
+                    finish(buf, Err(ChorusError::InvalidRank { rank: to, size: self.comm.n }));
+                    return;
+                }
+                self.sends[to].push_back(SendOp { tag, buf, off: 0, chunks_sent: 0, deadline, finish });
+            }
+            P2pOp::Recv { from, tag, buf, finish } => {
+                if from >= self.comm.n || from == self.comm.me {
+                    finish(buf, Err(ChorusError::InvalidRank { rank: from, size: self.comm.n }));
+                    return;
+                }
+                let id = self.next_recv_id;
+                self.next_recv_id += 1;
+                self.recvs.push((id, RecvOp { from, tag, buf, deadline, finish, streaming: false }));
+            }
+        }
+    }
+
+    fn ctx(&self) -> OpCtx {
+        let now = Instant::now();
+        OpCtx { name: "p2p", op_seq: 0, desc: 0, deadline: now, started: now }
+    }
+
+    /// One non-blocking turn; returns whether anything moved.
+    fn progress(&mut self) -> bool {
+        let mut moved = false;
+        // Sends: the head message of every peer, while credits allow.
+        for to in 0..self.comm.n {
+            while let Some(head) = self.sends[to].front_mut() {
+                let Ok(link) = self.comm.link(to) else { break };
+                let geo = link.geometry();
+                let seq = self.comm.sent[to];
+                if seq >= geo.slots as u64 && self.comm.signals.ack_seq(to, self.comm.stream).load(Ordering::Acquire) < seq + 1 - geo.slots as u64 {
+                    break;
+                }
+                let total = head.buf.bytes().len();
+                let len = (total - head.off).min(geo.slot_bytes);
+                let meta = SlotMeta { op_seq: 0, desc: 0, total: total as u64, offset: head.off as u64, tag: head.tag, len: len as u64 };
+                let data = &head.buf.bytes()[head.off..head.off + len];
+                if let Err(e) = link.put(self.comm.stream, seq, &meta, &mut |out| out.copy_from_slice(data)) {
+                    let op = self.sends[to].pop_front().expect("head");
+                    (op.finish)(op.buf, Err(e));
+                    break;
+                }
+                self.comm.sent[to] = seq + 1;
+                head.off += len;
+                head.chunks_sent += 1;
+                moved = true;
+                if head.off == total {
+                    let op = self.sends[to].pop_front().expect("head");
+                    (op.finish)(op.buf, Ok(()));
+                }
+            }
+        }
+        // Arrived chunks from every peer.
+        for from in 0..self.comm.n {
+            if from == self.comm.me {
+                continue;
+            }
+            while self.comm.chunk_ready(from) {
+                let seq = self.comm.recvd[from];
+                let Ok(link) = self.comm.link(from) else { break };
+                let ring = link.inbound(self.comm.stream);
+                let meta = ring.meta(seq);
+                if self.incoming[from].is_none() {
+                    self.incoming[from] = Some(self.start_message(from, &meta));
+                }
+                let payload = ring.payload(seq, meta.len as usize);
+                let inc = self.incoming[from].as_mut().expect("set above");
+                let off = meta.offset as usize;
+                match &mut inc.target {
+                    Target::Posted(id) => {
+                        if let Some((_, r)) = self.recvs.iter_mut().find(|(i, _)| i == id) {
+                            r.buf.bytes_mut()[off..off + payload.len()].copy_from_slice(payload);
+                        }
+                    }
+                    Target::Unexpected(v) => v[off..off + payload.len()].copy_from_slice(payload),
+                    Target::Discard => {}
+                }
+                inc.got += meta.len;
+                let complete = inc.got >= inc.total;
+                if let Err(e) = self.comm.release(from, seq) {
+                    tracing::debug!(error = %e, "returning a point-to-point credit failed");
+                }
+                moved = true;
+                if complete {
+                    let inc = self.incoming[from].take().expect("set above");
+                    match inc.target {
+                        Target::Posted(id) => self.finish_recv(id, Ok(())),
+                        Target::Unexpected(v) => self.unexpected.entry((from, inc.tag)).or_default().push_back(v),
+                        Target::Discard => {}
+                    }
+                }
+            }
+        }
+        // Receives that an unexpected message already satisfies.
+        let mut i = 0;
+        while i < self.recvs.len() {
+            let (id, r) = &self.recvs[i];
+            let (id, key) = (*id, (r.from, r.tag));
+            if !r.streaming {
+                if let Some(msg) = self.unexpected.get_mut(&key).and_then(|q| q.pop_front()) {
+                    let result = self.deliver(i, &msg);
+                    self.finish_recv(id, result);
+                    moved = true;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        moved
+    }
+
+    fn deliver(&mut self, index: usize, msg: &[u8]) -> Result<()> {
+        let r = &mut self.recvs[index].1;
+        let have = r.buf.bytes().len();
+        if have != msg.len() {
+            return Err(ChorusError::InvalidArgument(format!(
+                "recv from rank {} with tag {}: the message has {} bytes but the receive buffer has {have}",
+                r.from,
+                r.tag,
+                msg.len()
+            )));
+        }
+        r.buf.bytes_mut().copy_from_slice(msg);
+        Ok(())
+    }
+
+    fn start_message(&mut self, from: usize, meta: &SlotMeta) -> Incoming {
+        // Earlier-posted receives match first; a receive already satisfied by an unexpected
+        // message of the same tag must take that one (FIFO per tag).
+        let queued = self.unexpected.get(&(from, meta.tag)).map_or(0, |q| q.len());
+        let mut skip = queued;
+        let mut target = None;
+        for (id, r) in self.recvs.iter_mut() {
+            if r.from == from && r.tag == meta.tag && !r.streaming {
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                if r.buf.bytes().len() as u64 != meta.total {
+                    target = Some(Err(*id));
+                } else {
+                    r.streaming = true;
+                    target = Some(Ok(*id));
+                }
+                break;
+            }
+        }
+        let target = match target {
+            Some(Ok(id)) => Target::Posted(id),
+            Some(Err(id)) => {
+                let have = self.recvs.iter().find(|(i, _)| *i == id).map_or(0, |(_, r)| r.buf.bytes().len());
+                self.finish_recv(
+                    id,
+                    Err(ChorusError::InvalidArgument(format!(
+                        "recv from rank {from} with tag {}: the message has {} bytes but the receive buffer has {have}",
+                        meta.tag, meta.total
+                    ))),
+                );
+                Target::Discard
+            }
+            None => Target::Unexpected(vec![0u8; meta.total as usize]),
+        };
+        Incoming { tag: meta.tag, total: meta.total, got: 0, target }
+    }
+
+    fn finish_recv(&mut self, id: u64, result: Result<()>) {
+        if let Some(pos) = self.recvs.iter().position(|(i, _)| *i == id) {
+            let (_, r) = self.recvs.remove(pos);
+            (r.finish)(r.buf, result);
+        }
+    }
+
+    /// Fails operations whose deadline passed or whose peer is gone.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let ctx = self.ctx();
+        for to in 0..self.comm.n {
+            let dead = self.sends[to].front().is_some() && self.comm.check(ctx.name, Some(to)).is_err();
+            while let Some(head) = self.sends[to].front() {
+                if !(dead || head.deadline <= now) {
+                    break;
+                }
+                let op = self.sends[to].pop_front().expect("head");
+                let err = self.comm.check("send", Some(to)).err().unwrap_or(ChorusError::Timeout {
+                    op: "send",
+                    what: "the receiver to post a matching recv",
+                    peer: to,
+                    waited_ms: self.comm.timeout.as_millis() as u64,
+                });
+                let _ = op.chunks_sent;
+                (op.finish)(op.buf, Err(err));
+            }
+        }
+        let mut i = 0;
+        while i < self.recvs.len() {
+            let r = &self.recvs[i].1;
+            let peer_err = self.comm.check("recv", Some(r.from)).err();
+            if r.deadline <= now || (peer_err.is_some() && !self.comm.chunk_ready(r.from)) {
+                let (_, r) = self.recvs.remove(i);
+                let err = peer_err.unwrap_or(ChorusError::Timeout {
+                    op: "recv",
+                    what: "a matching send",
+                    peer: r.from,
+                    waited_ms: self.comm.timeout.as_millis() as u64,
+                });
+                (r.finish)(r.buf, Err(err));
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    fn fail_all(&mut self, mk: impl Fn() -> ChorusError) {
+        for q in &mut self.sends {
+            while let Some(op) = q.pop_front() {
+                (op.finish)(op.buf, Err(mk()));
+            }
+        }
+        for (_, r) in self.recvs.drain(..) {
+            (r.finish)(r.buf, Err(mk()));
+        }
+    }
+
+    /// The progress thread's loop: runs until the op channel closes and nothing is pending.
+    pub fn run(mut self, ops: Receiver<P2pOp>) {
+        let mut last_expire = Instant::now();
+        loop {
+            // Take new operations.
+            loop {
+                match ops.try_recv() {
+                    Ok(op) => self.accept(op),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.fail_all(|| ChorusError::Destroyed);
+                        return;
+                    }
+                }
+            }
+            if self.idle() {
+                match ops.recv_timeout(Duration::from_millis(50)) {
+                    Ok(op) => self.accept(op),
+                    Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            let moved = self.progress();
+            if last_expire.elapsed() > Duration::from_millis(20) {
+                self.expire();
+                last_expire = Instant::now();
+            }
+            if !moved && !self.idle() {
+                // Sleep on the doorbell until a chunk, a credit or a new operation arrives.
+                let deadline = Instant::now() + Duration::from_millis(20);
+                let me = self.comm.me;
+                let ready = || {
+                    let chunk = (0..self.comm.n).any(|p| p != me && self.comm.chunk_ready(p));
+                    let credit = (0..self.comm.n).any(|p| {
+                        !self.sends[p].is_empty()
+                            && self.comm.link(p).is_ok_and(|l| {
+                                let slots = l.geometry().slots as u64;
+                                let seq = self.comm.sent[p];
+                                seq < slots || self.comm.signals.ack_seq(p, self.comm.stream).load(Ordering::Acquire) >= seq + 1 - slots
+                            })
+                    });
+                    (chunk || credit || !ops.is_empty()).then_some(())
+                };
+                let _ = self.comm.signals.wait(&self.comm.policy, deadline, ready, || Ok::<(), ()>(()));
+            }
+        }
+    }
+}

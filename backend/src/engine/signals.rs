@@ -1,0 +1,190 @@
+//! A rank's signal block: monotonic sequence counters written by peers, plus one doorbell.
+//!
+//! Layout (one shared-memory segment per rank per group, its own registration, never inside a
+//! data buffer — DESIGN invariant 1):
+//!
+//! | offset | contents |
+//! |---|---|
+//! | 0   | magic `CHORSIG1` (u64), version (u64), ranks (u64), owner rank (u64), owner pid (u64) |
+//! | 64  | doorbell: ring count (u32, the futex word), sleeping waiters (u32) |
+//! | 128 | abort count (u64, monotonic), abort reason (u64: `reporter << 32 | code`) |
+//! | 192 + 64·(2·(peer·STREAMS + stream))     | `data_seq`: chunks `peer` has delivered to me on `stream` |
+//! | 192 + 64·(2·(peer·STREAMS + stream) + 1) | `ack_seq`: chunks of mine `peer` has consumed on `stream` (my credits) |
+//!
+//! Every counter only grows (never reset for reuse); each sits on its own cache line. Whoever
+//! stores a counter rings the doorbell afterwards, so one futex word wakes a rank that waits for
+//! any mix of conditions.
+use crate::sys::futex;
+use crate::sys::shm::Segment;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const MAGIC: u64 = u64::from_le_bytes(*b"CHORSIG1");
+pub const VERSION: u64 = 1;
+/// Independent ordered streams per pair: collectives and point-to-point.
+pub const STREAMS: usize = 2;
+const LINES_START: usize = 192;
+
+/// Which stream of a pair a chunk travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Collective = 0,
+    P2p = 1,
+}
+
+/// Abort reason codes (low 32 bits of the reason word).
+pub const ABORT_MISMATCH: u64 = 1;
+pub const ABORT_DESTROYED: u64 = 2;
+pub const ABORT_FAILED: u64 = 3;
+
+pub fn segment_len(ranks: usize) -> usize {
+    LINES_START + 64 * 2 * ranks * STREAMS
+}
+
+/// A view of one rank's signal block (ours or a peer's).
+#[derive(Clone)]
+pub struct SignalBlock {
+    seg: Arc<Segment>,
+    ranks: usize,
+}
+
+impl SignalBlock {
+    /// Initialise a freshly created (zeroed) segment as ours.
+    pub fn init(seg: Arc<Segment>, ranks: usize, owner: usize) -> SignalBlock {
+        seg.atomic_u64(8).store(VERSION, Ordering::Relaxed);
+        seg.atomic_u64(16).store(ranks as u64, Ordering::Relaxed);
+        seg.atomic_u64(24).store(owner as u64, Ordering::Relaxed);
+        seg.atomic_u64(32).store(crate::sys::proc::pid() as u64, Ordering::Relaxed);
+        seg.atomic_u64(0).store(MAGIC, Ordering::Release);
+        SignalBlock { seg, ranks }
+    }
+
+    /// Attach to a block a peer initialised; checks the magic and version.
+    pub fn attach(seg: Arc<Segment>, ranks: usize) -> Option<SignalBlock> {
+        let ok = seg.atomic_u64(0).load(Ordering::Acquire) == MAGIC
+            && seg.atomic_u64(8).load(Ordering::Relaxed) == VERSION
+            && seg.atomic_u64(16).load(Ordering::Relaxed) == ranks as u64;
+        ok.then_some(SignalBlock { seg, ranks })
+    }
+
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.seg
+    }
+
+    fn line(&self, peer: usize, stream: Stream, which: usize) -> &AtomicU64 {
+        assert!(peer < self.ranks);
+        self.seg.atomic_u64(LINES_START + 64 * (2 * (peer * STREAMS + stream as usize) + which))
+    }
+
+    /// Chunks `peer` has delivered into our inbound ring on `stream`.
+    pub fn data_seq(&self, peer: usize, stream: Stream) -> &AtomicU64 {
+        self.line(peer, stream, 0)
+    }
+
+    /// Chunks of ours that `peer` has consumed on `stream`.
+    pub fn ack_seq(&self, peer: usize, stream: Stream) -> &AtomicU64 {
+        self.line(peer, stream, 1)
+    }
+
+    fn doorbell_word(&self) -> &AtomicU32 {
+        self.seg.atomic_u32(64)
+    }
+
+    fn waiters(&self) -> &AtomicU32 {
+        self.seg.atomic_u32(68)
+    }
+
+    pub fn abort_count(&self) -> &AtomicU64 {
+        self.seg.atomic_u64(128)
+    }
+
+    pub fn abort_reason(&self) -> &AtomicU64 {
+        self.seg.atomic_u64(136)
+    }
+
+    /// Raise a counter to `value` (monotonic: never lowers it) and ring the doorbell.
+    pub fn publish(&self, counter: &AtomicU64, value: u64) {
+        counter.fetch_max(value, Ordering::SeqCst);
+        self.ring();
+    }
+
+    /// Record an abort (reporter and code) and wake every waiter of this block.
+    pub fn raise_abort(&self, reporter: usize, code: u64) {
+        self.abort_reason().store(((reporter as u64) << 32) | code, Ordering::SeqCst);
+        self.abort_count().fetch_add(1, Ordering::SeqCst);
+        self.ring();
+    }
+
+    pub fn ring(&self) {
+        self.doorbell_word().fetch_add(1, Ordering::SeqCst);
+        if self.waiters().load(Ordering::SeqCst) > 0 {
+            futex::wake_all(self.doorbell_word());
+        }
+    }
+
+    /// Wait on our own block until `ready()` returns Some, `check()` returns an error, or the
+    /// deadline passes (then `Err(None)`). Spins first (cheap when the peer runs on another core),
+    /// then yields, then sleeps on the doorbell futex in short slices so liveness and deadlines
+    /// are re-checked.
+    pub fn wait<T, E>(
+        &self,
+        policy: &WaitPolicy,
+        deadline: Instant,
+        mut ready: impl FnMut() -> Option<T>,
+        mut check: impl FnMut() -> Result<(), E>,
+    ) -> Result<T, Option<E>> {
+        for _ in 0..policy.spins {
+            if let Some(v) = ready() {
+                return Ok(v);
+            }
+            std::hint::spin_loop();
+        }
+        for _ in 0..policy.yields {
+            if let Some(v) = ready() {
+                return Ok(v);
+            }
+            std::thread::yield_now();
+        }
+        loop {
+            self.waiters().fetch_add(1, Ordering::SeqCst);
+            let seen = self.doorbell_word().load(Ordering::SeqCst);
+            if let Some(v) = ready() {
+                self.waiters().fetch_sub(1, Ordering::SeqCst);
+                return Ok(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.waiters().fetch_sub(1, Ordering::SeqCst);
+                return Err(None);
+            }
+            let slice = (deadline - now).min(policy.sleep_slice);
+            futex::wait(self.doorbell_word(), seen, slice);
+            self.waiters().fetch_sub(1, Ordering::SeqCst);
+            if let Some(v) = ready() {
+                return Ok(v);
+            }
+            check().map_err(Some)?;
+        }
+    }
+}
+
+/// How long a waiter spins and yields before it sleeps. With more ranks than cores, spinning
+/// starves the very peer being waited for, so the policy shrinks spinning there.
+#[derive(Clone, Debug)]
+pub struct WaitPolicy {
+    pub spins: u32,
+    pub yields: u32,
+    pub sleep_slice: Duration,
+}
+
+impl WaitPolicy {
+    pub fn for_host(local_ranks: usize) -> WaitPolicy {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        if local_ranks <= cores {
+            WaitPolicy { spins: 200_000, yields: 50, sleep_slice: Duration::from_millis(5) }
+        } else {
+            WaitPolicy { spins: 200, yields: 20, sleep_slice: Duration::from_millis(5) }
+        }
+    }
+}

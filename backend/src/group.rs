@@ -1,0 +1,240 @@
+//! Group setup: rendezvous through the store, transport selection per pair, engine start.
+use crate::engine::comm::Comm;
+use crate::engine::p2p::{P2pEngine, P2pOp};
+use crate::engine::signals::{SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED};
+use crate::engine::worker::Worker;
+use crate::error::{ChorusError, Result};
+use crate::memory::{Location, Registry};
+use crate::options::{default_host_id, Options};
+use crate::sys::shm::Segment;
+use crate::transport::{self, shm, tcp, Link, PeerInfo};
+use chorus_bootstrap::{listen, Store};
+use crossbeam::channel::Sender;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The collective stream's state, owned by whoever runs the current collective.
+pub struct CollState {
+    pub comm: Comm,
+}
+
+/// Counters a test or a user can read to see what the group did.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections (sockets or shared-memory mappings) this rank made for the group.
+    pub connections: AtomicU64,
+    /// Collectives this rank issued.
+    pub collectives: AtomicU64,
+}
+
+pub struct GroupInner {
+    pub uid: String,
+    pub rank: usize,
+    pub size: usize,
+    /// Group rank -> rank in the group this one was made from (identity for top-level groups).
+    pub parent_ranks: Vec<usize>,
+    pub store: Arc<dyn Store>,
+    pub opts: Options,
+    pub coll: Arc<Mutex<CollState>>,
+    pub worker: Worker,
+    pub p2p_tx: Mutex<Option<Sender<P2pOp>>>,
+    pub p2p_thread: Mutex<Option<JoinHandle<()>>>,
+    pub signals: SignalBlock,
+    pub links: Vec<Option<Arc<dyn Link>>>,
+    pub transports: Vec<&'static str>,
+    /// Chunk size every plan of this group is built with (fits every link's slots).
+    pub chunk: usize,
+    pub all_shared_memory: bool,
+    /// Monotonic: collectives submitted so far (the next op's sequence number is this + 1).
+    pub op_seq: AtomicU64,
+    pub subgroups: AtomicU64,
+    /// Monotonic lifecycle: 0 live, 1 destroyed.
+    pub lifecycle: AtomicU64,
+    pub counters: Counters,
+    pub registry: Registry,
+}
+
+fn key(uid: &str, rest: &str) -> String {
+    format!("chorus/{uid}/{rest}")
+}
+
+fn unique_token() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}-{:x}", crate::sys::proc::pid(), nanos & 0xffff_ffff_ffff)
+}
+
+fn group_key(uid: &str) -> u64 {
+    crate::engine::comm::describe(&uid.bytes().map(u64::from).collect::<Vec<_>>())
+}
+
+/// Creates the group `uid` of `size` ranks (this one is `rank`). Every member calls this.
+pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, parent_ranks: Vec<usize>, opts: Options) -> Result<Arc<GroupInner>> {
+    if size == 0 || rank >= size {
+        return Err(ChorusError::InvalidRank { rank, size });
+    }
+    let _span = tracing::info_span!("group_create", uid = %uid, rank, size).entered();
+    let deadline = Instant::now() + opts.timeout;
+    let host_id = opts.host_id.clone().unwrap_or_else(default_host_id);
+
+    // Bind before publishing (DESIGN invariant 5); create segments before publishing their names.
+    let ip = listen::advertise_ip(opts.route_hint.as_deref().unwrap_or("127.0.0.1"));
+    let (listener, addr) = listen::bind_listener(ip)?;
+    let token = unique_token();
+    let sig_name = format!("chorus-{token}-r{rank}-sig");
+    let data_name = format!("chorus-{token}-r{rank}-data");
+    let local = shm::create_local(&sig_name, &data_name, size, rank)?;
+    let registry = Registry::default();
+    registry.register(local.signals.segment().base(), local.signals.segment().len(), Location::Host);
+    registry.register(local.data.base(), local.data.len(), Location::Host);
+
+    let me = PeerInfo {
+        rank,
+        host_id,
+        pid: crate::sys::proc::pid(),
+        tcp_addr: addr.to_string(),
+        shm_signals: sig_name.clone(),
+        shm_data: data_name.clone(),
+    };
+    let encoded = bincode::serde::encode_to_vec(&me, bincode::config::standard())
+        .map_err(|e| ChorusError::InvalidArgument(format!("encoding peer info: {e}")))?;
+    store.set(&key(&uid, &format!("peer/{rank}")), &encoded)?;
+    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("peer/{r}"))).collect();
+    let key_refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+    let left = deadline.saturating_duration_since(Instant::now());
+    let values = store.wait(&key_refs, left)?;
+    let peers: Vec<PeerInfo> = values
+        .iter()
+        .map(|v| {
+            bincode::serde::decode_from_slice::<PeerInfo, _>(v, bincode::config::standard())
+                .map(|(p, _)| p)
+                .map_err(|e| ChorusError::InvalidArgument(format!("a peer published undecodable info ({e}); are all ranks running the same chorus version?")))
+        })
+        .collect::<Result<_>>()?;
+
+    // Links: shared memory where the host matches, sockets otherwise. Higher ranks connect.
+    let gkey = group_key(&uid);
+    let counters = Counters::default();
+    let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
+    let mut transports = vec![""; size];
+    let mut tcp_higher = 0;
+    for p in &peers {
+        if p.rank == rank {
+            continue;
+        }
+        if shm::can_connect(&me, p) {
+            links[p.rank] = Some(Arc::new(shm::connect(rank, size, &local, p)?));
+            transports[p.rank] = shm::NAME;
+            counters.connections.fetch_add(1, Ordering::Relaxed);
+        } else if tcp::can_connect(&me, p) {
+            if p.rank < rank {
+                let s = tcp::connect(rank, p, gkey, deadline)?;
+                links[p.rank] = Some(Arc::new(tcp::link(rank, p.rank, s, local.signals.clone())?));
+                transports[p.rank] = tcp::NAME;
+                counters.connections.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tcp_higher += 1;
+            }
+        }
+    }
+    for (r, s) in tcp::accept(&listener, tcp_higher, gkey, deadline)? {
+        if r >= size || r <= rank || links[r].is_some() {
+            return Err(ChorusError::Connect { transport: tcp::NAME, peer: r, why: "unexpected introduction".into() });
+        }
+        links[r] = Some(Arc::new(tcp::link(rank, r, s, local.signals.clone())?));
+        transports[r] = tcp::NAME;
+        counters.connections.fetch_add(1, Ordering::Relaxed);
+    }
+    drop(listener);
+
+    // Everyone mapped everyone: the names can go (nothing leaks in /dev/shm after a crash).
+    store.set(&key(&uid, &format!("mapped/{rank}")), b"1")?;
+    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("mapped/{r}"))).collect();
+    let key_refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+    store.wait(&key_refs, deadline.saturating_duration_since(Instant::now()))?;
+    Segment::unlink(&sig_name);
+    Segment::unlink(&data_name);
+
+    let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
+    let policy = WaitPolicy::for_host(local_ranks);
+    let chunk = links.iter().flatten().map(|l| l.geometry().slot_bytes).min().unwrap_or(shm::geometry().slot_bytes);
+    let all_shared_memory = links.iter().flatten().all(|l| l.shares_memory());
+    tracing::debug!(?transports, chunk, "group links ready");
+
+    let coll = Comm::new(rank, size, Stream::Collective, links.clone(), local.signals.clone(), policy.clone(), opts.timeout);
+    let p2p = Comm::new(rank, size, Stream::P2p, links.clone(), local.signals.clone(), policy, opts.timeout);
+    let (p2p_tx, p2p_rx) = crossbeam::channel::unbounded();
+    let p2p_thread = std::thread::Builder::new()
+        .name(format!("chorus-p2p-{uid}-{rank}"))
+        .spawn(move || P2pEngine::new(p2p).run(p2p_rx))
+        .map_err(|e| ChorusError::InvalidArgument(format!("spawning the point-to-point thread: {e}")))?;
+
+    Ok(Arc::new(GroupInner {
+        worker: Worker::start(format!("chorus-coll-{uid}-{rank}")),
+        uid,
+        rank,
+        size,
+        parent_ranks,
+        store,
+        coll: Arc::new(Mutex::new(CollState { comm: coll })),
+        p2p_tx: Mutex::new(Some(p2p_tx)),
+        p2p_thread: Mutex::new(Some(p2p_thread)),
+        signals: local.signals.clone(),
+        links,
+        transports,
+        chunk,
+        all_shared_memory,
+        opts,
+        op_seq: AtomicU64::new(0),
+        subgroups: AtomicU64::new(0),
+        lifecycle: AtomicU64::new(0),
+        counters,
+        registry,
+    }))
+}
+
+impl GroupInner {
+    pub fn check_live(&self) -> Result<()> {
+        if self.lifecycle.load(Ordering::SeqCst) != 0 {
+            return Err(ChorusError::Destroyed);
+        }
+        Ok(())
+    }
+
+    /// Stops the engine threads and tells peers. Idempotent.
+    pub fn destroy(&self, notify_peers: bool) {
+        if self.lifecycle.fetch_max(1, Ordering::SeqCst) != 0 {
+            return;
+        }
+        let _ = self.worker.quiesce(Duration::from_secs(5));
+        self.worker.stop();
+        self.p2p_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = self.p2p_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+        if notify_peers {
+            for l in self.links.iter().flatten() {
+                l.send_abort(self.rank, ABORT_DESTROYED);
+            }
+        }
+    }
+
+    pub fn store_key(&self, rest: &str) -> String {
+        key(&self.uid, rest)
+    }
+}
+
+impl Drop for GroupInner {
+    fn drop(&mut self) {
+        self.destroy(false);
+    }
+}
+
+/// For `transport::Link` users that only need the name list.
+pub fn transport_names(links: &[Option<Arc<dyn Link>>]) -> Vec<&'static str> {
+    links.iter().map(|l| l.as_ref().map_or("self", |l| l.transport())).collect()
+}
+
+#[allow(unused_imports)]
+use transport as _;

@@ -1,0 +1,57 @@
+//! Group options.
+use std::time::Duration;
+
+/// Options for creating a process group. Defaults come from the environment:
+/// `CHORUS_TIMEOUT_MS` (per-operation deadline, default 300 s), `CHORUS_HOST_ID` (host identity
+/// override), `CHORUS_SOCKET_IFADDR` (the address peers reach this rank at).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Every wait inside an operation gives up after this long.
+    pub timeout: Duration,
+    /// Ranks with equal host ids use shared memory with each other; `None` derives it from the
+    /// hostname, boot id and network namespace.
+    pub host_id: Option<String>,
+    /// An address of the job (e.g. MASTER_ADDR) used to pick the local interface peers reach.
+    pub route_hint: Option<String>,
+    /// Name that keeps independent top-level groups on one store apart.
+    pub name: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let timeout = std::env::var("CHORUS_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(300));
+        Options {
+            timeout,
+            host_id: std::env::var("CHORUS_HOST_ID").ok(),
+            route_hint: std::env::var("MASTER_ADDR").ok(),
+            name: "default".into(),
+        }
+    }
+}
+
+impl Options {
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+    pub fn with_host_id(mut self, id: impl Into<String>) -> Self {
+        self.host_id = Some(id.into());
+        self
+    }
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+/// This host's identity: hostname, boot id and network namespace (ranks in different network
+/// namespaces are treated as different hosts).
+pub fn default_host_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    format!("{}|{}|{}", host.trim(), boot.trim(), crate::sys::proc::netns_id())
+}

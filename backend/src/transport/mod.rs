@@ -1,0 +1,56 @@
+//! Transports: each answers "can I connect these two peers?" and then offers one-sided
+//! put-with-signal into the peer's inbound slot ring, plus credit return. Every transport folder
+//! has the same files: `mod.rs` (capability check and setup) and `link.rs` (the data path).
+//! The engine never names a transport; it only sees [`Link`].
+pub mod ring;
+pub mod shm;
+pub mod tcp;
+
+use crate::engine::signals::Stream;
+use crate::error::Result;
+pub use ring::{InboundRing, RingGeometry, SlotMeta};
+use serde::{Deserialize, Serialize};
+
+/// What a rank publishes about itself at rendezvous.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub rank: usize,
+    /// Host identity (hostname, boot id and network namespace, or `CHORUS_HOST_ID`): equal ids
+    /// can share memory.
+    pub host_id: String,
+    pub pid: u32,
+    /// Address of this rank's listener, bound before it was published (DESIGN invariant 5).
+    pub tcp_addr: String,
+    /// Names of this rank's shared-memory segments (signals, inbound data).
+    pub shm_signals: String,
+    pub shm_data: String,
+}
+
+/// One direction-agnostic connection to a peer.
+pub trait Link: Send + Sync {
+    /// The peer's group-local rank.
+    fn peer(&self) -> usize;
+    /// Transport name, for logs and counters only.
+    fn transport(&self) -> &'static str;
+    /// Whether the pair shares memory (cheap small messages, no socket hops): algorithm
+    /// selection uses this cost class, never the transport's name.
+    fn shares_memory(&self) -> bool;
+    /// Slot count and size of the peer's inbound ring for our chunks (and of ours for theirs).
+    fn geometry(&self) -> RingGeometry;
+    /// Writes one chunk into the peer's inbound ring slot `seq % slots` of `stream`: `fill`
+    /// produces exactly `meta.len` payload bytes, then the peer's `data_seq` becomes `seq + 1`.
+    /// The caller has already checked the credit (the slot is free).
+    fn put(&self, stream: Stream, seq: u64, meta: &SlotMeta, fill: &mut dyn FnMut(&mut [u8])) -> Result<()>;
+    /// Returns credits: tells the peer we consumed its chunks `0..acked` on `stream`.
+    fn ack(&self, stream: Stream, acked: u64) -> Result<()>;
+    /// Our inbound ring for this peer's chunks on `stream`.
+    fn inbound(&self, stream: Stream) -> &InboundRing;
+    /// Error if the peer is known to be gone (process exited, connection closed).
+    fn check_alive(&self) -> Result<()>;
+    /// Tells the peer this group is aborted (best effort).
+    fn send_abort(&self, reporter: usize, code: u64);
+    /// Connections made for this link (for counters).
+    fn connections(&self) -> u64 {
+        1
+    }
+}

@@ -1,0 +1,63 @@
+//! `shm`: ranks on one host exchange chunks through POSIX shared memory. Capability: equal host
+//! identities. Setup: each rank creates its signal block and inbound-data segment before it
+//! publishes their names; peers map them.
+mod link;
+
+pub use link::ShmLink;
+
+use super::{PeerInfo, RingGeometry};
+use crate::engine::signals::{self, SignalBlock, STREAMS};
+use crate::error::{ChorusError, Result};
+use crate::sys::shm::Segment;
+use std::sync::Arc;
+
+pub const NAME: &str = "shm";
+
+/// Same host identity: the pair can map each other's segments.
+pub fn can_connect(me: &PeerInfo, peer: &PeerInfo) -> bool {
+    me.host_id == peer.host_id
+}
+
+/// Ring geometry for same-host pairs (`CHORUS_SHM_CHUNK`, bytes; every rank must use the same).
+pub fn geometry() -> RingGeometry {
+    let slot_bytes = std::env::var("CHORUS_SHM_CHUNK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|v| (v.max(64) + 63) / 64 * 64)
+        .unwrap_or(256 * 1024);
+    RingGeometry { slots: 4, slot_bytes }
+}
+
+/// Offset of the ring that holds `from`'s chunks on `stream` inside the owner's data segment.
+pub fn ring_offset(from: usize, stream: usize, geo: RingGeometry) -> usize {
+    (from * STREAMS + stream) * geo.ring_bytes()
+}
+
+/// This rank's own segments.
+pub struct LocalSegments {
+    pub signals: SignalBlock,
+    pub data: Arc<Segment>,
+}
+
+/// Creates this rank's signal block and inbound-data segment (named, so peers can map them).
+pub fn create_local(sig_name: &str, data_name: &str, ranks: usize, me: usize) -> Result<LocalSegments> {
+    let geo = geometry();
+    let sig = Segment::create(sig_name, signals::segment_len(ranks))
+        .map_err(|e| ChorusError::Shm(format!("creating {sig_name}: {e}")))?;
+    let data = Segment::create(data_name, ranks * STREAMS * geo.ring_bytes())
+        .map_err(|e| ChorusError::Shm(format!("creating {data_name}: {e}")))?;
+    Ok(LocalSegments { signals: SignalBlock::init(Arc::new(sig), ranks, me), data: Arc::new(data) })
+}
+
+/// Maps `peer`'s segments and builds the link.
+pub fn connect(me: usize, ranks: usize, local: &LocalSegments, peer: &PeerInfo) -> Result<ShmLink> {
+    let geo = geometry();
+    let fail = |why: String| ChorusError::Connect { transport: NAME, peer: peer.rank, why };
+    let sig = Segment::open(&peer.shm_signals, signals::segment_len(ranks))
+        .map_err(|e| fail(format!("mapping {}: {e}", peer.shm_signals)))?;
+    let peer_signals = SignalBlock::attach(Arc::new(sig), ranks)
+        .ok_or_else(|| fail("its signal block has a different magic, version or group size".into()))?;
+    let data = Segment::open(&peer.shm_data, ranks * STREAMS * geo.ring_bytes())
+        .map_err(|e| fail(format!("mapping {}: {e}", peer.shm_data)))?;
+    Ok(ShmLink::new(me, peer.rank, peer.pid, geo, peer_signals, Arc::new(data), local.data.clone()))
+}

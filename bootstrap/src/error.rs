@@ -1,0 +1,85 @@
+//! One error enum for the crate; one variant per failing operation, each message says what to check.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = BootstrapError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("failed to bind the store server on {addr}: {source} (is the port already in use? pick another MASTER_PORT / --master-port, or use port 0)")]
+    ServerBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("could not connect to the store at {addr} within {timeout:?} (last error: {last_error}); check that the store server is running and reachable and that MASTER_ADDR/MASTER_PORT (or CHORUS_STORE_ADDR) point to it")]
+    Connect {
+        addr: String,
+        timeout: Duration,
+        last_error: String,
+    },
+
+    #[error("store request `{op}` to {addr} failed: {source} (did the store server exit or the network drop? the store host is MASTER_ADDR / CHORUS_STORE_ADDR)")]
+    Io {
+        op: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("store protocol error on `{op}` with {addr}: {detail} (are client and server the same chorus version, and is {addr} really a chorus store?)")]
+    Protocol {
+        op: &'static str,
+        addr: String,
+        detail: String,
+    },
+
+    #[error("store server at {addr} rejected `{op}`: {message}")]
+    Remote {
+        op: &'static str,
+        addr: String,
+        message: String,
+    },
+
+    #[error("timed out after {timeout:?} waiting for store keys {missing:?}; check that every rank started, uses the same MASTER_ADDR/MASTER_PORT and WORLD_SIZE, and reached the same point")]
+    WaitTimeout {
+        missing: Vec<String>,
+        timeout: Duration,
+    },
+
+    #[error("store key {key:?} holds {value:?}, which is not a decimal i64 counter (was it set with `set` instead of `add`?)")]
+    NotACounter { key: String, value: String },
+
+    #[error("counter {key:?} would overflow i64 (current {current}, delta {delta})")]
+    CounterOverflow {
+        key: String,
+        current: i64,
+        delta: i64,
+    },
+
+    #[error("missing rendezvous settings: {missing:?}; launch with torchrun / chorus-run / srun, or set them in the environment (or pass them explicitly)")]
+    MissingEnv { missing: Vec<String> },
+
+    #[error("invalid value {value:?} for {var}: {reason}")]
+    InvalidEnv {
+        var: String,
+        value: String,
+        reason: String,
+    },
+
+    #[error("failed to bind a listener on {addr}: {source} (is {ip} an address of this host? set CHORUS_SOCKET_IFADDR to one that is)", ip = addr.ip())]
+    ListenBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("no free port on {ip} in CHORUS_PORT_RANGE {lo}-{hi}: every port is in use; widen the range or stop whatever holds those ports")]
+    PortRangeExhausted { ip: IpAddr, lo: u16, hi: u16 },
+
+    #[error("could not resolve host {host:?}: {detail} (check MASTER_ADDR / CHORUS_STORE_ADDR)")]
+    Resolve { host: String, detail: String },
+}

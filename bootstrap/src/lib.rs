@@ -1,0 +1,19 @@
+//! Rendezvous for chorus: a small key/value store (TCP server + client), torchrun/SLURM-compatible
+//! environment parsing, listeners that bind before they publish, and the `chorus-run` launcher.
+//!
+//! Everything here is plain `std::net` + threads: bootstrap traffic is tiny and rare, and keeping it
+//! dependency-light makes it easy to reason about hangs. Every blocking operation takes a deadline.
+
+pub mod client;
+pub mod env;
+mod error;
+pub mod launch;
+pub mod listen;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+pub use client::StoreClient;
+pub use error::{BootstrapError, Result};
+pub use server::StoreServer;
+pub use store::{MemStore, PrefixStore, Store};

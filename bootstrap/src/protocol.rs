@@ -1,0 +1,242 @@
+//! Store wire protocol.
+//!
+//! Every frame is `b"CHST"` + version `u8` (= [`VERSION`]) + body length `u32` LE + body, where the body is
+//! a bincode-2 (serde, standard config) encoded [`Request`] or [`Response`]. Bodies are capped at
+//! [`MAX_BODY`] so a corrupt or hostile length can never make the server allocate unbounded memory.
+
+use std::io::{self, Read, Write};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub const MAGIC: [u8; 4] = *b"CHST";
+pub const VERSION: u8 = 1;
+/// Largest accepted frame body (64 MiB).
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+const HEADER_LEN: usize = 9;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Set {
+        key: String,
+        value: Vec<u8>,
+    },
+    Get {
+        key: String,
+    },
+    /// The server waits at most `timeout_ms` and then answers [`Response::WaitTimeout`].
+    Wait {
+        keys: Vec<String>,
+        timeout_ms: u64,
+    },
+    Add {
+        key: String,
+        delta: i64,
+    },
+    CompareSet {
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    ListPrefix {
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Value(Option<Vec<u8>>),
+    Values(Vec<Vec<u8>>),
+    Int(i64),
+    Swapped {
+        swapped: bool,
+        value: Vec<u8>,
+    },
+    Bool(bool),
+    Keys(Vec<String>),
+    WaitTimeout {
+        missing: Vec<String>,
+    },
+    /// The request failed on the server (bad counter value, malformed frame, ...).
+    Error(String),
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("bad magic {0:02x?} (expected \"CHST\")")]
+    BadMagic([u8; 4]),
+    #[error("unsupported protocol version {0} (expected {VERSION})")]
+    BadVersion(u8),
+    #[error("frame body of {0} bytes exceeds the {MAX_BODY}-byte limit")]
+    TooLarge(u64),
+    #[error("connection closed in the middle of a frame ({got} of {want} bytes)")]
+    Truncated { got: usize, want: usize },
+    #[error("undecodable body: {0}")]
+    Decode(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_BODY>,
+> {
+    bincode::config::standard().with_limit::<MAX_BODY>()
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Encoding our own plain enums into a Vec cannot fail except by exceeding the limit, which
+    // write_frame reports; fall back to an empty body (decodes as an error) rather than panicking.
+    bincode::serde::encode_to_vec(msg, config()).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::Decode(format!(
+            "{} trailing bytes after the message",
+            body.len() - used
+        )));
+    }
+    Ok(msg)
+}
+
+/// Writes one frame (header + body) with a single `write_all`.
+pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
+    if body.len() > MAX_BODY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "message of {} bytes exceeds the {MAX_BODY}-byte store limit",
+                body.len()
+            ),
+        ));
+    }
+    let mut buf = Vec::with_capacity(HEADER_LEN + body.len());
+    buf.extend_from_slice(&MAGIC);
+    buf.push(VERSION);
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(body);
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    write_frame(w, &encode(msg))
+}
+
+/// Reads until `buf` is full or EOF; returns how many bytes arrived.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads one frame body. A clean EOF before the first header byte is [`FrameError::Closed`].
+pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let got = read_full(r, &mut header)?;
+    if got == 0 {
+        return Err(FrameError::Closed);
+    }
+    // Check the magic on whatever arrived so garbage is reported as garbage, not as truncation.
+    let magic_got = got.min(4);
+    if header[..magic_got] != MAGIC[..magic_got] {
+        let mut m = [0u8; 4];
+        m[..magic_got].copy_from_slice(&header[..magic_got]);
+        return Err(FrameError::BadMagic(m));
+    }
+    if got < HEADER_LEN {
+        return Err(FrameError::Truncated {
+            got,
+            want: HEADER_LEN,
+        });
+    }
+    if header[4] != VERSION {
+        return Err(FrameError::BadVersion(header[4]));
+    }
+    let len = u32::from_le_bytes([header[5], header[6], header[7], header[8]]) as usize;
+    if len > MAX_BODY {
+        return Err(FrameError::TooLarge(len as u64));
+    }
+    let mut body = vec![0u8; len];
+    let got = read_full(r, &mut body)?;
+    if got < len {
+        return Err(FrameError::Truncated {
+            got: HEADER_LEN + got,
+            want: HEADER_LEN + len,
+        });
+    }
+    Ok(body)
+}
+
+pub fn read_msg<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, FrameError> {
+    decode(&read_frame(r)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_rejects() {
+        let req = Request::CompareSet {
+            key: "k".into(),
+            expected: None,
+            new: vec![1, 2, 3],
+        };
+        let mut buf = Vec::new();
+        write_msg(&mut buf, &req).unwrap();
+        assert_eq!(read_msg::<Request>(&mut &buf[..]).unwrap(), req);
+
+        let mut bad = buf.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            read_frame(&mut &bad[..]),
+            Err(FrameError::BadMagic(_))
+        ));
+        let mut bad = buf.clone();
+        bad[4] = 9;
+        assert!(matches!(
+            read_frame(&mut &bad[..]),
+            Err(FrameError::BadVersion(9))
+        ));
+        let mut bad = buf.clone();
+        bad[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            read_frame(&mut &bad[..]),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert!(matches!(
+            read_frame(&mut &buf[..buf.len() - 1]),
+            Err(FrameError::Truncated { .. })
+        ));
+        assert!(matches!(
+            read_frame(&mut &buf[..3]),
+            Err(FrameError::Truncated { .. })
+        ));
+        assert!(matches!(read_frame(&mut &[][..]), Err(FrameError::Closed)));
+        // Valid frame, garbage body.
+        let mut junk = Vec::new();
+        write_frame(&mut junk, &[0xff; 7]).unwrap();
+        assert!(matches!(
+            read_msg::<Request>(&mut &junk[..]),
+            Err(FrameError::Decode(_))
+        ));
+    }
+}

@@ -1,0 +1,163 @@
+//! `chorus-run` end to end, with `sh` as the program.
+
+use std::process::{Command, Output};
+
+fn chorus_run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chorus-run"))
+        .args(args)
+        .output()
+        .expect("run chorus-run")
+}
+
+#[test]
+fn every_rank_runs_with_prefixed_output() {
+    let out = chorus_run(&[
+        "-n",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        "echo hello $RANK; echo err $LOCAL_RANK/$WORLD_SIZE >&2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for k in 0..3 {
+        assert!(
+            stdout.lines().any(|l| l == format!("[rank {k}] hello {k}")),
+            "rank {k} missing in:\n{stdout}"
+        );
+        assert!(
+            stderr.lines().any(|l| l == format!("[rank {k}] err {k}/3")),
+            "rank {k} missing in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn children_get_the_store_environment() {
+    let script = r#"echo "$MASTER_ADDR $MASTER_PORT $CHORUS_STORE_ADDR $GROUP_RANK $LOCAL_WORLD_SIZE"; printf 'no newline'"#;
+    let out = chorus_run(&["-n", "1", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().next().unwrap();
+    let f: Vec<&str> = line.trim_start_matches("[rank 0] ").split(' ').collect();
+    assert_eq!(f[0], "127.0.0.1");
+    assert_eq!(f[2], format!("127.0.0.1:{}", f[1]));
+    assert_eq!((f[3], f[4]), ("0", "1"));
+    assert!(
+        stdout.lines().any(|l| l == "[rank 0] no newline"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn failing_rank_sets_exit_code() {
+    let out = chorus_run(&[
+        "-n",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        r#"if [ "$RANK" = 1 ]; then exit 3; fi"#,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rank 1 exited with status 3"));
+}
+
+#[test]
+fn failure_terminates_hung_ranks_after_grace() {
+    // Rank 0 would sleep far longer than the test; chorus-run must stop it after the grace period.
+    let out = chorus_run(&[
+        "-n",
+        "2",
+        "--grace-secs",
+        "0.2",
+        "sh",
+        "-c",
+        r#"if [ "$RANK" = 1 ]; then exit 4; fi; sleep 120"#,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn no_kill_on_failure_lets_survivors_finish() {
+    let out = chorus_run(&[
+        "-n",
+        "2",
+        "--grace-secs",
+        "0",
+        "--no-kill-on-failure",
+        "sh",
+        "-c",
+        r#"if [ "$RANK" = 1 ]; then exit 5; fi; sleep 0.5; echo survivor done"#,
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[rank 0] survivor done"));
+}
+
+#[test]
+fn signal_death_is_reported() {
+    let out = chorus_run(&[
+        "-n",
+        "2",
+        "sh",
+        "-c",
+        r#"if [ "$RANK" = 0 ]; then kill -9 $$; fi"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rank 0 was killed by signal 9"), "{stderr}");
+}
+
+#[test]
+fn missing_program_fails_cleanly() {
+    let out = chorus_run(&["-n", "2", "/nonexistent/chorus-test-program"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed to start rank 0"));
+}
+
+#[test]
+fn sigterm_to_launcher_stops_every_rank() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chorus-run"))
+        .args(["-n", "2", "sh", "-c", "echo ready; sleep 120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ready = 0;
+    while ready < 2 {
+        let line = lines
+            .next()
+            .expect("chorus-run closed stdout early")
+            .unwrap();
+        ready += usize::from(line.ends_with("ready"));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Returns long before the ranks' 120 s sleep would end.
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 15));
+    // Every rank's output pipe closed, i.e. the ranks and their `sleep`s are gone.
+    assert!(lines.all(|l| l.is_ok()));
+}

@@ -1,0 +1,1 @@
+//! C ABI for chorus (see the torch backend issue); the skeleton keeps the workspace layout.
