@@ -1,4 +1,4 @@
-//! chorus: a fault-tolerant collective-communication library.
+#![doc = include_str!("../README.md")]
 //!
 //! This facade re-exports the process group (`chorus_backend`), the rendezvous layer
 //! (`chorus_bootstrap`) and the reduce kernels (`chorus_kernels`).

@@ -74,6 +74,7 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     if size == 0 || rank >= size {
         return Err(ChorusError::InvalidRank { rank, size });
     }
+    crate::options::init_logging();
     let _span = tracing::info_span!("group_create", uid = %uid, rank, size).entered();
     let deadline = Instant::now() + opts.timeout;
     let host_id = opts.host_id.clone().unwrap_or_else(default_host_id);

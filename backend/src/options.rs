@@ -55,3 +55,18 @@ pub fn default_host_id() -> String {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     format!("{}|{}|{}", host.trim(), boot.trim(), crate::sys::proc::netns_id())
 }
+
+/// Installs a stderr logger filtered by `CHORUS_LOG` (e.g. `debug`, `chorus_backend=trace`) the
+/// first time a group is created, unless the application installed its own subscriber.
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("CHORUS_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .try_init();
+        }
+    });
+}

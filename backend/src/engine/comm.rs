@@ -7,6 +7,7 @@
 //! invariant 1), so a late writer can never be mistaken for a new one.
 use super::signals::{SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED, ABORT_FAILED, ABORT_MISMATCH};
 use crate::error::{ChorusError, Result};
+use super::tasks::{PeerTask, SkipReason};
 use crate::transport::{Link, SlotMeta};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct Comm {
     pub timeout: Duration,
     pub sent: Vec<u64>,
     pub recvd: Vec<u64>,
+    /// The current operation's per-peer slots.
+    pub tasks: Vec<PeerTask>,
 }
 
 /// FNV-1a over the words that describe an operation; ranks compare it chunk by chunk.
@@ -49,7 +52,8 @@ pub fn describe(words: &[u64]) -> u64 {
 
 impl Comm {
     pub fn new(me: usize, n: usize, stream: Stream, links: Vec<Option<Arc<dyn Link>>>, signals: SignalBlock, policy: WaitPolicy, timeout: Duration) -> Comm {
-        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n] }
+        let tasks = (0..n).map(|_| PeerTask::Skipped(SkipReason::NotInPlan)).collect();
+        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks }
     }
 
     pub fn link(&self, peer: usize) -> Result<Arc<dyn Link>> {
@@ -153,16 +157,23 @@ impl Comm {
     }
 
     /// Returns the credit for chunk `seq` from `from`.
+    ///
+    /// A failed credit return is not this operation's failure: we already hold the data, and a
+    /// peer that finished and left (closing its socket) no longer needs credits. If the peer
+    /// died, the next wait on it reports that.
     pub fn release(&mut self, from: usize, seq: u64) -> Result<()> {
         self.recvd[from] = seq + 1;
-        self.link(from)?.ack(self.stream, seq + 1)
+        if let Err(e) = self.link(from)?.ack(self.stream, seq + 1) {
+            tracing::debug!(peer = from, error = %e, "returning a credit failed");
+        }
+        Ok(())
     }
 
     /// Waits until every peer consumed everything we sent (so a receiver's complaint reaches us
     /// within this operation).
     pub fn drain(&self, ctx: &OpCtx) -> Result<()> {
-        for peer in 0..self.n {
-            if peer == self.me || self.sent[peer] == 0 {
+        for (peer, task) in self.tasks.iter().enumerate() {
+            if !task.is_active() || self.sent[peer] == 0 {
                 continue;
             }
             let need = self.sent[peer];

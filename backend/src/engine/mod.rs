@@ -5,5 +5,6 @@ pub mod comm;
 pub mod exec;
 pub mod p2p;
 pub mod signals;
+pub mod tasks;
 pub mod work;
 pub mod worker;

@@ -1,0 +1,142 @@
+//! Engine tests with every rank as a thread of this process (same transports, no launcher):
+//! credit wrap-around, multi-chunk pipelines, mismatches, point-to-point in both directions,
+//! destroy, and that the chunk loop never reconnects (DESIGN invariant 7).
+use chorus_backend::{ChorusError, DType, Options, ProcessGroup, ReduceOp};
+use chorus_bootstrap::{MemStore, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn run<F>(n: usize, name: &str, host_of: fn(usize) -> String, f: F) -> Vec<chorus_backend::Result<()>>
+where
+    F: Fn(ProcessGroup) -> chorus_backend::Result<()> + Send + Sync + 'static,
+{
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|r| {
+            let store = store.clone();
+            let f = f.clone();
+            let opts = Options::default().with_timeout(Duration::from_secs(20)).with_name(name).with_host_id(host_of(r));
+            std::thread::spawn(move || {
+                let pg = ProcessGroup::new(store, r, n, opts)?;
+                f(pg)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
+}
+
+fn same_host(_: usize) -> String {
+    "host".into()
+}
+fn own_host(r: usize) -> String {
+    format!("host{r}")
+}
+
+#[test]
+fn many_chunks_wrap_the_slot_ring_over_shm_and_tcp() {
+    for (name, host) in [("wrap-shm", same_host as fn(usize) -> String), ("wrap-tcp", own_host)] {
+        let results = run(3, name, host, |pg| {
+            // 5 MB > 4 slots x chunk: sequence numbers pass the ring size many times.
+            let n = pg.size() as i64;
+            for round in 0..3i64 {
+                let mut v: Vec<i64> = (0..655_360).map(|i| i + pg.rank() as i64 + round).collect();
+                pg.all_reduce(&mut v, ReduceOp::Sum)?;
+                for (i, x) in v.iter().enumerate() {
+                    let want = n * (i as i64 + round) + n * (n - 1) / 2;
+                    assert_eq!(*x, want, "element {i} round {round}");
+                }
+            }
+            Ok(())
+        });
+        assert!(results.iter().all(|r| r.is_ok()), "{name}: {results:?}");
+    }
+}
+
+#[test]
+fn chunk_loop_never_reconnects() {
+    let results = run(2, "bracket", same_host, |pg| {
+        let before = pg.connection_count();
+        let mut v = vec![1.0f32; 3 << 20];
+        for _ in 0..4 {
+            pg.all_reduce(&mut v, ReduceOp::Sum)?;
+            pg.broadcast(&mut v, 1)?;
+        }
+        assert_eq!(pg.connection_count(), before, "a multi-chunk collective opened connections");
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+#[test]
+fn mismatched_counts_fail_on_every_rank() {
+    let results = run(3, "mismatch", same_host, |pg| {
+        let len = if pg.rank() == 0 { 10 } else { 12 };
+        let mut v = vec![1.0f32; len];
+        match pg.all_reduce(&mut v, ReduceOp::Sum) {
+            Err(ChorusError::Mismatch { .. }) | Err(ChorusError::PeerReportedMismatch { .. }) => Ok(()),
+            other => panic!("rank {} expected a mismatch error, got {other:?}", pg.rank()),
+        }
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+#[test]
+fn mismatched_broadcast_fails_at_the_root_too() {
+    let results = run(2, "mismatch-bcast", same_host, |pg| {
+        let mut v = vec![0u8; if pg.rank() == 0 { 100 } else { 101 }];
+        assert!(pg.broadcast(&mut v, 0).is_err(), "rank {} accepted a mismatched broadcast", pg.rank());
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+#[test]
+fn sends_in_both_directions_at_once_do_not_deadlock() {
+    for (name, host) in [("p2p-shm", same_host as fn(usize) -> String), ("p2p-tcp", own_host)] {
+        let results = run(2, name, host, |pg| {
+            let peer = 1 - pg.rank();
+            // Larger than every slot ring, posted before either side receives.
+            let out: Vec<u32> = (0..1_000_000).map(|i| i * 2 + pg.rank() as u32).collect();
+            let s1 = pg.send_async(out.clone(), peer, 7);
+            let s2 = pg.send_async(vec![pg.rank() as u32; 3], peer, 9);
+            let r2 = pg.recv_async(vec![0u32; 3], peer, 9);
+            let r1 = pg.recv_async(vec![0u32; 1_000_000], peer, 7);
+            s1.wait()?;
+            s2.wait()?;
+            assert_eq!(r2.wait()?, vec![peer as u32; 3]);
+            let got = r1.wait()?;
+            assert!(got.iter().enumerate().all(|(i, &x)| x == i as u32 * 2 + peer as u32));
+            Ok(())
+        });
+        assert!(results.iter().all(|r| r.is_ok()), "{name}: {results:?}");
+    }
+}
+
+#[test]
+fn destroyed_group_refuses_work() {
+    let results = run(2, "destroy", same_host, |pg| {
+        pg.barrier()?;
+        pg.destroy();
+        let mut v = [1i32; 4];
+        assert!(matches!(pg.all_reduce(&mut v, ReduceOp::Sum), Err(ChorusError::Destroyed)));
+        assert!(matches!(pg.all_reduce_async(vec![1i32], DType::I32, ReduceOp::Sum).wait(), Err(ChorusError::Destroyed)));
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+#[test]
+fn float_sums_are_bitwise_identical_on_every_rank() {
+    let results = run(3, "bitwise", same_host, |pg| {
+        let mut v: Vec<f32> = (0..1000).map(|i| 0.1f32 * (i as f32 + 1.0) / (pg.rank() as f32 + 3.0)).collect();
+        pg.all_reduce(&mut v, ReduceOp::Sum)?;
+        let mut all = vec![0f32; 1000 * pg.size()];
+        pg.all_gather(&v, &mut all)?;
+        for r in 1..pg.size() {
+            assert!(all[..1000].iter().zip(&all[r * 1000..(r + 1) * 1000]).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
