@@ -33,6 +33,27 @@ pub enum ChorusError {
     Destroyed,
     #[error("the operation was not completed: {0}")]
     Incomplete(String),
+    #[error("{op} ran under membership epoch {mine} but a peer already runs epoch {theirs}; recovering")]
+    ViewChanged { op: &'static str, mine: u64, theirs: u64 },
+    #[error("rank {peer} asked for recovery round {round} during {op}")]
+    RecoveryRequested { op: &'static str, peer: usize, round: u64 },
+    #[error("{op} cannot complete: its root, rank {root}, is not an active member of the group (it failed or was removed); every survivor gets this error")]
+    RootInactive { op: &'static str, root: usize },
+    #[error("this rank was removed from the group at epoch {epoch} (it was suspected dead); start it again with join_group to rejoin")]
+    Excluded { epoch: u64 },
+    #[error("{op} failed because rank(s) {failed:?} failed (failure policy `abort`); the group continues at epoch {epoch} without them")]
+    FailedByPolicy { op: &'static str, failed: Vec<usize>, epoch: u64 },
+}
+
+impl ChorusError {
+    /// Errors that mean "a peer failed or the view moved": the operation is recovered (re-run
+    /// or committed by agreement) instead of failing.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            ChorusError::PeerFailed { .. } | ChorusError::ViewChanged { .. } | ChorusError::RecoveryRequested { .. } | ChorusError::Io { .. }
+        )
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ChorusError>;

@@ -1,7 +1,10 @@
 //! Group setup: rendezvous through the store, transport selection per pair, engine start.
 use crate::engine::comm::Comm;
 use crate::engine::p2p::{P2pEngine, P2pOp};
-use crate::engine::signals::{SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED};
+use crate::engine::signals::{Control, SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED};
+use crate::membership::liveness::Liveness;
+use crate::membership::recovery::{Post, Round};
+use crate::membership::{View, ViewStore};
 use crate::engine::worker::Worker;
 use crate::error::{ChorusError, Result};
 use crate::memory::{Location, Registry};
@@ -54,6 +57,27 @@ pub struct GroupInner {
     pub lifecycle: AtomicU64,
     pub counters: Counters,
     pub registry: Registry,
+    pub views: ViewStore,
+    /// The view collectives run under (changes only by agreed recovery decisions or API calls).
+    pub view: Mutex<View>,
+    pub liveness: Arc<Liveness>,
+    /// Recovery rounds applied (monotonic).
+    pub rounds_applied: Arc<AtomicU64>,
+    /// What recovery posts report: highest committed collective and the one in progress.
+    pub progress: Mutex<Progress>,
+    pub heartbeat: Mutex<Option<JoinHandle<()>>>,
+    pub last_info: Mutex<crate::engine::work::OpInfo>,
+    /// Ranks removed by recovery and not yet reported by a collective.
+    pub pending_failed: Mutex<Vec<usize>>,
+}
+
+/// A rank's position in the collective sequence, as reported to recovery.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub committed: u64,
+    pub current: Option<(u64, bool)>,
+    /// Highest recovery round this rank posted for.
+    pub posted: u64,
 }
 
 fn key(uid: &str, rest: &str) -> String {
@@ -163,15 +187,19 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let all_shared_memory = links.iter().flatten().all(|l| l.shares_memory());
     tracing::debug!(?transports, chunk, "group links ready");
 
-    let coll = Comm::new(rank, size, Stream::Collective, links.clone(), local.signals.clone(), policy.clone(), opts.timeout);
-    let p2p = Comm::new(rank, size, Stream::P2p, links.clone(), local.signals.clone(), policy, opts.timeout);
+    let liveness = Arc::new(Liveness::new(size));
+    let rounds_applied = Arc::new(AtomicU64::new(0));
+    let coll = Comm::new(rank, size, Stream::Collective, links.clone(), local.signals.clone(), policy.clone(), opts.timeout, liveness.clone(), rounds_applied.clone());
+    let p2p = Comm::new(rank, size, Stream::P2p, links.clone(), local.signals.clone(), policy, opts.timeout, liveness.clone(), rounds_applied.clone());
     let (p2p_tx, p2p_rx) = crossbeam::channel::unbounded();
     let p2p_thread = std::thread::Builder::new()
         .name(format!("chorus-p2p-{uid}-{rank}"))
         .spawn(move || P2pEngine::new(p2p).run(p2p_rx))
         .map_err(|e| ChorusError::InvalidArgument(format!("spawning the point-to-point thread: {e}")))?;
 
-    Ok(Arc::new(GroupInner {
+    let views = ViewStore::new(store.clone(), &uid, size);
+    let view = views.read()?;
+    let inner = Arc::new(GroupInner {
         worker: Worker::start(format!("chorus-coll-{uid}-{rank}")),
         uid,
         rank,
@@ -192,10 +220,84 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
         lifecycle: AtomicU64::new(0),
         counters,
         registry,
-    }))
+        views,
+        view: Mutex::new(view),
+        liveness,
+        rounds_applied,
+        progress: Mutex::new(Progress::default()),
+        heartbeat: Mutex::new(None),
+        last_info: Mutex::new(Default::default()),
+        pending_failed: Mutex::new(Vec::new()),
+    });
+    let weak = Arc::downgrade(&inner);
+    let interval = inner.liveness.interval;
+    let hb = std::thread::Builder::new()
+        .name(format!("chorus-hb-{}-{rank}", inner.uid))
+        .spawn(move || heartbeat_loop(weak, interval))
+        .map_err(|e| ChorusError::InvalidArgument(format!("spawning the heartbeat thread: {e}")))?;
+    *inner.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = Some(hb);
+    Ok(inner)
+}
+
+/// Beats to every peer; answers recovery requests for a rank that is between collectives.
+fn heartbeat_loop(group: std::sync::Weak<GroupInner>, interval: Duration) {
+    loop {
+        {
+            let Some(g) = group.upgrade() else { return };
+            if g.lifecycle.load(Ordering::SeqCst) != 0 {
+                return;
+            }
+            g.liveness.beat(&g.links);
+            if let Some(round) = g.pending_round() {
+                if let Err(e) = g.post_recovery(round) {
+                    tracing::debug!(error = %e, "posting a recovery report failed");
+                }
+            }
+        }
+        std::thread::sleep(interval);
+    }
 }
 
 impl GroupInner {
+    /// The highest recovery round a peer asked for that this rank has not applied yet.
+    pub fn pending_round(&self) -> Option<u64> {
+        let applied = self.rounds_applied.load(Ordering::SeqCst);
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Our own entry is raised by a local view change request.
+        view.members()
+            .into_iter()
+            .map(|p| self.signals.control(p, Control::Recovery).load(Ordering::SeqCst))
+            .filter(|&r| r > applied)
+            .max()
+    }
+
+    /// Whether `peer` is known to be gone.
+    pub fn peer_dead(&self, peer: usize) -> bool {
+        match &self.links[peer] {
+            Some(l) => l.check_alive().is_err() || self.liveness.stalled(&self.signals, peer).is_some(),
+            None => false,
+        }
+    }
+
+    /// Posts this rank's progress for recovery round `round` (once per round and state).
+    pub fn post_recovery(&self, round: u64) -> Result<()> {
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let dead: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank && self.peer_dead(p)).collect();
+        let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch };
+        let r = Round { store: &self.store, views: &self.views, uid: &self.uid, me: self.rank, round, view: &view };
+        r.post(&post)?;
+        progress.posted = progress.posted.max(round);
+        drop(progress);
+        // Make sure every live member joins the round.
+        for p in view.members() {
+            if let Some(l) = &self.links[p] {
+                let _ = l.control(Control::Recovery, round);
+            }
+        }
+        Ok(())
+    }
+
     pub fn check_live(&self) -> Result<()> {
         if self.lifecycle.load(Ordering::SeqCst) != 0 {
             return Err(ChorusError::Destroyed);
@@ -210,6 +312,11 @@ impl GroupInner {
         }
         let _ = self.worker.quiesce(Duration::from_secs(5));
         self.worker.stop();
+        if let Some(h) = self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
         self.p2p_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = self.p2p_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = h.join();

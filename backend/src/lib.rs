@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod group;
 pub mod memory;
+pub mod membership;
 pub mod options;
 pub mod sys;
 pub mod transport;

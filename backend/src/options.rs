@@ -15,6 +15,21 @@ pub struct Options {
     pub route_hint: Option<String>,
     /// Name that keeps independent top-level groups on one store apart.
     pub name: String,
+    /// What a collective does when a participant fails (`CHORUS_FAILURE_POLICY=shrink|abort`).
+    pub policy: FailurePolicy,
+    /// Fault tolerance (`CHORUS_FT=0` turns it off): a commit barrier ends every collective and
+    /// in-place inputs are saved for re-runs. Off, a failure is an error and the group is unusable.
+    pub fault_tolerance: bool,
+}
+
+/// What survivors do with a collective during which a participant failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Complete it over the survivors (the default): every survivor returns the same result over
+    /// the same contributors and learns who failed.
+    Shrink,
+    /// Fail it with an error on every survivor; later collectives run over the survivors.
+    Abort,
 }
 
 impl Default for Options {
@@ -29,6 +44,11 @@ impl Default for Options {
             host_id: std::env::var("CHORUS_HOST_ID").ok(),
             route_hint: std::env::var("MASTER_ADDR").ok(),
             name: "default".into(),
+            fault_tolerance: std::env::var("CHORUS_FT").map(|v| v != "0").unwrap_or(true),
+            policy: match std::env::var("CHORUS_FAILURE_POLICY").as_deref() {
+                Ok("abort") => FailurePolicy::Abort,
+                _ => FailurePolicy::Shrink,
+            },
         }
     }
 }
@@ -40,6 +60,14 @@ impl Options {
     }
     pub fn with_host_id(mut self, id: impl Into<String>) -> Self {
         self.host_id = Some(id.into());
+        self
+    }
+    pub fn with_fault_tolerance(mut self, on: bool) -> Self {
+        self.fault_tolerance = on;
+        self
+    }
+    pub fn with_policy(mut self, p: FailurePolicy) -> Self {
+        self.policy = p;
         self
     }
     pub fn with_name(mut self, name: impl Into<String>) -> Self {

@@ -33,6 +33,7 @@ pub mod all_reduce;
 pub mod exchange;
 pub mod plan;
 pub mod reduce_scatter;
+pub mod remap;
 pub mod rooted;
 pub mod sim;
 pub mod split;

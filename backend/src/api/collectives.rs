@@ -4,7 +4,7 @@
 use super::buffer::{as_bytes, as_bytes_mut, Element};
 use super::select::{self, AllReduceAlgo, Topo};
 use super::ProcessGroup;
-use crate::algo;
+use crate::algo::{self, Buf};
 use crate::engine::comm::{Comm, OpCtx};
 use crate::engine::exec::{self, Bufs, Reduction};
 use crate::engine::p2p::OpBuffer;
@@ -46,26 +46,49 @@ fn finalize(op: ReduceOp, dtype: DType, buf: &mut [u8], n: usize) -> Result<()> 
     Ok(())
 }
 
-fn all_reduce_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
-    let (n, me, bytes, elem, chunk) = (t.n, t.me, buf.len(), dtype.size(), t.chunk);
-    let plan = match select::all_reduce(&t, bytes) {
+/// Saves the caller's input before the first attempt of an in-place reduction and restores it
+/// before a re-run (a recovery can ask survivors to run a collective again).
+fn guard_input(t: &Topo, attempt: u32, buf: &mut [u8], backup: &mut Vec<u8>) {
+    if !t.ft || t.m() < 2 {
+        return;
+    }
+    if attempt == 0 {
+        backup.clear();
+        backup.extend_from_slice(buf);
+    } else {
+        buf.copy_from_slice(backup);
+    }
+}
+
+fn dense_root(t: &Topo, ctx: &OpCtx, root: usize) -> Result<usize> {
+    t.dense(root).ok_or(ChorusError::RootInactive { op: ctx.name, root })
+}
+
+fn all_reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [u8], backup: &mut Vec<u8>, dtype: DType, op: ReduceOp) -> Result<()> {
+    guard_input(t, attempt, buf, backup);
+    let (n, me, bytes, elem, chunk) = (t.m(), t.me(), buf.len(), dtype.size(), t.chunk);
+    let plan = match select::all_reduce(t, bytes) {
         AllReduceAlgo::Direct => algo::all_reduce_direct(n, me, bytes, elem, chunk),
         AllReduceAlgo::RsAg => algo::all_reduce_rs_ag(n, me, bytes, elem, chunk),
         AllReduceAlgo::Ring => algo::all_reduce_ring(n, me, bytes, elem, chunk),
     };
-    exec::run(comm, ctx, &plan, &mut Bufs::InPlace(buf), Some(Reduction { dtype, op }), None)?;
+    exec::run(comm, ctx, &t.place(plan), &mut Bufs::InPlace(buf), Some(Reduction { dtype, op }), None)?;
     finalize(op, dtype, buf, n)
 }
 
-fn reduce_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
-    let (n, me, bytes, elem, chunk) = (t.n, t.me, buf.len(), dtype.size(), t.chunk);
-    let plan = if select::reduce_rs_gather(&t, bytes) {
+#[allow(clippy::too_many_arguments)]
+fn reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [u8], backup: &mut Vec<u8>, root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
+    let (n, me, bytes, elem, chunk) = (t.m(), t.me(), buf.len(), dtype.size(), t.chunk);
+    let root = dense_root(t, ctx, root)?;
+    let plan = if select::reduce_rs_gather(t, bytes) {
         algo::reduce_rs_gather(n, me, root, bytes, elem, chunk)
     } else {
         algo::reduce_direct(n, me, root, bytes, elem, chunk)
     };
+    let plan = t.place(plan);
     let red = Some(Reduction { dtype, op });
     if me == root {
+        guard_input(t, attempt, buf, backup);
         exec::run(comm, ctx, &plan, &mut Bufs::InPlace(buf), red, None)?;
         finalize(op, dtype, buf, n)
     } else {
@@ -76,53 +99,74 @@ fn reduce_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], root: usiz
     }
 }
 
-fn broadcast_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], root: usize) -> Result<()> {
-    let plan = if select::broadcast_chain(&t, buf.len()) {
-        algo::broadcast_chain(t.n, t.me, root, buf.len(), t.chunk)
+fn broadcast_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], root: usize) -> Result<()> {
+    let root = dense_root(t, ctx, root)?;
+    let plan = if select::broadcast_chain(t, buf.len()) {
+        algo::broadcast_chain(t.m(), t.me(), root, buf.len(), t.chunk)
     } else {
-        algo::broadcast_direct(t.n, t.me, root, buf.len(), t.chunk)
+        algo::broadcast_direct(t.m(), t.me(), root, buf.len(), t.chunk)
     };
-    exec::run(comm, ctx, &plan, &mut Bufs::InPlace(buf), None, None)?;
+    exec::run(comm, ctx, &t.place(plan), &mut Bufs::InPlace(buf), None, None)?;
     comm.drain(ctx)
 }
 
-fn all_gather_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8]) -> Result<()> {
+fn all_gather_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8]) -> Result<()> {
     let block = input.len();
-    let plan = if select::use_ring(&t, output.len()) {
-        algo::all_gather_ring(t.n, t.me, block, t.chunk)
+    let dense_total = block * t.m();
+    let plan = if select::use_ring(t, dense_total) {
+        algo::all_gather_ring(t.m(), t.me(), block, t.chunk)
     } else {
-        algo::all_gather_direct(t.n, t.me, block, t.chunk)
+        algo::all_gather_direct(t.m(), t.me(), block, t.chunk)
     };
-    exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, None, None)
+    if !t.full() {
+        // Blocks of inactive ranks carry no data: zeros, on every rank alike.
+        for r in (0..t.size).filter(|r| t.dense(*r).is_none()) {
+            output[r * block..(r + 1) * block].fill(0);
+        }
+    }
+    exec::run(comm, ctx, &t.place_blocks(plan, Buf::Output, block), &mut Bufs::Separate { input, output }, None, None)
 }
 
-fn reduce_scatter_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn reduce_scatter_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
     let block = output.len();
-    let plan = if select::use_ring(&t, input.len()) {
-        algo::reduce_scatter_ring(t.n, t.me, block, dtype.size(), t.chunk)
+    let plan = if select::use_ring(t, block * t.m()) {
+        algo::reduce_scatter_ring(t.m(), t.me(), block, dtype.size(), t.chunk)
     } else {
-        algo::reduce_scatter_direct(t.n, t.me, block, dtype.size(), t.chunk)
+        algo::reduce_scatter_direct(t.m(), t.me(), block, dtype.size(), t.chunk)
     };
-    exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, Some(Reduction { dtype, op }), None)?;
-    finalize(op, dtype, output, t.n)
+    exec::run(comm, ctx, &t.place_blocks(plan, Buf::Input, block), &mut Bufs::Separate { input, output }, Some(Reduction { dtype, op }), None)?;
+    finalize(op, dtype, output, t.m())
 }
 
-fn all_to_all_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], send: &[(usize, usize)], recv: &[(usize, usize)], check_totals: bool) -> Result<()> {
-    let plan = algo::all_to_all(t.n, t.me, send, recv, t.chunk);
-    let st: Vec<u64> = send.iter().map(|s| s.1 as u64).collect();
-    let rt: Vec<u64> = recv.iter().map(|r| r.1 as u64).collect();
+#[allow(clippy::too_many_arguments)]
+fn all_to_all_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], send: &[(usize, usize)], recv: &[(usize, usize)], check_totals: bool) -> Result<()> {
+    // Splits keep their absolute offsets: only the members' blocks move.
+    let send: Vec<(usize, usize)> = t.members.iter().map(|&r| send[r]).collect();
+    let recv: Vec<(usize, usize)> = t.members.iter().map(|&r| recv[r]).collect();
+    let plan = t.place(algo::all_to_all(t.m(), t.me(), &send, &recv, t.chunk));
+    let mut st = vec![0u64; t.size];
+    let mut rt = vec![0u64; t.size];
+    for (i, &r) in t.members.iter().enumerate() {
+        st[r] = send[i].1 as u64;
+        rt[r] = recv[i].1 as u64;
+    }
     let totals = check_totals.then_some((&st[..], &rt[..]));
     exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, None, totals)
 }
 
-fn gather_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
-    let plan = algo::gather(t.n, t.me, root, input.len(), t.chunk);
+fn gather_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+    let root = dense_root(t, ctx, root)?;
+    let block = input.len();
+    let plan = t.place_blocks(algo::gather(t.m(), t.me(), root, block, t.chunk), Buf::Output, block);
     exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, None, None)?;
     comm.drain(ctx)
 }
 
-fn scatter_impl(t: Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
-    let plan = algo::scatter(t.n, t.me, root, output.len(), t.chunk);
+fn scatter_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+    let root = dense_root(t, ctx, root)?;
+    let block = output.len();
+    let plan = t.place_blocks(algo::scatter(t.m(), t.me(), root, block, t.chunk), Buf::Input, block);
     exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, None, None)?;
     comm.drain(ctx)
 }
@@ -153,8 +197,8 @@ impl ProcessGroup {
     pub fn all_reduce_raw(&self, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
         kernels::check_supported(dtype, op)?;
         let count = elems(buf.len(), dtype, "all_reduce")?;
-        let t = self.topo();
-        self.run_blocking("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], |c, x| all_reduce_impl(t, c, x, buf, dtype, op))
+        let mut backup = Vec::new();
+        self.run_blocking("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], |c, x, t, a| all_reduce_impl(t, c, x, a, buf, &mut backup, dtype, op))
     }
 
     pub fn all_reduce_async<B: OpBuffer>(&self, buf: B, dtype: DType, op: ReduceOp) -> Work<B> {
@@ -162,8 +206,13 @@ impl ProcessGroup {
             Ok(c) => c,
             Err(e) => return Work::ready("all_reduce", Err(e)),
         };
-        let t = self.topo();
-        self.run_async("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], buf, move |c, x, b| all_reduce_impl(t, c, x, b.bytes_mut(), dtype, op))
+        self.run_async_map(
+            "all_reduce",
+            &[kind::ALL_REDUCE, dtype as u64, op as u64, count],
+            (buf, Vec::new()),
+            move |c, x, t, a, (b, backup)| all_reduce_impl(t, c, x, a, b.bytes_mut(), backup, dtype, op),
+            |(b, _)| b,
+        )
     }
 
     // ---------------------------------------------------------------- reduce
@@ -176,8 +225,8 @@ impl ProcessGroup {
         kernels::check_supported(dtype, op)?;
         check_root(root, self.size())?;
         let count = elems(buf.len(), dtype, "reduce")?;
-        let t = self.topo();
-        self.run_blocking("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], |c, x| reduce_impl(t, c, x, buf, root, dtype, op))
+        let mut backup = Vec::new();
+        self.run_blocking("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], |c, x, t, a| reduce_impl(t, c, x, a, buf, &mut backup, root, dtype, op))
     }
 
     pub fn reduce_async<B: OpBuffer>(&self, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Work<B> {
@@ -189,8 +238,13 @@ impl ProcessGroup {
             Ok(c) => c,
             Err(e) => return Work::ready("reduce", Err(e)),
         };
-        let t = self.topo();
-        self.run_async("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], buf, move |c, x, b| reduce_impl(t, c, x, b.bytes_mut(), root, dtype, op))
+        self.run_async_map(
+            "reduce",
+            &[kind::REDUCE, dtype as u64, op as u64, count, root as u64],
+            (buf, Vec::new()),
+            move |c, x, t, a, (b, backup)| reduce_impl(t, c, x, a, b.bytes_mut(), backup, root, dtype, op),
+            |(b, _)| b,
+        )
     }
 
     // ---------------------------------------------------------------- broadcast
@@ -201,17 +255,15 @@ impl ProcessGroup {
 
     pub fn broadcast_raw(&self, buf: &mut [u8], root: usize) -> Result<()> {
         check_root(root, self.size())?;
-        let t = self.topo();
-        self.run_blocking("broadcast", &[kind::BROADCAST, buf.len() as u64, root as u64], |c, x| broadcast_impl(t, c, x, buf, root))
+        self.run_blocking("broadcast", &[kind::BROADCAST, buf.len() as u64, root as u64], |c, x, t, _| broadcast_impl(t, c, x, buf, root))
     }
 
     pub fn broadcast_async<B: OpBuffer>(&self, buf: B, root: usize) -> Work<B> {
         if let Err(e) = check_root(root, self.size()) {
             return Work::ready("broadcast", Err(e));
         }
-        let t = self.topo();
         let len = buf.bytes().len() as u64;
-        self.run_async("broadcast", &[kind::BROADCAST, len, root as u64], buf, move |c, x, b| broadcast_impl(t, c, x, b.bytes_mut(), root))
+        self.run_async("broadcast", &[kind::BROADCAST, len, root as u64], buf, move |c, x, t, _, b| broadcast_impl(t, c, x, b.bytes_mut(), root))
     }
 
     // ---------------------------------------------------------------- all_gather
@@ -223,8 +275,7 @@ impl ProcessGroup {
 
     pub fn all_gather_raw(&self, input: &[u8], output: &mut [u8]) -> Result<()> {
         self.check_gather_sizes("all_gather", input.len(), output.len())?;
-        let t = self.topo();
-        self.run_blocking("all_gather", &[kind::ALL_GATHER, input.len() as u64], |c, x| all_gather_impl(t, c, x, input, output))
+        self.run_blocking("all_gather", &[kind::ALL_GATHER, input.len() as u64], |c, x, t, _| all_gather_impl(t, c, x, input, output))
     }
 
     /// List form: `outputs[r]` receives rank `r`'s input.
@@ -250,9 +301,8 @@ impl ProcessGroup {
         if let Err(e) = self.check_gather_sizes("all_gather", input.bytes().len(), output.bytes().len()) {
             return Work::ready("all_gather", Err(e));
         }
-        let t = self.topo();
         let len = input.bytes().len() as u64;
-        self.run_async("all_gather", &[kind::ALL_GATHER, len], (input, output), move |c, x, (i, o)| all_gather_impl(t, c, x, i.bytes(), o.bytes_mut()))
+        self.run_async("all_gather", &[kind::ALL_GATHER, len], (input, output), move |c, x, t, _, (i, o)| all_gather_impl(t, c, x, i.bytes(), o.bytes_mut()))
     }
 
     fn check_gather_sizes(&self, op: &str, block: usize, total: usize) -> Result<()> {
@@ -276,8 +326,7 @@ impl ProcessGroup {
         kernels::check_supported(dtype, op)?;
         self.check_gather_sizes("reduce_scatter", output.len(), input.len())?;
         let count = elems(output.len(), dtype, "reduce_scatter")?;
-        let t = self.topo();
-        self.run_blocking("reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], |c, x| {
+        self.run_blocking("reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], |c, x, t, _| {
             reduce_scatter_impl(t, c, x, input, output, dtype, op)
         })
     }
@@ -305,8 +354,7 @@ impl ProcessGroup {
             Ok(c) => c,
             Err(e) => return Work::ready("reduce_scatter", Err(e)),
         };
-        let t = self.topo();
-        self.run_async("reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], (input, output), move |c, x, (i, o)| {
+        self.run_async("reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], (input, output), move |c, x, t, _, (i, o)| {
             reduce_scatter_impl(t, c, x, i.bytes(), o.bytes_mut(), dtype, op)
         })
     }
@@ -319,9 +367,8 @@ impl ProcessGroup {
 
     pub fn all_to_all_raw(&self, input: &[u8], output: &mut [u8]) -> Result<()> {
         let block = self.check_all_to_all(input.len(), output.len())?;
-        let t = self.topo();
-        let splits = even_splits(t.n, block);
-        self.run_blocking("all_to_all", &[kind::ALL_TO_ALL, input.len() as u64], |c, x| all_to_all_impl(t, c, x, input, output, &splits, &splits, false))
+        let splits = even_splits(self.size(), block);
+        self.run_blocking("all_to_all", &[kind::ALL_TO_ALL, input.len() as u64], |c, x, t, _| all_to_all_impl(t, c, x, input, output, &splits, &splits, false))
     }
 
     fn check_all_to_all(&self, input: usize, output: usize) -> Result<usize> {
@@ -342,8 +389,7 @@ impl ProcessGroup {
 
     pub fn all_to_all_v_raw(&self, input: &[u8], send_counts: &[usize], output: &mut [u8], recv_counts: &[usize], dtype: DType) -> Result<()> {
         let (send, recv) = self.check_all_to_all_v(input.len(), send_counts, output.len(), recv_counts, dtype)?;
-        let t = self.topo();
-        self.run_blocking("all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], |c, x| all_to_all_impl(t, c, x, input, output, &send, &recv, true))
+        self.run_blocking("all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], |c, x, t, _| all_to_all_impl(t, c, x, input, output, &send, &recv, true))
     }
 
     #[allow(clippy::type_complexity)]
@@ -369,10 +415,9 @@ impl ProcessGroup {
             Ok(b) => b,
             Err(e) => return Work::ready("all_to_all", Err(e)),
         };
-        let t = self.topo();
         let len = input.bytes().len() as u64;
-        let splits = even_splits(t.n, block);
-        self.run_async("all_to_all", &[kind::ALL_TO_ALL, len], (input, output), move |c, x, (i, o)| {
+        let splits = even_splits(self.size(), block);
+        self.run_async("all_to_all", &[kind::ALL_TO_ALL, len], (input, output), move |c, x, t, _, (i, o)| {
             all_to_all_impl(t, c, x, i.bytes(), o.bytes_mut(), &splits, &splits, false)
         })
     }
@@ -382,8 +427,7 @@ impl ProcessGroup {
             Ok(s) => s,
             Err(e) => return Work::ready("all_to_all_v", Err(e)),
         };
-        let t = self.topo();
-        self.run_async("all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], (input, output), move |c, x, (i, o)| {
+        self.run_async("all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], (input, output), move |c, x, t, _, (i, o)| {
             all_to_all_impl(t, c, x, i.bytes(), o.bytes_mut(), &send, &recv, true)
         })
     }
@@ -402,8 +446,7 @@ impl ProcessGroup {
         } else {
             0
         };
-        let t = self.topo();
-        self.run_blocking("gather", &[kind::GATHER, input.len() as u64, root as u64], |c, x| gather_impl(t, c, x, input, &mut output[..out_len], root))
+        self.run_blocking("gather", &[kind::GATHER, input.len() as u64, root as u64], |c, x, t, _| gather_impl(t, c, x, input, &mut output[..out_len], root))
     }
 
     pub fn gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
@@ -418,9 +461,8 @@ impl ProcessGroup {
         if let Err(e) = check {
             return Work::ready("gather", Err(e));
         }
-        let t = self.topo();
         let len = input.bytes().len() as u64;
-        self.run_async("gather", &[kind::GATHER, len, root as u64], (input, output), move |c, x, (i, o)| {
+        self.run_async("gather", &[kind::GATHER, len, root as u64], (input, output), move |c, x, t, _, (i, o)| {
             let out = o.bytes_mut();
             let out = if me == root { out } else { &mut out[..0] };
             gather_impl(t, c, x, i.bytes(), out, root)
@@ -440,8 +482,7 @@ impl ProcessGroup {
         } else {
             0
         };
-        let t = self.topo();
-        self.run_blocking("scatter", &[kind::SCATTER, output.len() as u64, root as u64], |c, x| scatter_impl(t, c, x, &input[..in_len], output, root))
+        self.run_blocking("scatter", &[kind::SCATTER, output.len() as u64, root as u64], |c, x, t, _| scatter_impl(t, c, x, &input[..in_len], output, root))
     }
 
     pub fn scatter_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
@@ -456,9 +497,8 @@ impl ProcessGroup {
         if let Err(e) = check {
             return Work::ready("scatter", Err(e));
         }
-        let t = self.topo();
         let len = output.bytes().len() as u64;
-        self.run_async("scatter", &[kind::SCATTER, len, root as u64], (input, output), move |c, x, (i, o)| {
+        self.run_async("scatter", &[kind::SCATTER, len, root as u64], (input, output), move |c, x, t, _, (i, o)| {
             let inp = if me == root { i.bytes() } else { &i.bytes()[..0] };
             scatter_impl(t, c, x, inp, o.bytes_mut(), root)
         })
@@ -467,17 +507,15 @@ impl ProcessGroup {
     // ---------------------------------------------------------------- barrier
     /// Returns once every rank has entered the barrier.
     pub fn barrier(&self) -> Result<()> {
-        let t = self.topo();
-        self.run_blocking("barrier", &[kind::BARRIER], |c, x| {
-            let plan = algo::barrier(t.n, t.me);
+        self.run_blocking("barrier", &[kind::BARRIER], |c, x, t, _| {
+            let plan = t.place(algo::barrier(t.m(), t.me()));
             exec::run(c, x, &plan, &mut Bufs::InPlace(&mut []), None, None)
         })
     }
 
     pub fn barrier_async(&self) -> Work<()> {
-        let t = self.topo();
-        self.run_async("barrier", &[kind::BARRIER], (), move |c, x, _| {
-            let plan = algo::barrier(t.n, t.me);
+        self.run_async("barrier", &[kind::BARRIER], (), move |c, x, t, _, _| {
+            let plan = t.place(algo::barrier(t.m(), t.me()));
             exec::run(c, x, &plan, &mut Bufs::InPlace(&mut []), None, None)
         })
     }

@@ -1,12 +1,13 @@
 //! The public Rust API: [`ProcessGroup`], its collectives and point-to-point calls.
 pub mod buffer;
 mod collectives;
+mod ft;
 mod p2p;
 pub mod p2p_types { pub use super::p2p::P2pRequest; }
 pub mod select;
 
 use crate::engine::comm::{describe, Comm, OpCtx};
-use crate::engine::work::{self, Work};
+use crate::engine::work::{self, OpInfo, Work};
 use crate::error::{ChorusError, Result};
 use crate::group::{self, GroupInner};
 use crate::options::Options;
@@ -131,32 +132,71 @@ impl ProcessGroup {
         Ok(Some(ProcessGroup { inner, _server: self._server.clone() }))
     }
 
+    /// Active ranks of the current membership view.
+    pub fn active_ranks(&self) -> Vec<usize> {
+        self.inner.view.lock().unwrap_or_else(|p| p.into_inner()).members()
+    }
+
+    /// Epoch of the current membership view (raised by every change).
+    pub fn current_epoch(&self) -> u64 {
+        self.inner.view.lock().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// Removes `ranks` from the group's view; every rank adopts the change at its next
+    /// collective (through a recovery round, so they all switch at the same collective).
+    pub fn deactivate_ranks(&self, ranks: &[usize]) -> Result<()> {
+        self.inner.check_live()?;
+        self.inner.views.deactivate(ranks)?;
+        self.request_view_change()
+    }
+
+    /// Puts `ranks` (alive and connected) back into the view, like `deactivate_ranks`.
+    pub fn activate_ranks(&self, ranks: &[usize]) -> Result<()> {
+        self.inner.check_live()?;
+        self.inner.views.activate(ranks)?;
+        self.request_view_change()
+    }
+
+    fn request_view_change(&self) -> Result<()> {
+        let round = self.inner.rounds_applied.load(Ordering::SeqCst) + 1;
+        for p in 0..self.size() {
+            if let Some(l) = &self.inner.links[p] {
+                let _ = l.control(crate::engine::signals::Control::Recovery, round);
+            }
+        }
+        // Our own collective path notices through the same counter check as everyone else's.
+        self.inner.signals.publish(self.inner.signals.control(self.rank(), crate::engine::signals::Control::Recovery), round);
+        Ok(())
+    }
+
     /// Destroys the group: later calls on any handle fail with `Destroyed`; peers still inside an
     /// operation with this rank get an error instead of waiting for their deadline.
     pub fn destroy(&self) {
         self.inner.destroy(true);
     }
 
-    fn topo(&self) -> Topo {
-        Topo { n: self.inner.size, me: self.inner.rank, chunk: self.inner.chunk, shared_memory: self.inner.all_shared_memory }
-    }
-
     fn next_ctx(&self, name: &'static str, desc: &[u64]) -> OpCtx {
         let op_seq = self.inner.op_seq.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.counters.collectives.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        OpCtx { name, op_seq, desc: describe(desc), deadline: now + self.inner.opts.timeout, started: now }
+        OpCtx { name, op_seq, epoch: 0, desc: describe(desc), deadline: now + self.inner.opts.timeout, started: now }
+    }
+
+    /// What the last collective this handle's group completed reported (failed ranks, epoch).
+    pub fn last_op_info(&self) -> OpInfo {
+        self.inner.last_info.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Runs a collective on the caller's thread, after every queued asynchronous one.
-    fn run_blocking(&self, name: &'static str, desc: &[u64], f: impl FnOnce(&mut Comm, &OpCtx) -> Result<()>) -> Result<()> {
+    fn run_blocking(&self, name: &'static str, desc: &[u64], mut f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()>) -> Result<()> {
         self.inner.check_live()?;
         self.inner.worker.quiesce(self.inner.opts.timeout)?;
         let ctx = self.next_ctx(name, desc);
         let mut guard = self.inner.coll.lock().unwrap_or_else(|p| p.into_inner());
         let _span = tracing::debug_span!("collective", op = name, seq = ctx.op_seq, rank = self.inner.rank).entered();
-        let ctx = OpCtx { started: Instant::now(), deadline: Instant::now() + self.inner.opts.timeout, ..ctx };
-        f(&mut guard.comm, &ctx)
+        let info = ft::drive(&self.inner, &mut guard.comm, ctx, &mut f)?;
+        *self.inner.last_info.lock().unwrap_or_else(|p| p.into_inner()) = info;
+        Ok(())
     }
 
     /// Queues a collective on the group's worker; `bufs` travel with it and come back from
@@ -165,23 +205,45 @@ impl ProcessGroup {
         &self,
         name: &'static str,
         desc: &[u64],
-        mut bufs: B,
-        f: impl FnOnce(&mut Comm, &OpCtx, &mut B) -> Result<()> + Send + 'static,
+        bufs: B,
+        f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32, &mut B) -> Result<()> + Send + 'static,
     ) -> Work<B> {
+        self.run_async_map(name, desc, bufs, f, |b| b)
+    }
+
+    /// Like `run_async`, with the state turned into the work's result at the end.
+    fn run_async_map<S: Send + 'static, R: Send + 'static>(
+        &self,
+        name: &'static str,
+        desc: &[u64],
+        mut state: S,
+        mut f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32, &mut S) -> Result<()> + Send + 'static,
+        finish: impl FnOnce(S) -> R + Send + 'static,
+    ) -> Work<R> {
         if let Err(e) = self.inner.check_live() {
             return Work::ready(name, Err(e));
         }
         let ctx = self.next_ctx(name, desc);
         let (work, done) = work::pair(name);
-        let coll = self.inner.coll.clone();
+        let inner = Arc::downgrade(&self.inner);
         let rank = self.inner.rank;
-        let timeout = self.inner.opts.timeout;
         let job = Box::new(move || {
+            let Some(inner) = inner.upgrade() else {
+                done.complete(Err(ChorusError::Destroyed));
+                return;
+            };
+            let coll = inner.coll.clone();
             let mut guard = coll.lock().unwrap_or_else(|p| p.into_inner());
             let _span = tracing::debug_span!("collective", op = name, seq = ctx.op_seq, rank).entered();
-            let ctx = OpCtx { started: Instant::now(), deadline: Instant::now() + timeout, ..ctx };
-            let r = f(&mut guard.comm, &ctx, &mut bufs);
-            done.complete(r.map(|_| bufs));
+            let r = ft::drive(&inner, &mut guard.comm, ctx, &mut |c, x, t, a| f(c, x, t, a, &mut state));
+            match r {
+                Ok(info) => {
+                    *inner.last_info.lock().unwrap_or_else(|p| p.into_inner()) = info.clone();
+                    done.set_info(info);
+                    done.complete(Ok(finish(state)));
+                }
+                Err(e) => done.complete(Err(e)),
+            }
         });
         if let Err(e) = self.inner.worker.submit(job) {
             return Work::ready(name, Err(e));

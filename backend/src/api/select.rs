@@ -1,6 +1,7 @@
 //! Which algorithm runs for an operation, from the group's shape, the message size and the cost
 //! class of its links (shared memory or not) — never from a transport's name.
 //! `CHORUS_ALGO=<name>` forces a choice where it applies (benchmarks and tests).
+use crate::algo::{self, Buf, Plan};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllReduceAlgo {
@@ -9,12 +10,60 @@ pub enum AllReduceAlgo {
     Ring,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// The ranks an operation runs over (the active members of the current view) and the link
+/// properties that pick algorithms. Plans are built for `m = members.len()` dense ranks and then
+/// renamed to group ranks.
+#[derive(Clone, Debug)]
 pub struct Topo {
-    pub n: usize,
-    pub me: usize,
+    /// Group size (all ranks, active or not).
+    pub size: usize,
+    /// Active members, ascending.
+    pub members: Vec<usize>,
+    /// This rank's group rank.
+    pub rank: usize,
     pub chunk: usize,
     pub shared_memory: bool,
+    /// Fault tolerance on: in-place inputs are saved so a collective can be re-run.
+    pub ft: bool,
+}
+
+impl Topo {
+    /// Number of participating ranks.
+    pub fn m(&self) -> usize {
+        self.members.len()
+    }
+
+    /// This rank's dense index among the members.
+    pub fn me(&self) -> usize {
+        self.members.iter().position(|&r| r == self.rank).expect("an active rank runs collectives")
+    }
+
+    /// Dense index of group rank `r`, if active.
+    pub fn dense(&self, r: usize) -> Option<usize> {
+        self.members.iter().position(|&x| x == r)
+    }
+
+    pub fn full(&self) -> bool {
+        self.members.len() == self.size
+    }
+
+    /// Renames a dense plan's peers to group ranks.
+    pub fn place(&self, plan: Plan) -> Plan {
+        if self.full() {
+            plan
+        } else {
+            algo::remap::to_members(plan, &self.members)
+        }
+    }
+
+    /// Also moves dense per-rank blocks of `buf` to the members' blocks.
+    pub fn place_blocks(&self, plan: Plan, buf: Buf, block: usize) -> Plan {
+        if self.full() {
+            plan
+        } else {
+            algo::remap::spread_blocks(algo::remap::to_members(plan, &self.members), buf, block, &self.members)
+        }
+    }
 }
 
 fn forced() -> Option<String> {
@@ -30,8 +79,9 @@ pub fn all_reduce(t: &Topo, bytes: usize) -> AllReduceAlgo {
         Some("ring") => return AllReduceAlgo::Ring,
         _ => {}
     }
-    let small = if t.shared_memory { (128 * 1024 / t.n.max(1)).max(16 * 1024) } else { 32 * 1024 };
-    if t.n <= 2 && bytes <= t.chunk || bytes <= small {
+    let n = t.m();
+    let small = if t.shared_memory { (128 * 1024 / n.max(1)).max(16 * 1024) } else { 32 * 1024 };
+    if n <= 2 && bytes <= t.chunk || bytes <= small {
         AllReduceAlgo::Direct
     } else if t.shared_memory {
         AllReduceAlgo::RsAg
@@ -45,7 +95,7 @@ pub fn use_ring(t: &Topo, total_bytes: usize) -> bool {
     match forced().as_deref() {
         Some("ring") => true,
         Some("direct") => false,
-        _ => !t.shared_memory && t.n > 2 && total_bytes > 256 * 1024,
+        _ => !t.shared_memory && t.m() > 2 && total_bytes > 256 * 1024,
     }
 }
 
@@ -54,7 +104,7 @@ pub fn broadcast_chain(t: &Topo, bytes: usize) -> bool {
     match forced().as_deref() {
         Some("chain") => true,
         Some("direct") => false,
-        _ => t.n > 2 && bytes > t.chunk,
+        _ => t.m() > 2 && bytes > t.chunk,
     }
 }
 
@@ -63,6 +113,6 @@ pub fn reduce_rs_gather(t: &Topo, bytes: usize) -> bool {
     match forced().as_deref() {
         Some("rs_gather") => true,
         Some("direct") => false,
-        _ => t.n > 2 && bytes > 256 * 1024,
+        _ => t.m() > 2 && bytes > 256 * 1024,
     }
 }

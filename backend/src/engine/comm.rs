@@ -7,7 +7,10 @@
 //! invariant 1), so a late writer can never be mistaken for a new one.
 use super::signals::{SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED, ABORT_FAILED, ABORT_MISMATCH};
 use crate::error::{ChorusError, Result};
+use super::signals::Control;
 use super::tasks::{PeerTask, SkipReason};
+use crate::membership::liveness::Liveness;
+use std::sync::atomic::AtomicU64;
 use crate::transport::{Link, SlotMeta};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +21,8 @@ use std::time::{Duration, Instant};
 pub struct OpCtx {
     pub name: &'static str,
     pub op_seq: u64,
+    /// Membership epoch of the view this attempt runs under.
+    pub epoch: u64,
     pub desc: u64,
     pub deadline: Instant,
     pub started: Instant,
@@ -36,6 +41,11 @@ pub struct Comm {
     pub recvd: Vec<u64>,
     /// The current operation's per-peer slots.
     pub tasks: Vec<PeerTask>,
+    /// Heartbeat tracking (hung peers).
+    pub liveness: Arc<Liveness>,
+    /// Recovery rounds this rank has applied (monotonic); a peer asking for a higher round
+    /// interrupts every wait.
+    pub rounds_applied: Arc<AtomicU64>,
 }
 
 /// FNV-1a over the words that describe an operation; ranks compare it chunk by chunk.
@@ -51,9 +61,37 @@ pub fn describe(words: &[u64]) -> u64 {
 }
 
 impl Comm {
-    pub fn new(me: usize, n: usize, stream: Stream, links: Vec<Option<Arc<dyn Link>>>, signals: SignalBlock, policy: WaitPolicy, timeout: Duration) -> Comm {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        me: usize,
+        n: usize,
+        stream: Stream,
+        links: Vec<Option<Arc<dyn Link>>>,
+        signals: SignalBlock,
+        policy: WaitPolicy,
+        timeout: Duration,
+        liveness: Arc<Liveness>,
+        rounds_applied: Arc<AtomicU64>,
+    ) -> Comm {
         let tasks = (0..n).map(|_| PeerTask::Skipped(SkipReason::NotInPlan)).collect();
-        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks }
+        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied }
+    }
+
+    /// The highest recovery round any peer asked for, and who asked.
+    pub fn recovery_requested(&self) -> Option<(usize, u64)> {
+        let applied = self.rounds_applied.load(Ordering::SeqCst);
+        (0..self.n)
+            .map(|p| (p, self.signals.control(p, Control::Recovery).load(Ordering::SeqCst)))
+            .filter(|&(_, r)| r > applied)
+            .max_by_key(|&(_, r)| r)
+    }
+
+    /// Whether `peer` is known to be gone (process, socket or heartbeat).
+    pub fn peer_dead(&self, peer: usize) -> bool {
+        match self.link(peer) {
+            Ok(l) => l.check_alive().is_err() || self.liveness.stalled(&self.signals, peer).is_some(),
+            Err(_) => false,
+        }
     }
 
     pub fn link(&self, peer: usize) -> Result<Arc<dyn Link>> {
@@ -75,11 +113,25 @@ impl Comm {
                 c => ChorusError::Aborted(format!("rank {reporter} aborted with code {c}")),
             });
         }
+        if let Some((peer, round)) = self.recovery_requested() {
+            return Err(ChorusError::RecoveryRequested { op, peer, round });
+        }
         if let Some(p) = peer {
+            self.check_peer(op, p)?;
+        }
+        Ok(())
+    }
+
+    /// Error if `p` is known to be gone (process exited, socket closed, heartbeat stalled).
+    pub fn check_peer(&self, op: &'static str, p: usize) -> Result<()> {
+        {
             self.link(p)?.check_alive().map_err(|e| match e {
                 ChorusError::PeerFailed { peer, why, .. } => ChorusError::PeerFailed { op, peer, why },
                 e => e,
             })?;
+            if let Some(quiet) = self.liveness.stalled(&self.signals, p) {
+                return Err(ChorusError::PeerFailed { op, peer: p, why: format!("no heartbeat for {} ms", quiet.as_millis()) });
+            }
         }
         Ok(())
     }
@@ -112,10 +164,19 @@ impl Comm {
                 self.wait_for(ctx, to, "a free slot (credit)", || (acks.load(Ordering::Acquire) >= need).then_some(()))?;
             }
         }
-        let meta = SlotMeta { op_seq: ctx.op_seq, desc: ctx.desc, total: meta_total, offset: 0, tag, len: len as u64 };
+        let meta = SlotMeta { op_seq: ctx.op_seq, desc: ctx.desc, total: meta_total, offset: 0, tag, len: len as u64, epoch: ctx.epoch };
         link.put(self.stream, seq, &meta, fill)?;
         self.sent[to] = seq + 1;
         Ok(())
+    }
+
+    /// Waits until `peer` raised its control counter `c` in our block to at least `value`.
+    pub fn wait_control(&self, ctx: &OpCtx, peer: usize, c: Control, value: u64) -> Result<()> {
+        let counter = self.signals.control(peer, c);
+        if counter.load(Ordering::Acquire) >= value {
+            return Ok(());
+        }
+        self.wait_for(ctx, peer, "the commit barrier", || (counter.load(Ordering::Acquire) >= value).then_some(()))
     }
 
     /// Waits until the next chunk from `from` has arrived; returns its sequence number.
@@ -127,6 +188,26 @@ impl Comm {
             self.wait_for(ctx, from, "data", || (data.load(Ordering::Acquire) > seq).then_some(()))?;
         }
         Ok(seq)
+    }
+
+    /// Waits for the next chunk from `from` that belongs to this attempt: chunks left over from an
+    /// attempt a recovery cancelled (older epoch) are dropped; a chunk from a newer epoch means
+    /// this rank is behind (it stays queued for the re-run). Then checks the header.
+    pub fn next_chunk(&mut self, ctx: &OpCtx, from: usize, expect_len: usize, expect_total: Option<u64>) -> Result<u64> {
+        loop {
+            let seq = self.wait_chunk(ctx, from)?;
+            let meta = self.link(from)?.inbound(self.stream).meta(seq);
+            if meta.epoch < ctx.epoch {
+                tracing::debug!(op = ctx.name, peer = from, seq, epoch = meta.epoch, "dropping a chunk of a cancelled attempt");
+                self.release(from, seq)?;
+                continue;
+            }
+            if meta.epoch > ctx.epoch {
+                return Err(ChorusError::ViewChanged { op: ctx.name, mine: ctx.epoch, theirs: meta.epoch });
+            }
+            self.validate(ctx, from, seq, expect_len, expect_total)?;
+            return Ok(seq);
+        }
     }
 
     /// Whether the next chunk from `from` is already there (no waiting).

@@ -70,8 +70,7 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
                 comm.send(ctx, *to, send_total(*to), 0, data.len(), &mut |out| out.copy_from_slice(data))?;
             }
             Step::Recv { from, dst } => {
-                let seq = comm.wait_chunk(ctx, *from)?;
-                comm.validate(ctx, *from, seq, dst.len, recv_total(*from))?;
+                let seq = comm.next_chunk(ctx, *from, dst.len, recv_total(*from))?;
                 let link = comm.link(*from)?;
                 bufs.write(*dst).copy_from_slice(link.inbound(comm.stream).payload(seq, dst.len));
                 comm.release(*from, seq)?;
@@ -80,8 +79,7 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
                 let r = reduction(red);
                 let mut seqs = Vec::with_capacity(from.len());
                 for &f in from {
-                    let seq = comm.wait_chunk(ctx, f)?;
-                    comm.validate(ctx, f, seq, dst.len, recv_total(f))?;
+                    let seq = comm.next_chunk(ctx, f, dst.len, recv_total(f))?;
                     seqs.push(seq);
                 }
                 let links = from.iter().map(|&f| comm.link(f)).collect::<Result<Vec<_>>>()?;
@@ -101,8 +99,7 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
                 }
             }
             Step::RecvCopySend { from, to, dst } => {
-                let seq = comm.wait_chunk(ctx, *from)?;
-                comm.validate(ctx, *from, seq, dst.len, recv_total(*from))?;
+                let seq = comm.next_chunk(ctx, *from, dst.len, recv_total(*from))?;
                 let link = comm.link(*from)?;
                 let chunk = link.inbound(comm.stream).payload(seq, dst.len);
                 for &t in to {
@@ -113,8 +110,7 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
             }
             Step::RecvReduceSend { from, to, local, dst } => {
                 let r = reduction(red);
-                let seq = comm.wait_chunk(ctx, *from)?;
-                comm.validate(ctx, *from, seq, local.len, recv_total(*from))?;
+                let seq = comm.next_chunk(ctx, *from, local.len, recv_total(*from))?;
                 let link = comm.link(*from)?;
                 let chunk = link.inbound(comm.stream).payload(seq, local.len);
                 match dst {

@@ -111,7 +111,7 @@ impl P2pEngine {
 
     fn ctx(&self) -> OpCtx {
         let now = Instant::now();
-        OpCtx { name: "p2p", op_seq: 0, desc: 0, deadline: now, started: now }
+        OpCtx { name: "p2p", op_seq: 0, epoch: 0, desc: 0, deadline: now, started: now }
     }
 
     /// One non-blocking turn; returns whether anything moved.
@@ -128,7 +128,7 @@ impl P2pEngine {
                 }
                 let total = head.buf.bytes().len();
                 let len = (total - head.off).min(geo.slot_bytes);
-                let meta = SlotMeta { op_seq: 0, desc: 0, total: total as u64, offset: head.off as u64, tag: head.tag, len: len as u64 };
+                let meta = SlotMeta { op_seq: 0, desc: 0, total: total as u64, offset: head.off as u64, tag: head.tag, len: len as u64, epoch: 0 };
                 let data = &head.buf.bytes()[head.off..head.off + len];
                 if let Err(e) = link.put(self.comm.stream, seq, &meta, &mut |out| out.copy_from_slice(data)) {
                     let op = self.sends[to].pop_front().expect("head");
@@ -270,13 +270,13 @@ impl P2pEngine {
         let now = Instant::now();
         let ctx = self.ctx();
         for to in 0..self.comm.n {
-            let dead = self.sends[to].front().is_some() && self.comm.check(ctx.name, Some(to)).is_err();
+            let dead = self.sends[to].front().is_some() && self.comm.check_peer(ctx.name, to).is_err();
             while let Some(head) = self.sends[to].front() {
                 if !(dead || head.deadline <= now) {
                     break;
                 }
                 let op = self.sends[to].pop_front().expect("head");
-                let err = self.comm.check("send", Some(to)).err().unwrap_or(ChorusError::Timeout {
+                let err = self.comm.check_peer("send", to).err().unwrap_or(ChorusError::Timeout {
                     op: "send",
                     what: "the receiver to post a matching recv",
                     peer: to,
@@ -289,7 +289,7 @@ impl P2pEngine {
         let mut i = 0;
         while i < self.recvs.len() {
             let r = &self.recvs[i].1;
-            let peer_err = self.comm.check("recv", Some(r.from)).err();
+            let peer_err = self.comm.check_peer("recv", r.from).err();
             if r.deadline <= now || (peer_err.is_some() && !self.comm.chunk_ready(r.from)) {
                 let (_, r) = self.recvs.remove(i);
                 let err = peer_err.unwrap_or(ChorusError::Timeout {

@@ -10,6 +10,7 @@
 //! | 128 | abort count (u64, monotonic), abort reason (u64: `reporter << 32 | code`) |
 //! | 192 + 64·(2·(peer·STREAMS + stream))     | `data_seq`: chunks `peer` has delivered to me on `stream` |
 //! | 192 + 64·(2·(peer·STREAMS + stream) + 1) | `ack_seq`: chunks of mine `peer` has consumed on `stream` (my credits) |
+//! | 192 + 64·(2·ranks·STREAMS + CONTROLS·peer + c) | control counter `c` written by `peer`: `Done` (last collective it finished its part of), `Heartbeat` (beats), `Recovery` (highest recovery round it asked for) |
 //!
 //! Every counter only grows (never reset for reuse); each sits on its own cache line. Whoever
 //! stores a counter rings the doorbell afterwards, so one futex word wakes a rank that waits for
@@ -38,8 +39,28 @@ pub const ABORT_MISMATCH: u64 = 1;
 pub const ABORT_DESTROYED: u64 = 2;
 pub const ABORT_FAILED: u64 = 3;
 
+/// Control counters each peer keeps in our block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Done = 0,
+    Heartbeat = 1,
+    Recovery = 2,
+}
+pub const CONTROLS: usize = 3;
+
+impl Control {
+    pub fn from_u8(v: u8) -> Option<Control> {
+        match v {
+            0 => Some(Control::Done),
+            1 => Some(Control::Heartbeat),
+            2 => Some(Control::Recovery),
+            _ => None,
+        }
+    }
+}
+
 pub fn segment_len(ranks: usize) -> usize {
-    LINES_START + 64 * 2 * ranks * STREAMS
+    LINES_START + 64 * 2 * ranks * STREAMS + 64 * CONTROLS * ranks
 }
 
 /// A view of one rank's signal block (ours or a peer's).
@@ -85,6 +106,12 @@ impl SignalBlock {
     /// Chunks of ours that `peer` has consumed on `stream`.
     pub fn ack_seq(&self, peer: usize, stream: Stream) -> &AtomicU64 {
         self.line(peer, stream, 1)
+    }
+
+    /// Control counter `c` that `peer` keeps in our block.
+    pub fn control(&self, peer: usize, c: Control) -> &AtomicU64 {
+        assert!(peer < self.ranks);
+        self.seg.atomic_u64(LINES_START + 64 * (2 * self.ranks * STREAMS + CONTROLS * peer + c as usize))
     }
 
     fn doorbell_word(&self) -> &AtomicU32 {

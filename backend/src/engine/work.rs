@@ -10,8 +10,20 @@ enum Slot<R> {
     Taken(Option<String>),
 }
 
+/// What a completed collective reports beyond its data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpInfo {
+    /// Membership epoch the result was computed under.
+    pub epoch: u64,
+    /// Ranks that failed during the operation (removed from the group).
+    pub failed: Vec<usize>,
+    /// The ranks whose data the result contains.
+    pub contributors: Vec<usize>,
+}
+
 struct Inner<R> {
     name: &'static str,
+    info: Mutex<OpInfo>,
     slot: Mutex<Slot<R>>,
     cv: Condvar,
 }
@@ -29,7 +41,7 @@ pub struct Completer<R> {
 }
 
 pub fn pair<R>(name: &'static str) -> (Work<R>, Completer<R>) {
-    let inner = Arc::new(Inner { name, slot: Mutex::new(Slot::Pending), cv: Condvar::new() });
+    let inner = Arc::new(Inner { name, info: Mutex::new(OpInfo::default()), slot: Mutex::new(Slot::Pending), cv: Condvar::new() });
     (Work { inner: inner.clone() }, Completer { inner: Some(inner) })
 }
 
@@ -40,6 +52,12 @@ fn fill<R>(inner: &Inner<R>, result: Result<R>) {
 }
 
 impl<R> Completer<R> {
+    pub fn set_info(&self, info: OpInfo) {
+        if let Some(inner) = &self.inner {
+            *inner.info.lock().unwrap_or_else(|p| p.into_inner()) = info;
+        }
+    }
+
     pub fn complete(mut self, result: Result<R>) {
         if let Some(inner) = self.inner.take() {
             fill(&inner, result);
@@ -62,6 +80,16 @@ impl<R> Work<R> {
         let (w, c) = pair(name);
         c.complete(result);
         w
+    }
+
+    /// Failed ranks, epoch and contributors of the completed operation.
+    pub fn info(&self) -> OpInfo {
+        self.inner.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Ranks that failed during the operation.
+    pub fn failed_ranks(&self) -> Vec<usize> {
+        self.info().failed
     }
 
     /// The operation's name.

@@ -2,6 +2,7 @@
 //! put-with-signal into the peer's inbound slot ring, plus credit return. Every transport folder
 //! has the same files: `mod.rs` (capability check and setup) and `link.rs` (the data path).
 //! The engine never names a transport; it only sees [`Link`].
+pub mod rdma;
 pub mod ring;
 pub mod shm;
 pub mod tcp;
@@ -47,6 +48,11 @@ pub trait Link: Send + Sync {
     fn inbound(&self, stream: Stream) -> &InboundRing;
     /// Error if the peer is known to be gone (process exited, connection closed).
     fn check_alive(&self) -> Result<()>;
+    /// Raises the control counter `c` we keep in the peer's signal block to `value`.
+    fn control(&self, c: crate::engine::signals::Control, value: u64) -> Result<()> {
+        let _ = (c, value);
+        Err(crate::error::ChorusError::Connect { transport: self.transport(), peer: self.peer(), why: "control counters are not implemented by this transport".into() })
+    }
     /// Tells the peer this group is aborted (best effort).
     fn send_abort(&self, reporter: usize, code: u64);
     /// Connections made for this link (for counters).

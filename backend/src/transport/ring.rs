@@ -8,6 +8,7 @@ use crate::sys::shm::Segment;
 use std::sync::Arc;
 
 pub const HEADER: usize = 64;
+const _: () = assert!(META_BYTES <= HEADER);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingGeometry {
@@ -21,6 +22,9 @@ impl RingGeometry {
     }
 }
 
+/// Bytes of an encoded [`SlotMeta`].
+pub const META_BYTES: usize = 56;
+
 /// Chunk header. `op_seq` and `desc` let the receiver check that both sides run the same
 /// operation with the same arguments; `total`/`offset` place the chunk in its message; `tag`
 /// matches point-to-point messages.
@@ -32,11 +36,14 @@ pub struct SlotMeta {
     pub offset: u64,
     pub tag: u64,
     pub len: u64,
+    /// Membership epoch the sender ran the operation under; chunks of an older epoch are left
+    /// over from an attempt that a recovery cancelled.
+    pub epoch: u64,
 }
 
 impl SlotMeta {
     pub fn encode(&self, out: &mut [u8]) {
-        let words = [self.op_seq, self.desc, self.total, self.offset, self.tag, self.len];
+        let words = [self.op_seq, self.desc, self.total, self.offset, self.tag, self.len, self.epoch];
         for (i, w) in words.iter().enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
@@ -44,7 +51,7 @@ impl SlotMeta {
 
     pub fn decode(b: &[u8]) -> SlotMeta {
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        SlotMeta { op_seq: w(0), desc: w(1), total: w(2), offset: w(3), tag: w(4), len: w(5) }
+        SlotMeta { op_seq: w(0), desc: w(1), total: w(2), offset: w(3), tag: w(4), len: w(5), epoch: w(6) }
     }
 }
 

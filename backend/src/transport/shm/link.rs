@@ -63,6 +63,11 @@ impl Link for ShmLink {
         Ok(())
     }
 
+    fn control(&self, c: crate::engine::signals::Control, value: u64) -> Result<()> {
+        self.peer_signals.publish(self.peer_signals.control(self.me, c), value);
+        Ok(())
+    }
+
     fn inbound(&self, stream: Stream) -> &InboundRing {
         &self.inbound[stream as usize]
     }

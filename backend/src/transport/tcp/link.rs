@@ -1,8 +1,8 @@
-//! The tcp data path. Frames are a 64-byte header — magic `CHTP` (u32), kind (u8), stream (u8),
-//! 2 pad bytes, sequence (u64), [`SlotMeta`] (48 bytes) — followed by `meta.len` payload bytes
+//! The tcp data path. Frames are a 72-byte header — magic `CHTP` (u32), kind (u8), stream or
+//! control id (u8), 2 pad bytes, sequence or value (u64), [`SlotMeta`] (56 bytes) — followed by `meta.len` payload bytes
 //! for data frames. A reader thread per socket writes payloads into our inbound ring and raises
 //! our signal counters, so the engine waits on sockets exactly as it waits on shared memory.
-use crate::engine::signals::{SignalBlock, Stream, STREAMS};
+use crate::engine::signals::{Control, SignalBlock, Stream, STREAMS};
 use crate::error::{ChorusError, Result};
 use crate::sys::shm::Segment;
 use crate::transport::{InboundRing, Link, RingGeometry, SlotMeta};
@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"CHTP");
-const HEADER: usize = 64;
+const HEADER: usize = 16 + crate::transport::ring::META_BYTES;
 const KIND_DATA: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_ABORT: u8 = 3;
+const KIND_CONTROL: u8 = 4;
 
 /// Link state, a monotonic code: 0 open, 1 closed by the peer, 2 broken.
 const OPEN: u64 = 0;
@@ -45,7 +46,7 @@ fn header(kind: u8, stream: Stream, seq: u64, meta: &SlotMeta, out: &mut [u8]) {
     out[6] = 0;
     out[7] = 0;
     out[8..16].copy_from_slice(&seq.to_le_bytes());
-    meta.encode(&mut out[16..64]);
+    meta.encode(&mut out[16..HEADER]);
 }
 
 impl TcpLink {
@@ -96,6 +97,21 @@ fn reader_loop(mut sock: TcpStream, sh: Arc<Shared>) {
             return;
         }
         let magic = u32::from_le_bytes(hdr[0..4].try_into().expect("4"));
+        if magic != MAGIC {
+            sh.fail(2, "frame with a bad magic (stream corrupted)".into());
+            return;
+        }
+        let seq = u64::from_le_bytes(hdr[8..16].try_into().expect("8"));
+        if hdr[4] == KIND_CONTROL {
+            match Control::from_u8(hdr[5]) {
+                Some(c) => sh.signals.publish(sh.signals.control(sh.peer, c), seq),
+                None => {
+                    sh.fail(2, format!("control frame of unknown kind {}", hdr[5]));
+                    return;
+                }
+            }
+            continue;
+        }
         let stream = match hdr[5] {
             0 => Stream::Collective,
             1 => Stream::P2p,
@@ -104,12 +120,7 @@ fn reader_loop(mut sock: TcpStream, sh: Arc<Shared>) {
                 return;
             }
         };
-        if magic != MAGIC {
-            sh.fail(2, "frame with a bad magic (stream corrupted)".into());
-            return;
-        }
-        let seq = u64::from_le_bytes(hdr[8..16].try_into().expect("8"));
-        let meta = SlotMeta::decode(&hdr[16..64]);
+        let meta = SlotMeta::decode(&hdr[16..HEADER]);
         match hdr[4] {
             KIND_DATA => {
                 let ring = &sh.rings[stream as usize];
@@ -157,6 +168,18 @@ impl Link for TcpLink {
 
     fn ack(&self, stream: Stream, acked: u64) -> Result<()> {
         self.send_frame(KIND_ACK, stream, acked, &SlotMeta::default(), &mut |_| {})
+    }
+
+    fn control(&self, c: Control, value: u64) -> Result<()> {
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (sock, _) = &mut *guard;
+        let mut hdr = [0u8; HEADER];
+        header(KIND_CONTROL, Stream::Collective, value, &SlotMeta::default(), &mut hdr);
+        hdr[5] = c as u8;
+        sock.write_all(&hdr).map_err(|source| {
+            self.shared.fail(2, format!("write failed: {source}"));
+            ChorusError::Io { peer: self.peer, source }
+        })
     }
 
     fn inbound(&self, stream: Stream) -> &InboundRing {

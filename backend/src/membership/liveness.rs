@@ -1,0 +1,61 @@
+//! Failure detection: process liveness and closed sockets (through `Link::check_alive`, instant
+//! on one host), plus heartbeats for ranks that hang or become unreachable.
+//!
+//! Every rank raises its `Heartbeat` counter in each peer's signal block every
+//! `interval`; a peer whose counter has not moved for `timeout` is suspected dead.
+use crate::engine::signals::{Control, SignalBlock};
+use crate::transport::Link;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Liveness {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Per peer: last heartbeat value seen and when it last moved.
+    seen: Mutex<Vec<(u64, Instant)>>,
+    /// Beats this rank has sent (monotonic).
+    pub beats: AtomicU64,
+}
+
+impl Liveness {
+    pub fn new(n: usize) -> Liveness {
+        let ms = |var: &str, default: u64| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+        Liveness {
+            interval: Duration::from_millis(ms("CHORUS_HEARTBEAT_MS", 100)),
+            timeout: Duration::from_millis(ms("CHORUS_HEARTBEAT_TIMEOUT_MS", 2000)),
+            seen: Mutex::new(vec![(0, Instant::now()); n]),
+            beats: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `peer`'s heartbeat has stalled for longer than the timeout (reads its counter).
+    pub fn stalled(&self, signals: &SignalBlock, peer: usize) -> Option<Duration> {
+        let v = signals.control(peer, Control::Heartbeat).load(Ordering::Acquire);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, at) = &mut seen[peer];
+        if v != *last {
+            *last = v;
+            *at = Instant::now();
+            return None;
+        }
+        let quiet = at.elapsed();
+        (quiet > self.timeout).then_some(quiet)
+    }
+
+    /// Sends one beat to every linked peer.
+    pub fn beat(&self, links: &[Option<Arc<dyn Link>>]) {
+        let b = self.beats.fetch_add(1, Ordering::Relaxed) + 1;
+        for l in links.iter().flatten() {
+            if l.check_alive().is_ok() {
+                let _ = l.control(Control::Heartbeat, b);
+            }
+        }
+    }
+
+    /// Forget history (a replacement rank starts fresh).
+    pub fn reset(&self, peer: usize) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen[peer] = (0, Instant::now());
+    }
+}

@@ -1,0 +1,221 @@
+//! `rdma`: ranks on different hosts move chunks with RDMA WRITE WITH IMM over one RC queue pair
+//! per peer. Capability: libibverbs loads at run time, a port passes `CHORUS_IB_HCA` and is
+//! active, and the peer published a port of the same link layer. Setup: every rank publishes its
+//! capability, then for each RDMA pair an endpoint record (QPN, PSN, LID/GID, ring address and
+//! rkey); both sides connect and wait for each other's "ready". Without libibverbs or a device
+//! the transport logs one line per process and group setup falls back to shm/tcp.
+//!
+//! Files: `ffi.rs` (the only `unsafe`: verbs layouts, dlopen, safe wrappers), `wire.rs`
+//! (immediate layout, handshake records), `proto.rs` (the protocol as a pure state machine),
+//! `select.rs` (device/port/GID selection), `mr.rs` (registration per allocation base), `link.rs`
+//! (the data path). docs/rdma.md has the whole story.
+pub mod ffi;
+mod link;
+pub mod mr;
+pub mod proto;
+pub mod select;
+pub mod wire;
+
+pub use link::RdmaLink;
+pub use proto::{qp_created_total, Resume};
+pub use wire::{CapRecord, EndpointInfo, PortCap};
+
+use super::{PeerInfo, RingGeometry};
+use crate::engine::signals::{SignalBlock, STREAMS};
+use crate::error::{ChorusError, Result};
+use chorus_bootstrap::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+pub const NAME: &str = "rdma";
+
+/// Why RDMA is not used in this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotAvailable {
+    /// `CHORUS_IB_DISABLE` is set.
+    Disabled,
+    /// libibverbs could not be loaded (or lacks a symbol we need).
+    NoLibrary(String),
+    /// The library loaded, but no device/port is usable (none present, none active, or all
+    /// filtered out by `CHORUS_IB_HCA`).
+    NoDevice(String),
+    /// A `CHORUS_IB_*` variable is malformed.
+    BadConfig(String),
+}
+
+impl std::fmt::Display for NotAvailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotAvailable::Disabled => write!(f, "rdma: disabled by CHORUS_IB_DISABLE; using shm/tcp"),
+            NotAvailable::NoLibrary(why) => write!(f, "rdma: {} not found; using shm/tcp ({why})", ffi::library_name()),
+            NotAvailable::NoDevice(why) => write!(f, "rdma: no RDMA device ({why}); using shm/tcp"),
+            NotAvailable::BadConfig(why) => write!(f, "rdma: {why}; using shm/tcp"),
+        }
+    }
+}
+
+/// An open device and the port this process uses.
+pub struct Device {
+    pub ctx: Arc<ffi::Context>,
+    pub port: PortCap,
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+pub(crate) fn env_u8(name: &str, default: u8) -> u8 {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+fn gid_type(device: &str, port: u8, index: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/class/infiniband/{device}/ports/{port}/gid_attrs/types/{index}")).ok()
+}
+
+fn open_device() -> std::result::Result<Device, NotAvailable> {
+    if env_flag("CHORUS_IB_DISABLE") {
+        return Err(NotAvailable::Disabled);
+    }
+    let filter = select::HcaFilter::from_env().map_err(NotAvailable::BadConfig)?;
+    let forced = select::forced_gid_index().map_err(NotAvailable::BadConfig)?;
+    ffi::verbs().map_err(|e| NotAvailable::NoLibrary(match e {
+        ffi::LoadError::NotFound(s) => s,
+        ffi::LoadError::MissingSymbol(s) => format!("it has no symbol {s}"),
+    }))?;
+    let mut names = ffi::device_names().map_err(NotAvailable::NoDevice)?;
+    if names.is_empty() {
+        return Err(NotAvailable::NoDevice("ibv_get_device_list found none".into()));
+    }
+    names.sort();
+    let mut seen = Vec::new();
+    for name in &names {
+        let ctx = match ffi::Context::open(name) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                seen.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        for port in 1..=16u8 {
+            let Ok(desc) = ctx.port(port) else { break };
+            if !filter.accepts(name, port) {
+                seen.push(format!("{name}:{port} excluded by CHORUS_IB_HCA"));
+                continue;
+            }
+            if desc.attr.state != ffi::IBV_PORT_ACTIVE {
+                seen.push(format!("{name}:{port} not active (state {})", desc.attr.state));
+                continue;
+            }
+            let ll = if desc.attr.link_layer == ffi::IBV_LINK_LAYER_UNSPECIFIED { ffi::IBV_LINK_LAYER_INFINIBAND } else { desc.attr.link_layer };
+            let Some(gid_index) = select::choose_gid(ll, &desc.gids, &|i| gid_type(name, port, i), forced) else {
+                seen.push(format!("{name}:{port} has no usable GID"));
+                continue;
+            };
+            let gid = desc.gids.iter().find(|(i, _)| *i == gid_index).map(|(_, g)| *g).unwrap_or([0; 16]);
+            if ll == ffi::IBV_LINK_LAYER_ETHERNET && gid == [0; 16] {
+                seen.push(format!("{name}:{port} GID index {gid_index} is empty"));
+                continue;
+            }
+            let port = PortCap { device: name.clone(), port, link_layer: ll, lid: desc.attr.lid, gid, gid_index, active_mtu: desc.attr.active_mtu };
+            return Ok(Device { ctx, port });
+        }
+    }
+    Err(NotAvailable::NoDevice(if seen.is_empty() { format!("devices {names:?} have no ports") } else { seen.join("; ") }))
+}
+
+fn device() -> &'static std::result::Result<Arc<Device>, NotAvailable> {
+    static DEV: OnceLock<std::result::Result<Arc<Device>, NotAvailable>> = OnceLock::new();
+    DEV.get_or_init(|| {
+        let r = open_device().map(Arc::new);
+        // The one line per process that says what this process does about RDMA.
+        match &r {
+            Ok(d) => tracing::info!(
+                "rdma: using {}:{} ({}, gid index {}, lid {})",
+                d.port.device,
+                d.port.port,
+                if d.port.link_layer == ffi::IBV_LINK_LAYER_ETHERNET { "RoCE" } else { "InfiniBand" },
+                d.port.gid_index,
+                d.port.lid
+            ),
+            Err(e) => tracing::info!("{e}"),
+        }
+        r
+    })
+}
+
+/// Whether this process can use RDMA, and on which port. Probes (and logs) once per process.
+pub fn probe() -> std::result::Result<PortCap, NotAvailable> {
+    device().as_ref().map(|d| d.port.clone()).map_err(|e| e.clone())
+}
+
+/// This rank can offer RDMA towards `peer`: it has a usable port and the peer is on another
+/// host (same-host pairs use shared memory). The pair is used only if the peer also published
+/// a compatible port ([`wire::pair_ok`]), which [`setup`] checks.
+pub fn can_connect(me: &PeerInfo, peer: &PeerInfo) -> bool {
+    me.host_id != peer.host_id && probe().is_ok()
+}
+
+/// Ring geometry for RDMA pairs (`CHORUS_RDMA_CHUNK`, bytes; every rank must use the same).
+pub fn geometry() -> RingGeometry {
+    let slot_bytes = std::env::var("CHORUS_RDMA_CHUNK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|v| (v.clamp(64, 64 << 20) + 63) / 64 * 64)
+        .unwrap_or(512 * 1024);
+    RingGeometry { slots: 4, slot_bytes }
+}
+
+fn key(uid: &str, rest: &str) -> String {
+    format!("chorus/{uid}/rdma/{rest}")
+}
+
+/// Group setup for RDMA (the hook group.rs calls once, before connecting TCP): publishes this
+/// rank's capability, and for every peer that is not `me`, not taken by an earlier transport
+/// (`taken(peer)`, e.g. shm) and has a compatible port, creates, exchanges and connects one RC
+/// queue pair. Returns those links by peer rank; every other pair falls through to TCP. Without
+/// RDMA here it publishes "none" (so peers do not wait) and returns an empty map.
+pub fn setup(
+    store: &dyn Store,
+    uid: &str,
+    me: &PeerInfo,
+    peers: &[PeerInfo],
+    signals: &SignalBlock,
+    taken: impl Fn(&PeerInfo) -> bool,
+    deadline: Instant,
+) -> Result<HashMap<usize, RdmaLink>> {
+    let dev = device().as_ref().ok().cloned();
+    let cap = CapRecord { rank: me.rank as u32, port: dev.as_ref().map(|d| d.port.clone()) };
+    store.set(&key(uid, &format!("cap/{}", me.rank)), &cap.encode())?;
+    let mut out = HashMap::new();
+    let Some(dev) = dev else { return Ok(out) };
+    let fail = |peer: usize, why: String| ChorusError::Connect { transport: NAME, peer, why };
+
+    let candidates: Vec<&PeerInfo> = peers.iter().filter(|p| p.rank != me.rank && !taken(p)).collect();
+    let keys: Vec<String> = candidates.iter().map(|p| key(uid, &format!("cap/{}", p.rank))).collect();
+    let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+    let values = store.wait(&refs, deadline.saturating_duration_since(Instant::now()))?;
+    let geo = geometry();
+    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
+    let seg = signals.segment();
+    let signals_mr = Arc::new(dev.ctx.reg_host(seg.base(), seg.len(), ffi::IBV_ACCESS_LOCAL_WRITE | ffi::IBV_ACCESS_REMOTE_READ).map_err(|e| fail(me.rank, e))?);
+
+    // Phase 1: create and publish every QP; phase 2: connect them (no pair waits on another).
+    let mut pending = Vec::new();
+    for (p, v) in candidates.iter().zip(values) {
+        let theirs = CapRecord::decode(&v).map_err(|e| fail(p.rank, e.to_string()))?;
+        if !wire::pair_ok(&cap, &theirs) {
+            continue;
+        }
+        let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| fail(p.rank, e))?;
+        let pc = link::prepare_conn(&dev, me.rank, p.rank, 0, cfg, Resume::default(), (mem.inbound(), mem.inbound_mr(), &signals_mr, seg.base() as u64))
+            .map_err(|e| fail(p.rank, e))?;
+        store.set(&key(uid, &format!("ep/0/{}-{}", me.rank, p.rank)), &pc.local.encode())?;
+        pending.push((p.rank, mem, pc));
+    }
+    for (peer, mem, pc) in pending {
+        let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| fail(peer, e))?;
+        out.insert(peer, RdmaLink::start(me.rank, peer, dev.clone(), geo, signals.clone(), mem, conn)?);
+    }
+    Ok(out)
+}

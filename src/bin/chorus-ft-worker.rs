@@ -1,0 +1,130 @@
+//! Fault-tolerance trial worker: loops collectives and prints, per iteration, a digest of its
+//! result with the contributors and failed ranks it was told about, so the test can check that
+//! every survivor returned identical results over the same contributors. The test kills ranks.
+//!
+//! Usage: chorus-ft-worker OP MAX_ITERS ELEMS [AFTER]
+//! (OP: all_reduce | all_gather | all_to_all | broadcast | mixed). With AFTER, the loop stops AFTER
+//! collectives after the first one that reported a failed rank (all survivors see it at the same
+//! collective, so they stop together).
+use chorus::{Options, ProcessGroup, ReduceOp};
+use std::io::Write;
+
+fn value(rank: usize, iter: usize, i: usize) -> i64 {
+    ((rank as i64 + 1) * 1_000_003 + iter as i64 * 7919 + i as i64) % 1_000_000_007
+}
+
+fn digest(v: &[i64]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for x in v {
+        h ^= *x as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let op = args.get(1).cloned().unwrap_or_else(|| "all_reduce".into());
+    let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);
+    let elems: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let after: Option<usize> = args.get(4).and_then(|s| s.parse().ok());
+    let mut stop_at = iters;
+    let pg = ProcessGroup::from_env(Options::default()).unwrap_or_else(|e| {
+        eprintln!("group creation failed: {e}");
+        std::process::exit(2)
+    });
+    let me = pg.rank();
+    let n = pg.size();
+    let out = std::io::stdout();
+    let mut iter = 0;
+    while iter < stop_at {
+        let which = if op == "mixed" { ["all_reduce", "all_gather", "all_to_all", "broadcast"][iter % 4] } else { op.as_str() };
+        let result: Vec<i64>;
+        let info;
+        match which {
+            "all_reduce" => {
+                let mut v: Vec<i64> = (0..elems).map(|i| value(me, iter, i)).collect();
+                if let Err(e) = pg.all_reduce(&mut v, ReduceOp::Sum) {
+                    eprintln!("rank {me} iter {iter}: all_reduce failed: {e}");
+                    std::process::exit(3);
+                }
+                info = pg.last_op_info();
+                for (i, x) in v.iter().enumerate() {
+                    let want: i64 = info.contributors.iter().map(|&r| value(r, iter, i)).sum();
+                    assert_eq!(*x, want, "rank {me} iter {iter} element {i}: not the sum over contributors {:?}", info.contributors);
+                }
+                result = v;
+            }
+            "all_gather" => {
+                let input: Vec<i64> = (0..elems).map(|i| value(me, iter, i)).collect();
+                let mut v = vec![-1i64; elems * n];
+                if let Err(e) = pg.all_gather(&input, &mut v) {
+                    eprintln!("rank {me} iter {iter}: all_gather failed: {e}");
+                    std::process::exit(3);
+                }
+                info = pg.last_op_info();
+                for r in 0..n {
+                    for i in 0..elems {
+                        let want = if info.contributors.contains(&r) { value(r, iter, i) } else { 0 };
+                        assert_eq!(v[r * elems + i], want, "rank {me} iter {iter} block {r}");
+                    }
+                }
+                result = v;
+            }
+            "all_to_all" => {
+                let input: Vec<i64> = (0..elems * n).map(|i| value(me, iter, i)).collect();
+                let mut v = vec![-1i64; elems * n];
+                if let Err(e) = pg.all_to_all(&input, &mut v) {
+                    eprintln!("rank {me} iter {iter}: all_to_all failed: {e}");
+                    std::process::exit(3);
+                }
+                info = pg.last_op_info();
+                for r in &info.contributors {
+                    for i in 0..elems {
+                        assert_eq!(v[r * elems + i], value(*r, iter, me * elems + i), "rank {me} iter {iter} block from {r}");
+                    }
+                }
+                // Blocks of non-contributors are not part of the result.
+                result = info.contributors.iter().flat_map(|r| v[r * elems..(r + 1) * elems].to_vec()).collect();
+            }
+            "broadcast" => {
+                let root = pg.active_ranks().into_iter().next().unwrap_or(0);
+                let mut v: Vec<i64> = if me == root { (0..elems).map(|i| value(root, iter, i)).collect() } else { vec![0; elems] };
+                match pg.broadcast(&mut v, root) {
+                    Ok(()) => {}
+                    Err(chorus::ChorusError::RootInactive { root, .. }) => {
+                        // The root died mid-broadcast before every survivor had its data: every
+                        // survivor gets this same error.
+                        println!("iter {iter} op broadcast root {root} failed");
+                        iter += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        eprintln!("rank {me} iter {iter}: broadcast failed: {e}");
+                        std::process::exit(3);
+                    }
+                }
+                info = pg.last_op_info();
+                assert!(v.iter().enumerate().all(|(i, x)| *x == value(root, iter, i)), "rank {me} iter {iter}: broadcast from {root} wrong");
+                result = v;
+            }
+            other => panic!("unknown op {other}"),
+        }
+        let line = if which == "all_to_all" {
+            // all_to_all results differ per rank by design: report only the contributor set.
+            format!("iter {iter} op {which} contributors {:?} failed {:?}\n", info.contributors, info.failed)
+        } else {
+            format!("iter {iter} op {which} digest {:016x} contributors {:?} failed {:?}\n", digest(&result), info.contributors, info.failed)
+        };
+        let mut o = out.lock();
+        let _ = o.write_all(line.as_bytes());
+        let _ = o.flush();
+        if let Some(a) = after {
+            if !info.failed.is_empty() && stop_at == iters {
+                stop_at = iter + 1 + a;
+            }
+        }
+        iter += 1;
+    }
+    println!("done epoch {} active {:?}", pg.current_epoch(), pg.active_ranks());
+}
