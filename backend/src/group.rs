@@ -144,6 +144,9 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
     let mut transports = vec![""; size];
     let mut tcp_higher = 0;
+    // RDMA where both ends have a usable device (every rank publishes its capability, so a rank
+    // without one never makes the others wait); shared memory still wins on one host.
+    let mut rdma_links = transport::rdma::setup(&*store, &uid, &me, &peers, &local.signals, |p| shm::can_connect(&me, p), deadline)?;
     for p in &peers {
         if p.rank == rank {
             continue;
@@ -151,6 +154,10 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
         if shm::can_connect(&me, p) {
             links[p.rank] = Some(Arc::new(shm::connect(rank, size, &local, p)?));
             transports[p.rank] = shm::NAME;
+            counters.connections.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(l) = rdma_links.remove(&p.rank) {
+            links[p.rank] = Some(Arc::new(l));
+            transports[p.rank] = transport::rdma::NAME;
             counters.connections.fetch_add(1, Ordering::Relaxed);
         } else if tcp::can_connect(&me, p) {
             if p.rank < rank {
@@ -182,7 +189,10 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     Segment::unlink(&data_name);
 
     let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
-    let policy = WaitPolicy::for_host(local_ranks);
+    // Chunks from socket peers land through this process's reader threads: those need a core
+    // too, so count them as extra local contenders.
+    let socket_links = links.iter().flatten().filter(|l| !l.shares_memory()).count();
+    let policy = WaitPolicy::for_host(local_ranks + if socket_links > 0 { local_ranks } else { 0 });
     let chunk = links.iter().flatten().map(|l| l.geometry().slot_bytes).min().unwrap_or(shm::geometry().slot_bytes);
     let all_shared_memory = links.iter().flatten().all(|l| l.shares_memory());
     tracing::debug!(?transports, chunk, "group links ready");
@@ -344,5 +354,3 @@ pub fn transport_names(links: &[Option<Arc<dyn Link>>]) -> Vec<&'static str> {
     links.iter().map(|l| l.as_ref().map_or("self", |l| l.transport())).collect()
 }
 
-#[allow(unused_imports)]
-use transport as _;

@@ -92,9 +92,12 @@ fn reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [
         exec::run(comm, ctx, &plan, &mut Bufs::InPlace(buf), red, None)?;
         finalize(op, dtype, buf, n)
     } else {
-        // Non-roots keep their input intact; partial results go to scratch.
-        let mut scratch = vec![0u8; bytes];
-        exec::run(comm, ctx, &plan, &mut Bufs::Separate { input: buf, output: &mut scratch }, red, None)?;
+        // Non-roots keep their input intact; partial results go to (reused) scratch.
+        let mut scratch = std::mem::take(&mut comm.big_scratch);
+        scratch.resize(bytes, 0);
+        let r = exec::run(comm, ctx, &plan, &mut Bufs::Separate { input: buf, output: &mut scratch }, red, None);
+        comm.big_scratch = scratch;
+        r?;
         comm.drain(ctx)
     }
 }

@@ -46,6 +46,10 @@ pub struct Comm {
     /// Recovery rounds this rank has applied (monotonic); a peer asking for a higher round
     /// interrupts every wait.
     pub rounds_applied: Arc<AtomicU64>,
+    /// Reused staging memory (the engine allocates nothing per chunk).
+    pub scratch: Vec<u8>,
+    /// Reused full-size scratch for operations that need one (non-root reduce).
+    pub big_scratch: Vec<u8>,
 }
 
 /// FNV-1a over the words that describe an operation; ranks compare it chunk by chunk.
@@ -74,7 +78,7 @@ impl Comm {
         rounds_applied: Arc<AtomicU64>,
     ) -> Comm {
         let tasks = (0..n).map(|_| PeerTask::Skipped(SkipReason::NotInPlan)).collect();
-        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied }
+        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new() }
     }
 
     /// The highest recovery round any peer asked for, and who asked.

@@ -86,11 +86,16 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
                 let chunks: Vec<&[u8]> = links.iter().zip(&seqs).map(|(l, &s)| l.inbound(comm.stream).payload(s, dst.len)).collect();
                 if order_sensitive(r) {
                     // Sum every contribution in rank order so all ranks round identically.
-                    let mine = bufs.read(*local).to_vec();
+                    let mut mine = std::mem::take(&mut comm.scratch);
+                    mine.clear();
+                    mine.extend_from_slice(bufs.read(*local));
                     let at = from.iter().filter(|&&f| f < comm.me).count();
                     let mut srcs: Vec<&[u8]> = chunks.clone();
                     srcs.insert(at, &mine);
-                    kernels::reduce_into(r.dtype, r.op, bufs.write(*dst), &srcs)?;
+                    let res = kernels::reduce_into(r.dtype, r.op, bufs.write(*dst), &srcs);
+                    drop(srcs);
+                    comm.scratch = mine;
+                    res?;
                 } else {
                     reduce_step(bufs, r, *local, *dst, &chunks)?;
                 }

@@ -151,9 +151,10 @@ impl SignalBlock {
     }
 
     /// Wait on our own block until `ready()` returns Some, `check()` returns an error, or the
-    /// deadline passes (then `Err(None)`). Spins first (cheap when the peer runs on another core),
-    /// then yields, then sleeps on the doorbell futex in short slices so liveness and deadlines
-    /// are re-checked.
+    /// deadline passes (then `Err(None)`). Spins for a few microseconds first (cheap when the peer
+    /// runs on another core), then yields the core for a while (so a peer, or this rank's own
+    /// socket reader thread, gets to run on a busy machine), then sleeps on the doorbell futex in
+    /// short slices so liveness and deadlines are re-checked.
     pub fn wait<T, E>(
         &self,
         policy: &WaitPolicy,
@@ -161,13 +162,20 @@ impl SignalBlock {
         mut ready: impl FnMut() -> Option<T>,
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<T, Option<E>> {
-        for _ in 0..policy.spins {
+        let start = Instant::now();
+        let mut i: u32 = 0;
+        loop {
             if let Some(v) = ready() {
                 return Ok(v);
             }
+            i = i.wrapping_add(1);
+            // Reading the clock every 64 turns keeps the spin tight.
+            if i % 64 == 0 && start.elapsed() >= policy.spin {
+                break;
+            }
             std::hint::spin_loop();
         }
-        for _ in 0..policy.yields {
+        while start.elapsed() < policy.spin + policy.yield_for {
             if let Some(v) = ready() {
                 return Ok(v);
             }
@@ -197,21 +205,23 @@ impl SignalBlock {
 }
 
 /// How long a waiter spins and yields before it sleeps. With more ranks than cores, spinning
-/// starves the very peer being waited for, so the policy shrinks spinning there.
+/// starves the very peer being waited for, so the policy shrinks spinning there; every phase is
+/// bounded in time, not iterations, so a loaded machine degrades gracefully.
 #[derive(Clone, Debug)]
 pub struct WaitPolicy {
-    pub spins: u32,
-    pub yields: u32,
+    pub spin: Duration,
+    pub yield_for: Duration,
     pub sleep_slice: Duration,
 }
 
 impl WaitPolicy {
     pub fn for_host(local_ranks: usize) -> WaitPolicy {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let us = |var: &str, default: u64| std::env::var(var).ok().and_then(|v| v.parse().ok()).map(Duration::from_micros).unwrap_or(Duration::from_micros(default));
         if local_ranks <= cores {
-            WaitPolicy { spins: 200_000, yields: 50, sleep_slice: Duration::from_millis(5) }
+            WaitPolicy { spin: us("CHORUS_SPIN_US", 50), yield_for: us("CHORUS_YIELD_US", 2000), sleep_slice: Duration::from_millis(5) }
         } else {
-            WaitPolicy { spins: 200, yields: 20, sleep_slice: Duration::from_millis(5) }
+            WaitPolicy { spin: us("CHORUS_SPIN_US", 2), yield_for: us("CHORUS_YIELD_US", 500), sleep_slice: Duration::from_millis(5) }
         }
     }
 }

@@ -49,10 +49,7 @@ pub trait Link: Send + Sync {
     /// Error if the peer is known to be gone (process exited, connection closed).
     fn check_alive(&self) -> Result<()>;
     /// Raises the control counter `c` we keep in the peer's signal block to `value`.
-    fn control(&self, c: crate::engine::signals::Control, value: u64) -> Result<()> {
-        let _ = (c, value);
-        Err(crate::error::ChorusError::Connect { transport: self.transport(), peer: self.peer(), why: "control counters are not implemented by this transport".into() })
-    }
+    fn control(&self, c: crate::engine::signals::Control, value: u64) -> Result<()>;
     /// Tells the peer this group is aborted (best effort).
     fn send_abort(&self, reporter: usize, code: u64);
     /// Connections made for this link (for counters).
