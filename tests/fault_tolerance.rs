@@ -19,11 +19,13 @@ struct Trial {
     kill_after: Duration,
     /// Per-rank CHORUS_HOST_ID (None: all on one host, shared memory).
     hosts: fn(usize) -> Option<String>,
+    /// When the workers stop: "failure" or "rejoin" (see the worker).
+    until: &'static str,
 }
 
 fn spawn(t: &Trial, store: &StoreServer, rank: usize) -> Child {
     let mut c = Command::new(WORKER);
-    c.args([t.op, &t.iters.to_string(), &t.elems.to_string(), "100"])
+    c.args([t.op, &t.iters.to_string(), &t.elems.to_string(), "100", t.until])
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", t.n.to_string())
         .env("LOCAL_RANK", rank.to_string())
@@ -98,17 +100,98 @@ fn run_trial(t: &Trial) {
     let reports: Vec<&&str> = first.iter().filter(|l| l.contains(&format!("failed [{}]", t.victim))).collect();
     assert_eq!(reports.len(), 1, "rank {r0}: expected one collective to report rank {} failed:\n{}", t.victim, outputs[r0]);
     let done = first.last().unwrap();
-    let active: Vec<usize> = done
-        .split("active [")
-        .nth(1)
-        .map(|a| a.trim_end_matches(']').split(", ").filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_default();
+    let active = list_after(done, "active [");
     let mut want: Vec<usize> = (0..t.n).filter(|&r| r != t.victim).collect();
     want.sort_unstable();
     assert_eq!(active, want, "unexpected end: {done}");
     let victim_line = format!("failed [{}]", t.victim);
     let after = first.iter().skip_while(|l| !l.contains(&victim_line)).count();
     assert_eq!(after, 101 + 1, "rank {r0}: 100 collectives after the failure plus the final line");
+}
+
+/// Parses the `[a, b, c]` list that follows `label` in `line`.
+fn list_after(line: &str, label: &str) -> Vec<usize> {
+    line.split(label).nth(1).and_then(|a| a.split(']').next()).map(|a| a.split(", ").filter_map(|x| x.trim().parse().ok()).collect()).unwrap_or_default()
+}
+
+/// Kill `victim`, start a replacement for it, and check that it rejoins in place: survivors and
+/// the replacement agree on every collective they both ran, the replacement is a contributor from
+/// its first collective, and healthy pairs made no new connections.
+fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: fn(usize) -> Option<String>) {
+    let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after: Duration::from_millis(400), hosts, until: "rejoin" };
+    let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
+    let mut kids: Vec<Child> = (0..n).map(|r| spawn(&t, &store, r)).collect();
+    let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
+    std::thread::sleep(t.kill_after);
+    let _ = kids[victim].kill();
+    let _ = kids[victim].wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut joiner = {
+        let mut c = Command::new(WORKER);
+        c.args([op, "1000000", &elems.to_string(), "100", "rejoin"])
+            .env("RANK", victim.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("LOCAL_RANK", victim.to_string())
+            .env("LOCAL_WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", store.local_addr().port().to_string())
+            .env("CHORUS_STORE_ADDR", store.local_addr().to_string())
+            .env("CHORUS_TIMEOUT_MS", "30000")
+            .env("CHORUS_JOIN", "1")
+            .env_remove("CHORUS_HOST_ID")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(h) = hosts(victim) {
+            c.env("CHORUS_HOST_ID", h);
+        }
+        c.spawn().expect("spawn replacement")
+    };
+    let jpipes = (drain(joiner.stdout.take().unwrap()), drain(joiner.stderr.take().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut wait = |k: &mut Child, what: &str| loop {
+        match k.try_wait().expect("wait") {
+            Some(status) => return status,
+            None if Instant::now() > deadline => {
+                let _ = k.kill();
+                panic!("{what} hung in the rejoin trial");
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let jstatus = wait(&mut joiner, "the replacement");
+    let (jout, jerr) = (jpipes.0.join().unwrap(), jpipes.1.join().unwrap());
+    assert!(jstatus.success(), "replacement failed ({jstatus}):\n{jerr}\n{jout}");
+    let mut outs = BTreeMap::new();
+    for r in (0..n).filter(|&r| r != victim) {
+        let st = wait(&mut kids[r], "a survivor");
+        let (o, e) = pipes[r].take().unwrap();
+        let (out, err) = (o.join().unwrap(), e.join().unwrap());
+        assert!(st.success(), "survivor {r} failed ({st}):\n{err}\n{out}");
+        outs.insert(r, out);
+    }
+    let first_rank = *outs.keys().next().unwrap();
+    let ref_lines: Vec<&str> = outs[&first_rank].lines().collect();
+    for (r, o) in &outs {
+        let lines: Vec<&str> = o.lines().collect();
+        assert_eq!(lines[..lines.len() - 1], ref_lines[..ref_lines.len() - 1], "survivors {first_rank} and {r} disagree");
+    }
+    // The replacement's collectives are the survivors' last ones, line for line.
+    let jlines: Vec<&str> = jout.lines().collect();
+    assert!(jlines.len() > 100, "the replacement ran only {} collectives:\n{jout}", jlines.len());
+    let body = &jlines[..jlines.len() - 1];
+    let tail = &ref_lines[ref_lines.len() - 1 - body.len()..ref_lines.len() - 1];
+    assert_eq!(body, tail, "the replacement's results differ from the survivors'");
+    assert!(list_after(body[0], "contributors [").contains(&victim), "replacement not a contributor: {}", body[0]);
+    // Only pairs with the replacement were re-created.
+    for (r, o) in &outs {
+        let done = o.lines().last().unwrap();
+        let conns = list_after(done, "connections [");
+        for q in 0..n {
+            let want = if q == *r { 0 } else if q == victim { 2 } else { 1 };
+            assert_eq!(conns[q] as usize, want, "rank {r}'s connections to {q} ({done})");
+        }
+        assert_eq!(list_after(done, "active ["), (0..n).collect::<Vec<_>>(), "rank {r} ended without the replacement: {done}");
+    }
 }
 
 /// A small deterministic generator (no dependencies): trials differ but are reproducible.
@@ -138,7 +221,7 @@ fn trials(seed: u64, count: usize, n: usize, hosts: fn(usize) -> Option<String>,
         let victim = victims[rng.next(victims.len() as u64) as usize];
         let kill_after = Duration::from_millis(150 + rng.next(400));
         let elems = [1usize, 100, 5000, 70_000][rng.next(4) as usize];
-        let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after, hosts };
+        let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after, hosts, until: "failure" };
         eprintln!("trial {i}: n={n} op={op} victim={victim} after={kill_after:?} elems={elems}");
         run_trial(&t);
     }
@@ -172,4 +255,14 @@ fn kill_random_rank_of_8() {
 #[test]
 fn kill_random_rank_of_8_mixed() {
     trials(6, 7, 8, mixed, &[0, 2, 4, 6]);
+}
+
+#[test]
+fn replacement_rejoins_in_place_over_shm() {
+    rejoin_trial(4, "all_reduce", 1000, 2, shm);
+}
+
+#[test]
+fn replacement_rejoins_in_place_mixed() {
+    rejoin_trial(4, "mixed", 300, 1, mixed);
 }

@@ -1,18 +1,23 @@
-//! Group setup: rendezvous through the store, transport selection per pair, engine start.
+//! Group setup: rendezvous through the store, transport selection per pair, engine start; and
+//! the two ways a rank enters a group that already runs: survivors link to a replacement
+//! (`serve_joins`), and a replacement links to the survivors (`join`).
 use crate::engine::comm::Comm;
 use crate::engine::p2p::{P2pEngine, P2pOp};
 use crate::engine::signals::{Control, SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED};
+use crate::engine::worker::Worker;
+use crate::error::{ChorusError, Result};
+use crate::membership::join::{self, Handoff, JoinRequest};
 use crate::membership::liveness::Liveness;
 use crate::membership::recovery::{Post, Round};
 use crate::membership::{View, ViewStore};
-use crate::engine::worker::Worker;
-use crate::error::{ChorusError, Result};
 use crate::memory::{Location, Registry};
 use crate::options::{default_host_id, Options};
 use crate::sys::shm::Segment;
+use crate::transport::shm::LocalSegments;
 use crate::transport::{self, shm, tcp, Link, PeerInfo};
 use chorus_bootstrap::{listen, Store};
 use crossbeam::channel::Sender;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,12 +29,34 @@ pub struct CollState {
 }
 
 /// Counters a test or a user can read to see what the group did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     /// Connections (sockets or shared-memory mappings) this rank made for the group.
     pub connections: AtomicU64,
+    /// The same, per peer: a rejoin raises only the rejoiner's entry.
+    pub connections_to: Vec<AtomicU64>,
     /// Collectives this rank issued.
     pub collectives: AtomicU64,
+}
+
+impl Counters {
+    fn new(n: usize) -> Counters {
+        Counters { connections: AtomicU64::new(0), connections_to: (0..n).map(|_| AtomicU64::new(0)).collect(), collectives: AtomicU64::new(0) }
+    }
+
+    fn connected(&self, peer: usize) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections_to[peer].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A rank's position in the collective sequence, as reported to recovery.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub committed: u64,
+    pub current: Option<(u64, bool)>,
+    /// Highest recovery round this rank posted for.
+    pub posted: u64,
 }
 
 pub struct GroupInner {
@@ -45,8 +72,9 @@ pub struct GroupInner {
     pub p2p_tx: Mutex<Option<Sender<P2pOp>>>,
     pub p2p_thread: Mutex<Option<JoinHandle<()>>>,
     pub signals: SignalBlock,
-    pub links: Vec<Option<Arc<dyn Link>>>,
-    pub transports: Vec<&'static str>,
+    pub local: LocalSegments,
+    me: PeerInfo,
+    links: Mutex<Vec<Option<Arc<dyn Link>>>>,
     /// Chunk size every plan of this group is built with (fits every link's slots).
     pub chunk: usize,
     pub all_shared_memory: bool,
@@ -69,15 +97,10 @@ pub struct GroupInner {
     pub last_info: Mutex<crate::engine::work::OpInfo>,
     /// Ranks removed by recovery and not yet reported by a collective.
     pub pending_failed: Mutex<Vec<usize>>,
-}
-
-/// A rank's position in the collective sequence, as reported to recovery.
-#[derive(Clone, Debug, Default)]
-pub struct Progress {
-    pub committed: u64,
-    pub current: Option<(u64, bool)>,
-    /// Highest recovery round this rank posted for.
-    pub posted: u64,
+    /// Join requests announced in the store (seen by the heartbeat thread) and served (linked
+    /// by the collective path); both monotonic.
+    pub joins_announced: AtomicU64,
+    pub joins_served: AtomicU64,
 }
 
 fn key(uid: &str, rest: &str) -> String {
@@ -89,8 +112,56 @@ fn unique_token() -> String {
     format!("{}-{:x}", crate::sys::proc::pid(), nanos & 0xffff_ffff_ffff)
 }
 
-fn group_key(uid: &str) -> u64 {
+pub fn group_key(uid: &str) -> u64 {
     crate::engine::comm::describe(&uid.bytes().map(u64::from).collect::<Vec<_>>())
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| ChorusError::InvalidArgument(format!("encoding: {e}")))
+}
+
+pub fn decode_peer(v: &[u8]) -> Result<PeerInfo> {
+    bincode::serde::decode_from_slice::<PeerInfo, _>(v, bincode::config::standard())
+        .map(|(p, _)| p)
+        .map_err(|e| ChorusError::InvalidArgument(format!("a peer published undecodable info ({e}); are all ranks running the same chorus version?")))
+}
+
+/// What a rank prepares before it tells anyone about itself.
+struct Prepared {
+    listener: TcpListener,
+    local: LocalSegments,
+    me: PeerInfo,
+    registry: Registry,
+}
+
+/// Binds the listener and creates the segments (both before publishing: DESIGN invariant 5).
+fn prepare(rank: usize, size: usize, opts: &Options) -> Result<Prepared> {
+    let host_id = opts.host_id.clone().unwrap_or_else(default_host_id);
+    let ip = listen::advertise_ip(opts.route_hint.as_deref().unwrap_or("127.0.0.1"));
+    let (listener, addr) = listen::bind_listener(ip)?;
+    let token = unique_token();
+    let sig_name = format!("chorus-{token}-r{rank}-sig");
+    let data_name = format!("chorus-{token}-r{rank}-data");
+    let local = shm::create_local(&sig_name, &data_name, size, rank)?;
+    let registry = Registry::default();
+    registry.register(local.signals.segment().base(), local.signals.segment().len(), Location::Host);
+    registry.register(local.data.base(), local.data.len(), Location::Host);
+    let me = PeerInfo {
+        rank,
+        host_id,
+        pid: crate::sys::proc::pid(),
+        tcp_addr: addr.to_string(),
+        shm_signals: sig_name,
+        shm_data: data_name,
+        shm_signals_fd: local.signals.segment().fd().unwrap_or(-1),
+        shm_data_fd: local.data.fd().unwrap_or(-1),
+    };
+    Ok(Prepared { listener, local, me, registry })
+}
+
+fn wait_all(store: &Arc<dyn Store>, keys: &[String], deadline: Instant) -> Result<Vec<Vec<u8>>> {
+    let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+    Ok(store.wait(&refs, deadline.saturating_duration_since(Instant::now()))?)
 }
 
 /// Creates the group `uid` of `size` ranks (this one is `rank`). Every member calls this.
@@ -101,114 +172,112 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     crate::options::init_logging();
     let _span = tracing::info_span!("group_create", uid = %uid, rank, size).entered();
     let deadline = Instant::now() + opts.timeout;
-    let host_id = opts.host_id.clone().unwrap_or_else(default_host_id);
-
-    // Bind before publishing (DESIGN invariant 5); create segments before publishing their names.
-    let ip = listen::advertise_ip(opts.route_hint.as_deref().unwrap_or("127.0.0.1"));
-    let (listener, addr) = listen::bind_listener(ip)?;
-    let token = unique_token();
-    let sig_name = format!("chorus-{token}-r{rank}-sig");
-    let data_name = format!("chorus-{token}-r{rank}-data");
-    let local = shm::create_local(&sig_name, &data_name, size, rank)?;
-    let registry = Registry::default();
-    registry.register(local.signals.segment().base(), local.signals.segment().len(), Location::Host);
-    registry.register(local.data.base(), local.data.len(), Location::Host);
-
-    let me = PeerInfo {
-        rank,
-        host_id,
-        pid: crate::sys::proc::pid(),
-        tcp_addr: addr.to_string(),
-        shm_signals: sig_name.clone(),
-        shm_data: data_name.clone(),
-    };
-    let encoded = bincode::serde::encode_to_vec(&me, bincode::config::standard())
-        .map_err(|e| ChorusError::InvalidArgument(format!("encoding peer info: {e}")))?;
-    store.set(&key(&uid, &format!("peer/{rank}")), &encoded)?;
+    let prep = prepare(rank, size, &opts)?;
+    let me = prep.me.clone();
+    store.set(&key(&uid, &format!("peer/{rank}")), &encode(&me)?)?;
     let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("peer/{r}"))).collect();
-    let key_refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
-    let left = deadline.saturating_duration_since(Instant::now());
-    let values = store.wait(&key_refs, left)?;
-    let peers: Vec<PeerInfo> = values
-        .iter()
-        .map(|v| {
-            bincode::serde::decode_from_slice::<PeerInfo, _>(v, bincode::config::standard())
-                .map(|(p, _)| p)
-                .map_err(|e| ChorusError::InvalidArgument(format!("a peer published undecodable info ({e}); are all ranks running the same chorus version?")))
-        })
-        .collect::<Result<_>>()?;
+    let peers: Vec<PeerInfo> = wait_all(&store, &keys, deadline)?.iter().map(|v| decode_peer(v)).collect::<Result<_>>()?;
 
-    // Links: shared memory where the host matches, sockets otherwise. Higher ranks connect.
+    // Links: shared memory where the host matches, RDMA where both ends have a device, sockets
+    // otherwise. Higher ranks connect.
     let gkey = group_key(&uid);
-    let counters = Counters::default();
+    let counters = Counters::new(size);
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
-    let mut transports = vec![""; size];
     let mut tcp_higher = 0;
-    // RDMA where both ends have a usable device (every rank publishes its capability, so a rank
-    // without one never makes the others wait); shared memory still wins on one host.
-    let mut rdma_links = transport::rdma::setup(&*store, &uid, &me, &peers, &local.signals, |p| shm::can_connect(&me, p), deadline)?;
+    let mut rdma_links = transport::rdma::setup(&*store, &uid, &me, &peers, &prep.local.signals, |p| shm::can_connect(&me, p), deadline)?;
     for p in &peers {
         if p.rank == rank {
             continue;
         }
         if shm::can_connect(&me, p) {
-            links[p.rank] = Some(Arc::new(shm::connect(rank, size, &local, p)?));
-            transports[p.rank] = shm::NAME;
-            counters.connections.fetch_add(1, Ordering::Relaxed);
+            links[p.rank] = Some(Arc::new(shm::connect(rank, size, &prep.local, p)?));
+            counters.connected(p.rank);
         } else if let Some(l) = rdma_links.remove(&p.rank) {
             links[p.rank] = Some(Arc::new(l));
-            transports[p.rank] = transport::rdma::NAME;
-            counters.connections.fetch_add(1, Ordering::Relaxed);
+            counters.connected(p.rank);
         } else if tcp::can_connect(&me, p) {
             if p.rank < rank {
                 let s = tcp::connect(rank, p, gkey, deadline)?;
-                links[p.rank] = Some(Arc::new(tcp::link(rank, p.rank, s, local.signals.clone())?));
-                transports[p.rank] = tcp::NAME;
-                counters.connections.fetch_add(1, Ordering::Relaxed);
+                links[p.rank] = Some(Arc::new(tcp::link(rank, p.rank, s, prep.local.signals.clone())?));
+                counters.connected(p.rank);
             } else {
                 tcp_higher += 1;
             }
         }
     }
-    for (r, s) in tcp::accept(&listener, tcp_higher, gkey, deadline)? {
+    for (r, s) in tcp::accept(&prep.listener, tcp_higher, gkey, deadline)? {
         if r >= size || r <= rank || links[r].is_some() {
             return Err(ChorusError::Connect { transport: tcp::NAME, peer: r, why: "unexpected introduction".into() });
         }
-        links[r] = Some(Arc::new(tcp::link(rank, r, s, local.signals.clone())?));
-        transports[r] = tcp::NAME;
-        counters.connections.fetch_add(1, Ordering::Relaxed);
+        links[r] = Some(Arc::new(tcp::link(rank, r, s, prep.local.signals.clone())?));
+        counters.connected(r);
     }
-    drop(listener);
 
     // Everyone mapped everyone: the names can go (nothing leaks in /dev/shm after a crash).
     store.set(&key(&uid, &format!("mapped/{rank}")), b"1")?;
     let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("mapped/{r}"))).collect();
-    let key_refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
-    store.wait(&key_refs, deadline.saturating_duration_since(Instant::now()))?;
-    Segment::unlink(&sig_name);
-    Segment::unlink(&data_name);
+    wait_all(&store, &keys, deadline)?;
+    Segment::unlink(&me.shm_signals);
+    Segment::unlink(&me.shm_data);
 
     let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
+    start(store, uid, rank, size, parent_ranks, opts, prep, links, counters, local_ranks, None)
+}
+
+/// State a joining rank takes over from the survivors.
+struct Resume {
+    handoffs: Vec<(usize, Handoff, Handoff)>,
+    view: View,
+    committed: u64,
+    rounds: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start(
+    store: Arc<dyn Store>,
+    uid: String,
+    rank: usize,
+    size: usize,
+    parent_ranks: Vec<usize>,
+    opts: Options,
+    prep: Prepared,
+    links: Vec<Option<Arc<dyn Link>>>,
+    counters: Counters,
+    local_ranks: usize,
+    resume: Option<Resume>,
+) -> Result<Arc<GroupInner>> {
     // Chunks from socket peers land through this process's reader threads: those need a core
     // too, so count them as extra local contenders.
     let socket_links = links.iter().flatten().filter(|l| !l.shares_memory()).count();
     let policy = WaitPolicy::for_host(local_ranks + if socket_links > 0 { local_ranks } else { 0 });
     let chunk = links.iter().flatten().map(|l| l.geometry().slot_bytes).min().unwrap_or(shm::geometry().slot_bytes);
     let all_shared_memory = links.iter().flatten().all(|l| l.shares_memory());
-    tracing::debug!(?transports, chunk, "group links ready");
+    tracing::debug!(transports = ?transport_names(&links), chunk, "group links ready");
 
     let liveness = Arc::new(Liveness::new(size));
     let rounds_applied = Arc::new(AtomicU64::new(0));
-    let coll = Comm::new(rank, size, Stream::Collective, links.clone(), local.signals.clone(), policy.clone(), opts.timeout, liveness.clone(), rounds_applied.clone());
-    let p2p = Comm::new(rank, size, Stream::P2p, links.clone(), local.signals.clone(), policy, opts.timeout, liveness.clone(), rounds_applied.clone());
+    let signals = prep.local.signals.clone();
+    let mut coll = Comm::new(rank, size, Stream::Collective, links.clone(), signals.clone(), policy.clone(), opts.timeout, liveness.clone(), rounds_applied.clone());
+    let mut p2p = Comm::new(rank, size, Stream::P2p, links.clone(), signals.clone(), policy, opts.timeout, liveness.clone(), rounds_applied.clone());
+    let views = ViewStore::new(store.clone(), &uid, size);
+    let mut view = views.read()?;
+    let mut progress = Progress::default();
+    if let Some(r) = &resume {
+        // Continue every pair's sequence numbers where the survivors are (counters never restart).
+        for (s, coll_h, p2p_h) in &r.handoffs {
+            join::adopt(&signals, &mut coll, *s, coll_h);
+            join::adopt(&signals, &mut p2p, *s, p2p_h);
+        }
+        view = r.view.clone();
+        progress.committed = r.committed;
+        rounds_applied.store(r.rounds, Ordering::SeqCst);
+    }
     let (p2p_tx, p2p_rx) = crossbeam::channel::unbounded();
     let p2p_thread = std::thread::Builder::new()
         .name(format!("chorus-p2p-{uid}-{rank}"))
         .spawn(move || P2pEngine::new(p2p).run(p2p_rx))
         .map_err(|e| ChorusError::InvalidArgument(format!("spawning the point-to-point thread: {e}")))?;
-
-    let views = ViewStore::new(store.clone(), &uid, size);
-    let view = views.read()?;
+    let committed = progress.committed;
     let inner = Arc::new(GroupInner {
         worker: Worker::start(format!("chorus-coll-{uid}-{rank}")),
         uid,
@@ -219,26 +288,34 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
         coll: Arc::new(Mutex::new(CollState { comm: coll })),
         p2p_tx: Mutex::new(Some(p2p_tx)),
         p2p_thread: Mutex::new(Some(p2p_thread)),
-        signals: local.signals.clone(),
-        links,
-        transports,
+        signals,
+        local: prep.local,
+        me: prep.me,
+        links: Mutex::new(links),
         chunk,
         all_shared_memory,
         opts,
-        op_seq: AtomicU64::new(0),
+        op_seq: AtomicU64::new(committed),
         subgroups: AtomicU64::new(0),
         lifecycle: AtomicU64::new(0),
         counters,
-        registry,
+        registry: prep.registry,
         views,
         view: Mutex::new(view),
         liveness,
         rounds_applied,
-        progress: Mutex::new(Progress::default()),
+        progress: Mutex::new(progress),
         heartbeat: Mutex::new(None),
         last_info: Mutex::new(Default::default()),
         pending_failed: Mutex::new(Vec::new()),
+        joins_announced: AtomicU64::new(0),
+        joins_served: AtomicU64::new(0),
     });
+    // Joins announced before this rank existed are not for it.
+    if let Some(n) = join::announced(&inner.store, &inner.uid)? {
+        inner.joins_announced.store(n, Ordering::SeqCst);
+        inner.joins_served.store(n, Ordering::SeqCst);
+    }
     let weak = Arc::downgrade(&inner);
     let interval = inner.liveness.interval;
     let hb = std::thread::Builder::new()
@@ -249,26 +326,39 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     Ok(inner)
 }
 
-/// Beats to every peer; answers recovery requests for a rank that is between collectives.
+/// Beats to every peer; answers recovery requests for a rank that is between collectives;
+/// notices replacement ranks asking to join.
 fn heartbeat_loop(group: std::sync::Weak<GroupInner>, interval: Duration) {
+    let mut tick: u64 = 0;
     loop {
         {
             let Some(g) = group.upgrade() else { return };
             if g.lifecycle.load(Ordering::SeqCst) != 0 {
                 return;
             }
-            g.liveness.beat(&g.links);
+            g.liveness.beat(&g.links());
             if let Some(round) = g.pending_round() {
                 if let Err(e) = g.post_recovery(round) {
                     tracing::debug!(error = %e, "posting a recovery report failed");
                 }
             }
+            if g.opts.fault_tolerance && tick % 2 == 0 {
+                if let Ok(Some(n)) = join::announced(&g.store, &g.uid) {
+                    g.joins_announced.fetch_max(n, Ordering::SeqCst);
+                }
+            }
         }
+        tick += 1;
         std::thread::sleep(interval);
     }
 }
 
 impl GroupInner {
+    /// The current link table (a snapshot).
+    pub fn links(&self) -> Vec<Option<Arc<dyn Link>>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The highest recovery round a peer asked for that this rank has not applied yet.
     pub fn pending_round(&self) -> Option<u64> {
         let applied = self.rounds_applied.load(Ordering::SeqCst);
@@ -283,13 +373,13 @@ impl GroupInner {
 
     /// Whether `peer` is known to be gone.
     pub fn peer_dead(&self, peer: usize) -> bool {
-        match &self.links[peer] {
+        match &self.links()[peer] {
             Some(l) => l.check_alive().is_err() || self.liveness.stalled(&self.signals, peer).is_some(),
             None => false,
         }
     }
 
-    /// Posts this rank's progress for recovery round `round` (once per round and state).
+    /// Posts this rank's progress for recovery round `round`.
     pub fn post_recovery(&self, round: u64) -> Result<()> {
         let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
@@ -299,18 +389,72 @@ impl GroupInner {
         r.post(&post)?;
         progress.posted = progress.posted.max(round);
         drop(progress);
-        // Make sure every live member joins the round.
-        for p in view.members() {
-            if let Some(l) = &self.links[p] {
+        self.raise_recovery(round, &view.members());
+        Ok(())
+    }
+
+    /// Asks every live member (and this rank) to take part in recovery round `round`.
+    pub fn raise_recovery(&self, round: u64, members: &[usize]) {
+        let links = self.links();
+        for &p in members {
+            if let Some(l) = &links[p] {
                 let _ = l.control(Control::Recovery, round);
             }
         }
-        Ok(())
+        self.signals.publish(self.signals.control(self.rank, Control::Recovery), round);
     }
 
     pub fn check_live(&self) -> Result<()> {
         if self.lifecycle.load(Ordering::SeqCst) != 0 {
             return Err(ChorusError::Destroyed);
+        }
+        Ok(())
+    }
+
+    /// Links to replacement ranks that asked to join since the last call; called by the
+    /// collective path (which owns the collective stream's counters) between collectives.
+    pub fn serve_joins(&self, comm: &mut Comm) -> Result<()> {
+        let announced = self.joins_announced.load(Ordering::SeqCst);
+        let mut served = self.joins_served.load(Ordering::SeqCst);
+        while served < announced {
+            served += 1;
+            let Some(req) = join::request(&self.store, &self.uid, served)? else { break };
+            if req.rank != self.rank && req.rank < self.size {
+                if let Err(e) = self.link_joiner(comm, &req) {
+                    tracing::warn!(joiner = req.rank, error = %e, "linking to a replacement rank failed");
+                }
+            }
+            self.joins_served.store(served, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn link_joiner(&self, comm: &mut Comm, req: &JoinRequest) -> Result<()> {
+        let _span = tracing::info_span!("link_joiner", joiner = req.rank, generation = req.generation).entered();
+        let deadline = Instant::now() + self.opts.timeout;
+        let info = join::joiner_info(&self.store, &self.uid, req, deadline)?;
+        let p = req.rank;
+        let link: Arc<dyn Link> = if shm::can_connect(&self.me, &info) {
+            Arc::new(shm::connect(self.rank, self.size, &self.local, &info)?)
+        } else {
+            let s = tcp::connect(self.rank, &info, group_key(&self.uid), deadline)?;
+            Arc::new(tcp::link(self.rank, p, s, self.signals.clone())?)
+        };
+        self.counters.connected(p);
+        self.liveness.reset(p);
+        // Chunks the dead predecessor never consumed are forfeited: our credits restart full.
+        let coll = join::forfeit(&self.signals, comm, p);
+        comm.links[p] = Some(link.clone());
+        self.links.lock().unwrap_or_else(|e| e.into_inner())[p] = Some(link.clone());
+        let view = self.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let committed = self.progress.lock().unwrap_or_else(|e| e.into_inner()).committed;
+        join::publish_handoff(&self.store, &self.uid, req, self.rank, "coll", &coll, &view, committed, self.rounds_applied.load(Ordering::SeqCst))?;
+        // The point-to-point stream's counters live with its thread: it relinks and publishes.
+        let tx = self.p2p_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(tx) = tx {
+            let reply = join::handoff_key(&self.uid, req, self.rank, "p2p");
+            let _ = tx.send(P2pOp::Relink { peer: p, link, reply, store: self.store.clone() });
+            self.signals.ring();
         }
         Ok(())
     }
@@ -332,7 +476,7 @@ impl GroupInner {
             let _ = h.join();
         }
         if notify_peers {
-            for l in self.links.iter().flatten() {
+            for l in self.links().iter().flatten() {
                 l.send_abort(self.rank, ABORT_DESTROYED);
             }
         }
@@ -349,8 +493,68 @@ impl Drop for GroupInner {
     }
 }
 
+/// A replacement for rank `rank` of the running group `uid`: waits until the survivors removed
+/// the old process, links to every active member (they link back when they see the request),
+/// takes over the pair counters, and asks to be activated. Returns once it is a member again.
+pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: Options) -> Result<Arc<GroupInner>> {
+    if rank >= size {
+        return Err(ChorusError::InvalidRank { rank, size });
+    }
+    crate::options::init_logging();
+    let _span = tracing::info_span!("group_join", uid = %uid, rank, size).entered();
+    let deadline = Instant::now() + opts.timeout;
+    let views = ViewStore::new(store.clone(), &uid, size);
+    let view = loop {
+        let v = views.read()?;
+        if !v.is_active(rank) {
+            break v;
+        }
+        if Instant::now() >= deadline {
+            return Err(ChorusError::InvalidArgument(format!("join: rank {rank} is still an active member (is the old process still running?)")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let prep = prepare(rank, size, &opts)?;
+    let req = join::announce(&store, &uid, rank, &prep.me)?;
+    let members = view.members();
+    // Survivors publish where their counters are, after linking to us.
+    let mut handoffs = Vec::new();
+    let mut peers = Vec::new();
+    for &s in &members {
+        let (coll, p2p) = join::await_handoff(&store, &uid, &req, s, deadline)?;
+        let info = decode_peer(&store.get(&key(&uid, &format!("peer/{s}")))?.ok_or_else(|| ChorusError::InvalidArgument(format!("join: no info for rank {s}")))?)?;
+        handoffs.push((s, coll, p2p));
+        peers.push(info);
+    }
+    let counters = Counters::new(size);
+    let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
+    let gkey = group_key(&uid);
+    let tcp_peers = peers.iter().filter(|p| !shm::can_connect(&prep.me, p)).count();
+    for p in &peers {
+        if shm::can_connect(&prep.me, p) {
+            links[p.rank] = Some(Arc::new(shm::connect(rank, size, &prep.local, p)?));
+            counters.connected(p.rank);
+        }
+    }
+    for (r, s) in tcp::accept(&prep.listener, tcp_peers, gkey, deadline)? {
+        links[r] = Some(Arc::new(tcp::link(rank, r, s, prep.local.signals.clone())?));
+        counters.connected(r);
+    }
+    Segment::unlink(&prep.me.shm_signals);
+    Segment::unlink(&prep.me.shm_data);
+    // Survivors' records name the view and progress they are at; take the newest.
+    let newest = handoffs.iter().max_by_key(|(_, h, _)| (h.epoch, h.committed)).map(|(_, h, _)| h.clone()).expect("a group has survivors");
+    let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
+    let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
+    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, links, counters, local_ranks, Some(resume))?;
+    // Ask to be a member again: a view change that every survivor adopts at the same collective.
+    g.views.activate(&[rank])?;
+    let round = g.rounds_applied.load(Ordering::SeqCst) + 1;
+    g.raise_recovery(round, &members);
+    Ok(g)
+}
+
 /// For `transport::Link` users that only need the name list.
 pub fn transport_names(links: &[Option<Arc<dyn Link>>]) -> Vec<&'static str> {
     links.iter().map(|l| l.as_ref().map_or("self", |l| l.transport())).collect()
 }
-

@@ -32,6 +32,8 @@ fn peer(rank: usize) -> PeerInfo {
         tcp_addr: "127.0.0.1:1".into(),
         shm_signals: String::new(),
         shm_data: String::new(),
+        shm_signals_fd: -1,
+        shm_data_fd: -1,
     }
 }
 

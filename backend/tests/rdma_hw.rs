@@ -26,7 +26,7 @@ fn device() -> Option<String> {
 }
 
 fn peer(rank: usize) -> PeerInfo {
-    PeerInfo { rank, host_id: format!("hw-host-{rank}"), pid: std::process::id(), tcp_addr: String::new(), shm_signals: String::new(), shm_data: String::new() }
+    PeerInfo { rank, host_id: format!("hw-host-{rank}"), pid: std::process::id(), tcp_addr: String::new(), shm_signals: String::new(), shm_data: String::new(), shm_signals_fd: -1, shm_data_fd: -1 }
 }
 
 /// Runs `f(rank, links, signals)` on `n` rank threads after RDMA setup between all of them.

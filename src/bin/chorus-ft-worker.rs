@@ -28,7 +28,11 @@ fn main() {
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);
     let elems: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000);
     let after: Option<usize> = args.get(4).and_then(|s| s.parse().ok());
+    // "failure": stop AFTER collectives after any membership change; "rejoin": only after the
+    // group grew again (survivors keep running until a replacement is in).
+    let until = args.get(5).cloned().unwrap_or_else(|| "failure".into());
     let mut stop_at = iters;
+    let mut prev_contributors: Option<Vec<usize>> = None;
     let pg = ProcessGroup::from_env(Options::default()).unwrap_or_else(|e| {
         eprintln!("group creation failed: {e}");
         std::process::exit(2)
@@ -36,7 +40,8 @@ fn main() {
     let me = pg.rank();
     let n = pg.size();
     let out = std::io::stdout();
-    let mut iter = 0;
+    // A replacement (CHORUS_JOIN=1) resumes at the survivors' collective count.
+    let mut iter = pg.ops_completed() as usize;
     while iter < stop_at {
         let which = if op == "mixed" { ["all_reduce", "all_gather", "all_to_all", "broadcast"][iter % 4] } else { op.as_str() };
         let result: Vec<i64>;
@@ -119,12 +124,18 @@ fn main() {
         let mut o = out.lock();
         let _ = o.write_all(line.as_bytes());
         let _ = o.flush();
+        // Stop AFTER collectives after the last membership change (a failure or a rejoin):
+        // every member sees each change at the same collective.
         if let Some(a) = after {
-            if !info.failed.is_empty() && stop_at == iters {
+            let grew = prev_contributors.as_ref().is_some_and(|p| p.len() < info.contributors.len()) || (prev_contributors.is_none() && iter > 0);
+            let changed = prev_contributors.as_ref().is_some_and(|p| *p != info.contributors) || grew;
+            if (until == "rejoin" && grew) || (until != "rejoin" && (!info.failed.is_empty() || changed)) {
                 stop_at = iter + 1 + a;
             }
         }
+        prev_contributors = Some(info.contributors.clone());
         iter += 1;
     }
-    println!("done epoch {} active {:?}", pg.current_epoch(), pg.active_ranks());
+    let connections: Vec<u64> = (0..n).map(|p| pg.connections_to(p)).collect();
+    println!("done epoch {} active {:?} connections {:?}", pg.current_epoch(), pg.active_ranks(), connections);
 }

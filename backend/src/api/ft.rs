@@ -38,7 +38,11 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
     let ft = g.opts.fault_tolerance;
     let mut tries = 0u32;
     loop {
-        // A recovery that started while this rank was between collectives is settled first.
+        // Replacement ranks waiting for us get their links first; a recovery that started while
+        // this rank was between collectives is settled next.
+        if ft && g.joins_announced.load(Ordering::SeqCst) > g.joins_served.load(Ordering::SeqCst) {
+            g.serve_joins(comm)?;
+        }
         if ft && g.pending_round().is_some() {
             set_progress(g, None, None);
             recover(g, comm, &ctx)?;
@@ -109,6 +113,22 @@ fn take_failed(g: &GroupInner) -> Vec<usize> {
     f.sort_unstable();
     f.dedup();
     f
+}
+
+/// A replacement rank waits for the survivors' decision that admits it, then lines its
+/// collective counter up with theirs.
+pub fn admit(g: &GroupInner) -> Result<()> {
+    let mut comm_guard = g.coll.lock().unwrap_or_else(|p| p.into_inner());
+    let ctx = OpCtx { name: "join", op_seq: 0, epoch: 0, desc: 0, deadline: Instant::now() + g.opts.timeout, started: Instant::now() };
+    recover(g, &mut comm_guard.comm, &ctx)?;
+    let view = g.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !view.is_active(g.rank) {
+        return Err(ChorusError::InvalidArgument(format!("join: the survivors did not admit rank {} (view {:?})", g.rank, view.members())));
+    }
+    let committed = g.progress.lock().unwrap_or_else(|p| p.into_inner()).committed;
+    g.op_seq.store(committed, Ordering::SeqCst);
+    tracing::info!(epoch = view.epoch, next_collective = committed + 1, "rejoined");
+    Ok(())
 }
 
 /// Raises `Done` to this collective at every member and waits for every member's.

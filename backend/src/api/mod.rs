@@ -46,11 +46,17 @@ impl ProcessGroup {
     /// hosts the store unless `CHORUS_STORE_ADDR` names one (as `chorus-run` does).
     pub fn from_env(opts: Options) -> Result<ProcessGroup> {
         let rdv = env::from_env()?;
-        let (store, server) = env::connect_store(&rdv, opts.timeout)?;
         let mut opts = opts;
         if opts.route_hint.is_none() {
             opts.route_hint = Some(rdv.master_addr.clone());
         }
+        // A replacement process (CHORUS_JOIN=1) rejoins the running group instead.
+        if std::env::var("CHORUS_JOIN").is_ok_and(|v| v == "1") {
+            let addr = rdv.store_addr.clone().unwrap_or_else(|| format!("{}:{}", rdv.master_addr, env::store_port(&rdv)));
+            let store: Arc<dyn Store> = Arc::new(chorus_bootstrap::StoreClient::connect(&addr, opts.timeout)?);
+            return ProcessGroup::join(store, rdv.rank, rdv.world_size, opts);
+        }
+        let (store, server) = env::connect_store(&rdv, opts.timeout)?;
         let mut pg = ProcessGroup::new(store, rdv.rank, rdv.world_size, opts)?;
         pg._server = server.map(Arc::new);
         Ok(pg)
@@ -71,7 +77,7 @@ impl ProcessGroup {
 
     /// The transport used towards each rank ("self" for this rank).
     pub fn transports(&self) -> Vec<&'static str> {
-        group::transport_names(&self.inner.links)
+        group::transport_names(&self.inner.links())
     }
 
     /// Connections this rank made for the group (sockets and shared-memory mappings).
@@ -159,14 +165,35 @@ impl ProcessGroup {
 
     fn request_view_change(&self) -> Result<()> {
         let round = self.inner.rounds_applied.load(Ordering::SeqCst) + 1;
-        for p in 0..self.size() {
-            if let Some(l) = &self.inner.links[p] {
-                let _ = l.control(crate::engine::signals::Control::Recovery, round);
-            }
-        }
-        // Our own collective path notices through the same counter check as everyone else's.
-        self.inner.signals.publish(self.inner.signals.control(self.rank(), crate::engine::signals::Control::Recovery), round);
+        let members: Vec<usize> = (0..self.size()).collect();
+        self.inner.raise_recovery(round, &members);
         Ok(())
+    }
+
+    /// Collectives this rank has issued in this group (a replacement starts at the survivors'
+    /// count, so an application can resume its loop from it).
+    pub fn ops_completed(&self) -> u64 {
+        self.inner.op_seq.load(Ordering::SeqCst)
+    }
+
+    /// Connections this rank made to `peer` (a rejoin raises only the rejoiner's count).
+    pub fn connections_to(&self, peer: usize) -> u64 {
+        self.inner.counters.connections_to.get(peer).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Starts a replacement for `rank` of a running top-level group (same store, size and name):
+    /// it waits until the survivors removed the old process, links to them (only the pairs
+    /// that involve it are created; healthy pairs keep theirs), and returns once the survivors
+    /// admitted it with a new view.
+    pub fn join(store: Arc<dyn Store>, rank: usize, size: usize, opts: Options) -> Result<ProcessGroup> {
+        let gen = store.get(&format!("chorus/{}/generation/{rank}", opts.name))?;
+        let gen = gen.and_then(|g| String::from_utf8_lossy(&g).trim().parse::<i64>().ok()).ok_or_else(|| {
+            ChorusError::InvalidArgument(format!("join: no group named {} ever had a rank {rank} on this store", opts.name))
+        })?;
+        let uid = format!("{}.{gen}", opts.name);
+        let inner = group::join(store, uid, rank, size, opts)?;
+        ft::admit(&inner)?;
+        Ok(ProcessGroup { inner, _server: None })
     }
 
     /// Destroys the group: later calls on any handle fail with `Destroyed`; peers still inside an

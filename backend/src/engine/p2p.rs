@@ -27,6 +27,9 @@ pub type Finish = Box<dyn FnOnce(Box<dyn OpBuffer>, Result<()>) + Send>;
 pub enum P2pOp {
     Send { to: usize, tag: u64, buf: Box<dyn OpBuffer>, finish: Finish },
     Recv { from: usize, tag: u64, buf: Box<dyn OpBuffer>, finish: Finish },
+    /// A replacement for `peer` joined: switch to `link`, forfeit what the old process left
+    /// unconsumed, and publish where this stream's counters are at `reply`.
+    Relink { peer: usize, link: std::sync::Arc<dyn crate::transport::Link>, reply: String, store: std::sync::Arc<dyn chorus_bootstrap::Store> },
 }
 
 struct SendOp {
@@ -96,6 +99,20 @@ impl P2pEngine {
                     return;
                 }
                 self.sends[to].push_back(SendOp { tag, buf, off: 0, chunks_sent: 0, deadline, finish });
+            }
+            P2pOp::Relink { peer, link, reply, store } => {
+                // Messages half-received from the dead process are dropped; operations with it fail.
+                self.incoming[peer] = None;
+                while let Some(op) = self.sends[peer].pop_front() {
+                    (op.finish)(op.buf, Err(ChorusError::PeerFailed { op: "send", peer, why: "the peer was replaced".into() }));
+                }
+                let (sent, recvd) = crate::membership::join::forfeit(&self.comm.signals.clone(), &mut self.comm, peer);
+                self.comm.links[peer] = Some(link);
+                let h = crate::membership::join::Handoff { sent, recvd, ..Default::default() };
+                let bytes = bincode::serde::encode_to_vec(&h, bincode::config::standard()).expect("encodes");
+                if let Err(e) = store.set(&reply, &bytes) {
+                    tracing::warn!(error = %e, "publishing the point-to-point handoff failed");
+                }
             }
             P2pOp::Recv { from, tag, buf, finish } => {
                 if from >= self.comm.n || from == self.comm.me {

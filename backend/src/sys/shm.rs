@@ -13,6 +13,9 @@ pub struct Segment {
     ptr: *mut u8,
     len: usize,
     name: String,
+    /// Kept open for segments this process created, so a replacement peer can map them through
+    /// `/proc/<pid>/fd/<fd>` after the name is gone.
+    fd: Option<libc::c_int>,
 }
 
 // SAFETY: the mapping is plain shared memory; all concurrent access is mediated by atomics and
@@ -45,7 +48,7 @@ impl Segment {
             }
             return Err(err);
         }
-        Self::map(fd, len, name)
+        Self::map(fd, len, name, true)
     }
 
     /// Opens and maps a segment a peer created.
@@ -56,21 +59,41 @@ impl Segment {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Self::map(fd, len, name)
+        Self::map(fd, len, name, false)
     }
 
-    fn map(fd: libc::c_int, len: usize, name: &str) -> io::Result<Segment> {
+    /// Maps a segment another process created and still holds open as descriptor `fd`, after its
+    /// name was unlinked (a replacement rank joining survivors).
+    pub fn open_from_process(pid: u32, fd: i32, len: usize) -> io::Result<Segment> {
+        let path = CString::new(format!("/proc/{pid}/fd/{fd}")).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad path"))?;
+        // SAFETY: path is a valid NUL-terminated string.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Self::map(fd, len, &format!("pid{pid}-fd{fd}"), false)
+    }
+
+    /// The descriptor kept open for this segment (segments this process created).
+    pub fn fd(&self) -> Option<i32> {
+        self.fd
+    }
+
+    fn map(fd: libc::c_int, len: usize, name: &str, keep_fd: bool) -> io::Result<Segment> {
         let map_len = len.max(1);
         // SAFETY: fd is valid; a fresh shared mapping of the object; the result is checked.
         let ptr = unsafe {
             libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
         };
-        // SAFETY: the mapping keeps the object alive; the descriptor is no longer needed.
-        unsafe { libc::close(fd) };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        if !keep_fd || ptr == libc::MAP_FAILED {
+            // SAFETY: the mapping keeps the object alive; the descriptor is no longer needed.
+            unsafe { libc::close(fd) };
         }
-        Ok(Segment { ptr: ptr as *mut u8, len, name: name.to_string() })
+        if ptr == libc::MAP_FAILED {
+            return Err(err);
+        }
+        Ok(Segment { ptr: ptr as *mut u8, len, name: name.to_string(), fd: keep_fd.then_some(fd) })
     }
 
     /// Maps `len` bytes of private zero-filled memory with the same access methods: inbound slot
@@ -91,7 +114,7 @@ impl Segment {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Segment { ptr: ptr as *mut u8, len, name: String::new() })
+        Ok(Segment { ptr: ptr as *mut u8, len, name: String::new(), fd: None })
     }
 
     /// Removes the name; existing mappings stay valid.
@@ -157,9 +180,13 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping; nothing borrowed from it outlives `self`.
+        // SAFETY: unmapping our own mapping; nothing borrowed from it outlives `self`; the
+        // descriptor (if kept) is ours.
         unsafe {
             libc::munmap(self.ptr as *mut libc::c_void, self.len.max(1));
+            if let Some(fd) = self.fd {
+                libc::close(fd);
+            }
         }
     }
 }

@@ -25,6 +25,10 @@ pub struct PeerInfo {
     /// Names of this rank's shared-memory segments (signals, inbound data).
     pub shm_signals: String,
     pub shm_data: String,
+    /// Descriptors this rank keeps open for those segments: a replacement rank maps them through
+    /// `/proc/<pid>/fd/<fd>` once the names are gone.
+    pub shm_signals_fd: i32,
+    pub shm_data_fd: i32,
 }
 
 /// One direction-agnostic connection to a peer.

@@ -53,11 +53,16 @@ pub fn create_local(sig_name: &str, data_name: &str, ranks: usize, me: usize) ->
 pub fn connect(me: usize, ranks: usize, local: &LocalSegments, peer: &PeerInfo) -> Result<ShmLink> {
     let geo = geometry();
     let fail = |why: String| ChorusError::Connect { transport: NAME, peer: peer.rank, why };
-    let sig = Segment::open(&peer.shm_signals, signals::segment_len(ranks))
-        .map_err(|e| fail(format!("mapping {}: {e}", peer.shm_signals)))?;
+    // By name during rendezvous; through the owner's open descriptor once the name is gone
+    // (a replacement rank connecting to survivors).
+    let open = |name: &str, fd: i32, len: usize| {
+        Segment::open(name, len).or_else(|e| {
+            Segment::open_from_process(peer.pid, fd, len).map_err(|e2| fail(format!("mapping {name}: {e}; through /proc/{}/fd/{fd}: {e2}", peer.pid)))
+        })
+    };
+    let sig = open(&peer.shm_signals, peer.shm_signals_fd, signals::segment_len(ranks))?;
     let peer_signals = SignalBlock::attach(Arc::new(sig), ranks)
         .ok_or_else(|| fail("its signal block has a different magic, version or group size".into()))?;
-    let data = Segment::open(&peer.shm_data, ranks * STREAMS * geo.ring_bytes())
-        .map_err(|e| fail(format!("mapping {}: {e}", peer.shm_data)))?;
+    let data = open(&peer.shm_data, peer.shm_data_fd, ranks * STREAMS * geo.ring_bytes())?;
     Ok(ShmLink::new(me, peer.rank, peer.pid, geo, peer_signals, Arc::new(data), local.data.clone()))
 }

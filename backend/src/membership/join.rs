@@ -1,0 +1,133 @@
+//! Rejoin: the records a replacement rank and the survivors exchange through the store.
+//!
+//! Keys under `chorus/<uid>/`:
+//! * `joins` — count of join requests (monotonic); `join_req/<seq>` — `rank:generation`;
+//! * `join/<rank>/<generation>/peer` — the replacement's `PeerInfo`;
+//! * `join/<rank>/<generation>/<stream>/<survivor>` — a survivor's [`Handoff`] for one stream,
+//!   written after it linked to the replacement.
+//!
+//! Pair counters never restart: the replacement continues each pair's sequence numbers where the
+//! survivor's are, and chunks the dead predecessor never consumed are forfeited (the survivor's
+//! credits restart full). Only links that involve the replacement change.
+use super::View;
+use crate::engine::comm::Comm;
+use crate::engine::signals::SignalBlock;
+use crate::error::{ChorusError, Result};
+use crate::transport::PeerInfo;
+use chorus_bootstrap::Store;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub rank: usize,
+    pub generation: u64,
+}
+
+/// Where a survivor's counters for the pair (survivor, joiner) are on one stream, plus the
+/// survivor's membership state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// Chunks the survivor has sent to this rank (the joiner's next expected chunk).
+    pub sent: u64,
+    /// Chunks the survivor has consumed from this rank (the joiner's next chunk to send).
+    pub recvd: u64,
+    pub epoch: u64,
+    pub active: Vec<bool>,
+    pub committed: u64,
+    pub rounds: u64,
+}
+
+impl Handoff {
+    pub fn view(&self, n: usize) -> View {
+        if self.active.len() == n {
+            View { epoch: self.epoch, active: self.active.clone() }
+        } else {
+            View::full(n)
+        }
+    }
+}
+
+fn key(uid: &str, rest: &str) -> String {
+    format!("chorus/{uid}/{rest}")
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("encodes")
+}
+
+fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| ChorusError::InvalidArgument(format!("unreadable join record ({e})")))
+}
+
+/// The replacement announces itself (its info first, then the request).
+pub fn announce(store: &Arc<dyn Store>, uid: &str, rank: usize, me: &PeerInfo) -> Result<JoinRequest> {
+    let generation = store.add(&key(uid, &format!("join_gen/{rank}")), 1)? as u64;
+    store.set(&key(uid, &format!("join/{rank}/{generation}/peer")), &enc(me))?;
+    let seq = store.add(&key(uid, "joins"), 1)? as u64;
+    store.set(&key(uid, &format!("join_req/{seq}")), format!("{rank}:{generation}").as_bytes())?;
+    tracing::info!(rank, generation, seq, "asked to rejoin");
+    Ok(JoinRequest { rank, generation })
+}
+
+/// Join requests announced so far.
+pub fn announced(store: &Arc<dyn Store>, uid: &str) -> Result<Option<u64>> {
+    Ok(store.get(&key(uid, "joins"))?.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()))
+}
+
+/// Request number `seq` (waits briefly: the counter is raised just before the record is set).
+pub fn request(store: &Arc<dyn Store>, uid: &str, seq: u64) -> Result<Option<JoinRequest>> {
+    let k = key(uid, &format!("join_req/{seq}"));
+    let v = match store.wait(&[&k], Duration::from_secs(5)) {
+        Ok(mut v) => v.remove(0),
+        Err(_) => return Ok(None),
+    };
+    let s = String::from_utf8_lossy(&v).to_string();
+    let (r, g) = s.split_once(':').ok_or_else(|| ChorusError::InvalidArgument(format!("bad join request {s}")))?;
+    Ok(Some(JoinRequest { rank: r.parse().unwrap_or(usize::MAX), generation: g.parse().unwrap_or(0) }))
+}
+
+pub fn joiner_info(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, deadline: Instant) -> Result<PeerInfo> {
+    let k = key(uid, &format!("join/{}/{}/peer", req.rank, req.generation));
+    let v = store.wait(&[&k], deadline.saturating_duration_since(Instant::now()))?;
+    crate::group::decode_peer(&v[0])
+}
+
+pub fn handoff_key(uid: &str, req: &JoinRequest, survivor: usize, stream: &str) -> String {
+    key(uid, &format!("join/{}/{}/{stream}/{survivor}", req.rank, req.generation))
+}
+
+/// Survivor side, for the stream `comm` drives: gives up on chunks the dead predecessor never
+/// consumed and returns where the pair's counters are.
+pub fn forfeit(signals: &SignalBlock, comm: &mut Comm, peer: usize) -> (u64, u64) {
+    signals.publish(signals.ack_seq(peer, comm.stream), comm.sent[peer]);
+    (comm.sent[peer], comm.recvd[peer])
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn publish_handoff(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, me: usize, stream: &str, counters: &(u64, u64), view: &View, committed: u64, rounds: u64) -> Result<()> {
+    let h = Handoff { sent: counters.0, recvd: counters.1, epoch: view.epoch, active: view.active.clone(), committed, rounds };
+    store.set(&handoff_key(uid, req, me, stream), &enc(&h))?;
+    Ok(())
+}
+
+/// Replacement side: the survivor's records for both streams.
+pub fn await_handoff(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, survivor: usize, deadline: Instant) -> Result<(Handoff, Handoff)> {
+    let k1 = handoff_key(uid, req, survivor, "coll");
+    let k2 = handoff_key(uid, req, survivor, "p2p");
+    let v = store.wait(&[&k1, &k2], deadline.saturating_duration_since(Instant::now())).map_err(|e| {
+        ChorusError::InvalidArgument(format!("join: rank {survivor} did not link to this replacement in time ({e}); survivors link between collectives, so they must keep running them"))
+    })?;
+    Ok((dec(&v[0])?, dec(&v[1])?))
+}
+
+/// Replacement side: continue the pair's counters from the survivor's record.
+pub fn adopt(signals: &SignalBlock, comm: &mut Comm, survivor: usize, h: &Handoff) {
+    signals.publish(signals.data_seq(survivor, comm.stream), h.sent);
+    signals.publish(signals.ack_seq(survivor, comm.stream), h.recvd);
+    comm.recvd[survivor] = h.sent;
+    comm.sent[survivor] = h.recvd;
+}
