@@ -1,1 +1,673 @@
-//! C ABI for chorus (see the torch backend issue); the skeleton keeps the workspace layout.
+//! The C ABI of chorus (`include/chorus.h`): opaque group and work handles, integer status codes
+//! with a per-thread message (`chorus_last_error`), store callbacks for rendezvous, and one
+//! asynchronous entry point per collective. Every entry point runs inside `catch_unwind`, so no
+//! panic crosses into C. The header is rendered from the tables in [`header`] and checked for
+//! drift by `cargo test -p chorus-ffi`.
+//!
+//! Memory contract: every data pointer must stay valid (and not be written by the caller) until
+//! the returned work handle reports completion; torch keeps tensors alive in its `Work` object.
+#![allow(non_camel_case_types)]
+
+pub mod buffer;
+pub mod error;
+pub mod header;
+pub mod store;
+pub mod work;
+
+use buffer::{byte_len, input_for, RawBuf};
+use chorus_backend::{DType, OpBuffer, Options, ProcessGroup, ReduceOp};
+use chorus_bootstrap::{StoreClient, StoreServer};
+use error::{guard, guard_value, last_error_ptr, FfiError, FfiResult};
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::Arc;
+use std::time::Duration;
+pub use store::{chorus_buf, chorus_store_callbacks, CallbackStore};
+pub use work::chorus_work;
+
+/// Bumped whenever a declaration of `chorus.h` changes incompatibly.
+pub const CHORUS_ABI_VERSION: u32 = 1;
+/// `device` argument for host memory; values >= 0 name a CUDA device ordinal.
+pub const CHORUS_DEVICE_CPU: i32 = -1;
+
+/// An opaque group handle.
+pub struct chorus_group {
+    pg: ProcessGroup,
+    /// A store server this rank hosts (`chorus_group_create_tcp` with `host_store`).
+    _server: Option<Arc<StoreServer>>,
+}
+
+// ------------------------------------------------------------------ argument helpers
+
+fn group<'a>(g: *const chorus_group) -> FfiResult<&'a chorus_group> {
+    // SAFETY: a non-null group pointer was returned by a chorus_group_create* call and, by the
+    // ABI contract, not yet passed to chorus_group_destroy.
+    unsafe { g.as_ref() }.ok_or_else(|| FfiError::invalid("the group handle is NULL"))
+}
+
+fn check_out<T>(out: *mut *mut T, what: &str) -> FfiResult<()> {
+    if out.is_null() {
+        return Err(FfiError::invalid(format!("the `{what}` out-pointer is NULL")));
+    }
+    Ok(())
+}
+
+fn put_out<T>(out: *mut *mut T, v: T) {
+    // SAFETY: `out` was checked non-null by `check_out` and points to writable storage for one
+    // pointer (ABI contract).
+    unsafe { *out = Box::into_raw(Box::new(v)) };
+}
+
+fn dtype(d: i32) -> FfiResult<DType> {
+    u8::try_from(d)
+        .ok()
+        .and_then(DType::from_u8)
+        .ok_or_else(|| FfiError::invalid(format!("unknown dtype code {d} (see chorus_dtype_t in chorus.h)")))
+}
+
+fn reduce_op(op: i32) -> FfiResult<ReduceOp> {
+    u8::try_from(op)
+        .ok()
+        .and_then(ReduceOp::from_u8)
+        .ok_or_else(|| FfiError::invalid(format!("unknown reduce op code {op} (see chorus_reduce_op_t in chorus.h)")))
+}
+
+fn check_device(device: i32, _stream: *mut c_void, op: &str) -> FfiResult<()> {
+    if device == CHORUS_DEVICE_CPU {
+        return Ok(());
+    }
+    if device < 0 {
+        return Err(FfiError::invalid(format!("{op}: invalid device {device} (use CHORUS_DEVICE_CPU = -1 for host memory, or a CUDA device ordinal)")));
+    }
+    Err(FfiError::unsupported(format!(
+        "{op}: CUDA memory (device {device}) is not supported by this build of chorus yet; pass host memory (device CHORUS_DEVICE_CPU)"
+    )))
+}
+
+fn rank_arg(v: i32, what: &str) -> FfiResult<usize> {
+    usize::try_from(v).map_err(|_| FfiError::invalid(format!("{what} {v} is negative")))
+}
+
+fn opt_str<'a>(s: *const c_char, what: &str) -> FfiResult<Option<&'a str>> {
+    if s.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: a non-null string argument is a NUL-terminated C string valid for the call (ABI).
+    let c = unsafe { CStr::from_ptr(s) };
+    c.to_str().map(Some).map_err(|_| FfiError::invalid(format!("{what} is not valid UTF-8")))
+}
+
+fn options(name: *const c_char, timeout_ms: i64) -> FfiResult<Options> {
+    let mut o = Options::default();
+    if timeout_ms > 0 {
+        o = o.with_timeout(Duration::from_millis(timeout_ms as u64));
+    }
+    if let Some(n) = opt_str(name, "name")? {
+        if !n.is_empty() {
+            o = o.with_name(n);
+        }
+    }
+    Ok(o)
+}
+
+fn counts<'a>(p: *const u64, n: usize, what: &str) -> FfiResult<&'a [u64]> {
+    if p.is_null() {
+        return Err(FfiError::invalid(format!("{what} is NULL but must hold {n} counts")));
+    }
+    // SAFETY: non-null, and by the ABI contract points to one count per rank of the group.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+fn emit<R: Send + 'static>(out: *mut *mut chorus_work, w: chorus_backend::Work<R>) -> FfiResult<()> {
+    let w = chorus_work::start(w)?;
+    put_out(out, w);
+    Ok(())
+}
+
+// ------------------------------------------------------------------ library
+
+/// ABI version of this library (compare with `CHORUS_ABI_VERSION` in the header).
+#[no_mangle]
+pub extern "C" fn chorus_abi_version() -> u32 {
+    CHORUS_ABI_VERSION
+}
+
+/// The calling thread's last error message ("" if none); valid until the next failing call on
+/// this thread.
+#[no_mangle]
+pub extern "C" fn chorus_last_error() -> *const c_char {
+    last_error_ptr()
+}
+
+/// Replaces the contents of a chorus-owned buffer (store callbacks return values through it).
+///
+/// # Safety
+/// `buf` is a buffer chorus passed to a store callback (during that callback); `data` points to
+/// `len` readable bytes (or is NULL with `len == 0`).
+#[no_mangle]
+pub unsafe extern "C" fn chorus_buf_write(buf: *mut chorus_buf, data: *const u8, len: usize) -> i32 {
+    guard(|| {
+        // SAFETY: per this function's contract `buf` is a live chorus_buf handed to a callback.
+        let b = unsafe { buf.as_mut() }.ok_or_else(|| FfiError::invalid("chorus_buf_write: buf is NULL"))?;
+        let src = RawBuf::new(data, len, "chorus_buf_write: data")?;
+        b.data.clear();
+        b.data.extend_from_slice(src.bytes());
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------------------ groups
+
+/// Creates a top-level group over a store implemented by callbacks.
+///
+/// # Safety
+/// `store` points to a valid callbacks struct (copied); the callbacks and their `ctx` stay
+/// callable from any thread until `release` is called (also on failure). `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_create(
+    store: *const chorus_store_callbacks,
+    rank: i32,
+    size: i32,
+    name: *const c_char,
+    timeout_ms: i64,
+    out: *mut *mut chorus_group,
+) -> i32 {
+    guard(|| {
+        // SAFETY: per this function's contract `store` is NULL or a valid struct.
+        let cb = *unsafe { store.as_ref() }.ok_or_else(|| FfiError::invalid("chorus_group_create: the store callbacks are NULL"))?;
+        let st = Arc::new(CallbackStore::new(cb));
+        check_out(out, "out")?;
+        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
+        let pg = ProcessGroup::new(st, rank, size, options(name, timeout_ms)?)?;
+        put_out(out, chorus_group { pg, _server: None });
+        Ok(())
+    })
+}
+
+/// Creates a top-level group over a chorus TCP store at `addr` ("host:port"). With
+/// `host_store != 0` this rank first starts the store server on `addr` (an "ip:port").
+///
+/// # Safety
+/// `addr` is a NUL-terminated string; `name` is NULL or one; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_create_tcp(
+    addr: *const c_char,
+    host_store: i32,
+    rank: i32,
+    size: i32,
+    name: *const c_char,
+    timeout_ms: i64,
+    out: *mut *mut chorus_group,
+) -> i32 {
+    guard(|| {
+        check_out(out, "out")?;
+        let addr = opt_str(addr, "addr")?.ok_or_else(|| FfiError::invalid("chorus_group_create_tcp: addr is NULL"))?;
+        let opts = options(name, timeout_ms)?;
+        let server = if host_store != 0 {
+            let sa = addr.parse().map_err(|e| FfiError::invalid(format!("store address {addr:?} is not an ip:port ({e})")))?;
+            Some(Arc::new(StoreServer::bind(sa).map_err(chorus_backend::ChorusError::from)?))
+        } else {
+            None
+        };
+        let client = StoreClient::connect(addr, opts.timeout).map_err(chorus_backend::ChorusError::from)?;
+        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
+        let pg = ProcessGroup::new(Arc::new(client), rank, size, opts)?;
+        put_out(out, chorus_group { pg, _server: server });
+        Ok(())
+    })
+}
+
+/// Creates the default group from torchrun/SLURM/chorus-run environment variables.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_create_env(name: *const c_char, timeout_ms: i64, out: *mut *mut chorus_group) -> i32 {
+    guard(|| {
+        check_out(out, "out")?;
+        let pg = ProcessGroup::from_env(options(name, timeout_ms)?)?;
+        put_out(out, chorus_group { pg, _server: None });
+        Ok(())
+    })
+}
+
+/// A subgroup of `ranks` (ranks of `group`). Every rank of `group` calls it in the same order;
+/// non-members get `*out = NULL`.
+///
+/// # Safety
+/// `group` is a live handle; `ranks` points to `nranks` ints; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_new_subgroup(group_: *mut chorus_group, ranks: *const i32, nranks: usize, out: *mut *mut chorus_group) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(out, "out")?;
+        if ranks.is_null() && nranks != 0 {
+            return Err(FfiError::invalid("chorus_group_new_subgroup: ranks is NULL"));
+        }
+        let rs: &[i32] = if nranks == 0 {
+            &[]
+        } else {
+            // SAFETY: non-null and `nranks` long by this function's contract.
+            unsafe { std::slice::from_raw_parts(ranks, nranks) }
+        };
+        let rs: Vec<usize> = rs.iter().map(|&r| rank_arg(r, "rank")).collect::<FfiResult<_>>()?;
+        match g.pg.new_group(&rs)? {
+            Some(pg) => put_out(out, chorus_group { pg, _server: g._server.clone() }),
+            // SAFETY: `out` checked non-null above.
+            None => unsafe { *out = std::ptr::null_mut() },
+        }
+        Ok(())
+    })
+}
+
+/// This rank's index in the group (-1 for a NULL handle).
+///
+/// # Safety
+/// `group` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_rank(group_: *const chorus_group) -> i32 {
+    guard_value(-1, || Ok(group(group_)?.pg.rank() as i32))
+}
+
+/// The number of ranks in the group (-1 for a NULL handle).
+///
+/// # Safety
+/// `group` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_size(group_: *const chorus_group) -> i32 {
+    guard_value(-1, || Ok(group(group_)?.pg.size() as i32))
+}
+
+/// Destroys the group and frees the handle. Peers inside an operation with this rank get an
+/// error; pending work handles stay valid (and report an error if their operation could not run).
+///
+/// # Safety
+/// `group` is NULL or a live handle, not used again after this call.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_destroy(group_: *mut chorus_group) -> i32 {
+    guard(|| {
+        if group_.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a live handle from Box::into_raw (chorus_group_create*), ownership returns here.
+        let g = unsafe { Box::from_raw(group_) };
+        g.pg.destroy();
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------------------ collectives
+
+/// In-place all-reduce of `count` elements at `buf`.
+///
+/// # Safety
+/// `group` is a live handle; `buf` holds `count` elements of `dtype` and stays valid until the
+/// work completes; `work` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_all_reduce(
+    group_: *mut chorus_group,
+    buf: *mut c_void,
+    count: u64,
+    dtype_: i32,
+    op: i32,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "all_reduce")?;
+        let (dt, op) = (dtype(dtype_)?, reduce_op(op)?);
+        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "all_reduce")?, "all_reduce: buf")?;
+        emit(work, g.pg.all_reduce_async(b, dt, op))
+    })
+}
+
+/// In-place broadcast of `count` elements from `root`.
+///
+/// # Safety
+/// As for `chorus_all_reduce`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_broadcast(
+    group_: *mut chorus_group,
+    buf: *mut c_void,
+    count: u64,
+    dtype_: i32,
+    root: i32,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "broadcast")?;
+        let dt = dtype(dtype_)?;
+        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "broadcast")?, "broadcast: buf")?;
+        emit(work, g.pg.broadcast_async(b, rank_arg(root, "root")?))
+    })
+}
+
+/// In-place reduce to `root` (other ranks' `buf` is left unchanged).
+///
+/// # Safety
+/// As for `chorus_all_reduce`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_reduce(
+    group_: *mut chorus_group,
+    buf: *mut c_void,
+    count: u64,
+    dtype_: i32,
+    op: i32,
+    root: i32,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "reduce")?;
+        let (dt, op) = (dtype(dtype_)?, reduce_op(op)?);
+        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "reduce")?, "reduce: buf")?;
+        emit(work, g.pg.reduce_async(b, rank_arg(root, "root")?, dt, op))
+    })
+}
+
+/// All-gather: `sendcount` elements from every rank land in `recvbuf` (size * sendcount
+/// elements, rank order). `sendbuf` may alias a block of `recvbuf` (it is copied first).
+///
+/// # Safety
+/// As for `chorus_all_reduce`, for both buffers.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_all_gather(
+    group_: *mut chorus_group,
+    sendbuf: *const c_void,
+    recvbuf: *mut c_void,
+    sendcount: u64,
+    dtype_: i32,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "all_gather")?;
+        let dt = dtype(dtype_)?;
+        let block = byte_len(sendcount, dt, "all_gather")?;
+        let total = block.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("all_gather: size overflow"))?;
+        let out = RawBuf::new(recvbuf as *const u8, total, "all_gather: recvbuf")?;
+        let inp = input_for(RawBuf::new(sendbuf as *const u8, block, "all_gather: sendbuf")?, &out);
+        emit(work, g.pg.all_gather_async(inp, out))
+    })
+}
+
+/// Reduce-scatter: `sendbuf` holds size * recvcount elements; rank r gets the reduction of every
+/// rank's block r in `recvbuf`. The buffers may overlap (the input is copied first).
+///
+/// # Safety
+/// As for `chorus_all_reduce`, for both buffers.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_reduce_scatter(
+    group_: *mut chorus_group,
+    sendbuf: *const c_void,
+    recvbuf: *mut c_void,
+    recvcount: u64,
+    dtype_: i32,
+    op: i32,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "reduce_scatter")?;
+        let (dt, op) = (dtype(dtype_)?, reduce_op(op)?);
+        let block = byte_len(recvcount, dt, "reduce_scatter")?;
+        let total = block.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("reduce_scatter: size overflow"))?;
+        let out = RawBuf::new(recvbuf as *const u8, block, "reduce_scatter: recvbuf")?;
+        let inp = input_for(RawBuf::new(sendbuf as *const u8, total, "reduce_scatter: sendbuf")?, &out);
+        emit(work, g.pg.reduce_scatter_async(inp, out, dt, op))
+    })
+}
+
+/// All-to-all with equal blocks: block p (`count` elements) of `sendbuf` goes to rank p; block p
+/// of `recvbuf` comes from rank p. Both hold size * count elements.
+///
+/// # Safety
+/// As for `chorus_all_reduce`, for both buffers.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_all_to_all(
+    group_: *mut chorus_group,
+    sendbuf: *const c_void,
+    recvbuf: *mut c_void,
+    count: u64,
+    dtype_: i32,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "all_to_all")?;
+        let dt = dtype(dtype_)?;
+        let total = byte_len(count, dt, "all_to_all")?.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("all_to_all: size overflow"))?;
+        let out = RawBuf::new(recvbuf as *const u8, total, "all_to_all: recvbuf")?;
+        let inp = input_for(RawBuf::new(sendbuf as *const u8, total, "all_to_all: sendbuf")?, &out);
+        emit(work, g.pg.all_to_all_async(inp, out))
+    })
+}
+
+/// All-to-all with per-rank counts: `send_counts[p]` consecutive elements of `sendbuf` go to
+/// rank p, `recv_counts[p]` elements from rank p land consecutively in `recvbuf`. Both count
+/// arrays have one entry per rank and are read during the call only.
+///
+/// # Safety
+/// As for `chorus_all_reduce`; `send_counts` and `recv_counts` point to size entries each.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_all_to_all_v(
+    group_: *mut chorus_group,
+    sendbuf: *const c_void,
+    send_counts: *const u64,
+    recvbuf: *mut c_void,
+    recv_counts: *const u64,
+    dtype_: i32,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "all_to_all_v")?;
+        let dt = dtype(dtype_)?;
+        let n = g.pg.size();
+        let to_usize = |c: &[u64], what: &str| -> FfiResult<Vec<usize>> {
+            c.iter().map(|&x| usize::try_from(x).map_err(|_| FfiError::invalid(format!("all_to_all_v: {what} count {x} is too large")))).collect()
+        };
+        let sc = to_usize(counts(send_counts, n, "all_to_all_v: send_counts")?, "send")?;
+        let rc = to_usize(counts(recv_counts, n, "all_to_all_v: recv_counts")?, "recv")?;
+        let sum = |c: &[usize]| c.iter().try_fold(0usize, |a, &x| a.checked_add(x)).ok_or_else(|| FfiError::invalid("all_to_all_v: counts overflow"));
+        let (ss, rs) = (sum(&sc)?, sum(&rc)?);
+        let out = RawBuf::new(recvbuf as *const u8, byte_len(rs as u64, dt, "all_to_all_v")?, "all_to_all_v: recvbuf")?;
+        let inp = input_for(RawBuf::new(sendbuf as *const u8, byte_len(ss as u64, dt, "all_to_all_v")?, "all_to_all_v: sendbuf")?, &out);
+        emit(work, g.pg.all_to_all_v_async(inp, sc, out, rc, dt))
+    })
+}
+
+/// Gather: every rank's `count` elements land in `root`'s `recvbuf` (size * count elements, rank
+/// order). `recvbuf` is ignored (may be NULL) on other ranks.
+///
+/// # Safety
+/// As for `chorus_all_reduce`, for both buffers.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_gather(
+    group_: *mut chorus_group,
+    sendbuf: *const c_void,
+    recvbuf: *mut c_void,
+    count: u64,
+    dtype_: i32,
+    root: i32,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "gather")?;
+        let dt = dtype(dtype_)?;
+        let root = rank_arg(root, "root")?;
+        let block = byte_len(count, dt, "gather")?;
+        let total = if g.pg.rank() == root { block.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("gather: size overflow"))? } else { 0 };
+        let out = RawBuf::new(recvbuf as *const u8, total, "gather: recvbuf")?;
+        let inp = input_for(RawBuf::new(sendbuf as *const u8, block, "gather: sendbuf")?, &out);
+        emit(work, g.pg.gather_async(inp, out, root))
+    })
+}
+
+/// Scatter: `root`'s `sendbuf` (size * count elements) is split so rank r gets block r in
+/// `recvbuf`. `sendbuf` is ignored (may be NULL) on other ranks.
+///
+/// # Safety
+/// As for `chorus_all_reduce`, for both buffers.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_scatter(
+    group_: *mut chorus_group,
+    sendbuf: *const c_void,
+    recvbuf: *mut c_void,
+    count: u64,
+    dtype_: i32,
+    root: i32,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "scatter")?;
+        let dt = dtype(dtype_)?;
+        let root = rank_arg(root, "root")?;
+        let block = byte_len(count, dt, "scatter")?;
+        let total = if g.pg.rank() == root { block.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("scatter: size overflow"))? } else { 0 };
+        let out = RawBuf::new(recvbuf as *const u8, block, "scatter: recvbuf")?;
+        let inp = input_for(RawBuf::new(sendbuf as *const u8, total, "scatter: sendbuf")?, &out);
+        emit(work, g.pg.scatter_async(inp, out, root))
+    })
+}
+
+/// Barrier: completes once every rank has entered it.
+///
+/// # Safety
+/// `group` is a live handle; `work` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_barrier(group_: *mut chorus_group, work: *mut *mut chorus_work) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        emit(work, g.pg.barrier_async())
+    })
+}
+
+/// Sends `count` elements to `peer` with `tag`; completes once the data left `buf`.
+///
+/// # Safety
+/// As for `chorus_all_reduce`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_send(
+    group_: *mut chorus_group,
+    buf: *const c_void,
+    count: u64,
+    dtype_: i32,
+    peer: i32,
+    tag: u64,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "send")?;
+        let dt = dtype(dtype_)?;
+        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "send")?, "send: buf")?;
+        emit(work, g.pg.send_async(b, rank_arg(peer, "peer")?, tag))
+    })
+}
+
+/// Receives exactly `count` elements from `peer` with `tag` into `buf`.
+///
+/// # Safety
+/// As for `chorus_all_reduce`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_recv(
+    group_: *mut chorus_group,
+    buf: *mut c_void,
+    count: u64,
+    dtype_: i32,
+    peer: i32,
+    tag: u64,
+    device: i32,
+    stream: *mut c_void,
+    work: *mut *mut chorus_work,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        check_device(device, stream, "recv")?;
+        let dt = dtype(dtype_)?;
+        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "recv")?, "recv: buf")?;
+        emit(work, g.pg.recv_async(b, rank_arg(peer, "peer")?, tag))
+    })
+}
+
+// ------------------------------------------------------------------ work handles
+
+fn work_ref<'a>(w: *const chorus_work) -> FfiResult<&'a chorus_work> {
+    // SAFETY: a non-null work pointer was returned by a collective and not yet freed (ABI).
+    unsafe { w.as_ref() }.ok_or_else(|| FfiError::invalid("the work handle is NULL"))
+}
+
+/// Waits up to `timeout_ms` (negative: no limit) and returns the operation's status (repeatable).
+/// CHORUS_ERR_TIMEOUT with the operation still running if the wait ran out.
+///
+/// # Safety
+/// `work` is a live work handle.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_work_wait(work: *mut chorus_work, timeout_ms: i64) -> i32 {
+    guard(|| {
+        let w = work_ref(work)?;
+        let t = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
+        w.wait(t)
+    })
+}
+
+/// 1 if the operation finished (successfully or not), 0 if not, -CHORUS_ERR_INVALID_ARGUMENT for
+/// a NULL handle.
+///
+/// # Safety
+/// `work` is NULL or a live work handle.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_work_is_completed(work: *const chorus_work) -> i32 {
+    guard_value(-error::CHORUS_ERR_INVALID_ARGUMENT, || Ok(work_ref(work)?.is_completed() as i32))
+}
+
+/// Frees a work handle. Freeing one whose operation is still running is allowed, but the
+/// operation's memory must stay valid until it completes.
+///
+/// # Safety
+/// `work` is NULL or a live work handle, not used again after this call.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_work_free(work: *mut chorus_work) {
+    guard(|| {
+        if !work.is_null() {
+            // SAFETY: a live handle from Box::into_raw (emit); ownership returns here.
+            drop(unsafe { Box::from_raw(work) });
+        }
+        Ok(())
+    });
+}

@@ -1,0 +1,316 @@
+/*
+ * chorus.h — C ABI of chorus, a fault-tolerant collective-communication library.
+ *
+ * GENERATED from ffi/src/header.rs; do not edit by hand. Regenerate with
+ *   CHORUS_BLESS=1 cargo test -p chorus-ffi --test header
+ *
+ * Conventions
+ * - Every function that can fail returns a chorus_status_t (0 = CHORUS_OK). On failure,
+ *   chorus_last_error() returns a message for the calling thread.
+ * - Handles (chorus_group_t, chorus_work_t) are opaque. A group handle may be used from several
+ *   threads; collectives of one group must be issued in the same order on every rank.
+ * - Every collective is asynchronous: it returns a work handle at once. The caller keeps every
+ *   data pointer valid, and does not write input memory, until the work completes
+ *   (chorus_work_wait returns or chorus_work_is_completed says 1), then frees the handle with
+ *   chorus_work_free.
+ * - Every collective takes (pointer, count, dtype, device, stream): device is CHORUS_DEVICE_CPU
+ *   for host memory or a CUDA device ordinal; stream is the cudaStream_t the work is ordered on
+ *   (NULL for host memory). This build supports host memory only; device memory returns
+ *   CHORUS_ERR_UNSUPPORTED.
+ * - No panic or exception crosses this boundary.
+ */
+#ifndef CHORUS_H
+#define CHORUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CHORUS_ABI_VERSION 1
+/* `device` argument for host memory; values >= 0 are CUDA device ordinals. */
+#define CHORUS_DEVICE_CPU (-1)
+
+/* Status codes returned by chorus functions. */
+typedef enum chorus_status {
+    CHORUS_OK = 0, /* success */
+    CHORUS_ERR_INVALID_ARGUMENT = 1, /* bad pointer, size, rank, root, dtype or list length */
+    CHORUS_ERR_UNSUPPORTED = 2, /* unsupported op/dtype pair, or device memory (not supported yet) */
+    CHORUS_ERR_MISMATCH = 3, /* ranks disagree on the arguments of a collective */
+    CHORUS_ERR_TIMEOUT = 4, /* an operation (or chorus_work_wait) ran past its deadline */
+    CHORUS_ERR_PEER_FAILED = 5, /* a peer failed or the group was aborted */
+    CHORUS_ERR_STORE = 6, /* rendezvous through the store failed */
+    CHORUS_ERR_TRANSPORT = 7, /* connecting or moving data (socket, shared memory) failed */
+    CHORUS_ERR_DESTROYED = 8, /* the group was destroyed */
+    CHORUS_ERR_INCOMPLETE = 9, /* the operation was abandoned before it completed */
+    CHORUS_ERR_INTERNAL = 10, /* a bug inside chorus (a caught panic); see the message */
+} chorus_status_t;
+
+/* Element types (torch names). */
+typedef enum chorus_dtype {
+    CHORUS_DTYPE_FLOAT32 = 0,
+    CHORUS_DTYPE_FLOAT64 = 1,
+    CHORUS_DTYPE_FLOAT16 = 2,
+    CHORUS_DTYPE_BFLOAT16 = 3,
+    CHORUS_DTYPE_INT8 = 4,
+    CHORUS_DTYPE_UINT8 = 5,
+    CHORUS_DTYPE_INT16 = 6,
+    CHORUS_DTYPE_INT32 = 7,
+    CHORUS_DTYPE_INT64 = 8,
+    CHORUS_DTYPE_BOOL = 9,
+    CHORUS_DTYPE_UINT16 = 10,
+    CHORUS_DTYPE_UINT32 = 11,
+    CHORUS_DTYPE_UINT64 = 12,
+    CHORUS_DTYPE_FLOAT8_E4M3FN = 13,
+    CHORUS_DTYPE_FLOAT8_E5M2 = 14,
+} chorus_dtype_t;
+
+/* Reduction operations. */
+typedef enum chorus_reduce_op {
+    CHORUS_OP_SUM = 0,
+    CHORUS_OP_PROD = 1,
+    CHORUS_OP_MIN = 2,
+    CHORUS_OP_MAX = 3,
+    CHORUS_OP_AVG = 4,
+    CHORUS_OP_BAND = 5,
+    CHORUS_OP_BOR = 6,
+    CHORUS_OP_BXOR = 7,
+} chorus_reduce_op_t;
+
+/* Opaque handles. */
+typedef struct chorus_group chorus_group_t;
+typedef struct chorus_work chorus_work_t;
+/* A chorus-owned byte buffer that store callbacks fill with chorus_buf_write. */
+typedef struct chorus_buf chorus_buf_t;
+
+/*
+ * A key/value store implemented by the caller (e.g. on top of torch's c10d.Store), used for
+ * rendezvous. Every callback may be called from any thread, concurrently, until `release`
+ * (may be NULL) is called once -- also when group creation fails. Callbacks return 0 on success
+ * and a negative value on failure, after writing a message into `err` (optional).
+ *   set:         store `value` (`len` bytes) under `key`.
+ *   get:         0 and the value written into `value` if `key` exists, 1 if it does not.
+ *   wait:        0 once every key exists, 1 if `timeout_ms` passed first.
+ *   add:         atomic add on a decimal integer value (absent = 0); `*result` = new value.
+ *   compare_set: c10d semantics -- store `desired` if the current value equals `expected` (an
+ *                absent key equals an empty `expected`); write the value after the operation
+ *                into `result` (c10d writes `expected` back for an absent key).
+ *   delete_key:  1 if the key existed, 0 if not.
+ */
+typedef struct chorus_store_callbacks {
+    void *ctx;
+    int32_t (*set)(void *ctx, const char *key, const uint8_t *value, size_t len, chorus_buf_t *err);
+    int32_t (*get)(void *ctx, const char *key, chorus_buf_t *value, chorus_buf_t *err);
+    int32_t (*wait)(void *ctx, const char *const *keys, size_t nkeys, int64_t timeout_ms, chorus_buf_t *err);
+    int32_t (*add)(void *ctx, const char *key, int64_t delta, int64_t *result, chorus_buf_t *err);
+    int32_t (*compare_set)(void *ctx, const char *key, const uint8_t *expected, size_t expected_len,
+                           const uint8_t *desired, size_t desired_len, chorus_buf_t *result, chorus_buf_t *err);
+    int32_t (*delete_key)(void *ctx, const char *key, chorus_buf_t *err);
+    void (*release)(void *ctx);
+} chorus_store_callbacks_t;
+
+/* ABI version of the loaded library; compare with CHORUS_ABI_VERSION. */
+uint32_t chorus_abi_version(void);
+
+/* The calling thread's last error message ("" if none); valid until the thread's next failing call. */
+const char *chorus_last_error(void);
+
+/* Replaces the contents of `buf` (only inside a store callback that received it). */
+int32_t chorus_buf_write(chorus_buf_t *buf, const uint8_t *data, size_t len);
+
+/* Creates a top-level group of `size` ranks over a caller-implemented store. Every rank calls it with the
+   same store contents; `name` (NULL = "default") keeps groups on one store apart; timeout_ms <= 0 uses
+   CHORUS_TIMEOUT_MS or 300 s. */
+int32_t chorus_group_create(
+    const chorus_store_callbacks_t *store,
+    int32_t rank,
+    int32_t size,
+    const char *name,
+    int64_t timeout_ms,
+    chorus_group_t **out);
+
+/* Creates a top-level group over a chorus TCP store at `addr` ("host:port"); with host_store != 0 this
+   rank first starts the store server on `addr` (an "ip:port"). */
+int32_t chorus_group_create_tcp(
+    const char *addr,
+    int32_t host_store,
+    int32_t rank,
+    int32_t size,
+    const char *name,
+    int64_t timeout_ms,
+    chorus_group_t **out);
+
+/* Creates the default group from torchrun/SLURM/chorus-run environment variables. */
+int32_t chorus_group_create_env(const char *name, int64_t timeout_ms, chorus_group_t **out);
+
+/* A subgroup of `ranks` (ranks of `group`); every rank of `group` calls it in the same order. Non-members
+   get *out = NULL. */
+int32_t chorus_group_new_subgroup(
+    chorus_group_t *group,
+    const int32_t *ranks,
+    size_t nranks,
+    chorus_group_t **out);
+
+/* This rank's index in the group (-1 for NULL). */
+int32_t chorus_group_rank(const chorus_group_t *group);
+
+/* The group's number of ranks (-1 for NULL). */
+int32_t chorus_group_size(const chorus_group_t *group);
+
+/* Destroys the group and frees the handle; peers inside an operation with this rank get an error. */
+int32_t chorus_group_destroy(chorus_group_t *group);
+
+/* In-place all-reduce of `count` elements. */
+int32_t chorus_all_reduce(
+    chorus_group_t *group,
+    void *buf,
+    uint64_t count,
+    int32_t dtype,
+    int32_t op,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* In-place broadcast of `count` elements from `root`. */
+int32_t chorus_broadcast(
+    chorus_group_t *group,
+    void *buf,
+    uint64_t count,
+    int32_t dtype,
+    int32_t root,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* In-place reduce to `root`; other ranks' `buf` is left unchanged. */
+int32_t chorus_reduce(
+    chorus_group_t *group,
+    void *buf,
+    uint64_t count,
+    int32_t dtype,
+    int32_t op,
+    int32_t root,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* All-gather: `sendcount` elements of every rank land in `recvbuf` (size * sendcount, rank order).
+   `sendbuf` may alias a block of `recvbuf` (it is copied first). */
+int32_t chorus_all_gather(
+    chorus_group_t *group,
+    const void *sendbuf,
+    void *recvbuf,
+    uint64_t sendcount,
+    int32_t dtype,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* Reduce-scatter: `sendbuf` holds size * recvcount elements; rank r receives the reduction of block r.
+   The buffers may overlap (the input is copied first). */
+int32_t chorus_reduce_scatter(
+    chorus_group_t *group,
+    const void *sendbuf,
+    void *recvbuf,
+    uint64_t recvcount,
+    int32_t dtype,
+    int32_t op,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* All-to-all with equal blocks of `count` elements: block p of `sendbuf` goes to rank p, block p of
+   `recvbuf` comes from rank p. */
+int32_t chorus_all_to_all(
+    chorus_group_t *group,
+    const void *sendbuf,
+    void *recvbuf,
+    uint64_t count,
+    int32_t dtype,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* All-to-all with per-rank counts (one entry per rank, read during the call): send_counts[p] consecutive
+   elements of `sendbuf` go to rank p; recv_counts[p] elements from rank p land consecutively in `recvbuf`. */
+int32_t chorus_all_to_all_v(
+    chorus_group_t *group,
+    const void *sendbuf,
+    const uint64_t *send_counts,
+    void *recvbuf,
+    const uint64_t *recv_counts,
+    int32_t dtype,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* Gather of `count` elements per rank into `root`'s `recvbuf` (size * count); `recvbuf` is ignored
+   (may be NULL) elsewhere. */
+int32_t chorus_gather(
+    chorus_group_t *group,
+    const void *sendbuf,
+    void *recvbuf,
+    uint64_t count,
+    int32_t dtype,
+    int32_t root,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* Scatter of `root`'s `sendbuf` (size * count): rank r receives block r; `sendbuf` is ignored (may be
+   NULL) elsewhere. */
+int32_t chorus_scatter(
+    chorus_group_t *group,
+    const void *sendbuf,
+    void *recvbuf,
+    uint64_t count,
+    int32_t dtype,
+    int32_t root,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* Barrier: completes once every rank entered it. */
+int32_t chorus_barrier(chorus_group_t *group, chorus_work_t **work);
+
+/* Sends `count` elements to `peer`; messages of one pair and tag arrive in order. */
+int32_t chorus_send(
+    chorus_group_t *group,
+    const void *buf,
+    uint64_t count,
+    int32_t dtype,
+    int32_t peer,
+    uint64_t tag,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* Receives exactly `count` elements from `peer` with `tag`. */
+int32_t chorus_recv(
+    chorus_group_t *group,
+    void *buf,
+    uint64_t count,
+    int32_t dtype,
+    int32_t peer,
+    uint64_t tag,
+    int32_t device,
+    void *stream,
+    chorus_work_t **work);
+
+/* Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).
+   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out. */
+int32_t chorus_work_wait(chorus_work_t *work, int64_t timeout_ms);
+
+/* 1 if the operation finished (successfully or not), 0 if not, negative for NULL. */
+int32_t chorus_work_is_completed(const chorus_work_t *work);
+
+/* Frees a work handle (a running operation's memory must still stay valid until it completes). */
+void chorus_work_free(chorus_work_t *work);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* CHORUS_H */

@@ -1,0 +1,250 @@
+//! The one table `include/chorus.h` is rendered from.
+//!
+//! Why a table and not cbindgen: cbindgen (and the `syn` parse it needs) would be the crate's only
+//! heavy dependency, and the ABI is small. Enum values here come from the Rust constants the code
+//! uses (status codes, `DType`, `ReduceOp`), so they cannot drift; function declarations are
+//! written once below, and `tests/header.rs` checks that (1) the checked-in header equals
+//! `render()`, and (2) the set of `#[no_mangle]` functions in `src/lib.rs` and their parameter
+//! counts equal the declarations here. `CHORUS_BLESS=1 cargo test -p chorus-ffi --test header`
+//! rewrites the header.
+use crate::error::STATUS_CODES;
+use crate::{CHORUS_ABI_VERSION, CHORUS_DEVICE_CPU};
+use chorus_backend::{DType, ReduceOp};
+
+/// A C function declaration.
+pub struct Func {
+    pub doc: &'static str,
+    pub ret: &'static str,
+    pub name: &'static str,
+    pub args: &'static [&'static str],
+}
+
+const PREAMBLE: &str = r#"/*
+ * chorus.h — C ABI of chorus, a fault-tolerant collective-communication library.
+ *
+ * GENERATED from ffi/src/header.rs; do not edit by hand. Regenerate with
+ *   CHORUS_BLESS=1 cargo test -p chorus-ffi --test header
+ *
+ * Conventions
+ * - Every function that can fail returns a chorus_status_t (0 = CHORUS_OK). On failure,
+ *   chorus_last_error() returns a message for the calling thread.
+ * - Handles (chorus_group_t, chorus_work_t) are opaque. A group handle may be used from several
+ *   threads; collectives of one group must be issued in the same order on every rank.
+ * - Every collective is asynchronous: it returns a work handle at once. The caller keeps every
+ *   data pointer valid, and does not write input memory, until the work completes
+ *   (chorus_work_wait returns or chorus_work_is_completed says 1), then frees the handle with
+ *   chorus_work_free.
+ * - Every collective takes (pointer, count, dtype, device, stream): device is CHORUS_DEVICE_CPU
+ *   for host memory or a CUDA device ordinal; stream is the cudaStream_t the work is ordered on
+ *   (NULL for host memory). This build supports host memory only; device memory returns
+ *   CHORUS_ERR_UNSUPPORTED.
+ * - No panic or exception crosses this boundary.
+ */
+#ifndef CHORUS_H
+#define CHORUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+"#;
+
+const TYPES: &str = r#"/* Opaque handles. */
+typedef struct chorus_group chorus_group_t;
+typedef struct chorus_work chorus_work_t;
+/* A chorus-owned byte buffer that store callbacks fill with chorus_buf_write. */
+typedef struct chorus_buf chorus_buf_t;
+
+/*
+ * A key/value store implemented by the caller (e.g. on top of torch's c10d.Store), used for
+ * rendezvous. Every callback may be called from any thread, concurrently, until `release`
+ * (may be NULL) is called once -- also when group creation fails. Callbacks return 0 on success
+ * and a negative value on failure, after writing a message into `err` (optional).
+ *   set:         store `value` (`len` bytes) under `key`.
+ *   get:         0 and the value written into `value` if `key` exists, 1 if it does not.
+ *   wait:        0 once every key exists, 1 if `timeout_ms` passed first.
+ *   add:         atomic add on a decimal integer value (absent = 0); `*result` = new value.
+ *   compare_set: c10d semantics -- store `desired` if the current value equals `expected` (an
+ *                absent key equals an empty `expected`); write the value after the operation
+ *                into `result` (c10d writes `expected` back for an absent key).
+ *   delete_key:  1 if the key existed, 0 if not.
+ */
+typedef struct chorus_store_callbacks {
+    void *ctx;
+    int32_t (*set)(void *ctx, const char *key, const uint8_t *value, size_t len, chorus_buf_t *err);
+    int32_t (*get)(void *ctx, const char *key, chorus_buf_t *value, chorus_buf_t *err);
+    int32_t (*wait)(void *ctx, const char *const *keys, size_t nkeys, int64_t timeout_ms, chorus_buf_t *err);
+    int32_t (*add)(void *ctx, const char *key, int64_t delta, int64_t *result, chorus_buf_t *err);
+    int32_t (*compare_set)(void *ctx, const char *key, const uint8_t *expected, size_t expected_len,
+                           const uint8_t *desired, size_t desired_len, chorus_buf_t *result, chorus_buf_t *err);
+    int32_t (*delete_key)(void *ctx, const char *key, chorus_buf_t *err);
+    void (*release)(void *ctx);
+} chorus_store_callbacks_t;
+"#;
+
+const POSTAMBLE: &str = r#"
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* CHORUS_H */
+"#;
+
+const STREAM: &str = "int32_t device";
+
+/// Every exported function, in header order.
+pub const FUNCS: &[Func] = &[
+    Func { doc: "ABI version of the loaded library; compare with CHORUS_ABI_VERSION.", ret: "uint32_t", name: "chorus_abi_version", args: &[] },
+    Func { doc: "The calling thread's last error message (\"\" if none); valid until the thread's next failing call.", ret: "const char *", name: "chorus_last_error", args: &[] },
+    Func { doc: "Replaces the contents of `buf` (only inside a store callback that received it).", ret: "int32_t", name: "chorus_buf_write", args: &["chorus_buf_t *buf", "const uint8_t *data", "size_t len"] },
+    Func {
+        doc: "Creates a top-level group of `size` ranks over a caller-implemented store. Every rank calls it with the\n   same store contents; `name` (NULL = \"default\") keeps groups on one store apart; timeout_ms <= 0 uses\n   CHORUS_TIMEOUT_MS or 300 s.",
+        ret: "int32_t",
+        name: "chorus_group_create",
+        args: &["const chorus_store_callbacks_t *store", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"],
+    },
+    Func {
+        doc: "Creates a top-level group over a chorus TCP store at `addr` (\"host:port\"); with host_store != 0 this\n   rank first starts the store server on `addr` (an \"ip:port\").",
+        ret: "int32_t",
+        name: "chorus_group_create_tcp",
+        args: &["const char *addr", "int32_t host_store", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"],
+    },
+    Func { doc: "Creates the default group from torchrun/SLURM/chorus-run environment variables.", ret: "int32_t", name: "chorus_group_create_env", args: &["const char *name", "int64_t timeout_ms", "chorus_group_t **out"] },
+    Func {
+        doc: "A subgroup of `ranks` (ranks of `group`); every rank of `group` calls it in the same order. Non-members\n   get *out = NULL.",
+        ret: "int32_t",
+        name: "chorus_group_new_subgroup",
+        args: &["chorus_group_t *group", "const int32_t *ranks", "size_t nranks", "chorus_group_t **out"],
+    },
+    Func { doc: "This rank's index in the group (-1 for NULL).", ret: "int32_t", name: "chorus_group_rank", args: &["const chorus_group_t *group"] },
+    Func { doc: "The group's number of ranks (-1 for NULL).", ret: "int32_t", name: "chorus_group_size", args: &["const chorus_group_t *group"] },
+    Func { doc: "Destroys the group and frees the handle; peers inside an operation with this rank get an error.", ret: "int32_t", name: "chorus_group_destroy", args: &["chorus_group_t *group"] },
+    Func {
+        doc: "In-place all-reduce of `count` elements.",
+        ret: "int32_t",
+        name: "chorus_all_reduce",
+        args: &["chorus_group_t *group", "void *buf", "uint64_t count", "int32_t dtype", "int32_t op", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "In-place broadcast of `count` elements from `root`.",
+        ret: "int32_t",
+        name: "chorus_broadcast",
+        args: &["chorus_group_t *group", "void *buf", "uint64_t count", "int32_t dtype", "int32_t root", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "In-place reduce to `root`; other ranks' `buf` is left unchanged.",
+        ret: "int32_t",
+        name: "chorus_reduce",
+        args: &["chorus_group_t *group", "void *buf", "uint64_t count", "int32_t dtype", "int32_t op", "int32_t root", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "All-gather: `sendcount` elements of every rank land in `recvbuf` (size * sendcount, rank order).\n   `sendbuf` may alias a block of `recvbuf` (it is copied first).",
+        ret: "int32_t",
+        name: "chorus_all_gather",
+        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t sendcount", "int32_t dtype", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "Reduce-scatter: `sendbuf` holds size * recvcount elements; rank r receives the reduction of block r.\n   The buffers may overlap (the input is copied first).",
+        ret: "int32_t",
+        name: "chorus_reduce_scatter",
+        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t recvcount", "int32_t dtype", "int32_t op", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "All-to-all with equal blocks of `count` elements: block p of `sendbuf` goes to rank p, block p of\n   `recvbuf` comes from rank p.",
+        ret: "int32_t",
+        name: "chorus_all_to_all",
+        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "All-to-all with per-rank counts (one entry per rank, read during the call): send_counts[p] consecutive\n   elements of `sendbuf` go to rank p; recv_counts[p] elements from rank p land consecutively in `recvbuf`.",
+        ret: "int32_t",
+        name: "chorus_all_to_all_v",
+        args: &["chorus_group_t *group", "const void *sendbuf", "const uint64_t *send_counts", "void *recvbuf", "const uint64_t *recv_counts", "int32_t dtype", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "Gather of `count` elements per rank into `root`'s `recvbuf` (size * count); `recvbuf` is ignored\n   (may be NULL) elsewhere.",
+        ret: "int32_t",
+        name: "chorus_gather",
+        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", "int32_t root", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "Scatter of `root`'s `sendbuf` (size * count): rank r receives block r; `sendbuf` is ignored (may be\n   NULL) elsewhere.",
+        ret: "int32_t",
+        name: "chorus_scatter",
+        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", "int32_t root", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func { doc: "Barrier: completes once every rank entered it.", ret: "int32_t", name: "chorus_barrier", args: &["chorus_group_t *group", "chorus_work_t **work"] },
+    Func {
+        doc: "Sends `count` elements to `peer`; messages of one pair and tag arrive in order.",
+        ret: "int32_t",
+        name: "chorus_send",
+        args: &["chorus_group_t *group", "const void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "Receives exactly `count` elements from `peer` with `tag`.",
+        ret: "int32_t",
+        name: "chorus_recv",
+        args: &["chorus_group_t *group", "void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag", STREAM, "void *stream", "chorus_work_t **work"],
+    },
+    Func {
+        doc: "Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).\n   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out.",
+        ret: "int32_t",
+        name: "chorus_work_wait",
+        args: &["chorus_work_t *work", "int64_t timeout_ms"],
+    },
+    Func { doc: "1 if the operation finished (successfully or not), 0 if not, negative for NULL.", ret: "int32_t", name: "chorus_work_is_completed", args: &["const chorus_work_t *work"] },
+    Func { doc: "Frees a work handle (a running operation's memory must still stay valid until it completes).", ret: "void", name: "chorus_work_free", args: &["chorus_work_t *work"] },
+];
+
+fn c_ident(s: &str) -> String {
+    s.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+}
+
+fn render_enum(out: &mut String, doc: &str, typedef: &str, values: &[(String, i64, String)]) {
+    out.push_str(&format!("/* {doc} */\ntypedef enum {typedef} {{\n"));
+    for (name, v, comment) in values {
+        if comment.is_empty() {
+            out.push_str(&format!("    {name} = {v},\n"));
+        } else {
+            out.push_str(&format!("    {name} = {v}, /* {comment} */\n"));
+        }
+    }
+    out.push_str(&format!("}} {typedef}_t;\n\n"));
+}
+
+/// The dtype codes (`chorus_dtype_t`): `DType` discriminants.
+pub fn dtype_values() -> Vec<(String, i64, String)> {
+    DType::all().iter().map(|d| (format!("CHORUS_DTYPE_{}", c_ident(d.name())), *d as i64, String::new())).collect()
+}
+
+/// The reduce op codes (`chorus_reduce_op_t`): `ReduceOp` discriminants.
+pub fn reduce_op_values() -> Vec<(String, i64, String)> {
+    ReduceOp::all().iter().map(|o| (format!("CHORUS_OP_{}", c_ident(o.name())), *o as i64, String::new())).collect()
+}
+
+/// The full text of `include/chorus.h`.
+pub fn render() -> String {
+    let mut out = String::from(PREAMBLE);
+    out.push_str(&format!("\n#define CHORUS_ABI_VERSION {CHORUS_ABI_VERSION}\n"));
+    out.push_str(&format!("/* `device` argument for host memory; values >= 0 are CUDA device ordinals. */\n#define CHORUS_DEVICE_CPU ({CHORUS_DEVICE_CPU})\n\n"));
+    let status: Vec<(String, i64, String)> = STATUS_CODES.iter().map(|(n, v, c)| (n.to_string(), *v as i64, c.to_string())).collect();
+    render_enum(&mut out, "Status codes returned by chorus functions.", "chorus_status", &status);
+    render_enum(&mut out, "Element types (torch names).", "chorus_dtype", &dtype_values());
+    render_enum(&mut out, "Reduction operations.", "chorus_reduce_op", &reduce_op_values());
+    out.push_str(TYPES);
+    for f in FUNCS {
+        out.push_str(&format!("\n/* {} */\n", f.doc));
+        let args = if f.args.is_empty() { "void".to_string() } else { f.args.join(", ") };
+        let sep = if f.ret.ends_with('*') { "" } else { " " };
+        let line = format!("{}{sep}{}({args});\n", f.ret, f.name);
+        if line.len() <= 110 {
+            out.push_str(&line);
+        } else {
+            out.push_str(&format!("{}{sep}{}(\n    {});\n", f.ret, f.name, f.args.join(",\n    ")));
+        }
+    }
+    out.push_str(POSTAMBLE);
+    out
+}

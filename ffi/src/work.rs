@@ -1,0 +1,91 @@
+//! `chorus_work_t`: one handle type for every operation's `Work<R>`.
+use crate::error::{code_of, FfiError, FfiResult, CHORUS_ERR_TIMEOUT, CHORUS_OK};
+use chorus_backend::{ChorusError, Work};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Type-erased `Work<R>`: the buffers `R` (caller memory wrappers or private copies) are dropped
+/// once the result is taken.
+trait Pending: Send {
+    fn is_completed(&self) -> bool;
+    fn wait_for(&self, d: Duration) -> bool;
+    fn finish(self: Box<Self>) -> Result<(), ChorusError>;
+}
+
+impl<R: Send + 'static> Pending for Work<R> {
+    fn is_completed(&self) -> bool {
+        Work::is_completed(self)
+    }
+    fn wait_for(&self, d: Duration) -> bool {
+        Work::wait_for(self, d)
+    }
+    fn finish(self: Box<Self>) -> Result<(), ChorusError> {
+        (*self).wait_timeout(Duration::ZERO).map(|_| ())
+    }
+}
+
+enum State {
+    Pending(Box<dyn Pending>),
+    Done(i32, String),
+}
+
+#[allow(non_camel_case_types)]
+pub struct chorus_work {
+    name: &'static str,
+    state: Mutex<State>,
+}
+
+fn done_state(r: Result<(), ChorusError>) -> State {
+    match r {
+        Ok(()) => State::Done(CHORUS_OK, String::new()),
+        Err(e) => State::Done(code_of(&e), e.to_string()),
+    }
+}
+
+impl chorus_work {
+    /// Wraps a freshly started operation. An operation that already failed (argument checks fail
+    /// before anything is queued) is returned as the error instead, so the C call reports it.
+    pub fn start<R: Send + 'static>(w: Work<R>) -> FfiResult<chorus_work> {
+        let name = w.name();
+        if w.is_completed() {
+            (Box::new(w) as Box<dyn Pending>).finish()?;
+            return Ok(chorus_work { name, state: Mutex::new(State::Done(CHORUS_OK, String::new())) });
+        }
+        Ok(chorus_work { name, state: Mutex::new(State::Pending(Box::new(w))) })
+    }
+
+    pub fn is_completed(&self) -> bool {
+        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            State::Pending(w) => w.is_completed(),
+            State::Done(..) => true,
+        }
+    }
+
+    /// Waits up to `timeout` (`None`: no limit) and returns the operation's result; repeatable.
+    pub fn wait(&self, timeout: Option<Duration>) -> FfiResult<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let State::Pending(w) = &*st {
+            let done = match timeout {
+                Some(t) => w.wait_for(t),
+                None => loop {
+                    if w.wait_for(Duration::from_secs(3600)) {
+                        break true;
+                    }
+                },
+            };
+            if !done {
+                return Err(FfiError {
+                    code: CHORUS_ERR_TIMEOUT,
+                    msg: format!("{} did not complete within {} ms (the operation is still running; wait again or destroy the group)", self.name, timeout.unwrap_or_default().as_millis()),
+                });
+            }
+            let State::Pending(w) = std::mem::replace(&mut *st, State::Done(CHORUS_OK, String::new())) else { unreachable!("checked above") };
+            *st = done_state(w.finish());
+        }
+        match &*st {
+            State::Done(CHORUS_OK, _) => Ok(()),
+            State::Done(code, msg) => Err(FfiError { code: *code, msg: msg.clone() }),
+            State::Pending(_) => unreachable!("completed above"),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+"""Builds the chorus C ABI (`cargo build --release -p chorus-ffi`) and ships libchorus_ffi.so
+inside the `chorus` package, which loads it by path relative to its `__file__`.
+
+Environment:
+  CHORUS_REPO      the chorus Cargo workspace (default: the parent of this directory)
+  CHORUS_PREBUILT  a libchorus_ffi.so to ship instead of building (e.g. on a machine without cargo)
+  CARGO            the cargo binary (default: cargo)
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.dist import Distribution
+
+HERE = Path(__file__).resolve().parent
+LIB = "libchorus_ffi.so"
+
+
+def _workspace() -> Path:
+    env = os.environ.get("CHORUS_REPO")
+    if env:
+        return Path(env).resolve()
+    for d in [HERE.parent, *HERE.parents]:
+        cargo = d / "Cargo.toml"
+        if cargo.exists() and "[workspace]" in cargo.read_text() and (d / "ffi").is_dir():
+            return d
+    raise RuntimeError("chorus: cannot find the Cargo workspace; set CHORUS_REPO to the chorus repository")
+
+
+def _native_library() -> Path:
+    pre = os.environ.get("CHORUS_PREBUILT")
+    if pre:
+        return Path(pre)
+    ws = _workspace()
+    cargo = os.environ.get("CARGO", "cargo")
+    subprocess.check_call([cargo, "build", "--release", "-p", "chorus-ffi"], cwd=ws)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ws / "target"))
+    if not target.is_absolute():
+        target = ws / target
+    return target / "release" / LIB
+
+
+class BuildPyWithCargo(build_py):
+    def run(self):
+        super().run()
+        lib = _native_library()
+        dest = Path(self.build_lib) / "chorus"
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(lib, dest / LIB)
+
+
+class BinaryDistribution(Distribution):
+    """The wheel holds a native library, so it is platform-specific."""
+
+    def has_ext_modules(self):
+        return True
+
+
+setup(cmdclass={"build_py": BuildPyWithCargo}, distclass=BinaryDistribution)
