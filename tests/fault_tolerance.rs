@@ -266,3 +266,90 @@ fn replacement_rejoins_in_place_over_shm() {
 fn replacement_rejoins_in_place_mixed() {
     rejoin_trial(4, "mixed", 300, 1, mixed);
 }
+
+/// A rank that hangs (SIGSTOP: alive, socket open, silent) is detected through heartbeats after
+/// the heartbeat timeout, removed, and the survivors go on.
+#[test]
+fn hung_rank_is_detected_by_heartbeat() {
+    for hosts in [shm as fn(usize) -> Option<String>, tcp] {
+        let t = Trial { n: 3, op: "all_reduce", iters: 1_000_000, elems: 100, victim: 1, kill_after: Duration::from_millis(400), hosts, until: "failure" };
+        let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
+        let mut kids: Vec<Child> = (0..t.n).map(|r| spawn(&t, &store, r)).collect();
+        let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
+        std::thread::sleep(t.kill_after);
+        let pid = kids[1].id() as libc::pid_t;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let start = Instant::now();
+        let mut outs = Vec::new();
+        for r in [0usize, 2] {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                match kids[r].try_wait().unwrap() {
+                    Some(s) => break s,
+                    None if Instant::now() > deadline => panic!("survivor {r} hung behind a stopped rank"),
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            };
+            let (o, e) = pipes[r].take().unwrap();
+            let (out, err) = (o.join().unwrap(), e.join().unwrap());
+            assert!(status.success(), "survivor {r}: {status}\n{err}");
+            outs.push(out);
+        }
+        let waited = start.elapsed();
+        let _ = kids[1].kill();
+        let _ = kids[1].wait();
+        let body = |o: &String| o.lines().filter(|l| !l.starts_with("done")).map(String::from).collect::<Vec<_>>();
+        assert!(body(&outs[0]) == body(&outs[1]), "survivors disagree");
+        assert_eq!(outs[0].lines().filter(|l| l.contains("failed [1]")).count(), 1, "{}", outs[0]);
+        // The default heartbeat timeout is 2 s: detection takes at least that, and not much more.
+        assert!(waited >= Duration::from_millis(1500), "a stopped rank was declared dead too early ({waited:?})");
+    }
+}
+
+/// Eight ranks on two cores, with the cores also busy: heartbeats must not declare anyone dead.
+#[test]
+fn no_false_positives_with_8_ranks_under_load() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                x
+            })
+        })
+        .collect();
+    let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
+    let t = Trial { n: 8, op: "mixed", iters: 400, elems: 2000, victim: 99, kill_after: Duration::ZERO, hosts: mixed, until: "failure" };
+    let mut kids: Vec<Child> = (0..t.n).map(|r| spawn(&t, &store, r)).collect();
+    let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut outs = Vec::new();
+    for (r, k) in kids.iter_mut().enumerate() {
+        let status = loop {
+            match k.try_wait().unwrap() {
+                Some(s) => break s,
+                None if Instant::now() > deadline => panic!("rank {r} hung"),
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let (o, e) = pipes[r].take().unwrap();
+        let (out, err) = (o.join().unwrap(), e.join().unwrap());
+        assert!(status.success(), "rank {r}: {status}\n{err}");
+        outs.push(out);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in burners {
+        let _ = b.join();
+    }
+    for (r, o) in outs.iter().enumerate() {
+        assert!(!o.lines().any(|l| l.contains("failed [") && !l.contains("failed []")), "rank {r} saw a failure that did not happen:\n{o}");
+        assert_eq!(o.lines().count(), 401, "rank {r} did not finish every collective");
+        let body = |o: &String| o.lines().filter(|l| !l.starts_with("done")).map(String::from).collect::<Vec<_>>();
+        assert!(body(o) == body(&outs[0]), "ranks 0 and {r} disagree");
+    }
+}

@@ -22,7 +22,16 @@ fn digest(v: &[i64]) -> u64 {
     h
 }
 
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
 fn main() {
+    // CHORUS_FT_TIMES=1: wall-clock marks on stderr for the fault-tolerance benchmark.
+    let times = std::env::var("CHORUS_FT_TIMES").is_ok_and(|v| v == "1");
+    if times {
+        eprintln!("mark start {}", unix_ns());
+    }
     let args: Vec<String> = std::env::args().collect();
     let op = args.get(1).cloned().unwrap_or_else(|| "all_reduce".into());
     let iters: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);
@@ -39,6 +48,9 @@ fn main() {
     });
     let me = pg.rank();
     let n = pg.size();
+    if times {
+        eprintln!("mark ready {}", unix_ns());
+    }
     let out = std::io::stdout();
     // A replacement (CHORUS_JOIN=1) resumes at the survivors' collective count.
     let mut iter = pg.ops_completed() as usize;
@@ -124,6 +136,9 @@ fn main() {
         let mut o = out.lock();
         let _ = o.write_all(line.as_bytes());
         let _ = o.flush();
+        if times {
+            eprintln!("mark iter {iter} {} failed {:?} contributors {}", unix_ns(), info.failed, info.contributors.len());
+        }
         // Stop AFTER collectives after the last membership change (a failure or a rejoin):
         // every member sees each change at the same collective.
         if let Some(a) = after {

@@ -1,0 +1,174 @@
+//! Fault-tolerance benchmark: how long a `kill -9` of one rank interrupts the survivors, and how
+//! long a replacement takes to rejoin. Runs the `chorus-ft-worker` program (built beside this
+//! binary) with its wall-clock marks, kills one rank mid-loop, starts a replacement, and reports:
+//!
+//! * detection: kill → the first survivor log line that saw the failure (from `CHORUS_LOG`);
+//! * crash-to-completion: kill → the collective that reports the failure returned on every
+//!   survivor (the outage an application sees);
+//! * rejoin: replacement process start → admitted by a new view, and → its first collective.
+//!
+//! The failure-free cost of fault tolerance is measured by `benches/ft_overhead.sh` (the bench
+//! with `CHORUS_FT=1` and `CHORUS_FT=0` side by side).
+use chorus_bootstrap::StoreServer;
+use clap::Parser;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser)]
+#[command(about = "Detection, crash-to-completion and rejoin times of chorus fault tolerance")]
+struct Args {
+    /// Ranks.
+    #[arg(short = 'n', long, default_value_t = 4)]
+    nprocs: usize,
+    /// Elements (i64) per all_reduce.
+    #[arg(long, default_value_t = 1000)]
+    elems: usize,
+    /// Trials.
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// Put every rank on its own "host" (TCP between all pairs) instead of shared memory.
+    #[arg(long)]
+    tcp: bool,
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+struct Rank {
+    child: Child,
+    marks: mpsc::Receiver<String>,
+}
+
+fn spawn(worker: &std::path::Path, store: &StoreServer, rank: usize, a: &Args, join: bool) -> Rank {
+    let mut c = Command::new(worker);
+    c.args(["all_reduce", "100000000", &a.elems.to_string(), "200", "rejoin"])
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", a.nprocs.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("LOCAL_WORLD_SIZE", a.nprocs.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", store.local_addr().port().to_string())
+        .env("CHORUS_STORE_ADDR", store.local_addr().to_string())
+        .env("CHORUS_FT_TIMES", "1")
+        .env("CHORUS_LOG", "chorus_backend::api::ft=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if join {
+        c.env("CHORUS_JOIN", "1");
+    }
+    if a.tcp {
+        c.env("CHORUS_HOST_ID", format!("bench-host-{rank}"));
+    }
+    let mut child = c.spawn().expect("spawn chorus-ft-worker");
+    let (tx, rx) = mpsc::channel();
+    let err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Rank { child, marks: rx }
+}
+
+/// Parses the RFC 3339 timestamp tracing puts first on a line into unix nanoseconds.
+fn log_time_ns(line: &str) -> Option<u128> {
+    let ts = line.split_whitespace().next()?;
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + hh * 3600 + mm * 60 + ss;
+    let frac_ns: i64 = format!("{:0<9}", &frac[..frac.len().min(9)]).parse().ok()?;
+    Some(secs as u128 * 1_000_000_000 + frac_ns as u128)
+}
+
+fn wait_for(r: &Rank, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        match r.marks.recv_timeout(left) {
+            Ok(l) if pred(&l) => return Some(l),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+fn ms(ns: u128) -> f64 {
+    ns as f64 / 1e6
+}
+
+fn main() {
+    let a = Args::parse();
+    let worker = std::env::current_exe().expect("exe").with_file_name("chorus-ft-worker");
+    if !worker.exists() {
+        eprintln!("{} not found: build it with `cargo build --release --bins`", worker.display());
+        std::process::exit(2);
+    }
+    println!("# chorus fault tolerance, {} ranks, {} transport, all_reduce of {} x i64", a.nprocs, if a.tcp { "tcp" } else { "shm" }, a.elems);
+    println!("# trial  detect_ms  crash_to_completion_ms  rejoin_admitted_ms  rejoin_first_op_ms");
+    let mut sums = [0f64; 4];
+    for trial in 0..a.trials {
+        let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
+        let mut ranks: Vec<Rank> = (0..a.nprocs).map(|r| spawn(&worker, &store, r, &a, false)).collect();
+        for r in &ranks {
+            wait_for(r, |l| l.starts_with("mark iter 50 "), Duration::from_secs(60)).expect("ranks running");
+        }
+        let victim = 1 + trial % (a.nprocs - 1);
+        let kill_ns = now_ns();
+        ranks[victim].child.kill().expect("kill");
+        let _ = ranks[victim].child.wait();
+        let mut detect = u128::MAX;
+        let mut complete = 0u128;
+        for (r, rk) in ranks.iter().enumerate() {
+            if r == victim {
+                continue;
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+                let Ok(l) = rk.marks.recv_timeout(left) else { break };
+                if l.contains("failure during") {
+                    if let Some(t) = log_time_ns(&l) {
+                        detect = detect.min(t.saturating_sub(kill_ns));
+                    }
+                } else if l.starts_with("mark iter ") && l.contains(&format!("failed [{victim}]")) {
+                    let t: u128 = l.split_whitespace().nth(3).and_then(|x| x.parse().ok()).unwrap_or(0);
+                    complete = complete.max(t.saturating_sub(kill_ns));
+                    break;
+                }
+            }
+        }
+        let join_start = now_ns();
+        let joiner = spawn(&worker, &store, victim, &a, true);
+        let ready = wait_for(&joiner, |l| l.starts_with("mark ready "), Duration::from_secs(60)).expect("replacement admitted");
+        let first = wait_for(&joiner, |l| l.starts_with("mark iter "), Duration::from_secs(60)).expect("replacement ran");
+        let t_ready: u128 = ready.split_whitespace().nth(2).and_then(|x| x.parse().ok()).unwrap_or(0);
+        let t_first: u128 = first.split_whitespace().nth(3).and_then(|x| x.parse().ok()).unwrap_or(0);
+        let (rj, rf) = (t_ready.saturating_sub(join_start), t_first.saturating_sub(join_start));
+        let detect_ms = if detect == u128::MAX { f64::NAN } else { ms(detect) };
+        println!("{trial:7}  {detect_ms:9.2}  {:22.2}  {:18.2}  {:18.2}", ms(complete), ms(rj), ms(rf));
+        sums[0] += detect_ms;
+        sums[1] += ms(complete);
+        sums[2] += ms(rj);
+        sums[3] += ms(rf);
+        ranks[victim] = joiner;
+        for mut r in ranks {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    }
+    let t = a.trials as f64;
+    println!("# mean   {:9.2}  {:22.2}  {:18.2}  {:18.2}", sums[0] / t, sums[1] / t, sums[2] / t, sums[3] / t);
+}
