@@ -174,6 +174,7 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let deadline = Instant::now() + opts.timeout;
     let prep = prepare(rank, size, &opts)?;
     let me = prep.me.clone();
+    let unlink = UnlinkGuard::new(&me);
     store.set(&key(&uid, &format!("peer/{rank}")), &encode(&me)?)?;
     let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("peer/{r}"))).collect();
     let peers: Vec<PeerInfo> = wait_all(&store, &keys, deadline)?.iter().map(|v| decode_peer(v)).collect::<Result<_>>()?;
@@ -217,11 +218,51 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     store.set(&key(&uid, &format!("mapped/{rank}")), b"1")?;
     let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("mapped/{r}"))).collect();
     wait_all(&store, &keys, deadline)?;
-    Segment::unlink(&me.shm_signals);
-    Segment::unlink(&me.shm_data);
 
     let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
-    start(store, uid, rank, size, parent_ranks, opts, prep, links, counters, local_ranks, None)
+    let chunk = group_chunk(&peers);
+    unlink.disarm();
+    start(store, uid, rank, size, parent_ranks, opts, prep, links, counters, local_ranks, chunk, None)
+}
+
+/// The chunk size every rank of the group builds plans with. It must be the same on every rank
+/// (chunks are matched one to one), so it is derived from what every rank knows alike — the
+/// host identities of all ranks — not from a rank's own links: one host uses the shared-memory
+/// slot size; several hosts use the smallest slot of any transport a pair might use.
+fn group_chunk(peers: &[PeerInfo]) -> usize {
+    let one_host = peers.iter().all(|p| p.host_id == peers[0].host_id);
+    let shm_slot = shm::geometry().slot_bytes;
+    if one_host {
+        shm_slot
+    } else {
+        shm_slot.min(tcp::geometry().slot_bytes).min(transport::rdma::geometry().slot_bytes)
+    }
+}
+
+/// Removes this rank's segment names if setup fails before every peer mapped them.
+struct UnlinkGuard {
+    names: Vec<String>,
+}
+
+impl UnlinkGuard {
+    fn new(me: &PeerInfo) -> UnlinkGuard {
+        UnlinkGuard { names: vec![me.shm_signals.clone(), me.shm_data.clone()] }
+    }
+
+    /// Every peer mapped the segments: remove the names now.
+    fn disarm(mut self) {
+        for n in self.names.drain(..) {
+            Segment::unlink(&n);
+        }
+    }
+}
+
+impl Drop for UnlinkGuard {
+    fn drop(&mut self) {
+        for n in &self.names {
+            Segment::unlink(n);
+        }
+    }
 }
 
 /// State a joining rank takes over from the survivors.
@@ -244,13 +285,13 @@ fn start(
     links: Vec<Option<Arc<dyn Link>>>,
     counters: Counters,
     local_ranks: usize,
+    chunk: usize,
     resume: Option<Resume>,
 ) -> Result<Arc<GroupInner>> {
     // Chunks from socket peers land through this process's reader threads: those need a core
     // too, so count them as extra local contenders.
     let socket_links = links.iter().flatten().filter(|l| !l.shares_memory()).count();
     let policy = WaitPolicy::for_host(local_ranks + if socket_links > 0 { local_ranks } else { 0 });
-    let chunk = links.iter().flatten().map(|l| l.geometry().slot_bytes).min().unwrap_or(shm::geometry().slot_bytes);
     let all_shared_memory = links.iter().flatten().all(|l| l.shares_memory());
     tracing::debug!(transports = ?transport_names(&links), chunk, "group links ready");
 
@@ -515,6 +556,7 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
         std::thread::sleep(Duration::from_millis(20));
     };
     let prep = prepare(rank, size, &opts)?;
+    let unlink = UnlinkGuard::new(&prep.me);
     let req = join::announce(&store, &uid, rank, &prep.me)?;
     let members = view.members();
     // Survivors publish where their counters are, after linking to us.
@@ -540,13 +582,15 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
         links[r] = Some(Arc::new(tcp::link(rank, r, s, prep.local.signals.clone())?));
         counters.connected(r);
     }
-    Segment::unlink(&prep.me.shm_signals);
-    Segment::unlink(&prep.me.shm_data);
+    unlink.disarm();
     // Survivors' records name the view and progress they are at; take the newest.
     let newest = handoffs.iter().max_by_key(|(_, h, _)| (h.epoch, h.committed)).map(|(_, h, _)| h.clone()).expect("a group has survivors");
     let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
     let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
-    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, links, counters, local_ranks, Some(resume))?;
+    let mut everyone = peers.clone();
+    everyone.push(prep.me.clone());
+    let chunk = group_chunk(&everyone);
+    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, links, counters, local_ranks, chunk, Some(resume))?;
     // Ask to be a member again: a view change that every survivor adopts at the same collective.
     g.views.activate(&[rank])?;
     let round = g.rounds_applied.load(Ordering::SeqCst) + 1;

@@ -14,6 +14,7 @@
 //! - `errors-local`: invalid ranks/ops/lengths fail locally; use after destroy.
 //! - `errors-mismatch [--barrier-first] [--repeat K] [CASE...]`: ranks that disagree on counts/dtypes/ops/roots all get an error.
 //! - `barrier-destroy`: rank 0 destroys each group right after a barrier.
+//! - `create-timeout`: a failed group creation leaves nothing in /dev/shm.
 //! - `smoke`: a short all_reduce/broadcast/all_gather check (for the launcher and netns tests).
 use chorus::api::buffer::{as_bytes, as_bytes_mut};
 use chorus::bootstrap::{Store, StoreClient};
@@ -55,6 +56,7 @@ fn main() {
         "errors-mismatch" => errors_mismatch(&args[1..]),
         "smoke" => smoke(),
         "barrier-destroy" => barrier_destroy(),
+        "create-timeout" => create_timeout(),
         other => Err(format!("unknown scenario {other:?}")),
     };
     match r {
@@ -1041,6 +1043,26 @@ fn barrier_destroy() -> R {
         r.ctx(format!("barrier {k} (rank 0 destroys the group right after it)"))?;
     }
     world("barrier-destroy-done")?.barrier().ctx("final barrier")?;
+    Ok(())
+}
+
+/// Run alone as rank 0 of a 2-rank job: group creation must fail (rank 1 never comes), and must
+/// not leave this process's shared-memory segments behind in /dev/shm.
+fn create_timeout() -> R {
+    let addr = std::env::var("CHORUS_STORE_ADDR").map_err(|_| "create-timeout needs CHORUS_STORE_ADDR")?;
+    let store: Arc<dyn Store> = Arc::new(StoreClient::connect(&addr, timeout()).map_err(|e| format!("store {addr}: {e}"))?);
+    let r = ProcessGroup::new(store, 0, 2, Options::default().with_timeout(Duration::from_millis(500)).with_name("lonely"));
+    ensure!(r.is_err(), "creating a 2-rank group alone succeeded");
+    let prefix = format!("chorus-{}-", std::process::id());
+    let leaked: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map_err(|e| format!("/dev/shm: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    for n in &leaked {
+        let _ = std::fs::remove_file(format!("/dev/shm/{n}")); // do not leave them for the next run
+    }
+    ensure!(leaked.is_empty(), "a failed group creation ({}) left {leaked:?} in /dev/shm", r.err().unwrap());
     Ok(())
 }
 

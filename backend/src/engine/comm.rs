@@ -264,7 +264,28 @@ impl Comm {
             let need = self.sent[peer];
             let acks = self.signals.ack_seq(peer, self.stream);
             if acks.load(Ordering::Acquire) < need {
-                self.wait_for(ctx, peer, "the receiver to consume our data", || (acks.load(Ordering::Acquire) >= need).then_some(()))?;
+                // A chunk of this same collective arriving now was never expected: the peer runs
+                // it with other arguments (e.g. another root) and waits for us as we wait for it.
+                let data = self.signals.data_seq(peer, self.stream);
+                let recvd = self.recvd[peer];
+                let unexpected = self.wait_for(ctx, peer, "the receiver to consume our data", || {
+                    if acks.load(Ordering::Acquire) >= need {
+                        Some(false)
+                    } else if data.load(Ordering::Acquire) > recvd {
+                        Some(true)
+                    } else {
+                        None
+                    }
+                })?;
+                if unexpected {
+                    let meta = self.link(peer)?.inbound(self.stream).meta(recvd);
+                    if meta.op_seq == ctx.op_seq && meta.epoch == ctx.epoch {
+                        self.abort_all(ABORT_MISMATCH);
+                        return Err(ChorusError::Mismatch { op: ctx.name, what: "the roots or roles", peer, mine: ctx.desc, theirs: meta.desc });
+                    }
+                    // A later collective's chunk: the peer moved on; keep waiting for the credit.
+                    self.wait_for(ctx, peer, "the receiver to consume our data", || (acks.load(Ordering::Acquire) >= need).then_some(()))?;
+                }
             }
         }
         // A receiver that found a mismatch raised our abort counter instead of (or before) acking.
