@@ -20,13 +20,18 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 const PREFIX: &str = "chorus-test-";
 
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Deletes namespaces left behind by earlier runs whose process is gone (names carry the pid).
 fn remove_leftovers() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let pid = rest.rsplit('-').next().unwrap_or("");
+        let pid = rest.rsplit('-').next().unwrap_or("").split('x').next().unwrap_or("");
         if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = ip(&["netns", "del", name]);
         }
@@ -38,13 +43,18 @@ fn remove_leftovers() {
 struct Namespaces {
     a: String,
     b: String,
+    /// The veth end inside namespace `a` (set down to partition the namespaces).
+    veth_a: String,
 }
 
 impl Namespaces {
     fn create() -> Result<Namespaces, String> {
-        let pid = std::process::id();
-        let ns = Namespaces { a: format!("{PREFIX}a-{pid}"), b: format!("{PREFIX}b-{pid}") };
+        // Unique per test in this process (tests run in parallel threads).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let pid = format!("{}x{k}", std::process::id());
         let (va, vb) = (format!("cva{pid}"), format!("cvb{pid}"));
+        let ns = Namespaces { a: format!("{PREFIX}a-{pid}"), b: format!("{PREFIX}b-{pid}"), veth_a: va.clone() };
         // In case this pid's names survived an earlier crash.
         let _ = ip(&["netns", "del", &ns.a]);
         let _ = ip(&["netns", "del", &ns.b]);
@@ -79,10 +89,11 @@ fn four_ranks_across_two_network_namespaces() {
     remove_leftovers();
     let ns = match Namespaces::create() {
         Ok(ns) => ns,
-        Err(e) => {
+        Err(e) if !is_root() => {
             eprintln!("SKIPPED: cannot create network namespaces ({e}); this test needs root");
             return;
         }
+        Err(e) => panic!("creating network namespaces failed as root: {e}"),
     };
     let env = |_r: usize| {
         vec![
@@ -97,6 +108,100 @@ fn four_ranks_across_two_network_namespaces() {
     for (r, o) in outs.iter().enumerate() {
         let s = String::from_utf8_lossy(&o.stdout);
         assert!(s.contains("smoke ok"), "rank {r} did not report success: {s}");
+    }
+    drop(ns);
+}
+
+/// A network partition between the namespaces (the veth link set down) while ranks loop
+/// all_reduce over TCP: the side that can still reach the store (rank 0 hosts it in namespace A)
+/// detects the silent ranks through heartbeats, removes them and goes on with identical results;
+/// the cut-off side cannot decide anything without the store and never reports a result over a
+/// view of its own.
+#[test]
+fn partition_between_namespaces_keeps_the_store_side_going() {
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: iproute2 (`ip`) is not installed");
+        return;
+    }
+    remove_leftovers();
+    let ns = match Namespaces::create() {
+        Ok(ns) => ns,
+        Err(e) if !is_root() => {
+            eprintln!("SKIPPED: cannot create network namespaces ({e}); this test needs root");
+            return;
+        }
+        Err(e) => panic!("creating network namespaces failed as root: {e}"),
+    };
+    let worker = env!("CARGO_BIN_EXE_chorus-ft-worker");
+    let spawn = |r: usize| {
+        let n = if r < 2 { &ns.a } else { &ns.b };
+        Command::new("ip")
+            .args(["netns", "exec", n, worker, "all_reduce", "1000000", "500", "100"])
+            .env("RANK", r.to_string())
+            .env("WORLD_SIZE", "4")
+            .env("LOCAL_RANK", (r % 2).to_string())
+            .env("LOCAL_WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "10.77.0.1")
+            .env("MASTER_PORT", "29531")
+            .env("CHORUS_TIMEOUT_MS", "20000")
+            .env_remove("CHORUS_STORE_ADDR")
+            .env_remove("CHORUS_HOST_ID")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn worker")
+    };
+    let mut kids: Vec<std::process::Child> = (0..4).map(spawn).collect();
+    let drain = |r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let mut r = r;
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    use std::io::Read;
+    let pipes: Vec<_> = kids
+        .iter_mut()
+        .map(|k| (drain(Box::new(k.stdout.take().unwrap())), drain(Box::new(k.stderr.take().unwrap()))))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    ip(&["-n", &ns.a, "link", "set", &ns.veth_a, "down"]).expect("cut the link");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut status = Vec::new();
+    for r in 0..2 {
+        loop {
+            match kids[r].try_wait().unwrap() {
+                Some(s) => {
+                    status.push(s);
+                    break;
+                }
+                None if std::time::Instant::now() > deadline => {
+                    for k in kids.iter_mut() {
+                        let _ = k.kill();
+                    }
+                    panic!("rank {r} (store side) hung after the partition");
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+    // The cut-off side has no store: it may still be waiting; it must not have produced results.
+    for k in kids.iter_mut().skip(2) {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    let outs: Vec<(String, String)> = pipes.into_iter().map(|(o, e)| (o.join().unwrap(), e.join().unwrap())).collect();
+    for r in 0..2 {
+        assert!(status[r].success(), "rank {r}: {}\n{}", status[r], outs[r].1);
+    }
+    let body = |o: &str| o.lines().filter(|l| !l.starts_with("done")).map(String::from).collect::<Vec<_>>();
+    assert!(body(&outs[0].0) == body(&outs[1].0), "the store side disagrees");
+    let a = body(&outs[0].0);
+    assert_eq!(a.iter().filter(|l| l.contains("failed [2, 3]")).count(), 1, "expected one collective to report ranks 2 and 3 failed");
+    assert!(a.last().unwrap().contains("contributors [0, 1]"), "{}", a.last().unwrap());
+    for r in 2..4 {
+        assert!(!outs[r].0.lines().any(|l| l.contains("contributors [2, 3]")), "rank {r} formed a view of its own:\n{}", outs[r].0);
     }
     drop(ns);
 }
