@@ -48,10 +48,12 @@ fn finalize(op: ReduceOp, dtype: DType, buf: &mut [u8], n: usize) -> Result<()> 
 
 /// Saves the caller's input before the first attempt of an in-place reduction and restores it
 /// before a re-run (a recovery can ask survivors to run a collective again).
-fn guard_input(t: &Topo, attempt: u32, buf: &mut [u8], backup: &mut Vec<u8>) {
+fn guard_input(t: &Topo, comm: &mut Comm, attempt: u32, buf: &mut [u8]) {
     if !t.ft || t.m() < 2 {
         return;
     }
+    // The group keeps one backup buffer and reuses it (no per-call allocation or page faults).
+    let backup = &mut comm.backup;
     if attempt == 0 {
         backup.clear();
         backup.extend_from_slice(buf);
@@ -64,8 +66,8 @@ fn dense_root(t: &Topo, ctx: &OpCtx, root: usize) -> Result<usize> {
     t.dense(root).ok_or(ChorusError::RootInactive { op: ctx.name, root })
 }
 
-fn all_reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [u8], backup: &mut Vec<u8>, dtype: DType, op: ReduceOp) -> Result<()> {
-    guard_input(t, attempt, buf, backup);
+fn all_reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+    guard_input(t, comm, attempt, buf);
     let (n, me, bytes, elem, chunk) = (t.m(), t.me(), buf.len(), dtype.size(), t.chunk);
     let plan = match select::all_reduce(t, bytes) {
         AllReduceAlgo::Direct => algo::all_reduce_direct(n, me, bytes, elem, chunk),
@@ -77,7 +79,7 @@ fn all_reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &m
 }
 
 #[allow(clippy::too_many_arguments)]
-fn reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [u8], backup: &mut Vec<u8>, root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
+fn reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
     let (n, me, bytes, elem, chunk) = (t.m(), t.me(), buf.len(), dtype.size(), t.chunk);
     let root = dense_root(t, ctx, root)?;
     let plan = if select::reduce_rs_gather(t, bytes) {
@@ -88,7 +90,7 @@ fn reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [
     let plan = t.place(plan);
     let red = Some(Reduction { dtype, op });
     if me == root {
-        guard_input(t, attempt, buf, backup);
+        guard_input(t, comm, attempt, buf);
         exec::run(comm, ctx, &plan, &mut Bufs::InPlace(buf), red, None)?;
         finalize(op, dtype, buf, n)
     } else {
@@ -200,8 +202,7 @@ impl ProcessGroup {
     pub fn all_reduce_raw(&self, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
         kernels::check_supported(dtype, op)?;
         let count = elems(buf.len(), dtype, "all_reduce")?;
-        let mut backup = Vec::new();
-        self.run_blocking("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], |c, x, t, a| all_reduce_impl(t, c, x, a, buf, &mut backup, dtype, op))
+        self.run_blocking("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], |c, x, t, a| all_reduce_impl(t, c, x, a, buf, dtype, op))
     }
 
     pub fn all_reduce_async<B: OpBuffer>(&self, buf: B, dtype: DType, op: ReduceOp) -> Work<B> {
@@ -209,13 +210,7 @@ impl ProcessGroup {
             Ok(c) => c,
             Err(e) => return Work::ready("all_reduce", Err(e)),
         };
-        self.run_async_map(
-            "all_reduce",
-            &[kind::ALL_REDUCE, dtype as u64, op as u64, count],
-            (buf, Vec::new()),
-            move |c, x, t, a, (b, backup)| all_reduce_impl(t, c, x, a, b.bytes_mut(), backup, dtype, op),
-            |(b, _)| b,
-        )
+        self.run_async("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], buf, move |c, x, t, a, b| all_reduce_impl(t, c, x, a, b.bytes_mut(), dtype, op))
     }
 
     // ---------------------------------------------------------------- reduce
@@ -228,8 +223,7 @@ impl ProcessGroup {
         kernels::check_supported(dtype, op)?;
         check_root(root, self.size())?;
         let count = elems(buf.len(), dtype, "reduce")?;
-        let mut backup = Vec::new();
-        self.run_blocking("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], |c, x, t, a| reduce_impl(t, c, x, a, buf, &mut backup, root, dtype, op))
+        self.run_blocking("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], |c, x, t, a| reduce_impl(t, c, x, a, buf, root, dtype, op))
     }
 
     pub fn reduce_async<B: OpBuffer>(&self, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Work<B> {
@@ -241,13 +235,7 @@ impl ProcessGroup {
             Ok(c) => c,
             Err(e) => return Work::ready("reduce", Err(e)),
         };
-        self.run_async_map(
-            "reduce",
-            &[kind::REDUCE, dtype as u64, op as u64, count, root as u64],
-            (buf, Vec::new()),
-            move |c, x, t, a, (b, backup)| reduce_impl(t, c, x, a, b.bytes_mut(), backup, root, dtype, op),
-            |(b, _)| b,
-        )
+        self.run_async("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], buf, move |c, x, t, a, b| reduce_impl(t, c, x, a, b.bytes_mut(), root, dtype, op))
     }
 
     // ---------------------------------------------------------------- broadcast

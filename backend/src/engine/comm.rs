@@ -50,6 +50,8 @@ pub struct Comm {
     pub scratch: Vec<u8>,
     /// Reused full-size scratch for operations that need one (non-root reduce).
     pub big_scratch: Vec<u8>,
+    /// The saved input of an in-place reduction, for a re-run after a failure (reused).
+    pub backup: Vec<u8>,
 }
 
 /// FNV-1a over the words that describe an operation; ranks compare it chunk by chunk.
@@ -78,7 +80,7 @@ impl Comm {
         rounds_applied: Arc<AtomicU64>,
     ) -> Comm {
         let tasks = (0..n).map(|_| PeerTask::Skipped(SkipReason::NotInPlan)).collect();
-        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new() }
+        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new() }
     }
 
     /// The highest recovery round any peer asked for, and who asked.
