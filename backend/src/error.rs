@@ -37,6 +37,8 @@ pub enum ChorusError {
     ViewChanged { op: &'static str, mine: u64, theirs: u64 },
     #[error("rank {peer} asked for recovery round {round} during {op}")]
     RecoveryRequested { op: &'static str, peer: usize, round: u64 },
+    #[error("{op} cannot complete after rank(s) {failed:?} failed: some survivors lack its result and its in-place input was too large to save (CHORUS_FT_SAVE_LIMIT); every survivor gets this error and the group continues at epoch {epoch}")]
+    NotRecoverable { op: &'static str, failed: Vec<usize>, epoch: u64 },
     #[error("{op} cannot complete: its root, rank {root}, is not an active member of the group (it failed or was removed); every survivor gets this error")]
     RootInactive { op: &'static str, root: usize },
     #[error("this rank was removed from the group at epoch {epoch} (it was suspected dead); start it again with join_group to rejoin")]

@@ -50,13 +50,21 @@ impl Counters {
     }
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Progress { committed: 0, current: None, posted: 0, can_rerun: true }
+    }
+}
+
 /// A rank's position in the collective sequence, as reported to recovery.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Progress {
     pub committed: u64,
     pub current: Option<(u64, bool)>,
     /// Highest recovery round this rank posted for.
     pub posted: u64,
+    /// Whether the current collective can be re-run from this rank's inputs.
+    pub can_rerun: bool,
 }
 
 pub struct GroupInner {
@@ -101,6 +109,9 @@ pub struct GroupInner {
     /// by the collective path); both monotonic.
     pub joins_announced: AtomicU64,
     pub joins_served: AtomicU64,
+    /// Whether the last recovery decision allows re-running the interrupted collective (1) or
+    /// not (0).
+    pub last_decision_rerun: AtomicU64,
 }
 
 fn key(uid: &str, rest: &str) -> String {
@@ -351,6 +362,7 @@ fn start(
         pending_failed: Mutex::new(Vec::new()),
         joins_announced: AtomicU64::new(0),
         joins_served: AtomicU64::new(0),
+        last_decision_rerun: AtomicU64::new(1),
     });
     // Joins announced before this rank existed are not for it.
     if let Some(n) = join::announced(&inner.store, &inner.uid)? {
@@ -425,7 +437,7 @@ impl GroupInner {
         let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         let dead: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank && self.peer_dead(p)).collect();
-        let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch };
+        let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch, can_rerun: progress.can_rerun };
         let r = Round { store: &self.store, views: &self.views, uid: &self.uid, me: self.rank, round, view: &view };
         r.post(&post)?;
         progress.posted = progress.posted.max(round);

@@ -61,9 +61,23 @@ fn main() {
         match which {
             "all_reduce" => {
                 let mut v: Vec<i64> = (0..elems).map(|i| value(me, iter, i)).collect();
-                if let Err(e) = pg.all_reduce(&mut v, ReduceOp::Sum) {
-                    eprintln!("rank {me} iter {iter}: all_reduce failed: {e}");
-                    std::process::exit(3);
+                match pg.all_reduce(&mut v, ReduceOp::Sum) {
+                    Ok(()) => {}
+                    Err(chorus::ChorusError::NotRecoverable { failed, .. }) => {
+                        // Input too large to save (CHORUS_FT_SAVE_LIMIT) and not every survivor
+                        // had the result: every survivor gets this same error.
+                        println!("iter {iter} op all_reduce not recoverable failed {failed:?}");
+                        if let Some(a) = after {
+                            stop_at = iter + 1 + a;
+                        }
+                        prev_contributors = Some(pg.active_ranks());
+                        iter += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        eprintln!("rank {me} iter {iter}: all_reduce failed: {e}");
+                        std::process::exit(3);
+                    }
                 }
                 info = pg.last_op_info();
                 for (i, x) in v.iter().enumerate() {

@@ -54,7 +54,9 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
         ctx.epoch = view.epoch;
         let t = topo(g, view.members());
         set_progress(g, Some((ctx.op_seq, false)), None);
+        comm.inputs_intact = true;
         let result = attempt(comm, &ctx, &t, tries);
+        g.progress.lock().unwrap_or_else(|p| p.into_inner()).can_rerun = comm.inputs_intact;
         tries += 1;
         let info = |failed: &Vec<usize>| OpInfo { epoch: ctx.epoch, failed: failed.clone(), contributors: t.members.clone() };
         match result {
@@ -92,6 +94,13 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
             // members. The removal is reported by the next collective, on every survivor alike.
             set_progress(g, None, None);
             return Ok(info(&Vec::new()));
+        }
+        let rerun_possible = g.last_decision_rerun.load(Ordering::SeqCst) != 0;
+        if !rerun_possible && g.opts.policy == FailurePolicy::Shrink {
+            set_progress(g, None, Some(ctx.op_seq));
+            let failed = take_failed(g);
+            let epoch = g.view.lock().unwrap_or_else(|p| p.into_inner()).epoch;
+            return Err(ChorusError::NotRecoverable { op: ctx.name, failed, epoch });
         }
         if g.opts.policy == FailurePolicy::Abort {
             let failed = take_failed(g);
@@ -165,6 +174,7 @@ fn recover(g: &GroupInner, comm: &mut Comm, ctx: &OpCtx) -> Result<Vec<usize>> {
     }
     *g.view.lock().unwrap_or_else(|p| p.into_inner()) = decision.view.clone();
     g.pending_failed.lock().unwrap_or_else(|p| p.into_inner()).extend(decision.removed.iter().copied());
+    g.last_decision_rerun.store(decision.rerun_possible as u64, Ordering::SeqCst);
     g.rounds_applied.fetch_max(round, Ordering::SeqCst);
     let _ = comm;
     Ok(decision.removed)

@@ -52,6 +52,9 @@ pub struct Comm {
     pub big_scratch: Vec<u8>,
     /// The saved input of an in-place reduction, for a re-run after a failure (reused).
     pub backup: Vec<u8>,
+    /// Whether the current collective could be re-run from this rank's inputs (false once an
+    /// in-place reduction without a saved input started).
+    pub inputs_intact: bool,
 }
 
 /// FNV-1a over the words that describe an operation; ranks compare it chunk by chunk.
@@ -80,7 +83,7 @@ impl Comm {
         rounds_applied: Arc<AtomicU64>,
     ) -> Comm {
         let tasks = (0..n).map(|_| PeerTask::Skipped(SkipReason::NotInPlan)).collect();
-        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new() }
+        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true }
     }
 
     /// The highest recovery round any peer asked for, and who asked.

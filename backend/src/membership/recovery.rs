@@ -29,6 +29,8 @@ pub struct Post {
     pub dead: Vec<usize>,
     /// The view epoch it ran under.
     pub epoch: u64,
+    /// Whether it could run its current collective again (its inputs are intact or saved).
+    pub can_rerun: bool,
 }
 
 /// The agreed outcome of a recovery round.
@@ -40,6 +42,8 @@ pub struct Decision {
     pub view: View,
     /// Ranks removed by this round.
     pub removed: Vec<usize>,
+    /// Whether every survivor can re-run the next collective (if it is not committed).
+    pub rerun_possible: bool,
 }
 
 /// The decision for `posts` (rank, post) of the survivors; `dead` are the members without a
@@ -123,7 +127,8 @@ impl Round<'_> {
                 let commit_through = decide(&posts);
                 let epoch_before = self.view.epoch;
                 let next = self.views.transition_bumping(epoch_before, |a| dead.iter().for_each(|&r| a[r] = false))?;
-                let d = Decision { commit_through, view: next, removed: dead.clone() };
+                let rerun_possible = posts.iter().all(|(_, p)| p.can_rerun);
+                let d = Decision { commit_through, view: next, removed: dead.clone(), rerun_possible };
                 let (_, stored) = self.store.compare_set(&key(self.uid, self.round, "decision"), None, &encode(&d))?;
                 return decode(&stored);
             }
@@ -145,7 +150,7 @@ mod tests {
     use super::*;
 
     fn post(committed: u64, current: Option<(u64, bool)>) -> Post {
-        Post { committed, current, dead: vec![], epoch: 0 }
+        Post { committed, current, dead: vec![], epoch: 0, can_rerun: true }
     }
 
     #[test]
