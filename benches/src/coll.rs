@@ -54,8 +54,8 @@ pub struct Case<'a> {
     esz: usize,
     /// Per-rank block bytes for block collectives, buffer bytes otherwise.
     block: usize,
-    a: Vec<u8>,
-    b: Vec<u8>,
+    a: AlignedBuf,
+    b: AlignedBuf,
     /// Reductions: this rank's input period and the expected result period.
     in_period: Vec<u8>,
     exp_period: Vec<u8>,
@@ -84,7 +84,7 @@ impl<'a> Case<'a> {
         } else {
             (Vec::new(), Vec::new())
         };
-        let mut c = Case { pg, coll, dtype, op, root, n, me, esz, block, a: vec![0u8; a_len], b: vec![0u8; b_len], in_period, exp_period };
+        let mut c = Case { pg, coll, dtype, op, root, n, me, esz, block, a: AlignedBuf::new(a_len), b: AlignedBuf::new(b_len), in_period, exp_period };
         c.fill();
         c
     }
@@ -159,5 +159,54 @@ impl<'a> Case<'a> {
             "scatter" => count_wrong_bytes(&self.b, root, me, esz),
             _ => 0,
         }
+    }
+}
+
+/// A page-aligned byte buffer, as framework allocators hand out for tensors (torch aligns to 64
+/// bytes and large tensors to pages). Heap memory from a reused malloc arena can start at any
+/// 16-byte boundary, and on this machine that alone makes large copies up to 2x slower, so
+/// unaligned bench buffers would measure the allocator rather than the library.
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + 4096];
+        let off = raw.as_ptr().align_offset(4096).min(4096);
+        AlignedBuf { raw, off, len }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.raw[self.off..self.off + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + self.len]
+    }
+}
+
+impl Default for AlignedBuf {
+    fn default() -> Self {
+        AlignedBuf::new(0)
+    }
+}
+
+impl chorus_backend::OpBuffer for AlignedBuf {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
     }
 }

@@ -18,6 +18,11 @@
  *   (NULL for host memory). This build supports host memory only; device memory returns
  *   CHORUS_ERR_UNSUPPORTED.
  * - No panic or exception crosses this boundary.
+ * - Fault tolerance: a group survives the death of ranks (they are removed by a new membership view
+ *   and reported by chorus_work_failed_ranks); a replacement process rejoins with chorus_group_join*.
+ *   Read from the environment when a group is created: CHORUS_FT (0 = off), CHORUS_FAILURE_POLICY
+ *   (shrink = complete over the survivors, the default; abort = fail the collective on every
+ *   survivor), CHORUS_HEARTBEAT_MS (100) and CHORUS_HEARTBEAT_TIMEOUT_MS (2000).
  */
 #ifndef CHORUS_H
 #define CHORUS_H
@@ -145,6 +150,27 @@ int32_t chorus_group_create_tcp(
 /* Creates the default group from torchrun/SLURM/chorus-run environment variables. */
 int32_t chorus_group_create_env(const char *name, int64_t timeout_ms, chorus_group_t **out);
 
+/* Starts a replacement for `rank` of a running top-level group (same store, `size` and `name` as at
+   creation; the old process is gone). Blocks until the survivors removed the old process and admitted
+   this one with a new view; they do so between collectives, so they must keep issuing them. Only the
+   links that involve this rank are created. (chorus_group_create_env does this when CHORUS_JOIN=1.) */
+int32_t chorus_group_join(
+    const chorus_store_callbacks_t *store,
+    int32_t rank,
+    int32_t size,
+    const char *name,
+    int64_t timeout_ms,
+    chorus_group_t **out);
+
+/* Like chorus_group_join over a chorus TCP store at `addr` ("host:port"), hosted outside the workers. */
+int32_t chorus_group_join_tcp(
+    const char *addr,
+    int32_t rank,
+    int32_t size,
+    const char *name,
+    int64_t timeout_ms,
+    chorus_group_t **out);
+
 /* A subgroup of `ranks` (ranks of `group`); every rank of `group` calls it in the same order. Non-members
    get *out = NULL. */
 int32_t chorus_group_new_subgroup(
@@ -158,6 +184,24 @@ int32_t chorus_group_rank(const chorus_group_t *group);
 
 /* The group's number of ranks (-1 for NULL). */
 int32_t chorus_group_size(const chorus_group_t *group);
+
+/* Fault tolerance. Rank arrays are written into `out` (`cap` entries, may be NULL with cap 0) with `*n`
+   set to the full count; CHORUS_ERR_INVALID_ARGUMENT (with `*n` set) when `cap` is too small.
+   The active ranks of the group's current membership view, ascending. */
+int32_t chorus_group_active_ranks(const chorus_group_t *group, int32_t *out, size_t cap, size_t *n);
+
+/* The epoch of the group's current membership view (raised by every change). */
+int32_t chorus_group_epoch(const chorus_group_t *group, uint64_t *out);
+
+/* Collectives this rank has issued in the group; a replacement starts at the survivors' count, so an
+   application can resume its loop from it. */
+int32_t chorus_group_ops_completed(const chorus_group_t *group, uint64_t *out);
+
+/* Removes `ranks` from the view; every rank adopts the change at its next collective. */
+int32_t chorus_group_deactivate_ranks(chorus_group_t *group, const int32_t *ranks, size_t nranks);
+
+/* Puts `ranks` (alive and linked) back into the view, adopted at the next collective. */
+int32_t chorus_group_activate_ranks(chorus_group_t *group, const int32_t *ranks, size_t nranks);
 
 /* Destroys the group and frees the handle; peers inside an operation with this rank get an error. */
 int32_t chorus_group_destroy(chorus_group_t *group);
@@ -305,6 +349,16 @@ int32_t chorus_work_wait(chorus_work_t *work, int64_t timeout_ms);
 
 /* 1 if the operation finished (successfully or not), 0 if not, negative for NULL. */
 int32_t chorus_work_is_completed(const chorus_work_t *work);
+
+/* Ranks that failed during the completed operation (every survivor reports the same ones at the same
+   collective); arrays as for chorus_group_active_ranks. CHORUS_ERR_INVALID_ARGUMENT before completion. */
+int32_t chorus_work_failed_ranks(const chorus_work_t *work, int32_t *out, size_t cap, size_t *n);
+
+/* The ranks whose data the completed operation's result contains. */
+int32_t chorus_work_contributors(const chorus_work_t *work, int32_t *out, size_t cap, size_t *n);
+
+/* The membership epoch the completed operation ran under. */
+int32_t chorus_work_epoch(const chorus_work_t *work, uint64_t *out);
 
 /* Frees a work handle (a running operation's memory must still stay valid until it completes). */
 void chorus_work_free(chorus_work_t *work);

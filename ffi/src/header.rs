@@ -39,6 +39,11 @@ const PREAMBLE: &str = r#"/*
  *   (NULL for host memory). This build supports host memory only; device memory returns
  *   CHORUS_ERR_UNSUPPORTED.
  * - No panic or exception crosses this boundary.
+ * - Fault tolerance: a group survives the death of ranks (they are removed by a new membership view
+ *   and reported by chorus_work_failed_ranks); a replacement process rejoins with chorus_group_join*.
+ *   Read from the environment when a group is created: CHORUS_FT (0 = off), CHORUS_FAILURE_POLICY
+ *   (shrink = complete over the survivors, the default; abort = fail the collective on every
+ *   survivor), CHORUS_HEARTBEAT_MS (100) and CHORUS_HEARTBEAT_TIMEOUT_MS (2000).
  */
 #ifndef CHORUS_H
 #define CHORUS_H
@@ -113,6 +118,18 @@ pub const FUNCS: &[Func] = &[
     },
     Func { doc: "Creates the default group from torchrun/SLURM/chorus-run environment variables.", ret: "int32_t", name: "chorus_group_create_env", args: &["const char *name", "int64_t timeout_ms", "chorus_group_t **out"] },
     Func {
+        doc: "Starts a replacement for `rank` of a running top-level group (same store, `size` and `name` as at\n   creation; the old process is gone). Blocks until the survivors removed the old process and admitted\n   this one with a new view; they do so between collectives, so they must keep issuing them. Only the\n   links that involve this rank are created. (chorus_group_create_env does this when CHORUS_JOIN=1.)",
+        ret: "int32_t",
+        name: "chorus_group_join",
+        args: &["const chorus_store_callbacks_t *store", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"],
+    },
+    Func {
+        doc: "Like chorus_group_join over a chorus TCP store at `addr` (\"host:port\"), hosted outside the workers.",
+        ret: "int32_t",
+        name: "chorus_group_join_tcp",
+        args: &["const char *addr", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"],
+    },
+    Func {
         doc: "A subgroup of `ranks` (ranks of `group`); every rank of `group` calls it in the same order. Non-members\n   get *out = NULL.",
         ret: "int32_t",
         name: "chorus_group_new_subgroup",
@@ -120,6 +137,31 @@ pub const FUNCS: &[Func] = &[
     },
     Func { doc: "This rank's index in the group (-1 for NULL).", ret: "int32_t", name: "chorus_group_rank", args: &["const chorus_group_t *group"] },
     Func { doc: "The group's number of ranks (-1 for NULL).", ret: "int32_t", name: "chorus_group_size", args: &["const chorus_group_t *group"] },
+    Func {
+        doc: "Fault tolerance. Rank arrays are written into `out` (`cap` entries, may be NULL with cap 0) with `*n`\n   set to the full count; CHORUS_ERR_INVALID_ARGUMENT (with `*n` set) when `cap` is too small.\n   The active ranks of the group's current membership view, ascending.",
+        ret: "int32_t",
+        name: "chorus_group_active_ranks",
+        args: &["const chorus_group_t *group", "int32_t *out", "size_t cap", "size_t *n"],
+    },
+    Func { doc: "The epoch of the group's current membership view (raised by every change).", ret: "int32_t", name: "chorus_group_epoch", args: &["const chorus_group_t *group", "uint64_t *out"] },
+    Func {
+        doc: "Collectives this rank has issued in the group; a replacement starts at the survivors' count, so an\n   application can resume its loop from it.",
+        ret: "int32_t",
+        name: "chorus_group_ops_completed",
+        args: &["const chorus_group_t *group", "uint64_t *out"],
+    },
+    Func {
+        doc: "Removes `ranks` from the view; every rank adopts the change at its next collective.",
+        ret: "int32_t",
+        name: "chorus_group_deactivate_ranks",
+        args: &["chorus_group_t *group", "const int32_t *ranks", "size_t nranks"],
+    },
+    Func {
+        doc: "Puts `ranks` (alive and linked) back into the view, adopted at the next collective.",
+        ret: "int32_t",
+        name: "chorus_group_activate_ranks",
+        args: &["chorus_group_t *group", "const int32_t *ranks", "size_t nranks"],
+    },
     Func { doc: "Destroys the group and frees the handle; peers inside an operation with this rank get an error.", ret: "int32_t", name: "chorus_group_destroy", args: &["chorus_group_t *group"] },
     Func {
         doc: "In-place all-reduce of `count` elements.",
@@ -195,6 +237,19 @@ pub const FUNCS: &[Func] = &[
         args: &["chorus_work_t *work", "int64_t timeout_ms"],
     },
     Func { doc: "1 if the operation finished (successfully or not), 0 if not, negative for NULL.", ret: "int32_t", name: "chorus_work_is_completed", args: &["const chorus_work_t *work"] },
+    Func {
+        doc: "Ranks that failed during the completed operation (every survivor reports the same ones at the same\n   collective); arrays as for chorus_group_active_ranks. CHORUS_ERR_INVALID_ARGUMENT before completion.",
+        ret: "int32_t",
+        name: "chorus_work_failed_ranks",
+        args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"],
+    },
+    Func {
+        doc: "The ranks whose data the completed operation's result contains.",
+        ret: "int32_t",
+        name: "chorus_work_contributors",
+        args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"],
+    },
+    Func { doc: "The membership epoch the completed operation ran under.", ret: "int32_t", name: "chorus_work_epoch", args: &["const chorus_work_t *work", "uint64_t *out"] },
     Func { doc: "Frees a work handle (a running operation's memory must still stay valid until it completes).", ret: "void", name: "chorus_work_free", args: &["chorus_work_t *work"] },
 ];
 

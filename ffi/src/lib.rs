@@ -230,6 +230,53 @@ pub unsafe extern "C" fn chorus_group_create_env(name: *const c_char, timeout_ms
     })
 }
 
+/// Starts a replacement for `rank` of a running top-level group over a store implemented by
+/// callbacks (the same store, `size` and `name` the group was created with). Blocks until the
+/// survivors removed the old process and admitted this one with a new view (they do so between
+/// collectives, so they must keep issuing them).
+///
+/// # Safety
+/// As for `chorus_group_create`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_join(
+    store: *const chorus_store_callbacks,
+    rank: i32,
+    size: i32,
+    name: *const c_char,
+    timeout_ms: i64,
+    out: *mut *mut chorus_group,
+) -> i32 {
+    guard(|| {
+        // SAFETY: per this function's contract `store` is NULL or a valid struct.
+        let cb = *unsafe { store.as_ref() }.ok_or_else(|| FfiError::invalid("chorus_group_join: the store callbacks are NULL"))?;
+        let st = Arc::new(CallbackStore::new(cb));
+        check_out(out, "out")?;
+        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
+        let pg = ProcessGroup::join(st, rank, size, options(name, timeout_ms)?)?;
+        put_out(out, chorus_group { pg, _server: None });
+        Ok(())
+    })
+}
+
+/// Like `chorus_group_join` over a chorus TCP store at `addr` ("host:port"), which must outlive
+/// the process that was replaced (host it outside the workers).
+///
+/// # Safety
+/// `addr` is a NUL-terminated string; `name` is NULL or one; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_join_tcp(addr: *const c_char, rank: i32, size: i32, name: *const c_char, timeout_ms: i64, out: *mut *mut chorus_group) -> i32 {
+    guard(|| {
+        check_out(out, "out")?;
+        let addr = opt_str(addr, "addr")?.ok_or_else(|| FfiError::invalid("chorus_group_join_tcp: addr is NULL"))?;
+        let opts = options(name, timeout_ms)?;
+        let client = StoreClient::connect(addr, opts.timeout).map_err(chorus_backend::ChorusError::from)?;
+        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
+        let pg = ProcessGroup::join(Arc::new(client), rank, size, opts)?;
+        put_out(out, chorus_group { pg, _server: None });
+        Ok(())
+    })
+}
+
 /// A subgroup of `ranks` (ranks of `group`). Every rank of `group` calls it in the same order;
 /// non-members get `*out = NULL`.
 ///
@@ -275,6 +322,115 @@ pub unsafe extern "C" fn chorus_group_rank(group_: *const chorus_group) -> i32 {
 #[no_mangle]
 pub unsafe extern "C" fn chorus_group_size(group_: *const chorus_group) -> i32 {
     guard_value(-1, || Ok(group(group_)?.pg.size() as i32))
+}
+
+// ------------------------------------------------------------------ fault tolerance
+
+/// Writes `v` into the caller's array `out` of `cap` entries and its length into `*n`; an error
+/// (with `*n` set, so the caller can retry with a larger array) if `cap` is too small.
+fn put_ranks(what: &str, v: &[usize], out: *mut i32, cap: usize, n: *mut usize) -> FfiResult<()> {
+    if n.is_null() {
+        return Err(FfiError::invalid(format!("{what}: the `n` out-pointer is NULL")));
+    }
+    if out.is_null() && cap != 0 {
+        return Err(FfiError::invalid(format!("{what}: out is NULL but cap is {cap}")));
+    }
+    // SAFETY: `n` is non-null and writable (ABI contract).
+    unsafe { *n = v.len() };
+    let k = v.len().min(cap);
+    if k > 0 {
+        // SAFETY: `out` is non-null and holds `cap >= k` writable int32_t (ABI contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(out, k) };
+        for (d, &r) in dst.iter_mut().zip(v) {
+            *d = i32::try_from(r).unwrap_or(i32::MAX);
+        }
+    }
+    if v.len() > cap {
+        return Err(FfiError::invalid(format!("{what}: the array holds {cap} entries but {} are needed (*n says how many)", v.len())));
+    }
+    Ok(())
+}
+
+fn put_u64(what: &str, out: *mut u64, v: u64) -> FfiResult<()> {
+    if out.is_null() {
+        return Err(FfiError::invalid(format!("{what}: the out-pointer is NULL")));
+    }
+    // SAFETY: non-null and writable (ABI contract).
+    unsafe { *out = v };
+    Ok(())
+}
+
+fn rank_list(what: &str, ranks: *const i32, nranks: usize) -> FfiResult<Vec<usize>> {
+    if ranks.is_null() && nranks != 0 {
+        return Err(FfiError::invalid(format!("{what}: ranks is NULL")));
+    }
+    let rs: &[i32] = if nranks == 0 {
+        &[]
+    } else {
+        // SAFETY: non-null and `nranks` long by the caller's contract.
+        unsafe { std::slice::from_raw_parts(ranks, nranks) }
+    };
+    rs.iter().map(|&r| rank_arg(r, "rank")).collect()
+}
+
+/// The active ranks of the group's current membership view (ascending) into `out` (`cap`
+/// entries); `*n` is their number.
+///
+/// # Safety
+/// `group` is a live handle; `out` holds `cap` int32_t (may be NULL with cap 0); `n` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_active_ranks(group_: *const chorus_group, out: *mut i32, cap: usize, n: *mut usize) -> i32 {
+    guard(|| put_ranks("chorus_group_active_ranks", &group(group_)?.pg.active_ranks(), out, cap, n))
+}
+
+/// The epoch of the group's current membership view (raised by every change).
+///
+/// # Safety
+/// `group` is a live handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_epoch(group_: *const chorus_group, out: *mut u64) -> i32 {
+    guard(|| put_u64("chorus_group_epoch", out, group(group_)?.pg.current_epoch()))
+}
+
+/// Collectives this rank has issued in the group (a replacement starts at the survivors' count).
+///
+/// # Safety
+/// `group` is a live handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_ops_completed(group_: *const chorus_group, out: *mut u64) -> i32 {
+    guard(|| put_u64("chorus_group_ops_completed", out, group(group_)?.pg.ops_completed()))
+}
+
+/// Removes `ranks` from the view; every rank adopts the change at its next collective.
+///
+/// # Safety
+/// `group` is a live handle; `ranks` points to `nranks` int32_t.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_deactivate_ranks(group_: *mut chorus_group, ranks: *const i32, nranks: usize) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        let rs = rank_list("chorus_group_deactivate_ranks", ranks, nranks)?;
+        if let Some(&bad) = rs.iter().find(|&&r| r >= g.pg.size()) {
+            return Err(chorus_backend::ChorusError::InvalidRank { rank: bad, size: g.pg.size() }.into());
+        }
+        Ok(g.pg.deactivate_ranks(&rs)?)
+    })
+}
+
+/// Puts `ranks` (alive and linked) back into the view, adopted at the next collective.
+///
+/// # Safety
+/// As for `chorus_group_deactivate_ranks`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_activate_ranks(group_: *mut chorus_group, ranks: *const i32, nranks: usize) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        let rs = rank_list("chorus_group_activate_ranks", ranks, nranks)?;
+        if let Some(&bad) = rs.iter().find(|&&r| r >= g.pg.size()) {
+            return Err(chorus_backend::ChorusError::InvalidRank { rank: bad, size: g.pg.size() }.into());
+        }
+        Ok(g.pg.activate_ranks(&rs)?)
+    })
 }
 
 /// Destroys the group and frees the handle. Peers inside an operation with this rank get an
@@ -654,6 +810,35 @@ pub unsafe extern "C" fn chorus_work_wait(work: *mut chorus_work, timeout_ms: i6
 #[no_mangle]
 pub unsafe extern "C" fn chorus_work_is_completed(work: *const chorus_work) -> i32 {
     guard_value(-error::CHORUS_ERR_INVALID_ARGUMENT, || Ok(work_ref(work)?.is_completed() as i32))
+}
+
+/// Ranks that failed during the completed operation (removed from the group; every survivor
+/// reports the same ones at the same collective) into `out` (`cap` entries); `*n` is their number.
+/// CHORUS_ERR_INVALID_ARGUMENT if the operation has not completed yet.
+///
+/// # Safety
+/// `work` is a live work handle; `out` holds `cap` int32_t (may be NULL with cap 0); `n` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_work_failed_ranks(work: *const chorus_work, out: *mut i32, cap: usize, n: *mut usize) -> i32 {
+    guard(|| put_ranks("chorus_work_failed_ranks", &work_ref(work)?.info()?.failed, out, cap, n))
+}
+
+/// The ranks whose data the completed operation's result contains (the active ranks it ran over).
+///
+/// # Safety
+/// As for `chorus_work_failed_ranks`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_work_contributors(work: *const chorus_work, out: *mut i32, cap: usize, n: *mut usize) -> i32 {
+    guard(|| put_ranks("chorus_work_contributors", &work_ref(work)?.info()?.contributors, out, cap, n))
+}
+
+/// The membership epoch the completed operation's result was computed under.
+///
+/// # Safety
+/// `work` is a live work handle; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_work_epoch(work: *const chorus_work, out: *mut u64) -> i32 {
+    guard(|| put_u64("chorus_work_epoch", out, work_ref(work)?.info()?.epoch))
 }
 
 /// Frees a work handle. Freeing one whose operation is still running is allowed, but the

@@ -1,5 +1,6 @@
 //! `chorus_work_t`: one handle type for every operation's `Work<R>`.
 use crate::error::{code_of, FfiError, FfiResult, CHORUS_ERR_TIMEOUT, CHORUS_OK};
+use chorus_backend::engine::work::OpInfo;
 use chorus_backend::{ChorusError, Work};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 trait Pending: Send {
     fn is_completed(&self) -> bool;
     fn wait_for(&self, d: Duration) -> bool;
+    fn info(&self) -> OpInfo;
     fn finish(self: Box<Self>) -> Result<(), ChorusError>;
 }
 
@@ -19,6 +21,9 @@ impl<R: Send + 'static> Pending for Work<R> {
     fn wait_for(&self, d: Duration) -> bool {
         Work::wait_for(self, d)
     }
+    fn info(&self) -> OpInfo {
+        Work::info(self)
+    }
     fn finish(self: Box<Self>) -> Result<(), ChorusError> {
         (*self).wait_timeout(Duration::ZERO).map(|_| ())
     }
@@ -26,7 +31,8 @@ impl<R: Send + 'static> Pending for Work<R> {
 
 enum State {
     Pending(Box<dyn Pending>),
-    Done(i32, String),
+    /// Status, message and what the operation reported (failed ranks, epoch, contributors).
+    Done(i32, String, OpInfo),
 }
 
 #[allow(non_camel_case_types)]
@@ -35,10 +41,10 @@ pub struct chorus_work {
     state: Mutex<State>,
 }
 
-fn done_state(r: Result<(), ChorusError>) -> State {
+fn done_state(r: Result<(), ChorusError>, info: OpInfo) -> State {
     match r {
-        Ok(()) => State::Done(CHORUS_OK, String::new()),
-        Err(e) => State::Done(code_of(&e), e.to_string()),
+        Ok(()) => State::Done(CHORUS_OK, String::new(), info),
+        Err(e) => State::Done(code_of(&e), e.to_string(), info),
     }
 }
 
@@ -48,8 +54,9 @@ impl chorus_work {
     pub fn start<R: Send + 'static>(w: Work<R>) -> FfiResult<chorus_work> {
         let name = w.name();
         if w.is_completed() {
+            let info = w.info();
             (Box::new(w) as Box<dyn Pending>).finish()?;
-            return Ok(chorus_work { name, state: Mutex::new(State::Done(CHORUS_OK, String::new())) });
+            return Ok(chorus_work { name, state: Mutex::new(State::Done(CHORUS_OK, String::new(), info)) });
         }
         Ok(chorus_work { name, state: Mutex::new(State::Pending(Box::new(w))) })
     }
@@ -58,6 +65,17 @@ impl chorus_work {
         match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             State::Pending(w) => w.is_completed(),
             State::Done(..) => true,
+        }
+    }
+
+    /// What the completed operation reported: epoch, failed ranks, contributors. An error if it
+    /// has not completed yet (the report is only final then).
+    pub fn info(&self) -> FfiResult<OpInfo> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &*st {
+            State::Done(_, _, info) => Ok(info.clone()),
+            State::Pending(w) if w.is_completed() => Ok(w.info()),
+            State::Pending(_) => Err(FfiError::invalid(format!("{}: the operation has not completed yet; wait for it (chorus_work_wait) before asking for its failed ranks or epoch", self.name))),
         }
     }
 
@@ -79,12 +97,13 @@ impl chorus_work {
                     msg: format!("{} did not complete within {} ms (the operation is still running; wait again or destroy the group)", self.name, timeout.unwrap_or_default().as_millis()),
                 });
             }
-            let State::Pending(w) = std::mem::replace(&mut *st, State::Done(CHORUS_OK, String::new())) else { unreachable!("checked above") };
-            *st = done_state(w.finish());
+            let State::Pending(w) = std::mem::replace(&mut *st, State::Done(CHORUS_OK, String::new(), OpInfo::default())) else { unreachable!("checked above") };
+            let info = w.info();
+            *st = done_state(w.finish(), info);
         }
         match &*st {
-            State::Done(CHORUS_OK, _) => Ok(()),
-            State::Done(code, msg) => Err(FfiError { code: *code, msg: msg.clone() }),
+            State::Done(CHORUS_OK, _, _) => Ok(()),
+            State::Done(code, msg, _) => Err(FfiError { code: *code, msg: msg.clone() }),
             State::Pending(_) => unreachable!("completed above"),
         }
     }

@@ -3,10 +3,28 @@
     import chorus                      # registers the "chorus" backend
     import torch.distributed as dist
     dist.init_process_group("chorus")  # under torchrun, or with store=/rank=/world_size=
+
+Fault tolerance (see README.md): get_active_ranks, get_current_epoch, get_failed_ranks,
+deactivate_ranks, activate_ranks, join_group, and chorus.Options for pg_options.
 """
 from ._lib import ChorusError, ChorusInvalidArgument, ChorusTimeout, ChorusUnsupported, library_path
-from .backend import ChorusWork, ProcessGroupChorus, register
+from .backend import ChorusWork, Options, ProcessGroupChorus, register
+from .ft import (
+    activate_ranks,
+    deactivate_ranks,
+    get_active_ranks,
+    get_contributors,
+    get_current_epoch,
+    get_failed_ranks,
+    get_ops_completed,
+    get_work_epoch,
+    join_group,
+)
 
-__all__ = ["ChorusError", "ChorusInvalidArgument", "ChorusTimeout", "ChorusUnsupported", "ChorusWork", "ProcessGroupChorus", "library_path"]
+__all__ = [
+    "ChorusError", "ChorusInvalidArgument", "ChorusTimeout", "ChorusUnsupported", "ChorusWork", "Options",
+    "ProcessGroupChorus", "library_path", "get_active_ranks", "get_current_epoch", "get_failed_ranks",
+    "get_contributors", "get_work_epoch", "get_ops_completed", "deactivate_ranks", "activate_ranks", "join_group",
+]
 
 register()

@@ -131,6 +131,16 @@ def _load():
         "chorus_group_create": (c_int32, [POINTER(StoreCallbacks), c_int32, c_int32, c_char_p, c_int64, WP]),
         "chorus_group_create_tcp": (c_int32, [c_char_p, c_int32, c_int32, c_int32, c_char_p, c_int64, WP]),
         "chorus_group_create_env": (c_int32, [c_char_p, c_int64, WP]),
+        "chorus_group_join": (c_int32, [POINTER(StoreCallbacks), c_int32, c_int32, c_char_p, c_int64, WP]),
+        "chorus_group_join_tcp": (c_int32, [c_char_p, c_int32, c_int32, c_char_p, c_int64, WP]),
+        "chorus_group_active_ranks": (c_int32, [G, POINTER(c_int32), c_size_t, POINTER(c_size_t)]),
+        "chorus_group_epoch": (c_int32, [G, POINTER(c_uint64)]),
+        "chorus_group_ops_completed": (c_int32, [G, POINTER(c_uint64)]),
+        "chorus_group_deactivate_ranks": (c_int32, [G, POINTER(c_int32), c_size_t]),
+        "chorus_group_activate_ranks": (c_int32, [G, POINTER(c_int32), c_size_t]),
+        "chorus_work_failed_ranks": (c_int32, [W, POINTER(c_int32), c_size_t, POINTER(c_size_t)]),
+        "chorus_work_contributors": (c_int32, [W, POINTER(c_int32), c_size_t, POINTER(c_size_t)]),
+        "chorus_work_epoch": (c_int32, [W, POINTER(c_uint64)]),
         "chorus_group_new_subgroup": (c_int32, [G, POINTER(c_int32), c_size_t, WP]),
         "chorus_group_rank": (c_int32, [G]),
         "chorus_group_size": (c_int32, [G]),
@@ -176,3 +186,24 @@ def error(code: int) -> ChorusError:
 def check(code: int) -> None:
     if code != OK:
         raise error(code)
+
+
+def rank_array(fn, handle) -> list[int]:
+    """Calls a ``(handle, int32_t *out, size_t cap, size_t *n)`` entry point, growing the array."""
+    cap = 64
+    while True:
+        arr = (c_int32 * cap)()
+        n = c_size_t(0)
+        rc = fn(handle, arr, cap, ctypes.byref(n))
+        if rc == OK:
+            return [int(arr[i]) for i in range(n.value)]
+        if rc == ERR_INVALID_ARGUMENT and n.value > cap:
+            cap = n.value
+            continue
+        raise error(rc)
+
+
+def u64(fn, handle) -> int:
+    v = c_uint64(0)
+    check(fn(handle, ctypes.byref(v)))
+    return int(v.value)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import queue
 import threading
 from datetime import timedelta
@@ -84,6 +85,8 @@ class ChorusWork(dist.Work):
         self._done = False
         self._error: BaseException | None = None
         self._future = None
+        # Fault-tolerance report of the finished chorus operations: (failed, contributors, epoch).
+        self._infos: list[tuple[list[int], list[int], int]] = []
 
     def _finish(self, timeout_ms: int) -> None:
         with self._lock:
@@ -99,6 +102,8 @@ class ChorusWork(dist.Work):
                     if rc == _lib.ERR_TIMEOUT and lib.chorus_work_is_completed(h) == 0:
                         raise _lib.error(rc)  # still running: the caller may wait again
                     err = _lib.error(rc) if rc else None
+                    if err is None:
+                        self._infos.append(_op_info(h))
                     lib.chorus_work_free(h)
                     self._handles[i] = None
                     if err is not None:
@@ -154,6 +159,29 @@ class ChorusWork(dist.Work):
         self.wait()
         return self._result
 
+    # ------------------------------------------------------------ fault tolerance
+    def _all_infos(self) -> list:
+        infos = list(self._infos)
+        for w in getattr(self, "_subworks", ()):  # a merged work (see _merge)
+            infos.extend(w._all_infos())
+        return infos
+
+    def failed_ranks(self) -> list[int]:
+        """Ranks that failed during this operation (waits for it first); [] if none did."""
+        self.wait()
+        return sorted({r for f, _, _ in self._all_infos() for r in f})
+
+    def contributors(self) -> list[int]:
+        """The ranks whose data the result contains (waits for the operation first)."""
+        self.wait()
+        infos = self._all_infos()
+        return list(infos[-1][1]) if infos else []
+
+    def epoch(self) -> int:
+        """The membership epoch the operation ran under (waits for it first)."""
+        self.wait()
+        return max((e for _, _, e in self._all_infos()), default=0)
+
     def source_rank(self) -> int:
         raise RuntimeError("chorus: recv from any source is not supported, so a work has no source rank")
 
@@ -191,7 +219,8 @@ def _completer_loop(q: "queue.Queue[ChorusWork]"):
 class ProcessGroupChorus(dist.ProcessGroup):
     """A torch ProcessGroup whose collectives run in the chorus library."""
 
-    def __init__(self, store, rank: int, size: int, timeout: timedelta | None = None, name: str = "torch"):
+    def __init__(self, store, rank: int, size: int, timeout: timedelta | None = None, name: str = "torch",
+                 options: "Options | None" = None, join: bool = False):
         super().__init__(rank, size)
         self._rank, self._size = rank, size
         self._group_name = ""
@@ -200,10 +229,15 @@ class ProcessGroupChorus(dist.ProcessGroup):
         self._queue = None
         self._queue_lock = threading.Lock()
         ms = int(timeout.total_seconds() * 1000) if timeout is not None else 0
+        if options is not None and options.timeout is not None:
+            ms = int(options.timeout.total_seconds() * 1000)
         cb = callbacks_for(store)
         out = ctypes.c_void_p()
-        check(lib.chorus_group_create(ctypes.byref(cb), rank, size, name.encode(), ms, ctypes.byref(out)))
+        create = lib.chorus_group_join if join else lib.chorus_group_create
+        with _env_for(options):
+            check(create(ctypes.byref(cb), rank, size, name.encode(), ms, ctypes.byref(out)))
         self._g = out
+        self._joined = join
 
     # ---------------------------------------------------------------- identity
     def getBackendName(self) -> str:
@@ -261,6 +295,32 @@ class ProcessGroupChorus(dist.ProcessGroup):
                 self._queue = queue.Queue()
                 threading.Thread(target=_completer_loop, args=(self._queue,), name="chorus-futures", daemon=True).start()
             return self._queue
+
+    # ---------------------------------------------------------------- fault tolerance
+    def active_ranks(self) -> list[int]:
+        """Active ranks (of this group) in the current membership view."""
+        return _lib.rank_array(lib.chorus_group_active_ranks, self._group())
+
+    def current_epoch(self) -> int:
+        """Epoch of the current membership view (raised by every change)."""
+        return _lib.u64(lib.chorus_group_epoch, self._group())
+
+    def ops_completed(self) -> int:
+        """Collectives this rank issued in the group (a replacement starts at the survivors' count)."""
+        return _lib.u64(lib.chorus_group_ops_completed, self._group())
+
+    def _ranks_call(self, fn, ranks) -> None:
+        rs = [int(r) for r in ranks]
+        arr = (ctypes.c_int32 * max(len(rs), 1))(*rs)
+        check(fn(self._group(), arr, len(rs)))
+
+    def deactivate_ranks(self, ranks) -> None:
+        """Removes ``ranks`` from the view; every rank adopts it at its next collective."""
+        self._ranks_call(lib.chorus_group_deactivate_ranks, ranks)
+
+    def activate_ranks(self, ranks) -> None:
+        """Puts ``ranks`` (alive and linked) back into the view at the next collective."""
+        self._ranks_call(lib.chorus_group_activate_ranks, ranks)
 
     # ---------------------------------------------------------------- plumbing
     def _group(self):
@@ -574,6 +634,15 @@ class ProcessGroupChorus(dist.ProcessGroup):
         raise NotImplementedError("chorus: recv from any source is not supported; pass src")
 
 
+def _op_info(h) -> tuple[list[int], list[int], int]:
+    """(failed ranks, contributors, epoch) of a completed chorus work handle."""
+    try:
+        return (_lib.rank_array(lib.chorus_work_failed_ranks, h), _lib.rank_array(lib.chorus_work_contributors, h),
+                _lib.u64(lib.chorus_work_epoch, h))
+    except _lib.ChorusError:
+        return ([], [], 0)
+
+
 def _after_copy(conts: list[_Contig]):
     if all(c.buf is c.orig for c in conts):
         return None
@@ -615,11 +684,99 @@ def _merge(pg, works: list[ChorusWork], result) -> ChorusWork:
         for w in works:
             w.wait()
 
-    return ChorusWork(pg, [], result, works, after)
+    w = ChorusWork(pg, [], result, works, after)
+    w._subworks = works
+    return w
+
+
+class Options:
+    """Options of the chorus backend, passed as ``dist.init_process_group("chorus", pg_options=...)``.
+
+    failure_policy:       "shrink" (default: a collective during which a rank dies completes over the
+                          survivors) or "abort" (it fails with an error on every survivor).
+    heartbeat_ms:         heartbeat interval (default 100 ms).
+    heartbeat_timeout_ms: a rank whose heartbeat stalls this long is removed (default 2000 ms; a
+                          crashed process on the same host is detected at once regardless).
+    fault_tolerance:      False turns fault tolerance off (a failure is then an error).
+    join:                 True: this process replaces a dead rank of the running default group
+                          (same as the environment variable CHORUS_JOIN=1).
+    timeout:              per-operation deadline (a timedelta); default: init_process_group's timeout.
+
+    ``None`` leaves a setting to its environment variable (CHORUS_FAILURE_POLICY, CHORUS_HEARTBEAT_MS,
+    CHORUS_HEARTBEAT_TIMEOUT_MS, CHORUS_FT, CHORUS_JOIN) or default.
+    """
+
+    def __init__(self, failure_policy: str | None = None, heartbeat_ms: int | None = None,
+                 heartbeat_timeout_ms: int | None = None, fault_tolerance: bool | None = None,
+                 join: bool | None = None, timeout: timedelta | None = None):
+        if failure_policy is not None and failure_policy not in ("shrink", "abort"):
+            raise ValueError(f"chorus: failure_policy must be 'shrink' or 'abort', not {failure_policy!r}")
+        for what, v in (("heartbeat_ms", heartbeat_ms), ("heartbeat_timeout_ms", heartbeat_timeout_ms)):
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise ValueError(f"chorus: {what} must be a positive int (milliseconds), not {v!r}")
+        self.failure_policy = failure_policy
+        self.heartbeat_ms = heartbeat_ms
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.fault_tolerance = fault_tolerance
+        self.join = join
+        self.timeout = timeout
+
+    def _env(self) -> dict[str, str]:
+        env = {}
+        if self.failure_policy is not None:
+            env["CHORUS_FAILURE_POLICY"] = self.failure_policy
+        if self.heartbeat_ms is not None:
+            env["CHORUS_HEARTBEAT_MS"] = str(self.heartbeat_ms)
+        if self.heartbeat_timeout_ms is not None:
+            env["CHORUS_HEARTBEAT_TIMEOUT_MS"] = str(self.heartbeat_timeout_ms)
+        if self.fault_tolerance is not None:
+            env["CHORUS_FT"] = "1" if self.fault_tolerance else "0"
+        return env
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if v is not None)
+        return f"chorus.Options({fields})"
+
+
+_env_lock = threading.Lock()
+
+
+class _env_for:
+    """The library reads these settings from the environment when it creates a group: set them for
+    the duration of the creation call only, then restore the caller's values."""
+
+    def __init__(self, options: "Options | None"):
+        self.env = options._env() if options is not None else {}
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self):
+        if self.env:
+            _env_lock.acquire()
+            for k, v in self.env.items():
+                self.saved[k] = os.environ.get(k)
+                os.environ[k] = v
+
+    def __exit__(self, *exc):
+        if self.env:
+            for k, v in self.saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            _env_lock.release()
+        return False
 
 
 def _create_backend(opts, backend_options=None):
-    return ProcessGroupChorus(opts.store, opts.group_rank, opts.group_size, opts.timeout, "torch")
+    if backend_options is not None and not isinstance(backend_options, Options):
+        raise TypeError(f"chorus: pg_options must be a chorus.Options, not {type(backend_options).__name__}")
+    # Only the default (top-level) group can be rejoined: subgroups are created as usual.
+    default_group = not list(getattr(opts, "global_ranks_in_group", []) or [])
+    want_join = backend_options.join if backend_options is not None and backend_options.join is not None else os.environ.get("CHORUS_JOIN") == "1"
+    # The name is fixed ("torch"); torch hands every group a store under its own prefix
+    # ("default_pg/0/cpu/" for the default group), so a replacement finds the same keys.
+    return ProcessGroupChorus(opts.store, opts.group_rank, opts.group_size, opts.timeout, "torch",
+                              options=backend_options, join=bool(want_join and default_group))
 
 
 def register() -> None:

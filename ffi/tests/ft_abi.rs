@@ -1,0 +1,207 @@
+//! The fault-tolerance entry points of the C ABI, driven the way a C caller would: membership view,
+//! per-work reports, rank deactivation, joining with no group to join, and NULL/short-array errors.
+use chorus_bootstrap::{MemStore, Store};
+use chorus_ffi::error::*;
+use chorus_ffi::*;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::null_mut;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn store_of<'a>(ctx: *mut c_void) -> &'a MemStore {
+    // SAFETY: ctx is the Arc<MemStore> pointer the test passes and keeps alive for the test.
+    unsafe { &*(ctx as *const MemStore) }
+}
+fn key<'a>(k: *const c_char) -> &'a str {
+    // SAFETY: chorus passes NUL-terminated UTF-8 keys.
+    unsafe { CStr::from_ptr(k) }.to_str().unwrap()
+}
+unsafe extern "C" fn set(ctx: *mut c_void, k: *const c_char, v: *const u8, len: usize, _e: *mut chorus_buf) -> i32 {
+    // SAFETY: chorus passes `len` readable bytes.
+    let v = unsafe { std::slice::from_raw_parts(v, len) };
+    store_of(ctx).set(key(k), v).map_or(-1, |_| 0)
+}
+unsafe extern "C" fn get(ctx: *mut c_void, k: *const c_char, out: *mut chorus_buf, _e: *mut chorus_buf) -> i32 {
+    match store_of(ctx).get(key(k)).unwrap() {
+        // SAFETY: `out` is the buffer chorus handed to this callback.
+        Some(v) => unsafe { chorus_buf_write(out, v.as_ptr(), v.len()) },
+        None => 1,
+    }
+}
+unsafe extern "C" fn wait(ctx: *mut c_void, ks: *const *const c_char, n: usize, ms: i64, err: *mut chorus_buf) -> i32 {
+    // SAFETY: chorus passes `n` key pointers.
+    let keys: Vec<&str> = unsafe { std::slice::from_raw_parts(ks, n) }.iter().map(|&k| key(k)).collect();
+    match store_of(ctx).wait(&keys, Duration::from_millis(ms as u64)) {
+        Ok(_) => 0,
+        Err(e) => {
+            let m = e.to_string();
+            // SAFETY: `err` is the buffer chorus handed to this callback.
+            unsafe { chorus_buf_write(err, m.as_ptr(), m.len()) };
+            1
+        }
+    }
+}
+unsafe extern "C" fn add(ctx: *mut c_void, k: *const c_char, d: i64, out: *mut i64, _e: *mut chorus_buf) -> i32 {
+    // SAFETY: `out` points to an i64 chorus owns.
+    unsafe { *out = store_of(ctx).add(key(k), d).unwrap() };
+    0
+}
+
+/// c10d semantics (see chorus.h) on top of MemStore's compare-and-set.
+unsafe extern "C" fn compare_set(ctx: *mut c_void, k: *const c_char, e: *const u8, elen: usize, d: *const u8, dlen: usize, out: *mut chorus_buf, _err: *mut chorus_buf) -> i32 {
+    // SAFETY: chorus passes `elen` and `dlen` readable bytes (pointers may dangle when 0).
+    let exp = if elen == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(e, elen) } };
+    let des = if dlen == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(d, dlen) } };
+    let s = store_of(ctx);
+    let (swapped, cur) = s.compare_set(key(k), if exp.is_empty() { None } else { Some(exp) }, des).unwrap();
+    let after: Vec<u8> = if swapped { des.to_vec() } else if cur.is_empty() && s.get(key(k)).unwrap().is_none() { exp.to_vec() } else { cur };
+    // SAFETY: `out` is the buffer chorus handed to this callback.
+    unsafe { chorus_buf_write(out, after.as_ptr(), after.len()) }
+}
+
+fn callbacks(store: &Arc<MemStore>) -> chorus_store_callbacks {
+    chorus_store_callbacks {
+        ctx: Arc::as_ptr(store) as *mut c_void,
+        set: Some(set),
+        get: Some(get),
+        wait: Some(wait),
+        add: Some(add),
+        compare_set: Some(compare_set),
+        delete_key: None,
+        release: None,
+    }
+}
+
+fn last_error() -> String {
+    // SAFETY: chorus_last_error returns a valid C string for this thread.
+    unsafe { CStr::from_ptr(chorus_last_error()) }.to_string_lossy().into_owned()
+}
+
+fn ranks_of(f: impl Fn(*mut i32, usize, *mut usize) -> i32) -> Vec<i32> {
+    let mut n = 0usize;
+    // Ask for the count first (NULL array, cap 0), then fetch.
+    let rc = f(null_mut(), 0, &mut n);
+    assert!(rc == CHORUS_OK || rc == CHORUS_ERR_INVALID_ARGUMENT, "rc {rc}: {}", last_error());
+    let mut v = vec![-1i32; n];
+    assert_eq!(f(v.as_mut_ptr(), n, &mut n), CHORUS_OK, "{}", last_error());
+    assert_eq!(v.len(), n);
+    v
+}
+
+struct Group(*mut chorus_group);
+// SAFETY: a group handle may be used from several threads (chorus.h).
+unsafe impl Send for Group {}
+
+fn all_reduce(g: *mut chorus_group, v: &mut [i64]) -> (i32, *mut chorus_work) {
+    let mut w: *mut chorus_work = null_mut();
+    // SAFETY: live group; `v` outlives the wait below.
+    let rc = unsafe { chorus_all_reduce(g, v.as_mut_ptr() as *mut c_void, v.len() as u64, CHORUS_DTYPE_INT64, CHORUS_OP_SUM, CHORUS_DEVICE_CPU, null_mut(), &mut w) };
+    assert_eq!(rc, CHORUS_OK, "{}", last_error());
+    // SAFETY: live work handle.
+    (unsafe { chorus_work_wait(w, 30_000) }, w)
+}
+
+const CHORUS_DTYPE_INT64: i32 = 8;
+const CHORUS_OP_SUM: i32 = 0;
+
+#[test]
+fn membership_reports_and_deactivation() {
+    let store = Arc::new(MemStore::new());
+    let threads: Vec<_> = (0..2)
+        .map(|rank| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let cb = callbacks(&store);
+                let mut g: *mut chorus_group = null_mut();
+                let name = CString::new("ft").unwrap();
+                // SAFETY: valid callbacks (the store outlives the group), writable out.
+                let rc = unsafe { chorus_group_create(&cb, rank, 2, name.as_ptr(), 30_000, &mut g) };
+                assert_eq!(rc, CHORUS_OK, "{}", last_error());
+                let g = Group(g);
+                let g = g.0;
+                // SAFETY (all calls below): `g` is live until chorus_group_destroy at the end.
+                assert_eq!(ranks_of(|o, c, n| unsafe { chorus_group_active_ranks(g, o, c, n) }), vec![0, 1]);
+                let mut one = [0i32; 1];
+                let mut n = 0usize;
+                assert_eq!(unsafe { chorus_group_active_ranks(g, one.as_mut_ptr(), 1, &mut n) }, CHORUS_ERR_INVALID_ARGUMENT);
+                assert_eq!(n, 2, "a short array reports the count needed");
+                let mut epoch = 99u64;
+                assert_eq!(unsafe { chorus_group_epoch(g, &mut epoch) }, CHORUS_OK);
+                assert_eq!(epoch, 0);
+
+                let mut v = vec![rank as i64 + 1; 16];
+                let (rc, w) = all_reduce(g, &mut v);
+                assert_eq!(rc, CHORUS_OK, "{}", last_error());
+                assert!(v.iter().all(|&x| x == 3));
+                assert_eq!(ranks_of(|o, c, n| unsafe { chorus_work_failed_ranks(w, o, c, n) }), Vec::<i32>::new());
+                assert_eq!(ranks_of(|o, c, n| unsafe { chorus_work_contributors(w, o, c, n) }), vec![0, 1]);
+                assert_eq!(unsafe { chorus_work_epoch(w, &mut epoch) }, CHORUS_OK);
+                assert_eq!(epoch, 0);
+                unsafe { chorus_work_free(w) };
+                let mut ops = 0u64;
+                assert_eq!(unsafe { chorus_group_ops_completed(g, &mut ops) }, CHORUS_OK);
+                assert_eq!(ops, 1);
+
+                // Invalid ranks are refused on the calling rank.
+                let bad = [5i32];
+                assert_eq!(unsafe { chorus_group_deactivate_ranks(g, bad.as_ptr(), 1) }, CHORUS_ERR_INVALID_ARGUMENT);
+                let neg = [-1i32];
+                assert_eq!(unsafe { chorus_group_activate_ranks(g, neg.as_ptr(), 1) }, CHORUS_ERR_INVALID_ARGUMENT);
+
+                // Rank 0 removes rank 1: both adopt it at the next collective.
+                if rank == 0 {
+                    let r1 = [1i32];
+                    assert_eq!(unsafe { chorus_group_deactivate_ranks(g, r1.as_ptr(), 1) }, CHORUS_OK, "{}", last_error());
+                }
+                let mut v = vec![rank as i64 + 1; 16];
+                let (rc, w) = all_reduce(g, &mut v);
+                if rank == 0 {
+                    assert_eq!(rc, CHORUS_OK, "{}", last_error());
+                    assert!(v.iter().all(|&x| x == 1), "{v:?}");
+                    assert_eq!(ranks_of(|o, c, n| unsafe { chorus_work_contributors(w, o, c, n) }), vec![0]);
+                    assert_eq!(unsafe { chorus_work_epoch(w, &mut epoch) }, CHORUS_OK);
+                    assert!(epoch >= 1);
+                } else {
+                    assert_ne!(rc, CHORUS_OK, "the deactivated rank's collective must fail");
+                }
+                assert_eq!(ranks_of(|o, c, n| unsafe { chorus_group_active_ranks(g, o, c, n) }), vec![0]);
+                unsafe { chorus_work_free(w) };
+                g as usize
+            })
+        })
+        .collect();
+    let gs: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for g in gs {
+        // SAFETY: live handles, destroyed once, after both ranks are done.
+        unsafe { chorus_group_destroy(g as *mut chorus_group) };
+    }
+}
+
+#[test]
+fn fault_tolerance_entry_points_reject_bad_arguments() {
+    let mut n = 0usize;
+    let mut e = 0u64;
+    // SAFETY: NULL handles are documented errors, not crashes.
+    unsafe {
+        assert_eq!(chorus_group_active_ranks(std::ptr::null(), null_mut(), 0, &mut n), CHORUS_ERR_INVALID_ARGUMENT);
+        assert_eq!(chorus_group_epoch(std::ptr::null(), &mut e), CHORUS_ERR_INVALID_ARGUMENT);
+        assert_eq!(chorus_group_ops_completed(std::ptr::null(), &mut e), CHORUS_ERR_INVALID_ARGUMENT);
+        assert_eq!(chorus_group_deactivate_ranks(null_mut(), std::ptr::null(), 0), CHORUS_ERR_INVALID_ARGUMENT);
+        assert_eq!(chorus_group_activate_ranks(null_mut(), std::ptr::null(), 0), CHORUS_ERR_INVALID_ARGUMENT);
+        assert_eq!(chorus_work_failed_ranks(std::ptr::null(), null_mut(), 0, &mut n), CHORUS_ERR_INVALID_ARGUMENT);
+        assert_eq!(chorus_work_contributors(std::ptr::null(), null_mut(), 0, &mut n), CHORUS_ERR_INVALID_ARGUMENT);
+        assert_eq!(chorus_work_epoch(std::ptr::null(), &mut e), CHORUS_ERR_INVALID_ARGUMENT);
+        assert_eq!(chorus_group_join(std::ptr::null(), 0, 2, std::ptr::null(), 1000, null_mut()), CHORUS_ERR_INVALID_ARGUMENT);
+        assert_eq!(chorus_group_join_tcp(std::ptr::null(), 0, 2, std::ptr::null(), 1000, null_mut()), CHORUS_ERR_INVALID_ARGUMENT);
+    }
+    // Joining a group that never existed on this store: a clear error (a `get` of an absent key
+    // through the callbacks answers "absent").
+    let store = Arc::new(MemStore::new());
+    let cb = callbacks(&store);
+    let mut g: *mut chorus_group = null_mut();
+    // SAFETY: valid callbacks; writable out.
+    let rc = unsafe { chorus_group_join(&cb, 1, 2, std::ptr::null(), 2000, &mut g) };
+    assert_eq!(rc, CHORUS_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("no group named default ever had a rank 1"), "{}", last_error());
+    assert!(g.is_null());
+}

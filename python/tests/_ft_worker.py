@@ -1,0 +1,70 @@
+"""Fault-tolerance worker: loops dist.all_reduce on CPU tensors and prints, per collective, a digest of
+the result with its contributors, failed ranks and epoch (checked in-process against the sum over the
+contributors). The test kills one rank and starts a replacement (CHORUS_JOIN=1) for it.
+
+Env: RANK, WORLD_SIZE, CHORUS_TEST_STORE_PORT, CHORUS_JOIN (replacement), FT_AFTER (collectives to run
+after the group grew back, then stop: every member sees the growth at the same collective).
+"""
+import hashlib
+import os
+import sys
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+import chorus
+
+ELEMS = 1000
+
+
+def values(rank: int, it: int) -> torch.Tensor:
+    return (rank + 1) * 1_000_003 + it * 7919 + torch.arange(ELEMS, dtype=torch.float64)
+
+
+def main():
+    rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    after = int(os.environ.get("FT_AFTER", "30"))
+    joining = os.environ.get("CHORUS_JOIN") == "1"
+    store = dist.TCPStore("127.0.0.1", int(os.environ["CHORUS_TEST_STORE_PORT"]), n + 1, is_master=False, timeout=timedelta(seconds=60))
+    # join comes from CHORUS_JOIN=1 (honoured by the backend factory); the rest from pg_options.
+    dist.init_process_group("chorus", store=store, rank=rank, world_size=n, timeout=timedelta(seconds=30),
+                            pg_options=chorus.Options(failure_policy="shrink", heartbeat_ms=50, heartbeat_timeout_ms=1000))
+    print(f"start rank {rank} join {int(joining)} ops {chorus.get_ops_completed()} active {chorus.get_active_ranks()}", flush=True)
+    prev = None
+    stop_at = 1_000_000
+    deadline = time.time() + 90
+    it = chorus.get_ops_completed()  # a replacement resumes at the survivors' collective count
+    while it < stop_at:
+        if time.time() > deadline:
+            print("gave up: the group never grew back", flush=True)
+            sys.exit(4)
+        assert chorus.get_ops_completed() == it, (chorus.get_ops_completed(), it)
+        t = values(rank, it)
+        work = dist.all_reduce(t, async_op=True)
+        work.wait()
+        failed = chorus.get_failed_ranks(work)
+        contributors = chorus.get_contributors(work)
+        epoch = chorus.get_work_epoch(work)
+        want = sum(values(r, it) for r in contributors)
+        if not torch.equal(t, want):
+            print(f"iter {it}: wrong result over contributors {contributors}: {t[:4].tolist()} != {want[:4].tolist()}", flush=True)
+            sys.exit(3)
+        if rank not in contributors:
+            print(f"iter {it}: this rank is not among the contributors {contributors}", flush=True)
+            sys.exit(3)
+        digest = hashlib.sha1(t.numpy().tobytes()).hexdigest()[:16]
+        print(f"iter {it} digest {digest} contributors {contributors} failed {failed} epoch {epoch}", flush=True)
+        grew = (prev is not None and len(contributors) > len(prev)) or (prev is None and joining)
+        if grew and stop_at == 1_000_000:
+            stop_at = it + 1 + after
+        prev = contributors
+        it += 1
+        time.sleep(0.002)
+    print(f"done epoch {chorus.get_current_epoch()} active {chorus.get_active_ranks()}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Fault tolerance through torch.distributed: 4 ranks loop dist.all_reduce; the test kill -9s one rank
+mid-loop, the survivors keep going with identical results over the same contributors and report the
+same failed rank once; then a replacement process joins (CHORUS_JOIN=1) and the loop continues over all
+4 ranks. The TCPStore lives in this test process, so killing any rank (rank 0 included) keeps it up."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+import torch.distributed as dist
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "_ft_worker.py")
+N = 4
+
+
+def _lines(path):
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _iters(lines):
+    return [l for l in lines if l.startswith("iter ")]
+
+
+def _wait_for(cond, what, timeout, procs, logs):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        for r, p in procs.items():
+            if p.poll() not in (None, 0):
+                pytest.fail(f"rank {r} exited with {p.returncode} while waiting for {what}:\n" + "\n".join(_lines(logs[r])[-30:]))
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}:\n" + "\n".join(f"--- rank {r}\n" + "\n".join(_lines(l)[-10:]) for r, l in logs.items()))
+
+
+def _list_after(line, label):
+    m = re.search(re.escape(label) + r"\[([^\]]*)\]", line)
+    return [int(x) for x in m.group(1).split(",") if x.strip()] if m else None
+
+
+@pytest.mark.parametrize("victim", [0, 2])
+def test_kill_and_rejoin(victim, tmp_path):
+    t0 = time.time()
+    store = dist.TCPStore("127.0.0.1", 0, N + 2, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False)
+    base = dict(os.environ, WORLD_SIZE=str(N), MASTER_ADDR="127.0.0.1", CHORUS_TEST_STORE_PORT=str(store.port),
+                CHORUS_TIMEOUT_MS="30000", FT_AFTER="30", PYTHONUNBUFFERED="1")
+    base.pop("CHORUS_JOIN", None)
+    procs, logs, files = {}, {}, []
+
+    def spawn(rank, key, **extra):
+        logs[key] = tmp_path / f"{key}.log"
+        f = open(logs[key], "w")
+        files.append(f)
+        env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank), **extra)
+        procs[key] = subprocess.Popen([sys.executable, WORKER], env=env, stdout=f, stderr=subprocess.STDOUT)
+
+    try:
+        for r in range(N):
+            spawn(r, r)
+        # Every rank is inside the loop: kill the victim at a moment it does not choose.
+        _wait_for(lambda: all(len(_iters(_lines(logs[r]))) >= 20 for r in range(N)), "20 collectives on every rank", 40, procs, logs)
+        os.kill(procs[victim].pid, signal.SIGKILL)
+        procs[victim].wait()
+        dead = procs.pop(victim)
+        assert dead.returncode == -signal.SIGKILL
+        survivors = [r for r in range(N) if r != victim]
+        report = f"failed [{victim}]"
+        _wait_for(lambda: all(any(report in l for l in _lines(logs[r])) for r in survivors), "the survivors to report the failure", 20, procs, logs)
+        # The survivors keep going without the victim; now a replacement joins.
+        spawn(victim, "joiner", CHORUS_JOIN="1")
+        deadline = time.time() + 40
+        for key, p in procs.items():
+            try:
+                code = p.wait(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{key} hung:\n" + "\n".join(_lines(logs[key])[-20:]))
+            assert code == 0, f"{key} exited with {code}:\n" + "\n".join(_lines(logs[key])[-30:])
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in files:
+            f.close()
+
+    outs = {r: _lines(logs[r]) for r in survivors}
+    ref = _iters(outs[survivors[0]])
+    for r in survivors[1:]:
+        assert _iters(outs[r]) == ref, f"survivors {survivors[0]} and {r} disagree"
+        assert outs[r][-1] == outs[survivors[0]][-1]
+    # The victim is reported failed by exactly one collective, identically on every survivor ...
+    reports = [i for i, l in enumerate(ref) if _list_after(l, "failed ") == [victim]]
+    assert len(reports) == 1, f"expected one collective reporting rank {victim} failed:\n" + "\n".join(ref)
+    assert all(_list_after(l, "failed ") == [] for i, l in enumerate(ref) if i != reports[0])
+    # ... collectives before the kill ran over all ranks; from the report on, over the survivors
+    # until the replacement is in, then over all 4 again.
+    assert _list_after(ref[0], "contributors ") == list(range(N))
+    k = reports[0]
+    assert _list_after(ref[k], "contributors ") == survivors
+    back = next(i for i in range(k, len(ref)) if _list_after(ref[i], "contributors ") == list(range(N)))
+    assert all(_list_after(l, "contributors ") == survivors for l in ref[k:back])
+    assert all(_list_after(l, "contributors ") == list(range(N)) for l in ref[back:])
+    assert len(ref) - back == 31, "30 collectives after the one that grew the group back"
+    epochs = [int(l.rsplit(" ", 1)[1]) for l in ref]
+    assert epochs == sorted(epochs) and epochs[k] > epochs[0] and epochs[back] > epochs[k]
+    # The replacement's collectives are the survivors' last ones, line for line.
+    jout = _lines(logs["joiner"])
+    assert jout[0].startswith(f"start rank {victim} join 1"), jout[0]
+    jiters = _iters(jout)
+    assert jiters == ref[back:], "the replacement's results differ from the survivors'"
+    assert jout[-1] == outs[survivors[0]][-1] and _list_after(jout[-1], "active ") == list(range(N)), jout[-1]
+    print(f"victim {victim}: {len(ref)} collectives, failure reported at {k}, rejoined at {back}, {time.time() - t0:.1f}s")
+
+
+def _run_policy(mode, tmp_path):
+    n = 3
+    store = dist.TCPStore("127.0.0.1", 0, n + 1, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False)
+    procs = []
+    for r in range(n):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", CHORUS_TEST_STORE_PORT=str(store.port),
+                   FT_MODE=mode, CHORUS_TIMEOUT_MS="20000")
+        env.pop("CHORUS_JOIN", None)
+        log = tmp_path / f"{mode}{r}.log"
+        procs.append((subprocess.Popen([sys.executable, os.path.join(HERE, "_ft_policy_worker.py")], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), log))
+    out = {}
+    for r, (p, log) in enumerate(procs):
+        try:
+            code = p.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            for q, _ in procs:
+                q.kill()
+            pytest.fail(f"rank {r} hung:\n{log.read_text()[-2000:]}")
+        assert code == 0, f"rank {r} exited with {code}:\n{log.read_text()[-3000:]}"
+        import json
+        out[r] = [json.loads(l) for l in log.read_text().splitlines() if l.startswith("{")]
+    return out
+
+
+def test_abort_policy(tmp_path):
+    out = _run_policy("abort", tmp_path)
+    assert out[0] == out[1]
+    recs = out[0]
+    assert [r["contributors"] for r in recs[:5]] == [[0, 1, 2]] * 5 and all(r["sum"] == 6 for r in recs[:5])
+    # The collective rank 2 vanished from fails on both survivors alike (policy `abort`) ...
+    assert "error" in recs[5] and "failure policy `abort`" in recs[5]["error"] and recs[5]["active"] == [0, 1], recs[5]
+    # ... and later ones run over the survivors.
+    assert all(r["contributors"] == [0, 1] and r["sum"] == 3 and r["failed"] == [] for r in recs[6:]), recs[6:]
+
+
+def test_deactivate_ranks(tmp_path):
+    out = _run_policy("deact", tmp_path)
+    assert out[0] == out[1]
+    recs = out[0]
+    assert all(r["contributors"] == [0, 1, 2] and r["sum"] == 6 for r in recs[:5])
+    assert all(r["contributors"] == [0, 1] and r["sum"] == 3 and r["epoch"] == recs[5]["epoch"] > recs[0]["epoch"] for r in recs[5:]), recs[5:]
+    assert "error" in out[2][-1] and out[2][-1]["iter"] == 5, out[2]
