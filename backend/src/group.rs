@@ -528,7 +528,10 @@ impl GroupInner {
         if let Some(h) = self.p2p_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = h.join();
         }
-        if notify_peers {
+        // Without fault tolerance a departing rank takes the group down with it, so peers get an
+        // error at once instead of waiting for their deadline. With it, the others treat the
+        // departure like any failure (and a removed rank leaving concerns nobody).
+        if notify_peers && !self.opts.fault_tolerance {
             for l in self.links().iter().flatten() {
                 l.send_abort(self.rank, ABORT_DESTROYED);
             }

@@ -269,7 +269,13 @@ impl ProcessGroup {
                     done.set_info(info);
                     done.complete(Ok(finish(state)));
                 }
-                Err(e) => done.complete(Err(e)),
+                Err(e) => {
+                    // Errors that end a collective alike on every survivor still say who failed.
+                    if let ChorusError::FailedByPolicy { failed, epoch, .. } | ChorusError::NotRecoverable { failed, epoch, .. } = &e {
+                        done.set_info(OpInfo { epoch: *epoch, failed: failed.clone(), contributors: Vec::new() });
+                    }
+                    done.complete(Err(e))
+                }
             }
         });
         if let Err(e) = self.inner.worker.submit(job) {
