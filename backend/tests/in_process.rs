@@ -140,3 +140,50 @@ fn float_sums_are_bitwise_identical_on_every_rank() {
     });
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }
+
+#[test]
+fn a_live_excluded_rank_rejoins_in_place() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let rejoined = Arc::new(AtomicBool::new(false));
+    let opts = |r: usize| Options::default().with_timeout(Duration::from_secs(20)).with_name("excluded").with_host_id(same_host(r));
+    let hs: Vec<_> = (0..3)
+        .map(|r| {
+            let (store, rejoined, o) = (store.clone(), rejoined.clone(), opts(r));
+            std::thread::spawn(move || -> chorus_backend::Result<()> {
+                let mut pg = ProcessGroup::new(store.clone(), r, 3, o.clone())?;
+                if r == 0 {
+                    // A partition-like exclusion of a rank that is alive.
+                    pg.deactivate_ranks(&[2])?;
+                }
+                let mut after_rejoin = 0;
+                loop {
+                    let mut v = vec![1i64 + r as i64; 64];
+                    match pg.all_reduce(&mut v, ReduceOp::Sum) {
+                        Ok(()) => {
+                            let info = pg.last_op_info();
+                            let want: i64 = info.contributors.iter().map(|&c| 1 + c as i64).sum();
+                            assert!(v.iter().all(|&x| x == want), "rank {r}: {v:?} over {:?}", info.contributors);
+                            if info.contributors.len() == 3 && rejoined.load(Ordering::SeqCst) {
+                                after_rejoin += 1;
+                                if after_rejoin == 50 {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        Err(ChorusError::Excluded { .. }) if r == 2 => {
+                            // Still alive: leave and come back in place as a replacement.
+                            drop(pg);
+                            pg = ProcessGroup::join(store.clone(), 2, 3, o.clone())?;
+                            rejoined.store(true, Ordering::SeqCst);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    for (r, h) in hs.into_iter().enumerate() {
+        h.join().expect("rank thread").unwrap_or_else(|e| panic!("rank {r}: {e}"));
+    }
+}

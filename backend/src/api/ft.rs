@@ -55,6 +55,7 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
         let t = topo(g, view.members());
         set_progress(g, Some((ctx.op_seq, false)), None);
         comm.inputs_intact = true;
+        comm.members = t.members.clone();
         let result = attempt(comm, &ctx, &t, tries);
         g.progress.lock().unwrap_or_else(|p| p.into_inner()).can_rerun = comm.inputs_intact;
         tries += 1;

@@ -50,6 +50,8 @@ pub struct Comm {
     pub scratch: Vec<u8>,
     /// Reused full-size scratch for operations that need one (non-root reduce).
     pub big_scratch: Vec<u8>,
+    /// Active members of the view the current operation runs under (ascending).
+    pub members: Vec<usize>,
     /// The saved input of an in-place reduction, for a re-run after a failure (reused).
     pub backup: Vec<u8>,
     /// Whether the current collective could be re-run from this rank's inputs (false once an
@@ -83,7 +85,7 @@ impl Comm {
         rounds_applied: Arc<AtomicU64>,
     ) -> Comm {
         let tasks = (0..n).map(|_| PeerTask::Skipped(SkipReason::NotInPlan)).collect();
-        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true }
+        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true, members: (0..n).collect() }
     }
 
     /// The highest recovery round any peer asked for, and who asked.

@@ -58,7 +58,7 @@ fn reduction(r: Option<Reduction>) -> Reduction {
 /// Runs `plan`; `totals` optionally gives, per peer, the message size this rank sends/expects
 /// (all-to-all with uneven splits), checked against the sender's header.
 pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: Option<Reduction>, totals: Option<(&[u64], &[u64])>) -> Result<()> {
-    let tasks = super::tasks::tasks_for(plan, comm.n, comm.me, ctx.op_seq);
+    let tasks = super::tasks::tasks_for(plan, comm.n, comm.me, ctx.op_seq, &comm.members);
     tracing::debug!(op = ctx.name, seq = ctx.op_seq, ?tasks, steps = plan.steps.len(), "running plan");
     comm.tasks = tasks;
     let send_total = |to: usize| totals.map(|t| t.0[to]).unwrap_or(0);
