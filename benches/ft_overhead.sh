@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Failure-free cost of fault tolerance: the same all_reduce/broadcast sweep with CHORUS_FT=1
-# (commit barrier + saved inputs + heartbeats) and CHORUS_FT=0, side by side, best of 3 runs each.
+# (commit barrier + saved inputs + heartbeats) and CHORUS_FT=0, alternating, best of RUNS (5) each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NP=${NP:-2}
 BENCH=target/release/chorus-bench
 [ -x "$BENCH" ] || cargo build --release --workspace --bins
+RUNS=${RUNS:-5}
+rm -f /tmp/ft_overhead_*.json
+# On and off alternate, so background noise hits both alike; each side keeps its best per size.
 for op in all_reduce broadcast; do
-  for ft in 1 0; do
-    for run in 1 2 3; do
+  for run in $(seq "$RUNS"); do
+    for ft in 1 0; do
       CHORUS_FT=$ft "$BENCH" "$op" --nprocs "$NP" -b 1K -e 64M -f 4 -n 20 -w 5 --json "/tmp/ft_overhead_${op}_${ft}_${run}.json" >/dev/null
     done
   done
