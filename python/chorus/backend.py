@@ -4,7 +4,9 @@ from __future__ import annotations
 import ctypes
 import os
 import queue
+import atexit
 import threading
+import weakref
 from datetime import timedelta
 from typing import Callable, Sequence
 
@@ -216,6 +218,23 @@ def _completer_loop(q: "queue.Queue[ChorusWork]"):
             pass
 
 
+# Groups still alive when the interpreter exits are torn down first (from an atexit handler, which
+# runs before finalization): the library's background threads call back into the Python store and
+# must be stopped while Python and torch's store objects still exist.
+_LIVE_GROUPS: "weakref.WeakSet[ProcessGroupChorus]" = weakref.WeakSet()
+
+
+def _destroy_live_groups() -> None:
+    for pg in list(_LIVE_GROUPS):
+        try:
+            pg.abort()
+        except BaseException:
+            pass
+
+
+atexit.register(_destroy_live_groups)
+
+
 class ProcessGroupChorus(dist.ProcessGroup):
     """A torch ProcessGroup whose collectives run in the chorus library."""
 
@@ -238,6 +257,7 @@ class ProcessGroupChorus(dist.ProcessGroup):
             check(create(ctypes.byref(cb), rank, size, name.encode(), ms, ctypes.byref(out)))
         self._g = out
         self._joined = join
+        _LIVE_GROUPS.add(self)
 
     # ---------------------------------------------------------------- identity
     def getBackendName(self) -> str:
