@@ -80,21 +80,27 @@ impl Drop for Namespaces {
     }
 }
 
-#[test]
-fn four_ranks_across_two_network_namespaces() {
+/// The two namespaces, or `None` (with a visible SKIPPED line) where `ip` is missing or we are
+/// not root; as root, failing to create them fails the test.
+fn namespaces_or_skip() -> Option<Namespaces> {
     if Command::new("ip").arg("-V").output().is_err() {
         eprintln!("SKIPPED: iproute2 (`ip`) is not installed");
-        return;
+        return None;
     }
     remove_leftovers();
-    let ns = match Namespaces::create() {
-        Ok(ns) => ns,
+    match Namespaces::create() {
+        Ok(ns) => Some(ns),
         Err(e) if !is_root() => {
             eprintln!("SKIPPED: cannot create network namespaces ({e}); this test needs root");
-            return;
+            None
         }
         Err(e) => panic!("creating network namespaces failed as root: {e}"),
-    };
+    }
+}
+
+#[test]
+fn four_ranks_across_two_network_namespaces() {
+    let Some(ns) = namespaces_or_skip() else { return };
     let env = |_r: usize| {
         vec![
             ("MASTER_ADDR".to_string(), "10.77.0.1".to_string()),
@@ -119,19 +125,7 @@ fn four_ranks_across_two_network_namespaces() {
 /// view of its own.
 #[test]
 fn partition_between_namespaces_keeps_the_store_side_going() {
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: iproute2 (`ip`) is not installed");
-        return;
-    }
-    remove_leftovers();
-    let ns = match Namespaces::create() {
-        Ok(ns) => ns,
-        Err(e) if !is_root() => {
-            eprintln!("SKIPPED: cannot create network namespaces ({e}); this test needs root");
-            return;
-        }
-        Err(e) => panic!("creating network namespaces failed as root: {e}"),
-    };
+    let Some(ns) = namespaces_or_skip() else { return };
     let worker = env!("CARGO_BIN_EXE_chorus-ft-worker");
     let spawn = |r: usize| {
         let n = if r < 2 { &ns.a } else { &ns.b };

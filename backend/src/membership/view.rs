@@ -68,24 +68,7 @@ impl ViewStore {
     /// Applies `change` to the current view until a compare-and-set succeeds; a change that
     /// leaves the active set as it is makes no new epoch. Returns the view now in force.
     pub fn transition(&self, change: impl Fn(&mut Vec<bool>)) -> Result<View> {
-        loop {
-            let raw = self.store.get(&self.key)?;
-            let current = match &raw {
-                Some(b) => View::decode(b)?,
-                None => View::full(self.n),
-            };
-            let mut active = current.active.clone();
-            change(&mut active);
-            if active == current.active {
-                return Ok(current);
-            }
-            let next = View { epoch: current.epoch + 1, active };
-            let (swapped, _) = self.store.compare_set(&self.key, raw.as_deref(), &next.encode())?;
-            if swapped {
-                tracing::info!(epoch = next.epoch, members = ?next.members(), "membership view changed");
-                return Ok(next);
-            }
-        }
+        self.transition_if(change, |_current| false)
     }
 
     /// Like [`ViewStore::transition`], but always makes a new epoch (above `after`) — a recovery
@@ -93,6 +76,12 @@ impl ViewStore {
     /// recognisable by their older epoch. If the view already moved past `after`, the change is
     /// applied to that newer view only if it still alters it.
     pub fn transition_bumping(&self, after: u64, change: impl Fn(&mut Vec<bool>)) -> Result<View> {
+        self.transition_if(change, |current| current.epoch <= after)
+    }
+
+    /// The compare-and-set loop: a new epoch is written when `change` alters the active set or
+    /// `force(current)` asks for one.
+    fn transition_if(&self, change: impl Fn(&mut Vec<bool>), force: impl Fn(&View) -> bool) -> Result<View> {
         loop {
             let raw = self.store.get(&self.key)?;
             let current = match &raw {
@@ -101,7 +90,7 @@ impl ViewStore {
             };
             let mut active = current.active.clone();
             change(&mut active);
-            if current.epoch > after && active == current.active {
+            if active == current.active && !force(&current) {
                 return Ok(current);
             }
             let next = View { epoch: current.epoch + 1, active };
