@@ -17,8 +17,9 @@ pub struct RawBuf {
 unsafe impl Send for RawBuf {}
 
 impl RawBuf {
-    /// Wraps `len` bytes at `ptr`. A null pointer is only accepted for an empty buffer.
-    pub fn new(ptr: *const u8, len: usize, what: &str) -> FfiResult<RawBuf> {
+    /// Wraps `len` bytes at `ptr`. A null pointer is only accepted for an empty buffer; `what`
+    /// names the argument in error messages.
+    pub fn new(ptr: *const u8, len: usize, what: impl std::fmt::Display) -> FfiResult<RawBuf> {
         if ptr.is_null() && len != 0 {
             return Err(FfiError::invalid(format!("{what} is a null pointer but must hold {len} bytes")));
         }

@@ -97,158 +97,49 @@ const POSTAMBLE: &str = r#"
 #endif /* CHORUS_H */
 "#;
 
-const STREAM: &str = "int32_t device";
+/// A collective's declaration: it returns a status and takes the group first and
+/// `(device, stream, work)` last, around its own `args`.
+macro_rules! collective {
+    ($name:literal, [$($arg:literal),+ $(,)?], $doc:literal) => {
+        Func { doc: $doc, ret: "int32_t", name: $name, args: &["chorus_group_t *group", $($arg,)+ "int32_t device", "void *stream", "chorus_work_t **work"] }
+    };
+}
 
 /// Every exported function, in header order.
 pub const FUNCS: &[Func] = &[
     Func { doc: "ABI version of the loaded library; compare with CHORUS_ABI_VERSION.", ret: "uint32_t", name: "chorus_abi_version", args: &[] },
     Func { doc: "The calling thread's last error message (\"\" if none); valid until the thread's next failing call.", ret: "const char *", name: "chorus_last_error", args: &[] },
     Func { doc: "Replaces the contents of `buf` (only inside a store callback that received it).", ret: "int32_t", name: "chorus_buf_write", args: &["chorus_buf_t *buf", "const uint8_t *data", "size_t len"] },
-    Func {
-        doc: "Creates a top-level group of `size` ranks over a caller-implemented store. Every rank calls it with the\n   same store contents; `name` (NULL = \"default\") keeps groups on one store apart; timeout_ms <= 0 uses\n   CHORUS_TIMEOUT_MS or 300 s.",
-        ret: "int32_t",
-        name: "chorus_group_create",
-        args: &["const chorus_store_callbacks_t *store", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"],
-    },
-    Func {
-        doc: "Creates a top-level group over a chorus TCP store at `addr` (\"host:port\"); with host_store != 0 this\n   rank first starts the store server on `addr` (an \"ip:port\").",
-        ret: "int32_t",
-        name: "chorus_group_create_tcp",
-        args: &["const char *addr", "int32_t host_store", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"],
-    },
+    Func { doc: "Creates a top-level group of `size` ranks over a caller-implemented store. Every rank calls it with the\n   same store contents; `name` (NULL = \"default\") keeps groups on one store apart; timeout_ms <= 0 uses\n   CHORUS_TIMEOUT_MS or 300 s.", ret: "int32_t", name: "chorus_group_create", args: &["const chorus_store_callbacks_t *store", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"] },
+    Func { doc: "Creates a top-level group over a chorus TCP store at `addr` (\"host:port\"); with host_store != 0 this\n   rank first starts the store server on `addr` (an \"ip:port\").", ret: "int32_t", name: "chorus_group_create_tcp", args: &["const char *addr", "int32_t host_store", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"] },
     Func { doc: "Creates the default group from torchrun/SLURM/chorus-run environment variables.", ret: "int32_t", name: "chorus_group_create_env", args: &["const char *name", "int64_t timeout_ms", "chorus_group_t **out"] },
-    Func {
-        doc: "Starts a replacement for `rank` of a running top-level group (same store, `size` and `name` as at\n   creation; the old process is gone). Blocks until the survivors removed the old process and admitted\n   this one with a new view; they do so between collectives, so they must keep issuing them. Only the\n   links that involve this rank are created. (chorus_group_create_env does this when CHORUS_JOIN=1.)",
-        ret: "int32_t",
-        name: "chorus_group_join",
-        args: &["const chorus_store_callbacks_t *store", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"],
-    },
-    Func {
-        doc: "Like chorus_group_join over a chorus TCP store at `addr` (\"host:port\"), hosted outside the workers.",
-        ret: "int32_t",
-        name: "chorus_group_join_tcp",
-        args: &["const char *addr", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"],
-    },
-    Func {
-        doc: "A subgroup of `ranks` (ranks of `group`); every rank of `group` calls it in the same order. Non-members\n   get *out = NULL.",
-        ret: "int32_t",
-        name: "chorus_group_new_subgroup",
-        args: &["chorus_group_t *group", "const int32_t *ranks", "size_t nranks", "chorus_group_t **out"],
-    },
+    Func { doc: "Starts a replacement for `rank` of a running top-level group (same store, `size` and `name` as at\n   creation; the old process is gone). Blocks until the survivors removed the old process and admitted\n   this one with a new view; they do so between collectives, so they must keep issuing them. Only the\n   links that involve this rank are created. (chorus_group_create_env does this when CHORUS_JOIN=1.)", ret: "int32_t", name: "chorus_group_join", args: &["const chorus_store_callbacks_t *store", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"] },
+    Func { doc: "Like chorus_group_join over a chorus TCP store at `addr` (\"host:port\"), hosted outside the workers.", ret: "int32_t", name: "chorus_group_join_tcp", args: &["const char *addr", "int32_t rank", "int32_t size", "const char *name", "int64_t timeout_ms", "chorus_group_t **out"] },
+    Func { doc: "A subgroup of `ranks` (ranks of `group`); every rank of `group` calls it in the same order. Non-members\n   get *out = NULL.", ret: "int32_t", name: "chorus_group_new_subgroup", args: &["chorus_group_t *group", "const int32_t *ranks", "size_t nranks", "chorus_group_t **out"] },
     Func { doc: "This rank's index in the group (-1 for NULL).", ret: "int32_t", name: "chorus_group_rank", args: &["const chorus_group_t *group"] },
     Func { doc: "The group's number of ranks (-1 for NULL).", ret: "int32_t", name: "chorus_group_size", args: &["const chorus_group_t *group"] },
-    Func {
-        doc: "Fault tolerance. Rank arrays are written into `out` (`cap` entries, may be NULL with cap 0) with `*n`\n   set to the full count; CHORUS_ERR_INVALID_ARGUMENT (with `*n` set) when `cap` is too small.\n   The active ranks of the group's current membership view, ascending.",
-        ret: "int32_t",
-        name: "chorus_group_active_ranks",
-        args: &["const chorus_group_t *group", "int32_t *out", "size_t cap", "size_t *n"],
-    },
+    Func { doc: "Fault tolerance. Rank arrays are written into `out` (`cap` entries, may be NULL with cap 0) with `*n`\n   set to the full count; CHORUS_ERR_INVALID_ARGUMENT (with `*n` set) when `cap` is too small.\n   The active ranks of the group's current membership view, ascending.", ret: "int32_t", name: "chorus_group_active_ranks", args: &["const chorus_group_t *group", "int32_t *out", "size_t cap", "size_t *n"] },
     Func { doc: "The epoch of the group's current membership view (raised by every change).", ret: "int32_t", name: "chorus_group_epoch", args: &["const chorus_group_t *group", "uint64_t *out"] },
-    Func {
-        doc: "Collectives this rank has issued in the group; a replacement starts at the survivors' count, so an\n   application can resume its loop from it.",
-        ret: "int32_t",
-        name: "chorus_group_ops_completed",
-        args: &["const chorus_group_t *group", "uint64_t *out"],
-    },
-    Func {
-        doc: "Removes `ranks` from the view; every rank adopts the change at its next collective.",
-        ret: "int32_t",
-        name: "chorus_group_deactivate_ranks",
-        args: &["chorus_group_t *group", "const int32_t *ranks", "size_t nranks"],
-    },
-    Func {
-        doc: "Puts `ranks` (alive and linked) back into the view, adopted at the next collective.",
-        ret: "int32_t",
-        name: "chorus_group_activate_ranks",
-        args: &["chorus_group_t *group", "const int32_t *ranks", "size_t nranks"],
-    },
+    Func { doc: "Collectives this rank has issued in the group; a replacement starts at the survivors' count, so an\n   application can resume its loop from it.", ret: "int32_t", name: "chorus_group_ops_completed", args: &["const chorus_group_t *group", "uint64_t *out"] },
+    Func { doc: "Removes `ranks` from the view; every rank adopts the change at its next collective.", ret: "int32_t", name: "chorus_group_deactivate_ranks", args: &["chorus_group_t *group", "const int32_t *ranks", "size_t nranks"] },
+    Func { doc: "Puts `ranks` (alive and linked) back into the view, adopted at the next collective.", ret: "int32_t", name: "chorus_group_activate_ranks", args: &["chorus_group_t *group", "const int32_t *ranks", "size_t nranks"] },
     Func { doc: "Destroys the group and frees the handle; peers inside an operation with this rank get an error.", ret: "int32_t", name: "chorus_group_destroy", args: &["chorus_group_t *group"] },
-    Func {
-        doc: "In-place all-reduce of `count` elements.",
-        ret: "int32_t",
-        name: "chorus_all_reduce",
-        args: &["chorus_group_t *group", "void *buf", "uint64_t count", "int32_t dtype", "int32_t op", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "In-place broadcast of `count` elements from `root`.",
-        ret: "int32_t",
-        name: "chorus_broadcast",
-        args: &["chorus_group_t *group", "void *buf", "uint64_t count", "int32_t dtype", "int32_t root", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "In-place reduce to `root`; other ranks' `buf` is left unchanged.",
-        ret: "int32_t",
-        name: "chorus_reduce",
-        args: &["chorus_group_t *group", "void *buf", "uint64_t count", "int32_t dtype", "int32_t op", "int32_t root", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "All-gather: `sendcount` elements of every rank land in `recvbuf` (size * sendcount, rank order).\n   `sendbuf` may alias a block of `recvbuf` (it is copied first).",
-        ret: "int32_t",
-        name: "chorus_all_gather",
-        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t sendcount", "int32_t dtype", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "Reduce-scatter: `sendbuf` holds size * recvcount elements; rank r receives the reduction of block r.\n   The buffers may overlap (the input is copied first).",
-        ret: "int32_t",
-        name: "chorus_reduce_scatter",
-        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t recvcount", "int32_t dtype", "int32_t op", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "All-to-all with equal blocks of `count` elements: block p of `sendbuf` goes to rank p, block p of\n   `recvbuf` comes from rank p.",
-        ret: "int32_t",
-        name: "chorus_all_to_all",
-        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "All-to-all with per-rank counts (one entry per rank, read during the call): send_counts[p] consecutive\n   elements of `sendbuf` go to rank p; recv_counts[p] elements from rank p land consecutively in `recvbuf`.",
-        ret: "int32_t",
-        name: "chorus_all_to_all_v",
-        args: &["chorus_group_t *group", "const void *sendbuf", "const uint64_t *send_counts", "void *recvbuf", "const uint64_t *recv_counts", "int32_t dtype", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "Gather of `count` elements per rank into `root`'s `recvbuf` (size * count); `recvbuf` is ignored\n   (may be NULL) elsewhere.",
-        ret: "int32_t",
-        name: "chorus_gather",
-        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", "int32_t root", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "Scatter of `root`'s `sendbuf` (size * count): rank r receives block r; `sendbuf` is ignored (may be\n   NULL) elsewhere.",
-        ret: "int32_t",
-        name: "chorus_scatter",
-        args: &["chorus_group_t *group", "const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", "int32_t root", STREAM, "void *stream", "chorus_work_t **work"],
-    },
+    collective!("chorus_all_reduce", ["void *buf", "uint64_t count", "int32_t dtype", "int32_t op"], "In-place all-reduce of `count` elements."),
+    collective!("chorus_broadcast", ["void *buf", "uint64_t count", "int32_t dtype", "int32_t root"], "In-place broadcast of `count` elements from `root`."),
+    collective!("chorus_reduce", ["void *buf", "uint64_t count", "int32_t dtype", "int32_t op", "int32_t root"], "In-place reduce to `root`; other ranks' `buf` is left unchanged."),
+    collective!("chorus_all_gather", ["const void *sendbuf", "void *recvbuf", "uint64_t sendcount", "int32_t dtype"], "All-gather: `sendcount` elements of every rank land in `recvbuf` (size * sendcount, rank order).\n   `sendbuf` may alias a block of `recvbuf` (it is copied first)."),
+    collective!("chorus_reduce_scatter", ["const void *sendbuf", "void *recvbuf", "uint64_t recvcount", "int32_t dtype", "int32_t op"], "Reduce-scatter: `sendbuf` holds size * recvcount elements; rank r receives the reduction of block r.\n   The buffers may overlap (the input is copied first)."),
+    collective!("chorus_all_to_all", ["const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype"], "All-to-all with equal blocks of `count` elements: block p of `sendbuf` goes to rank p, block p of\n   `recvbuf` comes from rank p."),
+    collective!("chorus_all_to_all_v", ["const void *sendbuf", "const uint64_t *send_counts", "void *recvbuf", "const uint64_t *recv_counts", "int32_t dtype"], "All-to-all with per-rank counts (one entry per rank, read during the call): send_counts[p] consecutive\n   elements of `sendbuf` go to rank p; recv_counts[p] elements from rank p land consecutively in `recvbuf`."),
+    collective!("chorus_gather", ["const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", "int32_t root"], "Gather of `count` elements per rank into `root`'s `recvbuf` (size * count); `recvbuf` is ignored\n   (may be NULL) elsewhere."),
+    collective!("chorus_scatter", ["const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", "int32_t root"], "Scatter of `root`'s `sendbuf` (size * count): rank r receives block r; `sendbuf` is ignored (may be\n   NULL) elsewhere."),
     Func { doc: "Barrier: completes once every rank entered it.", ret: "int32_t", name: "chorus_barrier", args: &["chorus_group_t *group", "chorus_work_t **work"] },
-    Func {
-        doc: "Sends `count` elements to `peer`; messages of one pair and tag arrive in order.",
-        ret: "int32_t",
-        name: "chorus_send",
-        args: &["chorus_group_t *group", "const void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "Receives exactly `count` elements from `peer` with `tag`.",
-        ret: "int32_t",
-        name: "chorus_recv",
-        args: &["chorus_group_t *group", "void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag", STREAM, "void *stream", "chorus_work_t **work"],
-    },
-    Func {
-        doc: "Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).\n   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out.",
-        ret: "int32_t",
-        name: "chorus_work_wait",
-        args: &["chorus_work_t *work", "int64_t timeout_ms"],
-    },
+    collective!("chorus_send", ["const void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag"], "Sends `count` elements to `peer`; messages of one pair and tag arrive in order."),
+    collective!("chorus_recv", ["void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag"], "Receives exactly `count` elements from `peer` with `tag`."),
+    Func { doc: "Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).\n   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out.", ret: "int32_t", name: "chorus_work_wait", args: &["chorus_work_t *work", "int64_t timeout_ms"] },
     Func { doc: "1 if the operation finished (successfully or not), 0 if not, negative for NULL.", ret: "int32_t", name: "chorus_work_is_completed", args: &["const chorus_work_t *work"] },
-    Func {
-        doc: "Ranks that failed during the completed operation (every survivor reports the same ones at the same\n   collective); arrays as for chorus_group_active_ranks. CHORUS_ERR_INVALID_ARGUMENT before completion.",
-        ret: "int32_t",
-        name: "chorus_work_failed_ranks",
-        args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"],
-    },
-    Func {
-        doc: "The ranks whose data the completed operation's result contains.",
-        ret: "int32_t",
-        name: "chorus_work_contributors",
-        args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"],
-    },
+    Func { doc: "Ranks that failed during the completed operation (every survivor reports the same ones at the same\n   collective); arrays as for chorus_group_active_ranks. CHORUS_ERR_INVALID_ARGUMENT before completion.", ret: "int32_t", name: "chorus_work_failed_ranks", args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"] },
+    Func { doc: "The ranks whose data the completed operation's result contains.", ret: "int32_t", name: "chorus_work_contributors", args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"] },
     Func { doc: "The membership epoch the completed operation ran under.", ret: "int32_t", name: "chorus_work_epoch", args: &["const chorus_work_t *work", "uint64_t *out"] },
     Func { doc: "Frees a work handle (a running operation's memory must still stay valid until it completes).", ret: "void", name: "chorus_work_free", args: &["chorus_work_t *work"] },
 ];

@@ -16,7 +16,7 @@ pub mod work;
 
 use buffer::{byte_len, input_for, RawBuf};
 use chorus_backend::{DType, OpBuffer, Options, ProcessGroup, ReduceOp};
-use chorus_bootstrap::{StoreClient, StoreServer};
+use chorus_bootstrap::{Store, StoreClient, StoreServer};
 use error::{guard, guard_value, last_error_ptr, FfiError, FfiResult};
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::Arc;
@@ -157,6 +157,65 @@ pub unsafe extern "C" fn chorus_buf_write(buf: *mut chorus_buf, data: *const u8,
 
 // ------------------------------------------------------------------ groups
 
+/// `ProcessGroup::new` or `ProcessGroup::join`.
+type Rendezvous = fn(Arc<dyn Store>, usize, usize, Options) -> chorus_backend::Result<ProcessGroup>;
+
+/// `chorus_group_create` and `chorus_group_join` (`func` names the entry point in messages).
+#[allow(clippy::too_many_arguments)]
+fn callback_group(
+    func: &str,
+    store: *const chorus_store_callbacks,
+    rank: i32,
+    size: i32,
+    name: *const c_char,
+    timeout_ms: i64,
+    out: *mut *mut chorus_group,
+    rendezvous: Rendezvous,
+) -> i32 {
+    guard(|| {
+        // SAFETY: per the entry point's contract `store` is NULL or a valid struct.
+        let cb = *unsafe { store.as_ref() }.ok_or_else(|| FfiError::invalid(format!("{func}: the store callbacks are NULL")))?;
+        let st = Arc::new(CallbackStore::new(cb));
+        check_out(out, "out")?;
+        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
+        let pg = rendezvous(st, rank, size, options(name, timeout_ms)?)?;
+        put_out(out, chorus_group { pg, _server: None });
+        Ok(())
+    })
+}
+
+/// `chorus_group_create_tcp` and `chorus_group_join_tcp`; with `host_store` this rank first
+/// starts the store server on `addr`.
+#[allow(clippy::too_many_arguments)]
+fn tcp_group(
+    func: &str,
+    addr: *const c_char,
+    host_store: bool,
+    rank: i32,
+    size: i32,
+    name: *const c_char,
+    timeout_ms: i64,
+    out: *mut *mut chorus_group,
+    rendezvous: Rendezvous,
+) -> i32 {
+    guard(|| {
+        check_out(out, "out")?;
+        let addr = opt_str(addr, "addr")?.ok_or_else(|| FfiError::invalid(format!("{func}: addr is NULL")))?;
+        let opts = options(name, timeout_ms)?;
+        let server = if host_store {
+            let sa = addr.parse().map_err(|e| FfiError::invalid(format!("store address {addr:?} is not an ip:port ({e})")))?;
+            Some(Arc::new(StoreServer::bind(sa).map_err(chorus_backend::ChorusError::from)?))
+        } else {
+            None
+        };
+        let client = StoreClient::connect(addr, opts.timeout).map_err(chorus_backend::ChorusError::from)?;
+        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
+        let pg = rendezvous(Arc::new(client), rank, size, opts)?;
+        put_out(out, chorus_group { pg, _server: server });
+        Ok(())
+    })
+}
+
 /// Creates a top-level group over a store implemented by callbacks.
 ///
 /// # Safety
@@ -171,16 +230,7 @@ pub unsafe extern "C" fn chorus_group_create(
     timeout_ms: i64,
     out: *mut *mut chorus_group,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: per this function's contract `store` is NULL or a valid struct.
-        let cb = *unsafe { store.as_ref() }.ok_or_else(|| FfiError::invalid("chorus_group_create: the store callbacks are NULL"))?;
-        let st = Arc::new(CallbackStore::new(cb));
-        check_out(out, "out")?;
-        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
-        let pg = ProcessGroup::new(st, rank, size, options(name, timeout_ms)?)?;
-        put_out(out, chorus_group { pg, _server: None });
-        Ok(())
-    })
+    callback_group("chorus_group_create", store, rank, size, name, timeout_ms, out, ProcessGroup::new)
 }
 
 /// Creates a top-level group over a chorus TCP store at `addr` ("host:port"). With
@@ -198,22 +248,7 @@ pub unsafe extern "C" fn chorus_group_create_tcp(
     timeout_ms: i64,
     out: *mut *mut chorus_group,
 ) -> i32 {
-    guard(|| {
-        check_out(out, "out")?;
-        let addr = opt_str(addr, "addr")?.ok_or_else(|| FfiError::invalid("chorus_group_create_tcp: addr is NULL"))?;
-        let opts = options(name, timeout_ms)?;
-        let server = if host_store != 0 {
-            let sa = addr.parse().map_err(|e| FfiError::invalid(format!("store address {addr:?} is not an ip:port ({e})")))?;
-            Some(Arc::new(StoreServer::bind(sa).map_err(chorus_backend::ChorusError::from)?))
-        } else {
-            None
-        };
-        let client = StoreClient::connect(addr, opts.timeout).map_err(chorus_backend::ChorusError::from)?;
-        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
-        let pg = ProcessGroup::new(Arc::new(client), rank, size, opts)?;
-        put_out(out, chorus_group { pg, _server: server });
-        Ok(())
-    })
+    tcp_group("chorus_group_create_tcp", addr, host_store != 0, rank, size, name, timeout_ms, out, ProcessGroup::new)
 }
 
 /// Creates the default group from torchrun/SLURM/chorus-run environment variables.
@@ -246,16 +281,7 @@ pub unsafe extern "C" fn chorus_group_join(
     timeout_ms: i64,
     out: *mut *mut chorus_group,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: per this function's contract `store` is NULL or a valid struct.
-        let cb = *unsafe { store.as_ref() }.ok_or_else(|| FfiError::invalid("chorus_group_join: the store callbacks are NULL"))?;
-        let st = Arc::new(CallbackStore::new(cb));
-        check_out(out, "out")?;
-        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
-        let pg = ProcessGroup::join(st, rank, size, options(name, timeout_ms)?)?;
-        put_out(out, chorus_group { pg, _server: None });
-        Ok(())
-    })
+    callback_group("chorus_group_join", store, rank, size, name, timeout_ms, out, ProcessGroup::join)
 }
 
 /// Like `chorus_group_join` over a chorus TCP store at `addr` ("host:port"), which must outlive
@@ -265,16 +291,7 @@ pub unsafe extern "C" fn chorus_group_join(
 /// `addr` is a NUL-terminated string; `name` is NULL or one; `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn chorus_group_join_tcp(addr: *const c_char, rank: i32, size: i32, name: *const c_char, timeout_ms: i64, out: *mut *mut chorus_group) -> i32 {
-    guard(|| {
-        check_out(out, "out")?;
-        let addr = opt_str(addr, "addr")?.ok_or_else(|| FfiError::invalid("chorus_group_join_tcp: addr is NULL"))?;
-        let opts = options(name, timeout_ms)?;
-        let client = StoreClient::connect(addr, opts.timeout).map_err(chorus_backend::ChorusError::from)?;
-        let (rank, size) = (rank_arg(rank, "rank")?, rank_arg(size, "size")?);
-        let pg = ProcessGroup::join(Arc::new(client), rank, size, opts)?;
-        put_out(out, chorus_group { pg, _server: None });
-        Ok(())
-    })
+    tcp_group("chorus_group_join_tcp", addr, false, rank, size, name, timeout_ms, out, ProcessGroup::join)
 }
 
 /// A subgroup of `ranks` (ranks of `group`). Every rank of `group` calls it in the same order;
@@ -287,16 +304,7 @@ pub unsafe extern "C" fn chorus_group_new_subgroup(group_: *mut chorus_group, ra
     guard(|| {
         let g = group(group_)?;
         check_out(out, "out")?;
-        if ranks.is_null() && nranks != 0 {
-            return Err(FfiError::invalid("chorus_group_new_subgroup: ranks is NULL"));
-        }
-        let rs: &[i32] = if nranks == 0 {
-            &[]
-        } else {
-            // SAFETY: non-null and `nranks` long by this function's contract.
-            unsafe { std::slice::from_raw_parts(ranks, nranks) }
-        };
-        let rs: Vec<usize> = rs.iter().map(|&r| rank_arg(r, "rank")).collect::<FfiResult<_>>()?;
+        let rs = rank_list("chorus_group_new_subgroup", ranks, nranks)?;
         match g.pg.new_group(&rs)? {
             Some(pg) => put_out(out, chorus_group { pg, _server: g._server.clone() }),
             // SAFETY: `out` checked non-null above.
@@ -373,6 +381,25 @@ fn rank_list(what: &str, ranks: *const i32, nranks: usize) -> FfiResult<Vec<usiz
     rs.iter().map(|&r| rank_arg(r, "rank")).collect()
 }
 
+/// `chorus_group_deactivate_ranks` and `chorus_group_activate_ranks`: checks the ranks against the
+/// group's size, then applies `change`.
+fn change_ranks(
+    func: &str,
+    group_: *mut chorus_group,
+    ranks: *const i32,
+    nranks: usize,
+    change: fn(&ProcessGroup, &[usize]) -> chorus_backend::Result<()>,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        let rs = rank_list(func, ranks, nranks)?;
+        if let Some(&bad) = rs.iter().find(|&&r| r >= g.pg.size()) {
+            return Err(chorus_backend::ChorusError::InvalidRank { rank: bad, size: g.pg.size() }.into());
+        }
+        Ok(change(&g.pg, &rs)?)
+    })
+}
+
 /// The active ranks of the group's current membership view (ascending) into `out` (`cap`
 /// entries); `*n` is their number.
 ///
@@ -407,14 +434,7 @@ pub unsafe extern "C" fn chorus_group_ops_completed(group_: *const chorus_group,
 /// `group` is a live handle; `ranks` points to `nranks` int32_t.
 #[no_mangle]
 pub unsafe extern "C" fn chorus_group_deactivate_ranks(group_: *mut chorus_group, ranks: *const i32, nranks: usize) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        let rs = rank_list("chorus_group_deactivate_ranks", ranks, nranks)?;
-        if let Some(&bad) = rs.iter().find(|&&r| r >= g.pg.size()) {
-            return Err(chorus_backend::ChorusError::InvalidRank { rank: bad, size: g.pg.size() }.into());
-        }
-        Ok(g.pg.deactivate_ranks(&rs)?)
-    })
+    change_ranks("chorus_group_deactivate_ranks", group_, ranks, nranks, ProcessGroup::deactivate_ranks)
 }
 
 /// Puts `ranks` (alive and linked) back into the view, adopted at the next collective.
@@ -423,14 +443,7 @@ pub unsafe extern "C" fn chorus_group_deactivate_ranks(group_: *mut chorus_group
 /// As for `chorus_group_deactivate_ranks`.
 #[no_mangle]
 pub unsafe extern "C" fn chorus_group_activate_ranks(group_: *mut chorus_group, ranks: *const i32, nranks: usize) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        let rs = rank_list("chorus_group_activate_ranks", ranks, nranks)?;
-        if let Some(&bad) = rs.iter().find(|&&r| r >= g.pg.size()) {
-            return Err(chorus_backend::ChorusError::InvalidRank { rank: bad, size: g.pg.size() }.into());
-        }
-        Ok(g.pg.activate_ranks(&rs)?)
-    })
+    change_ranks("chorus_group_activate_ranks", group_, ranks, nranks, ProcessGroup::activate_ranks)
 }
 
 /// Destroys the group and frees the handle. Peers inside an operation with this rank get an
@@ -453,6 +466,72 @@ pub unsafe extern "C" fn chorus_group_destroy(group_: *mut chorus_group) -> i32 
 
 // ------------------------------------------------------------------ collectives
 
+/// The body every operation entry point shares, inside the panic guard: the group handle and the
+/// `work` out-pointer are checked, `start` starts the operation, and its work handle goes out.
+fn with_work<R: Send + 'static>(
+    group_: *mut chorus_group,
+    work: *mut *mut chorus_work,
+    start: impl FnOnce(&chorus_group) -> FfiResult<chorus_backend::Work<R>>,
+) -> i32 {
+    guard(|| {
+        let g = group(group_)?;
+        check_out(work, "work")?;
+        emit(work, start(g)?)
+    })
+}
+
+/// A collective's checked arguments, and the buffer wrapping every collective does the same way
+/// (messages name the operation, `op`).
+struct Call<'a> {
+    g: &'a chorus_group,
+    op: &'static str,
+    dt: DType,
+}
+
+impl Call<'_> {
+    /// `count` elements of the call's dtype in bytes.
+    fn bytes(&self, count: u64) -> FfiResult<usize> {
+        byte_len(count, self.dt, self.op)
+    }
+
+    /// `bytes` once per rank of the group.
+    fn per_rank(&self, bytes: usize) -> FfiResult<usize> {
+        bytes.checked_mul(self.g.pg.size()).ok_or_else(|| FfiError::invalid(format!("{}: size overflow", self.op)))
+    }
+
+    /// The single (in-place, send or receive) buffer `buf` of `count` elements.
+    fn buf(&self, buf: *const c_void, count: u64) -> FfiResult<RawBuf> {
+        RawBuf::new(buf as *const u8, self.bytes(count)?, format_args!("{}: buf", self.op))
+    }
+
+    /// The output buffer `recvbuf` of `len` bytes.
+    fn recv(&self, recvbuf: *mut c_void, len: usize) -> FfiResult<RawBuf> {
+        RawBuf::new(recvbuf as *const u8, len, format_args!("{}: recvbuf", self.op))
+    }
+
+    /// The input buffer `sendbuf` of `len` bytes (a private copy where it overlaps `out`).
+    fn send(&self, sendbuf: *const c_void, len: usize, out: &RawBuf) -> FfiResult<Box<dyn OpBuffer>> {
+        Ok(input_for(RawBuf::new(sendbuf as *const u8, len, format_args!("{}: sendbuf", self.op))?, out))
+    }
+}
+
+/// [`with_work`] for a collective over data: also checks the device and the dtype code before
+/// `start` wraps the buffers.
+fn collective<R: Send + 'static>(
+    group_: *mut chorus_group,
+    work: *mut *mut chorus_work,
+    op: &'static str,
+    dtype_: i32,
+    device: i32,
+    stream: *mut c_void,
+    start: impl FnOnce(&Call) -> FfiResult<chorus_backend::Work<R>>,
+) -> i32 {
+    with_work(group_, work, |g| {
+        check_device(device, stream, op)?;
+        start(&Call { g, op, dt: dtype(dtype_)? })
+    })
+}
+
 /// In-place all-reduce of `count` elements at `buf`.
 ///
 /// # Safety
@@ -469,13 +548,9 @@ pub unsafe extern "C" fn chorus_all_reduce(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "all_reduce")?;
-        let (dt, op) = (dtype(dtype_)?, reduce_op(op)?);
-        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "all_reduce")?, "all_reduce: buf")?;
-        emit(work, g.pg.all_reduce_async(b, dt, op))
+    collective(group_, work, "all_reduce", dtype_, device, stream, |c| {
+        let op = reduce_op(op)?;
+        Ok(c.g.pg.all_reduce_async(c.buf(buf, count)?, c.dt, op))
     })
 }
 
@@ -494,13 +569,9 @@ pub unsafe extern "C" fn chorus_broadcast(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "broadcast")?;
-        let dt = dtype(dtype_)?;
-        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "broadcast")?, "broadcast: buf")?;
-        emit(work, g.pg.broadcast_async(b, rank_arg(root, "root")?))
+    collective(group_, work, "broadcast", dtype_, device, stream, |c| {
+        let b = c.buf(buf, count)?;
+        Ok(c.g.pg.broadcast_async(b, rank_arg(root, "root")?))
     })
 }
 
@@ -520,13 +591,10 @@ pub unsafe extern "C" fn chorus_reduce(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "reduce")?;
-        let (dt, op) = (dtype(dtype_)?, reduce_op(op)?);
-        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "reduce")?, "reduce: buf")?;
-        emit(work, g.pg.reduce_async(b, rank_arg(root, "root")?, dt, op))
+    collective(group_, work, "reduce", dtype_, device, stream, |c| {
+        let op = reduce_op(op)?;
+        let b = c.buf(buf, count)?;
+        Ok(c.g.pg.reduce_async(b, rank_arg(root, "root")?, c.dt, op))
     })
 }
 
@@ -546,16 +614,11 @@ pub unsafe extern "C" fn chorus_all_gather(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "all_gather")?;
-        let dt = dtype(dtype_)?;
-        let block = byte_len(sendcount, dt, "all_gather")?;
-        let total = block.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("all_gather: size overflow"))?;
-        let out = RawBuf::new(recvbuf as *const u8, total, "all_gather: recvbuf")?;
-        let inp = input_for(RawBuf::new(sendbuf as *const u8, block, "all_gather: sendbuf")?, &out);
-        emit(work, g.pg.all_gather_async(inp, out))
+    collective(group_, work, "all_gather", dtype_, device, stream, |c| {
+        let block = c.bytes(sendcount)?;
+        let out = c.recv(recvbuf, c.per_rank(block)?)?;
+        let inp = c.send(sendbuf, block, &out)?;
+        Ok(c.g.pg.all_gather_async(inp, out))
     })
 }
 
@@ -576,16 +639,13 @@ pub unsafe extern "C" fn chorus_reduce_scatter(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "reduce_scatter")?;
-        let (dt, op) = (dtype(dtype_)?, reduce_op(op)?);
-        let block = byte_len(recvcount, dt, "reduce_scatter")?;
-        let total = block.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("reduce_scatter: size overflow"))?;
-        let out = RawBuf::new(recvbuf as *const u8, block, "reduce_scatter: recvbuf")?;
-        let inp = input_for(RawBuf::new(sendbuf as *const u8, total, "reduce_scatter: sendbuf")?, &out);
-        emit(work, g.pg.reduce_scatter_async(inp, out, dt, op))
+    collective(group_, work, "reduce_scatter", dtype_, device, stream, |c| {
+        let op = reduce_op(op)?;
+        let block = c.bytes(recvcount)?;
+        let total = c.per_rank(block)?;
+        let out = c.recv(recvbuf, block)?;
+        let inp = c.send(sendbuf, total, &out)?;
+        Ok(c.g.pg.reduce_scatter_async(inp, out, c.dt, op))
     })
 }
 
@@ -605,15 +665,11 @@ pub unsafe extern "C" fn chorus_all_to_all(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "all_to_all")?;
-        let dt = dtype(dtype_)?;
-        let total = byte_len(count, dt, "all_to_all")?.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("all_to_all: size overflow"))?;
-        let out = RawBuf::new(recvbuf as *const u8, total, "all_to_all: recvbuf")?;
-        let inp = input_for(RawBuf::new(sendbuf as *const u8, total, "all_to_all: sendbuf")?, &out);
-        emit(work, g.pg.all_to_all_async(inp, out))
+    collective(group_, work, "all_to_all", dtype_, device, stream, |c| {
+        let total = c.per_rank(c.bytes(count)?)?;
+        let out = c.recv(recvbuf, total)?;
+        let inp = c.send(sendbuf, total, &out)?;
+        Ok(c.g.pg.all_to_all_async(inp, out))
     })
 }
 
@@ -635,12 +691,8 @@ pub unsafe extern "C" fn chorus_all_to_all_v(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "all_to_all_v")?;
-        let dt = dtype(dtype_)?;
-        let n = g.pg.size();
+    collective(group_, work, "all_to_all_v", dtype_, device, stream, |c| {
+        let n = c.g.pg.size();
         let to_usize = |c: &[u64], what: &str| -> FfiResult<Vec<usize>> {
             c.iter().map(|&x| usize::try_from(x).map_err(|_| FfiError::invalid(format!("all_to_all_v: {what} count {x} is too large")))).collect()
         };
@@ -648,9 +700,9 @@ pub unsafe extern "C" fn chorus_all_to_all_v(
         let rc = to_usize(counts(recv_counts, n, "all_to_all_v: recv_counts")?, "recv")?;
         let sum = |c: &[usize]| c.iter().try_fold(0usize, |a, &x| a.checked_add(x)).ok_or_else(|| FfiError::invalid("all_to_all_v: counts overflow"));
         let (ss, rs) = (sum(&sc)?, sum(&rc)?);
-        let out = RawBuf::new(recvbuf as *const u8, byte_len(rs as u64, dt, "all_to_all_v")?, "all_to_all_v: recvbuf")?;
-        let inp = input_for(RawBuf::new(sendbuf as *const u8, byte_len(ss as u64, dt, "all_to_all_v")?, "all_to_all_v: sendbuf")?, &out);
-        emit(work, g.pg.all_to_all_v_async(inp, sc, out, rc, dt))
+        let out = c.recv(recvbuf, c.bytes(rs as u64)?)?;
+        let inp = c.send(sendbuf, c.bytes(ss as u64)?, &out)?;
+        Ok(c.g.pg.all_to_all_v_async(inp, sc, out, rc, c.dt))
     })
 }
 
@@ -671,17 +723,11 @@ pub unsafe extern "C" fn chorus_gather(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "gather")?;
-        let dt = dtype(dtype_)?;
-        let root = rank_arg(root, "root")?;
-        let block = byte_len(count, dt, "gather")?;
-        let total = if g.pg.rank() == root { block.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("gather: size overflow"))? } else { 0 };
-        let out = RawBuf::new(recvbuf as *const u8, total, "gather: recvbuf")?;
-        let inp = input_for(RawBuf::new(sendbuf as *const u8, block, "gather: sendbuf")?, &out);
-        emit(work, g.pg.gather_async(inp, out, root))
+    collective(group_, work, "gather", dtype_, device, stream, |c| {
+        let (root, block) = rooted(c, root, count)?;
+        let out = c.recv(recvbuf, if c.g.pg.rank() == root { c.per_rank(block)? } else { 0 })?;
+        let inp = c.send(sendbuf, block, &out)?;
+        Ok(c.g.pg.gather_async(inp, out, root))
     })
 }
 
@@ -702,18 +748,18 @@ pub unsafe extern "C" fn chorus_scatter(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "scatter")?;
-        let dt = dtype(dtype_)?;
-        let root = rank_arg(root, "root")?;
-        let block = byte_len(count, dt, "scatter")?;
-        let total = if g.pg.rank() == root { block.checked_mul(g.pg.size()).ok_or_else(|| FfiError::invalid("scatter: size overflow"))? } else { 0 };
-        let out = RawBuf::new(recvbuf as *const u8, block, "scatter: recvbuf")?;
-        let inp = input_for(RawBuf::new(sendbuf as *const u8, total, "scatter: sendbuf")?, &out);
-        emit(work, g.pg.scatter_async(inp, out, root))
+    collective(group_, work, "scatter", dtype_, device, stream, |c| {
+        let (root, block) = rooted(c, root, count)?;
+        let total = if c.g.pg.rank() == root { c.per_rank(block)? } else { 0 };
+        let out = c.recv(recvbuf, block)?;
+        let inp = c.send(sendbuf, total, &out)?;
+        Ok(c.g.pg.scatter_async(inp, out, root))
     })
+}
+
+/// The root rank and the per-rank block in bytes of a gather or scatter.
+fn rooted(c: &Call, root: i32, count: u64) -> FfiResult<(usize, usize)> {
+    Ok((rank_arg(root, "root")?, c.bytes(count)?))
 }
 
 /// Barrier: completes once every rank has entered it.
@@ -722,11 +768,7 @@ pub unsafe extern "C" fn chorus_scatter(
 /// `group` is a live handle; `work` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn chorus_barrier(group_: *mut chorus_group, work: *mut *mut chorus_work) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        emit(work, g.pg.barrier_async())
-    })
+    with_work(group_, work, |g| Ok(g.pg.barrier_async()))
 }
 
 /// Sends `count` elements to `peer` with `tag`; completes once the data left `buf`.
@@ -745,13 +787,9 @@ pub unsafe extern "C" fn chorus_send(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "send")?;
-        let dt = dtype(dtype_)?;
-        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "send")?, "send: buf")?;
-        emit(work, g.pg.send_async(b, rank_arg(peer, "peer")?, tag))
+    collective(group_, work, "send", dtype_, device, stream, |c| {
+        let b = c.buf(buf, count)?;
+        Ok(c.g.pg.send_async(b, rank_arg(peer, "peer")?, tag))
     })
 }
 
@@ -771,13 +809,9 @@ pub unsafe extern "C" fn chorus_recv(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    guard(|| {
-        let g = group(group_)?;
-        check_out(work, "work")?;
-        check_device(device, stream, "recv")?;
-        let dt = dtype(dtype_)?;
-        let b = RawBuf::new(buf as *const u8, byte_len(count, dt, "recv")?, "recv: buf")?;
-        emit(work, g.pg.recv_async(b, rank_arg(peer, "peer")?, tag))
+    collective(group_, work, "recv", dtype_, device, stream, |c| {
+        let b = c.buf(buf, count)?;
+        Ok(c.g.pg.recv_async(b, rank_arg(peer, "peer")?, tag))
     })
 }
 
