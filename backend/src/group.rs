@@ -395,7 +395,7 @@ fn heartbeat_loop(group: std::sync::Weak<GroupInner>, interval: Duration) {
                     tracing::debug!(error = %e, "posting a recovery report failed");
                 }
             }
-            if g.opts.fault_tolerance && tick % 2 == 0 {
+            if g.opts.fault_tolerance && tick.is_multiple_of(2) {
                 if let Ok(Some(n)) = join::announced(&g.store, &g.uid) {
                     g.joins_announced.fetch_max(n, Ordering::SeqCst);
                 }

@@ -193,7 +193,7 @@ fn validate(
         } else {
             cfg.align
         };
-        if r.off % align != 0 || r.len % align != 0 {
+        if !r.off.is_multiple_of(align) || !r.len.is_multiple_of(align) {
             return Err(format!("range {r:?} is not aligned to {align} bytes"));
         }
         Ok(())

@@ -32,7 +32,7 @@ pub fn split_chunks(off: usize, len: usize, chunk: usize) -> Vec<(usize, usize)>
 pub fn split_even(bytes: usize, n: usize, elem: usize) -> Vec<(usize, usize)> {
     assert!(n > 0, "cannot split into zero segments");
     assert!(
-        elem > 0 && bytes % elem == 0,
+        elem > 0 && bytes.is_multiple_of(elem),
         "{bytes} bytes is not a multiple of the element size {elem}"
     );
     let count = bytes / elem;
@@ -61,11 +61,11 @@ pub(crate) fn check_reduce(n: usize, me: usize, bytes: usize, elem: usize, chunk
         "element size {elem} is not 1, 2, 4 or 8"
     );
     assert!(
-        chunk % elem == 0,
+        chunk.is_multiple_of(elem),
         "chunk size {chunk} is not a multiple of the element size {elem}"
     );
     assert!(
-        bytes % elem == 0,
+        bytes.is_multiple_of(elem),
         "{bytes} bytes is not a multiple of the element size {elem}"
     );
 }

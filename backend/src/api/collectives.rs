@@ -26,7 +26,7 @@ mod kind {
 }
 
 fn elems(bytes: usize, dtype: DType, what: &str) -> Result<u64> {
-    if bytes % dtype.size() != 0 {
+    if !bytes.is_multiple_of(dtype.size()) {
         return Err(ChorusError::InvalidArgument(format!("{what}: {bytes} bytes is not a whole number of {} elements", dtype.name())));
     }
     Ok((bytes / dtype.size()) as u64)
@@ -377,7 +377,7 @@ impl ProcessGroup {
 
     fn check_all_to_all(&self, input: usize, output: usize) -> Result<usize> {
         let n = self.size();
-        if input != output || input % n != 0 {
+        if input != output || !input.is_multiple_of(n) {
             return Err(ChorusError::InvalidArgument(format!(
                 "all_to_all: input ({input} bytes) and output ({output} bytes) must be equal and divisible by the group size {n}"
             )));

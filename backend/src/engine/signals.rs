@@ -170,7 +170,7 @@ impl SignalBlock {
             }
             i = i.wrapping_add(1);
             // Reading the clock every 64 turns keeps the spin tight.
-            if i % 64 == 0 && start.elapsed() >= policy.spin {
+            if i.is_multiple_of(64) && start.elapsed() >= policy.spin {
                 break;
             }
             std::hint::spin_loop();

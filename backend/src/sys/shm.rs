@@ -144,7 +144,7 @@ impl Segment {
 
     /// A 64-bit atomic at byte offset `off` (8-byte aligned, in bounds).
     pub fn atomic_u64(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len, "atomic offset {off} out of segment");
+        assert!(off.is_multiple_of(8) && off + 8 <= self.len, "atomic offset {off} out of segment");
         // SAFETY: in bounds and aligned (mmap is page aligned); AtomicU64 has the layout of u64 and
         // the mapping lives as long as `self`.
         unsafe { &*(self.ptr.add(off) as *const AtomicU64) }
@@ -152,7 +152,7 @@ impl Segment {
 
     /// A 32-bit atomic at byte offset `off` (4-byte aligned, in bounds).
     pub fn atomic_u32(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= self.len, "atomic offset {off} out of segment");
+        assert!(off.is_multiple_of(4) && off + 4 <= self.len, "atomic offset {off} out of segment");
         // SAFETY: in bounds and aligned; lives as long as `self`.
         unsafe { &*(self.ptr.add(off) as *const AtomicU32) }
     }

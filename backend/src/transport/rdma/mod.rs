@@ -161,7 +161,7 @@ pub fn geometry() -> RingGeometry {
     let slot_bytes = std::env::var("CHORUS_RDMA_CHUNK")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .map(|v| (v.clamp(64, 64 << 20) + 63) / 64 * 64)
+        .map(|v| v.clamp(64, 64 << 20).div_ceil(64) * 64)
         .unwrap_or(512 * 1024);
     RingGeometry { slots: 4, slot_bytes }
 }

@@ -52,7 +52,7 @@ impl HcaFilter {
     fn listed(&self, device: &str, port: u8) -> bool {
         self.entries.iter().any(|(n, p)| {
             let name_ok = if self.exact { device == n } else { device.starts_with(n.as_str()) };
-            name_ok && p.map_or(true, |p| p == port)
+            name_ok && p.is_none_or(|p| p == port)
         })
     }
 

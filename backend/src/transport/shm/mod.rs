@@ -23,7 +23,7 @@ pub fn geometry() -> RingGeometry {
     let slot_bytes = std::env::var("CHORUS_SHM_CHUNK")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .map(|v| (v.max(64) + 63) / 64 * 64)
+        .map(|v| v.max(64).div_ceil(64) * 64)
         .unwrap_or(256 * 1024);
     RingGeometry { slots: 4, slot_bytes }
 }

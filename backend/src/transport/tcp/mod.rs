@@ -24,7 +24,7 @@ pub fn geometry() -> RingGeometry {
     let slot_bytes = std::env::var("CHORUS_TCP_CHUNK")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .map(|v| (v.max(64) + 63) / 64 * 64)
+        .map(|v| v.max(64).div_ceil(64) * 64)
         .unwrap_or(512 * 1024);
     RingGeometry { slots: 4, slot_bytes }
 }
