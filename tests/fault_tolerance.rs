@@ -275,6 +275,11 @@ fn kill_random_rank_of_8_mixed() {
 }
 
 #[test]
+fn kill_random_rank_of_8_over_tcp() {
+    trials(8, 5, 8, tcp, &[0, 3, 5, 7]);
+}
+
+#[test]
 fn replacement_rejoins_in_place_over_shm() {
     rejoin_trial(4, "all_reduce", 1000, 2, shm);
 }
