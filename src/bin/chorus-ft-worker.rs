@@ -48,6 +48,12 @@ fn main() {
     });
     let me = pg.rank();
     let n = pg.size();
+    // Members as every survivor knows them at the same collective: from the reports of completed
+    // collectives (identical on every survivor), not from this rank's current view, which can
+    // lag or lead by a collective between two ranks.
+    // (A replacement starts from the survivors' side: itself is not a member until a collective says so.)
+    let mut members: Vec<usize> = pg.active_ranks().into_iter().filter(|&m| pg.ops_completed() == 0 || m != me).collect();
+
     if times {
         eprintln!("mark ready {}", unix_ns());
     }
@@ -70,7 +76,8 @@ fn main() {
                         if let Some(a) = after {
                             stop_at = iter + 1 + a;
                         }
-                        prev_contributors = Some(pg.active_ranks());
+                        members.retain(|m| !failed.contains(m));
+                        prev_contributors = Some(members.clone());
                         iter += 1;
                         continue;
                     }
@@ -119,7 +126,7 @@ fn main() {
                 result = info.contributors.iter().flat_map(|r| v[r * elems..(r + 1) * elems].to_vec()).collect();
             }
             "broadcast" => {
-                let root = pg.active_ranks().into_iter().next().unwrap_or(0);
+                let root = members.first().copied().unwrap_or(0);
                 let mut v: Vec<i64> = if me == root { (0..elems).map(|i| value(root, iter, i)).collect() } else { vec![0; elems] };
                 match pg.broadcast(&mut v, root) {
                     Ok(()) => {}
@@ -127,6 +134,7 @@ fn main() {
                         // The root died mid-broadcast before every survivor had its data: every
                         // survivor gets this same error.
                         println!("iter {iter} op broadcast root {root} failed");
+                        members.retain(|&m| m != root);
                         iter += 1;
                         continue;
                     }
@@ -163,6 +171,7 @@ fn main() {
             }
         }
         prev_contributors = Some(info.contributors.clone());
+        members = info.contributors.iter().copied().filter(|c| !info.failed.contains(c)).collect();
         iter += 1;
     }
     let connections: Vec<u64> = (0..n).map(|p| pg.connections_to(p)).collect();

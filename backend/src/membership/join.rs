@@ -100,10 +100,14 @@ pub fn handoff_key(uid: &str, req: &JoinRequest, survivor: usize, stream: &str) 
     key(uid, &format!("join/{}/{}/{stream}/{survivor}", req.rank, req.generation))
 }
 
-/// Survivor side, for the stream `comm` drives: gives up on chunks the dead predecessor never
-/// consumed and returns where the pair's counters are.
+/// Survivor side, for the stream `comm` drives: gives up on the chunks the predecessor never
+/// consumed (our credits restart full) and on the chunks it delivered that we never consumed
+/// (left over from a cancelled collective), then returns where the pair's counters are, so the
+/// replacement's first chunk follows everything the predecessor ever sent.
 pub fn forfeit(signals: &SignalBlock, comm: &mut Comm, peer: usize) -> (u64, u64) {
     signals.publish(signals.ack_seq(peer, comm.stream), comm.sent[peer]);
+    let delivered = signals.data_seq(peer, comm.stream).load(std::sync::atomic::Ordering::SeqCst);
+    comm.recvd[peer] = comm.recvd[peer].max(delivered);
     (comm.sent[peer], comm.recvd[peer])
 }
 
