@@ -3,17 +3,24 @@
 //! Everything here works on raw byte slices of any alignment (they come from shared-memory rings and
 //! network buffers at arbitrary offsets). Elements are decoded with `from_ne_bytes` and processed in
 //! blocks of [`BLOCK`] elements staged in stack arrays, so the inner loops are plain fixed-stride loops
-//! that LLVM auto-vectorizes at baseline x86-64 (SSE2). No `unsafe` in this crate.
+//! that LLVM auto-vectorizes at baseline x86-64 (SSE2).
+//!
+//! With the `cuda` feature (default), [`cuda`] adds the GPU reduce kernels: CUDA C++ compiled at run time
+//! with NVRTC and eagerly preloaded per device (libcuda/libnvrtc are loaded at run time, so the crate
+//! builds and runs without CUDA). `unsafe` is denied crate-wide; the one exception is `cuda/ffi.rs`.
 //!
 //! Multi-source reductions make a single pass over memory: for each block the accumulator is loaded
 //! once, every source is folded into it while it sits in L1, and the result is stored once.
-
+#![deny(unsafe_code)]
 
 mod dtype;
 pub use dtype::{DType, ReduceOp};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// Errors of the reduce kernels.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +47,15 @@ pub enum KernelError {
     /// An argument outside the domain of the kernel (no sources, divide by zero ranks).
     #[error("invalid argument: {reason}")]
     InvalidArgument { reason: &'static str },
+    /// No usable CUDA here (no driver library, no NVRTC, no device); the text says which and why.
+    #[error("CUDA is not available: {0}")]
+    CudaUnavailable(String),
+    /// NVRTC rejected the kernel source; `log` is the NVRTC program log (with the options used).
+    #[error("NVRTC failed to compile the chorus reduce kernels:\n{log}")]
+    CudaCompile { log: String },
+    /// A CUDA driver call failed.
+    #[error("CUDA error while {what}: {reason}")]
+    Cuda { what: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;

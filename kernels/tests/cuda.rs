@@ -1,0 +1,327 @@
+//! GPU tests of the NVRTC reduce kernels (`chorus_kernels::cuda`).
+//!
+//! Without a CUDA device (CI, dev machines) every test prints `not run: no CUDA device (<reason>)` and
+//! returns: none of them claims to have exercised a GPU. Run with `--nocapture` to see it.
+#![cfg(feature = "cuda")]
+
+use chorus_kernels::cuda::cudarc::driver::{CudaSlice, CudaStream};
+use chorus_kernels::cuda::{open_device, DeviceKernels, ResidentSpinner, SpinExit};
+use chorus_kernels::{check_supported, reduce_into, DType, KernelError, ReduceOp};
+use half::{bf16, f16};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The cached kernels of device 0, or None (after printing why) when there is no usable CUDA.
+fn gpu(test: &str) -> Option<Arc<DeviceKernels>> {
+    match DeviceKernels::for_device(0) {
+        Ok(k) => {
+            println!("{test}: running on device 0 = {} ({})", k.device_name(), k.arch());
+            Some(k)
+        }
+        Err(KernelError::CudaUnavailable(reason)) => {
+            println!("{test}: not run: no CUDA device ({reason})");
+            None
+        }
+        Err(e) => panic!("{test}: CUDA present but the kernels failed to build: {e}"),
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Ordinary values in [-4, 4) mixed with NaN, +-inf, +-0, ones and tiny values.
+    fn float(&mut self) -> f64 {
+        match self.below(64) {
+            0 => f64::NAN,
+            1 => f64::INFINITY,
+            2 => f64::NEG_INFINITY,
+            3 => 0.0,
+            4 => -0.0,
+            5 => 1.0,
+            6 => 1e-6 * (self.below(1000) as f64 - 500.0),
+            _ => (self.below(1 << 20) as f64 / (1u64 << 17) as f64) - 4.0,
+        }
+    }
+}
+
+fn gen(dtype: DType, n: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * dtype.size());
+    for _ in 0..n {
+        match dtype {
+            DType::F32 => out.extend_from_slice(&(rng.float() as f32).to_ne_bytes()),
+            DType::F64 => out.extend_from_slice(&rng.float().to_ne_bytes()),
+            DType::F16 => out.extend_from_slice(&f16::from_f64(rng.float()).to_bits().to_ne_bytes()),
+            DType::BF16 => out.extend_from_slice(&bf16::from_f64(rng.float()).to_bits().to_ne_bytes()),
+            DType::Bool => out.push(if rng.below(2) == 0 { 0 } else { rng.below(255) as u8 + 1 }),
+            _ => {
+                let v = if rng.below(4) == 0 { rng.below(7).wrapping_sub(3) } else { rng.next() };
+                out.extend_from_slice(&v.to_ne_bytes()[..dtype.size()]);
+            }
+        }
+    }
+    out
+}
+
+fn is_nan(dtype: DType, b: &[u8]) -> bool {
+    match dtype {
+        DType::F32 => f32::from_ne_bytes(b.try_into().unwrap()).is_nan(),
+        DType::F64 => f64::from_ne_bytes(b.try_into().unwrap()).is_nan(),
+        DType::F16 => f16::from_bits(u16::from_ne_bytes(b.try_into().unwrap())).is_nan(),
+        DType::BF16 => bf16::from_bits(u16::from_ne_bytes(b.try_into().unwrap())).is_nan(),
+        _ => false,
+    }
+}
+
+/// Element-for-element comparison: bit-exact, except that any NaN equals any NaN (NaN payloads of
+/// an operation on two NaNs differ between x86 and the GPU; both propagate NaN).
+fn mismatches(dtype: DType, got: &[u8], want: &[u8]) -> (usize, Option<usize>) {
+    let s = dtype.size();
+    let mut n = 0;
+    let mut first = None;
+    for (i, (g, w)) in got.chunks_exact(s).zip(want.chunks_exact(s)).enumerate() {
+        if g != w && !(is_nan(dtype, g) && is_nan(dtype, w)) {
+            n += 1;
+            first.get_or_insert(i);
+        }
+    }
+    (n, first)
+}
+
+/// A device buffer of `bytes` at byte offset `off` inside a slightly larger allocation.
+struct DevBuf {
+    mem: CudaSlice<u8>,
+    off: usize,
+    bytes: usize,
+}
+impl DevBuf {
+    fn upload(stream: &Arc<CudaStream>, data: &[u8], off: usize) -> DevBuf {
+        let mut padded = vec![0xa5u8; data.len() + 32];
+        padded[off..off + data.len()].copy_from_slice(data);
+        DevBuf { mem: stream.clone_htod(&padded).unwrap(), off, bytes: data.len() }
+    }
+    fn zeros(stream: &Arc<CudaStream>, bytes: usize, off: usize) -> DevBuf {
+        DevBuf { mem: stream.alloc_zeros::<u8>(bytes + 32).unwrap(), off, bytes }
+    }
+    fn download(&self, stream: &Arc<CudaStream>) -> Vec<u8> {
+        stream.clone_dtoh(&self.mem.slice(self.off..self.off + self.bytes)).unwrap()
+    }
+}
+
+/// Runs `dtype` x every supported op x nsrc for one element count and layout; returns cases checked.
+fn check_size(k: &DeviceKernels, stream: &Arc<CudaStream>, dtype: DType, count: usize, offsets: (usize, usize), seed: u64) -> usize {
+    let mut rng = Rng::new(seed);
+    let srcs_host: Vec<Vec<u8>> = (0..7).map(|_| gen(dtype, count, &mut rng)).collect();
+    let (dst_off, src_off) = offsets;
+    let srcs_dev: Vec<DevBuf> = srcs_host.iter().map(|h| DevBuf::upload(stream, h, src_off)).collect();
+    let mut cases = 0;
+    for &op in ReduceOp::all() {
+        if check_supported(dtype, op).is_err() {
+            continue;
+        }
+        for nsrc in [1usize, 2, 7] {
+            let mut want = vec![0u8; count * dtype.size()];
+            let srefs: Vec<&[u8]> = srcs_host[..nsrc].iter().map(|v| v.as_slice()).collect();
+            reduce_into(dtype, op, &mut want, &srefs).unwrap();
+
+            let mut dst = DevBuf::zeros(stream, count * dtype.size(), dst_off);
+            let views: Vec<_> = srcs_dev[..nsrc].iter().map(|b| b.mem.slice(b.off..b.off + b.bytes)).collect();
+            let vrefs: Vec<_> = views.iter().collect();
+            {
+                let (o, b) = (dst.off, dst.bytes);
+                let mut dview = dst.mem.slice_mut(o..o + b);
+                k.reduce(stream, dtype, op, &mut dview, &vrefs, count).unwrap();
+            }
+            let got = dst.download(stream);
+            let (bad, first) = mismatches(dtype, &got, &want);
+            assert!(
+                bad == 0,
+                "{dtype} {op} count={count} nsrc={nsrc} offsets={offsets:?}: {bad} mismatches, first at element {}: \
+                 gpu {:?} cpu {:?}",
+                first.unwrap(),
+                &got[first.unwrap() * dtype.size()..][..dtype.size()],
+                &want[first.unwrap() * dtype.size()..][..dtype.size()],
+            );
+            cases += 1;
+        }
+    }
+    cases
+}
+
+#[test]
+fn gpu_preloads_every_kernel() {
+    let t = Instant::now();
+    let Some(k) = gpu("gpu_preloads_every_kernel") else { return };
+    let built = t.elapsed();
+    let stream = k.context().new_stream().unwrap();
+    // 4 floats x {sum, prod, min, max} + 5 ints x 7 ops + bool {or, and, xor}.
+    assert_eq!(k.kernel_count(), 54);
+    assert_eq!(k.preloaded().len(), k.kernel_count(), "every kernel must be preloaded");
+    for p in k.preloaded() {
+        assert!(p.max_threads_per_block >= 256 && p.num_regs > 0, "{p:?}");
+    }
+    let lazy = k.module_loading_is_lazy(&stream).unwrap();
+    let regs: Vec<i32> = k.preloaded().iter().map(|p| p.num_regs).collect();
+    println!(
+        "gpu_preloads_every_kernel: {} kernels preloaded with cuFuncGetAttribute (regs {}..{}); module loading \
+         mode: {}; first for_device (NVRTC compile + load + preload) took {:.1} ms",
+        k.kernel_count(),
+        regs.iter().min().unwrap(),
+        regs.iter().max().unwrap(),
+        if lazy { "LAZY" } else { "EAGER" },
+        built.as_secs_f64() * 1e3
+    );
+    // Cached: the same Arc.
+    assert!(Arc::ptr_eq(&k, &DeviceKernels::for_device(0).unwrap()));
+}
+
+#[test]
+fn gpu_reduce_matches_cpu_every_dtype_op_size() {
+    let Some(k) = gpu("gpu_reduce_matches_cpu_every_dtype_op_size") else { return };
+    let stream = k.context().new_stream().unwrap();
+    let t = Instant::now();
+    let mut cases = 0;
+    for (di, &dtype) in DType::reducible().iter().enumerate() {
+        for (si, &count) in [0usize, 1, 7, 4097, 1 << 20].iter().enumerate() {
+            cases += check_size(&k, &stream, dtype, count, (0, 0), (di * 10 + si) as u64);
+        }
+        // Same misalignment everywhere (scalar head, vector body) and mixed (scalar only).
+        let e = dtype.size();
+        cases += check_size(&k, &stream, dtype, 4097, (e, e), 1000 + di as u64);
+        cases += check_size(&k, &stream, dtype, 4097, (0, e), 2000 + di as u64);
+    }
+    println!(
+        "gpu_reduce_matches_cpu_every_dtype_op_size: {cases} (dtype, op, size, nsrc, layout) cases identical to \
+         the CPU kernels in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn gpu_rejects_bad_arguments() {
+    let Some(k) = gpu("gpu_rejects_bad_arguments") else { return };
+    let stream = k.context().new_stream().unwrap();
+    let a = stream.alloc_zeros::<u8>(64).unwrap();
+    let mut d = stream.alloc_zeros::<u8>(64).unwrap();
+    let none: [&CudaSlice<u8>; 0] = [];
+    assert!(matches!(k.reduce(&stream, DType::F32, ReduceOp::Sum, &mut d, &none, 16), Err(KernelError::InvalidArgument { .. })));
+    let nine = [&a; 9];
+    assert!(matches!(k.reduce(&stream, DType::F32, ReduceOp::Sum, &mut d, &nine, 16), Err(KernelError::InvalidArgument { .. })));
+    assert!(matches!(k.reduce(&stream, DType::F32, ReduceOp::Sum, &mut d, &[&a], 17), Err(KernelError::LengthMismatch { .. })));
+    assert!(matches!(k.reduce(&stream, DType::F32, ReduceOp::BAnd, &mut d, &[&a], 16), Err(KernelError::Unsupported { .. })));
+    assert!(matches!(k.reduce(&stream, DType::U32, ReduceOp::Sum, &mut d, &[&a], 16), Err(KernelError::Unsupported { .. })));
+    println!("gpu_rejects_bad_arguments: ok");
+}
+
+/// Seed 003 / invariant 4: a resident kernel is spinning on one stream when the first reduce of freshly
+/// built (preloaded) kernels is launched on another stream; the reduce must complete while the spinner
+/// still runs.
+fn first_reduce_behind_spinner(test: &str, preload: bool) -> Option<(bool, Duration, SpinExit)> {
+    let ctx = match open_device(0) {
+        Ok(c) => c,
+        Err(KernelError::CudaUnavailable(r)) => {
+            println!("{test}: not run: no CUDA device ({r})");
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let fresh = if preload { DeviceKernels::build(0) } else { DeviceKernels::build_without_preload_for_test(0) }.unwrap();
+    // Every stream, buffer and module exists before the spinner starts (creating a stream can
+    // synchronize the context).
+    let spin_stream = ctx.new_stream().unwrap();
+    let red_stream = ctx.new_stream().unwrap();
+    let rel_stream = ctx.new_stream().unwrap();
+    let mut spinner = ResidentSpinner::new(&ctx).unwrap();
+    let n = 1 << 20;
+    let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let b: Vec<f32> = (0..n).map(|i| 0.5 * i as f32).collect();
+    let ab: Vec<u8> = a.iter().flat_map(|x| x.to_ne_bytes()).collect();
+    let bb: Vec<u8> = b.iter().flat_map(|x| x.to_ne_bytes()).collect();
+    let da = red_stream.clone_htod(&ab).unwrap();
+    let db = red_stream.clone_htod(&bb).unwrap();
+    let mut dd = red_stream.alloc_zeros::<u8>(n * 4).unwrap();
+    red_stream.synchronize().unwrap();
+    ctx.synchronize().unwrap();
+
+    spinner.start(&spin_stream, Duration::from_secs(4)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    fresh.reduce(&red_stream, DType::F32, ReduceOp::Sum, &mut dd, &[&da, &db], n).unwrap();
+    let ev = red_stream.record_event(None).unwrap();
+    let deadline = Duration::from_secs(if preload { 5 } else { 2 });
+    while !ev.is_complete() && t.elapsed() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let done = ev.is_complete();
+    let took = t.elapsed();
+    // Release the spinner from a third stream, then wait for it.
+    spinner.release(&rel_stream).unwrap();
+    rel_stream.synchronize().unwrap();
+    let exit = spinner.wait_exit().unwrap();
+    red_stream.synchronize().unwrap();
+    let got = red_stream.clone_dtoh(&dd).unwrap();
+    for i in [0usize, 1, 12345, n - 1] {
+        let v = f32::from_ne_bytes(got[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!(v, a[i] + b[i], "{test}: element {i}");
+    }
+    Some((done, took, exit))
+}
+
+#[test]
+fn gpu_first_reduce_completes_behind_resident_spinner() {
+    let test = "gpu_first_reduce_completes_behind_resident_spinner";
+    let Some((done, took, exit)) = first_reduce_behind_spinner(test, true) else { return };
+    println!("{test}: first reduce completed={done} after {:.3} ms; spinner exit: {exit:?}", took.as_secs_f64() * 1e3);
+    assert!(done, "the first reduce did not complete within 5 s while a resident kernel was spinning");
+    assert_eq!(exit, SpinExit::Released, "the spinner must still have been resident when the reduce completed");
+}
+
+/// Control (reports, asserts nothing about the outcome): the same scenario with preloading skipped,
+/// to show whether lazy loading stalls the first reduce on this driver.
+#[test]
+fn gpu_lazy_control_without_preload_reports() {
+    let test = "gpu_lazy_control_without_preload_reports";
+    let Some((done, took, exit)) = first_reduce_behind_spinner(test, false) else { return };
+    println!(
+        "{test}: WITHOUT preload the first reduce {} ({:.3} ms); spinner exit: {exit:?}",
+        if done { "completed while the spinner ran" } else { "was STILL PENDING after 2 s (lazy-loading stall)" },
+        took.as_secs_f64() * 1e3
+    );
+}
+
+#[test]
+fn gpu_timing_f32_sum() {
+    let Some(k) = gpu("gpu_timing_f32_sum") else { return };
+    let stream = k.context().new_stream().unwrap();
+    let n = 64 << 20; // 64 Mi elements = 256 MiB per buffer
+    for nsrc in [2usize, 8] {
+        let srcs: Vec<CudaSlice<u8>> = (0..nsrc).map(|_| stream.alloc_zeros::<u8>(n * 4).unwrap()).collect();
+        let refs: Vec<&CudaSlice<u8>> = srcs.iter().collect();
+        let mut d = stream.alloc_zeros::<u8>(n * 4).unwrap();
+        k.reduce(&stream, DType::F32, ReduceOp::Sum, &mut d, &refs, n).unwrap();
+        stream.synchronize().unwrap();
+        let iters = 10;
+        let t = Instant::now();
+        for _ in 0..iters {
+            k.reduce(&stream, DType::F32, ReduceOp::Sum, &mut d, &refs, n).unwrap();
+        }
+        stream.synchronize().unwrap();
+        let s = t.elapsed().as_secs_f64() / iters as f64;
+        let moved = ((nsrc + 1) * n * 4) as f64;
+        println!(
+            "gpu_timing_f32_sum: {nsrc} sources x 256 MiB: {:.3} ms/reduce, {:.0} GB/s of memory traffic",
+            s * 1e3,
+            moved / s / 1e9
+        );
+    }
+}
