@@ -44,6 +44,14 @@ pub fn all_reduce_direct(n: usize, me: usize, bytes: usize, elem: usize, chunk: 
 /// of every peer's segment. Segments without a chunk `c` skip their messages on every rank.
 pub fn all_reduce_rs_ag(n: usize, me: usize, bytes: usize, elem: usize, chunk: usize) -> Plan {
     check_reduce(n, me, bytes, elem, chunk);
+    direct_rs_then(n, me, bytes, elem, chunk, None)
+}
+
+/// Direct reduce-scatter pipelined by chunk rounds, then either an all-gather (`gather_to` is
+/// `None`: every rank ends with the whole result) or a gather of the reduced segments to one root
+/// (`Some(root)`: only the root's `Output` holds the result). Shared by the two-shot all-reduce
+/// and the large reduce.
+pub(crate) fn direct_rs_then(n: usize, me: usize, bytes: usize, elem: usize, chunk: usize, gather_to: Option<usize>) -> Plan {
     let mut plan = Plan::default();
     if n == 1 {
         push_copy(
@@ -77,20 +85,27 @@ pub fn all_reduce_rs_ag(n: usize, me: usize, bytes: usize, elem: usize, chunk: u
                 local: Range::input(off, len),
                 dst: Range::output(off, len),
             });
-            for &p in &peers {
+            let targets: Vec<usize> = match gather_to {
+                None => peers.clone(),
+                Some(root) if root != me => vec![root],
+                Some(_) => Vec::new(),
+            };
+            for p in targets {
                 plan.push(Step::Send {
                     to: p,
                     src: Range::output(off, len),
                 });
             }
         }
-        for &p in &sources {
-            if c < nch[p] {
-                let (off, len) = chunk_of(segs[p], chunk, c);
-                plan.push(Step::Recv {
-                    from: p,
-                    dst: Range::output(off, len),
-                });
+        if gather_to.is_none_or(|root| root == me) {
+            for &p in &sources {
+                if c < nch[p] {
+                    let (off, len) = chunk_of(segs[p], chunk, c);
+                    plan.push(Step::Recv {
+                        from: p,
+                        dst: Range::output(off, len),
+                    });
+                }
             }
         }
     }

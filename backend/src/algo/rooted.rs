@@ -2,8 +2,8 @@
 
 use super::plan::{Plan, Range, Step};
 use super::split::{
-    ascending_peers, check_common, check_reduce, check_root, chunk_of, num_chunks, push_copy,
-    recv_order, send_order, split_chunks, split_even,
+    ascending_peers, check_common, check_reduce, check_root, push_copy, recv_order, send_order,
+    split_chunks,
 };
 
 /// Direct broadcast (in place: everything is in `Output`): per chunk round the root sends chunk `c`
@@ -116,59 +116,7 @@ pub fn reduce_rs_gather(
 ) -> Plan {
     check_reduce(n, me, bytes, elem, chunk);
     check_root(n, root);
-    let mut plan = Plan::default();
-    if n == 1 {
-        push_copy(
-            &mut plan,
-            Range::input(0, bytes),
-            Range::output(0, bytes),
-            chunk,
-        );
-        return plan;
-    }
-    let segs = split_even(bytes, n, elem);
-    let nch: Vec<usize> = segs.iter().map(|s| num_chunks(s.1, chunk)).collect();
-    let rounds = nch.iter().copied().max().unwrap_or(1);
-    let peers = send_order(n, me);
-    let sources = recv_order(n, me);
-    let from = ascending_peers(n, me);
-    for c in 0..rounds {
-        for &p in &peers {
-            if c < nch[p] {
-                let (off, len) = chunk_of(segs[p], chunk, c);
-                plan.push(Step::Send {
-                    to: p,
-                    src: Range::input(off, len),
-                });
-            }
-        }
-        if c < nch[me] {
-            let (off, len) = chunk_of(segs[me], chunk, c);
-            plan.push(Step::RecvReduce {
-                from: from.clone(),
-                local: Range::input(off, len),
-                dst: Range::output(off, len),
-            });
-            if me != root {
-                plan.push(Step::Send {
-                    to: root,
-                    src: Range::output(off, len),
-                });
-            }
-        }
-        if me == root {
-            for &p in &sources {
-                if c < nch[p] {
-                    let (off, len) = chunk_of(segs[p], chunk, c);
-                    plan.push(Step::Recv {
-                        from: p,
-                        dst: Range::output(off, len),
-                    });
-                }
-            }
-        }
-    }
-    plan
+    super::all_reduce::direct_rs_then(n, me, bytes, elem, chunk, Some(root))
 }
 
 /// Gather: every rank's `Input` block lands in block `rank` of the root's `Output` (`n` blocks); the
