@@ -146,3 +146,157 @@ pub(crate) fn module_loading_lazy(stream: &CudaStream) -> Result<bool, DriverErr
         Ok(mode.assume_init() == sys::CUmoduleLoadingMode::CU_MODULE_LAZY_LOADING)
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Device-memory registration and CUDA IPC (used by `super::ipc`). Each function binds nothing itself:
+// callers bind the context they mean first (`CudaContext::bind_to_thread`).
+
+/// `cuMemGetAddressRange(ptr)`: the base and size of the allocation containing `ptr` in the current
+/// context (an error, e.g. `CUDA_ERROR_NOT_FOUND`, for a pointer that is no device allocation).
+pub(crate) fn mem_get_address_range(ptr: u64) -> Result<(u64, usize), DriverError> {
+    let (mut base, mut size): (sys::CUdeviceptr, usize) = (0, 0);
+    // SAFETY: the driver only writes two scalars through valid pointers; `ptr` is a value it looks up in
+    // its own allocation tables (any value is allowed; unknown ones return an error).
+    unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr).result()? };
+    Ok((base, size))
+}
+
+/// `cuPointerGetAttribute(DEVICE_ORDINAL, ptr)`: the ordinal of the device `ptr` lives on.
+pub(crate) fn pointer_device_ordinal(ptr: u64) -> Result<i32, DriverError> {
+    let mut ordinal: std::ffi::c_int = -1;
+    // SAFETY: DEVICE_ORDINAL writes one int through a valid pointer; any `ptr` value is allowed.
+    unsafe {
+        sys::cuPointerGetAttribute(
+            &mut ordinal as *mut std::ffi::c_int as *mut std::ffi::c_void,
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+            ptr,
+        )
+        .result()?
+    };
+    Ok(ordinal)
+}
+
+/// `cuIpcGetMemHandle(base)`: the 64-byte IPC handle of the allocation at `base`.
+pub(crate) fn ipc_get_mem_handle(base: u64) -> Result<[u8; 64], DriverError> {
+    let mut h = std::mem::MaybeUninit::<sys::CUipcMemHandle>::uninit();
+    // SAFETY: the driver fills the 64-byte handle (read only after CUDA_SUCCESS); `base` is looked up.
+    let h = unsafe {
+        sys::cuIpcGetMemHandle(h.as_mut_ptr(), base).result()?;
+        h.assume_init()
+    };
+    let mut out = [0u8; 64];
+    for (o, c) in out.iter_mut().zip(h.reserved.iter()) {
+        *o = *c as u8;
+    }
+    Ok(out)
+}
+
+/// `cuIpcOpenMemHandle(handle, LAZY_ENABLE_PEER_ACCESS)`: maps another process's allocation into the
+/// current context and returns the mapped base (close it with [`ipc_close_mem_handle`]).
+pub(crate) fn ipc_open_mem_handle(handle: &[u8; 64]) -> Result<u64, DriverError> {
+    let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
+    for (c, b) in h.reserved.iter_mut().zip(handle.iter()) {
+        *c = *b as std::ffi::c_char;
+    }
+    let mut p: sys::CUdeviceptr = 0;
+    // SAFETY: the handle is passed by value; the driver writes one pointer (read only after success).
+    // A handle that is garbage, or this process's own, yields an error, not UB.
+    unsafe {
+        sys::cuIpcOpenMemHandle_v2(&mut p, h, sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as std::ffi::c_uint)
+            .result()?
+    };
+    Ok(p)
+}
+
+/// `cuIpcCloseMemHandle(mapped)`.
+///
+/// # Safety
+/// `mapped` must come from [`ipc_open_mem_handle`], be closed once, and not be used afterwards (no work
+/// still in flight on it).
+pub(crate) unsafe fn ipc_close_mem_handle(mapped: u64) -> Result<(), DriverError> {
+    // SAFETY: forwarded to the caller.
+    unsafe { sys::cuIpcCloseMemHandle(mapped).result() }
+}
+
+/// `cuMemAlloc(size)` in the current context (a plain allocation, IPC-exportable, unlike pool memory).
+pub(crate) fn mem_alloc(size: usize) -> Result<u64, DriverError> {
+    // SAFETY: allocates; the pointer is owned by the caller (`ipc::DeviceAllocation` frees it once).
+    unsafe { result::malloc_sync(size) }
+}
+
+/// `cuMemFree(ptr)`.
+///
+/// # Safety
+/// `ptr` comes from [`mem_alloc`], is freed once and not used afterwards.
+pub(crate) unsafe fn mem_free(ptr: u64) -> Result<(), DriverError> {
+    // SAFETY: forwarded to the caller.
+    unsafe { result::free_sync(ptr) }
+}
+
+/// Synchronous `cuMemcpyHtoD(dst, src)`.
+///
+/// # Safety
+/// `[dst, dst + src.len())` must be device memory valid in the current context.
+pub(crate) unsafe fn copy_htod(dst: u64, src: &[u8]) -> Result<(), DriverError> {
+    // SAFETY: `src` is a valid host slice; the device range is the caller's contract.
+    unsafe { result::memcpy_htod_sync(dst, src) }
+}
+
+/// Synchronous `cuMemcpyDtoH(dst, src)`.
+///
+/// # Safety
+/// `[src, src + dst.len())` must be device memory valid in the current context.
+pub(crate) unsafe fn copy_dtoh(dst: &mut [u8], src: u64) -> Result<(), DriverError> {
+    // SAFETY: `dst` is a valid, exclusively borrowed host slice; the device range is the caller's contract.
+    unsafe { result::memcpy_dtoh_sync(dst, src) }
+}
+
+/// Synchronous `cuMemsetD8(dst, value, len)`.
+///
+/// # Safety
+/// `[dst, dst + len)` must be device memory valid in the current context.
+pub(crate) unsafe fn memset_d8(dst: u64, value: u8, len: usize) -> Result<(), DriverError> {
+    // SAFETY: forwarded to the caller.
+    unsafe { result::memset_d8_sync(dst, value, len) }
+}
+
+/// Reads `out.len()` bytes at device address `src` of the current context. Callers (`ipc::IpcImporter`)
+/// bounds-check `src` against the mapping first; host memory safety depends only on `out`.
+pub(crate) fn copy_dtoh_checked(out: &mut [u8], src: u64) -> Result<(), DriverError> {
+    // SAFETY: `out` is a valid exclusive host slice; an out-of-range device address makes the driver
+    // return an error rather than touching host memory, and callers check the range beforehand.
+    unsafe { copy_dtoh(out, src) }
+}
+
+/// Closes an IPC mapping, ignoring errors (used from `Drop`).
+pub(crate) fn ipc_close_mapping(mapped: u64) {
+    // SAFETY: only `IpcImporter::drop` calls this, once per mapping it opened, after removing the
+    // mapping from its cache (nothing can reach it afterwards).
+    let _ = unsafe { ipc_close_mem_handle(mapped) };
+}
+
+/// Writes `data` at `a.ptr() + offset` (range checked by the caller against `a.size()`).
+pub(crate) fn alloc_write(a: &super::ipc::DeviceAllocation, offset: usize, data: &[u8]) -> Result<(), DriverError> {
+    assert!(offset + data.len() <= a.size());
+    // SAFETY: the range lies inside the live allocation `a` (asserted above).
+    unsafe { copy_htod(a.ptr() + offset as u64, data) }
+}
+
+/// Reads `out.len()` bytes at `a.ptr() + offset`.
+pub(crate) fn alloc_read(a: &super::ipc::DeviceAllocation, offset: usize, out: &mut [u8]) -> Result<(), DriverError> {
+    assert!(offset + out.len() <= a.size());
+    // SAFETY: the range lies inside the live allocation `a` (asserted above).
+    unsafe { copy_dtoh(out, a.ptr() + offset as u64) }
+}
+
+/// Sets every byte of `a` to `value`.
+pub(crate) fn alloc_fill(a: &super::ipc::DeviceAllocation, value: u8) -> Result<(), DriverError> {
+    // SAFETY: exactly the live allocation `a`.
+    unsafe { memset_d8(a.ptr(), value, a.size()) }
+}
+
+/// Frees a `DeviceAllocation`'s pointer, ignoring errors (used from its `Drop`).
+pub(crate) fn alloc_free(ptr: u64) {
+    // SAFETY: only `DeviceAllocation::drop` calls this, once, with the pointer `mem_alloc` returned.
+    let _ = unsafe { mem_free(ptr) };
+}

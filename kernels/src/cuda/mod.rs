@@ -13,9 +13,11 @@
 //! with the reason (cudarc panics when a library is missing; that never reaches the caller).
 
 mod ffi;
+pub mod ipc;
 mod source;
 
 pub use cudarc;
+pub use ipc::{DeviceAllocation, DeviceRegistration, DeviceRegistry, IpcExport, IpcImporter};
 pub use source::{kernel_name, MAX_SRCS};
 
 use crate::{check_supported, DType, KernelError, ReduceOp, Result};
