@@ -89,6 +89,7 @@ fn exchange(me: usize, to: &RdmaLink, from: &RdmaLink, signals: &chorus_backend:
 }
 
 #[test]
+#[ignore = "needs an RDMA device: set CHORUS_RDMA_TEST_DEVICE and run with --ignored (docs/rdma.md)"]
 fn rdma_hw_chunks_and_credits_flow_between_two_ranks() {
     let Some(dev) = device() else { return };
     println!("running on {dev}: {:?}", rdma::probe());
@@ -101,6 +102,7 @@ fn rdma_hw_chunks_and_credits_flow_between_two_ranks() {
 }
 
 #[test]
+#[ignore = "needs an RDMA device: set CHORUS_RDMA_TEST_DEVICE and run with --ignored (docs/rdma.md)"]
 fn rdma_hw_reconnect_recreates_only_the_rejoiners_qp() {
     let Some(_) = device() else { return };
     let barrier = Arc::new(Barrier::new(3));

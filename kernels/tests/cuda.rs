@@ -159,6 +159,7 @@ fn check_size(k: &DeviceKernels, stream: &Arc<CudaStream>, dtype: DType, count: 
 }
 
 #[test]
+#[ignore = "needs a CUDA device: on the GPU machine run with --ignored"]
 fn gpu_preloads_every_kernel() {
     let t = Instant::now();
     let Some(k) = gpu("gpu_preloads_every_kernel") else { return };
@@ -186,6 +187,7 @@ fn gpu_preloads_every_kernel() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: on the GPU machine run with --ignored"]
 fn gpu_reduce_matches_cpu_every_dtype_op_size() {
     let Some(k) = gpu("gpu_reduce_matches_cpu_every_dtype_op_size") else { return };
     let stream = k.context().new_stream().unwrap();
@@ -208,6 +210,7 @@ fn gpu_reduce_matches_cpu_every_dtype_op_size() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: on the GPU machine run with --ignored"]
 fn gpu_rejects_bad_arguments() {
     let Some(k) = gpu("gpu_rejects_bad_arguments") else { return };
     let stream = k.context().new_stream().unwrap();
@@ -278,6 +281,7 @@ fn first_reduce_behind_spinner(test: &str, preload: bool) -> Option<(bool, Durat
 }
 
 #[test]
+#[ignore = "needs a CUDA device: on the GPU machine run with --ignored"]
 fn gpu_first_reduce_completes_behind_resident_spinner() {
     let test = "gpu_first_reduce_completes_behind_resident_spinner";
     let Some((done, took, exit)) = first_reduce_behind_spinner(test, true) else { return };
@@ -289,6 +293,7 @@ fn gpu_first_reduce_completes_behind_resident_spinner() {
 /// Control (reports, asserts nothing about the outcome): the same scenario with preloading skipped,
 /// to show whether lazy loading stalls the first reduce on this driver.
 #[test]
+#[ignore = "needs a CUDA device: on the GPU machine run with --ignored"]
 fn gpu_lazy_control_without_preload_reports() {
     let test = "gpu_lazy_control_without_preload_reports";
     let Some((done, took, exit)) = first_reduce_behind_spinner(test, false) else { return };
@@ -300,6 +305,7 @@ fn gpu_lazy_control_without_preload_reports() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: on the GPU machine run with --ignored"]
 fn gpu_timing_f32_sum() {
     let Some(k) = gpu("gpu_timing_f32_sum") else { return };
     let stream = k.context().new_stream().unwrap();

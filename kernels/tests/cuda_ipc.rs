@@ -76,6 +76,7 @@ fn ipc_export_wire_round_trip() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: on the GPU machine run with --ignored"]
 fn gpu_registry_rejects_bad_pointers() {
     let Some(ctx) = gpu("gpu_registry_rejects_bad_pointers") else { return };
     let reg = DeviceRegistry::new(ctx.clone());
@@ -96,6 +97,7 @@ fn gpu_registry_rejects_bad_pointers() {
 }
 
 #[test]
+#[ignore = "needs a CUDA device: on the GPU machine run with --ignored"]
 fn gpu_ipc_sub_allocations_cross_process() {
     let test = "gpu_ipc_sub_allocations_cross_process";
     let Some(ctx) = gpu(test) else { return };
@@ -136,7 +138,7 @@ fn gpu_ipc_sub_allocations_cross_process() {
     let tensors: Vec<String> = TENSORS.iter().enumerate().map(|(i, &(o, l))| format!("{i}:{o:x}:{l:x}")).collect();
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["--exact", "gpu_ipc_peer", "--nocapture", "--test-threads", "1"])
+        .args(["--exact", "gpu_ipc_peer", "--ignored", "--nocapture", "--test-threads", "1"])
         .env(PEER_HANDLE_ENV, exports[0].handle_hex())
         .env(PEER_BASE_SIZE_ENV, format!("{:x}", exports[0].base_size))
         .env(PEER_TENSORS_ENV, tensors.join(","))
@@ -196,6 +198,7 @@ fn gpu_ipc_sub_allocations_cross_process() {
 
 /// Peer mode of `gpu_ipc_sub_allocations_cross_process` (process B); does nothing when run directly.
 #[test]
+#[ignore = "needs a CUDA device: on the GPU machine run with --ignored"]
 fn gpu_ipc_peer() {
     let Ok(hex) = std::env::var(PEER_HANDLE_ENV) else {
         println!("gpu_ipc_peer: helper mode, runs only in the child process of gpu_ipc_sub_allocations_cross_process");
