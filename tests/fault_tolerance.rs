@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_chorus-ft-worker");
 
+/// One trial at a time: each runs up to 8 rank processes, and several at once on 2 cores would
+/// starve heartbeat threads for seconds (the false-positive behaviour has its own test below).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct Trial {
     n: usize,
     op: &'static str,
@@ -233,6 +240,7 @@ fn trials(seed: u64, count: usize, n: usize, hosts: fn(usize) -> Option<String>,
 
 #[test]
 fn kill_random_rank_of_4_over_shm() {
+    let _serial = serial();
     trials(1, 10, 4, shm, &[1, 2, 3]);
 }
 
@@ -240,6 +248,7 @@ fn kill_random_rank_of_4_over_shm() {
 /// commits (every survivor had the result) or fails with the same error on every survivor.
 #[test]
 fn unsaved_inputs_commit_or_fail_alike() {
+    let _serial = serial();
     let mut rng = Lcg(7);
     for i in 0..4 {
         let victim = 1 + rng.next(3) as usize;
@@ -251,41 +260,49 @@ fn unsaved_inputs_commit_or_fail_alike() {
 
 #[test]
 fn kill_rank_zero() {
+    let _serial = serial();
     trials(2, 5, 4, shm, &[0]);
 }
 
 #[test]
 fn kill_random_rank_of_4_over_tcp() {
+    let _serial = serial();
     trials(3, 10, 4, tcp, &[0, 1, 2, 3]);
 }
 
 #[test]
 fn kill_random_rank_of_4_mixed() {
+    let _serial = serial();
     trials(4, 10, 4, mixed, &[0, 1, 2, 3]);
 }
 
 #[test]
 fn kill_random_rank_of_8() {
+    let _serial = serial();
     trials(5, 8, 8, shm, &[1, 3, 5, 7]);
 }
 
 #[test]
 fn kill_random_rank_of_8_mixed() {
+    let _serial = serial();
     trials(6, 7, 8, mixed, &[0, 2, 4, 6]);
 }
 
 #[test]
 fn kill_random_rank_of_8_over_tcp() {
+    let _serial = serial();
     trials(8, 5, 8, tcp, &[0, 3, 5, 7]);
 }
 
 #[test]
 fn replacement_rejoins_in_place_over_shm() {
+    let _serial = serial();
     rejoin_trial(4, "all_reduce", 1000, 2, shm);
 }
 
 #[test]
 fn replacement_rejoins_in_place_mixed() {
+    let _serial = serial();
     rejoin_trial(4, "mixed", 300, 1, mixed);
 }
 
@@ -293,6 +310,7 @@ fn replacement_rejoins_in_place_mixed() {
 /// the heartbeat timeout, removed, and the survivors go on.
 #[test]
 fn hung_rank_is_detected_by_heartbeat() {
+    let _serial = serial();
     for hosts in [shm as fn(usize) -> Option<String>, tcp] {
         let t = Trial { n: 3, op: "all_reduce", iters: 1_000_000, elems: 100, victim: 1, kill_after: Duration::from_millis(400), hosts, until: "failure", env: &[] };
         let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
@@ -332,6 +350,7 @@ fn hung_rank_is_detected_by_heartbeat() {
 /// Eight ranks on two cores, with the cores also busy: heartbeats must not declare anyone dead.
 #[test]
 fn no_false_positives_with_8_ranks_under_load() {
+    let _serial = serial();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let burners: Vec<_> = (0..2)
         .map(|_| {
@@ -382,6 +401,7 @@ fn no_false_positives_with_8_ranks_under_load() {
 #[test]
 #[ignore = "soak: long; run on demand"]
 fn soak() {
+    let _serial = serial();
     let total: usize = std::env::var("CHORUS_FT_SOAK_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let configs: [(usize, fn(usize) -> Option<String>, &[usize]); 4] = [(4, shm, &[0, 1, 2, 3]), (4, tcp, &[0, 1, 2, 3]), (4, mixed, &[0, 1, 2, 3]), (8, mixed, &[0, 3, 5, 7])];
     for k in 0..total {
