@@ -35,13 +35,11 @@ pub struct Counters {
     pub connections: AtomicU64,
     /// The same, per peer: a rejoin raises only the rejoiner's entry.
     pub connections_to: Vec<AtomicU64>,
-    /// Collectives this rank issued.
-    pub collectives: AtomicU64,
 }
 
 impl Counters {
     fn new(n: usize) -> Counters {
-        Counters { connections: AtomicU64::new(0), connections_to: (0..n).map(|_| AtomicU64::new(0)).collect(), collectives: AtomicU64::new(0) }
+        Counters { connections: AtomicU64::new(0), connections_to: (0..n).map(|_| AtomicU64::new(0)).collect() }
     }
 
     fn connected(&self, peer: usize) {
@@ -52,7 +50,7 @@ impl Counters {
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { committed: 0, current: None, posted: 0, can_rerun: true }
+        Progress { committed: 0, current: None, can_rerun: true }
     }
 }
 
@@ -61,8 +59,6 @@ impl Default for Progress {
 pub struct Progress {
     pub committed: u64,
     pub current: Option<(u64, bool)>,
-    /// Highest recovery round this rank posted for.
-    pub posted: u64,
     /// Whether the current collective can be re-run from this rank's inputs.
     pub can_rerun: bool,
 }
@@ -435,13 +431,12 @@ impl GroupInner {
     /// Posts this rank's progress for recovery round `round`.
     pub fn post_recovery(&self, round: u64) -> Result<()> {
         let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         let dead: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank && self.peer_dead(p)).collect();
         let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch, can_rerun: progress.can_rerun };
         let r = Round { store: &self.store, views: &self.views, uid: &self.uid, me: self.rank, round, view: &view };
-        r.post(&post)?;
-        progress.posted = progress.posted.max(round);
         drop(progress);
+        r.post(&post)?;
         self.raise_recovery(round, &view.members());
         Ok(())
     }

@@ -2,7 +2,6 @@
 import copy
 import json
 import os
-import sys
 from datetime import timedelta
 
 import torch
@@ -48,12 +47,7 @@ def main():
     return 0
 
 
-# The checks are done and reported: leave without interpreter finalization. libtorch
-# occasionally aborts while tearing its objects down at exit ("terminate called without an
-# active exception", seen in about 1 run in 10 of this worker, after destroy_process_group
-# returned); that is not what these tests check, so it must not fail them.
 if __name__ == "__main__":
-    rc = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc or 0)
+    import _worker_exit
+
+    _worker_exit.run(main)

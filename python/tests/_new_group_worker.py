@@ -2,7 +2,6 @@
 (use_local_synchronization=True); strict subsets of the world, checked by all_reduce."""
 import json
 import os
-import sys
 from datetime import timedelta
 
 import torch
@@ -37,9 +36,7 @@ def main() -> int:
     return 0
 
 
-# Leave without interpreter finalization once the report is written (see _parity_worker.py).
 if __name__ == "__main__":
-    rc = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc or 0)
+    import _worker_exit
+
+    _worker_exit.run(main)

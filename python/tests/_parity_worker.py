@@ -5,7 +5,6 @@ Run by test_parity.py as WORLD_SIZE processes; writes a JSON report to CHORUS_TE
 """
 import json
 import os
-import sys
 import traceback
 from datetime import timedelta
 
@@ -359,12 +358,7 @@ def main():
     return 0
 
 
-# The checks are done and reported: leave without interpreter finalization. libtorch
-# occasionally aborts while tearing its objects down at exit ("terminate called without an
-# active exception", seen in about 1 run in 10 of this worker, after destroy_process_group
-# returned); that is not what these tests check, so it must not fail them.
 if __name__ == "__main__":
-    rc = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc or 0)
+    import _worker_exit
+
+    _worker_exit.run(main)

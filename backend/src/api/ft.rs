@@ -45,7 +45,7 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
         }
         if ft && g.pending_round().is_some() {
             set_progress(g, None, None);
-            recover(g, comm, &ctx)?;
+            recover(g, &ctx)?;
         }
         let view = g.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !view.is_active(g.rank) {
@@ -88,7 +88,7 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
             }
         }
         // Slow path: agree with the survivors.
-        recover(g, comm, &ctx)?;
+        recover(g, &ctx)?;
         let committed = g.progress.lock().unwrap_or_else(|p| p.into_inner()).committed;
         if committed >= ctx.op_seq {
             // Committed by agreement: every survivor holds the full result over this attempt's
@@ -128,9 +128,8 @@ fn take_failed(g: &GroupInner) -> Vec<usize> {
 /// A replacement rank waits for the survivors' decision that admits it, then lines its
 /// collective counter up with theirs.
 pub fn admit(g: &GroupInner) -> Result<()> {
-    let mut comm_guard = g.coll.lock().unwrap_or_else(|p| p.into_inner());
     let ctx = OpCtx { name: "join", op_seq: 0, epoch: 0, desc: 0, deadline: Instant::now() + g.opts.timeout, started: Instant::now() };
-    recover(g, &mut comm_guard.comm, &ctx)?;
+    recover(g, &ctx)?;
     let view = g.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if !view.is_active(g.rank) {
         return Err(ChorusError::InvalidArgument(format!("join: the survivors did not admit rank {} (view {:?})", g.rank, view.members())));
@@ -156,9 +155,9 @@ fn commit_barrier(comm: &mut Comm, ctx: &OpCtx, t: &Topo) -> Result<()> {
     Ok(())
 }
 
-/// Joins (or starts) the next recovery round and applies its decision. Returns the ranks it
-/// removed.
-fn recover(g: &GroupInner, comm: &mut Comm, ctx: &OpCtx) -> Result<Vec<usize>> {
+/// Joins (or starts) the next recovery round and applies its decision (the removed ranks are
+/// queued for the next collective's report).
+fn recover(g: &GroupInner, ctx: &OpCtx) -> Result<()> {
     let round = g.rounds_applied.load(Ordering::SeqCst) + 1;
     let _span = tracing::info_span!("recovery", round, op = ctx.name, seq = ctx.op_seq).entered();
     g.post_recovery(round)?;
@@ -177,6 +176,5 @@ fn recover(g: &GroupInner, comm: &mut Comm, ctx: &OpCtx) -> Result<Vec<usize>> {
     g.pending_failed.lock().unwrap_or_else(|p| p.into_inner()).extend(decision.removed.iter().copied());
     g.last_decision_rerun.store(decision.rerun_possible as u64, Ordering::SeqCst);
     g.rounds_applied.fetch_max(round, Ordering::SeqCst);
-    let _ = comm;
-    Ok(decision.removed)
+    Ok(())
 }

@@ -204,7 +204,6 @@ impl ProcessGroup {
 
     fn next_ctx(&self, name: &'static str, desc: &[u64]) -> OpCtx {
         let op_seq = self.inner.op_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        self.inner.counters.collectives.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         OpCtx { name, op_seq, epoch: 0, desc: describe(desc), deadline: now + self.inner.opts.timeout, started: now }
     }

@@ -97,14 +97,6 @@ impl Comm {
             .max_by_key(|&(_, r)| r)
     }
 
-    /// Whether `peer` is known to be gone (process, socket or heartbeat).
-    pub fn peer_dead(&self, peer: usize) -> bool {
-        match self.link(peer) {
-            Ok(l) => l.check_alive().is_err() || self.liveness.stalled(&self.signals, peer).is_some(),
-            Err(_) => false,
-        }
-    }
-
     pub fn link(&self, peer: usize) -> Result<Arc<dyn Link>> {
         self.links
             .get(peer)
@@ -135,14 +127,12 @@ impl Comm {
 
     /// Error if `p` is known to be gone (process exited, socket closed, heartbeat stalled).
     pub fn check_peer(&self, op: &'static str, p: usize) -> Result<()> {
-        {
-            self.link(p)?.check_alive().map_err(|e| match e {
-                ChorusError::PeerFailed { peer, why, .. } => ChorusError::PeerFailed { op, peer, why },
-                e => e,
-            })?;
-            if let Some(quiet) = self.liveness.stalled(&self.signals, p) {
-                return Err(ChorusError::PeerFailed { op, peer: p, why: format!("no heartbeat for {} ms", quiet.as_millis()) });
-            }
+        self.link(p)?.check_alive().map_err(|e| match e {
+            ChorusError::PeerFailed { peer, why, .. } => ChorusError::PeerFailed { op, peer, why },
+            e => e,
+        })?;
+        if let Some(quiet) = self.liveness.stalled(&self.signals, p) {
+            return Err(ChorusError::PeerFailed { op, peer: p, why: format!("no heartbeat for {} ms", quiet.as_millis()) });
         }
         Ok(())
     }

@@ -47,8 +47,8 @@ impl Liveness {
     /// strictly increasing), so a replacement process's beats always exceed its predecessor's.
     pub fn beat(&self, links: &[Option<Arc<dyn Link>>]) {
         let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let b = self.beats.fetch_max(now_ms, Ordering::Relaxed).max(now_ms);
-        let b = if b == now_ms { now_ms } else { self.beats.fetch_add(1, Ordering::Relaxed) + 1 };
+        let prev = self.beats.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((b + 1).max(now_ms))).unwrap_or(0);
+        let b = (prev + 1).max(now_ms);
         for l in links.iter().flatten() {
             if l.check_alive().is_ok() {
                 let _ = l.control(Control::Heartbeat, b);
