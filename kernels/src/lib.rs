@@ -56,6 +56,17 @@ pub enum KernelError {
     /// A CUDA driver call failed.
     #[error("CUDA error while {what}: {reason}")]
     Cuda { what: String, reason: String },
+    /// Setting up a GPU communicator failed (the ranks disagree on its configuration, or the exchange
+    /// of workspace handles failed); the text says which.
+    #[error("GPU communicator setup failed: {0}")]
+    CommSetup(String),
+    /// A GPU collective kernel waited past its deadline for a peer; the communicator is unusable.
+    #[error(
+        "a GPU collective waited more than {timeout_ms} ms for a peer (thread block {block}): a peer process \
+         died or hung, or the ranks issued collectives in different orders or with different sizes; this \
+         device communicator cannot be used any more (CHORUS_CUDA_TIMEOUT_MS sets the deadline)"
+    )]
+    CollectiveTimeout { block: u32, timeout_ms: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;

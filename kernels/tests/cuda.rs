@@ -165,8 +165,9 @@ fn gpu_preloads_every_kernel() {
     let Some(k) = gpu("gpu_preloads_every_kernel") else { return };
     let built = t.elapsed();
     let stream = k.context().new_stream().unwrap();
-    // 4 floats x {sum, prod, min, max} + 5 ints x 7 ops + bool {or, and, xor}.
-    assert_eq!(k.kernel_count(), 54);
+    // 4 floats x {sum, prod, min, max} + 5 ints x 7 ops + bool {or, and, xor}, each as a reduce and a
+    // collective kernel, plus the data-movement collective kernel.
+    assert_eq!(k.kernel_count(), 54 * 2 + 1);
     assert_eq!(k.preloaded().len(), k.kernel_count(), "every kernel must be preloaded");
     for p in k.preloaded() {
         assert!(p.max_threads_per_block >= 256 && p.num_regs > 0, "{p:?}");

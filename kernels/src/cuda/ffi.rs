@@ -300,3 +300,117 @@ pub(crate) fn alloc_free(ptr: u64) {
     // SAFETY: only `DeviceAllocation::drop` calls this, once, with the pointer `mem_alloc` returned.
     let _ = unsafe { mem_free(ptr) };
 }
+
+// ---------------------------------------------------------------------------------------------------
+// GPU collectives (used by `super::coll`).
+
+/// Kernel parameter of every collective kernel; layout matches `struct CollArgs` in `coll_source.rs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CollArgs {
+    pub ws: [u64; 8],
+    pub src: u64,
+    pub dst: u64,
+    pub count: u64,
+    pub src_stride: u64,
+    pub dst_stride: u64,
+    pub slot_bytes: u64,
+    pub p2p_slot: u64,
+    pub staging_off: u64,
+    pub p2p_off: u64,
+    pub timeout_ns: u64,
+    pub send_off: [u64; 8],
+    pub send_len: [u64; 8],
+    pub recv_off: [u64; 8],
+    pub recv_len: [u64; 8],
+    pub kind: u32,
+    pub rank: u32,
+    pub world: u32,
+    pub root: u32,
+    pub avg_n: u32,
+    pub pad: u32,
+}
+
+/// Launches a collective kernel on the raw stream `stream`.
+///
+/// # Safety
+/// `stream` must be a live stream of the current context (or null for the legacy default stream);
+/// every address in `args` (`ws[..world]`, `src`, `dst` with the ranges the kind implies) must be device
+/// memory usable from this context until the kernel completes; `func` takes one `CollArgs`.
+pub(crate) unsafe fn launch_coll(func: &CudaFunction, stream: sys::CUstream, grid: u32, block: u32, args: &CollArgs) -> Result<(), DriverError> {
+    let mut a = *args;
+    let mut params = [&mut a as *mut CollArgs as *mut std::ffi::c_void];
+    // SAFETY: one parameter of type CollArgs (repr(C), same layout as the CUDA struct), copied by the
+    // driver at launch; the pointers' validity is the caller's contract.
+    unsafe { result::launch_kernel(func.cu_function(), (grid, 1, 1), (block, 1, 1), 0, stream, &mut params) }
+}
+
+/// An owned `CU_EVENT_DISABLE_TIMING` event, destroyed on drop.
+pub(crate) struct Event(sys::CUevent);
+
+// SAFETY: a CUevent is a driver object handle; the driver API accepts it from any thread, and `Event`
+// only hands it to driver calls.
+unsafe impl Send for Event {}
+
+/// A new event in the current context.
+pub(crate) fn event_create() -> Result<Event, DriverError> {
+    result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map(Event)
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: the event was created by `event_create` and is destroyed once, here.
+        let _ = unsafe { result::event::destroy(self.0) };
+    }
+}
+
+/// `cuEventRecord(event, stream)`.
+///
+/// # Safety
+/// `stream` is a live stream of the event's context (or null).
+pub(crate) unsafe fn event_record(event: &Event, stream: sys::CUstream) -> Result<(), DriverError> {
+    // SAFETY: the event is alive (borrowed); the stream is the caller's contract.
+    unsafe { result::event::record(event.0, stream) }
+}
+
+/// `cuStreamWaitEvent(stream, event)`.
+///
+/// # Safety
+/// As [`event_record`].
+pub(crate) unsafe fn stream_wait_event(stream: sys::CUstream, event: &Event) -> Result<(), DriverError> {
+    // SAFETY: as event_record.
+    unsafe { result::stream::wait_event(stream, event.0, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }
+}
+
+/// Whether `stream` is capturing into a CUDA graph.
+///
+/// # Safety
+/// `stream` is a live stream of the current context (or null).
+pub(crate) unsafe fn stream_is_capturing(stream: sys::CUstream) -> Result<bool, DriverError> {
+    let mut st = std::mem::MaybeUninit::<sys::CUstreamCaptureStatus>::uninit();
+    // SAFETY: writes one enum through a valid pointer, read only after success; stream per the contract.
+    unsafe {
+        sys::cuStreamIsCapturing(stream, st.as_mut_ptr()).result()?;
+        Ok(st.assume_init() != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
+}
+
+/// `cuStreamSynchronize(stream)`.
+///
+/// # Safety
+/// `stream` is a live stream of the current context (or null).
+pub(crate) unsafe fn stream_synchronize(stream: sys::CUstream) -> Result<(), DriverError> {
+    // SAFETY: forwarded to the caller.
+    unsafe { result::stream::synchronize(stream) }
+}
+
+/// Reads the u64 at device address `src` (synchronous, legacy stream).
+///
+/// # Safety
+/// `src` is 8 bytes of device memory valid in the current context.
+pub(crate) unsafe fn read_u64(src: u64) -> Result<u64, DriverError> {
+    let mut v = [0u8; 8];
+    // SAFETY: forwarded to the caller; `v` is a valid host buffer of 8 bytes.
+    unsafe { copy_dtoh(&mut v, src)? };
+    Ok(u64::from_le_bytes(v))
+}

@@ -12,11 +12,14 @@
 //! machines without CUDA, where [`DeviceKernels::for_device`] returns [`KernelError::CudaUnavailable`]
 //! with the reason (cudarc panics when a library is missing; that never reaches the caller).
 
+pub mod coll;
+mod coll_source;
 mod ffi;
 pub mod ipc;
 mod source;
 
 pub use cudarc;
+pub use coll::{CommOptions, DeviceComm, RawStream};
 pub use ipc::{DeviceAllocation, DeviceRegistration, DeviceRegistry, IpcExport, IpcImporter};
 pub use source::{kernel_name, MAX_SRCS};
 
@@ -52,9 +55,13 @@ pub struct DeviceKernels {
     arch: &'static str,
     sm_count: u32,
     _module: Arc<CudaModule>,
-    /// Indexed by `dtype as usize * 8 + op as usize`; index into `funcs`.
+    /// Indexed by `dtype as usize * 8 + op as usize`; index into `funcs` and `coll_funcs`.
     table: Vec<Option<usize>>,
     funcs: Vec<CudaFunction>,
+    /// The collective kernel of each entry of `funcs` (same dtype and op).
+    coll_funcs: Vec<CudaFunction>,
+    /// The data-movement collective kernel.
+    copy_func: CudaFunction,
     preloaded: Vec<PreloadedKernel>,
 }
 
@@ -274,20 +281,25 @@ impl DeviceKernels {
         let module = compile_and_load(&ctx, &source::reduce_module_source(), "chorus_reduce.cu")?;
         let list = source::kernels();
         let mut funcs = Vec::with_capacity(list.len());
-        let mut preloaded = Vec::with_capacity(list.len());
-        for (kname, _, _) in &list {
+        let mut coll_funcs = Vec::with_capacity(list.len());
+        let mut preloaded = Vec::with_capacity(2 * list.len() + 1);
+        let mut load = |kname: &str| -> Result<CudaFunction> {
             if preload {
                 let (f, p) = load_and_preload(&module, kname)?;
-                funcs.push(f);
                 preloaded.push(p);
+                Ok(f)
             } else {
-                let f = module.load_function(kname).map_err(|e| KernelError::Cuda {
+                module.load_function(kname).map_err(|e| KernelError::Cuda {
                     what: format!("cuModuleGetFunction({kname})"),
                     reason: e.to_string(),
-                })?;
-                funcs.push(f);
+                })
             }
+        };
+        for (kname, _, _) in &list {
+            funcs.push(load(kname)?);
+            coll_funcs.push(load(&source::coll_kernel_name(kname))?);
         }
+        let copy_func = load(coll_source::COPY_KERNEL)?;
         let mut table = vec![None; DType::all().len() * 8];
         for &d in DType::all() {
             for &op in ReduceOp::all() {
@@ -296,7 +308,19 @@ impl DeviceKernels {
                 }
             }
         }
-        Ok(DeviceKernels { ordinal, ctx, name, arch, sm_count, _module: module, table, funcs, preloaded })
+        Ok(DeviceKernels {
+            ordinal,
+            ctx,
+            name,
+            arch,
+            sm_count,
+            _module: module,
+            table,
+            funcs,
+            coll_funcs,
+            copy_func,
+            preloaded,
+        })
     }
 
     /// Device ordinal.
@@ -319,9 +343,27 @@ impl DeviceKernels {
         &self.ctx
     }
 
-    /// Number of distinct reduce kernels in the module (all of them are preloaded by `for_device`).
+    /// Number of kernels in the module: the reduce kernels, one collective kernel per reduce kernel and
+    /// the data-movement collective kernel (all of them are preloaded by `for_device`).
     pub fn kernel_count(&self) -> usize {
-        self.funcs.len()
+        self.funcs.len() + self.coll_funcs.len() + 1
+    }
+
+    /// Number of SMs of the device.
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+
+    /// The collective kernel for `(dtype, op)`.
+    pub(crate) fn coll_func(&self, dtype: DType, op: ReduceOp) -> Result<&CudaFunction> {
+        check_supported(dtype, op)?;
+        let idx = self.table[dtype as usize * 8 + op as usize].ok_or(KernelError::Unsupported { op, dtype: dtype.name() })?;
+        Ok(&self.coll_funcs[idx])
+    }
+
+    /// The data-movement collective kernel.
+    pub(crate) fn copy_func(&self) -> &CudaFunction {
+        &self.copy_func
     }
 
     /// What preloading returned for each kernel (empty only for the test-only no-preload build).

@@ -297,11 +297,20 @@ pub(crate) fn kernels() -> Vec<(String, &'static str, &'static str)> {
     out
 }
 
-/// The full reduce module: [`REDUCE_SRC`] plus one `extern "C"` instantiation per entry of [`kernels`].
+/// The collective kernel of a reduce kernel (same dtype and op): `chorus_reduce_f32_sum` ->
+/// `chorus_coll_f32_sum`.
+pub(crate) fn coll_kernel_name(reduce_kernel: &str) -> String {
+    reduce_kernel.replacen("chorus_reduce_", "chorus_coll_", 1)
+}
+
+/// The full module: [`REDUCE_SRC`] and the collectives' source, plus one `extern "C"` reduce kernel and
+/// one collective kernel per entry of [`kernels`].
 pub(crate) fn reduce_module_source() -> String {
     let mut s = String::from(REDUCE_SRC);
+    s.push_str(super::coll_source::COLL_SRC);
     for (name, c, f) in kernels() {
         s.push_str(&format!("CHORUS_REDUCE({name}, {c}, {f})\n"));
+        s.push_str(&format!("CHORUS_COLL({}, {c}, {f})\n", coll_kernel_name(&name)));
     }
     s
 }

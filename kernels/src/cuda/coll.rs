@@ -1,0 +1,633 @@
+//! GPU collectives over CUDA IPC: one [`DeviceComm`] per (group, device) holds this rank's workspace
+//! (flags, counters, staging), every peer's workspace mapped through CUDA IPC, and launches the
+//! collective kernels of [`super::coll_source`] on the caller's stream.
+//!
+//! Setup is the transport: a capability check (the device opens, the kernels compile and preload), one
+//! allocation registered at its base and exported, and one exchange of handles through the caller's
+//! `exchange` function (a store all-gather). The kernels never know how the peer memory got mapped.
+//!
+//! Ordering: every operation is enqueued on the stream it is given, with no host synchronization. The
+//! operations of one communicator form one sequence on every rank (as in NCCL): when a caller switches
+//! streams, the new stream first waits for the communicator's last operation (an event), so ops issued
+//! on several streams still run one after another. While a stream is capturing a CUDA graph no event is
+//! used; the graph replays in the capturing stream's order.
+//!
+//! Large operations are split on the host into sub-operations that fit the staging slots; the split
+//! depends only on sizes every rank knows, so every rank launches the same sequence.
+//!
+//! This module is part of the FFI layer: its operations take raw device addresses and raw streams
+//! (what torch and C callers hold), so they are `unsafe fn`s with documented contracts, and the driver
+//! calls they make go through `ffi`.
+#![allow(unsafe_code)]
+
+use super::{cuda_err, ffi, DeviceAllocation, DeviceKernels, DeviceRegistry, IpcExport, IpcImporter};
+use crate::{DType, KernelError, ReduceOp, Result};
+use cudarc::driver::sys;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Most ranks a device communicator spans (kernel arrays are sized for it).
+pub const MAX_RANKS: usize = 8;
+/// Most thread blocks a collective kernel is launched with (flag arrays are sized for it).
+pub const MAX_BLOCKS: u32 = 128;
+/// Where staging starts in a workspace (after flags, counters and the error word; see the source).
+const STAGING_OFF: usize = 65536;
+const ERROR_OFF: u64 = 57344;
+
+const AR_ONESHOT: u32 = 1;
+const AR_TWOSHOT: u32 = 2;
+const REDUCE: u32 = 3;
+const REDUCE_SCATTER: u32 = 4;
+const BROADCAST: u32 = 10;
+const ALL_GATHER: u32 = 11;
+const ALL_TO_ALL: u32 = 12;
+const SEND: u32 = 13;
+const RECV: u32 = 14;
+
+/// A CUDA stream handle as an integer (`CUstream`/`cudaStream_t`; 0 is the legacy default stream), as
+/// torch's `torch.cuda.Stream.cuda_stream` and cudarc's `CudaStream::cu_stream()` give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawStream(pub usize);
+
+impl RawStream {
+    fn cu(self) -> sys::CUstream {
+        self.0 as sys::CUstream
+    }
+}
+
+/// Sizes and tuning of a device communicator. Every rank must use the same values (checked at setup).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommOptions {
+    /// Bytes of one peer slot in one parity of the staging area (`2 * world` slots in all).
+    pub slot_bytes: usize,
+    /// Bytes of one point-to-point slot (`2 * world` per workspace).
+    pub p2p_slot: usize,
+    /// Thread blocks per collective kernel (at most [`MAX_BLOCKS`]).
+    pub blocks: u32,
+    /// Threads per block.
+    pub threads: u32,
+    /// all_reduce up to this many bytes runs one-shot (every rank reduces everything), larger two-shot.
+    pub oneshot_max: usize,
+    /// How long a kernel waits for a peer before it gives up ([`KernelError::CollectiveTimeout`]).
+    pub timeout: Duration,
+}
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+impl CommOptions {
+    /// Defaults for `world` ranks, overridden by `CHORUS_CUDA_STAGING_MB` (whole staging area, default
+    /// 512), `CHORUS_CUDA_P2P_SLOT_KB` (default 4096), `CHORUS_CUDA_BLOCKS` (default 32),
+    /// `CHORUS_CUDA_THREADS` (default 512), `CHORUS_CUDA_ONESHOT_MAX` (bytes, default 256 KiB for 2 ranks,
+    /// 128 KiB for 3-4, 64 KiB beyond) and `CHORUS_CUDA_TIMEOUT_MS` (default 60000).
+    pub fn from_env(world: usize) -> CommOptions {
+        let world = world.max(1);
+        let staging = env_usize("CHORUS_CUDA_STAGING_MB").unwrap_or(512).max(1) << 20;
+        let slot = (staging / (2 * world)).clamp(64 << 10, 256 << 20) & !4095;
+        let default_oneshot = match world {
+            1 | 2 => 256 << 10,
+            3 | 4 => 128 << 10,
+            _ => 64 << 10,
+        };
+        CommOptions {
+            slot_bytes: slot,
+            p2p_slot: (env_usize("CHORUS_CUDA_P2P_SLOT_KB").unwrap_or(4096).max(4) << 10) & !15,
+            blocks: env_usize("CHORUS_CUDA_BLOCKS").unwrap_or(32).clamp(1, MAX_BLOCKS as usize) as u32,
+            threads: (env_usize("CHORUS_CUDA_THREADS").unwrap_or(512).clamp(64, 1024) as u32) & !31,
+            oneshot_max: env_usize("CHORUS_CUDA_ONESHOT_MAX").unwrap_or(default_oneshot).min(slot),
+            timeout: Duration::from_millis(env_usize("CHORUS_CUDA_TIMEOUT_MS").unwrap_or(60_000).max(1) as u64),
+        }
+    }
+
+    fn wire(&self) -> String {
+        format!(
+            "slot={} p2p={} blocks={} threads={} oneshot={} timeout_ms={}",
+            self.slot_bytes,
+            self.p2p_slot,
+            self.blocks,
+            self.threads,
+            self.oneshot_max,
+            self.timeout.as_millis()
+        )
+    }
+}
+
+/// Byte offsets inside a workspace.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    p2p_off: usize,
+    total: usize,
+}
+
+impl Layout {
+    fn new(world: usize, o: &CommOptions) -> Layout {
+        let p2p_off = STAGING_OFF + 2 * world * o.slot_bytes;
+        Layout { p2p_off, total: p2p_off + 2 * world * o.p2p_slot }
+    }
+}
+
+/// Which stream the communicator's last operation went to (for cross-stream ordering).
+struct Order {
+    event: ffi::Event,
+    last_stream: Option<RawStream>,
+}
+
+/// A GPU communicator: this rank's workspace and every peer's, mapped; collectives on raw device
+/// pointers enqueued on a caller's stream.
+pub struct DeviceComm {
+    kernels: Arc<DeviceKernels>,
+    rank: usize,
+    world: usize,
+    opts: CommOptions,
+    layout: Layout,
+    ws: DeviceAllocation,
+    _registry: DeviceRegistry,
+    _importer: IpcImporter,
+    peer_ws: [u64; MAX_RANKS],
+    order: Mutex<Order>,
+    launches: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for DeviceComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceComm")
+            .field("device", &self.kernels.ordinal())
+            .field("rank", &self.rank)
+            .field("world", &self.world)
+            .field("options", &self.opts)
+            .finish()
+    }
+}
+
+/// `(src, dst)` byte ranges needed by one operation, for argument checks.
+fn elems_bytes(dtype: DType, count: usize) -> Result<usize> {
+    count.checked_mul(dtype.size()).ok_or(KernelError::InvalidArgument { reason: "element count overflows" })
+}
+
+impl DeviceComm {
+    /// Builds the communicator of `rank` of `world` on device `ordinal`: compiles and preloads the
+    /// kernels (once per process and device), allocates and zeroes the workspace, exports it, and calls
+    /// `exchange` once with this rank's description; `exchange` must return every rank's description in
+    /// rank order (an all-gather through a store). All ranks must call this together.
+    pub fn new(
+        ordinal: usize,
+        rank: usize,
+        world: usize,
+        opts: CommOptions,
+        exchange: &mut dyn FnMut(String) -> Result<Vec<String>>,
+    ) -> Result<DeviceComm> {
+        if world == 0 || world > MAX_RANKS || rank >= world {
+            return Err(KernelError::CommSetup(format!(
+                "rank {rank} of {world}: a device communicator spans 1 to {MAX_RANKS} ranks"
+            )));
+        }
+        if opts.blocks == 0 || opts.blocks > MAX_BLOCKS || opts.slot_bytes % 4096 != 0 || opts.p2p_slot % 16 != 0 {
+            return Err(KernelError::CommSetup(format!("invalid options {opts:?}")));
+        }
+        let kernels = DeviceKernels::for_device(ordinal)?;
+        let ctx = kernels.context().clone();
+        let layout = Layout::new(world, &opts);
+        let ws = DeviceAllocation::new(&ctx, layout.total)?;
+        // Flags and counters start at zero before any peer can see the workspace (the exchange below
+        // is the barrier: nobody signals before everyone published).
+        ws.fill(0)?;
+        let registry = DeviceRegistry::new(ctx.clone());
+        let reg = registry.register(ws.ptr(), layout.total)?;
+        let export = registry.export(&reg)?;
+        let mine = format!("{}|{}", export.to_wire(), opts.wire());
+        let all = exchange(mine)?;
+        if all.len() != world {
+            return Err(KernelError::CommSetup(format!("the exchange returned {} entries for {world} ranks", all.len())));
+        }
+        let importer = IpcImporter::new(ctx.clone());
+        let mut peer_ws = [0u64; MAX_RANKS];
+        for (q, entry) in all.iter().enumerate() {
+            let (wire, cfg) = entry
+                .split_once('|')
+                .ok_or_else(|| KernelError::CommSetup(format!("rank {q} published a malformed entry {entry:?}")))?;
+            if cfg != opts.wire() {
+                return Err(KernelError::CommSetup(format!(
+                    "rank {q} uses {cfg:?} but rank {rank} uses {:?}; set the same CHORUS_CUDA_* variables on every rank",
+                    opts.wire()
+                )));
+            }
+            if q == rank {
+                peer_ws[q] = ws.ptr();
+                continue;
+            }
+            let e = IpcExport::from_wire(wire)?;
+            if e.base_size < layout.total {
+                return Err(KernelError::CommSetup(format!("rank {q}'s workspace is {} bytes, expected {}", e.base_size, layout.total)));
+            }
+            peer_ws[q] = importer.open(&e.handle)? + e.offset as u64;
+        }
+        ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+        let event = ffi::event_create().map_err(|e| cuda_err("creating the ordering event", e))?;
+        Ok(DeviceComm {
+            kernels,
+            rank,
+            world,
+            opts,
+            layout,
+            ws,
+            _registry: registry,
+            _importer: importer,
+            peer_ws,
+            order: Mutex::new(Order { event, last_stream: None }),
+            launches: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// The device ordinal.
+    pub fn device(&self) -> usize {
+        self.kernels.ordinal()
+    }
+
+    pub fn options(&self) -> &CommOptions {
+        &self.opts
+    }
+
+    /// The device kernels this communicator launches (compiled and preloaded at setup).
+    pub fn kernels(&self) -> &Arc<DeviceKernels> {
+        &self.kernels
+    }
+
+    /// Kernel launches so far (sub-operations included).
+    pub fn launches(&self) -> u64 {
+        self.launches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn base_args(&self, kind: u32) -> ffi::CollArgs {
+        ffi::CollArgs {
+            ws: self.peer_ws,
+            slot_bytes: self.opts.slot_bytes as u64,
+            p2p_slot: self.opts.p2p_slot as u64,
+            staging_off: STAGING_OFF as u64,
+            p2p_off: self.layout.p2p_off as u64,
+            timeout_ns: self.opts.timeout.as_nanos().min(u64::MAX as u128) as u64,
+            kind,
+            rank: self.rank as u32,
+            world: self.world as u32,
+            ..Default::default()
+        }
+    }
+
+    /// Enqueues `subs` launches of `func` on `stream`, ordered after this communicator's last operation.
+    ///
+    /// # Safety
+    /// Every `CollArgs` must describe device memory valid until the kernels complete (see the public ops).
+    unsafe fn enqueue(&self, stream: RawStream, func: &cudarc::driver::CudaFunction, subs: &[ffi::CollArgs]) -> Result<()> {
+        if subs.is_empty() {
+            return Ok(());
+        }
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        self.kernels.context().bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+        // SAFETY: `stream` is the caller's live stream (contract of the public ops).
+        let capturing = unsafe { ffi::stream_is_capturing(stream.cu()) }.map_err(|e| cuda_err("cuStreamIsCapturing", e))?;
+        if !capturing {
+            if let Some(last) = order.last_stream {
+                if last != stream {
+                    // SAFETY: the event is ours and alive; the stream is the caller's live stream.
+                    unsafe { ffi::stream_wait_event(stream.cu(), &order.event) }.map_err(|e| cuda_err("cuStreamWaitEvent", e))?;
+                }
+            }
+        }
+        for a in subs {
+            // SAFETY: forwarded to the caller; `func` is a collective kernel of this module.
+            unsafe { ffi::launch_coll(func, stream.cu(), self.opts.blocks, self.opts.threads, a) }
+                .map_err(|e| cuda_err("launching a collective kernel", e))?;
+        }
+        self.launches.fetch_add(subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if !capturing {
+            // SAFETY: as above.
+            unsafe { ffi::event_record(&order.event, stream.cu()) }.map_err(|e| cuda_err("cuEventRecord", e))?;
+            order.last_stream = Some(stream);
+        }
+        Ok(())
+    }
+
+    /// Elements per sub-operation for a reduce kind whose per-rank share must fit `cap` bytes.
+    fn chunk_elems(dtype: DType, cap: usize) -> usize {
+        let al = 16 / dtype.size();
+        (cap / dtype.size()) / al * al
+    }
+
+    /// `dst = op over ranks of src` (`count` elements; `dst == src` for in place).
+    ///
+    /// # Safety
+    /// `src` and `dst` are device memory of this communicator's device, valid for `count` elements of
+    /// `dtype` until the operation completes on `stream`; they are equal or do not overlap; `stream` is
+    /// a live stream of the device's primary context (or 0).
+    pub unsafe fn all_reduce(&self, stream: RawStream, dtype: DType, op: ReduceOp, src: u64, dst: u64, count: usize) -> Result<()> {
+        let func = self.kernels.coll_func(dtype, op)?;
+        let bytes = elems_bytes(dtype, count)?;
+        let avg_n = if op == ReduceOp::Avg { self.world as u32 } else { 0 };
+        let mut subs = Vec::new();
+        let e = dtype.size() as u64;
+        if bytes <= self.opts.oneshot_max || self.world == 1 {
+            let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes).max(1);
+            let mut off = 0;
+            while off < count {
+                let n = chunk.min(count - off);
+                let o = off as u64 * e;
+                subs.push(ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, ..self.base_args(AR_ONESHOT) });
+                off += n;
+            }
+        } else {
+            let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes / 2) * self.world;
+            let mut off = 0;
+            while off < count {
+                let n = chunk.min(count - off);
+                let o = off as u64 * e;
+                subs.push(ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, ..self.base_args(AR_TWOSHOT) });
+                off += n;
+            }
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.enqueue(stream, func, &subs) }
+    }
+
+    /// `dst` (on `root` only) `= op over ranks of src`.
+    ///
+    /// # Safety
+    /// As [`DeviceComm::all_reduce`]; `dst` is only touched on `root`.
+    pub unsafe fn reduce(&self, stream: RawStream, dtype: DType, op: ReduceOp, src: u64, dst: u64, count: usize, root: usize) -> Result<()> {
+        self.check_rank(root)?;
+        let func = self.kernels.coll_func(dtype, op)?;
+        elems_bytes(dtype, count)?;
+        let avg_n = if op == ReduceOp::Avg { self.world as u32 } else { 0 };
+        let e = dtype.size() as u64;
+        let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes).max(1);
+        let mut subs = Vec::new();
+        let mut off = 0;
+        while off < count {
+            let n = chunk.min(count - off);
+            let o = off as u64 * e;
+            subs.push(ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, root: root as u32, ..self.base_args(REDUCE) });
+            off += n;
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.enqueue(stream, func, &subs) }
+    }
+
+    /// `dst = op over ranks of src[rank * count .. (rank + 1) * count]`.
+    ///
+    /// # Safety
+    /// `src` valid for `world * count` elements, `dst` for `count`, not overlapping; otherwise as
+    /// [`DeviceComm::all_reduce`].
+    pub unsafe fn reduce_scatter(&self, stream: RawStream, dtype: DType, op: ReduceOp, src: u64, dst: u64, count: usize) -> Result<()> {
+        let func = self.kernels.coll_func(dtype, op)?;
+        let bytes = elems_bytes(dtype, count)?;
+        elems_bytes(dtype, count.saturating_mul(self.world))?;
+        let avg_n = if op == ReduceOp::Avg { self.world as u32 } else { 0 };
+        let e = dtype.size() as u64;
+        let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes).max(1);
+        let mut subs = Vec::new();
+        let mut off = 0;
+        while off < count {
+            let n = chunk.min(count - off);
+            let o = off as u64 * e;
+            subs.push(ffi::CollArgs {
+                src: src + o,
+                dst: dst + o,
+                count: n as u64,
+                src_stride: bytes as u64,
+                avg_n,
+                ..self.base_args(REDUCE_SCATTER)
+            });
+            off += n;
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.enqueue(stream, func, &subs) }
+    }
+
+    /// Copies `bytes` from `src` on `root` to `dst` on every rank (`src == dst` for in place; `src` is
+    /// only read on `root`).
+    ///
+    /// # Safety
+    /// `src` (on root) and `dst` valid for `bytes`, equal or not overlapping; stream as above.
+    pub unsafe fn broadcast(&self, stream: RawStream, src: u64, dst: u64, bytes: usize, root: usize) -> Result<()> {
+        self.check_rank(root)?;
+        let subs = self.byte_chunks(bytes, self.opts.slot_bytes, |o, n| ffi::CollArgs {
+            src: src + o,
+            dst: dst + o,
+            count: n,
+            root: root as u32,
+            ..self.base_args(BROADCAST)
+        });
+        // SAFETY: forwarded to the caller.
+        unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
+    }
+
+    /// `dst[q * bytes ..][..bytes] = src of rank q` for every rank q.
+    ///
+    /// # Safety
+    /// `src` valid for `bytes`, `dst` for `world * bytes`, not overlapping; stream as above.
+    pub unsafe fn all_gather(&self, stream: RawStream, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        let subs = self.byte_chunks(bytes, self.opts.slot_bytes, |o, n| ffi::CollArgs {
+            src: src + o,
+            dst: dst + o,
+            count: n,
+            dst_stride: bytes as u64,
+            ..self.base_args(ALL_GATHER)
+        });
+        // SAFETY: forwarded to the caller.
+        unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
+    }
+
+    /// Even all-to-all: block p (`bytes` long) of `src` goes to rank p, which stores it as block `rank`
+    /// of its `dst`.
+    ///
+    /// # Safety
+    /// `src` and `dst` valid for `world * bytes`, not overlapping; stream as above.
+    pub unsafe fn all_to_all(&self, stream: RawStream, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        let offs: Vec<usize> = (0..self.world).map(|p| p * bytes).collect();
+        let lens = vec![bytes; self.world];
+        // SAFETY: forwarded to the caller; the blocks tile both buffers exactly.
+        unsafe { self.all_to_allv(stream, src, dst, &offs, &lens, &offs, &lens, bytes) }
+    }
+
+    /// Uneven all-to-all (byte offsets and lengths per peer). `max_pair_bytes` must be the same on every
+    /// rank and at least every length any rank sends (the split into sub-operations depends on it).
+    ///
+    /// # Safety
+    /// Every `[src + send_off[p], + send_len[p])` and `[dst + recv_off[q], + recv_len[q])` is valid device
+    /// memory of this device until the operation completes; destination ranges do not overlap each
+    /// other or a source range; `send_len[p]` equals what rank p passes as `recv_len[rank]`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn all_to_allv(
+        &self,
+        stream: RawStream,
+        src: u64,
+        dst: u64,
+        send_off: &[usize],
+        send_len: &[usize],
+        recv_off: &[usize],
+        recv_len: &[usize],
+        max_pair_bytes: usize,
+    ) -> Result<()> {
+        let w = self.world;
+        if [send_off.len(), send_len.len(), recv_off.len(), recv_len.len()].iter().any(|&l| l != w) {
+            return Err(KernelError::InvalidArgument { reason: "all_to_allv: offsets and lengths need one entry per rank" });
+        }
+        if send_len.iter().chain(recv_len).any(|&l| l > max_pair_bytes) {
+            return Err(KernelError::InvalidArgument { reason: "all_to_allv: a length exceeds max_pair_bytes" });
+        }
+        if send_len[self.rank] != recv_len[self.rank] {
+            return Err(KernelError::InvalidArgument { reason: "all_to_allv: the block a rank sends itself must match what it receives" });
+        }
+        let slot = self.opts.slot_bytes;
+        let mut subs = Vec::new();
+        let mut c0 = 0usize;
+        while c0 < max_pair_bytes {
+            let mut a = self.base_args(ALL_TO_ALL);
+            a.src = src;
+            a.dst = dst;
+            for p in 0..w {
+                let (s0, s1) = (c0.min(send_len[p]), (c0 + slot).min(send_len[p]));
+                a.send_off[p] = (send_off[p] + s0) as u64;
+                a.send_len[p] = (s1 - s0) as u64;
+                let (r0, r1) = (c0.min(recv_len[p]), (c0 + slot).min(recv_len[p]));
+                a.recv_off[p] = (recv_off[p] + r0) as u64;
+                a.recv_len[p] = (r1 - r0) as u64;
+            }
+            subs.push(a);
+            c0 += slot;
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
+    }
+
+    /// Sends `bytes` at `src` to `peer` (which posts a matching [`DeviceComm::recv`]). Sends of more
+    /// than two p2p slots wait for the receiver: exchange in both directions with
+    /// [`DeviceComm::send_recv`].
+    ///
+    /// # Safety
+    /// `src` valid for `bytes` until the operation completes on `stream`; stream as above.
+    pub unsafe fn send(&self, stream: RawStream, src: u64, bytes: usize, peer: usize) -> Result<()> {
+        self.check_peer(peer)?;
+        let subs = self.byte_chunks(bytes, self.opts.p2p_slot, |o, n| ffi::CollArgs {
+            src: src + o,
+            count: n,
+            root: peer as u32,
+            ..self.base_args(SEND)
+        });
+        // SAFETY: forwarded to the caller.
+        unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
+    }
+
+    /// Receives `bytes` from `peer` into `dst`.
+    ///
+    /// # Safety
+    /// `dst` valid for `bytes` until the operation completes on `stream`; stream as above.
+    pub unsafe fn recv(&self, stream: RawStream, dst: u64, bytes: usize, peer: usize) -> Result<()> {
+        self.check_peer(peer)?;
+        let subs = self.byte_chunks(bytes, self.opts.p2p_slot, |o, n| ffi::CollArgs {
+            dst: dst + o,
+            count: n,
+            root: peer as u32,
+            ..self.base_args(RECV)
+        });
+        // SAFETY: forwarded to the caller.
+        unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
+    }
+
+    /// A grouped send to `to` and receive from `from` (as NCCL's grouped `ncclSend` + `ncclRecv`): the
+    /// chunks of both are interleaved, so rings and pairwise exchanges of any size cannot deadlock.
+    /// (A lone [`DeviceComm::send`] larger than two p2p slots completes only once the peer's matching
+    /// receive runs, which a receive queued behind the peer's own send never does.)
+    ///
+    /// # Safety
+    /// `src` valid for `send_bytes`, `dst` for `recv_bytes`, not overlapping, until the operation
+    /// completes on `stream`; stream as above.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn send_recv(&self, stream: RawStream, src: u64, send_bytes: usize, to: usize, dst: u64, recv_bytes: usize, from: usize) -> Result<()> {
+        self.check_peer(to)?;
+        self.check_peer(from)?;
+        let sends = self.byte_chunks(send_bytes, self.opts.p2p_slot, |o, n| ffi::CollArgs {
+            src: src + o,
+            count: n,
+            root: to as u32,
+            ..self.base_args(SEND)
+        });
+        let recvs = self.byte_chunks(recv_bytes, self.opts.p2p_slot, |o, n| ffi::CollArgs {
+            dst: dst + o,
+            count: n,
+            root: from as u32,
+            ..self.base_args(RECV)
+        });
+        let mut subs = Vec::with_capacity(sends.len() + recvs.len());
+        for i in 0..sends.len().max(recvs.len()) {
+            subs.extend(sends.get(i).copied());
+            subs.extend(recvs.get(i).copied());
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
+    }
+
+    fn byte_chunks(&self, bytes: usize, cap: usize, mut f: impl FnMut(u64, u64) -> ffi::CollArgs) -> Vec<ffi::CollArgs> {
+        let mut subs = Vec::new();
+        let mut off = 0;
+        while off < bytes {
+            let n = cap.min(bytes - off);
+            subs.push(f(off as u64, n as u64));
+            off += n;
+        }
+        subs
+    }
+
+    fn check_rank(&self, r: usize) -> Result<()> {
+        if r >= self.world {
+            return Err(KernelError::InvalidArgument { reason: "root rank out of range" });
+        }
+        Ok(())
+    }
+
+    fn check_peer(&self, p: usize) -> Result<()> {
+        if p >= self.world || p == self.rank {
+            return Err(KernelError::InvalidArgument { reason: "peer must be another rank of the communicator" });
+        }
+        Ok(())
+    }
+
+    /// Waits for `stream` and then reports whether any collective of this communicator gave up waiting
+    /// for a peer ([`KernelError::CollectiveTimeout`]).
+    ///
+    /// # Safety
+    /// `stream` is a live stream of the device's primary context (or 0).
+    pub unsafe fn synchronize(&self, stream: RawStream) -> Result<()> {
+        self.kernels.context().bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+        // SAFETY: forwarded to the caller.
+        unsafe { ffi::stream_synchronize(stream.cu()) }.map_err(|e| cuda_err("cuStreamSynchronize", e))?;
+        self.check()
+    }
+
+    /// Reads the workspace's error word (a synchronous 8-byte copy).
+    pub fn check(&self) -> Result<()> {
+        self.kernels.context().bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+        // SAFETY: the error word lies inside the live workspace allocation.
+        let v = unsafe { ffi::read_u64(self.ws.ptr() + ERROR_OFF) }.map_err(|e| cuda_err("reading the error word", e))?;
+        if v != 0 {
+            return Err(KernelError::CollectiveTimeout { block: (v & 0xffff_ffff) as u32, timeout_ms: self.opts.timeout.as_millis() as u64 });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DeviceComm {
+    fn drop(&mut self) {
+        // Nothing may still run on the workspace when it is freed: wait for the device (bounded by the
+        // kernels' own deadline); the event, the mappings and the allocation are released after this.
+        let _ = self.kernels.context().bind_to_thread();
+        let _ = self.kernels.context().synchronize();
+    }
+}

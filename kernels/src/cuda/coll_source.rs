@@ -1,0 +1,396 @@
+//! CUDA C++ source of the GPU collectives (appended to the reduce module, so one NVRTC compile and one
+//! preload pass cover everything).
+//!
+//! Every rank owns one *workspace* allocation, mapped into every peer over CUDA IPC. Data moves by
+//! **push**: a rank stores its contribution straight into the peer's staging slot (NVLink writes), then
+//! signals. Layout of a workspace (byte offsets; `super::coll::Layout` mirrors it):
+//!
+//! | offset | what |
+//! |---|---|
+//! | `FLAG_BAR` | barrier flags `[block][rank]` u64, written by peer `rank` |
+//! | `FLAG_P2P_DATA` | send flags `[block][rank]` u64, written by sender `rank` |
+//! | `FLAG_P2P_ACK` | receive acks `[block][rank]` u64, written by receiver `rank` |
+//! | `STATE` | per block 32 u64: `[0]` barrier count, `[1]` collective count, `[2+p]` sends to p, `[10+p]` receives from p |
+//! | `ERROR` | u64: 0 while healthy, else `1 << 32 | block` of the first wait that passed its deadline |
+//! | `staging_off` | 2 parities x world slots x `slot_bytes` |
+//! | `p2p_off` | world sources x 2 parities x `p2p_slot` |
+//!
+//! All flags are monotonic counters, never reset: barrier `k` of block `b` stores `k`; waiting means
+//! "at least `k`". The counters live on the device (STATE), so a CUDA graph that replays a collective
+//! advances them exactly as an eager launch would.
+//!
+//! Why one barrier per phase is enough (per block, since every rank launches the same grid over the same
+//! partition): collective `k` writes only its parity region `k & 1` of the peers' staging. Before a block
+//! writes region `k & 1` in collective `k`, it passed a barrier of collective `k - 1`; a peer's block
+//! signals that barrier only after finishing collective `k - 2`, the last reader of that region.
+pub(crate) const COLL_SRC: &str = r#"
+// ================================ collectives =================================================
+#define CH_MAX_RANKS 8
+#define CH_MAX_BLOCKS 128
+#define CH_FLAG_BAR 0ull
+#define CH_FLAG_P2P_DATA 8192ull
+#define CH_FLAG_P2P_ACK 16384ull
+#define CH_STATE 24576ull
+#define CH_STATE_WORDS 32ull
+#define CH_ERROR 57344ull
+
+#define CH_AR_ONESHOT 1u
+#define CH_AR_TWOSHOT 2u
+#define CH_REDUCE 3u
+#define CH_REDUCE_SCATTER 4u
+#define CH_BROADCAST 10u
+#define CH_ALL_GATHER 11u
+#define CH_ALL_TO_ALL 12u
+#define CH_SEND 13u
+#define CH_RECV 14u
+
+// Passed by value; layout mirrored by `CollArgs` in ffi.rs (u64 fields first, then u32).
+struct CollArgs {
+    u64 ws[CH_MAX_RANKS];      // every rank's workspace base, mapped in this process (own included)
+    u64 src;
+    u64 dst;
+    u64 count;                 // elements (reduce kinds) or bytes (copy kinds)
+    u64 src_stride;            // bytes between per-rank blocks of src (reduce_scatter)
+    u64 dst_stride;            // bytes between per-rank blocks of dst (all_gather)
+    u64 slot_bytes;
+    u64 p2p_slot;
+    u64 staging_off;
+    u64 p2p_off;
+    u64 timeout_ns;
+    u64 send_off[CH_MAX_RANKS];   // all_to_all, bytes
+    u64 send_len[CH_MAX_RANKS];
+    u64 recv_off[CH_MAX_RANKS];
+    u64 recv_len[CH_MAX_RANKS];
+    u32 kind;
+    u32 rank;
+    u32 world;
+    u32 root;                  // broadcast/reduce root; send/recv peer
+    u32 avg_n;                 // > 1: divide the result by it (ReduceOp::Avg)
+    u32 pad;
+};
+
+__device__ __forceinline__ void ch_st_release(u64 addr, u64 v) {
+    asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(addr), "l"(v) : "memory");
+}
+__device__ __forceinline__ u64 ch_ld_acquire(u64 addr) {
+    u64 v;
+    asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(addr) : "memory");
+    return v;
+}
+__device__ __forceinline__ u64 ch_ld_volatile(u64 addr) {
+    u64 v;
+    asm volatile("ld.volatile.global.u64 %0, [%1];" : "=l"(v) : "l"(addr) : "memory");
+    return v;
+}
+__device__ __forceinline__ u64 ch_now() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ u64* ch_state(const CollArgs& a) {
+    return (u64*)(a.ws[a.rank] + CH_STATE + (u64)blockIdx.x * CH_STATE_WORDS * 8ull);
+}
+
+// Waits until the counter at `addr` reaches `v`. False when the deadline passed or another block
+// already failed (then the error word is set and the caller returns).
+__device__ bool ch_wait(const CollArgs& a, u64 addr, u64 v) {
+    if (ch_ld_acquire(addr) >= v) return true;
+    u64 t0 = ch_now();
+    u64 err = a.ws[a.rank] + CH_ERROR;
+    for (u32 spin = 0;; ++spin) {
+        if (ch_ld_acquire(addr) >= v) return true;
+        if ((spin & 63u) == 63u) {
+            if (ch_ld_volatile(err) != 0) return false;
+            if (ch_now() - t0 > a.timeout_ns) {
+                atomicCAS((unsigned long long*)err, 0ull, (1ull << 32) | (u64)blockIdx.x);
+                __threadfence_system();
+                return false;
+            }
+        }
+    }
+}
+
+// Block-wide barrier with the same block on every other rank. Call with all threads; false: give up.
+__device__ bool ch_barrier(const CollArgs& a) {
+    __shared__ u64 s_seq;
+    __shared__ int s_ok;
+    __syncthreads();   // every store this block made in the phase is issued before the signal
+    if (threadIdx.x == 0) {
+        u64* st = ch_state(a);
+        s_seq = st[0] + 1;
+        st[0] = s_seq;
+        s_ok = 1;
+    }
+    __syncthreads();
+    u32 t = threadIdx.x;
+    if (t < a.world && t != a.rank) {
+        u64 slot = ((u64)blockIdx.x * CH_MAX_RANKS) * 8ull;
+        ch_st_release(a.ws[t] + CH_FLAG_BAR + slot + (u64)a.rank * 8ull, s_seq);
+        if (!ch_wait(a, a.ws[a.rank] + CH_FLAG_BAR + slot + (u64)t * 8ull, s_seq)) s_ok = 0;
+    }
+    __syncthreads();
+    return s_ok != 0;
+}
+
+// The share [lo, hi) of `n` units that this block moves; shares are multiples of `align` units so that
+// 16-byte vectors stay aligned. Identical on every rank for the same n.
+__device__ __forceinline__ void ch_part(u64 n, u64 align, u64* lo, u64* hi) {
+    u64 per = (n + gridDim.x - 1) / gridDim.x;
+    per = (per + align - 1) / align * align;
+    u64 l = (u64)blockIdx.x * per;
+    *lo = l < n ? l : n;
+    u64 h = *lo + per;
+    *hi = h < n ? h : n;
+}
+
+// Block-wide byte copy: 16-byte vectors (4 in flight per thread) when both sides are 16-aligned,
+// words when 4-aligned, bytes otherwise.
+__device__ void ch_copy(u64 dst, u64 src, u64 n) {
+    if (n == 0 || dst == src) return;
+    u64 t = threadIdx.x, nt = blockDim.x;
+    u64 done = 0;
+    if (((dst | src) & 15ull) == 0) {
+        const uint4* s = (const uint4*)src;
+        uint4* d = (uint4*)dst;
+        u64 nv = n >> 4;
+        u64 i = t;
+        for (; i + 3 * nt < nv; i += 4 * nt) {
+            uint4 v0 = s[i], v1 = s[i + nt], v2 = s[i + 2 * nt], v3 = s[i + 3 * nt];
+            d[i] = v0; d[i + nt] = v1; d[i + 2 * nt] = v2; d[i + 3 * nt] = v3;
+        }
+        for (; i < nv; i += nt) d[i] = s[i];
+        done = nv << 4;
+    } else if (((dst | src) & 3ull) == 0) {
+        const u32* s = (const u32*)src;
+        u32* d = (u32*)dst;
+        u64 nw = n >> 2;
+        for (u64 i = t; i < nw; i += nt) d[i] = s[i];
+        done = nw << 2;
+    }
+    for (u64 i = done + t; i < n; i += nt) ((u8*)dst)[i] = ((const u8*)src)[i];
+}
+
+template <typename T> struct ChDiv {
+    static __device__ __forceinline__ T apply(T x, u32 n) { return (T)((long long)x / (long long)n); }
+};
+template <> struct ChDiv<float> {
+    static __device__ __forceinline__ float apply(float x, u32 n) { return __fdiv_rn(x, (float)n); }
+};
+template <> struct ChDiv<double> {
+    static __device__ __forceinline__ double apply(double x, u32 n) { return __ddiv_rn(x, (double)n); }
+};
+
+// Rounds like the CPU path: the sum is stored in the element type first, then divided (Avg).
+template <typename C>
+__device__ __forceinline__ typename C::S ch_finish(typename C::W acc, u32 avg_n) {
+    typename C::S s = C::store(acc);
+    if (avg_n > 1) s = C::store(ChDiv<typename C::W>::apply(C::load(s), avg_n));
+    return s;
+}
+
+// Block-wide: for i in [lo, hi): v = op(srcs[0][i], ..., srcs[nsrc-1][i]) (rank order, so every rank
+// computes bit-identical results), stored to every dsts[d][i]. Addresses are element-indexed bases.
+template <typename C, typename Op>
+__device__ void ch_reduce(const u64* srcs, u32 nsrc, const u64* dsts, u32 ndst, u64 lo, u64 hi, u32 avg_n) {
+    typedef typename C::S S; typedef typename C::W W;
+    const u32 V = 16 / sizeof(S);
+    if (hi <= lo) return;
+    u64 t = threadIdx.x, nt = blockDim.x;
+    u64 n = hi - lo;
+    u64 aligned = 0;
+    for (u32 s = 0; s < nsrc; ++s) aligned |= srcs[s] + lo * sizeof(S);
+    for (u32 d = 0; d < ndst; ++d) aligned |= dsts[d] + lo * sizeof(S);
+    u64 done = 0;
+    if ((aligned & 15ull) == 0) {
+        u64 nv = n / V;
+        for (u64 v = t; v < nv; v += nt) {
+            u64 off = lo * sizeof(S) + v * 16;
+            union { uint4 q; S e[16 / sizeof(S)]; } in, out;
+            W acc[16 / sizeof(S)];
+            in.q = *(const uint4*)(srcs[0] + off);
+#pragma unroll
+            for (u32 k = 0; k < V; ++k) acc[k] = C::load(in.e[k]);
+            for (u32 s = 1; s < nsrc; ++s) {
+                in.q = *(const uint4*)(srcs[s] + off);
+#pragma unroll
+                for (u32 k = 0; k < V; ++k) acc[k] = Op::apply(acc[k], C::load(in.e[k]));
+            }
+#pragma unroll
+            for (u32 k = 0; k < V; ++k) out.e[k] = ch_finish<C>(acc[k], avg_n);
+            for (u32 d = 0; d < ndst; ++d) *(uint4*)(dsts[d] + off) = out.q;
+        }
+        done = nv * V;
+    }
+    for (u64 i = lo + done + t; i < hi; i += nt) {
+        W acc = C::load(((const S*)srcs[0])[i]);
+        for (u32 s = 1; s < nsrc; ++s) acc = Op::apply(acc, C::load(((const S*)srcs[s])[i]));
+        S out = ch_finish<C>(acc, avg_n);
+        for (u32 d = 0; d < ndst; ++d) ((S*)dsts[d])[i] = out;
+    }
+}
+
+// Slot `q` of rank `x`'s staging, parity region `par`.
+__device__ __forceinline__ u64 ch_slot(const CollArgs& a, u32 x, u64 par, u32 q) {
+    return a.ws[x] + a.staging_off + (par * a.world + q) * a.slot_bytes;
+}
+
+// Claims this collective's parity (every block advances its own collective counter).
+__device__ __forceinline__ u64 ch_begin(const CollArgs& a) {
+    __shared__ u64 s_par;
+    if (threadIdx.x == 0) {
+        u64* st = ch_state(a);
+        s_par = st[1] & 1ull;
+        st[1] = st[1] + 1;
+    }
+    __syncthreads();
+    return s_par;
+}
+
+template <typename C, typename Op>
+__device__ void ch_coll_reduce(const CollArgs& a) {
+    typedef typename C::S S;
+    const u64 E = sizeof(S), AL = 16 / sizeof(S);
+    const u32 me = a.rank, n = a.world;
+    u64 par = ch_begin(a);
+    u64 lo, hi;
+    u64 srcs[CH_MAX_RANKS];
+    u64 dsts[CH_MAX_RANKS];
+    if (a.kind == CH_AR_ONESHOT || a.kind == CH_REDUCE) {
+        ch_part(a.count, AL, &lo, &hi);
+        bool push = a.kind == CH_AR_ONESHOT || me != a.root;
+        if (push) {
+            for (u32 k = 1; k < n; ++k) {
+                u32 p = (me + k) % n;
+                if (a.kind == CH_REDUCE && p != a.root) continue;
+                ch_copy(ch_slot(a, p, par, me) + lo * E, a.src + lo * E, (hi - lo) * E);
+            }
+        }
+        if (!ch_barrier(a)) return;
+        if (a.kind == CH_REDUCE && me != a.root) return;
+        for (u32 q = 0; q < n; ++q) srcs[q] = q == me ? a.src : ch_slot(a, me, par, q);
+        dsts[0] = a.dst;
+        ch_reduce<C, Op>(srcs, n, dsts, 1, lo, hi, a.avg_n);
+    } else if (a.kind == CH_REDUCE_SCATTER) {
+        ch_part(a.count, AL, &lo, &hi);
+        for (u32 k = 1; k < n; ++k) {
+            u32 p = (me + k) % n;
+            ch_copy(ch_slot(a, p, par, me) + lo * E, a.src + (u64)p * a.src_stride + lo * E, (hi - lo) * E);
+        }
+        if (!ch_barrier(a)) return;
+        for (u32 q = 0; q < n; ++q) srcs[q] = q == me ? a.src + (u64)me * a.src_stride : ch_slot(a, me, par, q);
+        dsts[0] = a.dst;
+        ch_reduce<C, Op>(srcs, n, dsts, 1, lo, hi, a.avg_n);
+    } else if (a.kind == CH_AR_TWOSHOT) {
+        // Shards of `shard` elements (a multiple of AL); the last may be short or empty.
+        u64 shard = (a.count + n - 1) / n;
+        shard = (shard + AL - 1) / AL * AL;
+        u64 half = a.slot_bytes / 2;
+        // 1. reduce-scatter: push shard p of the input to rank p.
+        for (u32 k = 1; k < n; ++k) {
+            u32 p = (me + k) % n;
+            u64 b = (u64)p * shard < a.count ? (u64)p * shard : a.count;
+            u64 e = b + shard < a.count ? b + shard : a.count;
+            ch_part(e - b, AL, &lo, &hi);
+            ch_copy(ch_slot(a, p, par, me) + lo * E, a.src + (b + lo) * E, (hi - lo) * E);
+        }
+        if (!ch_barrier(a)) return;
+        // 2. reduce my shard; store it to my output and into every peer's all-gather half.
+        {
+            u64 b = (u64)me * shard < a.count ? (u64)me * shard : a.count;
+            u64 e = b + shard < a.count ? b + shard : a.count;
+            ch_part(e - b, AL, &lo, &hi);
+            for (u32 q = 0; q < n; ++q) srcs[q] = q == me ? a.src + b * E : ch_slot(a, me, par, q);
+            dsts[0] = a.dst + b * E;
+            u32 nd = 1;
+            for (u32 k = 1; k < n; ++k) dsts[nd++] = ch_slot(a, (me + k) % n, par, me) + half;
+            ch_reduce<C, Op>(srcs, n, dsts, nd, lo, hi, a.avg_n);
+        }
+        if (!ch_barrier(a)) return;
+        // 3. all-gather: copy the peers' shards out of my staging.
+        for (u32 k = 1; k < n; ++k) {
+            u32 q = (me + k) % n;
+            u64 b = (u64)q * shard < a.count ? (u64)q * shard : a.count;
+            u64 e = b + shard < a.count ? b + shard : a.count;
+            ch_part(e - b, AL, &lo, &hi);
+            ch_copy(a.dst + (b + lo) * E, ch_slot(a, me, par, q) + half + lo * E, (hi - lo) * E);
+        }
+    }
+}
+
+// Point-to-point: sends to `peer` use the sender's per-peer counter; the receiver's slot pair is indexed
+// by the sender. A send may reuse a slot once the receiver acked the send two before it.
+__device__ void ch_p2p(const CollArgs& a) {
+    __shared__ u64 s_k;
+    __shared__ int s_ok;
+    const u32 me = a.rank, peer = a.root;
+    const u64 flag = ((u64)blockIdx.x * CH_MAX_RANKS) * 8ull;
+    bool send = a.kind == CH_SEND;
+    if (threadIdx.x == 0) {
+        u64* st = ch_state(a) + (send ? 2 : 10) + peer;
+        s_k = *st + 1;
+        *st = s_k;
+        s_ok = 1;
+        if (send && s_k > 2 && !ch_wait(a, a.ws[me] + CH_FLAG_P2P_ACK + flag + (u64)peer * 8ull, s_k - 2)) s_ok = 0;
+        if (!send && !ch_wait(a, a.ws[me] + CH_FLAG_P2P_DATA + flag + (u64)peer * 8ull, s_k)) s_ok = 0;
+    }
+    __syncthreads();
+    if (!s_ok) return;
+    u64 k = s_k, lo, hi;
+    ch_part(a.count, 16, &lo, &hi);
+    u32 sender = send ? me : peer;
+    u32 owner = send ? peer : me;
+    u64 slot = a.ws[owner] + a.p2p_off + ((u64)sender * 2 + (k & 1ull)) * a.p2p_slot;
+    if (send) ch_copy(slot + lo, a.src + lo, hi - lo);
+    else ch_copy(a.dst + lo, slot + lo, hi - lo);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        if (send) ch_st_release(a.ws[peer] + CH_FLAG_P2P_DATA + flag + (u64)me * 8ull, k);
+        else ch_st_release(a.ws[peer] + CH_FLAG_P2P_ACK + flag + (u64)me * 8ull, k);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) chorus_coll_copy(CollArgs a) {
+    if (a.kind == CH_SEND || a.kind == CH_RECV) { ch_p2p(a); return; }
+    const u32 me = a.rank, n = a.world;
+    u64 par = ch_begin(a);
+    u64 lo, hi;
+    if (a.kind == CH_BROADCAST) {
+        ch_part(a.count, 16, &lo, &hi);
+        if (me == a.root) {
+            for (u32 k = 1; k < n; ++k) ch_copy(ch_slot(a, (me + k) % n, par, me) + lo, a.src + lo, hi - lo);
+            ch_copy(a.dst + lo, a.src + lo, hi - lo);
+        }
+        if (!ch_barrier(a)) return;
+        if (me != a.root) ch_copy(a.dst + lo, ch_slot(a, me, par, a.root) + lo, hi - lo);
+    } else if (a.kind == CH_ALL_GATHER) {
+        ch_part(a.count, 16, &lo, &hi);
+        for (u32 k = 1; k < n; ++k) ch_copy(ch_slot(a, (me + k) % n, par, me) + lo, a.src + lo, hi - lo);
+        ch_copy(a.dst + (u64)me * a.dst_stride + lo, a.src + lo, hi - lo);
+        if (!ch_barrier(a)) return;
+        for (u32 k = 1; k < n; ++k) {
+            u32 q = (me + k) % n;
+            ch_copy(a.dst + (u64)q * a.dst_stride + lo, ch_slot(a, me, par, q) + lo, hi - lo);
+        }
+    } else if (a.kind == CH_ALL_TO_ALL) {
+        for (u32 k = 1; k < n; ++k) {
+            u32 p = (me + k) % n;
+            ch_part(a.send_len[p], 16, &lo, &hi);
+            ch_copy(ch_slot(a, p, par, me) + lo, a.src + a.send_off[p] + lo, hi - lo);
+        }
+        ch_part(a.send_len[me], 16, &lo, &hi);
+        ch_copy(a.dst + a.recv_off[me] + lo, a.src + a.send_off[me] + lo, hi - lo);
+        if (!ch_barrier(a)) return;
+        for (u32 k = 1; k < n; ++k) {
+            u32 q = (me + k) % n;
+            ch_part(a.recv_len[q], 16, &lo, &hi);
+            ch_copy(a.dst + a.recv_off[q] + lo, ch_slot(a, me, par, q) + lo, hi - lo);
+        }
+    }
+}
+
+#define CHORUS_COLL(NAME, CODEC, OP) \
+    extern "C" __global__ void __launch_bounds__(1024) NAME(CollArgs a) { ch_coll_reduce<CODEC, OP>(a); }
+"#;
+
+/// The data-movement kernel (broadcast, all_gather, all_to_all, send, recv).
+pub(crate) const COPY_KERNEL: &str = "chorus_coll_copy";
