@@ -11,6 +11,8 @@ pub enum ChorusError {
     InvalidRank { rank: usize, size: usize },
     #[error("unsupported reduction: {0}")]
     Unsupported(#[from] chorus_kernels::KernelError),
+    #[error("GPU {op} failed: {source}")]
+    Device { op: &'static str, #[source] source: chorus_kernels::KernelError },
     #[error("reduce op {op:?} is not supported for dtype {dtype:?}")]
     UnsupportedOp { op: ReduceOp, dtype: DType },
     #[error("ranks disagree on {what} in {op}: this rank has {mine:#x}, rank {peer} sent {theirs:#x} (every rank must call the same collectives in the same order with the same counts, dtypes, ops and roots)")]

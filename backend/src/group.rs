@@ -64,6 +64,8 @@ pub struct Progress {
 }
 
 pub struct GroupInner {
+    /// GPU communicators of this group, by CUDA device ordinal (created on first use).
+    pub device_comms: Mutex<Vec<(usize, Arc<chorus_kernels::cuda::DeviceComm>)>>,
     pub uid: String,
     pub rank: usize,
     pub size: usize,
@@ -327,6 +329,7 @@ fn start(
         .map_err(|e| ChorusError::InvalidArgument(format!("spawning the point-to-point thread: {e}")))?;
     let committed = progress.committed;
     let inner = Arc::new(GroupInner {
+        device_comms: Mutex::new(Vec::new()),
         worker: Worker::start(format!("chorus-coll-{uid}-{rank}")),
         uid,
         rank,

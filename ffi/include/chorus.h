@@ -15,8 +15,12 @@
  *   chorus_work_free.
  * - Every collective takes (pointer, count, dtype, device, stream): device is CHORUS_DEVICE_CPU
  *   for host memory or a CUDA device ordinal; stream is the cudaStream_t the work is ordered on
- *   (NULL for host memory). This build supports host memory only; device memory returns
- *   CHORUS_ERR_UNSUPPORTED.
+ *   (NULL for host memory). Device memory: all_reduce, broadcast, reduce, all_gather,
+ *   reduce_scatter, all_to_all(_v), send and recv are enqueued on `stream` with no host
+ *   synchronization and their work handle is complete at once (later work on `stream` sees the
+ *   result); the group's operations on one device run in issue order across streams, and CUDA
+ *   send/recv ignore tags and match in issue order (a send larger than two 4 MiB slots waits for
+ *   the peer's recv). Other operations return CHORUS_ERR_UNSUPPORTED for device memory.
  * - No panic or exception crosses this boundary.
  * - Fault tolerance: a group survives the death of ranks (they are removed by a new membership view
  *   and reported by chorus_work_failed_ranks); a replacement process rejoins with chorus_group_join*.

@@ -71,6 +71,8 @@ fn reduce_op(op: i32) -> FfiResult<ReduceOp> {
         .ok_or_else(|| FfiError::invalid(format!("unknown reduce op code {op} (see chorus_reduce_op_t in chorus.h)")))
 }
 
+/// Host collectives only: `device` must be CHORUS_DEVICE_CPU (the functions with a CUDA path branch to
+/// [`device_collective`] before they get here).
 fn check_device(device: i32, _stream: *mut c_void, op: &str) -> FfiResult<()> {
     if device == CHORUS_DEVICE_CPU {
         return Ok(());
@@ -79,7 +81,46 @@ fn check_device(device: i32, _stream: *mut c_void, op: &str) -> FfiResult<()> {
         return Err(FfiError::invalid(format!("{op}: invalid device {device} (use CHORUS_DEVICE_CPU = -1 for host memory, or a CUDA device ordinal)")));
     }
     Err(FfiError::unsupported(format!(
-        "{op}: CUDA memory (device {device}) is not supported by this build of chorus yet; pass host memory (device CHORUS_DEVICE_CPU)"
+        "{op}: has no CUDA implementation (all_reduce, broadcast, reduce, all_gather, reduce_scatter, all_to_all, \
+         all_to_all_v, send and recv do); pass host memory (device CHORUS_DEVICE_CPU)"
+    )))
+}
+
+/// A GPU collective: `device >= 0` names the CUDA device every pointer lives on and `stream` is a
+/// `CUstream` of it (NULL: the legacy default stream). `enqueue` puts the operation on that stream
+/// through the group's device communicator; the returned work is already complete (the operation is
+/// stream-ordered, as NCCL's are: later work on `stream` sees its result).
+fn device_collective(
+    group_: *mut chorus_group,
+    work: *mut *mut chorus_work,
+    op: &'static str,
+    dtype_: i32,
+    device: i32,
+    stream: *mut c_void,
+    enqueue: impl FnOnce(&Call, &chorus_kernels::cuda::DeviceComm, chorus_kernels::cuda::RawStream) -> FfiResult<()>,
+) -> i32 {
+    with_work(group_, work, |g| {
+        let call = Call { g, op, dt: dtype(dtype_)? };
+        let comm = g.pg.device_comm(device as usize)?;
+        enqueue(&call, &comm, chorus_kernels::cuda::RawStream(stream as usize))?;
+        Ok(chorus_backend::Work::ready(op, Ok(())))
+    })
+}
+
+/// Maps a device communicator's error for `op`.
+fn dev_err(op: &'static str) -> impl FnOnce(chorus_kernels::KernelError) -> FfiError {
+    move |source| chorus_backend::ChorusError::Device { op, source }.into()
+}
+
+/// Device buffers of one GPU call may only coincide exactly (`sendbuf == recvbuf + at`, in place) or
+/// not overlap at all.
+fn device_overlap_ok(op: &str, send: u64, send_len: usize, recv: u64, recv_len: usize, in_place_at: u64) -> FfiResult<()> {
+    let disjoint = send + send_len as u64 <= recv || recv + recv_len as u64 <= send;
+    if disjoint || send_len == 0 || recv_len == 0 || recv.checked_add(in_place_at) == Some(send) {
+        return Ok(());
+    }
+    Err(FfiError::invalid(format!(
+        "{op}: on CUDA the send buffer must either not overlap the receive buffer or be exactly this rank's block of it"
     )))
 }
 
@@ -548,6 +589,14 @@ pub unsafe extern "C" fn chorus_all_reduce(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if device >= 0 {
+        return device_collective(group_, work, "all_reduce", dtype_, device, stream, |c, comm, s| {
+            let (op, n) = (reduce_op(op)?, c.bytes(count)? / c.dt.size());
+            // SAFETY: the caller's contract: `buf` is device memory of `device` holding `count`
+            // elements, valid until the operation completes on `stream`.
+            unsafe { comm.all_reduce(s, c.dt, op, buf as u64, buf as u64, n) }.map_err(dev_err(c.op))
+        });
+    }
     collective(group_, work, "all_reduce", dtype_, device, stream, |c| {
         let op = reduce_op(op)?;
         Ok(c.g.pg.all_reduce_async(c.buf(buf, count)?, c.dt, op))
@@ -569,6 +618,13 @@ pub unsafe extern "C" fn chorus_broadcast(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if device >= 0 {
+        return device_collective(group_, work, "broadcast", dtype_, device, stream, |c, comm, s| {
+            let (bytes, root) = (c.bytes(count)?, rank_arg(root, "root")?);
+            // SAFETY: as in chorus_all_reduce.
+            unsafe { comm.broadcast(s, buf as u64, buf as u64, bytes, root) }.map_err(dev_err(c.op))
+        });
+    }
     collective(group_, work, "broadcast", dtype_, device, stream, |c| {
         let b = c.buf(buf, count)?;
         Ok(c.g.pg.broadcast_async(b, rank_arg(root, "root")?))
@@ -591,6 +647,13 @@ pub unsafe extern "C" fn chorus_reduce(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if device >= 0 {
+        return device_collective(group_, work, "reduce", dtype_, device, stream, |c, comm, s| {
+            let (op, n, root) = (reduce_op(op)?, c.bytes(count)? / c.dt.size(), rank_arg(root, "root")?);
+            // SAFETY: as in chorus_all_reduce (in place: the root reads and writes each element once).
+            unsafe { comm.reduce(s, c.dt, op, buf as u64, buf as u64, n, root) }.map_err(dev_err(c.op))
+        });
+    }
     collective(group_, work, "reduce", dtype_, device, stream, |c| {
         let op = reduce_op(op)?;
         let b = c.buf(buf, count)?;
@@ -614,6 +677,16 @@ pub unsafe extern "C" fn chorus_all_gather(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if device >= 0 {
+        return device_collective(group_, work, "all_gather", dtype_, device, stream, |c, comm, s| {
+            let block = c.bytes(sendcount)?;
+            let total = c.per_rank(block)?;
+            let at = (c.g.pg.rank() * block) as u64;
+            device_overlap_ok(c.op, sendbuf as u64, block, recvbuf as u64, total, at)?;
+            // SAFETY: as in chorus_all_reduce, for both buffers (checked: disjoint or exactly in place).
+            unsafe { comm.all_gather(s, sendbuf as u64, recvbuf as u64, block) }.map_err(dev_err(c.op))
+        });
+    }
     collective(group_, work, "all_gather", dtype_, device, stream, |c| {
         let block = c.bytes(sendcount)?;
         let out = c.recv(recvbuf, c.per_rank(block)?)?;
@@ -639,6 +712,18 @@ pub unsafe extern "C" fn chorus_reduce_scatter(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if device >= 0 {
+        return device_collective(group_, work, "reduce_scatter", dtype_, device, stream, |c, comm, s| {
+            let op = reduce_op(op)?;
+            let block = c.bytes(recvcount)?;
+            let total = c.per_rank(block)?;
+            // In place: recvbuf is this rank's block of sendbuf.
+            let at = (c.g.pg.rank() * block) as u64;
+            device_overlap_ok(c.op, recvbuf as u64, block, sendbuf as u64, total, at)?;
+            // SAFETY: as in chorus_all_reduce, for both buffers (checked: disjoint or exactly in place).
+            unsafe { comm.reduce_scatter(s, c.dt, op, sendbuf as u64, recvbuf as u64, block / c.dt.size()) }.map_err(dev_err(c.op))
+        });
+    }
     collective(group_, work, "reduce_scatter", dtype_, device, stream, |c| {
         let op = reduce_op(op)?;
         let block = c.bytes(recvcount)?;
@@ -665,6 +750,15 @@ pub unsafe extern "C" fn chorus_all_to_all(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if device >= 0 {
+        return device_collective(group_, work, "all_to_all", dtype_, device, stream, |c, comm, s| {
+            let block = c.bytes(count)?;
+            let total = c.per_rank(block)?;
+            device_overlap_ok(c.op, sendbuf as u64, total, recvbuf as u64, total, 0)?;
+            // SAFETY: as in chorus_all_reduce, for both buffers (checked: disjoint or identical).
+            unsafe { comm.all_to_all(s, sendbuf as u64, recvbuf as u64, block) }.map_err(dev_err(c.op))
+        });
+    }
     collective(group_, work, "all_to_all", dtype_, device, stream, |c| {
         let total = c.per_rank(c.bytes(count)?)?;
         let out = c.recv(recvbuf, total)?;
@@ -691,6 +785,23 @@ pub unsafe extern "C" fn chorus_all_to_all_v(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if device >= 0 {
+        return device_collective(group_, work, "all_to_all_v", dtype_, device, stream, |c, comm, s| {
+            let n = c.g.pg.size();
+            let bytes_of = |v: &[u64]| -> FfiResult<Vec<usize>> { v.iter().map(|&x| c.bytes(x)).collect() };
+            let sl = bytes_of(counts(send_counts, n, "all_to_all_v: send_counts")?)?;
+            let rl = bytes_of(counts(recv_counts, n, "all_to_all_v: recv_counts")?)?;
+            let offs = |l: &[usize]| l.iter().scan(0usize, |acc, &x| { let o = *acc; *acc += x; Some(o) }).collect::<Vec<_>>();
+            let (so, ro) = (offs(&sl), offs(&rl));
+            let (st, rt) = (sl.iter().sum::<usize>(), rl.iter().sum::<usize>());
+            device_overlap_ok(c.op, sendbuf as u64, st, recvbuf as u64, rt, u64::MAX)?;
+            // Every rank must split into the same sub-operations: agree on the largest block first.
+            let mine = sl.iter().chain(&rl).copied().max().unwrap_or(0);
+            let max_pair = c.g.pg.max_over_ranks(mine as u64)? as usize;
+            // SAFETY: as in chorus_all_reduce; the blocks tile both buffers, which do not overlap.
+            unsafe { comm.all_to_allv(s, sendbuf as u64, recvbuf as u64, &so, &sl, &ro, &rl, max_pair) }.map_err(dev_err(c.op))
+        });
+    }
     collective(group_, work, "all_to_all_v", dtype_, device, stream, |c| {
         let n = c.g.pg.size();
         let to_usize = |c: &[u64], what: &str| -> FfiResult<Vec<usize>> {
@@ -787,6 +898,13 @@ pub unsafe extern "C" fn chorus_send(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if device >= 0 {
+        return device_collective(group_, work, "send", dtype_, device, stream, |c, comm, s| {
+            let (bytes, peer) = (c.bytes(count)?, rank_arg(peer, "peer")?);
+            // SAFETY: as in chorus_all_reduce.
+            unsafe { comm.send(s, buf as u64, bytes, peer) }.map_err(dev_err(c.op))
+        });
+    }
     collective(group_, work, "send", dtype_, device, stream, |c| {
         let b = c.buf(buf, count)?;
         Ok(c.g.pg.send_async(b, rank_arg(peer, "peer")?, tag))
@@ -809,6 +927,13 @@ pub unsafe extern "C" fn chorus_recv(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if device >= 0 {
+        return device_collective(group_, work, "recv", dtype_, device, stream, |c, comm, s| {
+            let (bytes, peer) = (c.bytes(count)?, rank_arg(peer, "peer")?);
+            // SAFETY: as in chorus_all_reduce.
+            unsafe { comm.recv(s, buf as u64, bytes, peer) }.map_err(dev_err(c.op))
+        });
+    }
     collective(group_, work, "recv", dtype_, device, stream, |c| {
         let b = c.buf(buf, count)?;
         Ok(c.g.pg.recv_async(b, rank_arg(peer, "peer")?, tag))

@@ -92,7 +92,10 @@ fn run_ranks(test: &str, scenario: &str, world: usize, env: &[(&str, &str)]) {
     println!("{test}: {world} ranks over {ndev} device(s): passed");
 }
 
-const SMALL: &[(&str, &str)] = &[("CHORUS_CUDA_STAGING_MB", "8"), ("CHORUS_CUDA_P2P_SLOT_KB", "64")];
+/// Small staging so that large cases split into sub-operations and pipeline steps; 2-rank all_reduces
+/// from 4 MB run pipelined one-shot (bf16 at 1.5 M elements stays two-shot).
+const SMALL: &[(&str, &str)] =
+    &[("CHORUS_CUDA_STAGING_MB", "8"), ("CHORUS_CUDA_P2P_SLOT_KB", "64"), ("CHORUS_CUDA_PIPELINE_MIN", "4000000")];
 
 #[test]
 #[ignore = "needs a CUDA GPU; run with --ignored on the GPU machine"]

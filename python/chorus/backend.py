@@ -282,6 +282,12 @@ class ProcessGroupChorus(dist.ProcessGroup):
         return self
 
     @property
+    def supports_splitting(self) -> bool:
+        # torch asks when a default group bound to a device (init_process_group(device_id=...))
+        # makes a new group; chorus groups are created fresh, not split from a parent communicator.
+        return False
+
+    @property
     def supports_coalescing(self) -> bool:
         return False
 

@@ -1,6 +1,7 @@
 //! The public Rust API: [`ProcessGroup`], its collectives and point-to-point calls.
 pub mod buffer;
 mod collectives;
+mod cuda;
 mod ft;
 mod p2p;
 pub mod p2p_types { pub use super::p2p::P2pRequest; }

@@ -210,9 +210,10 @@ fn child(args: &Args, rank: usize, world: usize, dir: &Path) -> Result<(), Strin
             if lib.nccl.is_some() { ", NCCL from libnccl.so.2" } else { "" }
         );
         println!(
-            "# {:>10} {:>11} {:>6} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>6} {:>6} {:>5}",
+            "# {:>10} {:>11} {:>6} | {:>9} {:>8} {:>8} | {:>9} {:>8} {:>8} | {:>6} {:>6} {:>5} | enq",
             "size(B)", "count", "type", "chorus_us", "algbw", "busbw", "nccl_us", "algbw", "busbw", "bw_x", "time_x", "check"
         );
+        println!("#   (enq: host microseconds to enqueue one op, chorus / NCCL)");
     }
     let mut csv = match (&args.csv, rank) {
         (Some(p), 0) => {
@@ -243,6 +244,7 @@ fn child(args: &Args, rank: usize, world: usize, dir: &Path) -> Result<(), Strin
                 _ => (3, 20),
             };
             let mut times = [f64::NAN; 2];
+            let mut enqueue = [f64::NAN; 2];
             for (i, use_nccl) in [false, true].into_iter().enumerate() {
                 if use_nccl && lib.nccl.is_none() {
                     continue;
@@ -255,9 +257,11 @@ fn child(args: &Args, rank: usize, world: usize, dir: &Path) -> Result<(), Strin
                 launch(&lib, false, "all_reduce", dtype, 16 / esz, dst2.ptr(), dst2.ptr(), &stream)?;
                 sync("barrier")?;
                 let t0 = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| e.to_string())?;
+                let h0 = Instant::now();
                 for _ in 0..iters {
                     launch(&lib, use_nccl, op, dtype, count, src.ptr(), dst.ptr(), &stream)?;
                 }
+                enqueue[i] = h0.elapsed().as_secs_f64() * 1e6 / iters as f64;
                 let t1 = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| e.to_string())?;
                 t1.synchronize().map_err(|e| e.to_string())?;
                 times[i] = t0.elapsed_ms(&t1).map_err(|e| e.to_string())? as f64 * 1e3 / iters as f64;
@@ -287,7 +291,7 @@ fn child(args: &Args, rank: usize, world: usize, dir: &Path) -> Result<(), Strin
                 let gb = |t: f64| size as f64 / t / 1e3;
                 let (ct, nt) = (times[0], times[1]);
                 println!(
-                    "  {:>10} {:>11} {:>6} | {:>9.2} {:>8.2} {:>8.2} | {:>9.2} {:>8.2} {:>8.2} | {:>6.2} {:>6.2} {:>5}",
+                    "  {:>10} {:>11} {:>6} | {:>9.2} {:>8.2} {:>8.2} | {:>9.2} {:>8.2} {:>8.2} | {:>6.2} {:>6.2} {:>5} | {:.1} / {:.1}",
                     size,
                     count,
                     dtype.name(),
@@ -299,7 +303,9 @@ fn child(args: &Args, rank: usize, world: usize, dir: &Path) -> Result<(), Strin
                     gb(nt) * factor,
                     gb(ct) / gb(nt),
                     ct / nt,
-                    check
+                    check,
+                    enqueue[0],
+                    enqueue[1]
                 );
                 if let Some(f) = csv.as_mut() {
                     writeln!(f, "{op},{size},{count},{},{world},{ct:.3},{:.3},{:.3},{nt:.3},{:.3},{:.3},{check}", dtype.name(), gb(ct), gb(ct) * factor, gb(nt), gb(nt) * factor).unwrap();

@@ -9,7 +9,8 @@
 //! Ordering: every operation is enqueued on the stream it is given, with no host synchronization. The
 //! operations of one communicator form one sequence on every rank (as in NCCL): when a caller switches
 //! streams, the new stream first waits for the communicator's last operation (an event), so ops issued
-//! on several streams still run one after another. While a stream is capturing a CUDA graph no event is
+//! on several streams still run one after another. (Hence the contract of every op: the stream of the
+//! communicator's previous op is still alive when the next op is enqueued.) While a stream is capturing a CUDA graph no event is
 //! used; the graph replays in the capturing stream's order.
 //!
 //! Large operations are split on the host into sub-operations that fit the staging slots; the split
@@ -31,8 +32,15 @@ pub const MAX_RANKS: usize = 8;
 /// Most thread blocks a collective kernel is launched with (flag arrays are sized for it).
 pub const MAX_BLOCKS: u32 = 128;
 /// Where staging starts in a workspace (after flags, counters and the error word; see the source).
-const STAGING_OFF: usize = 65536;
+const STAGING_OFF: usize = 73728;
 const ERROR_OFF: u64 = 57344;
+/// Barrier flags and counters of the two lanes (bulk, small); see the layout in `coll_source`.
+const BULK_BAR: u64 = 0;
+const BULK_STATE: u64 = 24576;
+const SMALL_BAR: u64 = 61440;
+const SMALL_STATE: u64 = 63488;
+/// Most thread blocks of the small lane.
+pub const MAX_SMALL_BLOCKS: u32 = 32;
 
 const AR_ONESHOT: u32 = 1;
 const AR_TWOSHOT: u32 = 2;
@@ -62,12 +70,17 @@ pub struct CommOptions {
     pub slot_bytes: usize,
     /// Bytes of one point-to-point slot (`2 * world` per workspace).
     pub p2p_slot: usize,
-    /// Thread blocks per collective kernel (at most [`MAX_BLOCKS`]).
+    /// Thread blocks per collective kernel on the bulk lane (at most [`MAX_BLOCKS`]).
     pub blocks: u32,
+    /// Thread blocks per kernel on the small lane (at most [`MAX_SMALL_BLOCKS`]).
+    pub small_blocks: u32,
     /// Threads per block.
     pub threads: u32,
     /// all_reduce up to this many bytes runs one-shot (every rank reduces everything), larger two-shot.
     pub oneshot_max: usize,
+    /// With 2 ranks, all_reduce from this many bytes runs as a pipelined one-shot (the same NVLink
+    /// traffic as two-shot, without two-shot's final copy).
+    pub pipeline_min: usize,
     /// How long a kernel waits for a peer before it gives up ([`KernelError::CollectiveTimeout`]).
     pub timeout: Duration,
 }
@@ -78,9 +91,10 @@ fn env_usize(name: &str) -> Option<usize> {
 
 impl CommOptions {
     /// Defaults for `world` ranks, overridden by `CHORUS_CUDA_STAGING_MB` (whole staging area, default
-    /// 512), `CHORUS_CUDA_P2P_SLOT_KB` (default 4096), `CHORUS_CUDA_BLOCKS` (default 32),
+    /// 512), `CHORUS_CUDA_P2P_SLOT_KB` (default 4096), `CHORUS_CUDA_BLOCKS` (default 128), `CHORUS_CUDA_SMALL_BLOCKS` (default 16),
     /// `CHORUS_CUDA_THREADS` (default 512), `CHORUS_CUDA_ONESHOT_MAX` (bytes, default 256 KiB for 2 ranks,
-    /// 128 KiB for 3-4, 64 KiB beyond) and `CHORUS_CUDA_TIMEOUT_MS` (default 60000).
+    /// 128 KiB for 3-4, 64 KiB beyond), `CHORUS_CUDA_PIPELINE_MIN` (bytes, default 96 MiB) and
+    /// `CHORUS_CUDA_TIMEOUT_MS` (default 60000).
     pub fn from_env(world: usize) -> CommOptions {
         let world = world.max(1);
         let staging = env_usize("CHORUS_CUDA_STAGING_MB").unwrap_or(512).max(1) << 20;
@@ -93,21 +107,25 @@ impl CommOptions {
         CommOptions {
             slot_bytes: slot,
             p2p_slot: (env_usize("CHORUS_CUDA_P2P_SLOT_KB").unwrap_or(4096).max(4) << 10) & !15,
-            blocks: env_usize("CHORUS_CUDA_BLOCKS").unwrap_or(32).clamp(1, MAX_BLOCKS as usize) as u32,
+            blocks: env_usize("CHORUS_CUDA_BLOCKS").unwrap_or(128).clamp(1, MAX_BLOCKS as usize) as u32,
+            small_blocks: env_usize("CHORUS_CUDA_SMALL_BLOCKS").unwrap_or(16).clamp(1, MAX_SMALL_BLOCKS as usize) as u32,
             threads: (env_usize("CHORUS_CUDA_THREADS").unwrap_or(512).clamp(64, 1024) as u32) & !31,
             oneshot_max: env_usize("CHORUS_CUDA_ONESHOT_MAX").unwrap_or(default_oneshot).min(slot),
+            pipeline_min: env_usize("CHORUS_CUDA_PIPELINE_MIN").unwrap_or(96 << 20),
             timeout: Duration::from_millis(env_usize("CHORUS_CUDA_TIMEOUT_MS").unwrap_or(60_000).max(1) as u64),
         }
     }
 
     fn wire(&self) -> String {
         format!(
-            "slot={} p2p={} blocks={} threads={} oneshot={} timeout_ms={}",
+            "slot={} p2p={} blocks={} small_blocks={} threads={} oneshot={} pipeline={} timeout_ms={}",
             self.slot_bytes,
             self.p2p_slot,
             self.blocks,
+            self.small_blocks,
             self.threads,
             self.oneshot_max,
+            self.pipeline_min,
             self.timeout.as_millis()
         )
     }
@@ -117,13 +135,18 @@ impl CommOptions {
 #[derive(Clone, Copy, Debug)]
 struct Layout {
     p2p_off: usize,
+    small_off: usize,
+    /// Slot of the small lane (`oneshot_max` rounded up to 4 KiB).
+    small_slot: usize,
     total: usize,
 }
 
 impl Layout {
     fn new(world: usize, o: &CommOptions) -> Layout {
         let p2p_off = STAGING_OFF + 2 * world * o.slot_bytes;
-        Layout { p2p_off, total: p2p_off + 2 * world * o.p2p_slot }
+        let small_off = p2p_off + 2 * world * o.p2p_slot;
+        let small_slot = o.oneshot_max.max(1).next_multiple_of(4096);
+        Layout { p2p_off, small_off, small_slot, total: small_off + 2 * world * small_slot }
     }
 }
 
@@ -131,6 +154,9 @@ impl Layout {
 struct Order {
     event: ffi::Event,
     last_stream: Option<RawStream>,
+    /// Set at the first switch of streams; from then on every op records `event` (a communicator
+    /// used on one stream only never pays for it).
+    multi_stream: bool,
 }
 
 /// A GPU communicator: this rank's workspace and every peer's, mapped; collectives on raw device
@@ -182,7 +208,7 @@ impl DeviceComm {
                 "rank {rank} of {world}: a device communicator spans 1 to {MAX_RANKS} ranks"
             )));
         }
-        if opts.blocks == 0 || opts.blocks > MAX_BLOCKS || opts.slot_bytes % 4096 != 0 || opts.p2p_slot % 16 != 0 {
+        if opts.blocks == 0 || opts.blocks > MAX_BLOCKS || opts.small_blocks == 0 || opts.small_blocks > MAX_SMALL_BLOCKS || opts.slot_bytes % 4096 != 0 || opts.p2p_slot % 16 != 0 {
             return Err(KernelError::CommSetup(format!("invalid options {opts:?}")));
         }
         let kernels = DeviceKernels::for_device(ordinal)?;
@@ -234,7 +260,7 @@ impl DeviceComm {
             _registry: registry,
             _importer: importer,
             peer_ws,
-            order: Mutex::new(Order { event, last_stream: None }),
+            order: Mutex::new(Order { event, last_stream: None, multi_stream: false }),
             launches: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -266,18 +292,42 @@ impl DeviceComm {
         self.launches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Arguments of a bulk-lane launch.
     fn base_args(&self, kind: u32) -> ffi::CollArgs {
         ffi::CollArgs {
             ws: self.peer_ws,
             slot_bytes: self.opts.slot_bytes as u64,
             p2p_slot: self.opts.p2p_slot as u64,
             staging_off: STAGING_OFF as u64,
+            bar_off: BULK_BAR,
+            state_off: BULK_STATE,
             p2p_off: self.layout.p2p_off as u64,
             timeout_ns: self.opts.timeout.as_nanos().min(u64::MAX as u128) as u64,
             kind,
             rank: self.rank as u32,
             world: self.world as u32,
             ..Default::default()
+        }
+    }
+
+    /// Arguments of a small-lane launch (a single step whose per-peer data fits `small_slot`).
+    fn small_args(&self, kind: u32) -> ffi::CollArgs {
+        ffi::CollArgs {
+            slot_bytes: self.layout.small_slot as u64,
+            staging_off: self.layout.small_off as u64,
+            bar_off: SMALL_BAR,
+            state_off: SMALL_STATE,
+            ..self.base_args(kind)
+        }
+    }
+
+    /// Whether an operation moving at most `per_peer` bytes to each peer in one step runs on the small
+    /// lane, and its launch arguments.
+    fn lane_args(&self, kind: u32, per_peer: usize) -> ffi::CollArgs {
+        if per_peer <= self.layout.small_slot {
+            self.small_args(kind)
+        } else {
+            self.base_args(kind)
         }
     }
 
@@ -294,25 +344,54 @@ impl DeviceComm {
         // SAFETY: `stream` is the caller's live stream (contract of the public ops).
         let capturing = unsafe { ffi::stream_is_capturing(stream.cu()) }.map_err(|e| cuda_err("cuStreamIsCapturing", e))?;
         if !capturing {
-            if let Some(last) = order.last_stream {
-                if last != stream {
+            match order.last_stream {
+                Some(last) if last != stream => {
+                    if !order.multi_stream {
+                        // First switch: until now every op went to `last`, so nothing was recorded.
+                        // SAFETY: `last` carried this communicator's previous op and, per the ops'
+                        // contract, is still alive; the event is ours.
+                        unsafe { ffi::event_record(&order.event, last.cu()) }.map_err(|e| cuda_err("cuEventRecord", e))?;
+                        order.multi_stream = true;
+                    }
                     // SAFETY: the event is ours and alive; the stream is the caller's live stream.
                     unsafe { ffi::stream_wait_event(stream.cu(), &order.event) }.map_err(|e| cuda_err("cuStreamWaitEvent", e))?;
                 }
+                _ => {}
             }
         }
         for a in subs {
+            let grid = if a.state_off == SMALL_STATE { self.opts.small_blocks } else { self.opts.blocks };
             // SAFETY: forwarded to the caller; `func` is a collective kernel of this module.
-            unsafe { ffi::launch_coll(func, stream.cu(), self.opts.blocks, self.opts.threads, a) }
+            unsafe { ffi::launch_coll(func, stream.cu(), grid, self.opts.threads, a) }
                 .map_err(|e| cuda_err("launching a collective kernel", e))?;
         }
         self.launches.fetch_add(subs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if !capturing {
-            // SAFETY: as above.
-            unsafe { ffi::event_record(&order.event, stream.cu()) }.map_err(|e| cuda_err("cuEventRecord", e))?;
+            if order.multi_stream {
+                // SAFETY: as above.
+                unsafe { ffi::event_record(&order.event, stream.cu()) }.map_err(|e| cuda_err("cuEventRecord", e))?;
+            }
             order.last_stream = Some(stream);
         }
         Ok(())
+    }
+
+    /// Bytes per pipeline step for a pipelined operation of `bytes`: one step per 8 MiB, 2 to 16 steps
+    /// (enough to hide the pipeline fill, few enough that the per-step barrier stays small), within a
+    /// slot.
+    fn pipeline_chunk(&self, bytes: usize) -> usize {
+        let steps = (bytes >> 23).clamp(2, 16);
+        bytes.div_ceil(steps).next_multiple_of(4096).min(self.opts.slot_bytes)
+    }
+
+    /// Bytes per step of a pipelined data-movement operation whose longest block is `bytes`: one step
+    /// on the small lane, [`DeviceComm::pipeline_chunk`] on the bulk lane.
+    fn step_bytes(&self, bytes: usize) -> usize {
+        if bytes <= self.layout.small_slot {
+            bytes
+        } else {
+            self.pipeline_chunk(bytes)
+        }
     }
 
     /// Elements per sub-operation for a reduce kind whose per-rank share must fit `cap` bytes.
@@ -326,22 +405,21 @@ impl DeviceComm {
     /// # Safety
     /// `src` and `dst` are device memory of this communicator's device, valid for `count` elements of
     /// `dtype` until the operation completes on `stream`; they are equal or do not overlap; `stream` is
-    /// a live stream of the device's primary context (or 0).
+    /// a live stream of the device's primary context (or 0), and so is the stream of this
+    /// communicator's previous operation (all ops share this last condition).
     pub unsafe fn all_reduce(&self, stream: RawStream, dtype: DType, op: ReduceOp, src: u64, dst: u64, count: usize) -> Result<()> {
         let func = self.kernels.coll_func(dtype, op)?;
         let bytes = elems_bytes(dtype, count)?;
         let avg_n = if op == ReduceOp::Avg { self.world as u32 } else { 0 };
         let mut subs = Vec::new();
         let e = dtype.size() as u64;
-        if bytes <= self.opts.oneshot_max || self.world == 1 {
-            let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes).max(1);
-            let mut off = 0;
-            while off < count {
-                let n = chunk.min(count - off);
-                let o = off as u64 * e;
-                subs.push(ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, ..self.base_args(AR_ONESHOT) });
-                off += n;
-            }
+        let pipelined = self.world == 2 && bytes >= self.opts.pipeline_min;
+        if bytes <= self.opts.oneshot_max || self.world == 1 || pipelined {
+            // One launch; above one slot (or when pipelining) the kernel steps through chunks itself.
+            let chunk = if pipelined { self.pipeline_chunk(bytes) } else { self.opts.slot_bytes };
+            let chunk = Self::chunk_elems(dtype, chunk).max(1);
+            let lane = if pipelined { self.base_args(AR_ONESHOT) } else { self.lane_args(AR_ONESHOT, bytes) };
+            subs.push(ffi::CollArgs { src, dst, count: count as u64, chunk: chunk as u64, avg_n, ..lane });
         } else {
             let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes / 2) * self.world;
             let mut off = 0;
@@ -372,7 +450,7 @@ impl DeviceComm {
         while off < count {
             let n = chunk.min(count - off);
             let o = off as u64 * e;
-            subs.push(ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, root: root as u32, ..self.base_args(REDUCE) });
+            subs.push(ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, root: root as u32, ..self.lane_args(REDUCE, n * dtype.size()) });
             off += n;
         }
         // SAFETY: forwarded to the caller.
@@ -402,7 +480,7 @@ impl DeviceComm {
                 count: n as u64,
                 src_stride: bytes as u64,
                 avg_n,
-                ..self.base_args(REDUCE_SCATTER)
+                ..self.lane_args(REDUCE_SCATTER, n * dtype.size())
             });
             off += n;
         }
@@ -417,13 +495,13 @@ impl DeviceComm {
     /// `src` (on root) and `dst` valid for `bytes`, equal or not overlapping; stream as above.
     pub unsafe fn broadcast(&self, stream: RawStream, src: u64, dst: u64, bytes: usize, root: usize) -> Result<()> {
         self.check_rank(root)?;
-        let subs = self.byte_chunks(bytes, self.opts.slot_bytes, |o, n| ffi::CollArgs {
-            src: src + o,
-            dst: dst + o,
-            count: n,
-            root: root as u32,
-            ..self.base_args(BROADCAST)
-        });
+        let subs = if bytes == 0 {
+            Vec::new()
+        } else {
+            // One launch; the kernel pipelines chunks (push of chunk j beside the copy-out of j - 1).
+            let chunk = self.step_bytes(bytes) as u64;
+            vec![ffi::CollArgs { src, dst, count: bytes as u64, chunk, root: root as u32, ..self.lane_args(BROADCAST, bytes) }]
+        };
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
     }
@@ -433,13 +511,13 @@ impl DeviceComm {
     /// # Safety
     /// `src` valid for `bytes`, `dst` for `world * bytes`, not overlapping; stream as above.
     pub unsafe fn all_gather(&self, stream: RawStream, src: u64, dst: u64, bytes: usize) -> Result<()> {
-        let subs = self.byte_chunks(bytes, self.opts.slot_bytes, |o, n| ffi::CollArgs {
-            src: src + o,
-            dst: dst + o,
-            count: n,
-            dst_stride: bytes as u64,
-            ..self.base_args(ALL_GATHER)
-        });
+        let subs = if bytes == 0 {
+            Vec::new()
+        } else {
+            // One launch; the kernel pipelines chunks (pushes of chunk j beside copy-outs of j - 1).
+            let chunk = self.step_bytes(bytes) as u64;
+            vec![ffi::CollArgs { src, dst, count: bytes as u64, chunk, dst_stride: bytes as u64, ..self.lane_args(ALL_GATHER, bytes) }]
+        };
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
     }
@@ -485,24 +563,22 @@ impl DeviceComm {
         if send_len[self.rank] != recv_len[self.rank] {
             return Err(KernelError::InvalidArgument { reason: "all_to_allv: the block a rank sends itself must match what it receives" });
         }
-        let slot = self.opts.slot_bytes;
-        let mut subs = Vec::new();
-        let mut c0 = 0usize;
-        while c0 < max_pair_bytes {
-            let mut a = self.base_args(ALL_TO_ALL);
-            a.src = src;
-            a.dst = dst;
-            for p in 0..w {
-                let (s0, s1) = (c0.min(send_len[p]), (c0 + slot).min(send_len[p]));
-                a.send_off[p] = (send_off[p] + s0) as u64;
-                a.send_len[p] = (s1 - s0) as u64;
-                let (r0, r1) = (c0.min(recv_len[p]), (c0 + slot).min(recv_len[p]));
-                a.recv_off[p] = (recv_off[p] + r0) as u64;
-                a.recv_len[p] = (r1 - r0) as u64;
-            }
-            subs.push(a);
-            c0 += slot;
+        if max_pair_bytes == 0 {
+            return Ok(());
         }
+        // One launch pipelined over chunks of the longest block (agreed by every rank).
+        let mut a = ffi::CollArgs {
+            src,
+            dst,
+            count: max_pair_bytes as u64,
+            chunk: self.step_bytes(max_pair_bytes) as u64,
+            ..self.lane_args(ALL_TO_ALL, max_pair_bytes)
+        };
+        for p in 0..w {
+            (a.send_off[p], a.send_len[p]) = (send_off[p] as u64, send_len[p] as u64);
+            (a.recv_off[p], a.recv_len[p]) = (recv_off[p] as u64, recv_len[p] as u64);
+        }
+        let subs = [a];
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
     }

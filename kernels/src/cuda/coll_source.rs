@@ -7,30 +7,37 @@
 //!
 //! | offset | what |
 //! |---|---|
-//! | `FLAG_BAR` | barrier flags `[block][rank]` u64, written by peer `rank` |
-//! | `FLAG_P2P_DATA` | send flags `[block][rank]` u64, written by sender `rank` |
-//! | `FLAG_P2P_ACK` | receive acks `[block][rank]` u64, written by receiver `rank` |
-//! | `STATE` | per block 32 u64: `[0]` barrier count, `[1]` collective count, `[2+p]` sends to p, `[10+p]` receives from p |
-//! | `ERROR` | u64: 0 while healthy, else `1 << 32 | block` of the first wait that passed its deadline |
-//! | `staging_off` | 2 parities x world slots x `slot_bytes` |
+//! | 0 | bulk lane barrier flags `[block][rank]` u64, written by peer `rank` |
+//! | 8192 | send flags `[block][rank]` u64, written by sender `rank` |
+//! | 16384 | receive acks `[block][rank]` u64, written by receiver `rank` |
+//! | 24576 | bulk lane, per block 32 u64: `[0]` barrier count, `[1]` staging step count, `[2+p]` sends to p, `[10+p]` receives from p |
+//! | 57344 | error word: 0 while healthy, else `1 << 32 | block` of the first wait that passed its deadline |
+//! | 61440 | small lane barrier flags |
+//! | 63488 | small lane counters |
+//! | 73728 | bulk staging: 2 parities x world slots x `slot_bytes` |
 //! | `p2p_off` | world sources x 2 parities x `p2p_slot` |
+//! | `small_staging_off` | small lane staging: 2 parities x world slots x `oneshot_max` |
+//!
+//! Two *lanes* with their own flags, counters and staging: single-step operations that fit the small
+//! slots (latency-bound) run with a few thread blocks on the small lane, everything else with many
+//! blocks on the bulk lane. The argument below holds per lane.
 //!
 //! All flags are monotonic counters, never reset: barrier `k` of block `b` stores `k`; waiting means
 //! "at least `k`". The counters live on the device (STATE), so a CUDA graph that replays a collective
 //! advances them exactly as an eager launch would.
 //!
 //! Why one barrier per phase is enough (per block, since every rank launches the same grid over the same
-//! partition): collective `k` writes only its parity region `k & 1` of the peers' staging. Before a block
-//! writes region `k & 1` in collective `k`, it passed a barrier of collective `k - 1`; a peer's block
-//! signals that barrier only after finishing collective `k - 2`, the last reader of that region.
+//! partition): staging is used in *steps* (one per collective, or one per pipeline chunk of a large
+//! one-shot all_reduce or broadcast), counted per block on the device; step `k` writes only parity
+//! region `k & 1` of the peers' staging. Before a block writes region `k & 1` in step `k`, it passed a
+//! barrier of step `k - 1`; a peer's block signals that barrier only after finishing step `k - 2`, the
+//! last reader of that region.
 pub(crate) const COLL_SRC: &str = r#"
 // ================================ collectives =================================================
 #define CH_MAX_RANKS 8
 #define CH_MAX_BLOCKS 128
-#define CH_FLAG_BAR 0ull
 #define CH_FLAG_P2P_DATA 8192ull
 #define CH_FLAG_P2P_ACK 16384ull
-#define CH_STATE 24576ull
 #define CH_STATE_WORDS 32ull
 #define CH_ERROR 57344ull
 
@@ -57,6 +64,9 @@ struct CollArgs {
     u64 staging_off;
     u64 p2p_off;
     u64 timeout_ns;
+    u64 chunk;                 // one-shot all_reduce and broadcast: units per pipeline step
+    u64 bar_off;               // the lane's barrier flags [block][rank]
+    u64 state_off;             // the lane's per-block counters (p2p: always the bulk lane's)
     u64 send_off[CH_MAX_RANKS];   // all_to_all, bytes
     u64 send_len[CH_MAX_RANKS];
     u64 recv_off[CH_MAX_RANKS];
@@ -88,7 +98,7 @@ __device__ __forceinline__ u64 ch_now() {
     return t;
 }
 __device__ __forceinline__ u64* ch_state(const CollArgs& a) {
-    return (u64*)(a.ws[a.rank] + CH_STATE + (u64)blockIdx.x * CH_STATE_WORDS * 8ull);
+    return (u64*)(a.ws[a.rank] + a.state_off + (u64)blockIdx.x * CH_STATE_WORDS * 8ull);
 }
 
 // Waits until the counter at `addr` reaches `v`. False when the deadline passed or another block
@@ -125,8 +135,8 @@ __device__ bool ch_barrier(const CollArgs& a) {
     u32 t = threadIdx.x;
     if (t < a.world && t != a.rank) {
         u64 slot = ((u64)blockIdx.x * CH_MAX_RANKS) * 8ull;
-        ch_st_release(a.ws[t] + CH_FLAG_BAR + slot + (u64)a.rank * 8ull, s_seq);
-        if (!ch_wait(a, a.ws[a.rank] + CH_FLAG_BAR + slot + (u64)t * 8ull, s_seq)) s_ok = 0;
+        ch_st_release(a.ws[t] + a.bar_off + slot + (u64)a.rank * 8ull, s_seq);
+        if (!ch_wait(a, a.ws[a.rank] + a.bar_off + slot + (u64)t * 8ull, s_seq)) s_ok = 0;
     }
     __syncthreads();
     return s_ok != 0;
@@ -234,16 +244,22 @@ __device__ __forceinline__ u64 ch_slot(const CollArgs& a, u32 x, u64 par, u32 q)
     return a.ws[x] + a.staging_off + (par * a.world + q) * a.slot_bytes;
 }
 
-// Claims this collective's parity (every block advances its own collective counter).
-__device__ __forceinline__ u64 ch_begin(const CollArgs& a) {
-    __shared__ u64 s_par;
+// Claims `steps` staging steps (every block advances its own step counter); step j of this
+// collective uses parity region (returned value + j) & 1.
+__device__ __forceinline__ u64 ch_begin(const CollArgs& a, u64 steps) {
+    __shared__ u64 s_base;
     if (threadIdx.x == 0) {
         u64* st = ch_state(a);
-        s_par = st[1] & 1ull;
-        st[1] = st[1] + 1;
+        s_base = st[1];
+        st[1] = st[1] + steps;
     }
     __syncthreads();
-    return s_par;
+    return s_base;
+}
+
+__device__ __forceinline__ u64 ch_steps(u64 count, u64 chunk) {
+    if (chunk == 0 || chunk >= count) return 1;
+    return (count + chunk - 1) / chunk;
 }
 
 template <typename C, typename Op>
@@ -251,22 +267,42 @@ __device__ void ch_coll_reduce(const CollArgs& a) {
     typedef typename C::S S;
     const u64 E = sizeof(S), AL = 16 / sizeof(S);
     const u32 me = a.rank, n = a.world;
-    u64 par = ch_begin(a);
     u64 lo, hi;
     u64 srcs[CH_MAX_RANKS];
     u64 dsts[CH_MAX_RANKS];
-    if (a.kind == CH_AR_ONESHOT || a.kind == CH_REDUCE) {
-        ch_part(a.count, AL, &lo, &hi);
-        bool push = a.kind == CH_AR_ONESHOT || me != a.root;
-        if (push) {
-            for (u32 k = 1; k < n; ++k) {
-                u32 p = (me + k) % n;
-                if (a.kind == CH_REDUCE && p != a.root) continue;
-                ch_copy(ch_slot(a, p, par, me) + lo * E, a.src + lo * E, (hi - lo) * E);
+    if (a.kind == CH_AR_ONESHOT) {
+        // Pipelined: step j pushes chunk j while reducing chunk j - 1 (pushed in step j - 1). A step
+        // writes region (base + j) & 1, last read in step j - 1 by every peer, which signalled the
+        // barrier that ended step j - 1 only after that read.
+        u64 steps = ch_steps(a.count, a.chunk);
+        u64 chunk = steps == 1 ? a.count : a.chunk;
+        u64 base = ch_begin(a, steps);
+        for (u64 j = 0; j <= steps; ++j) {
+            if (j < steps) {
+                u64 c0 = j * chunk, len = a.count - c0 < chunk ? a.count - c0 : chunk;
+                ch_part(len, AL, &lo, &hi);
+                for (u32 k = 1; k < n; ++k) {
+                    u32 p = (me + k) % n;
+                    ch_copy(ch_slot(a, p, (base + j) & 1ull, me) + lo * E, a.src + (c0 + lo) * E, (hi - lo) * E);
+                }
             }
+            if (j >= 1) {
+                u64 c0 = (j - 1) * chunk, len = a.count - c0 < chunk ? a.count - c0 : chunk;
+                ch_part(len, AL, &lo, &hi);
+                for (u32 q = 0; q < n; ++q) srcs[q] = q == me ? a.src + c0 * E : ch_slot(a, me, (base + j - 1) & 1ull, q);
+                dsts[0] = a.dst + c0 * E;
+                ch_reduce<C, Op>(srcs, n, dsts, 1, lo, hi, a.avg_n);
+            }
+            if (j < steps && !ch_barrier(a)) return;
         }
+        return;
+    }
+    u64 par = ch_begin(a, 1) & 1ull;
+    if (a.kind == CH_REDUCE) {
+        ch_part(a.count, AL, &lo, &hi);
+        if (me != a.root) ch_copy(ch_slot(a, a.root, par, me) + lo * E, a.src + lo * E, (hi - lo) * E);
         if (!ch_barrier(a)) return;
-        if (a.kind == CH_REDUCE && me != a.root) return;
+        if (me != a.root) return;
         for (u32 q = 0; q < n; ++q) srcs[q] = q == me ? a.src : ch_slot(a, me, par, q);
         dsts[0] = a.dst;
         ch_reduce<C, Op>(srcs, n, dsts, 1, lo, hi, a.avg_n);
@@ -352,39 +388,61 @@ __device__ void ch_p2p(const CollArgs& a) {
 extern "C" __global__ void __launch_bounds__(1024) chorus_coll_copy(CollArgs a) {
     if (a.kind == CH_SEND || a.kind == CH_RECV) { ch_p2p(a); return; }
     const u32 me = a.rank, n = a.world;
-    u64 par = ch_begin(a);
     u64 lo, hi;
     if (a.kind == CH_BROADCAST) {
-        ch_part(a.count, 16, &lo, &hi);
-        if (me == a.root) {
-            for (u32 k = 1; k < n; ++k) ch_copy(ch_slot(a, (me + k) % n, par, me) + lo, a.src + lo, hi - lo);
-            ch_copy(a.dst + lo, a.src + lo, hi - lo);
+        // Pipelined like the one-shot all_reduce: the root pushes chunk j while the others copy
+        // chunk j - 1 out of their staging.
+        u64 steps = ch_steps(a.count, a.chunk);
+        u64 chunk = steps == 1 ? a.count : a.chunk;
+        u64 base = ch_begin(a, steps);
+        for (u64 j = 0; j <= steps; ++j) {
+            if (j < steps && me == a.root) {
+                u64 c0 = j * chunk, len = a.count - c0 < chunk ? a.count - c0 : chunk;
+                ch_part(len, 16, &lo, &hi);
+                for (u32 k = 1; k < n; ++k) ch_copy(ch_slot(a, (me + k) % n, (base + j) & 1ull, me) + lo, a.src + c0 + lo, hi - lo);
+                ch_copy(a.dst + c0 + lo, a.src + c0 + lo, hi - lo);
+            }
+            if (j >= 1 && me != a.root) {
+                u64 c0 = (j - 1) * chunk, len = a.count - c0 < chunk ? a.count - c0 : chunk;
+                ch_part(len, 16, &lo, &hi);
+                ch_copy(a.dst + c0 + lo, ch_slot(a, me, (base + j - 1) & 1ull, a.root) + lo, hi - lo);
+            }
+            if (j < steps && !ch_barrier(a)) return;
         }
-        if (!ch_barrier(a)) return;
-        if (me != a.root) ch_copy(a.dst + lo, ch_slot(a, me, par, a.root) + lo, hi - lo);
-    } else if (a.kind == CH_ALL_GATHER) {
-        ch_part(a.count, 16, &lo, &hi);
-        for (u32 k = 1; k < n; ++k) ch_copy(ch_slot(a, (me + k) % n, par, me) + lo, a.src + lo, hi - lo);
-        ch_copy(a.dst + (u64)me * a.dst_stride + lo, a.src + lo, hi - lo);
-        if (!ch_barrier(a)) return;
-        for (u32 k = 1; k < n; ++k) {
-            u32 q = (me + k) % n;
-            ch_copy(a.dst + (u64)q * a.dst_stride + lo, ch_slot(a, me, par, q) + lo, hi - lo);
+        return;
+    }
+    // all_gather and all_to_all, pipelined like broadcast: step j pushes chunk j of every outgoing
+    // block and copies chunk j - 1 of every incoming block out of staging. `count` is the longest
+    // block (the same on every rank), so every rank takes the same number of steps.
+    const bool ag = a.kind == CH_ALL_GATHER;
+    u64 steps = ch_steps(a.count, a.chunk);
+    u64 chunk = steps == 1 ? a.count : a.chunk;
+    u64 base = ch_begin(a, steps);
+    for (u64 j = 0; j <= steps; ++j) {
+        if (j < steps) {
+            for (u32 k = 0; k < n; ++k) {
+                u32 p = (me + k) % n;
+                u64 len = ag ? a.count : a.send_len[p];
+                u64 c0 = j * chunk < len ? j * chunk : len;
+                u64 clen = len - c0 < chunk ? len - c0 : chunk;
+                u64 from = (ag ? a.src : a.src + a.send_off[p]) + c0;
+                ch_part(clen, 16, &lo, &hi);
+                if (p == me) ch_copy((ag ? a.dst + (u64)me * a.dst_stride : a.dst + a.recv_off[me]) + c0 + lo, from + lo, hi - lo);
+                else ch_copy(ch_slot(a, p, (base + j) & 1ull, me) + lo, from + lo, hi - lo);
+            }
         }
-    } else if (a.kind == CH_ALL_TO_ALL) {
-        for (u32 k = 1; k < n; ++k) {
-            u32 p = (me + k) % n;
-            ch_part(a.send_len[p], 16, &lo, &hi);
-            ch_copy(ch_slot(a, p, par, me) + lo, a.src + a.send_off[p] + lo, hi - lo);
+        if (j >= 1) {
+            for (u32 k = 1; k < n; ++k) {
+                u32 q = (me + k) % n;
+                u64 len = ag ? a.count : a.recv_len[q];
+                u64 c0 = (j - 1) * chunk < len ? (j - 1) * chunk : len;
+                u64 clen = len - c0 < chunk ? len - c0 : chunk;
+                u64 to = (ag ? a.dst + (u64)q * a.dst_stride : a.dst + a.recv_off[q]) + c0;
+                ch_part(clen, 16, &lo, &hi);
+                ch_copy(to + lo, ch_slot(a, me, (base + j - 1) & 1ull, q) + lo, hi - lo);
+            }
         }
-        ch_part(a.send_len[me], 16, &lo, &hi);
-        ch_copy(a.dst + a.recv_off[me] + lo, a.src + a.send_off[me] + lo, hi - lo);
-        if (!ch_barrier(a)) return;
-        for (u32 k = 1; k < n; ++k) {
-            u32 q = (me + k) % n;
-            ch_part(a.recv_len[q], 16, &lo, &hi);
-            ch_copy(a.dst + a.recv_off[q] + lo, ch_slot(a, me, par, q) + lo, hi - lo);
-        }
+        if (j < steps && !ch_barrier(a)) return;
     }
 }
 
