@@ -359,10 +359,14 @@ impl DeviceAllocation {
         self.ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))
     }
 
-    /// Copies `data` to `ptr + offset` (synchronous).
+    /// Copies `data` to `ptr + offset` and waits until it has landed. (`cuMemcpyHtoD` from pageable
+    /// memory returns once the data is staged, before the DMA completes, and `cuMemsetD8` is
+    /// asynchronous too; kernels on non-blocking streams would not wait for either. Hence the context
+    /// synchronization, here and in [`DeviceAllocation::fill`].)
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
-        ffi::alloc_write(self, offset, data).map_err(|e| cuda_err("cuMemcpyHtoD", e))
+        ffi::alloc_write(self, offset, data).map_err(|e| cuda_err("cuMemcpyHtoD", e))?;
+        self.ctx.synchronize().map_err(|e| cuda_err("waiting for the copy (cuCtxSynchronize)", e))
     }
 
     /// Copies `out.len()` bytes at `ptr + offset` to `out` (synchronous).
@@ -371,10 +375,11 @@ impl DeviceAllocation {
         ffi::alloc_read(self, offset, out).map_err(|e| cuda_err("cuMemcpyDtoH", e))
     }
 
-    /// Sets every byte to `value` (synchronous).
+    /// Sets every byte to `value` and waits until it is done (see [`DeviceAllocation::write`]).
     pub fn fill(&self, value: u8) -> Result<()> {
         self.check(0, self.size)?;
-        ffi::alloc_fill(self, value).map_err(|e| cuda_err("cuMemsetD8", e))
+        ffi::alloc_fill(self, value).map_err(|e| cuda_err("cuMemsetD8", e))?;
+        self.ctx.synchronize().map_err(|e| cuda_err("waiting for the memset (cuCtxSynchronize)", e))
     }
 }
 
