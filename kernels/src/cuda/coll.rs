@@ -591,12 +591,7 @@ impl DeviceComm {
     /// `src` valid for `bytes` until the operation completes on `stream`; stream as above.
     pub unsafe fn send(&self, stream: RawStream, src: u64, bytes: usize, peer: usize) -> Result<()> {
         self.check_peer(peer)?;
-        let subs = self.byte_chunks(bytes, self.opts.p2p_slot, |o, n| ffi::CollArgs {
-            src: src + o,
-            count: n,
-            root: peer as u32,
-            ..self.base_args(SEND)
-        });
+        let subs = self.p2p_chunks(SEND, src, bytes, peer);
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
     }
@@ -607,12 +602,7 @@ impl DeviceComm {
     /// `dst` valid for `bytes` until the operation completes on `stream`; stream as above.
     pub unsafe fn recv(&self, stream: RawStream, dst: u64, bytes: usize, peer: usize) -> Result<()> {
         self.check_peer(peer)?;
-        let subs = self.byte_chunks(bytes, self.opts.p2p_slot, |o, n| ffi::CollArgs {
-            dst: dst + o,
-            count: n,
-            root: peer as u32,
-            ..self.base_args(RECV)
-        });
+        let subs = self.p2p_chunks(RECV, dst, bytes, peer);
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
     }
@@ -629,18 +619,8 @@ impl DeviceComm {
     pub unsafe fn send_recv(&self, stream: RawStream, src: u64, send_bytes: usize, to: usize, dst: u64, recv_bytes: usize, from: usize) -> Result<()> {
         self.check_peer(to)?;
         self.check_peer(from)?;
-        let sends = self.byte_chunks(send_bytes, self.opts.p2p_slot, |o, n| ffi::CollArgs {
-            src: src + o,
-            count: n,
-            root: to as u32,
-            ..self.base_args(SEND)
-        });
-        let recvs = self.byte_chunks(recv_bytes, self.opts.p2p_slot, |o, n| ffi::CollArgs {
-            dst: dst + o,
-            count: n,
-            root: from as u32,
-            ..self.base_args(RECV)
-        });
+        let sends = self.p2p_chunks(SEND, src, send_bytes, to);
+        let recvs = self.p2p_chunks(RECV, dst, recv_bytes, from);
         let mut subs = Vec::with_capacity(sends.len() + recvs.len());
         for i in 0..sends.len().max(recvs.len()) {
             subs.extend(sends.get(i).copied());
@@ -648,6 +628,14 @@ impl DeviceComm {
         }
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
+    }
+
+    /// One launch per p2p slot of a send (`ptr` is the source) or receive (`ptr` is the destination).
+    fn p2p_chunks(&self, kind: u32, ptr: u64, bytes: usize, peer: usize) -> Vec<ffi::CollArgs> {
+        self.byte_chunks(bytes, self.opts.p2p_slot, |o, n| {
+            let (src, dst) = if kind == SEND { (ptr + o, 0) } else { (0, ptr + o) };
+            ffi::CollArgs { src, dst, count: n, root: peer as u32, ..self.base_args(kind) }
+        })
     }
 
     fn byte_chunks(&self, bytes: usize, cap: usize, mut f: impl FnMut(u64, u64) -> ffi::CollArgs) -> Vec<ffi::CollArgs> {
