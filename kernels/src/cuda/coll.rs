@@ -150,6 +150,12 @@ impl Layout {
     }
 }
 
+/// See [`DeviceComm::pipeline_chunk`]: `bytes` in 2 to 16 steps of at most `slot` bytes each.
+fn pipeline_chunk(bytes: usize, slot: usize) -> usize {
+    let steps = (bytes >> 23).clamp(2, 16);
+    bytes.div_ceil(steps).next_multiple_of(4096).min(slot)
+}
+
 /// Which stream the communicator's last operation went to (for cross-stream ordering).
 struct Order {
     event: ffi::Event,
@@ -380,8 +386,7 @@ impl DeviceComm {
     /// (enough to hide the pipeline fill, few enough that the per-step barrier stays small), within a
     /// slot.
     fn pipeline_chunk(&self, bytes: usize) -> usize {
-        let steps = (bytes >> 23).clamp(2, 16);
-        bytes.div_ceil(steps).next_multiple_of(4096).min(self.opts.slot_bytes)
+        pipeline_chunk(bytes, self.opts.slot_bytes)
     }
 
     /// Bytes per step of a pipelined data-movement operation whose longest block is `bytes`: one step
@@ -693,5 +698,135 @@ impl Drop for DeviceComm {
         // kernels' own deadline); the event, the mappings and the allocation are released after this.
         let _ = self.kernels.context().bind_to_thread();
         let _ = self.kernels.context().synchronize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(name, bytes, array length)` of every field of the CUDA `struct CollArgs`, in order.
+    fn cuda_fields() -> Vec<(String, usize, usize)> {
+        let src = super::super::coll_source::COLL_SRC;
+        let body = &src[src.find("struct CollArgs {").unwrap()..];
+        let body = &body[..body.find("};").unwrap()];
+        let mut out = Vec::new();
+        for line in body.lines().skip(1) {
+            let decl = line.split("//").next().unwrap().trim();
+            let Some(decl) = decl.strip_suffix(';') else { continue };
+            let (ty, names) = decl.split_once(' ').unwrap();
+            let size = match ty {
+                "u64" => 8,
+                "u32" => 4,
+                other => panic!("unexpected type {other} in CollArgs"),
+            };
+            for n in names.split(',') {
+                let n = n.trim();
+                let (name, len) = match n.split_once('[') {
+                    Some((name, rest)) => (name, if rest.starts_with("CH_MAX_RANKS") { MAX_RANKS } else { rest.trim_end_matches(']').parse().unwrap() }),
+                    None => (n, 1),
+                };
+                out.push((name.to_string(), size, len));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn coll_args_layout_matches_the_cuda_struct() {
+        use std::mem::offset_of;
+        let rust: Vec<(&str, usize)> = vec![
+            ("ws", offset_of!(ffi::CollArgs, ws)),
+            ("src", offset_of!(ffi::CollArgs, src)),
+            ("dst", offset_of!(ffi::CollArgs, dst)),
+            ("count", offset_of!(ffi::CollArgs, count)),
+            ("src_stride", offset_of!(ffi::CollArgs, src_stride)),
+            ("dst_stride", offset_of!(ffi::CollArgs, dst_stride)),
+            ("slot_bytes", offset_of!(ffi::CollArgs, slot_bytes)),
+            ("p2p_slot", offset_of!(ffi::CollArgs, p2p_slot)),
+            ("staging_off", offset_of!(ffi::CollArgs, staging_off)),
+            ("p2p_off", offset_of!(ffi::CollArgs, p2p_off)),
+            ("timeout_ns", offset_of!(ffi::CollArgs, timeout_ns)),
+            ("chunk", offset_of!(ffi::CollArgs, chunk)),
+            ("bar_off", offset_of!(ffi::CollArgs, bar_off)),
+            ("state_off", offset_of!(ffi::CollArgs, state_off)),
+            ("send_off", offset_of!(ffi::CollArgs, send_off)),
+            ("send_len", offset_of!(ffi::CollArgs, send_len)),
+            ("recv_off", offset_of!(ffi::CollArgs, recv_off)),
+            ("recv_len", offset_of!(ffi::CollArgs, recv_len)),
+            ("kind", offset_of!(ffi::CollArgs, kind)),
+            ("rank", offset_of!(ffi::CollArgs, rank)),
+            ("world", offset_of!(ffi::CollArgs, world)),
+            ("root", offset_of!(ffi::CollArgs, root)),
+            ("avg_n", offset_of!(ffi::CollArgs, avg_n)),
+            ("pad", offset_of!(ffi::CollArgs, pad)),
+        ];
+        let cuda = cuda_fields();
+        assert_eq!(cuda.len(), rust.len(), "field count: CUDA {cuda:?}");
+        let mut off = 0;
+        for ((name, size, len), (rname, roff)) in cuda.iter().zip(&rust) {
+            assert_eq!(name, rname, "field order");
+            assert_eq!(off, *roff, "offset of {name}");
+            off += size * len;
+        }
+        assert_eq!(off, std::mem::size_of::<ffi::CollArgs>());
+    }
+
+    /// The byte offsets of the workspace layout, as the CUDA source `#define`s them.
+    fn cuda_define(name: &str) -> u64 {
+        let src = super::super::coll_source::COLL_SRC;
+        let line = src.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("{name} not defined"));
+        line.split_whitespace().nth(2).unwrap().trim_end_matches("ull").trim_end_matches('u').parse().unwrap()
+    }
+
+    #[test]
+    fn workspace_layout_matches_the_cuda_source_and_regions_are_disjoint() {
+        assert_eq!(cuda_define("CH_MAX_RANKS"), MAX_RANKS as u64);
+        assert_eq!(cuda_define("CH_MAX_BLOCKS"), MAX_BLOCKS as u64);
+        assert_eq!(cuda_define("CH_ERROR"), ERROR_OFF);
+        let words = cuda_define("CH_STATE_WORDS");
+        let flags = |blocks: u64| blocks * MAX_RANKS as u64 * 8;
+        // (start, length) of every fixed region, in address order.
+        let regions = [
+            (BULK_BAR, flags(MAX_BLOCKS as u64)),
+            (cuda_define("CH_FLAG_P2P_DATA"), flags(MAX_BLOCKS as u64)),
+            (cuda_define("CH_FLAG_P2P_ACK"), flags(MAX_BLOCKS as u64)),
+            (BULK_STATE, MAX_BLOCKS as u64 * words * 8),
+            (ERROR_OFF, 8),
+            (SMALL_BAR, flags(MAX_SMALL_BLOCKS as u64)),
+            (SMALL_STATE, MAX_SMALL_BLOCKS as u64 * words * 8),
+        ];
+        for w in regions.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "regions overlap: {w:?}");
+        }
+        let last = regions[regions.len() - 1];
+        assert!(last.0 + last.1 <= STAGING_OFF as u64);
+        assert_eq!(STAGING_OFF % 4096, 0);
+        // Per-peer state words: barrier, steps, sends to 8 peers, receives from 8 peers.
+        assert!(2 + 2 * MAX_RANKS as u64 <= words);
+        for world in 1..=MAX_RANKS {
+            let o = CommOptions::from_env(world);
+            let l = Layout::new(world, &o);
+            assert!(l.p2p_off >= STAGING_OFF + 2 * world * o.slot_bytes);
+            assert!(l.small_off >= l.p2p_off + 2 * world * o.p2p_slot);
+            assert!(l.small_slot >= o.oneshot_max && l.small_slot % 4096 == 0);
+            assert_eq!(l.total, l.small_off + 2 * world * l.small_slot);
+            assert!(o.slot_bytes % 4096 == 0 && o.p2p_slot % 16 == 0);
+        }
+    }
+
+    #[test]
+    fn pipeline_steps_cover_the_message_within_a_slot() {
+        for slot in [2 << 20, 128 << 20] {
+            for bytes in [1usize, 4095, 4096, 3 << 20, 8 << 20, (64 << 20) + 7, 1 << 30, (1 << 30) + 12345] {
+                let c = pipeline_chunk(bytes, slot);
+                assert!(c > 0 && c <= slot && c % 4096 == 0 || c == slot, "bytes {bytes} slot {slot}: chunk {c}");
+                let steps = bytes.div_ceil(c);
+                assert!(steps >= 1, "bytes {bytes}");
+                if slot >= (128 << 20) && bytes >= 16 << 20 {
+                    assert!((2..=16).contains(&steps), "bytes {bytes}: {steps} steps");
+                }
+            }
+        }
     }
 }
