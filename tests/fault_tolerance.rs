@@ -159,7 +159,7 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: 
     };
     let jpipes = (drain(joiner.stdout.take().unwrap()), drain(joiner.stderr.take().unwrap()));
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut wait = |k: &mut Child, what: &str| loop {
+    let wait = |k: &mut Child, what: &str| loop {
         match k.try_wait().expect("wait") {
             Some(status) => return status,
             None if Instant::now() > deadline => {

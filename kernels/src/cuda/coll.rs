@@ -389,6 +389,18 @@ impl DeviceComm {
         pipeline_chunk(bytes, self.opts.slot_bytes)
     }
 
+    /// The one launch of a data-movement kind whose longest block is `bytes` (none when 0): the kernel
+    /// pipelines the chunks itself (pushes of chunk j beside copy-outs of chunk j - 1); `set` fills in
+    /// the buffers.
+    fn movement(&self, kind: u32, bytes: usize, set: impl FnOnce(&mut ffi::CollArgs)) -> Vec<ffi::CollArgs> {
+        if bytes == 0 {
+            return Vec::new();
+        }
+        let mut a = ffi::CollArgs { count: bytes as u64, chunk: self.step_bytes(bytes) as u64, ..self.lane_args(kind, bytes) };
+        set(&mut a);
+        vec![a]
+    }
+
     /// Bytes per step of a pipelined data-movement operation whose longest block is `bytes`: one step
     /// on the small lane, [`DeviceComm::pipeline_chunk`] on the bulk lane.
     fn step_bytes(&self, bytes: usize) -> usize {
@@ -500,13 +512,7 @@ impl DeviceComm {
     /// `src` (on root) and `dst` valid for `bytes`, equal or not overlapping; stream as above.
     pub unsafe fn broadcast(&self, stream: RawStream, src: u64, dst: u64, bytes: usize, root: usize) -> Result<()> {
         self.check_rank(root)?;
-        let subs = if bytes == 0 {
-            Vec::new()
-        } else {
-            // One launch; the kernel pipelines chunks (push of chunk j beside the copy-out of j - 1).
-            let chunk = self.step_bytes(bytes) as u64;
-            vec![ffi::CollArgs { src, dst, count: bytes as u64, chunk, root: root as u32, ..self.lane_args(BROADCAST, bytes) }]
-        };
+        let subs = self.movement(BROADCAST, bytes, |a| (a.src, a.dst, a.root) = (src, dst, root as u32));
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
     }
@@ -516,13 +522,7 @@ impl DeviceComm {
     /// # Safety
     /// `src` valid for `bytes`, `dst` for `world * bytes`, not overlapping; stream as above.
     pub unsafe fn all_gather(&self, stream: RawStream, src: u64, dst: u64, bytes: usize) -> Result<()> {
-        let subs = if bytes == 0 {
-            Vec::new()
-        } else {
-            // One launch; the kernel pipelines chunks (pushes of chunk j beside copy-outs of j - 1).
-            let chunk = self.step_bytes(bytes) as u64;
-            vec![ffi::CollArgs { src, dst, count: bytes as u64, chunk, dst_stride: bytes as u64, ..self.lane_args(ALL_GATHER, bytes) }]
-        };
+        let subs = self.movement(ALL_GATHER, bytes, |a| (a.src, a.dst, a.dst_stride) = (src, dst, bytes as u64));
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
     }
@@ -568,22 +568,14 @@ impl DeviceComm {
         if send_len[self.rank] != recv_len[self.rank] {
             return Err(KernelError::InvalidArgument { reason: "all_to_allv: the block a rank sends itself must match what it receives" });
         }
-        if max_pair_bytes == 0 {
-            return Ok(());
-        }
-        // One launch pipelined over chunks of the longest block (agreed by every rank).
-        let mut a = ffi::CollArgs {
-            src,
-            dst,
-            count: max_pair_bytes as u64,
-            chunk: self.step_bytes(max_pair_bytes) as u64,
-            ..self.lane_args(ALL_TO_ALL, max_pair_bytes)
-        };
-        for p in 0..w {
-            (a.send_off[p], a.send_len[p]) = (send_off[p] as u64, send_len[p] as u64);
-            (a.recv_off[p], a.recv_len[p]) = (recv_off[p] as u64, recv_len[p] as u64);
-        }
-        let subs = [a];
+        // Pipelined over chunks of the longest block (agreed by every rank).
+        let subs = self.movement(ALL_TO_ALL, max_pair_bytes, |a| {
+            (a.src, a.dst) = (src, dst);
+            for p in 0..w {
+                (a.send_off[p], a.send_len[p]) = (send_off[p] as u64, send_len[p] as u64);
+                (a.recv_off[p], a.recv_len[p]) = (recv_off[p] as u64, recv_len[p] as u64);
+            }
+        });
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
     }
