@@ -776,6 +776,19 @@ mod tests {
         assert_eq!(cuda_define("CH_MAX_RANKS"), MAX_RANKS as u64);
         assert_eq!(cuda_define("CH_MAX_BLOCKS"), MAX_BLOCKS as u64);
         assert_eq!(cuda_define("CH_ERROR"), ERROR_OFF);
+        for (name, kind) in [
+            ("CH_AR_ONESHOT", AR_ONESHOT),
+            ("CH_AR_TWOSHOT", AR_TWOSHOT),
+            ("CH_REDUCE", REDUCE),
+            ("CH_REDUCE_SCATTER", REDUCE_SCATTER),
+            ("CH_BROADCAST", BROADCAST),
+            ("CH_ALL_GATHER", ALL_GATHER),
+            ("CH_ALL_TO_ALL", ALL_TO_ALL),
+            ("CH_SEND", SEND),
+            ("CH_RECV", RECV),
+        ] {
+            assert_eq!(cuda_define(name), kind as u64, "{name}");
+        }
         let words = cuda_define("CH_STATE_WORDS");
         let flags = |blocks: u64| blocks * MAX_RANKS as u64 * 8;
         // (start, length) of every fixed region, in address order.
