@@ -156,6 +156,19 @@ fn pipeline_chunk(bytes: usize, slot: usize) -> usize {
     bytes.div_ceil(steps).next_multiple_of(4096).min(slot)
 }
 
+/// One sub-operation per `cap` units of `total` (elements or bytes): `f(offset, len)` for each, in
+/// order; none for 0.
+fn split(total: usize, cap: usize, mut f: impl FnMut(usize, usize) -> ffi::CollArgs) -> Vec<ffi::CollArgs> {
+    let mut subs = Vec::new();
+    let mut off = 0;
+    while off < total {
+        let n = cap.min(total - off);
+        subs.push(f(off, n));
+        off += n;
+    }
+    subs
+}
+
 /// Which stream the communicator's last operation went to (for cross-stream ordering).
 struct Order {
     event: ffi::Event,
@@ -411,6 +424,15 @@ impl DeviceComm {
         }
     }
 
+    /// What the kernels divide the reduced value by: the world size for `Avg`, nothing (0) otherwise.
+    fn avg_divisor(&self, op: ReduceOp) -> u32 {
+        if op == ReduceOp::Avg {
+            self.world as u32
+        } else {
+            0
+        }
+    }
+
     /// Elements per sub-operation for a reduce kind whose per-rank share must fit `cap` bytes.
     fn chunk_elems(dtype: DType, cap: usize) -> usize {
         let al = 16 / dtype.size();
@@ -427,26 +449,22 @@ impl DeviceComm {
     pub unsafe fn all_reduce(&self, stream: RawStream, dtype: DType, op: ReduceOp, src: u64, dst: u64, count: usize) -> Result<()> {
         let func = self.kernels.coll_func(dtype, op)?;
         let bytes = elems_bytes(dtype, count)?;
-        let avg_n = if op == ReduceOp::Avg { self.world as u32 } else { 0 };
-        let mut subs = Vec::new();
+        let avg_n = self.avg_divisor(op);
         let e = dtype.size() as u64;
         let pipelined = self.world == 2 && bytes >= self.opts.pipeline_min;
-        if bytes <= self.opts.oneshot_max || self.world == 1 || pipelined {
+        let subs = if bytes <= self.opts.oneshot_max || self.world == 1 || pipelined {
             // One launch; above one slot (or when pipelining) the kernel steps through chunks itself.
             let chunk = if pipelined { self.pipeline_chunk(bytes) } else { self.opts.slot_bytes };
             let chunk = Self::chunk_elems(dtype, chunk).max(1);
             let lane = if pipelined { self.base_args(AR_ONESHOT) } else { self.lane_args(AR_ONESHOT, bytes) };
-            subs.push(ffi::CollArgs { src, dst, count: count as u64, chunk: chunk as u64, avg_n, ..lane });
+            vec![ffi::CollArgs { src, dst, count: count as u64, chunk: chunk as u64, avg_n, ..lane }]
         } else {
             let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes / 2) * self.world;
-            let mut off = 0;
-            while off < count {
-                let n = chunk.min(count - off);
+            split(count, chunk, |off, n| {
                 let o = off as u64 * e;
-                subs.push(ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, ..self.base_args(AR_TWOSHOT) });
-                off += n;
-            }
-        }
+                ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, ..self.base_args(AR_TWOSHOT) }
+            })
+        };
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, func, &subs) }
     }
@@ -455,21 +473,18 @@ impl DeviceComm {
     ///
     /// # Safety
     /// As [`DeviceComm::all_reduce`]; `dst` is only touched on `root`.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn reduce(&self, stream: RawStream, dtype: DType, op: ReduceOp, src: u64, dst: u64, count: usize, root: usize) -> Result<()> {
         self.check_rank(root)?;
         let func = self.kernels.coll_func(dtype, op)?;
         elems_bytes(dtype, count)?;
-        let avg_n = if op == ReduceOp::Avg { self.world as u32 } else { 0 };
+        let avg_n = self.avg_divisor(op);
         let e = dtype.size() as u64;
         let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes).max(1);
-        let mut subs = Vec::new();
-        let mut off = 0;
-        while off < count {
-            let n = chunk.min(count - off);
+        let subs = split(count, chunk, |off, n| {
             let o = off as u64 * e;
-            subs.push(ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, root: root as u32, ..self.lane_args(REDUCE, n * dtype.size()) });
-            off += n;
-        }
+            ffi::CollArgs { src: src + o, dst: dst + o, count: n as u64, avg_n, root: root as u32, ..self.lane_args(REDUCE, n * dtype.size()) }
+        });
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, func, &subs) }
     }
@@ -483,24 +498,20 @@ impl DeviceComm {
         let func = self.kernels.coll_func(dtype, op)?;
         let bytes = elems_bytes(dtype, count)?;
         elems_bytes(dtype, count.saturating_mul(self.world))?;
-        let avg_n = if op == ReduceOp::Avg { self.world as u32 } else { 0 };
+        let avg_n = self.avg_divisor(op);
         let e = dtype.size() as u64;
         let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes).max(1);
-        let mut subs = Vec::new();
-        let mut off = 0;
-        while off < count {
-            let n = chunk.min(count - off);
+        let subs = split(count, chunk, |off, n| {
             let o = off as u64 * e;
-            subs.push(ffi::CollArgs {
+            ffi::CollArgs {
                 src: src + o,
                 dst: dst + o,
                 count: n as u64,
                 src_stride: bytes as u64,
                 avg_n,
                 ..self.lane_args(REDUCE_SCATTER, n * dtype.size())
-            });
-            off += n;
-        }
+            }
+        });
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, func, &subs) }
     }
@@ -629,21 +640,11 @@ impl DeviceComm {
 
     /// One launch per p2p slot of a send (`ptr` is the source) or receive (`ptr` is the destination).
     fn p2p_chunks(&self, kind: u32, ptr: u64, bytes: usize, peer: usize) -> Vec<ffi::CollArgs> {
-        self.byte_chunks(bytes, self.opts.p2p_slot, |o, n| {
+        split(bytes, self.opts.p2p_slot, |off, n| {
+            let o = off as u64;
             let (src, dst) = if kind == SEND { (ptr + o, 0) } else { (0, ptr + o) };
-            ffi::CollArgs { src, dst, count: n, root: peer as u32, ..self.base_args(kind) }
+            ffi::CollArgs { src, dst, count: n as u64, root: peer as u32, ..self.base_args(kind) }
         })
-    }
-
-    fn byte_chunks(&self, bytes: usize, cap: usize, mut f: impl FnMut(u64, u64) -> ffi::CollArgs) -> Vec<ffi::CollArgs> {
-        let mut subs = Vec::new();
-        let mut off = 0;
-        while off < bytes {
-            let n = cap.min(bytes - off);
-            subs.push(f(off as u64, n as u64));
-            off += n;
-        }
-        subs
     }
 
     fn check_rank(&self, r: usize) -> Result<()> {
@@ -818,6 +819,20 @@ mod tests {
             assert_eq!(l.total, l.small_off + 2 * world * l.small_slot);
             assert!(o.slot_bytes % 4096 == 0 && o.p2p_slot % 16 == 0);
         }
+    }
+
+    #[test]
+    fn split_tiles_the_range_in_order() {
+        let pieces = |total, cap| -> Vec<(u64, u64)> {
+            split(total, cap, |off, n| ffi::CollArgs { src: off as u64, count: n as u64, ..Default::default() })
+                .iter()
+                .map(|a| (a.src, a.count))
+                .collect()
+        };
+        assert_eq!(pieces(10, 4), vec![(0, 4), (4, 4), (8, 2)]);
+        assert_eq!(pieces(8, 4), vec![(0, 4), (4, 4)]);
+        assert_eq!(pieces(3, 4), vec![(0, 3)]);
+        assert!(pieces(0, 4).is_empty());
     }
 
     #[test]

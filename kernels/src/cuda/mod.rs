@@ -349,11 +349,6 @@ impl DeviceKernels {
         self.funcs.len() + self.coll_funcs.len() + 1
     }
 
-    /// Number of SMs of the device.
-    pub fn sm_count(&self) -> u32 {
-        self.sm_count
-    }
-
     /// The collective kernel for `(dtype, op)`.
     pub(crate) fn coll_func(&self, dtype: DType, op: ReduceOp) -> Result<&CudaFunction> {
         check_supported(dtype, op)?;
