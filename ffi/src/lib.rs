@@ -767,6 +767,20 @@ pub unsafe extern "C" fn chorus_all_to_all(
     })
 }
 
+/// The per-rank element counts of `chorus_all_to_all_v` and their sums: (send, recv, send total,
+/// recv total).
+fn v_counts(c: &Call, send_counts: *const u64, recv_counts: *const u64) -> FfiResult<(Vec<usize>, Vec<usize>, usize, usize)> {
+    let n = c.g.pg.size();
+    let to_usize = |c: &[u64], what: &str| -> FfiResult<Vec<usize>> {
+        c.iter().map(|&x| usize::try_from(x).map_err(|_| FfiError::invalid(format!("all_to_all_v: {what} count {x} is too large")))).collect()
+    };
+    let sc = to_usize(counts(send_counts, n, "all_to_all_v: send_counts")?, "send")?;
+    let rc = to_usize(counts(recv_counts, n, "all_to_all_v: recv_counts")?, "recv")?;
+    let sum = |c: &[usize]| c.iter().try_fold(0usize, |a, &x| a.checked_add(x)).ok_or_else(|| FfiError::invalid("all_to_all_v: counts overflow"));
+    let (ss, rs) = (sum(&sc)?, sum(&rc)?);
+    Ok((sc, rc, ss, rs))
+}
+
 /// All-to-all with per-rank counts: `send_counts[p]` consecutive elements of `sendbuf` go to
 /// rank p, `recv_counts[p]` elements from rank p land consecutively in `recvbuf`. Both count
 /// arrays have one entry per rank and are read during the call only.
@@ -787,30 +801,17 @@ pub unsafe extern "C" fn chorus_all_to_all_v(
 ) -> i32 {
     if device >= 0 {
         return device_collective(group_, work, "all_to_all_v", dtype_, device, stream, |c, comm, s| {
-            let n = c.g.pg.size();
-            let bytes_of = |v: &[u64]| -> FfiResult<Vec<usize>> { v.iter().map(|&x| c.bytes(x)).collect() };
-            let sl = bytes_of(counts(send_counts, n, "all_to_all_v: send_counts")?)?;
-            let rl = bytes_of(counts(recv_counts, n, "all_to_all_v: recv_counts")?)?;
-            let offs = |l: &[usize]| l.iter().scan(0usize, |acc, &x| { let o = *acc; *acc += x; Some(o) }).collect::<Vec<_>>();
-            let (so, ro) = (offs(&sl), offs(&rl));
-            let (st, rt) = (sl.iter().sum::<usize>(), rl.iter().sum::<usize>());
-            device_overlap_ok(c.op, sendbuf as u64, st, recvbuf as u64, rt, u64::MAX)?;
-            // Every rank must split into the same sub-operations: agree on the largest block first.
-            let mine = sl.iter().chain(&rl).copied().max().unwrap_or(0);
-            let max_pair = c.g.pg.max_over_ranks(mine as u64)? as usize;
+            let (sc, rc, ss, rs) = v_counts(c, send_counts, recv_counts)?;
+            device_overlap_ok(c.op, sendbuf as u64, c.bytes(ss as u64)?, recvbuf as u64, c.bytes(rs as u64)?, u64::MAX)?;
+            let (send, recv, max_pair) = c.g.pg.device_all_to_all_v_splits(&sc, &rc, c.dt)?;
+            let (so, sl): (Vec<usize>, Vec<usize>) = send.into_iter().unzip();
+            let (ro, rl): (Vec<usize>, Vec<usize>) = recv.into_iter().unzip();
             // SAFETY: as in chorus_all_reduce; the blocks tile both buffers, which do not overlap.
             unsafe { comm.all_to_allv(s, sendbuf as u64, recvbuf as u64, &so, &sl, &ro, &rl, max_pair) }.map_err(dev_err(c.op))
         });
     }
     collective(group_, work, "all_to_all_v", dtype_, device, stream, |c| {
-        let n = c.g.pg.size();
-        let to_usize = |c: &[u64], what: &str| -> FfiResult<Vec<usize>> {
-            c.iter().map(|&x| usize::try_from(x).map_err(|_| FfiError::invalid(format!("all_to_all_v: {what} count {x} is too large")))).collect()
-        };
-        let sc = to_usize(counts(send_counts, n, "all_to_all_v: send_counts")?, "send")?;
-        let rc = to_usize(counts(recv_counts, n, "all_to_all_v: recv_counts")?, "recv")?;
-        let sum = |c: &[usize]| c.iter().try_fold(0usize, |a, &x| a.checked_add(x)).ok_or_else(|| FfiError::invalid("all_to_all_v: counts overflow"));
-        let (ss, rs) = (sum(&sc)?, sum(&rc)?);
+        let (sc, rc, ss, rs) = v_counts(c, send_counts, recv_counts)?;
         let out = c.recv(recvbuf, c.bytes(rs as u64)?)?;
         let inp = c.send(sendbuf, c.bytes(ss as u64)?, &out)?;
         Ok(c.g.pg.all_to_all_v_async(inp, sc, out, rc, c.dt))

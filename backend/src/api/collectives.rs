@@ -397,7 +397,7 @@ impl ProcessGroup {
     }
 
     #[allow(clippy::type_complexity)]
-    fn check_all_to_all_v(&self, input: usize, send_counts: &[usize], output: usize, recv_counts: &[usize], dtype: DType) -> Result<(Vec<(usize, usize)>, Vec<(usize, usize)>)> {
+    pub(super) fn check_all_to_all_v(&self, input: usize, send_counts: &[usize], output: usize, recv_counts: &[usize], dtype: DType) -> Result<(Vec<(usize, usize)>, Vec<(usize, usize)>)> {
         let n = self.size();
         let e = dtype.size();
         if send_counts.len() != n || recv_counts.len() != n {

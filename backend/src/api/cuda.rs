@@ -4,6 +4,7 @@
 use super::ProcessGroup;
 use crate::error::{ChorusError, Result};
 use chorus_kernels::cuda::{CommOptions, DeviceComm};
+use chorus_kernels::{DType, ReduceOp};
 use std::sync::Arc;
 
 impl ProcessGroup {
@@ -37,10 +38,20 @@ impl ProcessGroup {
         Ok(comm)
     }
 
-    /// The largest value of `v` over the ranks (a host all_reduce), for sizes every rank must agree on.
-    pub fn max_over_ranks(&self, v: u64) -> Result<u64> {
-        let mut buf = [i64::try_from(v).map_err(|_| ChorusError::InvalidArgument(format!("max_over_ranks: {v} is too large")))?];
-        self.all_reduce(&mut buf, chorus_kernels::ReduceOp::Max)?;
-        Ok(buf[0] as u64)
+    /// The byte splits `(offset, length)` of an uneven all_to_all of `dtype` elements on the device
+    /// path, and the longest block of any pair on any rank, agreed through a host all_reduce (the
+    /// device communicator splits into the same sub-operations on every rank only with it).
+    #[allow(clippy::type_complexity)]
+    pub fn device_all_to_all_v_splits(&self, send_counts: &[usize], recv_counts: &[usize], dtype: DType) -> Result<(Vec<(usize, usize)>, Vec<(usize, usize)>, usize)> {
+        let e = dtype.size();
+        let total = |c: &[usize]| c.iter().try_fold(0usize, |a, &x| a.checked_add(x)).and_then(|s| s.checked_mul(e));
+        let (Some(s), Some(r)) = (total(send_counts), total(recv_counts)) else {
+            return Err(ChorusError::InvalidArgument("all_to_all_v: counts overflow".into()));
+        };
+        let (send, recv) = self.check_all_to_all_v(s, send_counts, r, recv_counts, dtype)?;
+        let mine = send.iter().chain(&recv).map(|&(_, len)| len).max().unwrap_or(0);
+        let mut longest = [i64::try_from(mine).map_err(|_| ChorusError::InvalidArgument(format!("all_to_all_v: a block of {mine} bytes is too large")))?];
+        self.all_reduce(&mut longest, ReduceOp::Max)?;
+        Ok((send, recv, longest[0] as usize))
     }
 }
