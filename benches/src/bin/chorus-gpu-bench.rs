@@ -1,5 +1,6 @@
 //! `chorus-gpu-bench`: chorus GPU collectives and NCCL side by side, nccl-tests columns, one process per
-//! GPU (the binary spawns them). Times are CUDA-event times of `iters` back-to-back operations on one
+//! GPU (the binary launches them around a store with `chorus_bootstrap::launch`, as `chorus-run` does;
+//! each rank makes a chorus process group and takes its device communicator from it). Times are CUDA-event times of `iters` back-to-back operations on one
 //! stream, averaged, as nccl-tests reports them; busbw uses nccl-tests' factors. Every size is also
 //! checked: chorus's output must equal NCCL's byte for byte (sums of 2 ranks, and all data movement).
 //!
@@ -9,18 +10,18 @@
 #[path = "gpu/nccl.rs"]
 mod nccl;
 
+use chorus_backend::{Options, ProcessGroup};
+use chorus_bootstrap::launch::{self, LaunchOptions};
 use chorus_kernels::cuda::cudarc::driver::sys::CUevent_flags;
 use chorus_kernels::cuda::cudarc::driver::{CudaContext, CudaStream};
-use chorus_kernels::cuda::{CommOptions, DeviceAllocation, DeviceComm, DeviceKernels, RawStream};
-use chorus_kernels::{DType, KernelError, ReduceOp};
+use chorus_kernels::cuda::{DeviceAllocation, DeviceComm, RawStream};
+use chorus_kernels::{DType, ReduceOp};
 use clap::Parser;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-const CHILD_ENV: &str = "CHORUS_GPU_BENCH_CHILD";
 const OPS: [&str; 5] = ["all_reduce", "broadcast", "all_gather", "reduce_scatter", "all_to_all"];
 
 #[derive(Parser, Debug, Clone)]
@@ -66,11 +67,9 @@ fn main() {
         eprintln!("chorus-gpu-bench: unknown op {o} (known: {})", OPS.join(", "));
         std::process::exit(2);
     }
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
-        let p: Vec<&str> = spec.splitn(3, ',').collect();
-        let (rank, world, dir) = (p[0].parse().unwrap(), p[1].parse().unwrap(), PathBuf::from(p[2]));
-        if let Err(e) = child(&args, rank, world, &dir) {
-            eprintln!("chorus-gpu-bench rank {rank}: {e}");
+    if std::env::var("RANK").is_ok_and(|r| !r.is_empty()) {
+        if let Err(e) = child(&args) {
+            eprintln!("chorus-gpu-bench: {e}");
             std::process::exit(1);
         }
         return;
@@ -82,46 +81,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let world = args.gpus.unwrap_or(ndev);
-    let dir = std::env::temp_dir().join(format!("chorus-gpu-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let kids: Vec<_> = (0..world)
-        .map(|r| {
-            Command::new(&exe)
-                .args(std::env::args().skip(1))
-                .env(CHILD_ENV, format!("{r},{world},{}", dir.display()))
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut code = 0;
-    for mut k in kids {
-        if !k.wait().map(|s| s.success()).unwrap_or(false) {
-            code = 1;
-        }
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::process::exit(code);
-}
-
-/// File all-gather (rank order).
-fn exchange(dir: &Path, tag: &str, rank: usize, world: usize, mine: String) -> Result<Vec<String>, KernelError> {
-    let tmp = dir.join(format!("{tag}.{rank}.tmp"));
-    std::fs::write(&tmp, &mine).map_err(|e| KernelError::CommSetup(e.to_string()))?;
-    std::fs::rename(&tmp, dir.join(format!("{tag}.{rank}"))).map_err(|e| KernelError::CommSetup(e.to_string()))?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    (0..world)
-        .map(|q| loop {
-            if let Ok(s) = std::fs::read_to_string(dir.join(format!("{tag}.{q}"))) {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                return Err(KernelError::CommSetup(format!("rank {q} never published {tag}")));
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        })
-        .collect()
+    let exe = std::env::current_exe().expect("own executable").display().to_string();
+    let opts = LaunchOptions::new(args.gpus.unwrap_or(ndev), exe, std::env::args().skip(1).collect());
+    std::process::exit(launch::run(&opts));
 }
 
 struct Lib<'a> {
@@ -170,27 +132,24 @@ fn launch(lib: &Lib, use_nccl: bool, op: &str, dtype: DType, count: usize, src: 
     r.map_err(|e| e.to_string())
 }
 
-fn child(args: &Args, rank: usize, world: usize, dir: &Path) -> Result<(), String> {
+fn child(args: &Args) -> Result<(), String> {
     let dtype = DType::from_name(&args.dtype).filter(|d| matches!(d, DType::F32 | DType::BF16)).ok_or("--dtype: f32 or bf16")?;
     let esz = dtype.size();
+    let pg = ProcessGroup::from_env(Options::default()).map_err(|e| format!("cannot create the process group: {e}"))?;
+    let (rank, world) = (pg.rank(), pg.size());
+    chorus_kernels::cuda::open_device(0).map_err(|e| e.to_string())?;
     let ndev = CudaContext::device_count().map_err(|e| e.to_string())? as usize;
-    let dev = rank % ndev;
-    let kernels = DeviceKernels::for_device(dev).map_err(|e| e.to_string())?;
+    let comm = pg.device_comm(rank % ndev).map_err(|e| e.to_string())?;
+    let kernels = comm.kernels().clone();
     let ctx: Arc<CudaContext> = kernels.context().clone();
-    let comm = DeviceComm::new(dev, rank, world, CommOptions::from_env(world), &mut |s| exchange(dir, "ws", rank, world, s))
-        .map_err(|e| e.to_string())?;
     let lib_nccl = if args.no_nccl { None } else { Some(nccl::Nccl::open()?) };
     ctx.bind_to_thread().map_err(|e| e.to_string())?;
     let ncomm = match &lib_nccl {
         Some(l) => {
-            let id = if rank == 0 { Some(l.unique_id()?) } else { None };
-            let hex = id.map(|i| i.0.iter().map(|b| format!("{b:02x}")).collect::<String>()).unwrap_or_default();
-            let all = exchange(dir, "nccl", rank, world, hex).map_err(|e| e.to_string())?;
-            let mut raw = [0u8; 128];
-            for (i, b) in raw.iter_mut().enumerate() {
-                *b = u8::from_str_radix(&all[0][2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-            }
-            Some(l.comm(world, nccl::UniqueId(raw), rank)?)
+            // Rank 0's NCCL id reaches the others through the chorus group (a host broadcast).
+            let mut id = if rank == 0 { l.unique_id()?.0 } else { [0u8; 128] };
+            pg.broadcast(&mut id, 0).map_err(|e| e.to_string())?;
+            Some(l.comm(world, nccl::UniqueId(id), rank)?)
         }
         None => None,
     };
