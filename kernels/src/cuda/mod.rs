@@ -349,11 +349,15 @@ impl DeviceKernels {
         self.funcs.len() + self.coll_funcs.len() + 1
     }
 
+    /// Index of `(dtype, op)`'s kernels in `funcs` and `coll_funcs` (`Unsupported` for a pair without one).
+    fn kernel_index(&self, dtype: DType, op: ReduceOp) -> Result<usize> {
+        check_supported(dtype, op)?;
+        self.table[dtype as usize * 8 + op as usize].ok_or(KernelError::Unsupported { op, dtype: dtype.name() })
+    }
+
     /// The collective kernel for `(dtype, op)`.
     pub(crate) fn coll_func(&self, dtype: DType, op: ReduceOp) -> Result<&CudaFunction> {
-        check_supported(dtype, op)?;
-        let idx = self.table[dtype as usize * 8 + op as usize].ok_or(KernelError::Unsupported { op, dtype: dtype.name() })?;
-        Ok(&self.coll_funcs[idx])
+        Ok(&self.coll_funcs[self.kernel_index(dtype, op)?])
     }
 
     /// The data-movement collective kernel.
@@ -382,8 +386,7 @@ impl DeviceKernels {
                 reason: "the stream belongs to another CUDA context than these kernels",
             });
         }
-        let idx = self.table[dtype as usize * 8 + op as usize]
-            .ok_or(KernelError::Unsupported { op, dtype: dtype.name() })?;
+        let idx = self.kernel_index(dtype, op)?;
         if count == 0 {
             return Ok(None);
         }
