@@ -27,4 +27,4 @@ pub use chorus_kernels::{DType, ReduceOp};
 pub use engine::p2p::OpBuffer;
 pub use engine::work::Work;
 pub use error::{ChorusError, Result};
-pub use options::Options;
+pub use options::{DevicePath, FailurePolicy, Options};

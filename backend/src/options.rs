@@ -20,6 +20,20 @@ pub struct Options {
     /// Fault tolerance (`CHORUS_FT=0` turns it off): a commit barrier ends every collective and
     /// in-place inputs are saved for re-runs. Off, a failure is an error and the group is unusable.
     pub fault_tolerance: bool,
+    /// How collectives on GPU memory run (`CHORUS_CUDA_PATH=kernels|host`).
+    pub device_path: DevicePath,
+}
+
+/// How a collective on GPU memory runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevicePath {
+    /// NVLink/CUDA IPC kernels on the caller's stream (the default): fast, but a peer that dies
+    /// mid-collective makes the kernels time out (`CHORUS_CUDA_TIMEOUT_MS`) and the device
+    /// communicator unusable, as with NCCL.
+    Kernels,
+    /// Copy to the host, run the host collective, copy back: slower, but with the whole
+    /// fault-tolerance contract (survivors finish, learn who failed, a replacement rejoins).
+    Host,
 }
 
 /// What survivors do with a collective during which a participant failed.
@@ -45,6 +59,10 @@ impl Default for Options {
             route_hint: std::env::var("MASTER_ADDR").ok(),
             name: "default".into(),
             fault_tolerance: std::env::var("CHORUS_FT").map(|v| v != "0").unwrap_or(true),
+            device_path: match std::env::var("CHORUS_CUDA_PATH").as_deref() {
+                Ok("host") => DevicePath::Host,
+                _ => DevicePath::Kernels,
+            },
             policy: match std::env::var("CHORUS_FAILURE_POLICY").as_deref() {
                 Ok("abort") => FailurePolicy::Abort,
                 _ => FailurePolicy::Shrink,
@@ -66,6 +84,11 @@ impl Options {
         self.fault_tolerance = on;
         self
     }
+    pub fn with_device_path(mut self, p: DevicePath) -> Self {
+        self.device_path = p;
+        self
+    }
+
     pub fn with_policy(mut self, p: FailurePolicy) -> Self {
         self.policy = p;
         self

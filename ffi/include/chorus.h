@@ -20,7 +20,10 @@
  *   synchronization and their work handle is complete at once (later work on `stream` sees the
  *   result); the group's operations on one device run in issue order across streams, and CUDA
  *   send/recv ignore tags and match in issue order (a send larger than two 4 MiB slots waits for
- *   the peer's recv). Other operations return CHORUS_ERR_UNSUPPORTED for device memory.
+ *   the peer's recv). gather and scatter on device memory, and every operation on device memory
+ *   of a group created with CHORUS_CUDA_PATH=host, take the host path instead: the call copies the
+ *   buffers to the host on `stream`, runs the host collective (with fault tolerance) and copies the
+ *   results back on `stream` before it returns, with the work already complete.
  * - No panic or exception crosses this boundary.
  * - Fault tolerance: a group survives the death of ranks (they are removed by a new membership view
  *   and reported by chorus_work_failed_ranks); a replacement process rejoins with chorus_group_join*.
@@ -46,7 +49,7 @@ extern "C" {
 typedef enum chorus_status {
     CHORUS_OK = 0, /* success */
     CHORUS_ERR_INVALID_ARGUMENT = 1, /* bad pointer, size, rank, root, dtype or list length */
-    CHORUS_ERR_UNSUPPORTED = 2, /* unsupported op/dtype pair, or device memory (not supported yet) */
+    CHORUS_ERR_UNSUPPORTED = 2, /* unsupported op/dtype pair, or no CUDA available for device memory */
     CHORUS_ERR_MISMATCH = 3, /* ranks disagree on the arguments of a collective */
     CHORUS_ERR_TIMEOUT = 4, /* an operation (or chorus_work_wait) ran past its deadline */
     CHORUS_ERR_PEER_FAILED = 5, /* a peer failed or the group was aborted */

@@ -20,7 +20,7 @@ pub const CHORUS_ERR_INTERNAL: i32 = 10;
 pub const STATUS_CODES: &[(&str, i32, &str)] = &[
     ("CHORUS_OK", CHORUS_OK, "success"),
     ("CHORUS_ERR_INVALID_ARGUMENT", CHORUS_ERR_INVALID_ARGUMENT, "bad pointer, size, rank, root, dtype or list length"),
-    ("CHORUS_ERR_UNSUPPORTED", CHORUS_ERR_UNSUPPORTED, "unsupported op/dtype pair, or device memory (not supported yet)"),
+    ("CHORUS_ERR_UNSUPPORTED", CHORUS_ERR_UNSUPPORTED, "unsupported op/dtype pair, or no CUDA available for device memory"),
     ("CHORUS_ERR_MISMATCH", CHORUS_ERR_MISMATCH, "ranks disagree on the arguments of a collective"),
     ("CHORUS_ERR_TIMEOUT", CHORUS_ERR_TIMEOUT, "an operation (or chorus_work_wait) ran past its deadline"),
     ("CHORUS_ERR_PEER_FAILED", CHORUS_ERR_PEER_FAILED, "a peer failed or the group was aborted"),

@@ -41,7 +41,10 @@ const PREAMBLE: &str = r#"/*
  *   synchronization and their work handle is complete at once (later work on `stream` sees the
  *   result); the group's operations on one device run in issue order across streams, and CUDA
  *   send/recv ignore tags and match in issue order (a send larger than two 4 MiB slots waits for
- *   the peer's recv). Other operations return CHORUS_ERR_UNSUPPORTED for device memory.
+ *   the peer's recv). gather and scatter on device memory, and every operation on device memory
+ *   of a group created with CHORUS_CUDA_PATH=host, take the host path instead: the call copies the
+ *   buffers to the host on `stream`, runs the host collective (with fault tolerance) and copies the
+ *   results back on `stream` before it returns, with the work already complete.
  * - No panic or exception crosses this boundary.
  * - Fault tolerance: a group survives the death of ranks (they are removed by a new membership view
  *   and reported by chorus_work_failed_ranks); a replacement process rejoins with chorus_group_join*.

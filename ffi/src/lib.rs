@@ -11,6 +11,7 @@
 pub mod buffer;
 pub mod error;
 pub mod header;
+mod staged;
 pub mod store;
 pub mod work;
 
@@ -71,19 +72,11 @@ fn reduce_op(op: i32) -> FfiResult<ReduceOp> {
         .ok_or_else(|| FfiError::invalid(format!("unknown reduce op code {op} (see chorus_reduce_op_t in chorus.h)")))
 }
 
-/// Host collectives only: `device` must be CHORUS_DEVICE_CPU (the functions with a CUDA path branch to
-/// [`device_collective`] before they get here).
-fn check_device(device: i32, _stream: *mut c_void, op: &str) -> FfiResult<()> {
-    if device == CHORUS_DEVICE_CPU {
-        return Ok(());
-    }
-    if device < 0 {
-        return Err(FfiError::invalid(format!("{op}: invalid device {device} (use CHORUS_DEVICE_CPU = -1 for host memory, or a CUDA device ordinal)")));
-    }
-    Err(FfiError::unsupported(format!(
-        "{op}: has no CUDA implementation (all_reduce, broadcast, reduce, all_gather, reduce_scatter, all_to_all, \
-         all_to_all_v, send and recv do); pass host memory (device CHORUS_DEVICE_CPU)"
-    )))
+/// Whether a call on `device` takes the GPU kernels: device memory, and the group was not told to run
+/// GPU tensors on the host path (`CHORUS_CUDA_PATH=host`). An invalid group handle answers yes; the
+/// kernel path reports it.
+fn gpu_kernels(group_: *mut chorus_group, device: i32) -> bool {
+    device >= 0 && group(group_).map_or(true, |g| g.pg.options().device_path == chorus_backend::DevicePath::Kernels)
 }
 
 /// A GPU collective: `device >= 0` names the CUDA device every pointer lives on and `stream` is a
@@ -100,7 +93,7 @@ fn device_collective(
     enqueue: impl FnOnce(&Call, &chorus_kernels::cuda::DeviceComm, chorus_kernels::cuda::RawStream) -> FfiResult<()>,
 ) -> i32 {
     with_work(group_, work, |g| {
-        let call = Call { g, op, dt: dtype(dtype_)? };
+        let call = Call { g, op, dt: dtype(dtype_)?, stage: None };
         let comm = g.pg.device_comm(device as usize)?;
         enqueue(&call, &comm, chorus_kernels::cuda::RawStream(stream as usize))?;
         Ok(chorus_backend::Work::ready(op, Ok(())))
@@ -527,6 +520,8 @@ struct Call<'a> {
     g: &'a chorus_group,
     op: &'static str,
     dt: DType,
+    /// Host copies of GPU buffers (the host path on device memory); `None` for host memory.
+    stage: Option<&'a staged::DeviceStage>,
 }
 
 impl Call<'_> {
@@ -542,22 +537,35 @@ impl Call<'_> {
 
     /// The single (in-place, send or receive) buffer `buf` of `count` elements.
     fn buf(&self, buf: *const c_void, count: u64) -> FfiResult<RawBuf> {
-        RawBuf::new(buf as *const u8, self.bytes(count)?, format_args!("{}: buf", self.op))
+        // Only a send leaves its single buffer unchanged.
+        self.wrap(buf, self.bytes(count)?, self.op != "send", "buf")
     }
 
     /// The output buffer `recvbuf` of `len` bytes.
     fn recv(&self, recvbuf: *mut c_void, len: usize) -> FfiResult<RawBuf> {
-        RawBuf::new(recvbuf as *const u8, len, format_args!("{}: recvbuf", self.op))
+        self.wrap(recvbuf, len, true, "recvbuf")
     }
 
     /// The input buffer `sendbuf` of `len` bytes (a private copy where it overlaps `out`).
     fn send(&self, sendbuf: *const c_void, len: usize, out: &RawBuf) -> FfiResult<Box<dyn OpBuffer>> {
-        Ok(input_for(RawBuf::new(sendbuf as *const u8, len, format_args!("{}: sendbuf", self.op))?, out))
+        Ok(input_for(self.wrap(sendbuf, len, false, "sendbuf")?, out))
+    }
+
+    /// `len` bytes at `ptr`, or at its host copy on the host path for GPU memory (`written`: copied
+    /// back once the operation succeeded).
+    fn wrap(&self, ptr: *const c_void, len: usize, written: bool, what: &str) -> FfiResult<RawBuf> {
+        let what = format!("{}: {what}", self.op);
+        let p = match self.stage {
+            Some(stage) => stage.host_copy(ptr, len, written, &what)?,
+            None => ptr as *const u8,
+        };
+        RawBuf::new(p, len, what)
     }
 }
 
-/// [`with_work`] for a collective over data: also checks the device and the dtype code before
-/// `start` wraps the buffers.
+/// [`with_work`] for a collective over data on the host path: checks the device and the dtype code
+/// before `start` wraps the buffers; GPU memory (`device >= 0`) is staged through host copies
+/// ([`staged::DeviceStage`]) and the call returns once the results are back on the GPU.
 fn collective<R: Send + 'static>(
     group_: *mut chorus_group,
     work: *mut *mut chorus_work,
@@ -568,8 +576,19 @@ fn collective<R: Send + 'static>(
     start: impl FnOnce(&Call) -> FfiResult<chorus_backend::Work<R>>,
 ) -> i32 {
     with_work(group_, work, |g| {
-        check_device(device, stream, op)?;
-        start(&Call { g, op, dt: dtype(dtype_)? })
+        let dt = dtype(dtype_)?;
+        if device == CHORUS_DEVICE_CPU {
+            return start(&Call { g, op, dt, stage: None });
+        }
+        if device < 0 {
+            return Err(FfiError::invalid(format!("{op}: invalid device {device} (use CHORUS_DEVICE_CPU = -1 for host memory, or a CUDA device ordinal)")));
+        }
+        // GPU memory on the host path: host copies in, the host collective, results back.
+        let stage = staged::DeviceStage::new(device as usize, stream);
+        let w = start(&Call { g, op, dt, stage: Some(&stage) })?;
+        // The host collective's own waits have deadlines; recovery from a failure may take a few.
+        stage.finish(&w, g.pg.options().timeout.saturating_mul(3))?;
+        Ok(w)
     })
 }
 
@@ -589,7 +608,7 @@ pub unsafe extern "C" fn chorus_all_reduce(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if device >= 0 {
+    if gpu_kernels(group_, device) {
         return device_collective(group_, work, "all_reduce", dtype_, device, stream, |c, comm, s| {
             let (op, n) = (reduce_op(op)?, c.bytes(count)? / c.dt.size());
             // SAFETY: the caller's contract: `buf` is device memory of `device` holding `count`
@@ -618,7 +637,7 @@ pub unsafe extern "C" fn chorus_broadcast(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if device >= 0 {
+    if gpu_kernels(group_, device) {
         return device_collective(group_, work, "broadcast", dtype_, device, stream, |c, comm, s| {
             let (bytes, root) = (c.bytes(count)?, rank_arg(root, "root")?);
             // SAFETY: as in chorus_all_reduce.
@@ -647,7 +666,7 @@ pub unsafe extern "C" fn chorus_reduce(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if device >= 0 {
+    if gpu_kernels(group_, device) {
         return device_collective(group_, work, "reduce", dtype_, device, stream, |c, comm, s| {
             let (op, n, root) = (reduce_op(op)?, c.bytes(count)? / c.dt.size(), rank_arg(root, "root")?);
             // SAFETY: as in chorus_all_reduce (in place: the root reads and writes each element once).
@@ -677,7 +696,7 @@ pub unsafe extern "C" fn chorus_all_gather(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if device >= 0 {
+    if gpu_kernels(group_, device) {
         return device_collective(group_, work, "all_gather", dtype_, device, stream, |c, comm, s| {
             let block = c.bytes(sendcount)?;
             let total = c.per_rank(block)?;
@@ -712,7 +731,7 @@ pub unsafe extern "C" fn chorus_reduce_scatter(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if device >= 0 {
+    if gpu_kernels(group_, device) {
         return device_collective(group_, work, "reduce_scatter", dtype_, device, stream, |c, comm, s| {
             let op = reduce_op(op)?;
             let block = c.bytes(recvcount)?;
@@ -750,7 +769,7 @@ pub unsafe extern "C" fn chorus_all_to_all(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if device >= 0 {
+    if gpu_kernels(group_, device) {
         return device_collective(group_, work, "all_to_all", dtype_, device, stream, |c, comm, s| {
             let block = c.bytes(count)?;
             let total = c.per_rank(block)?;
@@ -799,7 +818,7 @@ pub unsafe extern "C" fn chorus_all_to_all_v(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if device >= 0 {
+    if gpu_kernels(group_, device) {
         return device_collective(group_, work, "all_to_all_v", dtype_, device, stream, |c, comm, s| {
             let (sc, rc, ss, rs) = v_counts(c, send_counts, recv_counts)?;
             device_overlap_ok(c.op, sendbuf as u64, c.bytes(ss as u64)?, recvbuf as u64, c.bytes(rs as u64)?, u64::MAX)?;
@@ -899,7 +918,7 @@ pub unsafe extern "C" fn chorus_send(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if device >= 0 {
+    if gpu_kernels(group_, device) {
         return device_collective(group_, work, "send", dtype_, device, stream, |c, comm, s| {
             let (bytes, peer) = (c.bytes(count)?, rank_arg(peer, "peer")?);
             // SAFETY: as in chorus_all_reduce.
@@ -928,7 +947,7 @@ pub unsafe extern "C" fn chorus_recv(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if device >= 0 {
+    if gpu_kernels(group_, device) {
         return device_collective(group_, work, "recv", dtype_, device, stream, |c, comm, s| {
             let (bytes, peer) = (c.bytes(count)?, rank_arg(peer, "peer")?);
             // SAFETY: as in chorus_all_reduce.

@@ -727,16 +727,22 @@ class Options:
     join:                 True: this process replaces a dead rank of the running default group
                           (same as the environment variable CHORUS_JOIN=1).
     timeout:              per-operation deadline (a timedelta); default: init_process_group's timeout.
+    cuda_path:            "kernels" (default: CUDA tensors use the NVLink kernels on the current stream;
+                          a rank dying mid-collective makes them time out) or "host" (CUDA tensors are
+                          copied to the host and back around the host collective, which keeps the
+                          fault-tolerance contract).
 
     ``None`` leaves a setting to its environment variable (CHORUS_FAILURE_POLICY, CHORUS_HEARTBEAT_MS,
-    CHORUS_HEARTBEAT_TIMEOUT_MS, CHORUS_FT, CHORUS_JOIN) or default.
+    CHORUS_HEARTBEAT_TIMEOUT_MS, CHORUS_FT, CHORUS_JOIN, CHORUS_CUDA_PATH) or default.
     """
 
     def __init__(self, failure_policy: str | None = None, heartbeat_ms: int | None = None,
                  heartbeat_timeout_ms: int | None = None, fault_tolerance: bool | None = None,
-                 join: bool | None = None, timeout: timedelta | None = None):
+                 join: bool | None = None, timeout: timedelta | None = None, cuda_path: str | None = None):
         if failure_policy is not None and failure_policy not in ("shrink", "abort"):
             raise ValueError(f"chorus: failure_policy must be 'shrink' or 'abort', not {failure_policy!r}")
+        if cuda_path is not None and cuda_path not in ("kernels", "host"):
+            raise ValueError(f"chorus: cuda_path must be 'kernels' or 'host', not {cuda_path!r}")
         for what, v in (("heartbeat_ms", heartbeat_ms), ("heartbeat_timeout_ms", heartbeat_timeout_ms)):
             if v is not None and (not isinstance(v, int) or v <= 0):
                 raise ValueError(f"chorus: {what} must be a positive int (milliseconds), not {v!r}")
@@ -746,6 +752,7 @@ class Options:
         self.fault_tolerance = fault_tolerance
         self.join = join
         self.timeout = timeout
+        self.cuda_path = cuda_path
 
     def _env(self) -> dict[str, str]:
         env = {}
@@ -757,6 +764,8 @@ class Options:
             env["CHORUS_HEARTBEAT_TIMEOUT_MS"] = str(self.heartbeat_timeout_ms)
         if self.fault_tolerance is not None:
             env["CHORUS_FT"] = "1" if self.fault_tolerance else "0"
+        if self.cuda_path is not None:
+            env["CHORUS_CUDA_PATH"] = self.cuda_path
         return env
 
     def __repr__(self):

@@ -3,7 +3,8 @@ the result with its contributors, failed ranks and epoch (checked in-process aga
 contributors). The test kills one rank and starts a replacement (CHORUS_JOIN=1) for it.
 
 Env: RANK, WORLD_SIZE, CHORUS_TEST_STORE_PORT, CHORUS_JOIN (replacement), FT_AFTER (collectives to run
-after the group grew back, then stop: every member sees the growth at the same collective).
+after the group grew back, then stop: every member sees the growth at the same collective), FT_DEVICE
+(cpu, or cuda: the tensors live on GPU rank % device_count and take the host path, cuda_path="host").
 """
 import hashlib
 import os
@@ -27,11 +28,16 @@ def main():
     rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     after = int(os.environ.get("FT_AFTER", "30"))
     joining = os.environ.get("CHORUS_JOIN") == "1"
+    device = torch.device("cpu")
+    if os.environ.get("FT_DEVICE", "cpu") == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
     store = dist.TCPStore("127.0.0.1", int(os.environ["CHORUS_TEST_STORE_PORT"]), n + 1, is_master=False, timeout=timedelta(seconds=60))
     # join comes from CHORUS_JOIN=1 (honoured by the backend factory); the rest from pg_options.
     dist.init_process_group("chorus", store=store, rank=rank, world_size=n, timeout=timedelta(seconds=30),
-                            pg_options=chorus.Options(failure_policy="shrink", heartbeat_ms=50, heartbeat_timeout_ms=1000))
-    print(f"start rank {rank} join {int(joining)} ops {chorus.get_ops_completed()} active {chorus.get_active_ranks()}", flush=True)
+                            pg_options=chorus.Options(failure_policy="shrink", heartbeat_ms=50, heartbeat_timeout_ms=1000,
+                                                      cuda_path="host" if device.type == "cuda" else None))
+    print(f"start rank {rank} join {int(joining)} device {device} ops {chorus.get_ops_completed()} active {chorus.get_active_ranks()}", flush=True)
     prev = None
     stop_at = 1_000_000
     deadline = time.time() + 90
@@ -41,9 +47,10 @@ def main():
             print("gave up: the group never grew back", flush=True)
             sys.exit(4)
         assert chorus.get_ops_completed() == it, (chorus.get_ops_completed(), it)
-        t = values(rank, it)
+        t = values(rank, it).to(device)
         work = dist.all_reduce(t, async_op=True)
         work.wait()
+        t = t.cpu()
         failed = chorus.get_failed_ranks(work)
         contributors = chorus.get_contributors(work)
         epoch = chorus.get_work_epoch(work)

@@ -1,7 +1,10 @@
 """Fault tolerance through torch.distributed: 4 ranks loop dist.all_reduce; the test kill -9s one rank
 mid-loop, the survivors keep going with identical results over the same contributors and report the
 same failed rank once; then a replacement process joins (CHORUS_JOIN=1) and the loop continues over all
-4 ranks. The TCPStore lives in this test process, so killing any rank (rank 0 included) keeps it up."""
+4 ranks. The TCPStore lives in this test process, so killing any rank (rank 0 included) keeps it up.
+The CUDA variant does the same on CUDA tensors (one rank per GPU, CHORUS_CUDA_PATH=host: GPU tensors
+take the host path, which carries the fault-tolerance contract) with as many ranks as GPUs (at most 8,
+at least 2; CHORUS_FT_CUDA_RANKS overrides); it is skipped without a GPU."""
 import os
 import re
 import signal
@@ -11,6 +14,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import torch
 import torch.distributed as dist
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,10 +53,27 @@ def _list_after(line, label):
 
 @pytest.mark.parametrize("victim", [0, 2])
 def test_kill_and_rejoin(victim, tmp_path):
+    _kill_and_rejoin(victim, N, "cpu", tmp_path)
+
+
+def _cuda_ranks():
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return int(os.environ.get("CHORUS_FT_CUDA_RANKS", min(max(n, 2), 8))), n
+
+
+@pytest.mark.parametrize("where", ["first", "middle"])
+def test_kill_and_rejoin_cuda(where, tmp_path):
+    n, gpus = _cuda_ranks()
+    if gpus == 0:
+        pytest.skip("needs a CUDA GPU (run on the GPU machine)")
+    _kill_and_rejoin(0 if where == "first" else n // 2, n, "cuda", tmp_path)
+
+
+def _kill_and_rejoin(victim, N, device, tmp_path):
     t0 = time.time()
     store = dist.TCPStore("127.0.0.1", 0, N + 2, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False)
     base = dict(os.environ, WORLD_SIZE=str(N), MASTER_ADDR="127.0.0.1", CHORUS_TEST_STORE_PORT=str(store.port),
-                CHORUS_TIMEOUT_MS="30000", FT_AFTER="30", PYTHONUNBUFFERED="1")
+                CHORUS_TIMEOUT_MS="30000", FT_AFTER="30", PYTHONUNBUFFERED="1", FT_DEVICE=device)
     base.pop("CHORUS_JOIN", None)
     procs, logs, files = {}, {}, []
 
@@ -118,7 +139,9 @@ def test_kill_and_rejoin(victim, tmp_path):
     jiters = _iters(jout)
     assert jiters == ref[back:], "the replacement's results differ from the survivors'"
     assert jout[-1] == outs[survivors[0]][-1] and _list_after(jout[-1], "active ") == list(range(N)), jout[-1]
-    print(f"victim {victim}: {len(ref)} collectives, failure reported at {k}, rejoined at {back}, {time.time() - t0:.1f}s")
+    if device == "cuda":
+        assert all(l.startswith("start") and "device cuda:" in l for l in (jout[0], outs[survivors[0]][0])), (jout[0], outs[survivors[0]][0])
+    print(f"{device}, {N} ranks, victim {victim}: {len(ref)} collectives, failure reported at {k}, rejoined at {back}, {time.time() - t0:.1f}s")
 
 
 def _run_policy(mode, tmp_path):

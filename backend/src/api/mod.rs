@@ -71,6 +71,11 @@ impl ProcessGroup {
         self.inner.size
     }
 
+    /// The options the group was made with.
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
     /// The group's unique id (stable across ranks).
     pub fn uid(&self) -> &str {
         &self.inner.uid

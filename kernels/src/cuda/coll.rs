@@ -58,7 +58,7 @@ const RECV: u32 = 14;
 pub struct RawStream(pub usize);
 
 impl RawStream {
-    fn cu(self) -> sys::CUstream {
+    pub(crate) fn cu(self) -> sys::CUstream {
         self.0 as sys::CUstream
     }
 }

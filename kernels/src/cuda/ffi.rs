@@ -251,6 +251,33 @@ pub(crate) unsafe fn copy_dtoh(dst: &mut [u8], src: u64) -> Result<(), DriverErr
     unsafe { result::memcpy_dtoh_sync(dst, src) }
 }
 
+/// `cuMemcpyDtoHAsync(dst, src)` on `stream`, then `cuStreamSynchronize(stream)`.
+///
+/// # Safety
+/// `[src, src + dst.len())` must be device memory valid in the current context; `stream` is a live
+/// stream of it (or null).
+pub(crate) unsafe fn copy_dtoh_on_stream(dst: &mut [u8], src: u64, stream: sys::CUstream) -> Result<(), DriverError> {
+    // SAFETY: `dst` is a valid exclusive host slice that outlives the copy (synchronized below); the
+    // device range and the stream are the caller's contract.
+    unsafe {
+        result::memcpy_dtoh_async(dst, src, stream)?;
+        result::stream::synchronize(stream)
+    }
+}
+
+/// `cuMemcpyHtoDAsync(dst, src)` on `stream`, then `cuStreamSynchronize(stream)`.
+///
+/// # Safety
+/// `[dst, dst + src.len())` must be device memory valid in the current context; `stream` is a live
+/// stream of it (or null).
+pub(crate) unsafe fn copy_htod_on_stream(dst: u64, src: &[u8], stream: sys::CUstream) -> Result<(), DriverError> {
+    // SAFETY: `src` outlives the copy (synchronized below); device range and stream: the caller's contract.
+    unsafe {
+        result::memcpy_htod_async(dst, src, stream)?;
+        result::stream::synchronize(stream)
+    }
+}
+
 /// Synchronous `cuMemsetD8(dst, value, len)`.
 ///
 /// # Safety

@@ -15,11 +15,13 @@
 pub mod coll;
 mod coll_source;
 mod ffi;
+mod host_copy;
 pub mod ipc;
 mod source;
 
 pub use cudarc;
 pub use coll::{CommOptions, DeviceComm, RawStream};
+pub use host_copy::{copy_device_to_host, copy_host_to_device};
 pub use ipc::{DeviceAllocation, DeviceRegistration, DeviceRegistry, IpcExport, IpcImporter};
 pub use source::{kernel_name, MAX_SRCS};
 
