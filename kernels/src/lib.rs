@@ -7,7 +7,8 @@
 //!
 //! With the `cuda` feature (default), [`cuda`] adds the GPU reduce kernels: CUDA C++ compiled at run time
 //! with NVRTC and eagerly preloaded per device (libcuda/libnvrtc are loaded at run time, so the crate
-//! builds and runs without CUDA). `unsafe` is denied crate-wide; the one exception is `cuda/ffi.rs`.
+//! builds and runs without CUDA). `unsafe` is denied crate-wide; the exceptions are `cuda/ffi.rs` and
+//! [`fdpass`] (the libc calls that pass file descriptors between processes).
 //!
 //! Multi-source reductions make a single pass over memory: for each block the accumulator is loaded
 //! once, every source is folded into it while it sits in L1, and the result is stored once.
@@ -21,6 +22,9 @@ mod tests;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+#[cfg(target_os = "linux")]
+pub mod fdpass;
 
 /// Errors of the reduce kernels.
 #[derive(Debug, thiserror::Error)]

@@ -308,7 +308,8 @@ fn matrix(rank: usize, world: usize, dir: &Path) -> Result<(), String> {
             if chorus_kernels::check_supported(dtype, op).is_err() {
                 continue;
             }
-            let mut sizes = vec![1usize, 7, 65537];
+            // 1, 7, 1023 and 16383 elements take the LL path (up to 64 KiB) for every dtype, 65537 not for u8.
+            let mut sizes = vec![1usize, 7, 1023, 16383, 65537];
             if matches!(dtype, DType::F32 | DType::BF16 | DType::I64) {
                 sizes.extend([0, 1_500_001]);
             }

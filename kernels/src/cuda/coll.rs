@@ -44,6 +44,7 @@ pub const MAX_SMALL_BLOCKS: u32 = 32;
 
 const AR_ONESHOT: u32 = 1;
 const AR_TWOSHOT: u32 = 2;
+const AR_LL: u32 = 5;
 const REDUCE: u32 = 3;
 const REDUCE_SCATTER: u32 = 4;
 const BROADCAST: u32 = 10;
@@ -78,6 +79,9 @@ pub struct CommOptions {
     pub threads: u32,
     /// all_reduce up to this many bytes runs one-shot (every rank reduces everything), larger two-shot.
     pub oneshot_max: usize,
+    /// all_reduce up to this many bytes runs as the low-latency one-shot (flagged 16-byte lines, no
+    /// barrier; twice the NVLink traffic); 0 turns it off.
+    pub ll_max: usize,
     /// With 2 ranks, all_reduce from this many bytes runs as a pipelined one-shot (the same NVLink
     /// traffic as two-shot, without two-shot's final copy).
     pub pipeline_min: usize,
@@ -92,8 +96,9 @@ fn env_usize(name: &str) -> Option<usize> {
 impl CommOptions {
     /// Defaults for `world` ranks, overridden by `CHORUS_CUDA_STAGING_MB` (whole staging area, default
     /// 512), `CHORUS_CUDA_P2P_SLOT_KB` (default 4096), `CHORUS_CUDA_BLOCKS` (default 128), `CHORUS_CUDA_SMALL_BLOCKS` (default 16),
-    /// `CHORUS_CUDA_THREADS` (default 512), `CHORUS_CUDA_ONESHOT_MAX` (bytes, default 256 KiB for 2 ranks,
-    /// 128 KiB for 3-4, 64 KiB beyond), `CHORUS_CUDA_PIPELINE_MIN` (bytes, default 96 MiB) and
+    /// `CHORUS_CUDA_THREADS` (default 1024), `CHORUS_CUDA_ONESHOT_MAX` (bytes, default 256 KiB for 2 ranks,
+    /// 128 KiB for 3-4, 64 KiB beyond), `CHORUS_CUDA_LL_MAX` (bytes, default 64 KiB),
+    /// `CHORUS_CUDA_PIPELINE_MIN` (bytes, default 96 MiB) and
     /// `CHORUS_CUDA_TIMEOUT_MS` (default 60000).
     pub fn from_env(world: usize) -> CommOptions {
         let world = world.max(1);
@@ -109,8 +114,9 @@ impl CommOptions {
             p2p_slot: (env_usize("CHORUS_CUDA_P2P_SLOT_KB").unwrap_or(4096).max(4) << 10) & !15,
             blocks: env_usize("CHORUS_CUDA_BLOCKS").unwrap_or(128).clamp(1, MAX_BLOCKS as usize) as u32,
             small_blocks: env_usize("CHORUS_CUDA_SMALL_BLOCKS").unwrap_or(16).clamp(1, MAX_SMALL_BLOCKS as usize) as u32,
-            threads: (env_usize("CHORUS_CUDA_THREADS").unwrap_or(512).clamp(64, 1024) as u32) & !31,
+            threads: (env_usize("CHORUS_CUDA_THREADS").unwrap_or(1024).clamp(64, 1024) as u32) & !31,
             oneshot_max: env_usize("CHORUS_CUDA_ONESHOT_MAX").unwrap_or(default_oneshot).min(slot),
+            ll_max: env_usize("CHORUS_CUDA_LL_MAX").unwrap_or(64 << 10).min(slot / 2),
             pipeline_min: env_usize("CHORUS_CUDA_PIPELINE_MIN").unwrap_or(96 << 20),
             timeout: Duration::from_millis(env_usize("CHORUS_CUDA_TIMEOUT_MS").unwrap_or(60_000).max(1) as u64),
         }
@@ -118,13 +124,14 @@ impl CommOptions {
 
     fn wire(&self) -> String {
         format!(
-            "slot={} p2p={} blocks={} small_blocks={} threads={} oneshot={} pipeline={} timeout_ms={}",
+            "slot={} p2p={} blocks={} small_blocks={} threads={} oneshot={} ll={} pipeline={} timeout_ms={}",
             self.slot_bytes,
             self.p2p_slot,
             self.blocks,
             self.small_blocks,
             self.threads,
             self.oneshot_max,
+            self.ll_max,
             self.pipeline_min,
             self.timeout.as_millis()
         )
@@ -138,6 +145,9 @@ struct Layout {
     small_off: usize,
     /// Slot of the small lane (`oneshot_max` rounded up to 4 KiB).
     small_slot: usize,
+    ll_off: usize,
+    /// Slot of the LL all_reduce: 16-byte lines of 8 payload bytes for `ll_max` bytes, 4 KiB multiple.
+    ll_slot: usize,
     total: usize,
 }
 
@@ -146,13 +156,15 @@ impl Layout {
         let p2p_off = STAGING_OFF + 2 * world * o.slot_bytes;
         let small_off = p2p_off + 2 * world * o.p2p_slot;
         let small_slot = o.oneshot_max.max(1).next_multiple_of(4096);
-        Layout { p2p_off, small_off, small_slot, total: small_off + 2 * world * small_slot }
+        let ll_off = small_off + 2 * world * small_slot;
+        let ll_slot = (2 * o.ll_max).next_multiple_of(4096);
+        Layout { p2p_off, small_off, small_slot, ll_off, ll_slot, total: ll_off + 2 * world * ll_slot }
     }
 }
 
-/// See [`DeviceComm::pipeline_chunk`]: `bytes` in 2 to 16 steps of at most `slot` bytes each.
+/// See [`DeviceComm::pipeline_chunk`]: `bytes` in 2 to 64 steps of at most `slot` bytes each.
 fn pipeline_chunk(bytes: usize, slot: usize) -> usize {
-    let steps = (bytes >> 23).clamp(2, 16);
+    let steps = (bytes >> 23).clamp(2, 64);
     bytes.div_ceil(steps).next_multiple_of(4096).min(slot)
 }
 
@@ -227,7 +239,7 @@ impl DeviceComm {
                 "rank {rank} of {world}: a device communicator spans 1 to {MAX_RANKS} ranks"
             )));
         }
-        if opts.blocks == 0 || opts.blocks > MAX_BLOCKS || opts.small_blocks == 0 || opts.small_blocks > MAX_SMALL_BLOCKS || opts.slot_bytes % 4096 != 0 || opts.p2p_slot % 16 != 0 {
+        if opts.blocks == 0 || opts.blocks > MAX_BLOCKS || opts.small_blocks == 0 || opts.small_blocks > MAX_SMALL_BLOCKS || !opts.slot_bytes.is_multiple_of(4096) || !opts.p2p_slot.is_multiple_of(16) {
             return Err(KernelError::CommSetup(format!("invalid options {opts:?}")));
         }
         let kernels = DeviceKernels::for_device(ordinal)?;
@@ -395,9 +407,9 @@ impl DeviceComm {
         Ok(())
     }
 
-    /// Bytes per pipeline step for a pipelined operation of `bytes`: one step per 8 MiB, 2 to 16 steps
-    /// (enough to hide the pipeline fill, few enough that the per-step barrier stays small), within a
-    /// slot.
+    /// Bytes per pipeline step for a pipelined operation of `bytes`: one step per 8 MiB, 2 to 64 steps
+    /// (the fill and drain cost one step each, so 1 GiB takes 64; the per-step barrier is a few
+    /// microseconds against about 45 us of data per step), within a slot.
     fn pipeline_chunk(&self, bytes: usize) -> usize {
         pipeline_chunk(bytes, self.opts.slot_bytes)
     }
@@ -452,7 +464,14 @@ impl DeviceComm {
         let avg_n = self.avg_divisor(op);
         let e = dtype.size() as u64;
         let pipelined = self.world == 2 && bytes >= self.opts.pipeline_min;
-        let subs = if bytes <= self.opts.oneshot_max || self.world == 1 || pipelined {
+        let subs = if self.world > 1 && bytes <= self.opts.ll_max {
+            let ll = ffi::CollArgs {
+                slot_bytes: self.layout.ll_slot as u64,
+                staging_off: self.layout.ll_off as u64,
+                ..self.small_args(AR_LL)
+            };
+            vec![ffi::CollArgs { src, dst, count: count as u64, avg_n, ..ll }]
+        } else if bytes <= self.opts.oneshot_max || self.world == 1 || pipelined {
             // One launch; above one slot (or when pipelining) the kernel steps through chunks itself.
             let chunk = if pipelined { self.pipeline_chunk(bytes) } else { self.opts.slot_bytes };
             let chunk = Self::chunk_elems(dtype, chunk).max(1);
@@ -780,6 +799,7 @@ mod tests {
         for (name, kind) in [
             ("CH_AR_ONESHOT", AR_ONESHOT),
             ("CH_AR_TWOSHOT", AR_TWOSHOT),
+            ("CH_AR_LL", AR_LL),
             ("CH_REDUCE", REDUCE),
             ("CH_REDUCE_SCATTER", REDUCE_SCATTER),
             ("CH_BROADCAST", BROADCAST),
@@ -815,9 +835,11 @@ mod tests {
             let l = Layout::new(world, &o);
             assert!(l.p2p_off >= STAGING_OFF + 2 * world * o.slot_bytes);
             assert!(l.small_off >= l.p2p_off + 2 * world * o.p2p_slot);
-            assert!(l.small_slot >= o.oneshot_max && l.small_slot % 4096 == 0);
-            assert_eq!(l.total, l.small_off + 2 * world * l.small_slot);
-            assert!(o.slot_bytes % 4096 == 0 && o.p2p_slot % 16 == 0);
+            assert!(l.small_slot >= o.oneshot_max && l.small_slot.is_multiple_of(4096));
+            assert!(l.ll_off >= l.small_off + 2 * world * l.small_slot);
+            assert!(l.ll_slot >= 2 * o.ll_max && l.ll_slot.is_multiple_of(4096));
+            assert_eq!(l.total, l.ll_off + 2 * world * l.ll_slot);
+            assert!(o.slot_bytes.is_multiple_of(4096) && o.p2p_slot.is_multiple_of(16));
         }
     }
 
@@ -840,11 +862,11 @@ mod tests {
         for slot in [2 << 20, 128 << 20] {
             for bytes in [1usize, 4095, 4096, 3 << 20, 8 << 20, (64 << 20) + 7, 1 << 30, (1 << 30) + 12345] {
                 let c = pipeline_chunk(bytes, slot);
-                assert!(c > 0 && c <= slot && c % 4096 == 0 || c == slot, "bytes {bytes} slot {slot}: chunk {c}");
+                assert!(c > 0 && c <= slot && c.is_multiple_of(4096) || c == slot, "bytes {bytes} slot {slot}: chunk {c}");
                 let steps = bytes.div_ceil(c);
                 assert!(steps >= 1, "bytes {bytes}");
                 if slot >= (128 << 20) && bytes >= 16 << 20 {
-                    assert!((2..=16).contains(&steps), "bytes {bytes}: {steps} steps");
+                    assert!((2..=64).contains(&steps), "bytes {bytes}: {steps} steps");
                 }
             }
         }

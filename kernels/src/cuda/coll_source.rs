@@ -17,6 +17,7 @@
 //! | 73728 | bulk staging: 2 parities x world slots x `slot_bytes` |
 //! | `p2p_off` | world sources x 2 parities x `p2p_slot` |
 //! | `small_staging_off` | small lane staging: 2 parities x world slots x `oneshot_max` |
+//! | `ll_off` | low-latency all_reduce lines: 2 parities x world slots x `2 * ll_max` |
 //!
 //! Two *lanes* with their own flags, counters and staging: single-step operations that fit the small
 //! slots (latency-bound) run with a few thread blocks on the small lane, everything else with many
@@ -32,6 +33,16 @@
 //! region `k & 1` of the peers' staging. Before a block writes region `k & 1` in step `k`, it passed a
 //! barrier of step `k - 1`; a peer's block signals that barrier only after finishing step `k - 2`, the
 //! last reader of that region.
+//!
+//! The low-latency (LL) all_reduce for the smallest messages has no barrier at all: it writes 16-byte
+//! *lines* of 8 payload bytes framed by the operation's flag twice, `{lo, flag, hi, flag}`, with one
+//! 16-byte store, into its own region; the reader polls each line until both flags equal the
+//! operation's. The flag is the op's sequence number (a per-block device counter, small-lane state
+//! word 2) mapped into 1..2^32-1: never 0 (fresh memory) and never the value of the previous use of
+//! the region. Completion still never travels inside user data: the frame lives in the library's
+//! staging, and only the payload reaches the output. Region reuse is safe without a barrier: op `k + 2`
+//! (same parity) is written only after this rank's op `k + 1` completed, which needed a line from
+//! every peer's op `k + 1`, whose kernel started after that peer's op `k` (the last reader) finished.
 pub(crate) const COLL_SRC: &str = r#"
 // ================================ collectives =================================================
 #define CH_MAX_RANKS 8
@@ -43,6 +54,7 @@ pub(crate) const COLL_SRC: &str = r#"
 
 #define CH_AR_ONESHOT 1u
 #define CH_AR_TWOSHOT 2u
+#define CH_AR_LL 5u
 #define CH_REDUCE 3u
 #define CH_REDUCE_SCATTER 4u
 #define CH_BROADCAST 10u
@@ -153,11 +165,10 @@ __device__ __forceinline__ void ch_part(u64 n, u64 align, u64* lo, u64* hi) {
     *hi = h < n ? h : n;
 }
 
-// Block-wide byte copy: 16-byte vectors (4 in flight per thread) when both sides are 16-aligned,
-// words when 4-aligned, bytes otherwise.
-__device__ void ch_copy(u64 dst, u64 src, u64 n) {
+// Byte copy by threads t of nt (of this block): 16-byte vectors (4 in flight per thread) when both
+// sides are 16-aligned, words when 4-aligned, bytes otherwise.
+__device__ void ch_copy_by(u64 dst, u64 src, u64 n, u64 t, u64 nt) {
     if (n == 0 || dst == src) return;
-    u64 t = threadIdx.x, nt = blockDim.x;
     u64 done = 0;
     if (((dst | src) & 15ull) == 0) {
         const uint4* s = (const uint4*)src;
@@ -179,6 +190,8 @@ __device__ void ch_copy(u64 dst, u64 src, u64 n) {
     }
     for (u64 i = done + t; i < n; i += nt) ((u8*)dst)[i] = ((const u8*)src)[i];
 }
+// Block-wide byte copy.
+__device__ __forceinline__ void ch_copy(u64 dst, u64 src, u64 n) { ch_copy_by(dst, src, n, threadIdx.x, blockDim.x); }
 
 template <typename T> struct ChDiv {
     static __device__ __forceinline__ T apply(T x, u32 n) { return (T)((long long)x / (long long)n); }
@@ -198,14 +211,14 @@ __device__ __forceinline__ typename C::S ch_finish(typename C::W acc, u32 avg_n)
     return s;
 }
 
-// Block-wide: for i in [lo, hi): v = op(srcs[0][i], ..., srcs[nsrc-1][i]) (rank order, so every rank
-// computes bit-identical results), stored to every dsts[d][i]. Addresses are element-indexed bases.
+// By threads t of nt: for i in [lo, hi): v = op(srcs[0][i], ..., srcs[nsrc-1][i]) (rank order, so
+// every rank computes bit-identical results), stored to every dsts[d][i]. Addresses are
+// element-indexed bases.
 template <typename C, typename Op>
-__device__ void ch_reduce(const u64* srcs, u32 nsrc, const u64* dsts, u32 ndst, u64 lo, u64 hi, u32 avg_n) {
+__device__ void ch_reduce_by(const u64* srcs, u32 nsrc, const u64* dsts, u32 ndst, u64 lo, u64 hi, u32 avg_n, u64 t, u64 nt) {
     typedef typename C::S S; typedef typename C::W W;
     const u32 V = 16 / sizeof(S);
     if (hi <= lo) return;
-    u64 t = threadIdx.x, nt = blockDim.x;
     u64 n = hi - lo;
     u64 aligned = 0;
     for (u32 s = 0; s < nsrc; ++s) aligned |= srcs[s] + lo * sizeof(S);
@@ -238,6 +251,11 @@ __device__ void ch_reduce(const u64* srcs, u32 nsrc, const u64* dsts, u32 ndst, 
         for (u32 d = 0; d < ndst; ++d) ((S*)dsts[d])[i] = out;
     }
 }
+// Block-wide ch_reduce_by.
+template <typename C, typename Op>
+__device__ __forceinline__ void ch_reduce(const u64* srcs, u32 nsrc, const u64* dsts, u32 ndst, u64 lo, u64 hi, u32 avg_n) {
+    ch_reduce_by<C, Op>(srcs, nsrc, dsts, ndst, lo, hi, avg_n, threadIdx.x, blockDim.x);
+}
 
 // Slot `q` of rank `x`'s staging, parity region `par`.
 __device__ __forceinline__ u64 ch_slot(const CollArgs& a, u32 x, u64 par, u32 q) {
@@ -262,6 +280,100 @@ __device__ __forceinline__ u64 ch_steps(u64 count, u64 chunk) {
     return (count + chunk - 1) / chunk;
 }
 
+// ---- low-latency all_reduce (see the module documentation) ----
+__device__ __forceinline__ void ch_ll_store(u64 addr, u64 v, u32 f) {
+    asm volatile("st.volatile.global.v4.u32 [%0], {%1, %2, %3, %4};"
+                 ::"l"(addr), "r"((u32)v), "r"(f), "r"((u32)(v >> 32)), "r"(f) : "memory");
+}
+__device__ __forceinline__ bool ch_ll_load(u64 addr, u32 f, u64* v) {
+    u32 x, f1, y, f2;
+    asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(x), "=r"(f1), "=r"(y), "=r"(f2) : "l"(addr) : "memory");
+    *v = (u64)x | ((u64)y << 32);
+    return f1 == f && f2 == f;
+}
+// Waits for the line at `addr` to carry flag `f`; false past the deadline or after another failure.
+__device__ bool ch_ll_wait(const CollArgs& a, u64 addr, u32 f, u64* v) {
+    if (ch_ll_load(addr, f, v)) return true;
+    u64 t0 = ch_now();
+    u64 err = a.ws[a.rank] + CH_ERROR;
+    for (u32 spin = 0;; ++spin) {
+        if (ch_ll_load(addr, f, v)) return true;
+        if ((spin & 63u) == 63u) {
+            if (ch_ld_volatile(err) != 0) return false;
+            if (ch_now() - t0 > a.timeout_ns) {
+                atomicCAS((unsigned long long*)err, 0ull, (1ull << 32) | (u64)blockIdx.x);
+                __threadfence_system();
+                return false;
+            }
+        }
+    }
+}
+// Payload bytes [8 i, 8 i + 8) of `bytes` at `p` (elements of `E` bytes; zero past the end).
+__device__ __forceinline__ u64 ch_ll_get(u64 p, u64 i, u64 bytes, u64 E) {
+    u64 o = i * 8;
+    if (((p & 7ull) == 0) && o + 8 <= bytes) return *(const u64*)(p + o);
+    u64 v = 0;
+    for (u64 b = 0; b < 8 && o + b < bytes; b += E) {
+        u64 e = E == 1 ? *(const u8*)(p + o + b) : E == 2 ? *(const u16*)(p + o + b) : E == 4 ? *(const u32*)(p + o + b) : *(const u64*)(p + o + b);
+        v |= e << (8 * b);
+    }
+    return v;
+}
+__device__ __forceinline__ void ch_ll_put(u64 p, u64 i, u64 bytes, u64 E, u64 v) {
+    u64 o = i * 8;
+    if (((p & 7ull) == 0) && o + 8 <= bytes) { *(u64*)(p + o) = v; return; }
+    for (u64 b = 0; b < 8 && o + b < bytes; b += E) {
+        u64 e = v >> (8 * b);
+        if (E == 1) *(u8*)(p + o + b) = (u8)e;
+        else if (E == 2) *(u16*)(p + o + b) = (u16)e;
+        else if (E == 4) *(u32*)(p + o + b) = (u32)e;
+        else *(u64*)(p + o + b) = e;
+    }
+}
+
+// One-shot all_reduce in LL lines: every thread pushes its lines to every peer, then reduces the same
+// lines (own input read directly, in rank order like ch_reduce) into dst, so in place is safe.
+template <typename C, typename Op>
+__device__ void ch_ll_all_reduce(const CollArgs& a) {
+    typedef typename C::S S; typedef typename C::W W;
+    const u32 K = 8 / sizeof(S);
+    const u64 E = sizeof(S);
+    __shared__ u64 s_seq;
+    if (threadIdx.x == 0) {
+        u64* st = ch_state(a);
+        s_seq = st[2] + 1;
+        st[2] = s_seq;
+    }
+    __syncthreads();
+    const u64 seq = s_seq;
+    const u32 flag = (u32)(1ull + seq % 0xffffffffull);
+    const u64 par = seq & 1ull;
+    const u32 me = a.rank, n = a.world;
+    const u64 bytes = a.count * E, lines = (bytes + 7) / 8;
+    const u64 gt = (u64)blockIdx.x * blockDim.x + threadIdx.x, gn = (u64)gridDim.x * blockDim.x;
+    for (u64 i = gt; i < lines; i += gn) {
+        u64 v = ch_ll_get(a.src, i, bytes, E);
+        for (u32 k = 1; k < n; ++k) {
+            u32 p = (me + k) % n;
+            ch_ll_store(a.ws[p] + a.staging_off + ((par * n + me) * a.slot_bytes) + i * 16, v, flag);
+        }
+    }
+    for (u64 i = gt; i < lines; i += gn) {
+        union { u64 q; S e[8 / sizeof(S)]; } in, out;
+        W acc[8 / sizeof(S)];
+        for (u32 q = 0; q < n; ++q) {
+            if (q == me) in.q = ch_ll_get(a.src, i, bytes, E);
+            else if (!ch_ll_wait(a, a.ws[me] + a.staging_off + ((par * n + q) * a.slot_bytes) + i * 16, flag, &in.q)) return;
+#pragma unroll
+            for (u32 k = 0; k < K; ++k) acc[k] = q == 0 ? C::load(in.e[k]) : Op::apply(acc[k], C::load(in.e[k]));
+        }
+#pragma unroll
+        for (u32 k = 0; k < K; ++k) out.e[k] = ch_finish<C>(acc[k], a.avg_n);
+        ch_ll_put(a.dst, i, bytes, E, out.q);
+    }
+}
+
 template <typename C, typename Op>
 __device__ void ch_coll_reduce(const CollArgs& a) {
     typedef typename C::S S;
@@ -270,28 +382,39 @@ __device__ void ch_coll_reduce(const CollArgs& a) {
     u64 lo, hi;
     u64 srcs[CH_MAX_RANKS];
     u64 dsts[CH_MAX_RANKS];
+    if (a.kind == CH_AR_LL) {
+        ch_ll_all_reduce<C, Op>(a);
+        return;
+    }
     if (a.kind == CH_AR_ONESHOT) {
         // Pipelined: step j pushes chunk j while reducing chunk j - 1 (pushed in step j - 1). A step
         // writes region (base + j) & 1, last read in step j - 1 by every peer, which signalled the
-        // barrier that ended step j - 1 only after that read.
+        // barrier that ended step j - 1 only after that read. With several steps the block's threads
+        // split in two halves that run side by side, pushers (NVLink) and reducers (local memory), so
+        // a step costs the longer of the two rather than their sum.
         u64 steps = ch_steps(a.count, a.chunk);
         u64 chunk = steps == 1 ? a.count : a.chunk;
         u64 base = ch_begin(a, steps);
+        const bool halves = steps > 1 && blockDim.x >= 128;
+        const u64 nt = halves ? blockDim.x / 2 : blockDim.x;
+        const bool pusher = !halves || threadIdx.x < nt;
+        const bool reducer = !halves || threadIdx.x >= nt;
+        const u64 t = halves && !pusher ? threadIdx.x - nt : threadIdx.x;
         for (u64 j = 0; j <= steps; ++j) {
-            if (j < steps) {
+            if (j < steps && pusher) {
                 u64 c0 = j * chunk, len = a.count - c0 < chunk ? a.count - c0 : chunk;
                 ch_part(len, AL, &lo, &hi);
                 for (u32 k = 1; k < n; ++k) {
                     u32 p = (me + k) % n;
-                    ch_copy(ch_slot(a, p, (base + j) & 1ull, me) + lo * E, a.src + (c0 + lo) * E, (hi - lo) * E);
+                    ch_copy_by(ch_slot(a, p, (base + j) & 1ull, me) + lo * E, a.src + (c0 + lo) * E, (hi - lo) * E, t, nt);
                 }
             }
-            if (j >= 1) {
+            if (j >= 1 && reducer) {
                 u64 c0 = (j - 1) * chunk, len = a.count - c0 < chunk ? a.count - c0 : chunk;
                 ch_part(len, AL, &lo, &hi);
                 for (u32 q = 0; q < n; ++q) srcs[q] = q == me ? a.src + c0 * E : ch_slot(a, me, (base + j - 1) & 1ull, q);
                 dsts[0] = a.dst + c0 * E;
-                ch_reduce<C, Op>(srcs, n, dsts, 1, lo, hi, a.avg_n);
+                ch_reduce_by<C, Op>(srcs, n, dsts, 1, lo, hi, a.avg_n, t, nt);
             }
             if (j < steps && !ch_barrier(a)) return;
         }

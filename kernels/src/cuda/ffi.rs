@@ -23,6 +23,12 @@ pub(crate) fn libraries_present() -> (bool, bool) {
     unsafe { (sys::is_culib_present(), cudarc::nvrtc::sys::is_culib_present()) }
 }
 
+/// Whether cudarc can dlopen libcuda (the driver alone, without NVRTC).
+pub(crate) fn driver_library_present() -> bool {
+    // SAFETY: as in `libraries_present`: dlopen/dlclose of the candidate names only, no symbol called.
+    unsafe { sys::is_culib_present() }
+}
+
 /// Launches `func` (a reduce kernel of this crate's module) on `stream`.
 ///
 /// # Safety
@@ -278,15 +284,6 @@ pub(crate) unsafe fn copy_htod_on_stream(dst: u64, src: &[u8], stream: sys::CUst
     }
 }
 
-/// Synchronous `cuMemsetD8(dst, value, len)`.
-///
-/// # Safety
-/// `[dst, dst + len)` must be device memory valid in the current context.
-pub(crate) unsafe fn memset_d8(dst: u64, value: u8, len: usize) -> Result<(), DriverError> {
-    // SAFETY: forwarded to the caller.
-    unsafe { result::memset_d8_sync(dst, value, len) }
-}
-
 /// Reads `out.len()` bytes at device address `src` of the current context. Callers (`ipc::IpcImporter`)
 /// bounds-check `src` against the mapping first; host memory safety depends only on `out`.
 pub(crate) fn copy_dtoh_checked(out: &mut [u8], src: u64) -> Result<(), DriverError> {
@@ -302,24 +299,29 @@ pub(crate) fn ipc_close_mapping(mapped: u64) {
     let _ = unsafe { ipc_close_mem_handle(mapped) };
 }
 
-/// Writes `data` at `a.ptr() + offset` (range checked by the caller against `a.size()`).
-pub(crate) fn alloc_write(a: &super::ipc::DeviceAllocation, offset: usize, data: &[u8]) -> Result<(), DriverError> {
+/// Writes `data` at `a.ptr() + offset` (range checked by the caller against `a.size()`) on `stream`
+/// (a live stream of `a`'s context) and waits for it.
+pub(crate) fn alloc_write(a: &super::ipc::DeviceAllocation, stream: &CudaStream, offset: usize, data: &[u8]) -> Result<(), DriverError> {
     assert!(offset + data.len() <= a.size());
-    // SAFETY: the range lies inside the live allocation `a` (asserted above).
-    unsafe { copy_htod(a.ptr() + offset as u64, data) }
+    // SAFETY: the range lies inside the live allocation `a` (asserted above); the stream is live.
+    unsafe { copy_htod_on_stream(a.ptr() + offset as u64, data, stream.cu_stream()) }
 }
 
-/// Reads `out.len()` bytes at `a.ptr() + offset`.
-pub(crate) fn alloc_read(a: &super::ipc::DeviceAllocation, offset: usize, out: &mut [u8]) -> Result<(), DriverError> {
+/// Reads `out.len()` bytes at `a.ptr() + offset` on `stream` and waits for them.
+pub(crate) fn alloc_read(a: &super::ipc::DeviceAllocation, stream: &CudaStream, offset: usize, out: &mut [u8]) -> Result<(), DriverError> {
     assert!(offset + out.len() <= a.size());
-    // SAFETY: the range lies inside the live allocation `a` (asserted above).
-    unsafe { copy_dtoh(out, a.ptr() + offset as u64) }
+    // SAFETY: the range lies inside the live allocation `a` (asserted above); the stream is live.
+    unsafe { copy_dtoh_on_stream(out, a.ptr() + offset as u64, stream.cu_stream()) }
 }
 
-/// Sets every byte of `a` to `value`.
-pub(crate) fn alloc_fill(a: &super::ipc::DeviceAllocation, value: u8) -> Result<(), DriverError> {
-    // SAFETY: exactly the live allocation `a`.
-    unsafe { memset_d8(a.ptr(), value, a.size()) }
+/// Sets every byte of `a` to `value` on `stream` and waits for it.
+pub(crate) fn alloc_fill(a: &super::ipc::DeviceAllocation, stream: &CudaStream, value: u8) -> Result<(), DriverError> {
+    // SAFETY: exactly the live allocation `a`; the stream is live; the memset has completed when the
+    // stream synchronization returns.
+    unsafe {
+        result::memset_d8_async(a.ptr(), value, a.size(), stream.cu_stream())?;
+        result::stream::synchronize(stream.cu_stream())
+    }
 }
 
 /// Frees a `DeviceAllocation`'s pointer, ignoring errors (used from its `Drop`).
@@ -443,4 +445,228 @@ pub(crate) unsafe fn read_u64(src: u64) -> Result<u64, DriverError> {
     // SAFETY: forwarded to the caller; `v` is a valid host buffer of 8 bytes.
     unsafe { copy_dtoh(&mut v, src)? };
     Ok(u64::from_le_bytes(v))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Virtual memory management: cuMemCreate-backed memory, shareable as a POSIX file descriptor or a
+// fabric handle (used by `super::vmm`). Callers bind the context they mean first.
+
+/// Where a failed VMM step went wrong: the driver call's name and its error.
+pub(crate) type VmmError = (&'static str, DriverError);
+
+/// The allocation properties of pinned device memory on `device`, exportable as `handle_type`.
+pub(crate) fn vmm_prop(device: sys::CUdevice, handle_type: sys::CUmemAllocationHandleType) -> sys::CUmemAllocationProp {
+    sys::CUmemAllocationProp {
+        type_: sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED,
+        requestedHandleTypes: handle_type,
+        location: sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE, id: device },
+        win32HandleMetaData: std::ptr::null_mut(),
+        allocFlags: sys::CUmemAllocationProp_st__bindgen_ty_1 {
+            compressionType: 0,
+            gpuDirectRDMACapable: 0,
+            usage: 0,
+            reserved: [0; 4],
+        },
+    }
+}
+
+/// `cuMemGetAllocationGranularity(prop, RECOMMENDED)`.
+pub(crate) fn vmm_granularity(prop: &sys::CUmemAllocationProp) -> Result<usize, DriverError> {
+    let mut g: usize = 0;
+    // SAFETY: `prop` is a valid, fully initialized struct read by the driver; one usize is written
+    // through a valid pointer.
+    unsafe {
+        sys::cuMemGetAllocationGranularity(
+            &mut g,
+            prop,
+            sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_RECOMMENDED,
+        )
+        .result()?
+    };
+    Ok(g)
+}
+
+/// `cuMemRetainAllocationHandle(ptr)`: whether `ptr` lies in a range mapped with `cuMemMap` (VMM
+/// memory, of this process's allocations or imported ones). The retained handle is released again.
+pub(crate) fn vmm_pointer_is_mapped(ptr: u64) -> bool {
+    let mut h: sys::CUmemGenericAllocationHandle = 0;
+    // SAFETY: the driver looks `ptr` up in its mapping tables (never dereferences it; any value is
+    // allowed, unknown ones return an error) and writes one handle through a valid pointer.
+    let r = unsafe { sys::cuMemRetainAllocationHandle(&mut h, ptr as usize as *mut std::ffi::c_void) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return false;
+    }
+    // SAFETY: `h` was retained just above (one reference), released once here.
+    let _ = unsafe { sys::cuMemRelease(h) };
+    true
+}
+
+/// What [`VmmMapping::import`] imports.
+pub(crate) enum VmmImportSource<'a> {
+    /// A POSIX file descriptor exported by a peer (`CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`). The
+    /// driver does not take it over; the caller closes it afterwards.
+    PosixFd(std::os::fd::BorrowedFd<'a>),
+    /// A fabric handle exported by a peer (`CU_MEM_HANDLE_TYPE_FABRIC`).
+    Fabric(&'a [u8; 64]),
+}
+
+/// A physical allocation handle mapped read-write for one device at a reserved address range of the
+/// same size. Owns all three: `Drop` unmaps, releases the handle and frees the range, ignoring errors.
+#[derive(Debug)]
+pub(crate) struct VmmMapping {
+    handle: sys::CUmemGenericAllocationHandle,
+    ptr: u64,
+    size: usize,
+}
+
+impl VmmMapping {
+    /// `cuMemCreate(size, prop)`, then reserve, map and grant `device` read-write access. `size` must be
+    /// a non-zero multiple of `prop`'s granularity.
+    pub(crate) fn create(size: usize, prop: &sys::CUmemAllocationProp, device: sys::CUdevice) -> Result<VmmMapping, VmmError> {
+        let mut handle: sys::CUmemGenericAllocationHandle = 0;
+        // SAFETY: `prop` is fully initialized; the driver writes one handle (used only after success).
+        unsafe { sys::cuMemCreate(&mut handle, size, prop, 0).result() }.map_err(|e| ("cuMemCreate", e))?;
+        Self::map_handle(handle, size, device)
+    }
+
+    /// `cuMemImportFromShareableHandle(source)`, then reserve, map and grant `device` read-write access.
+    /// `size` must be the exporter's allocation size (`VmmAllocation::size`).
+    pub(crate) fn import(source: VmmImportSource<'_>, size: usize, device: sys::CUdevice) -> Result<VmmMapping, VmmError> {
+        use std::os::fd::AsRawFd;
+        let mut handle: sys::CUmemGenericAllocationHandle = 0;
+        let r = match source {
+            // SAFETY: for POSIX file descriptors the driver takes the descriptor NUMBER in the pointer
+            // argument (never dereferenced); `fd` is open for the duration of the call (borrowed).
+            VmmImportSource::PosixFd(fd) => unsafe {
+                sys::cuMemImportFromShareableHandle(
+                    &mut handle,
+                    fd.as_raw_fd() as usize as *mut std::ffi::c_void,
+                    sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+                )
+            },
+            VmmImportSource::Fabric(h) => {
+                let mut fabric = sys::CUmemFabricHandle { data: *h };
+                // SAFETY: for fabric handles the argument points to a 64-byte CUmemFabricHandle, which
+                // `fabric` is (the driver only reads it during the call).
+                unsafe {
+                    sys::cuMemImportFromShareableHandle(
+                        &mut handle,
+                        &mut fabric as *mut sys::CUmemFabricHandle as *mut std::ffi::c_void,
+                        sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_FABRIC,
+                    )
+                }
+            }
+        };
+        r.result().map_err(|e| ("cuMemImportFromShareableHandle", e))?;
+        Self::map_handle(handle, size, device)
+    }
+
+    /// Reserves `size` bytes of address space, maps `handle` there and grants `device` read-write
+    /// access. Takes over `handle`: on failure everything done so far is undone and `handle` released.
+    fn map_handle(handle: sys::CUmemGenericAllocationHandle, size: usize, device: sys::CUdevice) -> Result<VmmMapping, VmmError> {
+        let release = || {
+            // SAFETY: `handle` is owned here (see above) and released once, on this failure path only.
+            let _ = unsafe { sys::cuMemRelease(handle) };
+        };
+        let mut ptr: sys::CUdeviceptr = 0;
+        // SAFETY: reserves fresh address space (no fixed address, default alignment); one pointer written.
+        if let Err(e) = unsafe { sys::cuMemAddressReserve(&mut ptr, size, 0, 0, 0) }.result() {
+            release();
+            return Err(("cuMemAddressReserve", e));
+        }
+        let free = || {
+            // SAFETY: `[ptr, ptr + size)` was reserved above, nothing is mapped in it any more, freed once.
+            let _ = unsafe { sys::cuMemAddressFree(ptr, size) };
+        };
+        // SAFETY: maps the whole allocation (offset 0, its full size) into the range just reserved.
+        if let Err(e) = unsafe { sys::cuMemMap(ptr, size, 0, handle, 0) }.result() {
+            free();
+            release();
+            return Err(("cuMemMap", e));
+        }
+        let mapping = VmmMapping { handle, ptr, size };
+        let desc = sys::CUmemAccessDesc {
+            location: sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE, id: device },
+            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+        };
+        // SAFETY: `[ptr, ptr + size)` is mapped (above); one valid descriptor is read. On failure
+        // `mapping`'s Drop unmaps, releases and frees.
+        unsafe { sys::cuMemSetAccess(ptr, size, &desc, 1) }.result().map_err(|e| ("cuMemSetAccess", e))?;
+        Ok(mapping)
+    }
+
+    /// The mapped address.
+    pub(crate) fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// The mapped (= allocation) size.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// `cuMemExportToShareableHandle(POSIX_FILE_DESCRIPTOR)`: a new file descriptor owned by the caller.
+    pub(crate) fn export_posix_fd(&self) -> Result<std::os::fd::OwnedFd, DriverError> {
+        use std::os::fd::FromRawFd;
+        let mut fd: std::ffi::c_int = -1;
+        // SAFETY: `self.handle` is live (owned by `self`); for POSIX file descriptors the driver writes one
+        // int through the pointer.
+        unsafe {
+            sys::cuMemExportToShareableHandle(
+                &mut fd as *mut std::ffi::c_int as *mut std::ffi::c_void,
+                self.handle,
+                sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+                0,
+            )
+            .result()?
+        };
+        // SAFETY: on success the driver created `fd` for the caller, who now owns it (closed once, by
+        // the OwnedFd).
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// `cuMemExportToShareableHandle(FABRIC)`: the 64-byte fabric handle.
+    pub(crate) fn export_fabric(&self) -> Result<[u8; 64], DriverError> {
+        let mut h = sys::CUmemFabricHandle { data: [0; 64] };
+        // SAFETY: `self.handle` is live; for fabric handles the driver writes one 64-byte
+        // CUmemFabricHandle through the pointer.
+        unsafe {
+            sys::cuMemExportToShareableHandle(
+                &mut h as *mut sys::CUmemFabricHandle as *mut std::ffi::c_void,
+                self.handle,
+                sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_FABRIC,
+                0,
+            )
+            .result()?
+        };
+        Ok(h.data)
+    }
+}
+
+impl Drop for VmmMapping {
+    fn drop(&mut self) {
+        // Errors are ignored (Drop never panics; a failed step only leaks). The owner keeps the context
+        // bound and no work may be in flight on the range.
+        // SAFETY: the range, the mapping and the handle are owned by `self` and undone once, here, in
+        // the documented order (unmap, release the handle, free the address range).
+        unsafe {
+            let _ = sys::cuMemUnmap(self.ptr, self.size);
+            let _ = sys::cuMemRelease(self.handle);
+            let _ = sys::cuMemAddressFree(self.ptr, self.size);
+        }
+    }
+}
+
+/// Reads `out.len()` bytes at `m.ptr() + offset` (range checked against the mapping here).
+pub(crate) fn vmm_read(m: &VmmMapping, offset: usize, out: &mut [u8]) -> Result<(), DriverError> {
+    assert!(offset.checked_add(out.len()).is_some_and(|end| end <= m.size()));
+    // SAFETY: the range lies inside the live mapping `m` (asserted above), mapped read-write.
+    unsafe { copy_dtoh(out, m.ptr() + offset as u64) }
+}
+
+/// Writes `data` at `m.ptr() + offset` (range checked against the mapping here).
+pub(crate) fn vmm_write(m: &VmmMapping, offset: usize, data: &[u8]) -> Result<(), DriverError> {
+    assert!(offset.checked_add(data.len()).is_some_and(|end| end <= m.size()));
+    // SAFETY: the range lies inside the live mapping `m` (asserted above), mapped read-write.
+    unsafe { copy_htod(m.ptr() + offset as u64, data) }
 }

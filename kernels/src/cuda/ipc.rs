@@ -352,34 +352,34 @@ impl DeviceAllocation {
         self.size
     }
 
-    fn check(&self, offset: usize, len: usize) -> Result<()> {
+    /// Checks the range and returns a private stream of the allocation's context for one copy. (Not
+    /// the legacy default stream and no context synchronization: either would wait for unrelated
+    /// kernels, such as a resident spinning kernel of the application, design invariant 4.)
+    fn stream_for(&self, offset: usize, len: usize) -> Result<Arc<cudarc::driver::CudaStream>> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
             return Err(KernelError::InvalidArgument { reason: "copy past the end of the device allocation" });
         }
-        self.ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))
+        self.ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+        self.ctx.new_stream().map_err(|e| cuda_err("creating a copy stream", e))
     }
 
-    /// Copies `data` to `ptr + offset` and waits until it has landed. (`cuMemcpyHtoD` from pageable
-    /// memory returns once the data is staged, before the DMA completes, and `cuMemsetD8` is
-    /// asynchronous too; kernels on non-blocking streams would not wait for either. Hence the context
-    /// synchronization, here and in [`DeviceAllocation::fill`].)
+    /// Copies `data` to `ptr + offset` and waits until it has landed (on a private stream, then a
+    /// synchronization of that stream: kernels on any stream launched afterwards see the bytes).
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.check(offset, data.len())?;
-        ffi::alloc_write(self, offset, data).map_err(|e| cuda_err("cuMemcpyHtoD", e))?;
-        self.ctx.synchronize().map_err(|e| cuda_err("waiting for the copy (cuCtxSynchronize)", e))
+        let s = self.stream_for(offset, data.len())?;
+        ffi::alloc_write(self, &s, offset, data).map_err(|e| cuda_err("cuMemcpyHtoDAsync", e))
     }
 
-    /// Copies `out.len()` bytes at `ptr + offset` to `out` (synchronous).
+    /// Copies `out.len()` bytes at `ptr + offset` to `out` (synchronous, on a private stream).
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
-        self.check(offset, out.len())?;
-        ffi::alloc_read(self, offset, out).map_err(|e| cuda_err("cuMemcpyDtoH", e))
+        let s = self.stream_for(offset, out.len())?;
+        ffi::alloc_read(self, &s, offset, out).map_err(|e| cuda_err("cuMemcpyDtoHAsync", e))
     }
 
     /// Sets every byte to `value` and waits until it is done (see [`DeviceAllocation::write`]).
     pub fn fill(&self, value: u8) -> Result<()> {
-        self.check(0, self.size)?;
-        ffi::alloc_fill(self, value).map_err(|e| cuda_err("cuMemsetD8", e))?;
-        self.ctx.synchronize().map_err(|e| cuda_err("waiting for the memset (cuCtxSynchronize)", e))
+        let s = self.stream_for(0, self.size)?;
+        ffi::alloc_fill(self, &s, value).map_err(|e| cuda_err("cuMemsetD8Async", e))
     }
 }
 

@@ -18,12 +18,14 @@ mod ffi;
 mod host_copy;
 pub mod ipc;
 mod source;
+pub mod vmm;
 
 pub use cudarc;
 pub use coll::{CommOptions, DeviceComm, RawStream};
 pub use host_copy::{copy_device_to_host, copy_host_to_device};
 pub use ipc::{DeviceAllocation, DeviceRegistration, DeviceRegistry, IpcExport, IpcImporter};
 pub use source::{kernel_name, MAX_SRCS};
+pub use vmm::{allocate_shareable, is_vmm_pointer, ShareKind, VmmAllocation, VmmImport};
 
 use crate::{check_supported, DType, KernelError, ReduceOp, Result};
 use cudarc::driver::{
@@ -209,7 +211,12 @@ fn arch_for(ctx: &CudaContext) -> Result<&'static str> {
 
 /// Compiles `src` for `ctx`'s device and loads it (the module only; functions are preloaded by callers).
 fn compile_and_load(ctx: &Arc<CudaContext>, src: &str, name: &str) -> Result<Arc<CudaModule>> {
-    let arch = arch_for(ctx)?;
+    let ptx = compile(src, name, arch_for(ctx)?)?;
+    ctx.load_module(ptx).map_err(|e| cuda_err("loading the compiled module (cuModuleLoadData)", e))
+}
+
+/// NVRTC-compiles `src` to PTX for `arch` (`compute_XY`). Needs libnvrtc only, no GPU.
+fn compile(src: &str, name: &str, arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
     let opts = CompileOptions {
         // Bit-exact agreement with the CPU kernels: no flush-to-zero, no contraction into FMA.
         ftz: Some(false),
@@ -221,15 +228,23 @@ fn compile_and_load(ctx: &Arc<CudaContext>, src: &str, name: &str) -> Result<Arc
         ..Default::default()
     };
     let src = src.to_string();
-    let ptx = no_panic("loading libnvrtc", move || {
+    no_panic("loading libnvrtc", move || {
         compile_ptx_with_opts(src, opts).map_err(|e| match e {
             CompileError::CompileError { log, options, .. } => KernelError::CudaCompile {
                 log: format!("options {options:?}\n{}", log.to_string_lossy()),
             },
             other => KernelError::Cuda { what: "running NVRTC".into(), reason: format!("{other:?}") },
         })
-    })?;
-    ctx.load_module(ptx).map_err(|e| cuda_err("loading the compiled module (cuModuleLoadData)", e))
+    })
+}
+
+/// Compiles the whole kernel module (reduce and collective kernels) for `arch` with NVRTC and
+/// returns the PTX text: what a GPU run compiles, checked on a machine with libnvrtc but no GPU.
+pub fn compile_module_for_arch(arch: &'static str) -> Result<String> {
+    if !ffi::libraries_present().1 {
+        return Err(KernelError::CudaUnavailable("libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib directory)".into()));
+    }
+    Ok(compile(&source::reduce_module_source(), "chorus_module.cu", arch)?.to_src())
 }
 
 /// Fetches `name` from `module` and forces it to load now (`cuFuncGetAttribute`).
