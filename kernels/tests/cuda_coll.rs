@@ -94,6 +94,8 @@ fn run_ranks(test: &str, scenario: &str, world: usize, env: &[(&str, &str)]) {
 
 /// Small staging so that large cases split into sub-operations and pipeline steps; 2-rank all_reduces
 /// from 4 MB run pipelined one-shot (bf16 at 1.5 M elements stays two-shot).
+/// Every matrix run checks the workspace memory kind: VMM (fabric or POSIX fd) unless this says otherwise.
+const EXPECT_MEM: &str = "CHORUS_TEST_EXPECT_MEM";
 const SMALL: &[(&str, &str)] =
     &[("CHORUS_CUDA_STAGING_MB", "8"), ("CHORUS_CUDA_P2P_SLOT_KB", "64"), ("CHORUS_CUDA_PIPELINE_MIN", "4000000")];
 
@@ -101,6 +103,14 @@ const SMALL: &[(&str, &str)] =
 #[ignore = "needs a CUDA GPU; run with --ignored on the GPU machine"]
 fn gpu_collectives_2_ranks() {
     run_ranks("gpu_collectives_2_ranks", "matrix", 2, SMALL);
+}
+
+/// The same over plain cuMemAlloc workspaces shared by CUDA IPC handles (the default shares VMM memory).
+#[test]
+#[ignore = "needs a CUDA GPU; run with --ignored on the GPU machine"]
+fn gpu_collectives_2_ranks_ipc_workspace() {
+    let env: Vec<(&str, &str)> = SMALL.iter().copied().chain([("CHORUS_CUDA_MEM", "legacy"), (EXPECT_MEM, "ipc")]).collect();
+    run_ranks("gpu_collectives_2_ranks_ipc_workspace", "matrix", 2, &env);
 }
 
 #[test]
@@ -262,6 +272,21 @@ fn check(what: &str, got: &[u8], want: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// broadcast of `bytes`, out of place and in place, from a root that varies with the case.
+fn broadcast_cases(r: &mut Rank, inputs: &[Vec<u8>], bytes: usize) -> Result<(), String> {
+    let case = r.case;
+    for in_place in [false, true] {
+        let root = (bytes + case + in_place as usize) % r.world;
+        let (a, b) = r.prepare(&inputs[r.rank], bytes);
+        let dst = if in_place { a } else { b };
+        // SAFETY: ranges inside the arena.
+        unsafe { r.comm.broadcast(r.raw(), r.ptr(a), r.ptr(dst), bytes, root) }.map_err(|e| e.to_string())?;
+        let got = r.finish(dst, bytes)?;
+        check(&format!("broadcast bytes={bytes} root={root} in_place={in_place}"), &got, &inputs[root])?;
+    }
+    Ok(())
+}
+
 fn all_reduce_case(r: &mut Rank, dtype: DType, op: ReduceOp, n: usize, in_place: bool) -> Result<(), String> {
     let case = r.case;
     let inputs: Vec<Vec<u8>> = (0..r.world).map(|q| gen(dtype, n, q, case)).collect();
@@ -287,7 +312,18 @@ fn matrix(rank: usize, world: usize, dir: &Path) -> Result<(), String> {
     spinner.start(&spin_stream, Duration::from_secs(60)).map_err(|e| e.to_string())?;
     let comm = DeviceComm::new(dev, rank, world, CommOptions::from_env(world), &mut |s| exchange(dir, "setup", rank, world, s))
         .map_err(|e| e.to_string())?;
-    println!("rank {rank}: device {dev} ({}), setup {:.0} ms, {:?}", kernels.device_name(), t0.elapsed().as_secs_f64() * 1e3, comm.options());
+    println!(
+        "rank {rank}: device {dev} ({}), setup {:.0} ms, workspace {}, {:?}",
+        kernels.device_name(),
+        t0.elapsed().as_secs_f64() * 1e3,
+        comm.memory_kind(),
+        comm.options()
+    );
+    let expect = std::env::var(EXPECT_MEM).unwrap_or_else(|_| "vmm".into());
+    let kind = comm.memory_kind();
+    if !(kind == expect || expect == "vmm" && matches!(kind, "fabric" | "posix-fd")) {
+        return Err(format!("the workspace is {kind} memory, expected {expect}"));
+    }
     let stream = ctx.new_stream().map_err(|e| e.to_string())?;
     let arena = DeviceAllocation::new(&ctx, ARENA).map_err(|e| e.to_string())?;
     let mut r = Rank { rank, world, comm, ctx: ctx.clone(), stream, arena, case: 0 };
@@ -350,19 +386,10 @@ fn matrix(rank: usize, world: usize, dir: &Path) -> Result<(), String> {
     println!("rank {rank}: reduce and reduce_scatter ok");
 
     // Data movement, byte sizes.
-    for bytes in [0usize, 1, 13, 4096, 65539, 3_000_001] {
+    for bytes in [0usize, 1, 13, 4096, 65539, 600_007, 3_000_001] {
         let case = r.case;
         let inputs: Vec<Vec<u8>> = (0..world).map(|q| gen(DType::U8, bytes, q, case)).collect();
-        // broadcast, out of place and in place.
-        for in_place in [false, true] {
-            let root = (bytes + case + in_place as usize) % world;
-            let (a, b) = r.prepare(&inputs[rank], bytes);
-            let dst = if in_place { a } else { b };
-            // SAFETY: ranges inside the arena.
-            unsafe { r.comm.broadcast(r.raw(), r.ptr(a), r.ptr(dst), bytes, root) }.map_err(|e| e.to_string())?;
-            let got = r.finish(dst, bytes)?;
-            check(&format!("broadcast bytes={bytes} root={root} in_place={in_place}"), &got, &inputs[root])?;
-        }
+        broadcast_cases(&mut r, &inputs, bytes)?;
         // all_gather.
         let (a, b) = r.prepare(&inputs[rank], bytes * world);
         // SAFETY: ranges inside the arena.
@@ -432,6 +459,12 @@ fn matrix(rank: usize, world: usize, dir: &Path) -> Result<(), String> {
                 r.case += 1;
             }
         }
+    }
+    // Above 8 MiB, more than 2 ranks broadcast by scatter + all-gather.
+    for bytes in [(8 << 20) + 13, 9_000_016] {
+        let case = r.case;
+        let inputs: Vec<Vec<u8>> = (0..world).map(|q| gen(DType::U8, bytes, q, case)).collect();
+        broadcast_cases(&mut r, &inputs, bytes)?;
     }
     println!("rank {rank}: broadcast, all_gather, all_to_all(v), send/recv ok");
 

@@ -163,8 +163,9 @@ fn child(args: &Args) -> Result<(), String> {
     src.fill(0x3c + rank as u8).map_err(|e| e.to_string())?;
     if rank == 0 {
         println!(
-            "# chorus-gpu-bench: {world} ranks, {} x {world}, dtype {dtype}, chorus {:?}{}",
+            "# chorus-gpu-bench: {world} ranks, {} x {world}, dtype {dtype}, chorus workspace {} {:?}{}",
             kernels.device_name(),
+            comm.memory_kind(),
             comm.options(),
             if lib.nccl.is_some() { ", NCCL from libnccl.so.2" } else { "" }
         );

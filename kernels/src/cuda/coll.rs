@@ -21,7 +21,8 @@
 //! calls they make go through `ffi`.
 #![allow(unsafe_code)]
 
-use super::{cuda_err, ffi, DeviceAllocation, DeviceKernels, DeviceRegistry, IpcExport, IpcImporter};
+use super::workspace::{MemMode, PeerMaps, Workspace};
+use super::{cuda_err, ffi, DeviceKernels};
 use crate::{DType, KernelError, ReduceOp, Result};
 use cudarc::driver::sys;
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,8 @@ pub struct CommOptions {
     pub pipeline_min: usize,
     /// How long a kernel waits for a peer before it gives up ([`KernelError::CollectiveTimeout`]).
     pub timeout: Duration,
+    /// Most steps of a pipelined operation (one step per 8 MiB up to this many).
+    pub max_pipeline_steps: usize,
 }
 
 fn env_usize(name: &str) -> Option<usize> {
@@ -98,7 +101,7 @@ impl CommOptions {
     /// 512), `CHORUS_CUDA_P2P_SLOT_KB` (default 4096), `CHORUS_CUDA_BLOCKS` (default 128), `CHORUS_CUDA_SMALL_BLOCKS` (default 16),
     /// `CHORUS_CUDA_THREADS` (default 1024), `CHORUS_CUDA_ONESHOT_MAX` (bytes, default 256 KiB for 2 ranks,
     /// 128 KiB for 3-4, 64 KiB beyond), `CHORUS_CUDA_LL_MAX` (bytes, default 64 KiB),
-    /// `CHORUS_CUDA_PIPELINE_MIN` (bytes, default 96 MiB) and
+    /// `CHORUS_CUDA_PIPELINE_MIN` (bytes, default 96 MiB), `CHORUS_CUDA_PIPELINE_STEPS` (default 64) and
     /// `CHORUS_CUDA_TIMEOUT_MS` (default 60000).
     pub fn from_env(world: usize) -> CommOptions {
         let world = world.max(1);
@@ -119,12 +122,13 @@ impl CommOptions {
             ll_max: env_usize("CHORUS_CUDA_LL_MAX").unwrap_or(64 << 10).min(slot / 2),
             pipeline_min: env_usize("CHORUS_CUDA_PIPELINE_MIN").unwrap_or(96 << 20),
             timeout: Duration::from_millis(env_usize("CHORUS_CUDA_TIMEOUT_MS").unwrap_or(60_000).max(1) as u64),
+            max_pipeline_steps: env_usize("CHORUS_CUDA_PIPELINE_STEPS").unwrap_or(64).clamp(2, 1024),
         }
     }
 
     fn wire(&self) -> String {
         format!(
-            "slot={} p2p={} blocks={} small_blocks={} threads={} oneshot={} ll={} pipeline={} timeout_ms={}",
+            "slot={} p2p={} blocks={} small_blocks={} threads={} oneshot={} ll={} pipeline={} steps={} timeout_ms={}",
             self.slot_bytes,
             self.p2p_slot,
             self.blocks,
@@ -133,6 +137,7 @@ impl CommOptions {
             self.oneshot_max,
             self.ll_max,
             self.pipeline_min,
+            self.max_pipeline_steps,
             self.timeout.as_millis()
         )
     }
@@ -162,9 +167,21 @@ impl Layout {
     }
 }
 
-/// See [`DeviceComm::pipeline_chunk`]: `bytes` in 2 to 64 steps of at most `slot` bytes each.
-fn pipeline_chunk(bytes: usize, slot: usize) -> usize {
-    let steps = (bytes >> 23).clamp(2, 64);
+/// Broadcasts of at least this many bytes over more than 2 ranks run as scatter + all-gather.
+const BCAST_SCATTER_MIN: usize = 8 << 20;
+
+/// `bytes` cut into `world` shards of a 16-byte multiple (the last ones short or empty): (offsets,
+/// lengths, the longest).
+fn byte_shards(bytes: usize, world: usize) -> (Vec<usize>, Vec<usize>, usize) {
+    let shard = bytes.div_ceil(world).next_multiple_of(16);
+    let offs: Vec<usize> = (0..world).map(|p| (p * shard).min(bytes)).collect();
+    let lens: Vec<usize> = (0..world).map(|p| ((p + 1) * shard).min(bytes) - offs[p]).collect();
+    (offs, lens, shard)
+}
+
+/// See [`DeviceComm::pipeline_chunk`]: `bytes` in 2 to `max_steps` steps of at most `slot` bytes each.
+fn pipeline_chunk(bytes: usize, slot: usize, max_steps: usize) -> usize {
+    let steps = (bytes >> 23).clamp(2, max_steps.max(2));
     bytes.div_ceil(steps).next_multiple_of(4096).min(slot)
 }
 
@@ -198,9 +215,9 @@ pub struct DeviceComm {
     world: usize,
     opts: CommOptions,
     layout: Layout,
-    ws: DeviceAllocation,
-    _registry: DeviceRegistry,
-    _importer: IpcImporter,
+    ws: Workspace,
+    /// Every peer's workspace, mapped here.
+    _peers: PeerMaps,
     peer_ws: [u64; MAX_RANKS],
     order: Mutex<Order>,
     launches: std::sync::atomic::AtomicU64,
@@ -245,22 +262,18 @@ impl DeviceComm {
         let kernels = DeviceKernels::for_device(ordinal)?;
         let ctx = kernels.context().clone();
         let layout = Layout::new(world, &opts);
-        let ws = DeviceAllocation::new(&ctx, layout.total)?;
-        // Flags and counters start at zero before any peer can see the workspace (the exchange below
-        // is the barrier: nobody signals before everyone published).
-        ws.fill(0)?;
-        let registry = DeviceRegistry::new(ctx.clone());
-        let reg = registry.register(ws.ptr(), layout.total)?;
-        let export = registry.export(&reg)?;
-        let mine = format!("{}|{}", export.to_wire(), opts.wire());
+        // Zeroed before any peer can see it (the exchange below is the barrier: nobody signals before
+        // everyone published).
+        let ws = Workspace::new(&ctx, layout.total, MemMode::from_env(), world - 1, opts.timeout)?;
+        let mine = format!("{}|{}", ws.describe(), opts.wire());
         let all = exchange(mine)?;
         if all.len() != world {
             return Err(KernelError::CommSetup(format!("the exchange returned {} entries for {world} ranks", all.len())));
         }
-        let importer = IpcImporter::new(ctx.clone());
+        let mut peers = PeerMaps::new(&ctx, opts.timeout);
         let mut peer_ws = [0u64; MAX_RANKS];
         for (q, entry) in all.iter().enumerate() {
-            let (wire, cfg) = entry
+            let (desc, cfg) = entry
                 .split_once('|')
                 .ok_or_else(|| KernelError::CommSetup(format!("rank {q} published a malformed entry {entry:?}")))?;
             if cfg != opts.wire() {
@@ -269,16 +282,9 @@ impl DeviceComm {
                     opts.wire()
                 )));
             }
-            if q == rank {
-                peer_ws[q] = ws.ptr();
-                continue;
-            }
-            let e = IpcExport::from_wire(wire)?;
-            if e.base_size < layout.total {
-                return Err(KernelError::CommSetup(format!("rank {q}'s workspace is {} bytes, expected {}", e.base_size, layout.total)));
-            }
-            peer_ws[q] = importer.open(&e.handle)? + e.offset as u64;
+            peer_ws[q] = if q == rank { ws.ptr() } else { peers.open(desc, layout.total)? };
         }
+        tracing::debug!(kind = ws.kind(), bytes = ws.size(), "device workspace shared");
         ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
         let event = ffi::event_create().map_err(|e| cuda_err("creating the ordering event", e))?;
         Ok(DeviceComm {
@@ -288,8 +294,7 @@ impl DeviceComm {
             opts,
             layout,
             ws,
-            _registry: registry,
-            _importer: importer,
+            _peers: peers,
             peer_ws,
             order: Mutex::new(Order { event, last_stream: None, multi_stream: false }),
             launches: std::sync::atomic::AtomicU64::new(0),
@@ -316,6 +321,11 @@ impl DeviceComm {
     /// The device kernels this communicator launches (compiled and preloaded at setup).
     pub fn kernels(&self) -> &Arc<DeviceKernels> {
         &self.kernels
+    }
+
+    /// How the workspace is shared: "fabric", "posix-fd" (VMM memory) or "ipc" (cuMemAlloc + CUDA IPC).
+    pub fn memory_kind(&self) -> &'static str {
+        self.ws.kind()
     }
 
     /// Kernel launches so far (sub-operations included).
@@ -411,7 +421,7 @@ impl DeviceComm {
     /// (the fill and drain cost one step each, so 1 GiB takes 64; the per-step barrier is a few
     /// microseconds against about 45 us of data per step), within a slot.
     fn pipeline_chunk(&self, bytes: usize) -> usize {
-        pipeline_chunk(bytes, self.opts.slot_bytes)
+        pipeline_chunk(bytes, self.opts.slot_bytes, self.opts.max_pipeline_steps)
     }
 
     /// The one launch of a data-movement kind whose longest block is `bytes` (none when 0): the kernel
@@ -542,6 +552,24 @@ impl DeviceComm {
     /// `src` (on root) and `dst` valid for `bytes`, equal or not overlapping; stream as above.
     pub unsafe fn broadcast(&self, stream: RawStream, src: u64, dst: u64, bytes: usize, root: usize) -> Result<()> {
         self.check_rank(root)?;
+        if self.world > 2 && bytes >= BCAST_SCATTER_MIN {
+            // Scatter + all-gather: the root sends each byte once instead of world - 1 times.
+            let (offs, lens, shard) = byte_shards(bytes, self.world);
+            let none = vec![0usize; self.world];
+            let me = self.rank;
+            // 1. Rank p gets shard p from the root (the root keeps its own, in place or copied).
+            let (send_len, mut recv_off, mut recv_len) = (if me == root { lens.clone() } else { none.clone() }, none.clone(), none.clone());
+            (recv_off[root], recv_len[root]) = (offs[me], lens[me]);
+            // SAFETY: forwarded to the caller: the root reads `src` (its shards tile it), every rank
+            // writes only its own shard of `dst`.
+            unsafe { self.all_to_allv(stream, src, dst, &offs, &send_len, &recv_off, &recv_len, shard)? };
+            // 2. All-gather of the shards inside `dst` (each rank's own shard is the source).
+            let send_off = vec![offs[me]; self.world];
+            let send_len = vec![lens[me]; self.world];
+            // SAFETY: forwarded to the caller; the only source range is this rank's shard, whose
+            // destination is itself (no copy), and the other destinations tile the rest of `dst`.
+            return unsafe { self.all_to_allv(stream, dst, dst, &send_off, &send_len, &offs, &lens, shard) };
+        }
         let subs = self.movement(BROADCAST, bytes, |a| (a.src, a.dst, a.root) = (src, dst, root as u32));
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }
@@ -844,6 +872,22 @@ mod tests {
     }
 
     #[test]
+    fn broadcast_shards_tile_the_message() {
+        for world in 3..=MAX_RANKS {
+            for bytes in [BCAST_SCATTER_MIN, BCAST_SCATTER_MIN + 1, (1 << 20) + 7, 1 << 30] {
+                let (offs, lens, shard) = byte_shards(bytes, world);
+                assert_eq!(offs[0], 0);
+                for p in 1..world {
+                    assert_eq!(offs[p], offs[p - 1] + lens[p - 1], "world {world} bytes {bytes}");
+                }
+                assert_eq!(offs[world - 1] + lens[world - 1], bytes);
+                assert!(lens.iter().all(|&l| l <= shard) && shard % 16 == 0);
+                assert!(offs.iter().all(|&o| o % 16 == 0));
+            }
+        }
+    }
+
+    #[test]
     fn split_tiles_the_range_in_order() {
         let pieces = |total, cap| -> Vec<(u64, u64)> {
             split(total, cap, |off, n| ffi::CollArgs { src: off as u64, count: n as u64, ..Default::default() })
@@ -861,7 +905,7 @@ mod tests {
     fn pipeline_steps_cover_the_message_within_a_slot() {
         for slot in [2 << 20, 128 << 20] {
             for bytes in [1usize, 4095, 4096, 3 << 20, 8 << 20, (64 << 20) + 7, 1 << 30, (1 << 30) + 12345] {
-                let c = pipeline_chunk(bytes, slot);
+                let c = pipeline_chunk(bytes, slot, 64);
                 assert!(c > 0 && c <= slot && c.is_multiple_of(4096) || c == slot, "bytes {bytes} slot {slot}: chunk {c}");
                 let steps = bytes.div_ceil(c);
                 assert!(steps >= 1, "bytes {bytes}");

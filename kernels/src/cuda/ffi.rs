@@ -284,6 +284,16 @@ pub(crate) unsafe fn copy_htod_on_stream(dst: u64, src: &[u8], stream: sys::CUst
     }
 }
 
+/// Zeroes the whole workspace `ws` on `stream` (a live stream of its context) and waits for it.
+pub(crate) fn workspace_zero(ws: &super::workspace::Workspace, stream: &CudaStream) -> Result<(), DriverError> {
+    // SAFETY: exactly the live allocation `ws` owns, which no peer sees before this returns (it is
+    // published afterwards); complete once the stream synchronization returns.
+    unsafe {
+        result::memset_d8_async(ws.ptr(), 0, ws.size(), stream.cu_stream())?;
+        result::stream::synchronize(stream.cu_stream())
+    }
+}
+
 /// Reads `out.len()` bytes at device address `src` of the current context. Callers (`ipc::IpcImporter`)
 /// bounds-check `src` against the mapping first; host memory safety depends only on `out`.
 pub(crate) fn copy_dtoh_checked(out: &mut [u8], src: u64) -> Result<(), DriverError> {

@@ -19,6 +19,7 @@ mod host_copy;
 pub mod ipc;
 mod source;
 pub mod vmm;
+mod workspace;
 
 pub use cudarc;
 pub use coll::{CommOptions, DeviceComm, RawStream};
