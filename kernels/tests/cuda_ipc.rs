@@ -12,14 +12,13 @@
 //! `--nocapture` to see it.
 #![cfg(feature = "cuda")]
 
+mod peer;
 use chorus_kernels::cuda::cudarc::driver::CudaContext;
 use chorus_kernels::cuda::ipc::{handle_from_hex, to_hex};
 use chorus_kernels::cuda::{open_device, DeviceAllocation, DeviceRegistry, IpcExport, IpcImporter};
 use chorus_kernels::KernelError;
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PEER_HANDLE_ENV: &str = "CHORUS_IPC_PEER_HANDLE";
 const PEER_BASE_SIZE_ENV: &str = "CHORUS_IPC_PEER_BASE_SIZE";
@@ -136,44 +135,12 @@ fn gpu_ipc_sub_allocations_cross_process() {
 
     // Process B: this binary again, in peer mode.
     let tensors: Vec<String> = TENSORS.iter().enumerate().map(|(i, &(o, l))| format!("{i}:{o:x}:{l:x}")).collect();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args(["--exact", "gpu_ipc_peer", "--ignored", "--nocapture", "--test-threads", "1"])
-        .env(PEER_HANDLE_ENV, exports[0].handle_hex())
-        .env(PEER_BASE_SIZE_ENV, format!("{:x}", exports[0].base_size))
-        .env(PEER_TENSORS_ENV, tensors.join(","))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the peer process did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (out, err) = (t_out.join().unwrap(), t_err.join().unwrap());
-    for l in out.lines().chain(err.lines()) {
-        println!("  [peer] {l}");
-    }
+    let env = [
+        (PEER_HANDLE_ENV, exports[0].handle_hex()),
+        (PEER_BASE_SIZE_ENV, format!("{:x}", exports[0].base_size)),
+        (PEER_TENSORS_ENV, tensors.join(",")),
+    ];
+    let (status, out) = peer::run_peer("gpu_ipc_peer", &env, Duration::from_secs(120));
     assert!(status.success(), "peer process failed: {status}");
     for (i, &(off, len)) in TENSORS.iter().enumerate() {
         let ok = format!("OK tensor {i}: {len} B at offset {off:#x}");

@@ -11,16 +11,15 @@
 //! Without a CUDA device every GPU test prints `not run: no CUDA device (<reason>)` and returns.
 #![cfg(all(feature = "cuda", target_os = "linux"))]
 
+mod peer;
 use chorus_kernels::cuda::cudarc::driver::{result, CudaContext};
 use chorus_kernels::cuda::vmm::granularity;
 use chorus_kernels::cuda::{allocate_shareable, is_vmm_pointer, open_device, DeviceAllocation, ShareKind, VmmAllocation, VmmImport};
 use chorus_kernels::fdpass::{fetch_fd, receive_fd, FdPath, FdServer};
 use chorus_kernels::KernelError;
-use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PEER_ENV: &str = "CHORUS_VMM_PEER";
 const SIZE: usize = 5 << 20;
@@ -137,42 +136,7 @@ fn gpu_vmm_cross_process_posix_fd() {
     // Two clients at most: receive_fd (if pidfd_getfd is refused) and the explicit fetch_fd.
     let server = FdServer::start(&name, fd.try_clone().unwrap(), 2, Duration::from_secs(120)).unwrap();
 
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args(["--exact", "gpu_vmm_peer", "--ignored", "--nocapture", "--test-threads", "1"])
-        .env(PEER_ENV, format!("{}:{}:{}:{}", std::process::id(), fd.as_raw_fd(), name, a.size()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the peer process did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (out, err) = (t_out.join().unwrap(), t_err.join().unwrap());
-    for l in out.lines().chain(err.lines()) {
-        println!("  [peer] {l}");
-    }
+    let (status, out) = peer::run_peer("gpu_vmm_peer", &[(PEER_ENV, format!("{}:{}:{}:{}", std::process::id(), fd.as_raw_fd(), name, a.size()))], Duration::from_secs(120));
     assert!(status.success(), "peer process failed: {status}");
     assert!(out.contains("OK peer: receive_fd"), "peer did not report its receive_fd import");
     assert!(out.contains("OK peer: fetch_fd"), "peer did not report its SCM_RIGHTS import");

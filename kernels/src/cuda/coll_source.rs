@@ -113,22 +113,27 @@ __device__ __forceinline__ u64* ch_state(const CollArgs& a) {
     return (u64*)(a.ws[a.rank] + a.state_off + (u64)blockIdx.x * CH_STATE_WORDS * 8ull);
 }
 
+// Called on spin `spin` of a wait that began at `t0`; every 64 spins it checks whether to give up:
+// another block already failed (the error word is set), or the deadline passed (then it sets the
+// error word). False: give up.
+__device__ __forceinline__ bool ch_keep_waiting(const CollArgs& a, u64 t0, u32 spin) {
+    if ((spin & 63u) != 63u) return true;
+    u64 err = a.ws[a.rank] + CH_ERROR;
+    if (ch_ld_volatile(err) != 0) return false;
+    if (ch_now() - t0 <= a.timeout_ns) return true;
+    atomicCAS((unsigned long long*)err, 0ull, (1ull << 32) | (u64)blockIdx.x);
+    __threadfence_system();
+    return false;
+}
+
 // Waits until the counter at `addr` reaches `v`. False when the deadline passed or another block
 // already failed (then the error word is set and the caller returns).
 __device__ bool ch_wait(const CollArgs& a, u64 addr, u64 v) {
     if (ch_ld_acquire(addr) >= v) return true;
     u64 t0 = ch_now();
-    u64 err = a.ws[a.rank] + CH_ERROR;
     for (u32 spin = 0;; ++spin) {
         if (ch_ld_acquire(addr) >= v) return true;
-        if ((spin & 63u) == 63u) {
-            if (ch_ld_volatile(err) != 0) return false;
-            if (ch_now() - t0 > a.timeout_ns) {
-                atomicCAS((unsigned long long*)err, 0ull, (1ull << 32) | (u64)blockIdx.x);
-                __threadfence_system();
-                return false;
-            }
-        }
+        if (!ch_keep_waiting(a, t0, spin)) return false;
     }
 }
 
@@ -296,17 +301,9 @@ __device__ __forceinline__ bool ch_ll_load(u64 addr, u32 f, u64* v) {
 __device__ bool ch_ll_wait(const CollArgs& a, u64 addr, u32 f, u64* v) {
     if (ch_ll_load(addr, f, v)) return true;
     u64 t0 = ch_now();
-    u64 err = a.ws[a.rank] + CH_ERROR;
     for (u32 spin = 0;; ++spin) {
         if (ch_ll_load(addr, f, v)) return true;
-        if ((spin & 63u) == 63u) {
-            if (ch_ld_volatile(err) != 0) return false;
-            if (ch_now() - t0 > a.timeout_ns) {
-                atomicCAS((unsigned long long*)err, 0ull, (1ull << 32) | (u64)blockIdx.x);
-                __threadfence_system();
-                return false;
-            }
-        }
+        if (!ch_keep_waiting(a, t0, spin)) return false;
     }
 }
 // Payload bytes [8 i, 8 i + 8) of `bytes` at `p` (elements of `E` bytes; zero past the end).
