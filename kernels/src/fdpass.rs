@@ -113,6 +113,19 @@ fn cmsg_space(n: usize) -> usize {
     unsafe { libc::CMSG_SPACE((n * std::mem::size_of::<libc::c_int>()) as libc::c_uint) as usize }
 }
 
+/// A message header over `iov` and the first `space` bytes of `buf` (raw pointers into both: use it
+/// while they are alive and not moved).
+fn msg_header(iov: &mut libc::iovec, buf: &mut CmsgBuf, space: usize) -> libc::msghdr {
+    // SAFETY: msghdr is a plain C struct (integers and pointers, on some targets private padding
+    // fields), for which all-zero bytes are a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = buf.0.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    msg
+}
+
 /// Sends one byte with `fd` attached (`SCM_RIGHTS`) on `stream`.
 fn send_fd(stream: &UnixStream, fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut byte = [TAG];
@@ -120,13 +133,7 @@ fn send_fd(stream: &UnixStream, fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut buf = CmsgBuf([0; 64]);
     let space = cmsg_space(1);
     assert!(space <= buf.0.len());
-    // SAFETY: msghdr is a plain C struct (integers and pointers, on some targets private padding
-    // fields), for which all-zero bytes are a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = buf.0.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
+    let msg = msg_header(&mut iov, &mut buf, space);
     // SAFETY: `msg` describes `buf` (aligned for cmsghdr, `space` >= CMSG_SPACE(4) bytes), so
     // CMSG_FIRSTHDR returns a non-null header inside it and CMSG_DATA points 4 writable bytes inside
     // it; the data is written unaligned-safe. sendmsg reads `msg`, `iov` (1 byte of `byte`) and `buf`,
@@ -158,12 +165,7 @@ fn recv_fd(stream: &UnixStream) -> io::Result<OwnedFd> {
     let mut buf = CmsgBuf([0; 64]);
     let space = cmsg_space(MAX_FDS);
     assert!(space <= buf.0.len());
-    // SAFETY: as in `send_fd`, all-zero is a valid msghdr.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = buf.0.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
+    let mut msg = msg_header(&mut iov, &mut buf, space);
     // SAFETY: recvmsg writes at most 1 byte into `byte` (through `iov`) and at most `space` bytes into
     // `buf`, all alive and exclusively borrowed for the call; it updates `msg`'s lengths and flags.
     let n = unsafe {

@@ -12,12 +12,10 @@
 //! `--nocapture` to see it.
 #![cfg(feature = "cuda")]
 
-mod peer;
-use chorus_kernels::cuda::cudarc::driver::CudaContext;
+mod gpu_test;
+use gpu_test::{gpu, run_peer};
 use chorus_kernels::cuda::ipc::{handle_from_hex, to_hex};
 use chorus_kernels::cuda::{open_device, DeviceAllocation, DeviceRegistry, IpcExport, IpcImporter};
-use chorus_kernels::KernelError;
-use std::sync::Arc;
 use std::time::Duration;
 
 const PEER_HANDLE_ENV: &str = "CHORUS_IPC_PEER_HANDLE";
@@ -40,20 +38,6 @@ const BACKGROUND: u8 = 0xEE;
 /// The distinct byte pattern of tensor `i`.
 fn pattern(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| ((i * 37 + 11 + j * 7 + (j >> 8) * 13) % 251) as u8).collect()
-}
-
-fn gpu(test: &str) -> Option<Arc<CudaContext>> {
-    match open_device(0) {
-        Ok(ctx) => {
-            println!("{test}: running on device 0 = {}", ctx.name().unwrap_or_else(|_| "unknown".into()));
-            Some(ctx)
-        }
-        Err(KernelError::CudaUnavailable(reason)) => {
-            println!("{test}: not run: no CUDA device ({reason})");
-            None
-        }
-        Err(e) => panic!("{test}: CUDA present but the device could not be opened: {e}"),
-    }
 }
 
 fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
@@ -140,7 +124,7 @@ fn gpu_ipc_sub_allocations_cross_process() {
         (PEER_BASE_SIZE_ENV, format!("{:x}", exports[0].base_size)),
         (PEER_TENSORS_ENV, tensors.join(",")),
     ];
-    let (status, out) = peer::run_peer("gpu_ipc_peer", &env, Duration::from_secs(120));
+    let (status, out) = run_peer("gpu_ipc_peer", &env, Duration::from_secs(120));
     assert!(status.success(), "peer process failed: {status}");
     for (i, &(off, len)) in TENSORS.iter().enumerate() {
         let ok = format!("OK tensor {i}: {len} B at offset {off:#x}");

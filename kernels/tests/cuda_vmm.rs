@@ -11,14 +11,14 @@
 //! Without a CUDA device every GPU test prints `not run: no CUDA device (<reason>)` and returns.
 #![cfg(all(feature = "cuda", target_os = "linux"))]
 
-mod peer;
-use chorus_kernels::cuda::cudarc::driver::{result, CudaContext};
+mod gpu_test;
+use gpu_test::{gpu, run_peer};
+use chorus_kernels::cuda::cudarc::driver::result;
 use chorus_kernels::cuda::vmm::granularity;
 use chorus_kernels::cuda::{allocate_shareable, is_vmm_pointer, open_device, DeviceAllocation, ShareKind, VmmAllocation, VmmImport};
 use chorus_kernels::fdpass::{fetch_fd, receive_fd, FdPath, FdServer};
 use chorus_kernels::KernelError;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::time::Duration;
 
 const PEER_ENV: &str = "CHORUS_VMM_PEER";
@@ -27,20 +27,6 @@ const REPLY_OFF: usize = 4 << 20;
 
 fn pattern(len: usize, seed: usize) -> Vec<u8> {
     (0..len).map(|j| ((j * 7 + seed * 31 + (j >> 9) * 13) % 251) as u8).collect()
-}
-
-fn gpu(test: &str) -> Option<Arc<CudaContext>> {
-    match open_device(0) {
-        Ok(ctx) => {
-            println!("{test}: running on device 0 = {}", ctx.name().unwrap_or_else(|_| "unknown".into()));
-            Some(ctx)
-        }
-        Err(KernelError::CudaUnavailable(reason)) => {
-            println!("{test}: not run: no CUDA device ({reason})");
-            None
-        }
-        Err(e) => panic!("{test}: CUDA present but the device could not be opened: {e}"),
-    }
 }
 
 #[test]
@@ -136,7 +122,7 @@ fn gpu_vmm_cross_process_posix_fd() {
     // Two clients at most: receive_fd (if pidfd_getfd is refused) and the explicit fetch_fd.
     let server = FdServer::start(&name, fd.try_clone().unwrap(), 2, Duration::from_secs(120)).unwrap();
 
-    let (status, out) = peer::run_peer("gpu_vmm_peer", &[(PEER_ENV, format!("{}:{}:{}:{}", std::process::id(), fd.as_raw_fd(), name, a.size()))], Duration::from_secs(120));
+    let (status, out) = run_peer("gpu_vmm_peer", &[(PEER_ENV, format!("{}:{}:{}:{}", std::process::id(), fd.as_raw_fd(), name, a.size()))], Duration::from_secs(120));
     assert!(status.success(), "peer process failed: {status}");
     assert!(out.contains("OK peer: receive_fd"), "peer did not report its receive_fd import");
     assert!(out.contains("OK peer: fetch_fd"), "peer did not report its SCM_RIGHTS import");

@@ -1,8 +1,27 @@
-//! Runs a test of the calling test binary as a peer process (what a second rank would be) and collects
-//! its output; shared by the GPU tests that hand memory to another process.
+//! Shared by the GPU tests that hand memory to another process: open the GPU (or report the test as
+//! not run), and run a test of the calling binary as a peer process (what a second rank would be).
+use chorus_kernels::cuda::cudarc::driver::CudaContext;
+use chorus_kernels::cuda::open_device;
+use chorus_kernels::KernelError;
 use std::io::Read;
+use std::sync::Arc;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// Device 0, or `None` (printing "not run") where there is no usable CUDA device.
+pub fn gpu(test: &str) -> Option<Arc<CudaContext>> {
+    match open_device(0) {
+        Ok(ctx) => {
+            println!("{test}: running on device 0 = {}", ctx.name().unwrap_or_else(|_| "unknown".into()));
+            Some(ctx)
+        }
+        Err(KernelError::CudaUnavailable(reason)) => {
+            println!("{test}: not run: no CUDA device ({reason})");
+            None
+        }
+        Err(e) => panic!("{test}: CUDA present but the device could not be opened: {e}"),
+    }
+}
 
 /// Runs `--exact test --ignored` of this test binary with `env`, kills it after `limit`, and returns its
 /// exit status and stdout (stdout and stderr lines are echoed as `[peer] ...`).
