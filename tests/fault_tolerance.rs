@@ -199,7 +199,7 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: 
         let conns = list_after(done, "connections [");
         for q in 0..n {
             let want = if q == *r { 0 } else if q == victim { 2 } else { 1 };
-            assert_eq!(conns[q] as usize, want, "rank {r}'s connections to {q} ({done})");
+            assert_eq!(conns[q], want, "rank {r}'s connections to {q} ({done})");
         }
         assert_eq!(list_after(done, "active ["), (0..n).collect::<Vec<_>>(), "rank {r} ended without the replacement: {done}");
     }

@@ -199,8 +199,8 @@ fn gen(dt: DType, op: ReduceOp, seed: u64, rank: usize, i: usize) -> i64 {
     if dt == DType::Bool {
         return match op {
             ReduceOp::BXor => (x & 1) as i64,
-            ReduceOp::Sum | ReduceOp::Max | ReduceOp::BOr => (x % 3 == 0) as i64,
-            _ => (x % 3 != 0) as i64,
+            ReduceOp::Sum | ReduceOp::Max | ReduceOp::BOr => x.is_multiple_of(3) as i64,
+            _ => !x.is_multiple_of(3) as i64,
         };
     }
     if dt.is_float() {
@@ -464,7 +464,7 @@ impl M {
         let s = self.seed();
         let (e, n, me) = (dt.size(), self.n, self.me);
         // Uneven counts with zeros: cnt(from, to).
-        let cnt = |from: usize, to: usize| if (from * 3 + to * 5 + b) % 4 == 0 { 0 } else { b + (from + 2 * to) % 3 };
+        let cnt = |from: usize, to: usize| if (from * 3 + to * 5 + b).is_multiple_of(4) { 0 } else { b + (from + 2 * to) % 3 };
         let send: Vec<usize> = (0..n).map(|p| cnt(me, p)).collect();
         let recv: Vec<usize> = (0..n).map(|p| cnt(p, me)).collect();
         let total_in: usize = send.iter().sum();
@@ -612,7 +612,7 @@ fn matrix(args: &[String]) -> R {
             let b = if big { c / n } else { c };
             if dt.is_reducible_pub() {
                 for &op in ReduceOp::all() {
-                    if chorus::kernels::check_supported(dt, op).is_err() || (big && big_ops.as_ref().map_or(false, |l| !l.contains(&op))) {
+                    if chorus::kernels::check_supported(dt, op).is_err() || (big && big_ops.as_ref().is_some_and(|l| !l.contains(&op))) {
                         continue;
                     }
                     m.all_reduce(dt, op, c)?;
@@ -968,10 +968,10 @@ fn errors_mismatch(only: &[String]) -> R {
     let cases: [Case; 8] = [
         ("count", |g, odd| g.all_reduce_raw(&mut vec![0u8; if odd { 40 } else { 48 }], DType::F32, ReduceOp::Sum)),
         ("count-big", |g, odd| g.all_reduce_raw(&mut vec![0u8; if odd { 3 << 20 } else { (3 << 20) + 4 }], DType::F32, ReduceOp::Sum)),
-        ("dtype", |g, odd| g.all_reduce_raw(&mut vec![0u8; 64], if odd { DType::F32 } else { DType::I32 }, ReduceOp::Sum)),
-        ("op", |g, odd| g.all_reduce_raw(&mut vec![0u8; 64], DType::I32, if odd { ReduceOp::Sum } else { ReduceOp::Max })),
-        ("root", |g, odd| g.broadcast_raw(&mut vec![0u8; 64], if odd { 0 } else { 1 })),
-        ("collective", |g, odd| if odd { g.all_reduce_raw(&mut vec![0u8; 64], DType::F32, ReduceOp::Sum) } else { g.broadcast_raw(&mut vec![0u8; 64], 0) }),
+        ("dtype", |g, odd| g.all_reduce_raw(&mut [0u8; 64], if odd { DType::F32 } else { DType::I32 }, ReduceOp::Sum)),
+        ("op", |g, odd| g.all_reduce_raw(&mut [0u8; 64], DType::I32, if odd { ReduceOp::Sum } else { ReduceOp::Max })),
+        ("root", |g, odd| g.broadcast_raw(&mut [0u8; 64], if odd { 0 } else { 1 })),
+        ("collective", |g, odd| if odd { g.all_reduce_raw(&mut [0u8; 64], DType::F32, ReduceOp::Sum) } else { g.broadcast_raw(&mut [0u8; 64], 0) }),
         ("all_gather-count", |g, odd| {
             let l = if odd { 8 } else { 12 };
             g.all_gather_raw(&vec![0u8; l], &mut vec![0u8; l * g.size()])
@@ -986,7 +986,7 @@ fn errors_mismatch(only: &[String]) -> R {
             } else if me == 1 {
                 recv[0] = 4;
             }
-            g.all_to_all_v_raw(&vec![0u8; 64], &send, &mut vec![0u8; 64], &recv, DType::U8)
+            g.all_to_all_v_raw(&[0u8; 64], &send, &mut [0u8; 64], &recv, DType::U8)
         }),
     ];
     // Options: --barrier-first (a barrier on the fresh group before the mismatched op),
