@@ -1,6 +1,8 @@
 //! The CUDA source (reduce + collective kernels) compiles with NVRTC, checked without a GPU: only
 //! libnvrtc is needed. `scripts/test-all` installs it (the `nvidia-cuda-nvrtc` wheel) and runs this with
 //! `--ignored`; elsewhere it reports as ignored, never as passed.
+#![cfg(feature = "cuda")]
+
 use chorus_kernels::cuda::{compile_module_for_arch, kernel_name};
 use chorus_kernels::{DType, ReduceOp};
 
