@@ -239,15 +239,6 @@ pub(crate) unsafe fn mem_free(ptr: u64) -> Result<(), DriverError> {
     unsafe { result::free_sync(ptr) }
 }
 
-/// Synchronous `cuMemcpyHtoD(dst, src)`.
-///
-/// # Safety
-/// `[dst, dst + src.len())` must be device memory valid in the current context.
-pub(crate) unsafe fn copy_htod(dst: u64, src: &[u8]) -> Result<(), DriverError> {
-    // SAFETY: `src` is a valid host slice; the device range is the caller's contract.
-    unsafe { result::memcpy_htod_sync(dst, src) }
-}
-
 /// Synchronous `cuMemcpyDtoH(dst, src)`.
 ///
 /// # Safety
@@ -667,16 +658,20 @@ impl Drop for VmmMapping {
     }
 }
 
-/// Reads `out.len()` bytes at `m.ptr() + offset` (range checked against the mapping here).
-pub(crate) fn vmm_read(m: &VmmMapping, offset: usize, out: &mut [u8]) -> Result<(), DriverError> {
+/// Reads `out.len()` bytes at `m.ptr() + offset` (range checked against the mapping here) on `stream`
+/// (a live stream of the mapping's context) and waits for them.
+pub(crate) fn vmm_read(m: &VmmMapping, stream: &CudaStream, offset: usize, out: &mut [u8]) -> Result<(), DriverError> {
     assert!(offset.checked_add(out.len()).is_some_and(|end| end <= m.size()));
-    // SAFETY: the range lies inside the live mapping `m` (asserted above), mapped read-write.
-    unsafe { copy_dtoh(out, m.ptr() + offset as u64) }
+    // SAFETY: the range lies inside the live mapping `m` (asserted above), mapped read-write; the
+    // stream is live.
+    unsafe { copy_dtoh_on_stream(out, m.ptr() + offset as u64, stream.cu_stream()) }
 }
 
-/// Writes `data` at `m.ptr() + offset` (range checked against the mapping here).
-pub(crate) fn vmm_write(m: &VmmMapping, offset: usize, data: &[u8]) -> Result<(), DriverError> {
+/// Writes `data` at `m.ptr() + offset` (range checked against the mapping here) on `stream` and waits
+/// for it.
+pub(crate) fn vmm_write(m: &VmmMapping, stream: &CudaStream, offset: usize, data: &[u8]) -> Result<(), DriverError> {
     assert!(offset.checked_add(data.len()).is_some_and(|end| end <= m.size()));
-    // SAFETY: the range lies inside the live mapping `m` (asserted above), mapped read-write.
-    unsafe { copy_htod(m.ptr() + offset as u64, data) }
+    // SAFETY: the range lies inside the live mapping `m` (asserted above), mapped read-write; the
+    // stream is live.
+    unsafe { copy_htod_on_stream(m.ptr() + offset as u64, data, stream.cu_stream()) }
 }

@@ -11,7 +11,7 @@
 //!
 //! A process cannot open its own handle; a second process on the same GPU (or a peer GPU) can.
 
-use super::{cuda_err, ffi, open_device};
+use super::{copy_stream, cuda_err, ffi, open_device};
 use crate::{KernelError, Result};
 use cudarc::driver::CudaContext;
 use std::collections::{BTreeMap, HashMap};
@@ -352,15 +352,8 @@ impl DeviceAllocation {
         self.size
     }
 
-    /// Checks the range and returns a private stream of the allocation's context for one copy. (Not
-    /// the legacy default stream and no context synchronization: either would wait for unrelated
-    /// kernels, such as a resident spinning kernel of the application, design invariant 4.)
     fn stream_for(&self, offset: usize, len: usize) -> Result<Arc<cudarc::driver::CudaStream>> {
-        if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Err(KernelError::InvalidArgument { reason: "copy past the end of the device allocation" });
-        }
-        self.ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
-        self.ctx.new_stream().map_err(|e| cuda_err("creating a copy stream", e))
+        copy_stream(&self.ctx, self.size, offset, len, "copy past the end of the device allocation")
     }
 
     /// Copies `data` to `ptr + offset` and waits until it has landed (on a private stream, then a

@@ -86,6 +86,18 @@ fn cache() -> &'static Mutex<HashMap<usize, Arc<DeviceKernels>>> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Checks that `len` bytes at `offset` fit in an allocation of `size` bytes (`past_end` says which kind,
+/// for the error) and returns a private stream of `ctx` for one copy. Not the legacy default stream and
+/// no context synchronization: either would wait for unrelated kernels, such as a resident spinning
+/// kernel of the application (design invariant 4).
+fn copy_stream(ctx: &Arc<CudaContext>, size: usize, offset: usize, len: usize, past_end: &'static str) -> Result<Arc<CudaStream>> {
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(KernelError::InvalidArgument { reason: past_end });
+    }
+    ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+    ctx.new_stream().map_err(|e| cuda_err("creating a copy stream", e))
+}
+
 fn cuda_err(what: &str, e: DriverError) -> KernelError {
     KernelError::Cuda { what: what.to_string(), reason: e.to_string() }
 }

@@ -20,7 +20,7 @@
 //! driver: the functions that open a device return [`KernelError::CudaUnavailable`] and
 //! [`is_vmm_pointer`] returns false.
 
-use super::{cuda_err, ffi, no_panic, open_device};
+use super::{copy_stream, cuda_err, ffi, no_panic, open_device};
 use crate::{KernelError, Result};
 use cudarc::driver::sys::{self, CUdevice_attribute};
 use cudarc::driver::{CudaContext, DriverError};
@@ -111,15 +111,21 @@ fn vmm_err(what: &str, (step, e): ffi::VmmError) -> KernelError {
     KernelError::Cuda { what: format!("{what} ({step})"), reason: e.to_string() }
 }
 
-/// Checks that `ctx`'s device supports VMM and `kind`, with a clear error if not.
-fn check_device(ctx: &CudaContext, kind: ShareKind) -> Result<()> {
+/// Checks that `ctx`'s device supports VMM at all; `consequence` ends the error message.
+fn check_vmm(ctx: &CudaContext, consequence: &str) -> Result<()> {
     let vmm = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED).unwrap_or(0);
     if vmm != 1 {
         return Err(KernelError::CudaUnavailable(format!(
-            "device {} does not support CUDA virtual memory management (cuMemCreate/cuMemMap)",
+            "device {} does not support CUDA virtual memory management (cuMemCreate/cuMemMap){consequence}",
             ctx.ordinal()
         )));
     }
+    Ok(())
+}
+
+/// Checks that `ctx`'s device supports VMM and `kind`, with a clear error if not.
+fn check_device(ctx: &CudaContext, kind: ShareKind) -> Result<()> {
+    check_vmm(ctx, "")?;
     if !kind.device_supports(ctx) {
         return Err(KernelError::CudaUnavailable(format!(
             "device {} does not support {} handles for VMM allocations (CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_{}_SUPPORTED \
@@ -246,24 +252,17 @@ impl Drop for VmmAllocation {
     }
 }
 
-fn check_range(map: &ffi::VmmMapping, offset: usize, len: usize) -> Result<()> {
-    if offset.checked_add(len).is_none_or(|end| end > map.size()) {
-        return Err(KernelError::InvalidArgument { reason: "copy past the end of the VMM mapping" });
-    }
-    Ok(())
+/// Copies `data` into `map` at `offset` on a private stream and waits until it has landed (as
+/// `DeviceAllocation::write`).
+fn write_mapping(ctx: &Arc<CudaContext>, map: &ffi::VmmMapping, offset: usize, data: &[u8]) -> Result<()> {
+    let s = copy_stream(ctx, map.size(), offset, data.len(), "copy past the end of the VMM mapping")?;
+    ffi::vmm_write(map, &s, offset, data).map_err(|e| cuda_err("cuMemcpyHtoDAsync", e))
 }
 
-fn write_mapping(ctx: &CudaContext, map: &ffi::VmmMapping, offset: usize, data: &[u8]) -> Result<()> {
-    check_range(map, offset, data.len())?;
-    bind(ctx)?;
-    ffi::vmm_write(map, offset, data).map_err(|e| cuda_err("cuMemcpyHtoD", e))?;
-    ctx.synchronize().map_err(|e| cuda_err("waiting for the copy (cuCtxSynchronize)", e))
-}
-
-fn read_mapping(ctx: &CudaContext, map: &ffi::VmmMapping, offset: usize, out: &mut [u8]) -> Result<()> {
-    check_range(map, offset, out.len())?;
-    bind(ctx)?;
-    ffi::vmm_read(map, offset, out).map_err(|e| cuda_err("cuMemcpyDtoH", e))
+/// Copies out of `map` at `offset` on a private stream (synchronous).
+fn read_mapping(ctx: &Arc<CudaContext>, map: &ffi::VmmMapping, offset: usize, out: &mut [u8]) -> Result<()> {
+    let s = copy_stream(ctx, map.size(), offset, out.len(), "copy past the end of the VMM mapping")?;
+    ffi::vmm_read(map, &s, offset, out).map_err(|e| cuda_err("cuMemcpyDtoHAsync", e))
 }
 
 /// Allocates `size` bytes of shareable VMM memory on `ctx`'s device and says how it is shared.
@@ -275,14 +274,7 @@ fn read_mapping(ctx: &CudaContext, map: &ffi::VmmMapping, offset: usize, out: &m
 /// error, if that fails too, names both attempts.
 pub fn allocate_shareable(ctx: &Arc<CudaContext>, size: usize) -> Result<(VmmAllocation, ShareKind)> {
     check_size(size)?;
-    let vmm = ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED).unwrap_or(0);
-    if vmm != 1 {
-        return Err(KernelError::CudaUnavailable(format!(
-            "device {} does not support CUDA virtual memory management (cuMemCreate/cuMemMap), so no shareable \
-             VMM memory (fabric or POSIX file descriptor) can be allocated there",
-            ctx.ordinal()
-        )));
-    }
+    check_vmm(ctx, ", so no shareable VMM memory (fabric or POSIX file descriptor) can be allocated there")?;
     let fabric_note = if ShareKind::Fabric.device_supports(ctx) {
         let attempt = VmmAllocation::create(ctx, size, ShareKind::Fabric).and_then(|a| match a.map.export_fabric() {
             Ok(_) => Ok(a),

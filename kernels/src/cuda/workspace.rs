@@ -13,7 +13,7 @@
 //! `CHORUS_CUDA_MEM=vmm` insists on 1 or 2, `legacy` on 3. The kernels never know which kind it is.
 use super::ipc::{handle_from_hex, to_hex, DeviceAllocation, DeviceRegistry, IpcExport, IpcImporter};
 use super::vmm::{allocate_shareable, ShareKind, VmmAllocation, VmmImport};
-use super::{cuda_err, ffi};
+use super::{copy_stream, cuda_err, ffi};
 use crate::fdpass::{receive_fd, FdServer};
 use crate::{KernelError, Result};
 use cudarc::driver::CudaContext;
@@ -72,8 +72,7 @@ impl Workspace {
         };
         let ws = Workspace { own };
         // Zero before any peer can see it (the caller's exchange comes after).
-        ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
-        let stream = ctx.new_stream().map_err(|e| cuda_err("creating a stream", e))?;
+        let stream = copy_stream(ctx, ws.size(), 0, ws.size(), "zeroing past the end of the workspace")?;
         ffi::workspace_zero(&ws, &stream).map_err(|e| cuda_err("zeroing the workspace (cuMemsetD8Async)", e))?;
         Ok(ws)
     }
