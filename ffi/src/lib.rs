@@ -535,10 +535,14 @@ impl Call<'_> {
         bytes.checked_mul(self.g.pg.size()).ok_or_else(|| FfiError::invalid(format!("{}: size overflow", self.op)))
     }
 
-    /// The single (in-place, send or receive) buffer `buf` of `count` elements.
+    /// The single (in-place or receive) buffer `buf` of `count` elements, written by the operation.
     fn buf(&self, buf: *const c_void, count: u64) -> FfiResult<RawBuf> {
-        // Only a send leaves its single buffer unchanged.
-        self.wrap(buf, self.bytes(count)?, self.op != "send", "buf")
+        self.wrap(buf, self.bytes(count)?, true, "buf")
+    }
+
+    /// The single buffer `buf` of `count` elements of a send, which only reads it.
+    fn send_only(&self, buf: *const c_void, count: u64) -> FfiResult<RawBuf> {
+        self.wrap(buf, self.bytes(count)?, false, "buf")
     }
 
     /// The output buffer `recvbuf` of `len` bytes.
@@ -926,7 +930,7 @@ pub unsafe extern "C" fn chorus_send(
         });
     }
     collective(group_, work, "send", dtype_, device, stream, |c| {
-        let b = c.buf(buf, count)?;
+        let b = c.send_only(buf, count)?;
         Ok(c.g.pg.send_async(b, rank_arg(peer, "peer")?, tag))
     })
 }
