@@ -29,17 +29,20 @@ fn peer(rank: usize) -> PeerInfo {
     PeerInfo { rank, host_id: format!("hw-host-{rank}"), pid: std::process::id(), tcp_addr: String::new(), shm_signals: String::new(), shm_data: String::new(), shm_signals_fd: -1, shm_data_fd: -1 }
 }
 
-/// Runs `f(rank, links, signals)` on `n` rank threads after RDMA setup between all of them.
+/// Runs `f(rank, links, signals)` on `n` rank threads after RDMA setup between all of them. The
+/// links live until every rank is done (as in a group): a rank that finished first must not tear
+/// down a queue pair its peer still waits on (its last credit return may still be in flight).
 fn with_ranks<F>(n: usize, uid: &str, f: F)
 where
-    F: Fn(usize, HashMap<usize, RdmaLink>, chorus_backend::engine::signals::SignalBlock, Arc<dyn Store>) + Send + Sync + 'static,
+    F: Fn(usize, &HashMap<usize, RdmaLink>, chorus_backend::engine::signals::SignalBlock, Arc<dyn Store>) + Send + Sync + 'static,
 {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let f = Arc::new(f);
+    let done = Arc::new(Barrier::new(n));
     let uid = uid.to_string();
     let hs: Vec<_> = (0..n)
         .map(|r| {
-            let (store, f, uid) = (store.clone(), f.clone(), uid.clone());
+            let (store, f, uid, done) = (store.clone(), f.clone(), uid.clone(), done.clone());
             std::thread::spawn(move || {
                 let peers: Vec<PeerInfo> = (0..n).map(peer).collect();
                 let sig = format!("chorus-rdmahw-{}-{uid}-r{r}-sig", std::process::id());
@@ -49,7 +52,8 @@ where
                 chorus_backend::sys::shm::Segment::unlink(&data);
                 let links = rdma::setup(&*store, &uid, &peers[r], &peers, &local.signals, |_| false, Instant::now() + Duration::from_secs(30)).expect("rdma setup");
                 assert_eq!(links.len(), n - 1, "every pair connected over rdma");
-                f(r, links, local.signals.clone(), store);
+                f(r, &links, local.signals.clone(), store);
+                done.wait();
             })
         })
         .collect();
@@ -125,7 +129,7 @@ fn rdma_hw_reconnect_recreates_only_the_rejoiners_qp() {
             exchange(r, l, l, &signals, 20, 20);
         }
         barrier.wait();
-        for (&p, l) in &links {
+        for (&p, l) in links {
             let expect = if r < 2 && p < 2 { 2 } else { 1 };
             assert_eq!(l.qp_created(), expect, "rank {r} -> {p}");
         }
