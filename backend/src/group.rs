@@ -14,6 +14,7 @@ use crate::memory::{Location, Registry};
 use crate::options::{default_host_id, Options};
 use crate::sys::shm::Segment;
 use crate::transport::shm::LocalSegments;
+use crate::transport::rdma::{self, RdmaLink};
 use crate::transport::{self, shm, tcp, Link, PeerInfo};
 use chorus_bootstrap::{listen, Store};
 use crossbeam::channel::Sender;
@@ -81,6 +82,8 @@ pub struct GroupInner {
     pub local: LocalSegments,
     me: PeerInfo,
     links: Mutex<Vec<Option<Arc<dyn Link>>>>,
+    /// The links of `links` that are RDMA, by peer: a rejoin recreates only their queue pair.
+    rdma_links: Mutex<Vec<Option<Arc<RdmaLink>>>>,
     /// Chunk size every plan of this group is built with (fits every link's slots).
     pub chunk: usize,
     pub all_shared_memory: bool,
@@ -194,7 +197,8 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let counters = Counters::new(size);
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
     let mut tcp_higher = 0;
-    let mut rdma_links = transport::rdma::setup(&*store, &uid, &me, &peers, &prep.local.signals, |p| shm::can_connect(&me, p), deadline)?;
+    let mut rdma_links: Vec<Option<Arc<RdmaLink>>> = (0..size).map(|_| None).collect();
+    let mut rdma_setup = rdma::setup(&*store, &uid, &me, &peers, &prep.local.signals, |p| shm::can_connect(&me, p), deadline)?;
     for p in &peers {
         if p.rank == rank {
             continue;
@@ -202,8 +206,10 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
         if shm::can_connect(&me, p) {
             links[p.rank] = Some(Arc::new(shm::connect(rank, size, &prep.local, p)?));
             counters.connected(p.rank);
-        } else if let Some(l) = rdma_links.remove(&p.rank) {
-            links[p.rank] = Some(Arc::new(l));
+        } else if let Some(l) = rdma_setup.remove(&p.rank) {
+            let l = Arc::new(l);
+            links[p.rank] = Some(l.clone());
+            rdma_links[p.rank] = Some(l);
             counters.connected(p.rank);
         } else if tcp::can_connect(&me, p) {
             if p.rank < rank {
@@ -231,7 +237,7 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
     let chunk = group_chunk(&peers);
     unlink.disarm();
-    start(store, uid, rank, size, parent_ranks, opts, prep, links, counters, local_ranks, chunk, None)
+    start(store, uid, rank, size, parent_ranks, opts, prep, (links, rdma_links), counters, local_ranks, chunk, None)
 }
 
 /// The chunk size every rank of the group builds plans with. It must be the same on every rank
@@ -291,7 +297,7 @@ fn start(
     parent_ranks: Vec<usize>,
     opts: Options,
     prep: Prepared,
-    links: Vec<Option<Arc<dyn Link>>>,
+    (links, rdma_links): (Vec<Option<Arc<dyn Link>>>, Vec<Option<Arc<RdmaLink>>>),
     counters: Counters,
     local_ranks: usize,
     chunk: usize,
@@ -343,6 +349,7 @@ fn start(
         local: prep.local,
         me: prep.me,
         links: Mutex::new(links),
+        rdma_links: Mutex::new(rdma_links),
         chunk,
         all_shared_memory,
         opts,
@@ -485,12 +492,23 @@ impl GroupInner {
         let deadline = Instant::now() + self.opts.timeout;
         let info = join::joiner_info(&self.store, &self.uid, req, deadline)?;
         let p = req.rank;
+        let mut rdma_link = None;
         let link: Arc<dyn Link> = if shm::can_connect(&self.me, &info) {
             Arc::new(shm::connect(self.rank, self.size, &self.local, &info)?)
+        } else if rdma::pair_uses_rdma(&*self.store, &self.uid, &self.me, &info, deadline)? {
+            // The new queue pair continues both streams' counters, so both are settled first.
+            let p2p = self.forfeit_p2p(p, deadline)?;
+            let coll = join::forfeit(&self.signals, comm, p);
+            let existing = self.rdma_links.lock().unwrap_or_else(|e| e.into_inner())[p].clone();
+            let resume = rdma::Resume::continuing(&[coll, p2p]);
+            let l = rdma::relink(&*self.store, &self.uid, self.rank, p, existing.as_ref(), &self.signals, req.seq, resume, deadline)?;
+            rdma_link = Some(l.clone());
+            l
         } else {
             let s = tcp::connect(self.rank, &info, group_key(&self.uid), deadline)?;
             Arc::new(tcp::link(self.rank, p, s, self.signals.clone())?)
         };
+        self.rdma_links.lock().unwrap_or_else(|e| e.into_inner())[p] = rdma_link;
         self.counters.connected(p);
         self.liveness.reset(p);
         // Chunks the dead predecessor never consumed are forfeited: our credits restart full.
@@ -508,6 +526,18 @@ impl GroupInner {
             self.signals.ring();
         }
         Ok(())
+    }
+
+    /// Asks the point-to-point thread (which owns that stream's counters) to forfeit what the
+    /// replaced `peer` left and say where the stream's counters are.
+    fn forfeit_p2p(&self, peer: usize, deadline: Instant) -> Result<(u64, u64)> {
+        let tx = self.p2p_tx.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(ChorusError::Destroyed)?;
+        let (reply, answer) = crossbeam::channel::bounded(1);
+        tx.send(P2pOp::Forfeit { peer, reply }).map_err(|_| ChorusError::Destroyed)?;
+        self.signals.ring();
+        answer.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|_| {
+            ChorusError::InvalidArgument(format!("join: the point-to-point thread did not report its counters for rank {peer} in time"))
+        })
     }
 
     /// Stops the engine threads and tells peers. Idempotent.
@@ -570,21 +600,36 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     };
     let prep = prepare(rank, size, &opts)?;
     let unlink = UnlinkGuard::new(&prep.me);
+    // Our own port decides our RDMA pairs, not the predecessor's: published before we announce.
+    rdma::publish_cap(&*store, &uid, rank)?;
     let req = join::announce(&store, &uid, rank, &prep.me)?;
     let members = view.members();
-    // Survivors publish where their counters are, after linking to us.
-    let mut handoffs = Vec::new();
     let mut peers = Vec::new();
     for &s in &members {
-        let (coll, p2p) = join::await_handoff(&store, &uid, &req, s, deadline)?;
         let info = decode_peer(&store.get(&key(&uid, &format!("peer/{s}")))?.ok_or_else(|| ChorusError::InvalidArgument(format!("join: no info for rank {s}")))?)?;
-        handoffs.push((s, coll, p2p));
         peers.push(info);
+    }
+    // RDMA pairs connect first: a survivor recreates its queue pair to us before it hands off.
+    let joining = rdma::begin_join(&*store, &uid, &prep.me, &peers, &prep.local.signals, req.seq, deadline)?;
+    // Survivors publish where their counters are, after linking to us.
+    let mut handoffs = Vec::new();
+    for &s in &members {
+        let (coll, p2p) = join::await_handoff(&store, &uid, &req, s, deadline)?;
+        handoffs.push((s, coll, p2p));
     }
     let counters = Counters::new(size);
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
+    let mut rdma_links: Vec<Option<Arc<RdmaLink>>> = (0..size).map(|_| None).collect();
+    for j in joining {
+        let (_, coll, p2p) = handoffs.iter().find(|(s, _, _)| *s == j.peer).expect("a handoff from every member");
+        let peer = j.peer;
+        let l = Arc::new(j.start(rank, &prep.local.signals, &[(coll.sent, coll.recvd), (p2p.sent, p2p.recvd)])?);
+        links[peer] = Some(l.clone());
+        rdma_links[peer] = Some(l);
+        counters.connected(peer);
+    }
     let gkey = group_key(&uid);
-    let tcp_peers = peers.iter().filter(|p| !shm::can_connect(&prep.me, p)).count();
+    let tcp_peers = peers.iter().filter(|p| !shm::can_connect(&prep.me, p) && links[p.rank].is_none()).count();
     for p in &peers {
         if shm::can_connect(&prep.me, p) {
             links[p.rank] = Some(Arc::new(shm::connect(rank, size, &prep.local, p)?));
@@ -603,7 +648,10 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     let mut everyone = peers.clone();
     everyone.push(prep.me.clone());
     let chunk = group_chunk(&everyone);
-    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, links, counters, local_ranks, chunk, Some(resume))?;
+    let me = prep.me.clone();
+    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, (links, rdma_links), counters, local_ranks, chunk, Some(resume))?;
+    // Later replacements of other ranks read the members' records: ours is this process now.
+    g.store.set(&key(&g.uid, &format!("peer/{rank}")), &encode(&me)?)?;
     // Ask to be a member again: a view change that every survivor adopts at the same collective.
     g.views.activate(&[rank])?;
     let round = g.rounds_applied.load(Ordering::SeqCst) + 1;

@@ -175,5 +175,6 @@ fn main() {
         iter += 1;
     }
     let connections: Vec<u64> = (0..n).map(|p| pg.connections_to(p)).collect();
-    println!("done epoch {} active {:?} connections {:?}", pg.current_epoch(), pg.active_ranks(), connections);
+    let link_connections: Vec<u64> = (0..n).map(|p| pg.link_connections(p)).collect();
+    println!("done epoch {} active {:?} connections {:?} transports {:?} link_connections {:?}", pg.current_epoch(), pg.active_ranks(), connections, pg.transports(), link_connections);
 }

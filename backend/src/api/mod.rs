@@ -182,6 +182,12 @@ impl ProcessGroup {
         self.inner.op_seq.load(Ordering::SeqCst)
     }
 
+    /// Connections the current link to `peer` has made (RDMA: queue pairs, which a rejoin
+    /// recreates inside the same link; shared memory and sockets: 1, a rejoin replaces the link).
+    pub fn link_connections(&self, peer: usize) -> u64 {
+        self.inner.links().get(peer).and_then(|l| l.as_ref().map(|l| l.connections())).unwrap_or(0)
+    }
+
     /// Connections this rank made to `peer` (a rejoin raises only the rejoiner's count).
     pub fn connections_to(&self, peer: usize) -> u64 {
         self.inner.counters.connections_to.get(peer).map_or(0, |c| c.load(Ordering::Relaxed))

@@ -30,6 +30,10 @@ pub enum P2pOp {
     /// A replacement for `peer` joined: switch to `link`, forfeit what the old process left
     /// unconsumed, and publish where this stream's counters are at `reply`.
     Relink { peer: usize, link: std::sync::Arc<dyn crate::transport::Link>, reply: String, store: std::sync::Arc<dyn chorus_bootstrap::Store> },
+    /// A replacement for `peer` is about to be connected: forfeit what the old process left
+    /// and reply where this stream's counters are `(sent, consumed)` (a transport that carries
+    /// the counters into its new connection needs them before it connects). `Relink` follows.
+    Forfeit { peer: usize, reply: crossbeam::channel::Sender<(u64, u64)> },
 }
 
 struct SendOp {
@@ -100,13 +104,11 @@ impl P2pEngine {
                 }
                 self.sends[to].push_back(SendOp { tag, buf, off: 0, chunks_sent: 0, deadline, finish });
             }
+            P2pOp::Forfeit { peer, reply } => {
+                let _ = reply.send(self.forfeit(peer));
+            }
             P2pOp::Relink { peer, link, reply, store } => {
-                // Messages half-received from the dead process are dropped; operations with it fail.
-                self.incoming[peer] = None;
-                while let Some(op) = self.sends[peer].pop_front() {
-                    (op.finish)(op.buf, Err(ChorusError::PeerFailed { op: "send", peer, why: "the peer was replaced".into() }));
-                }
-                let (sent, recvd) = crate::membership::join::forfeit(&self.comm.signals.clone(), &mut self.comm, peer);
+                let (sent, recvd) = self.forfeit(peer);
                 self.comm.links[peer] = Some(link);
                 let h = crate::membership::join::Handoff { sent, recvd, ..Default::default() };
                 let bytes = bincode::serde::encode_to_vec(&h, bincode::config::standard()).expect("encodes");
@@ -124,6 +126,16 @@ impl P2pEngine {
                 self.recvs.push((id, RecvOp { from, tag, buf, deadline, finish, streaming: false }));
             }
         }
+    }
+
+    /// Drops what the replaced `peer` left on this stream (messages half-received from the dead
+    /// process; sends to it fail) and forfeits its unconsumed chunks. Idempotent.
+    fn forfeit(&mut self, peer: usize) -> (u64, u64) {
+        self.incoming[peer] = None;
+        while let Some(op) = self.sends[peer].pop_front() {
+            (op.finish)(op.buf, Err(ChorusError::PeerFailed { op: "send", peer, why: "the peer was replaced".into() }));
+        }
+        crate::membership::join::forfeit(&self.comm.signals.clone(), &mut self.comm, peer)
     }
 
     fn ctx(&self) -> OpCtx {

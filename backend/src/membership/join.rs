@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 pub struct JoinRequest {
     pub rank: usize,
     pub generation: u64,
+    /// The request's number in `joins` (>= 1, unique per group): names the pairs' handshake.
+    pub seq: u64,
 }
 
 /// Where a survivor's counters for the pair (survivor, joiner) are on one stream, plus the
@@ -70,7 +72,7 @@ pub fn announce(store: &Arc<dyn Store>, uid: &str, rank: usize, me: &PeerInfo) -
     let seq = store.add(&key(uid, "joins"), 1)? as u64;
     store.set(&key(uid, &format!("join_req/{seq}")), format!("{rank}:{generation}").as_bytes())?;
     tracing::info!(rank, generation, seq, "asked to rejoin");
-    Ok(JoinRequest { rank, generation })
+    Ok(JoinRequest { rank, generation, seq })
 }
 
 /// Join requests announced so far.
@@ -87,7 +89,7 @@ pub fn request(store: &Arc<dyn Store>, uid: &str, seq: u64) -> Result<Option<Joi
     };
     let s = String::from_utf8_lossy(&v).to_string();
     let (r, g) = s.split_once(':').ok_or_else(|| ChorusError::InvalidArgument(format!("bad join request {s}")))?;
-    Ok(Some(JoinRequest { rank: r.parse().unwrap_or(usize::MAX), generation: g.parse().unwrap_or(0) }))
+    Ok(Some(JoinRequest { rank: r.parse().unwrap_or(usize::MAX), generation: g.parse().unwrap_or(0), seq }))
 }
 
 pub fn joiner_info(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, deadline: Instant) -> Result<PeerInfo> {

@@ -40,6 +40,13 @@ pub(crate) struct Conn {
     next_recv_id: u64,
 }
 
+impl Conn {
+    /// See [`Endpoint::rebase`].
+    pub(crate) fn rebase(&mut self, r: Resume) -> std::result::Result<(), String> {
+        self.ep.rebase(r)
+    }
+}
+
 /// A QP created and in INIT with its receives posted, waiting for the peer's endpoint info.
 pub struct PendingConn {
     conn: Conn,

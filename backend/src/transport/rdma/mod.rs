@@ -184,12 +184,9 @@ pub fn setup(
     taken: impl Fn(&PeerInfo) -> bool,
     deadline: Instant,
 ) -> Result<HashMap<usize, RdmaLink>> {
-    let dev = device().as_ref().ok().cloned();
-    let cap = CapRecord { rank: me.rank as u32, port: dev.as_ref().map(|d| d.port.clone()) };
-    store.set(&key(uid, &format!("cap/{}", me.rank)), &cap.encode())?;
+    let (cap, dev) = publish_cap(store, uid, me.rank)?;
     let mut out = HashMap::new();
     let Some(dev) = dev else { return Ok(out) };
-    let fail = |peer: usize, why: String| ChorusError::Connect { transport: NAME, peer, why };
 
     let candidates: Vec<&PeerInfo> = peers.iter().filter(|p| p.rank != me.rank && !taken(p)).collect();
     let keys: Vec<String> = candidates.iter().map(|p| key(uid, &format!("cap/{}", p.rank))).collect();
@@ -198,24 +195,145 @@ pub fn setup(
     let geo = geometry();
     let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
     let seg = signals.segment();
-    let signals_mr = Arc::new(dev.ctx.reg_host(seg.base(), seg.len(), ffi::IBV_ACCESS_LOCAL_WRITE | ffi::IBV_ACCESS_REMOTE_READ).map_err(|e| fail(me.rank, e))?);
+    let signals_mr = register_signals(&dev, signals, me.rank)?;
 
     // Phase 1: create and publish every QP; phase 2: connect them (no pair waits on another).
     let mut pending = Vec::new();
     for (p, v) in candidates.iter().zip(values) {
-        let theirs = CapRecord::decode(&v).map_err(|e| fail(p.rank, e.to_string()))?;
+        let theirs = CapRecord::decode(&v).map_err(|e| connect_error(p.rank, e.to_string()))?;
         if !wire::pair_ok(&cap, &theirs) {
             continue;
         }
-        let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| fail(p.rank, e))?;
+        let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(p.rank, e))?;
         let pc = link::prepare_conn(&dev, me.rank, p.rank, 0, cfg, Resume::default(), (mem.inbound(), mem.inbound_mr(), &signals_mr, seg.base() as u64))
-            .map_err(|e| fail(p.rank, e))?;
+            .map_err(|e| connect_error(p.rank, e))?;
         store.set(&key(uid, &format!("ep/0/{}-{}", me.rank, p.rank)), &pc.local.encode())?;
         pending.push((p.rank, mem, pc));
     }
     for (peer, mem, pc) in pending {
-        let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| fail(peer, e))?;
+        let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(peer, e))?;
         out.insert(peer, RdmaLink::start(me.rank, peer, dev.clone(), geo, signals.clone(), mem, conn)?);
     }
     Ok(out)
+}
+
+fn connect_error(peer: usize, why: String) -> ChorusError {
+    ChorusError::Connect { transport: NAME, peer, why }
+}
+
+/// Publishes this rank's capability record (its port, or none) and returns it with the device.
+/// A replacement rank publishes again before it announces itself, so survivors decide on its
+/// pairs from its own port, not its predecessor's.
+pub fn publish_cap(store: &dyn Store, uid: &str, rank: usize) -> Result<(CapRecord, Option<Arc<Device>>)> {
+    let dev = device().as_ref().ok().cloned();
+    let cap = CapRecord { rank: rank as u32, port: dev.as_ref().map(|d| d.port.clone()) };
+    store.set(&key(uid, &format!("cap/{rank}")), &cap.encode())?;
+    Ok((cap, dev))
+}
+
+/// The signal block, registered for remote reads (diagnostics; completions travel in
+/// immediates).
+fn register_signals(dev: &Device, signals: &SignalBlock, me: usize) -> Result<Arc<ffi::Mr>> {
+    let seg = signals.segment();
+    Ok(Arc::new(dev.ctx.reg_host(seg.base(), seg.len(), ffi::IBV_ACCESS_LOCAL_WRITE | ffi::IBV_ACCESS_REMOTE_READ).map_err(|e| connect_error(me, e))?))
+}
+
+/// Whether the pair (`me`, `peer`) uses RDMA: different hosts, a port here, and a compatible
+/// port in the peer's published capability record. Both ends reach the same answer.
+pub fn pair_uses_rdma(store: &dyn Store, uid: &str, me: &PeerInfo, peer: &PeerInfo, deadline: Instant) -> Result<bool> {
+    if !can_connect(me, peer) {
+        return Ok(false);
+    }
+    let Ok(port) = probe() else { return Ok(false) };
+    let k = key(uid, &format!("cap/{}", peer.rank));
+    let v = store.wait(&[k.as_str()], deadline.saturating_duration_since(Instant::now()))?;
+    let theirs = CapRecord::decode(&v[0]).map_err(|e| connect_error(peer.rank, e.to_string()))?;
+    Ok(wire::pair_ok(&CapRecord { rank: me.rank as u32, port: Some(port) }, &theirs))
+}
+
+/// The handshake epoch of the pairs a join creates: the join's sequence number (>= 1; group
+/// setup uses 0), so records of successive joins never collide.
+pub type JoinEpoch = u64;
+
+/// Survivor side of a rejoin, for a pair that uses RDMA: recreates only the queue pair of the
+/// existing link (rings, registrations and every other link stay), or makes a new link if the
+/// pair used another transport before. `resume` is where this side's counters are.
+#[allow(clippy::too_many_arguments)]
+pub fn relink(
+    store: &dyn Store,
+    uid: &str,
+    me: usize,
+    joiner: usize,
+    existing: Option<&Arc<RdmaLink>>,
+    signals: &SignalBlock,
+    epoch: JoinEpoch,
+    resume: Resume,
+    deadline: Instant,
+) -> Result<Arc<RdmaLink>> {
+    if let Some(l) = existing {
+        l.reconnect(store, uid, epoch, resume, deadline)?;
+        return Ok(l.clone());
+    }
+    let dev = device().as_ref().map_err(|e| connect_error(joiner, e.to_string()))?.clone();
+    let geo = geometry();
+    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
+    let signals_mr = register_signals(&dev, signals, me)?;
+    let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(joiner, e))?;
+    let pc = link::prepare_conn(&dev, me, joiner, epoch, cfg, resume, (mem.inbound(), mem.inbound_mr(), &signals_mr, signals.segment().base() as u64))
+        .map_err(|e| connect_error(joiner, e))?;
+    let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(joiner, e))?;
+    Ok(Arc::new(RdmaLink::start(me, joiner, dev, geo, signals.clone(), mem, conn)?))
+}
+
+/// A replacement rank's connected queue pair to one survivor, not yet carrying traffic: the
+/// replacement connects before it learns where the survivor's counters are.
+pub struct Joining {
+    pub peer: usize,
+    dev: Arc<Device>,
+    mem: link::LinkMemory,
+    conn: link::Conn,
+}
+
+/// Replacement side of a rejoin: for every survivor in `survivors` whose pair uses RDMA,
+/// creates and publishes a QP under `epoch`, then connects each (each survivor connects back
+/// when it serves the join). Call [`Joining::start`] with the survivor's counters afterwards.
+pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[PeerInfo], signals: &SignalBlock, epoch: JoinEpoch, deadline: Instant) -> Result<Vec<Joining>> {
+    let mut rdma_peers = Vec::new();
+    for p in survivors {
+        if pair_uses_rdma(store, uid, me, p, deadline)? {
+            rdma_peers.push(p.rank);
+        }
+    }
+    let Some(dev) = device().as_ref().ok().cloned() else { return Ok(Vec::new()) };
+    if rdma_peers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let geo = geometry();
+    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
+    let signals_mr = register_signals(&dev, signals, me.rank)?;
+    let mut pending = Vec::new();
+    for peer in rdma_peers {
+        let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(peer, e))?;
+        let pc = link::prepare_conn(&dev, me.rank, peer, epoch, cfg, Resume::default(), (mem.inbound(), mem.inbound_mr(), &signals_mr, signals.segment().base() as u64))
+            .map_err(|e| connect_error(peer, e))?;
+        store.set(&key(uid, &format!("ep/{epoch}/{}-{peer}", me.rank)), &pc.local.encode())?;
+        pending.push((peer, mem, pc));
+    }
+    let mut out = Vec::new();
+    for (peer, mem, pc) in pending {
+        let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(peer, e))?;
+        out.push(Joining { peer, dev: dev.clone(), mem, conn });
+    }
+    Ok(out)
+}
+
+impl Joining {
+    /// Starts carrying traffic from the survivor's per-stream `(sent, consumed)` counts (the
+    /// survivor's handoff): our first chunk is the survivor's next unconsumed one, and we expect
+    /// the survivor's next chunk.
+    pub fn start(mut self, me: usize, signals: &SignalBlock, survivor_counts: &[(u64, u64)]) -> Result<RdmaLink> {
+        let ours: Vec<(u64, u64)> = survivor_counts.iter().map(|&(sent, consumed)| (consumed, sent)).collect();
+        self.conn.rebase(Resume::continuing(&ours)).map_err(|e| connect_error(self.peer, e))?;
+        RdmaLink::start(me, self.peer, self.dev, geometry(), signals.clone(), self.mem, self.conn)
+    }
 }

@@ -146,6 +146,17 @@ pub struct Resume {
     pub rx_control: Vec<u64>,
 }
 
+impl Resume {
+    /// Where a pair's new QP continues, from this side's per-stream `(sent, consumed)` chunk
+    /// counts after a rejoin: every chunk sent before is treated as credited (the old peer's
+    /// unconsumed chunks are forfeited) and the next arrival is the next unconsumed chunk.
+    pub fn continuing(per_stream: &[(u64, u64)]) -> Resume {
+        let sent: Vec<u64> = per_stream.iter().map(|c| c.0).collect();
+        let consumed: Vec<u64> = per_stream.iter().map(|c| c.1).collect();
+        Resume { tx_next: sent.clone(), tx_acked: sent, rx_delivered: consumed.clone(), rx_acked: consumed, rx_control: Vec::new() }
+    }
+}
+
 /// One side of one connection.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -237,6 +248,18 @@ impl Endpoint {
             stats: Stats::default(),
             cfg,
         }
+    }
+
+    /// Moves a connection that has carried nothing yet to the counters `r` (a rejoining rank
+    /// connects its QPs before it learns where the survivors' counters are). Receive WRs
+    /// already posted stay counted. Refused once any work request was posted.
+    pub fn rebase(&mut self, r: Resume) -> Result<(), String> {
+        if !self.outstanding.is_empty() || self.next_wr != 1 || self.stats != Stats::default() {
+            return Err("rebase of a connection that already carried traffic".into());
+        }
+        let recv_posted = self.recv_posted;
+        *self = Endpoint { recv_posted, ..Endpoint::resume(self.cfg, r) };
+        Ok(())
     }
 
     pub fn config(&self) -> Config {
