@@ -15,7 +15,7 @@ mod common;
 use common::{run_hosts, Hosts};
 
 const CHUNKED_SIZES: &str = "0,1,7,4097,128K";
-const SMALL_CHUNKS: &[(&str, &str)] = &[("CHORUS_SHM_CHUNK", "4096"), ("CHORUS_TCP_CHUNK", "8192")];
+const SMALL_CHUNKS: &[(&str, &str)] = &[("CHORUS_SHM_CHUNK", "4096"), ("CHORUS_TCP_CHUNK", "8192"), ("CHORUS_RDMA_CHUNK", "8192")];
 /// Mixed groups with an odd rank count use equal shm and TCP chunks: with different ones the
 /// ranks disagree on the chunk size (known bug, see tests/known_bugs.rs).
 const SMALL_EQUAL_CHUNKS: &[(&str, &str)] = &[("CHORUS_SHM_CHUNK", "8192"), ("CHORUS_TCP_CHUNK", "8192")];
@@ -65,6 +65,21 @@ fn two_ranks_shm_big() {
 #[test]
 fn two_ranks_tcp_big() {
     big(2, Hosts::Tcp, "f64,bf16,u8,i32,u64");
+}
+
+#[test]
+fn two_ranks_rdma_chunked() {
+    chunked(2, Hosts::Rdma, "all", CHUNKED_SIZES);
+}
+
+#[test]
+fn three_ranks_rdma_big() {
+    big(3, Hosts::Rdma, "reduced");
+}
+
+#[test]
+fn four_ranks_rdma_chunked() {
+    chunked(4, Hosts::Rdma, "reduced", "0,7,4097,128K");
 }
 
 #[test]

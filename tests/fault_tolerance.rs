@@ -2,6 +2,9 @@
 //! loops; every survivor must finish (no hang), report the same failed ranks, and print identical
 //! results over the same contributors for every iteration. The store lives in this test process
 //! (like a launcher's), so killing rank 0 is survivable too.
+#[path = "../backend/tests/softverbs/mod.rs"]
+mod softverbs;
+
 use chorus::bootstrap::StoreServer;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -29,7 +32,7 @@ struct Trial {
     /// When the workers stop: "failure" or "rejoin" (see the worker).
     until: &'static str,
     /// Extra environment for the workers.
-    env: &'static [(&'static str, &'static str)],
+    env: Vec<(String, String)>,
 }
 
 fn spawn(t: &Trial, store: &StoreServer, rank: usize) -> Child {
@@ -49,7 +52,7 @@ fn spawn(t: &Trial, store: &StoreServer, rank: usize) -> Child {
     if let Some(h) = (t.hosts)(rank) {
         c.env("CHORUS_HOST_ID", h);
     }
-    c.envs(t.env.iter().copied());
+    c.envs(t.env.iter().map(|(k, v)| (k, v)));
     c.spawn().expect("spawn worker")
 }
 
@@ -128,8 +131,12 @@ fn list_after(line: &str, label: &str) -> Vec<usize> {
 /// Kill `victim`, start a replacement for it, and check that it rejoins in place: survivors and
 /// the replacement agree on every collective they both ran, the replacement is a contributor from
 /// its first collective, and healthy pairs made no new connections.
-fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: fn(usize) -> Option<String>) {
-    let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after: Duration::from_millis(400), hosts, until: "rejoin", env: &[] };
+///
+/// `rdma`: the pairs between hosts use RDMA (softverbs); a survivor then keeps its link to the
+/// replacement and recreates only its queue pair inside it.
+fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: fn(usize) -> Option<String>, rdma: bool) {
+    let env = if rdma { softverbs::env() } else { Vec::new() };
+    let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after: Duration::from_millis(400), hosts, until: "rejoin", env: env.clone() };
     let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
     let mut kids: Vec<Child> = (0..n).map(|r| spawn(&t, &store, r)).collect();
     let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
@@ -149,6 +156,7 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: 
             .env("CHORUS_STORE_ADDR", store.local_addr().to_string())
             .env("CHORUS_TIMEOUT_MS", "30000")
             .env("CHORUS_JOIN", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("CHORUS_HOST_ID")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -193,16 +201,37 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: 
     let tail = &ref_lines[ref_lines.len() - 1 - body.len()..ref_lines.len() - 1];
     assert_eq!(body, tail, "the replacement's results differ from the survivors'");
     assert!(list_after(body[0], "contributors [").contains(&victim), "replacement not a contributor: {}", body[0]);
+    let jdone = jlines.last().unwrap();
+    eprintln!("replacement: {jdone}");
+    if rdma {
+        assert_eq!(transports_of(jdone).iter().filter(|t| *t == "rdma").count(), n - 1, "the replacement's links: {jdone}");
+        assert_eq!(list_after(jdone, "link_connections ["), (0..n).map(|q| usize::from(q != victim)).collect::<Vec<_>>(), "{jdone}");
+    }
     // Only pairs with the replacement were re-created.
     for (r, o) in &outs {
         let done = o.lines().last().unwrap();
+        eprintln!("survivor {r}: {done}");
         let conns = list_after(done, "connections [");
         for q in 0..n {
             let want = if q == *r { 0 } else if q == victim { 2 } else { 1 };
             assert_eq!(conns[q], want, "rank {r}'s connections to {q} ({done})");
         }
         assert_eq!(list_after(done, "active ["), (0..n).collect::<Vec<_>>(), "rank {r} ended without the replacement: {done}");
+        if rdma {
+            // One link object per pair for the whole run; only the replacement's got a new QP.
+            assert_eq!(transports_of(done).iter().filter(|t| *t == "rdma").count(), n - 1, "rank {r}'s links: {done}");
+            let qps = list_after(done, "link_connections [");
+            for q in 0..n {
+                let want = if q == *r { 0 } else if q == victim { 2 } else { 1 };
+                assert_eq!(qps[q], want, "rank {r}'s queue pairs to {q} ({done})");
+            }
+        }
     }
+}
+
+/// The `transports [...]` list of a worker's final line.
+fn transports_of(line: &str) -> Vec<String> {
+    line.split("transports [").nth(1).and_then(|a| a.split(']').next()).map(|a| a.split(", ").map(|x| x.trim_matches('"').to_string()).collect()).unwrap_or_default()
 }
 
 /// A small deterministic generator (no dependencies): trials differ but are reproducible.
@@ -224,7 +253,7 @@ fn mixed(r: usize) -> Option<String> {
     Some(format!("ft-host-{}", r / 2))
 }
 
-fn trials(seed: u64, count: usize, n: usize, hosts: fn(usize) -> Option<String>, victims: &[usize]) {
+fn trials(seed: u64, count: usize, n: usize, hosts: fn(usize) -> Option<String>, victims: &[usize], env: &[(String, String)]) {
     let mut rng = Lcg(seed);
     let ops = ["all_reduce", "all_gather", "all_to_all", "broadcast", "mixed"];
     for i in 0..count {
@@ -232,7 +261,7 @@ fn trials(seed: u64, count: usize, n: usize, hosts: fn(usize) -> Option<String>,
         let victim = victims[rng.next(victims.len() as u64) as usize];
         let kill_after = Duration::from_millis(150 + rng.next(400));
         let elems = [1usize, 100, 5000, 70_000][rng.next(4) as usize];
-        let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after, hosts, until: "failure", env: &[] };
+        let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after, hosts, until: "failure", env: env.to_vec() };
         eprintln!("trial {i}: n={n} op={op} victim={victim} after={kill_after:?} elems={elems}");
         run_trial(&t);
     }
@@ -241,7 +270,7 @@ fn trials(seed: u64, count: usize, n: usize, hosts: fn(usize) -> Option<String>,
 #[test]
 fn kill_random_rank_of_4_over_shm() {
     let _serial = serial();
-    trials(1, 10, 4, shm, &[1, 2, 3]);
+    trials(1, 10, 4, shm, &[1, 2, 3], &[]);
 }
 
 /// In-place all_reduce inputs larger than the save limit are not copied: a failure then either
@@ -252,7 +281,7 @@ fn unsaved_inputs_commit_or_fail_alike() {
     let mut rng = Lcg(7);
     for i in 0..4 {
         let victim = 1 + rng.next(3) as usize;
-        let t = Trial { n: 4, op: "all_reduce", iters: 1_000_000, elems: 70_000, victim, kill_after: Duration::from_millis(200 + rng.next(300)), hosts: shm, until: "failure", env: &[("CHORUS_FT_SAVE_LIMIT", "0")] };
+        let t = Trial { n: 4, op: "all_reduce", iters: 1_000_000, elems: 70_000, victim, kill_after: Duration::from_millis(200 + rng.next(300)), hosts: shm, until: "failure", env: vec![("CHORUS_FT_SAVE_LIMIT".into(), "0".into())] };
         eprintln!("unsaved trial {i}: victim {victim}");
         run_trial(&t);
     }
@@ -261,49 +290,61 @@ fn unsaved_inputs_commit_or_fail_alike() {
 #[test]
 fn kill_rank_zero() {
     let _serial = serial();
-    trials(2, 5, 4, shm, &[0]);
+    trials(2, 5, 4, shm, &[0], &[]);
 }
 
 #[test]
 fn kill_random_rank_of_4_over_tcp() {
     let _serial = serial();
-    trials(3, 10, 4, tcp, &[0, 1, 2, 3]);
+    trials(3, 10, 4, tcp, &[0, 1, 2, 3], &[]);
 }
 
 #[test]
 fn kill_random_rank_of_4_mixed() {
     let _serial = serial();
-    trials(4, 10, 4, mixed, &[0, 1, 2, 3]);
+    trials(4, 10, 4, mixed, &[0, 1, 2, 3], &[]);
 }
 
 #[test]
 fn kill_random_rank_of_8() {
     let _serial = serial();
-    trials(5, 8, 8, shm, &[1, 3, 5, 7]);
+    trials(5, 8, 8, shm, &[1, 3, 5, 7], &[]);
 }
 
 #[test]
 fn kill_random_rank_of_8_mixed() {
     let _serial = serial();
-    trials(6, 7, 8, mixed, &[0, 2, 4, 6]);
+    trials(6, 7, 8, mixed, &[0, 2, 4, 6], &[]);
 }
 
 #[test]
 fn kill_random_rank_of_8_over_tcp() {
     let _serial = serial();
-    trials(8, 5, 8, tcp, &[0, 3, 5, 7]);
+    trials(8, 5, 8, tcp, &[0, 3, 5, 7], &[]);
 }
 
 #[test]
 fn replacement_rejoins_in_place_over_shm() {
     let _serial = serial();
-    rejoin_trial(4, "all_reduce", 1000, 2, shm);
+    rejoin_trial(4, "all_reduce", 1000, 2, shm, false);
 }
 
 #[test]
 fn replacement_rejoins_in_place_mixed() {
     let _serial = serial();
-    rejoin_trial(4, "mixed", 300, 1, mixed);
+    rejoin_trial(4, "mixed", 300, 1, mixed, false);
+}
+
+#[test]
+fn kill_random_rank_of_4_over_rdma() {
+    let _serial = serial();
+    trials(9, 6, 4, tcp, &[0, 1, 2, 3], &softverbs::env());
+}
+
+#[test]
+fn replacement_rejoins_in_place_over_rdma() {
+    let _serial = serial();
+    rejoin_trial(4, "mixed", 300, 1, tcp, true);
 }
 
 /// A rank that hangs (SIGSTOP: alive, socket open, silent) is detected through heartbeats after
@@ -312,7 +353,7 @@ fn replacement_rejoins_in_place_mixed() {
 fn hung_rank_is_detected_by_heartbeat() {
     let _serial = serial();
     for hosts in [shm as fn(usize) -> Option<String>, tcp] {
-        let t = Trial { n: 3, op: "all_reduce", iters: 1_000_000, elems: 100, victim: 1, kill_after: Duration::from_millis(400), hosts, until: "failure", env: &[] };
+        let t = Trial { n: 3, op: "all_reduce", iters: 1_000_000, elems: 100, victim: 1, kill_after: Duration::from_millis(400), hosts, until: "failure", env: Vec::new() };
         let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
         let mut kids: Vec<Child> = (0..t.n).map(|r| spawn(&t, &store, r)).collect();
         let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
@@ -365,7 +406,7 @@ fn no_false_positives_with_8_ranks_under_load() {
         })
         .collect();
     let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
-    let t = Trial { n: 8, op: "mixed", iters: 400, elems: 2000, victim: 99, kill_after: Duration::ZERO, hosts: mixed, until: "failure", env: &[] };
+    let t = Trial { n: 8, op: "mixed", iters: 400, elems: 2000, victim: 99, kill_after: Duration::ZERO, hosts: mixed, until: "failure", env: Vec::new() };
     let mut kids: Vec<Child> = (0..t.n).map(|r| spawn(&t, &store, r)).collect();
     let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -406,6 +447,6 @@ fn soak() {
     let configs: [(usize, fn(usize) -> Option<String>, &[usize]); 4] = [(4, shm, &[0, 1, 2, 3]), (4, tcp, &[0, 1, 2, 3]), (4, mixed, &[0, 1, 2, 3]), (8, mixed, &[0, 3, 5, 7])];
     for k in 0..total {
         let (n, hosts, victims) = configs[k % configs.len()];
-        trials(1000 + k as u64, 1, n, hosts, victims);
+        trials(1000 + k as u64, 1, n, hosts, victims, &[]);
     }
 }

@@ -4,7 +4,8 @@
 //! Environment: `RANK`, `WORLD_SIZE` and either `CHORUS_STORE_ADDR` (a store hosted by the test
 //! or launcher) or `MASTER_ADDR`/`MASTER_PORT` (rank 0 hosts the store); `CHORUS_TIMEOUT_MS`;
 //! `CHORUS_TEST_HOSTS`, a comma list with one host label per rank: ranks with equal labels must be
-//! connected by shared memory, others by TCP (unset: every pair shares memory).
+//! connected by shared memory, others by TCP, or by the transport `CHORUS_TEST_REMOTE` names
+//! (unset: every pair shares memory).
 //!
 //! Scenarios (each creates its group once and runs many cases; exit 0 = every result was right):
 //! - `matrix [--dtypes all|reduced|LIST] [--sizes 0,1,7,4097,3M] [--big-ops all|LIST]`: every
@@ -106,8 +107,9 @@ fn host_labels(n: usize) -> R<Vec<String>> {
 fn check_transports(pg: &ProcessGroup, parent: &dyn Fn(usize) -> usize) -> R {
     let labels = host_labels(env_usize("WORLD_SIZE"))?;
     let me = pg.rank();
+    let remote = std::env::var("CHORUS_TEST_REMOTE").unwrap_or_else(|_| "tcp".into());
     let want: Vec<&str> = (0..pg.size())
-        .map(|r| if r == me { "self" } else if labels[parent(r)] == labels[parent(me)] { "shm" } else { "tcp" })
+        .map(|r| if r == me { "self" } else if labels[parent(r)] == labels[parent(me)] { "shm" } else { remote.as_str() })
         .collect();
     let got = pg.transports();
     ensure!(got == want, "group {}: transports {got:?}, expected {want:?} (host labels {labels:?})", pg.uid());

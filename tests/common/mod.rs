@@ -3,6 +3,9 @@
 //! limit, and fails with every rank's output when any rank fails.
 #![allow(dead_code)]
 
+#[path = "../../backend/tests/softverbs/mod.rs"]
+pub mod softverbs;
+
 use chorus::bootstrap::StoreServer;
 use std::io::Read;
 use std::path::PathBuf;
@@ -74,13 +77,15 @@ pub enum Hosts {
     Tcp,
     /// Two ranks per host: pairs (0,1), (2,3), ... share memory, the others use TCP.
     Mixed,
+    /// One host per rank, every pair over RDMA on the softverbs test provider.
+    Rdma,
 }
 
 impl Hosts {
     pub fn label(self, rank: usize) -> String {
         match self {
             Hosts::Shm => "h0".into(),
-            Hosts::Tcp => format!("h{rank}"),
+            Hosts::Tcp | Hosts::Rdma => format!("h{rank}"),
             Hosts::Mixed => format!("h{}", rank / 2),
         }
     }
@@ -92,6 +97,10 @@ impl Hosts {
         if !matches!(self, Hosts::Shm) {
             // Shm runs keep the default (derived) host id.
             v.push(("CHORUS_HOST_ID".into(), format!("chorus-test-{}", labels[rank])));
+        }
+        if matches!(self, Hosts::Rdma) {
+            v.extend(softverbs::env());
+            v.push(("CHORUS_TEST_REMOTE".into(), "rdma".into()));
         }
         v
     }

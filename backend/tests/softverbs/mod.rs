@@ -6,7 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/softverbs/softverbs.c");
+/// The C source, from the backend package (its own tests) or the workspace root (root tests).
+fn source() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    [root.join("tests/softverbs/softverbs.c"), root.join("backend/tests/softverbs/softverbs.c")]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("softverbs.c next to this module")
+}
 
 /// Where the library is built: next to this test binary's target directory, once per process
 /// (built under a temporary name and renamed, so concurrent test binaries never load a partial
@@ -22,7 +29,7 @@ pub fn library() -> &'static Path {
         let o = Command::new(&cc)
             .args(["-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o"])
             .arg(&tmp)
-            .arg(SOURCE)
+            .arg(source())
             .arg("-lpthread")
             .output()
             .unwrap_or_else(|e| panic!("running {cc} to build softverbs: {e}"));

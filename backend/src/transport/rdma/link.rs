@@ -203,6 +203,48 @@ pub(crate) fn exchange(store: &dyn Store, uid: &str, dev: &Device, pending: Pend
     Ok(conn)
 }
 
+/// [`exchange`] for several peers at once, connecting each as soon as its record appears (in
+/// any order): a rejoining rank must not wait on one survivor while another, which already
+/// connected and waits for our "ready", holds up the collective the first one is in.
+pub(crate) fn exchange_all(store: &dyn Store, uid: &str, dev: &Device, pending: Vec<PendingConn>, deadline: Instant) -> std::result::Result<Vec<Conn>, (usize, String)> {
+    let mut waiting: Vec<Option<PendingConn>> = Vec::new();
+    for p in pending {
+        let (me, peer, epoch) = (p.local.from, p.local.to, p.local.epoch);
+        store.set(&key(uid, &format!("ep/{epoch}/{me}-{peer}")), &p.local.encode()).map_err(|e| (peer as usize, e.to_string()))?;
+        waiting.push(Some(p));
+    }
+    let mut conns: Vec<Option<Conn>> = waiting.iter().map(|_| None).collect();
+    while conns.iter().any(|c| c.is_none()) {
+        for (slot, conn) in waiting.iter_mut().zip(conns.iter_mut()) {
+            let Some(p) = slot.as_ref() else { continue };
+            let (me, peer, epoch) = (p.local.from, p.local.to, p.local.epoch);
+            let fail = |e: String| (peer as usize, e);
+            let Some(v) = store.get(&key(uid, &format!("ep/{epoch}/{peer}-{me}"))).map_err(|e| fail(e.to_string()))? else { continue };
+            let remote = EndpointInfo::decode(&v).map_err(|e| fail(e.to_string()))?;
+            if remote.from != peer || remote.to != me || remote.epoch != epoch {
+                return Err(fail(format!("endpoint record names {}->{} epoch {}, expected {peer}->{me} epoch {epoch}", remote.from, remote.to, remote.epoch)));
+            }
+            let c = finish_conn(dev, slot.take().expect("pending"), remote).map_err(fail)?;
+            store.set(&key(uid, &format!("ready/{epoch}/{me}-{peer}")), &wire::encode_ready()).map_err(|e| fail(e.to_string()))?;
+            *conn = Some(c);
+        }
+        if let Some(p) = waiting.iter().flatten().next() {
+            if Instant::now() >= deadline {
+                return Err((p.local.to as usize, "timed out waiting for the peer's endpoint record (did it serve the join?)".into()));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    for c in &conns {
+        let (me, peer, epoch) = (c.remote.to, c.remote.from, c.remote.epoch);
+        let k = key(uid, &format!("ready/{epoch}/{peer}-{me}"));
+        let v = store.wait(&[k.as_str()], deadline.saturating_duration_since(Instant::now())).map_err(|e| (peer as usize, e.to_string()))?;
+        wire::decode_ready(&v[0]).map_err(|e| (peer as usize, e.to_string()))?;
+    }
+    Ok(conns)
+}
+
 impl Shared {
     fn fail(&self, why: String) {
         if self.state.compare_exchange(OPEN, FAILED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {

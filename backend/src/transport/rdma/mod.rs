@@ -295,8 +295,8 @@ pub struct Joining {
 }
 
 /// Replacement side of a rejoin: for every survivor in `survivors` whose pair uses RDMA,
-/// creates and publishes a QP under `epoch`, then connects each (each survivor connects back
-/// when it serves the join). Call [`Joining::start`] with the survivor's counters afterwards.
+/// creates and publishes a QP under `epoch`, then connects each as its survivor serves the
+/// join (in whatever order they do). Call [`Joining::start`] with the survivor's counters afterwards.
 pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[PeerInfo], signals: &SignalBlock, epoch: JoinEpoch, deadline: Instant) -> Result<Vec<Joining>> {
     let mut rdma_peers = Vec::new();
     for p in survivors {
@@ -311,20 +311,16 @@ pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[Peer
     let geo = geometry();
     let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
     let signals_mr = register_signals(&dev, signals, me.rank)?;
-    let mut pending = Vec::new();
+    let (mut mems, mut pending) = (Vec::new(), Vec::new());
     for peer in rdma_peers {
         let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(peer, e))?;
         let pc = link::prepare_conn(&dev, me.rank, peer, epoch, cfg, Resume::default(), (mem.inbound(), mem.inbound_mr(), &signals_mr, signals.segment().base() as u64))
             .map_err(|e| connect_error(peer, e))?;
-        store.set(&key(uid, &format!("ep/{epoch}/{}-{peer}", me.rank)), &pc.local.encode())?;
-        pending.push((peer, mem, pc));
+        mems.push((peer, mem));
+        pending.push(pc);
     }
-    let mut out = Vec::new();
-    for (peer, mem, pc) in pending {
-        let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(peer, e))?;
-        out.push(Joining { peer, dev: dev.clone(), mem, conn });
-    }
-    Ok(out)
+    let conns = link::exchange_all(store, uid, &dev, pending, deadline).map_err(|(peer, e)| connect_error(peer, e))?;
+    Ok(mems.into_iter().zip(conns).map(|((peer, mem), conn)| Joining { peer, dev: dev.clone(), mem, conn }).collect())
 }
 
 impl Joining {
