@@ -33,6 +33,8 @@ struct Trial {
     until: &'static str,
     /// Extra environment for the workers.
     env: Vec<(String, String)>,
+    /// Extra environment for the victim's first process only.
+    victim_env: Vec<(String, String)>,
 }
 
 fn spawn(t: &Trial, store: &StoreServer, rank: usize) -> Child {
@@ -53,6 +55,9 @@ fn spawn(t: &Trial, store: &StoreServer, rank: usize) -> Child {
         c.env("CHORUS_HOST_ID", h);
     }
     c.envs(t.env.iter().map(|(k, v)| (k, v)));
+    if rank == t.victim {
+        c.envs(t.victim_env.iter().map(|(k, v)| (k, v)));
+    }
     c.spawn().expect("spawn worker")
 }
 
@@ -131,12 +136,11 @@ fn list_after(line: &str, label: &str) -> Vec<usize> {
 /// Kill `victim`, start a replacement for it, and check that it rejoins in place: survivors and
 /// the replacement agree on every collective they both ran, the replacement is a contributor from
 /// its first collective, and healthy pairs made no new connections.
-///
-/// `rdma`: the pairs between hosts use RDMA (softverbs); a survivor then keeps its link to the
-/// replacement and recreates only its queue pair inside it.
-fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: fn(usize) -> Option<String>, rdma: bool) {
-    let env = if rdma { softverbs::env() } else { Vec::new() };
-    let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after: Duration::from_millis(400), hosts, until: "rejoin", env: env.clone() };
+fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: fn(usize) -> Option<String>, rdma: Rdma) {
+    let env = if rdma == Rdma::Off { Vec::new() } else { softverbs::env() };
+    let victim_env = if rdma == Rdma::ReplacementOnly { vec![("CHORUS_IB_DISABLE".to_string(), "1".to_string())] } else { Vec::new() };
+    let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after: Duration::from_millis(400), hosts, until: "rejoin", env: env.clone(), victim_env };
+    let rdma_used = rdma != Rdma::Off;
     let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
     let mut kids: Vec<Child> = (0..n).map(|r| spawn(&t, &store, r)).collect();
     let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
@@ -203,7 +207,7 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: 
     assert!(list_after(body[0], "contributors [").contains(&victim), "replacement not a contributor: {}", body[0]);
     let jdone = jlines.last().unwrap();
     eprintln!("replacement: {jdone}");
-    if rdma {
+    if rdma_used {
         assert_eq!(transports_of(jdone).iter().filter(|t| *t == "rdma").count(), n - 1, "the replacement's links: {jdone}");
         assert_eq!(list_after(jdone, "link_connections ["), (0..n).map(|q| usize::from(q != victim)).collect::<Vec<_>>(), "{jdone}");
     }
@@ -217,16 +221,29 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: 
             assert_eq!(conns[q], want, "rank {r}'s connections to {q} ({done})");
         }
         assert_eq!(list_after(done, "active ["), (0..n).collect::<Vec<_>>(), "rank {r} ended without the replacement: {done}");
-        if rdma {
-            // One link object per pair for the whole run; only the replacement's got a new QP.
+        if rdma_used {
+            // One link object per pair for the whole run; only the replacement's got a new QP
+            // (or, where the predecessor had no RDMA, a new RDMA link with its first QP).
             assert_eq!(transports_of(done).iter().filter(|t| *t == "rdma").count(), n - 1, "rank {r}'s links: {done}");
             let qps = list_after(done, "link_connections [");
+            let to_victim = if rdma == Rdma::On { 2 } else { 1 };
             for q in 0..n {
-                let want = if q == *r { 0 } else if q == victim { 2 } else { 1 };
+                let want = if q == *r { 0 } else if q == victim { to_victim } else { 1 };
                 assert_eq!(qps[q], want, "rank {r}'s queue pairs to {q} ({done})");
             }
         }
     }
+}
+
+/// Whether the pairs between hosts of a rejoin trial use RDMA (softverbs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rdma {
+    Off,
+    /// Every process: a survivor keeps its link to the replacement and recreates only its QP.
+    On,
+    /// Not the victim's first process (its pairs use TCP), but its replacement: survivors make
+    /// a new RDMA link to it.
+    ReplacementOnly,
 }
 
 /// The `transports [...]` list of a worker's final line.
@@ -261,7 +278,7 @@ fn trials(seed: u64, count: usize, n: usize, hosts: fn(usize) -> Option<String>,
         let victim = victims[rng.next(victims.len() as u64) as usize];
         let kill_after = Duration::from_millis(150 + rng.next(400));
         let elems = [1usize, 100, 5000, 70_000][rng.next(4) as usize];
-        let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after, hosts, until: "failure", env: env.to_vec() };
+        let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after, hosts, until: "failure", env: env.to_vec(), victim_env: Vec::new() };
         eprintln!("trial {i}: n={n} op={op} victim={victim} after={kill_after:?} elems={elems}");
         run_trial(&t);
     }
@@ -281,7 +298,7 @@ fn unsaved_inputs_commit_or_fail_alike() {
     let mut rng = Lcg(7);
     for i in 0..4 {
         let victim = 1 + rng.next(3) as usize;
-        let t = Trial { n: 4, op: "all_reduce", iters: 1_000_000, elems: 70_000, victim, kill_after: Duration::from_millis(200 + rng.next(300)), hosts: shm, until: "failure", env: vec![("CHORUS_FT_SAVE_LIMIT".into(), "0".into())] };
+        let t = Trial { n: 4, op: "all_reduce", iters: 1_000_000, elems: 70_000, victim, kill_after: Duration::from_millis(200 + rng.next(300)), hosts: shm, until: "failure", env: vec![("CHORUS_FT_SAVE_LIMIT".into(), "0".into())], victim_env: Vec::new() };
         eprintln!("unsaved trial {i}: victim {victim}");
         run_trial(&t);
     }
@@ -326,13 +343,13 @@ fn kill_random_rank_of_8_over_tcp() {
 #[test]
 fn replacement_rejoins_in_place_over_shm() {
     let _serial = serial();
-    rejoin_trial(4, "all_reduce", 1000, 2, shm, false);
+    rejoin_trial(4, "all_reduce", 1000, 2, shm, Rdma::Off);
 }
 
 #[test]
 fn replacement_rejoins_in_place_mixed() {
     let _serial = serial();
-    rejoin_trial(4, "mixed", 300, 1, mixed, false);
+    rejoin_trial(4, "mixed", 300, 1, mixed, Rdma::Off);
 }
 
 #[test]
@@ -344,7 +361,13 @@ fn kill_random_rank_of_4_over_rdma() {
 #[test]
 fn replacement_rejoins_in_place_over_rdma() {
     let _serial = serial();
-    rejoin_trial(4, "mixed", 300, 1, tcp, true);
+    rejoin_trial(4, "mixed", 300, 1, tcp, Rdma::On);
+}
+
+#[test]
+fn replacement_with_rdma_gets_new_rdma_links() {
+    let _serial = serial();
+    rejoin_trial(3, "all_reduce", 1000, 2, tcp, Rdma::ReplacementOnly);
 }
 
 /// A rank that hangs (SIGSTOP: alive, socket open, silent) is detected through heartbeats after
@@ -353,7 +376,7 @@ fn replacement_rejoins_in_place_over_rdma() {
 fn hung_rank_is_detected_by_heartbeat() {
     let _serial = serial();
     for hosts in [shm as fn(usize) -> Option<String>, tcp] {
-        let t = Trial { n: 3, op: "all_reduce", iters: 1_000_000, elems: 100, victim: 1, kill_after: Duration::from_millis(400), hosts, until: "failure", env: Vec::new() };
+        let t = Trial { n: 3, op: "all_reduce", iters: 1_000_000, elems: 100, victim: 1, kill_after: Duration::from_millis(400), hosts, until: "failure", env: Vec::new(), victim_env: Vec::new() };
         let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
         let mut kids: Vec<Child> = (0..t.n).map(|r| spawn(&t, &store, r)).collect();
         let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
@@ -406,7 +429,7 @@ fn no_false_positives_with_8_ranks_under_load() {
         })
         .collect();
     let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
-    let t = Trial { n: 8, op: "mixed", iters: 400, elems: 2000, victim: 99, kill_after: Duration::ZERO, hosts: mixed, until: "failure", env: Vec::new() };
+    let t = Trial { n: 8, op: "mixed", iters: 400, elems: 2000, victim: 99, kill_after: Duration::ZERO, hosts: mixed, until: "failure", env: Vec::new(), victim_env: Vec::new() };
     let mut kids: Vec<Child> = (0..t.n).map(|r| spawn(&t, &store, r)).collect();
     let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
     let deadline = Instant::now() + Duration::from_secs(300);

@@ -195,3 +195,17 @@ fn a_live_excluded_rank_rejoins_in_place() {
     let results: Vec<_> = hs.into_iter().map(|h| h.join().expect("rank thread")).collect();
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }
+
+mod rejoin_cases;
+
+#[test]
+fn successive_replacements_link_to_each_other_over_shm() {
+    let reports = rejoin_cases::successive_replacements("succ-shm", same_host);
+    assert!(reports.iter().all(|(t, _)| t.iter().all(|t| *t == "shm" || *t == "self")), "{reports:?}");
+}
+
+#[test]
+fn successive_replacements_link_to_each_other_over_tcp() {
+    let reports = rejoin_cases::successive_replacements("succ-tcp", own_host);
+    assert!(reports.iter().all(|(t, _)| t.iter().all(|t| *t == "tcp" || *t == "self")), "{reports:?}");
+}

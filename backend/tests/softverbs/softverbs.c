@@ -65,7 +65,7 @@ struct sv_qp_shared {
 	uint32_t lid;
 	_Atomic uint32_t rq_psn;
 	_Atomic uint32_t dest_qpn;
-	_Atomic uint64_t tail; /* producer reservations */
+	_Atomic uint64_t tail; /* arrivals written (by the one connected QP) */
 	_Atomic uint64_t head; /* owner's consumption */
 	struct sv_arrival ring[SV_RING];
 };
@@ -638,7 +638,8 @@ static enum ibv_wc_status sv_deliver(struct sv_qp *qp, struct ibv_send_wr *wr, u
 		}
 	}
 	if (wr->opcode == IBV_WR_RDMA_WRITE_WITH_IMM) {
-		uint64_t idx = atomic_fetch_add(&d->tail, 1);
+		/* One producer per ring: only the QP the owner connected to passes the checks above. */
+		uint64_t idx = atomic_load(&d->tail);
 		if (idx - atomic_load(&d->head) >= SV_RING)
 			return IBV_WC_RNR_RETRY_EXC_ERR;
 		struct sv_arrival *a = &d->ring[idx % SV_RING];
@@ -646,6 +647,7 @@ static enum ibv_wc_status sv_deliver(struct sv_qp *qp, struct ibv_send_wr *wr, u
 		a->len = total;
 		a->src_qpn = qp->ibv.qp_num;
 		atomic_store_explicit(&a->ready, idx + 1, memory_order_release);
+		atomic_store(&d->tail, idx + 1);
 	}
 	return IBV_WC_SUCCESS;
 }

@@ -247,10 +247,14 @@ pub(crate) fn exchange_all(store: &dyn Store, uid: &str, dev: &Device, pending: 
 
 impl Shared {
     fn fail(&self, why: String) {
-        if self.state.compare_exchange(OPEN, FAILED, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        // The reason is in place before the state says FAILED: a reader that sees FAILED finds it.
+        let mut w = self.why.lock().unwrap_or_else(|p| p.into_inner());
+        if self.state.load(Ordering::SeqCst) == OPEN {
             tracing::warn!(peer = self.peer, %why, "rdma link failed");
-            *self.why.lock().unwrap_or_else(|p| p.into_inner()) = why;
+            *w = why;
+            self.state.store(FAILED, Ordering::SeqCst);
         }
+        drop(w);
         self.signals.ring();
     }
 
@@ -404,8 +408,10 @@ impl RdmaLink {
         *sh.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
         sh.qp_created.fetch_add(1, Ordering::SeqCst);
         proto::note_qp_created();
-        *sh.why.lock().unwrap_or_else(|p| p.into_inner()) = String::new();
+        let mut why = sh.why.lock().unwrap_or_else(|p| p.into_inner());
+        why.clear();
         sh.state.store(OPEN, Ordering::SeqCst);
+        drop(why);
         Ok(())
     }
 
