@@ -138,6 +138,12 @@ pub fn decode_peer(v: &[u8]) -> Result<PeerInfo> {
         .map_err(|e| ChorusError::InvalidArgument(format!("a peer published undecodable info ({e}); are all ranks running the same chorus version?")))
 }
 
+/// A rank's links by peer, and which of them are RDMA (a rejoin reconnects those in place).
+struct Links {
+    all: Vec<Option<Arc<dyn Link>>>,
+    rdma: Vec<Option<Arc<RdmaLink>>>,
+}
+
 /// What a rank prepares before it tells anyone about itself.
 struct Prepared {
     listener: TcpListener,
@@ -237,7 +243,7 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
     let chunk = group_chunk(&peers);
     unlink.disarm();
-    start(store, uid, rank, size, parent_ranks, opts, prep, (links, rdma_links), counters, local_ranks, chunk, None)
+    start(store, uid, rank, size, parent_ranks, opts, prep, Links { all: links, rdma: rdma_links }, counters, local_ranks, chunk, None)
 }
 
 /// The chunk size every rank of the group builds plans with. It must be the same on every rank
@@ -297,7 +303,7 @@ fn start(
     parent_ranks: Vec<usize>,
     opts: Options,
     prep: Prepared,
-    (links, rdma_links): (Vec<Option<Arc<dyn Link>>>, Vec<Option<Arc<RdmaLink>>>),
+    Links { all: links, rdma: rdma_links }: Links,
     counters: Counters,
     local_ranks: usize,
     chunk: usize,
@@ -649,7 +655,7 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     everyone.push(prep.me.clone());
     let chunk = group_chunk(&everyone);
     let me = prep.me.clone();
-    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, (links, rdma_links), counters, local_ranks, chunk, Some(resume))?;
+    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, Links { all: links, rdma: rdma_links }, counters, local_ranks, chunk, Some(resume))?;
     // Later replacements of other ranks read the members' records: ours is this process now.
     g.store.set(&key(&g.uid, &format!("peer/{rank}")), &encode(&me)?)?;
     // Ask to be a member again: a view change that every survivor adopts at the same collective.

@@ -8,15 +8,18 @@
 //! Files: `ffi.rs` (the only `unsafe`: verbs layouts, dlopen, safe wrappers), `wire.rs`
 //! (immediate layout, handshake records), `proto.rs` (the protocol as a pure state machine),
 //! `select.rs` (device/port/GID selection), `mr.rs` (registration per allocation base), `link.rs`
-//! (the data path). docs/rdma.md has the whole story.
+//! (the data path), `rejoin.rs` (recreating only a replacement's queue pairs). docs/rdma.md has
+//! the whole story.
 pub mod ffi;
 mod link;
 pub mod mr;
+mod rejoin;
 pub mod proto;
 pub mod select;
 pub mod wire;
 
 pub use link::RdmaLink;
+pub use rejoin::{begin_join, relink, JoinEpoch, Joining};
 pub use proto::{qp_created_total, Resume};
 pub use wire::{CapRecord, EndpointInfo, PortCap};
 
@@ -124,7 +127,7 @@ fn open_device() -> std::result::Result<Device, NotAvailable> {
     Err(NotAvailable::NoDevice(if seen.is_empty() { format!("devices {names:?} have no ports") } else { seen.join("; ") }))
 }
 
-fn device() -> &'static std::result::Result<Arc<Device>, NotAvailable> {
+pub(super) fn device() -> &'static std::result::Result<Arc<Device>, NotAvailable> {
     static DEV: OnceLock<std::result::Result<Arc<Device>, NotAvailable>> = OnceLock::new();
     DEV.get_or_init(|| {
         let r = open_device().map(Arc::new);
@@ -217,7 +220,7 @@ pub fn setup(
     Ok(out)
 }
 
-fn connect_error(peer: usize, why: String) -> ChorusError {
+pub(super) fn connect_error(peer: usize, why: String) -> ChorusError {
     ChorusError::Connect { transport: NAME, peer, why }
 }
 
@@ -233,7 +236,7 @@ pub fn publish_cap(store: &dyn Store, uid: &str, rank: usize) -> Result<(CapReco
 
 /// The signal block, registered for remote reads (diagnostics; completions travel in
 /// immediates).
-fn register_signals(dev: &Device, signals: &SignalBlock, me: usize) -> Result<Arc<ffi::Mr>> {
+pub(super) fn register_signals(dev: &Device, signals: &SignalBlock, me: usize) -> Result<Arc<ffi::Mr>> {
     let seg = signals.segment();
     Ok(Arc::new(dev.ctx.reg_host(seg.base(), seg.len(), ffi::IBV_ACCESS_LOCAL_WRITE | ffi::IBV_ACCESS_REMOTE_READ).map_err(|e| connect_error(me, e))?))
 }
@@ -249,87 +252,4 @@ pub fn pair_uses_rdma(store: &dyn Store, uid: &str, me: &PeerInfo, peer: &PeerIn
     let v = store.wait(&[k.as_str()], deadline.saturating_duration_since(Instant::now()))?;
     let theirs = CapRecord::decode(&v[0]).map_err(|e| connect_error(peer.rank, e.to_string()))?;
     Ok(wire::pair_ok(&CapRecord { rank: me.rank as u32, port: Some(port) }, &theirs))
-}
-
-/// The handshake epoch of the pairs a join creates: the join's sequence number (>= 1; group
-/// setup uses 0), so records of successive joins never collide.
-pub type JoinEpoch = u64;
-
-/// Survivor side of a rejoin, for a pair that uses RDMA: recreates only the queue pair of the
-/// existing link (rings, registrations and every other link stay), or makes a new link if the
-/// pair used another transport before. `resume` is where this side's counters are.
-#[allow(clippy::too_many_arguments)]
-pub fn relink(
-    store: &dyn Store,
-    uid: &str,
-    me: usize,
-    joiner: usize,
-    existing: Option<&Arc<RdmaLink>>,
-    signals: &SignalBlock,
-    epoch: JoinEpoch,
-    resume: Resume,
-    deadline: Instant,
-) -> Result<Arc<RdmaLink>> {
-    if let Some(l) = existing {
-        l.reconnect(store, uid, epoch, resume, deadline)?;
-        return Ok(l.clone());
-    }
-    let dev = device().as_ref().map_err(|e| connect_error(joiner, e.to_string()))?.clone();
-    let geo = geometry();
-    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
-    let signals_mr = register_signals(&dev, signals, me)?;
-    let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(joiner, e))?;
-    let pc = link::prepare_conn(&dev, me, joiner, epoch, cfg, resume, (mem.inbound(), mem.inbound_mr(), &signals_mr, signals.segment().base() as u64))
-        .map_err(|e| connect_error(joiner, e))?;
-    let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(joiner, e))?;
-    Ok(Arc::new(RdmaLink::start(me, joiner, dev, geo, signals.clone(), mem, conn)?))
-}
-
-/// A replacement rank's connected queue pair to one survivor, not yet carrying traffic: the
-/// replacement connects before it learns where the survivor's counters are.
-pub struct Joining {
-    pub peer: usize,
-    dev: Arc<Device>,
-    mem: link::LinkMemory,
-    conn: link::Conn,
-}
-
-/// Replacement side of a rejoin: for every survivor in `survivors` whose pair uses RDMA,
-/// creates and publishes a QP under `epoch`, then connects each as its survivor serves the
-/// join (in whatever order they do). Call [`Joining::start`] with the survivor's counters afterwards.
-pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[PeerInfo], signals: &SignalBlock, epoch: JoinEpoch, deadline: Instant) -> Result<Vec<Joining>> {
-    let mut rdma_peers = Vec::new();
-    for p in survivors {
-        if pair_uses_rdma(store, uid, me, p, deadline)? {
-            rdma_peers.push(p.rank);
-        }
-    }
-    let Some(dev) = device().as_ref().ok().cloned() else { return Ok(Vec::new()) };
-    if rdma_peers.is_empty() {
-        return Ok(Vec::new());
-    }
-    let geo = geometry();
-    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
-    let signals_mr = register_signals(&dev, signals, me.rank)?;
-    let (mut mems, mut pending) = (Vec::new(), Vec::new());
-    for peer in rdma_peers {
-        let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(peer, e))?;
-        let pc = link::prepare_conn(&dev, me.rank, peer, epoch, cfg, Resume::default(), (mem.inbound(), mem.inbound_mr(), &signals_mr, signals.segment().base() as u64))
-            .map_err(|e| connect_error(peer, e))?;
-        mems.push((peer, mem));
-        pending.push(pc);
-    }
-    let conns = link::exchange_all(store, uid, &dev, pending, deadline).map_err(|(peer, e)| connect_error(peer, e))?;
-    Ok(mems.into_iter().zip(conns).map(|((peer, mem), conn)| Joining { peer, dev: dev.clone(), mem, conn }).collect())
-}
-
-impl Joining {
-    /// Starts carrying traffic from the survivor's per-stream `(sent, consumed)` counts (the
-    /// survivor's handoff): our first chunk is the survivor's next unconsumed one, and we expect
-    /// the survivor's next chunk.
-    pub fn start(mut self, me: usize, signals: &SignalBlock, survivor_counts: &[(u64, u64)]) -> Result<RdmaLink> {
-        let ours: Vec<(u64, u64)> = survivor_counts.iter().map(|&(sent, consumed)| (consumed, sent)).collect();
-        self.conn.rebase(Resume::continuing(&ours)).map_err(|e| connect_error(self.peer, e))?;
-        RdmaLink::start(me, self.peer, self.dev, geometry(), signals.clone(), self.mem, self.conn)
-    }
 }

@@ -1,0 +1,93 @@
+//! Rejoin over RDMA: a survivor recreates only its queue pair to the replacement (or makes a
+//! new link if the pair used another transport before); the replacement connects its queue
+//! pairs before it learns the survivors' counters, then rebases them. docs/rdma.md, "Rejoin".
+use super::{connect_error, device, geometry, link, pair_uses_rdma, proto, register_signals, Device, RdmaLink, Resume};
+use crate::engine::signals::{SignalBlock, STREAMS};
+use crate::error::Result;
+use crate::transport::PeerInfo;
+use chorus_bootstrap::Store;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The handshake epoch of the pairs a join creates: the join's sequence number (>= 1; group
+/// setup uses 0), so records of successive joins never collide.
+pub type JoinEpoch = u64;
+
+/// Survivor side of a rejoin, for a pair that uses RDMA: recreates only the queue pair of the
+/// existing link (rings, registrations and every other link stay), or makes a new link if the
+/// pair used another transport before. `resume` is where this side's counters are.
+#[allow(clippy::too_many_arguments)]
+pub fn relink(
+    store: &dyn Store,
+    uid: &str,
+    me: usize,
+    joiner: usize,
+    existing: Option<&Arc<RdmaLink>>,
+    signals: &SignalBlock,
+    epoch: JoinEpoch,
+    resume: Resume,
+    deadline: Instant,
+) -> Result<Arc<RdmaLink>> {
+    if let Some(l) = existing {
+        l.reconnect(store, uid, epoch, resume, deadline)?;
+        return Ok(l.clone());
+    }
+    let dev = device().as_ref().map_err(|e| connect_error(joiner, e.to_string()))?.clone();
+    let geo = geometry();
+    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
+    let signals_mr = register_signals(&dev, signals, me)?;
+    let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(joiner, e))?;
+    let pc = link::prepare_conn(&dev, me, joiner, epoch, cfg, resume, (mem.inbound(), mem.inbound_mr(), &signals_mr, signals.segment().base() as u64))
+        .map_err(|e| connect_error(joiner, e))?;
+    let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(joiner, e))?;
+    Ok(Arc::new(RdmaLink::start(me, joiner, dev, geo, signals.clone(), mem, conn)?))
+}
+
+/// A replacement rank's connected queue pair to one survivor, not yet carrying traffic: the
+/// replacement connects before it learns where the survivor's counters are.
+pub struct Joining {
+    pub peer: usize,
+    dev: Arc<Device>,
+    mem: link::LinkMemory,
+    conn: link::Conn,
+}
+
+/// Replacement side of a rejoin: for every survivor in `survivors` whose pair uses RDMA,
+/// creates and publishes a QP under `epoch`, then connects each as its survivor serves the
+/// join (in whatever order they do). Call [`Joining::start`] with the survivor's counters afterwards.
+pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[PeerInfo], signals: &SignalBlock, epoch: JoinEpoch, deadline: Instant) -> Result<Vec<Joining>> {
+    let mut rdma_peers = Vec::new();
+    for p in survivors {
+        if pair_uses_rdma(store, uid, me, p, deadline)? {
+            rdma_peers.push(p.rank);
+        }
+    }
+    let Some(dev) = device().as_ref().ok().cloned() else { return Ok(Vec::new()) };
+    if rdma_peers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let geo = geometry();
+    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
+    let signals_mr = register_signals(&dev, signals, me.rank)?;
+    let (mut mems, mut pending) = (Vec::new(), Vec::new());
+    for peer in rdma_peers {
+        let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(peer, e))?;
+        let pc = link::prepare_conn(&dev, me.rank, peer, epoch, cfg, Resume::default(), (mem.inbound(), mem.inbound_mr(), &signals_mr, signals.segment().base() as u64))
+            .map_err(|e| connect_error(peer, e))?;
+        mems.push((peer, mem));
+        pending.push(pc);
+    }
+    let conns = link::exchange_all(store, uid, &dev, pending, deadline).map_err(|(peer, e)| connect_error(peer, e))?;
+    Ok(mems.into_iter().zip(conns).map(|((peer, mem), conn)| Joining { peer, dev: dev.clone(), mem, conn }).collect())
+}
+
+impl Joining {
+    /// Starts carrying traffic from the survivor's per-stream `(sent, consumed)` counts (the
+    /// survivor's handoff): our first chunk is the survivor's next unconsumed one, and we expect
+    /// the survivor's next chunk.
+    pub fn start(mut self, me: usize, signals: &SignalBlock, survivor_counts: &[(u64, u64)]) -> Result<RdmaLink> {
+        let ours: Vec<(u64, u64)> = survivor_counts.iter().map(|&(sent, consumed)| (consumed, sent)).collect();
+        self.conn.rebase(Resume::continuing(&ours)).map_err(|e| connect_error(self.peer, e))?;
+        RdmaLink::start(me, self.peer, self.dev, geometry(), signals.clone(), self.mem, self.conn)
+    }
+}
