@@ -133,24 +133,52 @@ fn list_after(line: &str, label: &str) -> Vec<usize> {
     line.split(label).nth(1).and_then(|a| a.split(']').next()).map(|a| a.split(", ").filter_map(|x| x.trim().parse().ok()).collect()).unwrap_or_default()
 }
 
-/// Kill `victim`, start a replacement for it, and check that it rejoins in place: survivors and
-/// the replacement agree on every collective they both ran, the replacement is a contributor from
-/// its first collective, and healthy pairs made no new connections.
-fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: fn(usize) -> Option<String>, rdma: Rdma) {
+/// Like [`drain`], and also says when the first line arrived (a replacement prints one per
+/// collective it takes part in, so its first line means it is a member again).
+fn drain_noting_first_line(r: impl Read + Send + 'static) -> (std::thread::JoinHandle<String>, std::sync::mpsc::Receiver<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut s = String::new();
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            if s.is_empty() {
+                let _ = tx.send(());
+            }
+            s += &line;
+            s.push('\n');
+        }
+        s
+    });
+    (h, rx)
+}
+
+/// Kill each of `victims` in turn, start a replacement for it, and once that replacement runs
+/// collectives as a member, go on to the next. Checks that every replacement rejoins in place:
+/// survivors and replacements agree on every collective they both ran, a replacement is a
+/// contributor from its first collective, and pairs made new connections only towards ranks
+/// that were replaced after both ends were up (healthy pairs kept theirs). A later replacement
+/// links to an earlier one, so it must find that rank's current records, not its predecessor's.
+fn rejoin_trial(n: usize, op: &'static str, elems: usize, victims: &[usize], hosts: fn(usize) -> Option<String>, rdma: Rdma) {
+    assert!(rdma != Rdma::ReplacementOnly || victims.len() == 1, "ReplacementOnly takes one victim");
     let env = if rdma == Rdma::Off { Vec::new() } else { softverbs::env() };
     let victim_env = if rdma == Rdma::ReplacementOnly { vec![("CHORUS_IB_DISABLE".to_string(), "1".to_string())] } else { Vec::new() };
-    let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after: Duration::from_millis(400), hosts, until: "rejoin", env: env.clone(), victim_env };
+    // Every rank sees each view change (a removal, then an activation per victim) at the same
+    // collective: they all stop 100 collectives after the last one.
+    let until: &'static str = Box::leak(format!("epoch:{}", 2 * victims.len()).into_boxed_str());
+    let t = Trial { n, op, iters: 1_000_000, elems, victim: victims[0], kill_after: Duration::from_millis(400), hosts, until, env: env.clone(), victim_env };
     let rdma_used = rdma != Rdma::Off;
     let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
     let mut kids: Vec<Child> = (0..n).map(|r| spawn(&t, &store, r)).collect();
     let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
     std::thread::sleep(t.kill_after);
-    let _ = kids[victim].kill();
-    let _ = kids[victim].wait();
-    std::thread::sleep(Duration::from_millis(500));
-    let mut joiner = {
+    let mut joiners = Vec::new();
+    for &victim in victims {
+        let _ = kids[victim].kill();
+        let _ = kids[victim].wait();
+        std::thread::sleep(Duration::from_millis(500));
         let mut c = Command::new(WORKER);
-        c.args([op, "1000000", &elems.to_string(), "100", "rejoin"])
+        c.args([op, "1000000", &elems.to_string(), "100", until])
             .env("RANK", victim.to_string())
             .env("WORLD_SIZE", n.to_string())
             .env("LOCAL_RANK", victim.to_string())
@@ -167,10 +195,20 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: 
         if let Some(h) = hosts(victim) {
             c.env("CHORUS_HOST_ID", h);
         }
-        c.spawn().expect("spawn replacement")
-    };
-    let jpipes = (drain(joiner.stdout.take().unwrap()), drain(joiner.stderr.take().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(120);
+        let mut joiner = c.spawn().expect("spawn replacement");
+        let (out, first_line) = drain_noting_first_line(joiner.stdout.take().unwrap());
+        let err = drain(joiner.stderr.take().unwrap());
+        if first_line.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
+            let _ = joiner.kill();
+            for k in kids.iter_mut() {
+                let _ = k.kill();
+            }
+            panic!("the replacement for rank {victim} never ran a collective:\n{}", err.join().unwrap());
+        }
+        // The replacement is the process of rank `victim` now (a later victim may be it).
+        kids[victim] = joiner;
+        joiners.push((victim, out, err));
+    }
     let wait = |k: &mut Child, what: &str| loop {
         match k.try_wait().expect("wait") {
             Some(status) => return status,
@@ -181,11 +219,15 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: 
             None => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let jstatus = wait(&mut joiner, "the replacement");
-    let (jout, jerr) = (jpipes.0.join().unwrap(), jpipes.1.join().unwrap());
-    assert!(jstatus.success(), "replacement failed ({jstatus}):\n{jerr}\n{jout}");
+    let mut jouts = Vec::new();
+    for (victim, out, err) in joiners {
+        let st = wait(&mut kids[victim], "a replacement");
+        let (out, err) = (out.join().unwrap(), err.join().unwrap());
+        assert!(st.success(), "the replacement for rank {victim} failed ({st}):\n{err}\n{out}");
+        jouts.push((victim, out));
+    }
     let mut outs = BTreeMap::new();
-    for r in (0..n).filter(|&r| r != victim) {
+    for r in (0..n).filter(|r| !victims.contains(r)) {
         let st = wait(&mut kids[r], "a survivor");
         let (o, e) = pipes[r].take().unwrap();
         let (out, err) = (o.join().unwrap(), e.join().unwrap());
@@ -198,38 +240,50 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victim: usize, hosts: 
         let lines: Vec<&str> = o.lines().collect();
         assert_eq!(lines[..lines.len() - 1], ref_lines[..ref_lines.len() - 1], "survivors {first_rank} and {r} disagree");
     }
-    // The replacement's collectives are the survivors' last ones, line for line.
-    let jlines: Vec<&str> = jout.lines().collect();
-    assert!(jlines.len() > 100, "the replacement ran only {} collectives:\n{jout}", jlines.len());
-    let body = &jlines[..jlines.len() - 1];
-    let tail = &ref_lines[ref_lines.len() - 1 - body.len()..ref_lines.len() - 1];
-    assert_eq!(body, tail, "the replacement's results differ from the survivors'");
-    assert!(list_after(body[0], "contributors [").contains(&victim), "replacement not a contributor: {}", body[0]);
-    let jdone = jlines.last().unwrap();
-    eprintln!("replacement: {jdone}");
-    if rdma_used {
-        assert_eq!(transports_of(jdone).iter().filter(|t| *t == "rdma").count(), n - 1, "the replacement's links: {jdone}");
-        assert_eq!(list_after(jdone, "link_connections ["), (0..n).map(|q| usize::from(q != victim)).collect::<Vec<_>>(), "{jdone}");
+    // Connections made towards `q` by the process that ended as rank `r`: 2 where `q` was
+    // replaced while that process ran (a new link or QP), 1 otherwise.
+    let joined_at = |r: usize| jouts.iter().position(|(v, _)| *v == r);
+    let expect = |r: usize, q: usize, replaced: usize| -> usize {
+        let replaced_later = match (joined_at(r), victims.iter().position(|v| *v == q)) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(jr), Some(jq)) => jq > jr,
+        };
+        if q == r {
+            0
+        } else if replaced_later {
+            replaced
+        } else {
+            1
+        }
+    };
+    let mut finals: Vec<(usize, String)> = outs.iter().map(|(r, o)| (*r, o.clone())).collect();
+    for (victim, jout) in &jouts {
+        // The replacement's collectives are the survivors' last ones, line for line.
+        let jlines: Vec<&str> = jout.lines().collect();
+        assert!(jlines.len() > 100, "the replacement for {victim} ran only {} collectives:\n{jout}", jlines.len());
+        let body = &jlines[..jlines.len() - 1];
+        let tail = &ref_lines[ref_lines.len() - 1 - body.len()..ref_lines.len() - 1];
+        assert_eq!(body, tail, "the replacement for {victim}'s results differ from the survivors'");
+        assert!(list_after(body[0], "contributors [").contains(victim), "replacement not a contributor: {}", body[0]);
+        finals.push((*victim, jout.clone()));
     }
-    // Only pairs with the replacement were re-created.
-    for (r, o) in &outs {
+    for (r, o) in &finals {
         let done = o.lines().last().unwrap();
-        eprintln!("survivor {r}: {done}");
+        eprintln!("rank {r}: {done}");
         let conns = list_after(done, "connections [");
         for q in 0..n {
-            let want = if q == *r { 0 } else if q == victim { 2 } else { 1 };
-            assert_eq!(conns[q], want, "rank {r}'s connections to {q} ({done})");
+            assert_eq!(conns[q], expect(*r, q, 2), "rank {r}'s connections to {q} ({done})");
         }
-        assert_eq!(list_after(done, "active ["), (0..n).collect::<Vec<_>>(), "rank {r} ended without the replacement: {done}");
+        assert_eq!(list_after(done, "active ["), (0..n).collect::<Vec<_>>(), "rank {r} ended without every replacement: {done}");
         if rdma_used {
-            // One link object per pair for the whole run; only the replacement's got a new QP
+            // One link object per pair for the whole run; only a replacement's got a new QP
             // (or, where the predecessor had no RDMA, a new RDMA link with its first QP).
             assert_eq!(transports_of(done).iter().filter(|t| *t == "rdma").count(), n - 1, "rank {r}'s links: {done}");
             let qps = list_after(done, "link_connections [");
-            let to_victim = if rdma == Rdma::On { 2 } else { 1 };
+            let replaced = if rdma == Rdma::On { 2 } else { 1 };
             for q in 0..n {
-                let want = if q == *r { 0 } else if q == victim { to_victim } else { 1 };
-                assert_eq!(qps[q], want, "rank {r}'s queue pairs to {q} ({done})");
+                assert_eq!(qps[q], expect(*r, q, replaced), "rank {r}'s queue pairs to {q} ({done})");
             }
         }
     }
@@ -343,13 +397,21 @@ fn kill_random_rank_of_8_over_tcp() {
 #[test]
 fn replacement_rejoins_in_place_over_shm() {
     let _serial = serial();
-    rejoin_trial(4, "all_reduce", 1000, 2, shm, Rdma::Off);
+    rejoin_trial(4, "all_reduce", 1000, &[2], shm, Rdma::Off);
 }
 
 #[test]
 fn replacement_rejoins_in_place_mixed() {
     let _serial = serial();
-    rejoin_trial(4, "mixed", 300, 1, mixed, Rdma::Off);
+    rejoin_trial(4, "mixed", 300, &[1], mixed, Rdma::Off);
+}
+
+/// The second replacement links to the first (shared memory needs the first one's own
+/// segments, published when it joined).
+#[test]
+fn successive_replacements_rejoin_over_shm() {
+    let _serial = serial();
+    rejoin_trial(4, "all_reduce", 1000, &[2, 1], shm, Rdma::Off);
 }
 
 #[test]
@@ -361,13 +423,13 @@ fn kill_random_rank_of_4_over_rdma() {
 #[test]
 fn replacement_rejoins_in_place_over_rdma() {
     let _serial = serial();
-    rejoin_trial(4, "mixed", 300, 1, tcp, Rdma::On);
+    rejoin_trial(4, "mixed", 300, &[1, 3], tcp, Rdma::On);
 }
 
 #[test]
 fn replacement_with_rdma_gets_new_rdma_links() {
     let _serial = serial();
-    rejoin_trial(3, "all_reduce", 1000, 2, tcp, Rdma::ReplacementOnly);
+    rejoin_trial(3, "all_reduce", 1000, &[2], tcp, Rdma::ReplacementOnly);
 }
 
 /// A rank that hangs (SIGSTOP: alive, socket open, silent) is detected through heartbeats after

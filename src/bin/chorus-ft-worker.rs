@@ -38,8 +38,10 @@ fn main() {
     let elems: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000);
     let after: Option<usize> = args.get(4).and_then(|s| s.parse().ok());
     // "failure": stop AFTER collectives after any membership change; "rejoin": only after the
-    // group grew again (survivors keep running until a replacement is in).
+    // group grew again (survivors keep running until a replacement is in); "epoch:E": after the
+    // first collective computed under membership epoch E or later (several changes in a row).
     let until = args.get(5).cloned().unwrap_or_else(|| "failure".into());
+    let until_epoch: Option<u64> = until.strip_prefix("epoch:").and_then(|e| e.parse().ok());
     let mut stop_at = iters;
     let mut prev_contributors: Option<Vec<usize>> = None;
     let pg = ProcessGroup::from_env(Options::default()).unwrap_or_else(|e| {
@@ -163,7 +165,11 @@ fn main() {
         }
         // Stop AFTER collectives after the last membership change (a failure or a rejoin):
         // every member sees each change at the same collective.
-        if let Some(a) = after {
+        if let (Some(a), Some(e)) = (after, until_epoch) {
+            if info.epoch >= e && stop_at == iters {
+                stop_at = iter + 1 + a;
+            }
+        } else if let Some(a) = after {
             let grew = prev_contributors.as_ref().is_some_and(|p| p.len() < info.contributors.len()) || (prev_contributors.is_none() && iter > 0);
             let changed = prev_contributors.as_ref().is_some_and(|p| *p != info.contributors) || grew;
             if (until == "rejoin" && grew) || (until != "rejoin" && (!info.failed.is_empty() || changed)) {
