@@ -48,3 +48,37 @@ fn softverbs_successive_replacements_recreate_only_their_queue_pairs() {
     assert_eq!(reports[2].1, vec![1, 2, 0]);
     assert_eq!(reports[1].1, vec![1, 0, 1]);
 }
+
+/// The real registrar on a verbs device: host memory (like the group's signal and ring
+/// segments, registered `Location::Host`, DESIGN invariant 3) goes through `ibv_reg_mr`, once
+/// per allocation for pointers at any offset inside it (invariant 2); the same bytes described
+/// as device memory are steered to the dma-buf path, which needs CUDA and refuses them here.
+#[test]
+fn softverbs_host_memory_registers_once_per_allocation_through_ibv_reg_mr() {
+    use chorus_backend::memory::{Location, Registry};
+    use chorus_backend::transport::rdma::ffi::Context;
+    use chorus_backend::transport::rdma::mr::{MrCache, VerbsRegistrar};
+    on_softverbs();
+    let ctx = std::sync::Arc::new(Context::open("softverbs0").expect("open softverbs0"));
+    let cache = MrCache::new(VerbsRegistrar { ctx: ctx.clone() });
+    let registry = Registry::default();
+    let alloc = vec![0u8; 8 << 20];
+    let base = alloc.as_ptr() as usize;
+    registry.register(base, alloc.len(), Location::Host);
+    let refs: Vec<_> = [64usize, 4096 + 64, 1 << 20, (4 << 20) + 8].iter().map(|&off| cache.acquire(&registry, base + off).expect("host registration")).collect();
+    assert_eq!(cache.registered(), 1, "one NIC registration for the whole allocation");
+    assert!(refs.iter().all(|r| r.base == base && r.mr.rkey() == refs[0].mr.rkey()), "every pointer shares the allocation's keys");
+    assert_eq!(refs.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![64, 4096 + 64, 1 << 20, (4 << 20) + 8]);
+    let n = refs.len();
+    drop(refs);
+    for (i, off) in [64usize, 4096 + 64, 1 << 20, (4 << 20) + 8].iter().enumerate() {
+        assert_eq!(cache.release(base + off), i + 1 == n, "only the last release drops the registration");
+    }
+    assert_eq!(cache.registered(), 0);
+
+    let wrong = Registry::default();
+    let other = vec![0u8; 1 << 20];
+    wrong.register(other.as_ptr() as usize, other.len(), Location::Device(0));
+    let e = cache.acquire(&wrong, other.as_ptr() as usize + 128).err().expect("host bytes described as device memory must not register");
+    assert!(e.contains("cuMemGetAddressRange") || e.contains("libcuda"), "{e}");
+}
