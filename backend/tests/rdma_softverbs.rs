@@ -82,3 +82,46 @@ fn softverbs_host_memory_registers_once_per_allocation_through_ibv_reg_mr() {
     let e = cache.acquire(&wrong, other.as_ptr() as usize + 128).err().expect("host bytes described as device memory must not register");
     assert!(e.contains("cuMemGetAddressRange") || e.contains("libcuda"), "{e}");
 }
+
+/// GPU memory through the dma-buf path (needs a CUDA GPU; softverbs stands in for the NIC): the
+/// allocation base is checked with `cuMemGetAddressRange`, exported with
+/// `cuMemGetHandleForAddressRange(DMA_BUF_FD)` and registered with `ibv_reg_dmabuf_mr`, once for
+/// pointers at any offset; a registry entry that names an interior pointer as the allocation
+/// is refused (DESIGN invariant 2: register the allocation, not the pointer).
+#[test]
+#[ignore = "needs a CUDA GPU: run with --ignored on the GPU machine"]
+fn softverbs_gpu_memory_registers_through_dmabuf() {
+    use chorus_backend::memory::{Location, Registry};
+    use chorus_backend::transport::rdma::ffi::Context;
+    use chorus_backend::transport::rdma::mr::{MrCache, VerbsRegistrar};
+    use chorus_kernels::cuda::{open_device, DeviceAllocation};
+    let gpu = match open_device(0) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("not run: no CUDA device ({e})");
+            return;
+        }
+    };
+    on_softverbs();
+    gpu.bind_to_thread().expect("bind the CUDA context");
+    let alloc = DeviceAllocation::new(&gpu, 8 << 20).expect("cuMemAlloc 8 MiB");
+    let base = alloc.ptr() as usize;
+    let ctx = std::sync::Arc::new(Context::open("softverbs0").expect("open softverbs0"));
+    let cache = MrCache::new(VerbsRegistrar { ctx });
+    let registry = Registry::default();
+    registry.register(base, alloc.size(), Location::Device(0));
+    let offsets = [64usize, 4096 + 64, 1 << 20, (4 << 20) + 8];
+    let refs: Vec<_> = offsets.iter().map(|&off| cache.acquire(&registry, base + off).expect("dma-buf registration")).collect();
+    assert_eq!(cache.registered(), 1, "one registration for the whole device allocation");
+    assert!(refs.iter().all(|r| r.base == base && r.mr.lkey() == refs[0].mr.lkey()));
+    println!("registered device allocation {base:#x} (+{} bytes) through dma-buf: lkey {}", alloc.size(), refs[0].mr.lkey());
+    drop(refs);
+    for (i, off) in offsets.iter().enumerate() {
+        assert_eq!(cache.release(base + off), i + 1 == offsets.len());
+    }
+
+    let wrong = Registry::default();
+    wrong.register(base + 4096, 4096, Location::Device(0));
+    let e = cache.acquire(&wrong, base + 4096 + 64).err().expect("an interior pointer must not register as an allocation");
+    assert!(e.contains("register the allocation base"), "{e}");
+}

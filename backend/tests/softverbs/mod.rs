@@ -18,9 +18,14 @@ fn source() -> PathBuf {
 /// Where the library is built: next to this test binary's target directory, once per process
 /// (built under a temporary name and renamed, so concurrent test binaries never load a partial
 /// file).
+/// `SOFTVERBS_LIB` names a prebuilt library instead (a machine without a compiler or the verbs
+/// header, such as the GPU machine).
 pub fn library() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
+        if let Some(prebuilt) = std::env::var_os("SOFTVERBS_LIB") {
+            return PathBuf::from(prebuilt);
+        }
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("softverbs");
         std::fs::create_dir_all(&dir).expect("softverbs build directory");
         let out = dir.join("libsoftverbs.so");

@@ -49,6 +49,7 @@
 #define SV_MRS 4096
 #define SV_DESTROYED 100u
 #define SV_MAX_QPS_PER_CQ 256
+#define SV_ACCESS_DMABUF (1u << 30) /* MR table flag: device memory, not writable by softverbs */
 
 struct sv_arrival {
 	_Atomic uint64_t ready; /* index + 1 once the entry is written */
@@ -331,6 +332,35 @@ struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int acce
 	return mr;
 }
 
+/* Registration of device memory exported as a dma-buf (how chorus registers GPU memory). The fd
+ * must be a dma-buf and [offset, offset+length) inside it; the MR covers [iova, iova+length).
+ * softverbs cannot copy into such memory (it is not mapped in the process), so a write to it
+ * completes with a remote access error: this checks the registration path, not GPU writes. */
+struct ibv_mr *ibv_reg_dmabuf_mr(struct ibv_pd *pd, uint64_t offset, size_t length, uint64_t iova, int fd, int access)
+{
+	char link[256], path[64];
+	snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, link, sizeof link - 1);
+	if (n <= 0) {
+		errno = EBADF;
+		return NULL;
+	}
+	link[n] = 0;
+	struct stat st;
+	if ((strncmp(link, "anon_inode:dmabuf", 17) != 0 && strncmp(link, "/dmabuf:", 8) != 0) || fstat(fd, &st) != 0 ||
+	    (st.st_size > 0 && offset + length > (uint64_t)st.st_size)) {
+		errno = EINVAL;
+		return NULL;
+	}
+	struct ibv_mr *mr = ibv_reg_mr(pd, (void *)(uintptr_t)iova, length, access);
+	if (mr) {
+		pthread_mutex_lock(&sv_lock);
+		sv_my_mrs[mr->handle].access |= SV_ACCESS_DMABUF;
+		pthread_mutex_unlock(&sv_lock);
+	}
+	return mr;
+}
+
 int ibv_dereg_mr(struct ibv_mr *mr)
 {
 	pthread_mutex_lock(&sv_lock);
@@ -347,7 +377,8 @@ static int sv_mr_allows(struct sv_mr_entry *table, uint32_t key, uint64_t addr, 
 		struct sv_mr_entry *e = &table[i];
 		if (atomic_load_explicit(&e->live, memory_order_acquire) != key)
 			continue;
-		return addr >= e->addr && addr + len <= e->addr + e->len && (e->access & need) == need;
+		return addr >= e->addr && addr + len <= e->addr + e->len && (e->access & need) == need &&
+		       !(need && (e->access & SV_ACCESS_DMABUF));
 	}
 	return 0;
 }
