@@ -196,8 +196,6 @@ pub fn setup(
     let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
     let values = store.wait(&refs, deadline.saturating_duration_since(Instant::now()))?;
     let geo = geometry();
-    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
-    let seg = signals.segment();
     let signals_mr = register_signals(&dev, signals, me.rank)?;
 
     // Phase 1: create and publish every QP; phase 2: connect them (no pair waits on another).
@@ -207,9 +205,7 @@ pub fn setup(
         if !wire::pair_ok(&cap, &theirs) {
             continue;
         }
-        let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(p.rank, e))?;
-        let pc = link::prepare_conn(&dev, me.rank, p.rank, 0, cfg, Resume::default(), (mem.inbound(), mem.inbound_mr(), &signals_mr, seg.base() as u64))
-            .map_err(|e| connect_error(p.rank, e))?;
+        let (mem, pc) = new_conn(&dev, me.rank, p.rank, 0, Resume::default(), signals, &signals_mr)?;
         store.set(&key(uid, &format!("ep/0/{}-{}", me.rank, p.rank)), &pc.local.encode())?;
         pending.push((p.rank, mem, pc));
     }
@@ -239,6 +235,16 @@ pub fn publish_cap(store: &dyn Store, uid: &str, rank: usize) -> Result<(CapReco
 pub(super) fn register_signals(dev: &Device, signals: &SignalBlock, me: usize) -> Result<Arc<ffi::Mr>> {
     let seg = signals.segment();
     Ok(Arc::new(dev.ctx.reg_host(seg.base(), seg.len(), ffi::IBV_ACCESS_LOCAL_WRITE | ffi::IBV_ACCESS_REMOTE_READ).map_err(|e| connect_error(me, e))?))
+}
+
+/// A link's rings (registered) and a QP towards `peer` in INIT with its receives posted,
+/// continuing from `resume`, whose record goes under handshake `epoch`.
+pub(super) fn new_conn(dev: &Device, me: usize, peer: usize, epoch: u64, resume: Resume, signals: &SignalBlock, signals_mr: &Arc<ffi::Mr>) -> Result<(link::LinkMemory, link::PendingConn)> {
+    let geo = geometry();
+    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
+    let mem = link::LinkMemory::new(dev, geo, signals_mr.clone()).map_err(|e| connect_error(peer, e))?;
+    let pc = link::prepare_conn(dev, me, peer, epoch, cfg, resume, (mem.inbound(), mem.inbound_mr(), signals_mr, signals.segment().base() as u64)).map_err(|e| connect_error(peer, e))?;
+    Ok((mem, pc))
 }
 
 /// Whether the pair (`me`, `peer`) uses RDMA: different hosts, a port here, and a compatible

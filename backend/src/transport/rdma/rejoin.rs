@@ -1,8 +1,8 @@
 //! Rejoin over RDMA: a survivor recreates only its queue pair to the replacement (or makes a
 //! new link if the pair used another transport before); the replacement connects its queue
 //! pairs before it learns the survivors' counters, then rebases them. docs/rdma.md, "Rejoin".
-use super::{connect_error, device, geometry, link, pair_uses_rdma, proto, register_signals, Device, RdmaLink, Resume};
-use crate::engine::signals::{SignalBlock, STREAMS};
+use super::{connect_error, device, geometry, link, new_conn, pair_uses_rdma, register_signals, Device, RdmaLink, Resume};
+use crate::engine::signals::SignalBlock;
 use crate::error::Result;
 use crate::transport::PeerInfo;
 use chorus_bootstrap::Store;
@@ -33,14 +33,10 @@ pub fn relink(
         return Ok(l.clone());
     }
     let dev = device().as_ref().map_err(|e| connect_error(joiner, e.to_string()))?.clone();
-    let geo = geometry();
-    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
     let signals_mr = register_signals(&dev, signals, me)?;
-    let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(joiner, e))?;
-    let pc = link::prepare_conn(&dev, me, joiner, epoch, cfg, resume, (mem.inbound(), mem.inbound_mr(), &signals_mr, signals.segment().base() as u64))
-        .map_err(|e| connect_error(joiner, e))?;
+    let (mem, pc) = new_conn(&dev, me, joiner, epoch, resume, signals, &signals_mr)?;
     let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(joiner, e))?;
-    Ok(Arc::new(RdmaLink::start(me, joiner, dev, geo, signals.clone(), mem, conn)?))
+    Ok(Arc::new(RdmaLink::start(me, joiner, dev, geometry(), signals.clone(), mem, conn)?))
 }
 
 /// A replacement rank's connected queue pair to one survivor, not yet carrying traffic: the
@@ -66,14 +62,10 @@ pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[Peer
     if rdma_peers.is_empty() {
         return Ok(Vec::new());
     }
-    let geo = geometry();
-    let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
     let signals_mr = register_signals(&dev, signals, me.rank)?;
     let (mut mems, mut pending) = (Vec::new(), Vec::new());
     for peer in rdma_peers {
-        let mem = link::LinkMemory::new(&dev, geo, signals_mr.clone()).map_err(|e| connect_error(peer, e))?;
-        let pc = link::prepare_conn(&dev, me.rank, peer, epoch, cfg, Resume::default(), (mem.inbound(), mem.inbound_mr(), &signals_mr, signals.segment().base() as u64))
-            .map_err(|e| connect_error(peer, e))?;
+        let (mem, pc) = new_conn(&dev, me.rank, peer, epoch, Resume::default(), signals, &signals_mr)?;
         mems.push((peer, mem));
         pending.push(pc);
     }
