@@ -29,6 +29,7 @@ pub fn relink(
     deadline: Instant,
 ) -> Result<Arc<RdmaLink>> {
     if let Some(l) = existing {
+        tracing::debug!(joiner, epoch, "rdma rejoin: recreating the queue pair of the existing link");
         l.reconnect(store, uid, epoch, resume, deadline)?;
         return Ok(l.clone());
     }
@@ -62,6 +63,7 @@ pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[Peer
     if rdma_peers.is_empty() {
         return Ok(Vec::new());
     }
+    tracing::debug!(epoch, survivors = ?rdma_peers, "rdma rejoin: waiting for each survivor to recreate its queue pair to us");
     let signals_mr = register_signals(&dev, signals, me.rank)?;
     let (mut mems, mut pending) = (Vec::new(), Vec::new());
     for peer in rdma_peers {
