@@ -35,7 +35,7 @@ pub enum ChorusError {
     Destroyed,
     #[error("the operation was not completed: {0}")]
     Incomplete(String),
-    #[error("{op} ran under membership epoch {mine} but a peer already runs epoch {theirs}; recovering")]
+    #[error("{op} ran as attempt {mine} (recovery rounds applied) but a peer already runs attempt {theirs}; recovering")]
     ViewChanged { op: &'static str, mine: u64, theirs: u64 },
     #[error("rank {peer} asked for recovery round {round} during {op}")]
     RecoveryRequested { op: &'static str, peer: usize, round: u64 },

@@ -52,6 +52,8 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
             return Err(ChorusError::Excluded { epoch: view.epoch });
         }
         ctx.epoch = view.epoch;
+        ctx.attempt = g.rounds_applied.load(Ordering::SeqCst);
+        tracing::debug!(op = ctx.name, seq = ctx.op_seq, epoch = view.epoch, attempt = ctx.attempt, members = ?view.members(), tries, "attempt");
         let t = topo(g, view.members());
         set_progress(g, Some((ctx.op_seq, false)), None);
         comm.inputs_intact = true;
@@ -128,7 +130,7 @@ fn take_failed(g: &GroupInner) -> Vec<usize> {
 /// A replacement rank waits for the survivors' decision that admits it, then lines its
 /// collective counter up with theirs.
 pub fn admit(g: &GroupInner) -> Result<()> {
-    let ctx = OpCtx { name: "join", op_seq: 0, epoch: 0, desc: 0, deadline: Instant::now() + g.opts.timeout, started: Instant::now() };
+    let ctx = OpCtx { name: "join", op_seq: 0, epoch: 0, attempt: 0, desc: 0, deadline: Instant::now() + g.opts.timeout, started: Instant::now() };
     recover(g, &ctx)?;
     let view = g.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if !view.is_active(g.rank) {

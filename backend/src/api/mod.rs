@@ -217,7 +217,7 @@ impl ProcessGroup {
     fn next_ctx(&self, name: &'static str, desc: &[u64]) -> OpCtx {
         let op_seq = self.inner.op_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let now = Instant::now();
-        OpCtx { name, op_seq, epoch: 0, desc: describe(desc), deadline: now + self.inner.opts.timeout, started: now }
+        OpCtx { name, op_seq, epoch: 0, attempt: 0, desc: describe(desc), deadline: now + self.inner.opts.timeout, started: now }
     }
 
     /// What the last collective this handle's group completed reported (failed ranks, epoch).

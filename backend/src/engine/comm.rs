@@ -21,8 +21,11 @@ use std::time::{Duration, Instant};
 pub struct OpCtx {
     pub name: &'static str,
     pub op_seq: u64,
-    /// Membership epoch of the view this attempt runs under.
+    /// Membership epoch of the view this attempt runs under (reported in `OpInfo`).
     pub epoch: u64,
+    /// Recovery rounds applied when this attempt began: what its chunks carry (see
+    /// `SlotMeta::attempt`).
+    pub attempt: u64,
     pub desc: u64,
     pub deadline: Instant,
     pub started: Instant,
@@ -146,7 +149,10 @@ impl Comm {
             Err(None) => {
                 // A last look: a failure is a better error than a timeout.
                 self.check(ctx.name, Some(peer))?;
-                tracing::debug!(op = ctx.name, peer, what, "deadline passed");
+                let link = self.links.get(peer).and_then(|l| l.as_ref()).map_or_else(|| "no link".to_string(), |l| l.describe());
+                let (data, acks) = (self.signals.data_seq(peer, self.stream).load(Ordering::SeqCst), self.signals.ack_seq(peer, self.stream).load(Ordering::SeqCst));
+                let done = self.signals.control(peer, Control::Done).load(Ordering::SeqCst);
+                tracing::warn!(op = ctx.name, op_seq = ctx.op_seq, peer, what, sent = self.sent[peer], consumed = self.recvd[peer], data_seq = data, ack_seq = acks, peer_done = done, %link, "deadline passed");
                 Err(ChorusError::Timeout { op: ctx.name, what, peer, waited_ms: ctx.started.elapsed().as_millis() as u64 })
             }
         }
@@ -165,7 +171,7 @@ impl Comm {
                 self.wait_for(ctx, to, "a free slot (credit)", || (acks.load(Ordering::Acquire) >= need).then_some(()))?;
             }
         }
-        let meta = SlotMeta { op_seq: ctx.op_seq, desc: ctx.desc, total: meta_total, offset: 0, tag, len: len as u64, epoch: ctx.epoch };
+        let meta = SlotMeta { op_seq: ctx.op_seq, desc: ctx.desc, total: meta_total, offset: 0, tag, len: len as u64, attempt: ctx.attempt };
         link.put(self.stream, seq, &meta, fill)?;
         self.sent[to] = seq + 1;
         Ok(())
@@ -192,19 +198,19 @@ impl Comm {
     }
 
     /// Waits for the next chunk from `from` that belongs to this attempt: chunks left over from an
-    /// attempt a recovery cancelled (older epoch) are dropped; a chunk from a newer epoch means
+    /// attempt a recovery cancelled (lower attempt) are dropped; a chunk from a higher attempt means
     /// this rank is behind (it stays queued for the re-run). Then checks the header.
     pub fn next_chunk(&mut self, ctx: &OpCtx, from: usize, expect_len: usize, expect_total: Option<u64>) -> Result<u64> {
         loop {
             let seq = self.wait_chunk(ctx, from)?;
             let meta = self.link(from)?.inbound(self.stream).meta(seq);
-            if meta.epoch < ctx.epoch {
-                tracing::debug!(op = ctx.name, peer = from, seq, epoch = meta.epoch, "dropping a chunk of a cancelled attempt");
+            if meta.attempt < ctx.attempt {
+                tracing::debug!(op = ctx.name, peer = from, seq, attempt = meta.attempt, "dropping a chunk of a cancelled attempt");
                 self.release(from, seq)?;
                 continue;
             }
-            if meta.epoch > ctx.epoch {
-                return Err(ChorusError::ViewChanged { op: ctx.name, mine: ctx.epoch, theirs: meta.epoch });
+            if meta.attempt > ctx.attempt {
+                return Err(ChorusError::ViewChanged { op: ctx.name, mine: ctx.attempt, theirs: meta.attempt });
             }
             self.validate(ctx, from, seq, expect_len, expect_total)?;
             return Ok(seq);
@@ -232,6 +238,7 @@ impl Comm {
             None
         };
         if let Some((what, mine, theirs)) = mismatch {
+            tracing::warn!(op = ctx.name, op_seq = ctx.op_seq, attempt = ctx.attempt, peer = from, seq, chunk_op_seq = meta.op_seq, chunk_attempt = meta.attempt, what, "chunk does not match this collective");
             self.abort_all(ABORT_MISMATCH);
             return Err(ChorusError::Mismatch { op: ctx.name, what, peer: from, mine, theirs });
         }
@@ -276,7 +283,7 @@ impl Comm {
                 })?;
                 if unexpected {
                     let meta = self.link(peer)?.inbound(self.stream).meta(recvd);
-                    if meta.op_seq == ctx.op_seq && meta.epoch == ctx.epoch {
+                    if meta.op_seq == ctx.op_seq && meta.attempt == ctx.attempt {
                         self.abort_all(ABORT_MISMATCH);
                         return Err(ChorusError::Mismatch { op: ctx.name, what: "the roots or roles", peer, mine: ctx.desc, theirs: meta.desc });
                     }

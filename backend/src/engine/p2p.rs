@@ -140,7 +140,7 @@ impl P2pEngine {
 
     fn ctx(&self) -> OpCtx {
         let now = Instant::now();
-        OpCtx { name: "p2p", op_seq: 0, epoch: 0, desc: 0, deadline: now, started: now }
+        OpCtx { name: "p2p", op_seq: 0, epoch: 0, attempt: 0, desc: 0, deadline: now, started: now }
     }
 
     /// One non-blocking turn; returns whether anything moved.
@@ -157,7 +157,7 @@ impl P2pEngine {
                 }
                 let total = head.buf.bytes().len();
                 let len = (total - head.off).min(geo.slot_bytes);
-                let meta = SlotMeta { op_seq: 0, desc: 0, total: total as u64, offset: head.off as u64, tag: head.tag, len: len as u64, epoch: 0 };
+                let meta = SlotMeta { op_seq: 0, desc: 0, total: total as u64, offset: head.off as u64, tag: head.tag, len: len as u64, attempt: 0 };
                 let data = &head.buf.bytes()[head.off..head.off + len];
                 if let Err(e) = link.put(self.comm.stream, seq, &meta, &mut |out| out.copy_from_slice(data)) {
                     let op = self.sends[to].pop_front().expect("head");

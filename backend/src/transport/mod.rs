@@ -60,4 +60,8 @@ pub trait Link: Send + Sync {
     fn connections(&self) -> u64 {
         1
     }
+    /// The link's own state in words, logged when a wait on this peer times out.
+    fn describe(&self) -> String {
+        self.transport().to_string()
+    }
 }

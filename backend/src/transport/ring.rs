@@ -36,14 +36,17 @@ pub struct SlotMeta {
     pub offset: u64,
     pub tag: u64,
     pub len: u64,
-    /// Membership epoch the sender ran the operation under; chunks of an older epoch are left
-    /// over from an attempt that a recovery cancelled.
-    pub epoch: u64,
+    /// The sender's attempt of the operation: the recovery rounds it had applied when the attempt
+    /// began (strictly greater for every re-run; 0 for point-to-point). Chunks of a lower attempt
+    /// are left over from an attempt that a recovery cancelled. (Not the membership epoch: a rank
+    /// can start under an epoch it read from the store before the round that decided it, then
+    /// re-run under the same epoch after that round.)
+    pub attempt: u64,
 }
 
 impl SlotMeta {
     pub fn encode(&self, out: &mut [u8]) {
-        let words = [self.op_seq, self.desc, self.total, self.offset, self.tag, self.len, self.epoch];
+        let words = [self.op_seq, self.desc, self.total, self.offset, self.tag, self.len, self.attempt];
         for (i, w) in words.iter().enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
@@ -51,7 +54,7 @@ impl SlotMeta {
 
     pub fn decode(b: &[u8]) -> SlotMeta {
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        SlotMeta { op_seq: w(0), desc: w(1), total: w(2), offset: w(3), tag: w(4), len: w(5), epoch: w(6) }
+        SlotMeta { op_seq: w(0), desc: w(1), total: w(2), offset: w(3), tag: w(4), len: w(5), attempt: w(6) }
     }
 }
 

@@ -513,6 +513,14 @@ impl Link for RdmaLink {
     fn connections(&self) -> u64 {
         self.qp_created()
     }
+
+    fn describe(&self) -> String {
+        let g = self.shared.conn.lock().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some(c) => format!("rdma qp {} -> {}: {}", c.qp.qp_num(), c.remote.qpn, c.ep.describe()),
+            None => "rdma: no queue pair (being recreated)".into(),
+        }
+    }
 }
 
 impl Drop for RdmaLink {

@@ -262,6 +262,14 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The counters in words, for a log line when a wait on this connection times out.
+    pub fn describe(&self) -> String {
+        format!(
+            "tx_next {:?} tx_acked {:?} rx_delivered {:?} rx_acked {:?} acks_in_flight {:?} controls {:?} posted {:?} in_flight {:?} rx_controls {:?} send_outstanding {} receives_posted {} failed {:?} {:?}",
+            self.tx_next, self.tx_acked, self.rx_delivered, self.rx_acked, self.ack_inflight, self.ctl_value, self.ctl_posted, self.ctl_inflight, self.rx_control, self.outstanding.len(), self.recv_posted, self.failed, self.stats
+        )
+    }
+
     pub fn config(&self) -> Config {
         self.cfg
     }
