@@ -272,8 +272,9 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victims: &[usize], hos
         let done = o.lines().last().unwrap();
         eprintln!("rank {r}: {done}");
         let conns = list_after(done, "connections [");
-        for q in 0..n {
-            assert_eq!(conns[q], expect(*r, q, 2), "rank {r}'s connections to {q} ({done})");
+        assert_eq!(conns.len(), n, "{done}");
+        for (q, &c) in conns.iter().enumerate() {
+            assert_eq!(c, expect(*r, q, 2), "rank {r}'s connections to {q} ({done})");
         }
         assert_eq!(list_after(done, "active ["), (0..n).collect::<Vec<_>>(), "rank {r} ended without every replacement: {done}");
         if rdma_used {
@@ -281,9 +282,10 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victims: &[usize], hos
             // (or, where the predecessor had no RDMA, a new RDMA link with its first QP).
             assert_eq!(transports_of(done).iter().filter(|t| *t == "rdma").count(), n - 1, "rank {r}'s links: {done}");
             let qps = list_after(done, "link_connections [");
+            assert_eq!(qps.len(), n, "{done}");
             let replaced = if rdma == Rdma::On { 2 } else { 1 };
-            for q in 0..n {
-                assert_eq!(qps[q], expect(*r, q, replaced), "rank {r}'s queue pairs to {q} ({done})");
+            for (q, &c) in qps.iter().enumerate() {
+                assert_eq!(c, expect(*r, q, replaced), "rank {r}'s queue pairs to {q} ({done})");
             }
         }
     }

@@ -78,7 +78,7 @@ pub fn early_view_change(name: &str, host_of: fn(usize) -> String, repeats: usiz
         let hs: Vec<_> = (0..3)
             .map(|r| {
                 let store = store.clone();
-                let o = Options::default().with_timeout(Duration::from_secs(30)).with_name(&format!("{name}-{round}")).with_host_id(host_of(r));
+                let o = Options::default().with_timeout(Duration::from_secs(30)).with_name(format!("{name}-{round}")).with_host_id(host_of(r));
                 std::thread::spawn(move || -> chorus_backend::Result<()> {
                     let pg = ProcessGroup::new(store, r, 3, o)?;
                     if r == 0 {
