@@ -524,16 +524,19 @@ fn no_false_positives_with_8_ranks_under_load() {
 }
 
 /// The longer soak beside the CI trials: `CHORUS_FT_SOAK_TRIALS` (default 200) randomized kills
-/// over every transport mix and op. Run with
+/// over every transport mix (RDMA on softverbs included) and op. Run with
 /// `cargo test --release --test fault_tolerance soak -- --ignored --nocapture`.
 #[test]
 #[ignore = "soak: long; run on demand"]
 fn soak() {
     let _serial = serial();
     let total: usize = std::env::var("CHORUS_FT_SOAK_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let configs: [(usize, fn(usize) -> Option<String>, &[usize]); 4] = [(4, shm, &[0, 1, 2, 3]), (4, tcp, &[0, 1, 2, 3]), (4, mixed, &[0, 1, 2, 3]), (8, mixed, &[0, 3, 5, 7])];
+    type Config = (usize, fn(usize) -> Option<String>, &'static [usize], bool);
+    let configs: [Config; 6] =
+        [(4, shm, &[0, 1, 2, 3], false), (4, tcp, &[0, 1, 2, 3], false), (4, mixed, &[0, 1, 2, 3], false), (8, mixed, &[0, 3, 5, 7], false), (4, tcp, &[0, 1, 2, 3], true), (8, mixed, &[0, 3, 5, 7], true)];
+    let rdma = softverbs::env();
     for k in 0..total {
-        let (n, hosts, victims) = configs[k % configs.len()];
-        trials(1000 + k as u64, 1, n, hosts, victims, &[]);
+        let (n, hosts, victims, over_rdma) = configs[k % configs.len()];
+        trials(1000 + k as u64, 1, n, hosts, victims, if over_rdma { &rdma } else { &[] });
     }
 }
