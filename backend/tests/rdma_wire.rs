@@ -146,7 +146,7 @@ fn gid_choice_prefers_roce_v2_ipv4() {
     let v4 = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1];
     let link_local = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
     let gids = vec![(0, link_local), (1, link_local), (2, v4), (3, v4)];
-    let types = |i: u32| Some(if i % 2 == 0 { "IB/RoCE v1\n" } else { "RoCE v2\n" }.to_string());
+    let types = |i: u32| Some(if i.is_multiple_of(2) { "IB/RoCE v1\n" } else { "RoCE v2\n" }.to_string());
     assert_eq!(choose_gid(2, &gids, &types, None), Some(3));
     assert_eq!(choose_gid(2, &gids[..2], &types, None), Some(1));
     assert_eq!(choose_gid(2, &gids, &|_| None, None), Some(0));

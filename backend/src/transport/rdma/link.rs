@@ -187,25 +187,13 @@ fn key(uid: &str, rest: &str) -> String {
 /// Publishes our endpoint for the pair, waits for the peer's, connects, and waits for the
 /// peer's "ready" (so neither side writes before the other's QP can receive).
 pub(crate) fn exchange(store: &dyn Store, uid: &str, dev: &Device, pending: PendingConn, deadline: Instant) -> std::result::Result<Conn, String> {
-    let (me, peer, epoch) = (pending.local.from, pending.local.to, pending.local.epoch);
-    store.set(&key(uid, &format!("ep/{epoch}/{me}-{peer}")), &pending.local.encode()).map_err(|e| e.to_string())?;
-    let k = key(uid, &format!("ep/{epoch}/{peer}-{me}"));
-    let v = store.wait(&[k.as_str()], deadline.saturating_duration_since(Instant::now())).map_err(|e| e.to_string())?;
-    let remote = EndpointInfo::decode(&v[0]).map_err(|e| e.to_string())?;
-    if remote.from != peer || remote.to != me || remote.epoch != epoch {
-        return Err(format!("endpoint record names {}->{} epoch {}, expected {peer}->{me} epoch {epoch}", remote.from, remote.to, remote.epoch));
-    }
-    let conn = finish_conn(dev, pending, remote)?;
-    store.set(&key(uid, &format!("ready/{epoch}/{me}-{peer}")), &wire::encode_ready()).map_err(|e| e.to_string())?;
-    let k = key(uid, &format!("ready/{epoch}/{peer}-{me}"));
-    let v = store.wait(&[k.as_str()], deadline.saturating_duration_since(Instant::now())).map_err(|e| e.to_string())?;
-    wire::decode_ready(&v[0]).map_err(|e| e.to_string())?;
-    Ok(conn)
+    exchange_all(store, uid, dev, vec![pending], deadline).map(|mut c| c.remove(0)).map_err(|(_, e)| e)
 }
 
-/// [`exchange`] for several peers at once, connecting each as soon as its record appears (in
-/// any order): a rejoining rank must not wait on one survivor while another, which already
-/// connected and waits for our "ready", holds up the collective the first one is in.
+/// [`exchange`] for several peers at once: publishes every record first, then connects each peer
+/// as soon as its record appears (in any order), then waits for every "ready". No pair waits on
+/// another: a rejoining rank must not wait on one survivor while another, which already connected
+/// and waits for our "ready", holds up the collective the first one is in.
 pub(crate) fn exchange_all(store: &dyn Store, uid: &str, dev: &Device, pending: Vec<PendingConn>, deadline: Instant) -> std::result::Result<Vec<Conn>, (usize, String)> {
     let mut waiting: Vec<Option<PendingConn>> = Vec::new();
     for p in pending {

@@ -198,19 +198,19 @@ pub fn setup(
     let geo = geometry();
     let signals_mr = register_signals(&dev, signals, me.rank)?;
 
-    // Phase 1: create and publish every QP; phase 2: connect them (no pair waits on another).
-    let mut pending = Vec::new();
+    // Create every QP, then publish and connect them all (no pair waits on another).
+    let (mut mems, mut pending) = (Vec::new(), Vec::new());
     for (p, v) in candidates.iter().zip(values) {
         let theirs = CapRecord::decode(&v).map_err(|e| connect_error(p.rank, e.to_string()))?;
         if !wire::pair_ok(&cap, &theirs) {
             continue;
         }
         let (mem, pc) = new_conn(&dev, me.rank, p.rank, 0, Resume::default(), signals, &signals_mr)?;
-        store.set(&key(uid, &format!("ep/0/{}-{}", me.rank, p.rank)), &pc.local.encode())?;
-        pending.push((p.rank, mem, pc));
+        mems.push((p.rank, mem));
+        pending.push(pc);
     }
-    for (peer, mem, pc) in pending {
-        let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(peer, e))?;
+    let conns = link::exchange_all(store, uid, &dev, pending, deadline).map_err(|(peer, e)| connect_error(peer, e))?;
+    for ((peer, mem), conn) in mems.into_iter().zip(conns) {
         out.insert(peer, RdmaLink::start(me.rank, peer, dev.clone(), geo, signals.clone(), mem, conn)?);
     }
     Ok(out)
