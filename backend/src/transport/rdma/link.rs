@@ -202,7 +202,10 @@ pub(crate) fn exchange_all(store: &dyn Store, uid: &str, dev: &Device, pending: 
         waiting.push(Some(p));
     }
     let mut conns: Vec<Option<Conn>> = waiting.iter().map(|_| None).collect();
+    // Polling backs off (1 ms doubling to 16 ms) so a large group does not flood the store.
+    let mut pause = Duration::from_millis(1);
     while conns.iter().any(|c| c.is_none()) {
+        let before = waiting.iter().flatten().count();
         for (slot, conn) in waiting.iter_mut().zip(conns.iter_mut()) {
             let Some(p) = slot.as_ref() else { continue };
             let (me, peer, epoch) = (p.local.from, p.local.to, p.local.epoch);
@@ -220,7 +223,8 @@ pub(crate) fn exchange_all(store: &dyn Store, uid: &str, dev: &Device, pending: 
             if Instant::now() >= deadline {
                 return Err((p.local.to as usize, "timed out waiting for the peer's endpoint record (did it serve the join?)".into()));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            pause = if waiting.iter().flatten().count() < before { Duration::from_millis(1) } else { (pause * 2).min(Duration::from_millis(16)) };
+            std::thread::sleep(pause);
         }
     }
     let conns: Vec<Conn> = conns.into_iter().flatten().collect();
