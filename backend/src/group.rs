@@ -498,13 +498,16 @@ impl GroupInner {
         let deadline = Instant::now() + self.opts.timeout;
         let info = join::joiner_info(&self.store, &self.uid, req, deadline)?;
         let p = req.rank;
+        // Chunks the dead predecessor never consumed are forfeited: our credits restart full. (It
+        // sends nothing more, and the replacement sends nothing before our handoff, so this can
+        // come before the new link; an RDMA queue pair needs the counters when it connects.)
+        let coll = join::forfeit(&self.signals, comm, p);
         let mut rdma_link = None;
         let link: Arc<dyn Link> = if shm::can_connect(&self.me, &info) {
             Arc::new(shm::connect(self.rank, self.size, &self.local, &info)?)
         } else if rdma::pair_uses_rdma(&*self.store, &self.uid, &self.me, &info, deadline)? {
             // The new queue pair continues both streams' counters, so both are settled first.
             let p2p = self.forfeit_p2p(p, deadline)?;
-            let coll = join::forfeit(&self.signals, comm, p);
             let existing = self.rdma_links.lock().unwrap_or_else(|e| e.into_inner())[p].clone();
             let resume = rdma::Resume::continuing(&[coll, p2p]);
             let l = rdma::relink(&*self.store, &self.uid, self.rank, p, existing.as_ref(), &self.signals, req.seq, resume, deadline)?;
@@ -517,8 +520,6 @@ impl GroupInner {
         self.rdma_links.lock().unwrap_or_else(|e| e.into_inner())[p] = rdma_link;
         self.counters.connected(p);
         self.liveness.reset(p);
-        // Chunks the dead predecessor never consumed are forfeited: our credits restart full.
-        let coll = join::forfeit(&self.signals, comm, p);
         comm.links[p] = Some(link.clone());
         self.links.lock().unwrap_or_else(|e| e.into_inner())[p] = Some(link.clone());
         let view = self.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
