@@ -64,9 +64,18 @@ pub struct Progress {
     pub can_rerun: bool,
 }
 
+/// A GPU communicator of the group: the device it runs on and the view epoch it was built in (it
+/// spans the members of that view).
+pub struct DeviceSlot {
+    pub ordinal: usize,
+    pub epoch: u64,
+    pub comm: Arc<chorus_kernels::cuda::DeviceComm>,
+}
+
 pub struct GroupInner {
-    /// GPU communicators of this group, by CUDA device ordinal (created on first use).
-    pub device_comms: Mutex<Vec<(usize, Arc<chorus_kernels::cuda::DeviceComm>)>>,
+    /// GPU communicators of this group, one per CUDA device ordinal (created on first use, rebuilt
+    /// after the view changed).
+    pub device_comms: Mutex<Vec<DeviceSlot>>,
     pub uid: String,
     pub rank: usize,
     pub size: usize,
@@ -402,6 +411,7 @@ fn heartbeat_loop(group: std::sync::Weak<GroupInner>, interval: Duration) {
                 return;
             }
             g.liveness.beat(&g.links());
+            g.abort_device_comms_of_dead_peers();
             if let Some(round) = g.pending_round() {
                 if let Err(e) = g.post_recovery(round) {
                     tracing::debug!(error = %e, "posting a recovery report failed");
@@ -434,6 +444,25 @@ impl GroupInner {
             .map(|p| self.signals.control(p, Control::Recovery).load(Ordering::SeqCst))
             .filter(|&r| r > applied)
             .max()
+    }
+
+    /// Aborts every GPU communicator that spans a peer found dead, so its kernels stop waiting for
+    /// that peer now instead of at their deadline (reason: 1 + the dead rank). A kernel cannot see a
+    /// dead process; this host-side check is how it learns.
+    fn abort_device_comms_of_dead_peers(&self) {
+        let comms: Vec<_> = {
+            let g = self.device_comms.lock().unwrap_or_else(|p| p.into_inner());
+            g.iter().filter(|s| s.comm.aborted().is_none()).map(|s| s.comm.clone()).collect()
+        };
+        if comms.is_empty() {
+            return;
+        }
+        if let Some(dead) = (0..self.size).find(|&p| p != self.rank && self.peer_dead(p)) {
+            for c in comms {
+                tracing::warn!(dead, device = c.device(), "rank {dead} is dead: aborting the GPU communicator");
+                c.abort(dead as u64 + 1);
+            }
+        }
     }
 
     /// Whether `peer` is known to be gone.

@@ -209,3 +209,29 @@ fn successive_replacements_link_to_each_other_over_tcp() {
     let reports = rejoin_cases::successive_replacements("succ-tcp", own_host);
     assert!(reports.iter().all(|(t, _)| t.iter().all(|t| *t == "tcp" || *t == "self")), "{reports:?}");
 }
+
+/// DESIGN invariant 3 on the GPU path: a group's GPU communicator keeps its host control block (abort
+/// word, error mirror) in page-locked host memory, and the group registers it as `Location::Host`. A
+/// one-rank group needs no peer process, so this runs in-process on one GPU.
+#[test]
+#[ignore = "needs a CUDA GPU; run with --ignored on the GPU machine"]
+fn gpu_control_block_is_registered_as_host_memory() {
+    if let Err(e) = chorus_kernels::cuda::open_device(0) {
+        println!("gpu_control_block_is_registered_as_host_memory: not run: {e}");
+        return;
+    }
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let pg = ProcessGroup::new(store, 0, 1, Options::default().with_name("gpu-ctl")).unwrap();
+    let comm = pg.device_comm(0).unwrap();
+    let (ctl, len) = comm.control_region();
+    assert_eq!(len, chorus_kernels::cuda::CONTROL_BYTES);
+    assert_eq!(pg.registered_location(ctl), Some(chorus_backend::memory::Location::Host));
+    assert_eq!(pg.registered_location(ctl + len - 1), Some(chorus_backend::memory::Location::Host));
+    // The same communicator is reused while the view stays; its status is healthy until aborted.
+    assert!(Arc::ptr_eq(&comm, &pg.device_comm(0).unwrap()));
+    pg.device_status(0).unwrap();
+    comm.abort(7);
+    let e = pg.device_status(0).unwrap_err();
+    assert!(e.to_string().contains("aborted by the host"), "{e}");
+    assert!(pg.device_comm(0).is_err(), "an aborted communicator of the current view must be refused");
+}

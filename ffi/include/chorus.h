@@ -204,6 +204,12 @@ int32_t chorus_group_epoch(const chorus_group_t *group, uint64_t *out);
    application can resume its loop from it. */
 int32_t chorus_group_ops_completed(const chorus_group_t *group, uint64_t *out);
 
+/* Whether the group's GPU communicator on CUDA device `device` still works (as ncclCommGetAsyncError):
+   CHORUS_OK (also when the device has none), CHORUS_ERR_TIMEOUT when a kernel waited past its deadline,
+   CHORUS_ERR_PEER_FAILED when the group aborted it because a peer died (message in chorus_last_error).
+   GPU collectives return before they run: call this after synchronizing. Reads host memory only. */
+int32_t chorus_group_device_status(const chorus_group_t *group, int32_t device);
+
 /* Removes `ranks` from the view; every rank adopts the change at its next collective. */
 int32_t chorus_group_deactivate_ranks(chorus_group_t *group, const int32_t *ranks, size_t nranks);
 

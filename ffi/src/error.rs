@@ -62,6 +62,7 @@ pub fn code_of(e: &ChorusError) -> i32 {
         ChorusError::Destroyed => CHORUS_ERR_DESTROYED,
         ChorusError::Incomplete(_) => CHORUS_ERR_INCOMPLETE,
         ChorusError::Device { source: chorus_kernels::KernelError::CollectiveTimeout { .. }, .. } => CHORUS_ERR_TIMEOUT,
+        ChorusError::Device { source: chorus_kernels::KernelError::CollectiveAborted { .. }, .. } => CHORUS_ERR_PEER_FAILED,
         ChorusError::Device { source: chorus_kernels::KernelError::CudaUnavailable(_), .. } => CHORUS_ERR_UNSUPPORTED,
         ChorusError::Device { source: chorus_kernels::KernelError::InvalidArgument { .. }, .. } => CHORUS_ERR_INVALID_ARGUMENT,
         ChorusError::Device { source: chorus_kernels::KernelError::Unsupported { .. }, .. } => CHORUS_ERR_UNSUPPORTED,

@@ -462,6 +462,24 @@ pub unsafe extern "C" fn chorus_group_ops_completed(group_: *const chorus_group,
     guard(|| put_u64("chorus_group_ops_completed", out, group(group_)?.pg.ops_completed()))
 }
 
+/// Whether the group's GPU communicator on CUDA device `device` still works, as NCCL's
+/// `ncclCommGetAsyncError`: `CHORUS_OK` (also when the device has none), or the error of its
+/// failure, with the message in `chorus_last_error`: `CHORUS_ERR_TIMEOUT` when a kernel waited past
+/// its deadline, `CHORUS_ERR_PEER_FAILED` when the group aborted it because a peer died. GPU
+/// collectives are stream-ordered and return before they run: call this after synchronizing to learn
+/// whether they completed. Reads host memory only (no CUDA call).
+///
+/// # Safety
+/// `group` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_device_status(group_: *const chorus_group, device: i32) -> i32 {
+    guard(|| {
+        let device = usize::try_from(device).map_err(|_| FfiError::invalid(format!("device {device} is negative")))?;
+        group(group_)?.pg.device_status(device)?;
+        Ok(())
+    })
+}
+
 /// Removes `ranks` from the view; every rank adopts the change at its next collective.
 ///
 /// # Safety

@@ -71,6 +71,24 @@ pub enum KernelError {
          device communicator cannot be used any more (CHORUS_CUDA_TIMEOUT_MS sets the deadline)"
     )]
     CollectiveTimeout { block: u32, timeout_ms: u64 },
+    /// The host aborted the device communicator (through its host control block): waiting kernels gave
+    /// up and no further operation is accepted. The process group aborts it with reason `1 + rank`
+    /// when its failure detector finds that rank dead.
+    #[error(
+        "the GPU communicator was aborted by the host ({}){}; its collectives since then did not complete \
+         and this device communicator cannot be used any more",
+        abort_reason_help(*.reason),
+        .block.map(|b| format!(" while thread block {b} waited for a peer")).unwrap_or_default()
+    )]
+    CollectiveAborted { reason: u64, block: Option<u32> },
+}
+
+/// How the process group's abort reasons read (`1 + rank` of the failed peer).
+fn abort_reason_help(reason: u64) -> String {
+    match reason {
+        0 => "no reason given".to_string(),
+        r => format!("reason {r}: the process group sets 1 + the rank its failure detector found dead, here rank {}", r - 1),
+    }
 }
 
 pub type Result<T> = std::result::Result<T, KernelError>;

@@ -13,14 +13,20 @@
 //! - one-shot and two-shot all_reduce plus all_gather captured in one CUDA graph, replayed with new inputs.
 //!
 //! The `timeout` scenario: rank 1 skips a collective; rank 0's kernel gives up after its deadline with
-//! `CollectiveTimeout` instead of hanging.
+//! `CollectiveTimeout` instead of hanging, and the host sees it in the control block before any
+//! synchronization.
+//!
+//! The `abort` scenario: rank 1 skips a collective and rank 0's host aborts the communicator 300 ms
+//! later (as the process group does when it finds a peer dead): the waiting kernel gives up at once with
+//! `CollectiveAborted`, long before its 60 s deadline, and the communicator refuses further work. The
+//! control block is host memory: the device registry refuses it.
 //!
 //! Without a CUDA device the tests are ignored by default and, when run, print `not run` and return.
 #![cfg(feature = "cuda")]
 
 use chorus_kernels::cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use chorus_kernels::cuda::cudarc::driver::{CudaContext, CudaStream};
-use chorus_kernels::cuda::{open_device, CommOptions, DeviceAllocation, DeviceComm, DeviceKernels, RawStream, ResidentSpinner, SpinExit};
+use chorus_kernels::cuda::{open_device, CommOptions, DeviceAllocation, DeviceComm, DeviceKernels, DeviceRegistry, RawStream, ResidentSpinner, SpinExit};
 use chorus_kernels::{finalize_avg, reduce_into, DType, KernelError, ReduceOp};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -133,6 +139,12 @@ fn gpu_collectives_8_ranks() {
 
 #[test]
 #[ignore = "needs a CUDA GPU; run with --ignored on the GPU machine"]
+fn gpu_collective_aborted_by_the_host_stops_waiting() {
+    run_ranks("gpu_collective_aborted_by_the_host_stops_waiting", "abort", 2, &[("CHORUS_CUDA_TIMEOUT_MS", "60000")]);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU; run with --ignored on the GPU machine"]
 fn gpu_collective_times_out_instead_of_hanging() {
     run_ranks("gpu_collective_times_out_instead_of_hanging", "timeout", 2, &[("CHORUS_CUDA_TIMEOUT_MS", "1500")]);
 }
@@ -147,7 +159,8 @@ fn child_process_entry() {
     let (scenario, rank, world, dir) = (parts[0], parts[1].parse().unwrap(), parts[2].parse().unwrap(), PathBuf::from(parts[3]));
     let r = match scenario {
         "matrix" => matrix(rank, world, &dir),
-        "timeout" => timeout(rank, world, &dir),
+        "timeout" => abandoned(rank, world, &dir, false),
+        "abort" => abandoned(rank, world, &dir, true),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(e) = r {
@@ -543,39 +556,80 @@ fn graph(r: &mut Rank) -> Result<(), String> {
     Ok(())
 }
 
-fn timeout(rank: usize, world: usize, dir: &Path) -> Result<(), String> {
+/// Rank 1 skips a collective that rank 0 issues. With `abort`, rank 0's host aborts the communicator
+/// after 300 ms; without, the kernel runs into its deadline. Either way the host sees the failure in the
+/// control block without synchronizing, the synchronization reports it, and the next op is refused.
+fn abandoned(rank: usize, world: usize, dir: &Path, abort: bool) -> Result<(), String> {
     let ndev = CudaContext::device_count().map_err(|e| e.to_string())? as usize;
     let dev = rank % ndev;
     let comm = DeviceComm::new(dev, rank, world, CommOptions::from_env(world), &mut |s| exchange(dir, "setup", rank, world, s))
         .map_err(|e| e.to_string())?;
     let ctx = comm.kernels().context().clone();
-    if rank == 0 {
-        let buf = DeviceAllocation::new(&ctx, 4096).map_err(|e| e.to_string())?;
-        let stream = ctx.new_stream().map_err(|e| e.to_string())?;
-        let raw = RawStream(stream.cu_stream() as usize);
-        let t = Instant::now();
-        // SAFETY: inside `buf`, which outlives the synchronize below.
-        unsafe { comm.all_reduce(raw, DType::F32, ReduceOp::Sum, buf.ptr(), buf.ptr(), 1024) }.map_err(|e| e.to_string())?;
-        // SAFETY: live stream.
-        let r = unsafe { comm.synchronize(raw) };
-        let waited = t.elapsed();
-        exchange(dir, "done", rank, 1, String::new()).map_err(|e| e.to_string())?;
-        match r {
-            Err(KernelError::CollectiveTimeout { .. }) => {
-                println!("rank 0: the collective gave up after {:.2} s as expected: {}", waited.as_secs_f64(), r.unwrap_err());
-                Ok(())
-            }
-            other => Err(format!("expected CollectiveTimeout, got {other:?}")),
-        }
-    } else {
-        // Skips the collective; waits until rank 0 has seen its timeout.
-        let deadline = Instant::now() + Duration::from_secs(60);
+    if rank != 0 {
+        // Skips the collective; waits until rank 0 has seen the failure.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while !dir.join("done.0").exists() {
             if Instant::now() > deadline {
                 return Err("rank 0 never finished".into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
+        return Ok(());
     }
+    comm.check().map_err(|e| format!("a fresh communicator reports {e}"))?;
+    let (ctl, ctl_len) = comm.control_region();
+    match DeviceRegistry::new(ctx.clone()).register(ctl as u64, ctl_len) {
+        Err(KernelError::InvalidArgument { reason }) if reason.contains("host memory") => {}
+        other => return Err(format!("the device registry took the host control block: {other:?}")),
+    }
+    let buf = DeviceAllocation::new(&ctx, 4096).map_err(|e| e.to_string())?;
+    let stream = ctx.new_stream().map_err(|e| e.to_string())?;
+    let raw = RawStream(stream.cu_stream() as usize);
+    let t = Instant::now();
+    // SAFETY: inside `buf`, which outlives the synchronize below.
+    unsafe { comm.all_reduce(raw, DType::F32, ReduceOp::Sum, buf.ptr(), buf.ptr(), 1024) }.map_err(|e| e.to_string())?;
+    let seen = std::thread::scope(|s| {
+        if abort {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                comm.abort(2);
+            });
+        }
+        // The failure shows in the control block while the stream is still unsynchronized.
+        let deadline = Instant::now() + Duration::from_secs(75);
+        loop {
+            if let Err(e) = comm.check() {
+                return Ok(e);
+            }
+            if Instant::now() > deadline {
+                return Err("the control block never reported the failure".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })?;
+    // SAFETY: live stream.
+    let r = unsafe { comm.synchronize(raw) };
+    let waited = t.elapsed();
+    // SAFETY: as above; refused before anything is enqueued.
+    let after = unsafe { comm.all_reduce(raw, DType::F32, ReduceOp::Sum, buf.ptr(), buf.ptr(), 1024) };
+    exchange(dir, "done", rank, 1, String::new()).map_err(|e| e.to_string())?;
+    let ok = |e: &KernelError| match e {
+        KernelError::CollectiveAborted { reason: 2, block: Some(_) } => abort,
+        KernelError::CollectiveTimeout { .. } => !abort,
+        _ => false,
+    };
+    if !ok(&seen) {
+        return Err(format!("the control block reported {seen:?}"));
+    }
+    match (&r, &after) {
+        (Err(e), Err(a)) if ok(e) && ok(a) => {}
+        _ => return Err(format!("synchronize gave {r:?}, the next op {after:?}")),
+    }
+    // The abort must beat the 60 s deadline by far (a loose bound: this checks that the abort word is
+    // read, not how fast).
+    if abort && waited > Duration::from_secs(20) {
+        return Err(format!("the aborted kernel kept waiting for {waited:?}"));
+    }
+    println!("rank 0: the collective gave up after {:.2} s as expected: {}", waited.as_secs_f64(), r.unwrap_err());
+    Ok(())
 }

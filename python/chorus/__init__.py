@@ -5,12 +5,13 @@
     dist.init_process_group("chorus")  # under torchrun, or with store=/rank=/world_size=
 
 Fault tolerance (see README.md): get_active_ranks, get_current_epoch, get_failed_ranks,
-deactivate_ranks, activate_ranks, join_group, and chorus.Options for pg_options.
+deactivate_ranks, activate_ranks, join_group, check_device (GPU kernel path), and chorus.Options for pg_options.
 """
 from ._lib import ChorusError, ChorusInvalidArgument, ChorusTimeout, ChorusUnsupported, library_path
 from .backend import ChorusWork, Options, ProcessGroupChorus, register
 from .ft import (
     activate_ranks,
+    check_device,
     deactivate_ranks,
     get_active_ranks,
     get_contributors,
@@ -25,6 +26,7 @@ __all__ = [
     "ChorusError", "ChorusInvalidArgument", "ChorusTimeout", "ChorusUnsupported", "ChorusWork", "Options",
     "ProcessGroupChorus", "library_path", "get_active_ranks", "get_current_epoch", "get_failed_ranks",
     "get_contributors", "get_work_epoch", "get_ops_completed", "deactivate_ranks", "activate_ranks", "join_group",
+    "check_device",
 ]
 
 register()

@@ -135,6 +135,7 @@ def _load():
         "chorus_group_join_tcp": (c_int32, [c_char_p, c_int32, c_int32, c_char_p, c_int64, WP]),
         "chorus_group_active_ranks": (c_int32, [G, POINTER(c_int32), c_size_t, POINTER(c_size_t)]),
         "chorus_group_epoch": (c_int32, [G, POINTER(c_uint64)]),
+        "chorus_group_device_status": (c_int32, [G, c_int32]),
         "chorus_group_ops_completed": (c_int32, [G, POINTER(c_uint64)]),
         "chorus_group_deactivate_ranks": (c_int32, [G, POINTER(c_int32), c_size_t]),
         "chorus_group_activate_ranks": (c_int32, [G, POINTER(c_int32), c_size_t]),

@@ -331,6 +331,12 @@ class ProcessGroupChorus(dist.ProcessGroup):
         """Epoch of the current membership view (raised by every change)."""
         return _lib.u64(lib.chorus_group_epoch, self._group())
 
+    def check_device(self, device) -> None:
+        """Raises (a ChorusError) once the GPU communicator on ``device`` failed: a kernel waited past its
+        deadline, or it was aborted because a peer died. GPU collectives return before they run, so call
+        this after synchronizing the stream to learn whether they completed."""
+        check(lib.chorus_group_device_status(self._group(), int(torch.device(device).index or 0)))
+
     def ops_completed(self) -> int:
         """Collectives this rank issued in the group (a replacement starts at the survivors' count)."""
         return _lib.u64(lib.chorus_group_ops_completed, self._group())

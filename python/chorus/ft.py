@@ -46,6 +46,13 @@ def get_current_epoch(group=None) -> int:
     return _chorus_group(group).current_epoch()
 
 
+def check_device(device=None, group=None) -> None:
+    """Raises once ``group``'s GPU communicator on ``device`` (default: the current CUDA device) failed:
+    a kernel waited past its deadline, or the group aborted it because a peer died (its kernels then stop
+    waiting at once). GPU collectives are stream-ordered and return before they run: synchronize first."""
+    _chorus_group(group).check_device(torch.device("cuda", torch.cuda.current_device()) if device is None else device)
+
+
 def get_ops_completed(group=None) -> int:
     """Collectives this rank issued in ``group``. A replacement rank starts at the survivors' count,
     so a training loop can resume from it."""

@@ -4,7 +4,14 @@ contributors). The test kills one rank and starts a replacement (CHORUS_JOIN=1) 
 
 Env: RANK, WORLD_SIZE, CHORUS_TEST_STORE_PORT, CHORUS_JOIN (replacement), FT_AFTER (collectives to run
 after the group grew back, then stop: every member sees the growth at the same collective), FT_DEVICE
-(cpu, or cuda: the tensors live on GPU rank % device_count and take the host path, cuda_path="host").
+(cpu, or cuda: the tensors live on GPU rank % device_count and take the host path, cuda_path="host";
+or cuda-kernels: see below).
+
+FT_DEVICE=cuda-kernels runs the GPU kernel path, which cannot finish a collective without a peer: the
+original ranks first loop GPU all_reduces (printing `gpu ...`) until one fails because a peer died
+(the group aborts its GPU communicator; printed as `gpu failed ...`), then run the host loop above on
+CPU tensors while the group shrinks and grows back, then every rank (the replacement too) runs
+GPU_AFTER more GPU all_reduces over all ranks on a communicator rebuilt for the new view.
 """
 import hashlib
 import os
@@ -24,20 +31,63 @@ def values(rank: int, it: int) -> torch.Tensor:
     return (rank + 1) * 1_000_003 + it * 7919 + torch.arange(ELEMS, dtype=torch.float64)
 
 
+def gpu_all_reduce(rank: int, n: int, gpu, it: int) -> str:
+    """One all_reduce on the GPU kernel path over all n ranks, checked; returns the result's digest."""
+    t = values(rank, it).to(gpu)
+    dist.all_reduce(t)
+    torch.cuda.synchronize()
+    chorus.check_device()
+    want = sum(values(r, it) for r in range(n))
+    got = t.cpu()
+    if not torch.equal(got, want):
+        print(f"gpu {it}: wrong result {got[:4].tolist()} != {want[:4].tolist()}", flush=True)
+        sys.exit(3)
+    return hashlib.sha1(got.numpy().tobytes()).hexdigest()[:16]
+
+
+def gpu_until_failure(rank: int, n: int, gpu):
+    """GPU all_reduces until one fails (a peer was killed): the failure must come from the abort, long
+    before the kernels' 60 s deadline, and name the dead rank."""
+    deadline = time.time() + 120
+    it = 0
+    while time.time() < deadline:
+        t0 = time.time()
+        try:
+            digest = gpu_all_reduce(rank, n, gpu, it)
+        except chorus.ChorusError as e:
+            msg = str(e).replace("\n", " ")
+            print(f"gpu failed at {it} after {time.time() - t0:.2f} s: {msg}", flush=True)
+            return
+        print(f"gpu {it} digest {digest}", flush=True)
+        it += 1
+        time.sleep(0.005)
+    print("gave up: no GPU collective failed", flush=True)
+    sys.exit(4)
+
+
+def gpu_rounds(rank: int, n: int, gpu, rounds: int):
+    for j in range(rounds):
+        print(f"gpu-after {j} digest {gpu_all_reduce(rank, n, gpu, 10_000 + j)}", flush=True)
+
+
 def main():
     rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     after = int(os.environ.get("FT_AFTER", "30"))
     joining = os.environ.get("CHORUS_JOIN") == "1"
     device = torch.device("cpu")
-    if os.environ.get("FT_DEVICE", "cpu") == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
+    mode = os.environ.get("FT_DEVICE", "cpu")
+    if mode.startswith("cuda"):
+        gpu = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(gpu)
+        device = gpu if mode == "cuda" else device
     store = dist.TCPStore("127.0.0.1", int(os.environ["CHORUS_TEST_STORE_PORT"]), n + 1, is_master=False, timeout=timedelta(seconds=60))
     # join comes from CHORUS_JOIN=1 (honoured by the backend factory); the rest from pg_options.
     dist.init_process_group("chorus", store=store, rank=rank, world_size=n, timeout=timedelta(seconds=30),
                             pg_options=chorus.Options(failure_policy="shrink", heartbeat_ms=50, heartbeat_timeout_ms=1000,
-                                                      cuda_path="host" if device.type == "cuda" else None))
+                                                      cuda_path="host" if mode == "cuda" else None))
     print(f"start rank {rank} join {int(joining)} device {device} ops {chorus.get_ops_completed()} active {chorus.get_active_ranks()}", flush=True)
+    if mode == "cuda-kernels" and not joining:
+        gpu_until_failure(rank, n, gpu)
     prev = None
     stop_at = 1_000_000
     deadline = time.time() + 90
@@ -69,6 +119,8 @@ def main():
         prev = contributors
         it += 1
         time.sleep(0.002)
+    if mode == "cuda-kernels":
+        gpu_rounds(rank, n, gpu, int(os.environ.get("GPU_AFTER", "20")))
     print(f"done epoch {chorus.get_current_epoch()} active {chorus.get_active_ranks()}", flush=True)
     dist.destroy_process_group()
 

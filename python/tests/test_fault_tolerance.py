@@ -69,6 +69,74 @@ def test_kill_and_rejoin_cuda(where, tmp_path):
     _kill_and_rejoin(0 if where == "first" else n // 2, n, "cuda", tmp_path)
 
 
+def test_kill_on_the_gpu_kernel_path_aborts_then_rejoins(tmp_path):
+    """The GPU kernel path: a rank is kill -9ed while every rank loops GPU all_reduces. The survivors'
+    kernels are aborted by the group's failure detector (they stop waiting at once rather than at their
+    60 s deadline), chorus.check_device names the dead rank, the group shrinks and a replacement rejoins
+    on the host path, and then GPU all_reduces over all ranks run again on a rebuilt communicator.
+    Ranks share the GPUs when there are fewer than 3."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == 0:
+        pytest.skip("needs a CUDA GPU (run on the GPU machine)")
+    n, victim = min(max(gpus, 3), 8), 1
+    t0 = time.time()
+    store = dist.TCPStore("127.0.0.1", 0, n + 2, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False)
+    base = dict(os.environ, WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", CHORUS_TEST_STORE_PORT=str(store.port),
+                CHORUS_TIMEOUT_MS="30000", CHORUS_CUDA_TIMEOUT_MS="60000", FT_AFTER="10", GPU_AFTER="20",
+                PYTHONUNBUFFERED="1", FT_DEVICE="cuda-kernels")
+    base.pop("CHORUS_JOIN", None)
+    procs, logs, files = {}, {}, []
+
+    def spawn(rank, key, **extra):
+        logs[key] = tmp_path / f"{key}.log"
+        f = open(logs[key], "w")
+        files.append(f)
+        procs[key] = subprocess.Popen([sys.executable, WORKER], env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank), **extra),
+                                      stdout=f, stderr=subprocess.STDOUT)
+
+    gpu_lines = lambda r: [l for l in _lines(logs[r]) if l.startswith("gpu ")]
+    try:
+        for r in range(n):
+            spawn(r, r)
+        _wait_for(lambda: all(len(gpu_lines(r)) >= 20 for r in range(n)), "20 GPU collectives on every rank", 120, procs, logs)
+        os.kill(procs[victim].pid, signal.SIGKILL)
+        procs[victim].wait()
+        procs.pop(victim)
+        survivors = [r for r in range(n) if r != victim]
+        _wait_for(lambda: all(any(l.startswith("gpu failed") for l in _lines(logs[r])) for r in survivors),
+                  "the survivors' GPU collectives to fail", 30, procs, logs)
+        spawn(victim, "joiner", CHORUS_JOIN="1")
+        deadline = time.time() + 90
+        for key, p in procs.items():
+            try:
+                code = p.wait(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{key} hung:\n" + "\n".join(_lines(logs[key])[-20:]))
+            assert code == 0, f"{key} exited with {code}:\n" + "\n".join(_lines(logs[key])[-30:])
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in files:
+            f.close()
+
+    outs = {r: _lines(logs[r]) for r in survivors + ["joiner"]}
+    for r in survivors:
+        fail = next(l for l in outs[r] if l.startswith("gpu failed"))
+        waited = float(fail.split(" after ")[1].split(" s:")[0])
+        # Aborted, not timed out: far below the kernels' 60 s deadline (a loose bound; the abort is
+        # what is checked, not its speed), and the error names the dead rank.
+        assert waited < 30 and f"here rank {victim}" in fail and "aborted" in fail, fail
+    after = {r: [l for l in outs[r] if l.startswith("gpu-after ")] for r in outs}
+    ref = after[survivors[0]]
+    assert len(ref) == 20, outs[survivors[0]][-5:]
+    assert all(after[r] == ref for r in outs), "ranks disagree on the GPU collectives after the rejoin"
+    assert _list_after(outs["joiner"][-1], "active ") == list(range(n)), outs["joiner"][-1]
+    print(f"{n} ranks on {gpus} GPU(s), victim {victim}: " + "; ".join(next(l for l in outs[r] if l.startswith("gpu failed"))[:60] for r in survivors)
+          + f"; {time.time() - t0:.1f}s")
+
+
 def _kill_and_rejoin(victim, N, device, tmp_path):
     t0 = time.time()
     store = dist.TCPStore("127.0.0.1", 0, N + 2, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False)

@@ -3,6 +3,8 @@
 //! for every collective on that device. Everything is stream-ordered on the caller's stream.
 use super::ProcessGroup;
 use crate::error::{ChorusError, Result};
+use crate::group::DeviceSlot;
+use crate::memory::Location;
 use chorus_kernels::cuda::{CommOptions, DeviceComm};
 use chorus_kernels::{DType, ReduceOp};
 use std::sync::Arc;
@@ -10,18 +12,45 @@ use std::sync::Arc;
 impl ProcessGroup {
     /// The GPU communicator of this group on CUDA device `ordinal`, created on first use: every rank
     /// must reach its first GPU collective together (as with any collective); ranks may use different
-    /// devices. Compiles and preloads the kernels before it returns (design invariant 4).
+    /// devices. Compiles and preloads the kernels before it returns (design invariant 4). Its host
+    /// control block is registered as host memory (invariant 3).
+    ///
+    /// A communicator spans the view it was built in. Once the view changed (a rank failed and a
+    /// replacement rejoined), the next GPU collective builds a new one; while a rank is missing from the
+    /// view the kernel path is refused (the host path, `cuda_path = host`, carries on without it). A
+    /// communicator aborted because a peer died reports that until the view moves on.
     pub fn device_comm(&self, ordinal: usize) -> Result<Arc<DeviceComm>> {
         let mut comms = self.inner.device_comms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, c)) = comms.iter().find(|(d, _)| *d == ordinal) {
-            return Ok(c.clone());
+        let epoch = self.current_epoch();
+        if let Some(i) = comms.iter().position(|s| s.ordinal == ordinal) {
+            if comms[i].epoch == epoch {
+                let comm = comms[i].comm.clone();
+                comm.check().map_err(|source| ChorusError::Device { op: "setup", source })?;
+                return Ok(comm);
+            }
+            let stale = comms.remove(i);
+            tracing::debug!(ordinal, built = stale.epoch, epoch, "the view changed: rebuilding the GPU communicator");
+            self.inner.registry.unregister(stale.comm.control_region().0);
         }
-        // The k-th communicator of this group on every rank (ranks create them in the same order).
-        let k = comms.len();
         let (rank, size) = (self.rank(), self.size());
-        let _span = tracing::debug_span!("device_comm", ordinal, k, rank, size).entered();
+        let members = self.active_ranks();
+        if members.len() != size {
+            let missing: Vec<usize> = (0..size).filter(|r| !members.contains(r)).collect();
+            return Err(ChorusError::Device {
+                op: "setup",
+                source: chorus_kernels::KernelError::CommSetup(format!(
+                    "the GPU kernel path needs every rank of the group, but rank(s) {missing:?} are not in the view at \
+                     epoch {epoch} (they failed or were removed); a replacement can rejoin, or run GPU tensors on the \
+                     fault-tolerant host path (CHORUS_CUDA_PATH=host)"
+                )),
+            });
+        }
+        // The k-th communicator of this group built in this view, on every rank (ranks create them
+        // in the same order).
+        let k = comms.iter().filter(|s| s.epoch == epoch).count();
+        let _span = tracing::debug_span!("device_comm", ordinal, epoch, k, rank, size).entered();
         let store = self.inner.store.clone();
-        let keys: Vec<String> = (0..size).map(|r| self.inner.store_key(&format!("cuda/{k}/{r}"))).collect();
+        let keys: Vec<String> = (0..size).map(|r| self.inner.store_key(&format!("cuda/{epoch}/{k}/{r}"))).collect();
         let timeout = self.inner.opts.timeout;
         let mut exchange = |mine: String| -> chorus_kernels::Result<Vec<String>> {
             let fail = |e: chorus_bootstrap::BootstrapError| chorus_kernels::KernelError::CommSetup(format!("store exchange: {e}"));
@@ -32,10 +61,28 @@ impl ProcessGroup {
         };
         let comm = DeviceComm::new(ordinal, rank, size, CommOptions::from_env(size), &mut exchange)
             .map_err(|source| ChorusError::Device { op: "setup", source })?;
+        let (ctl, ctl_len) = comm.control_region();
+        self.inner.registry.register(ctl, ctl_len, Location::Host);
         tracing::debug!(?comm, "device communicator ready");
         let comm = Arc::new(comm);
-        comms.push((ordinal, comm.clone()));
+        comms.push(DeviceSlot { ordinal, epoch, comm: comm.clone() });
         Ok(comm)
+    }
+
+    /// Where the memory registry of this group says `ptr` lives (`None`: not registered).
+    pub fn registered_location(&self, ptr: usize) -> Option<Location> {
+        self.inner.registry.lookup(ptr).map(|r| r.location)
+    }
+
+    /// `Err` once the GPU communicator on device `ordinal` failed (a kernel passed its deadline, or
+    /// it was aborted because a peer died); reads host memory only, so it is cheap to poll after a
+    /// stream synchronization. `Ok` when the device has no communicator.
+    pub fn device_status(&self, ordinal: usize) -> Result<()> {
+        let comms = self.inner.device_comms.lock().unwrap_or_else(|p| p.into_inner());
+        match comms.iter().find(|s| s.ordinal == ordinal) {
+            Some(s) => s.comm.check().map_err(|source| ChorusError::Device { op: "collective", source }),
+            None => Ok(()),
+        }
     }
 
     /// The byte splits `(offset, length)` of an uneven all_to_all of `dtype` elements on the device

@@ -21,6 +21,7 @@
 //! calls they make go through `ffi`.
 #![allow(unsafe_code)]
 
+use super::control::HostControl;
 use super::workspace::{MemMode, PeerMaps, Workspace};
 use super::{cuda_err, ffi, DeviceKernels};
 use crate::{DType, KernelError, ReduceOp, Result};
@@ -34,6 +35,8 @@ pub const MAX_RANKS: usize = 8;
 pub const MAX_BLOCKS: u32 = 128;
 /// Where staging starts in a workspace (after flags, counters and the error word; see the source).
 const STAGING_OFF: usize = 73728;
+/// The device error word (kernels only; the host reads its mirror in the control block).
+#[cfg(test)]
 const ERROR_OFF: u64 = 57344;
 /// Barrier flags and counters of the two lanes (bulk, small); see the layout in `coll_source`.
 const BULK_BAR: u64 = 0;
@@ -216,6 +219,8 @@ pub struct DeviceComm {
     opts: CommOptions,
     layout: Layout,
     ws: Workspace,
+    /// Host-side control (abort word, error mirror); dropped after the device is synchronized.
+    control: HostControl,
     /// Every peer's workspace, mapped here.
     _peers: PeerMaps,
     peer_ws: [u64; MAX_RANKS],
@@ -265,6 +270,7 @@ impl DeviceComm {
         // Zeroed before any peer can see it (the exchange below is the barrier: nobody signals before
         // everyone published).
         let ws = Workspace::new(&ctx, layout.total, MemMode::from_env(), world - 1, opts.timeout)?;
+        let control = HostControl::new(&ctx)?;
         let mine = format!("{}|{}", ws.describe(), opts.wire());
         let all = exchange(mine)?;
         if all.len() != world {
@@ -294,6 +300,7 @@ impl DeviceComm {
             opts,
             layout,
             ws,
+            control,
             _peers: peers,
             peer_ws,
             order: Mutex::new(Order { event, last_stream: None, multi_stream: false }),
@@ -342,6 +349,7 @@ impl DeviceComm {
             staging_off: STAGING_OFF as u64,
             bar_off: BULK_BAR,
             state_off: BULK_STATE,
+            ctl: self.control.device_ptr(),
             p2p_off: self.layout.p2p_off as u64,
             timeout_ns: self.opts.timeout.as_nanos().min(u64::MAX as u128) as u64,
             kind,
@@ -380,6 +388,8 @@ impl DeviceComm {
         if subs.is_empty() {
             return Ok(());
         }
+        // A failed or aborted communicator takes no more work (its peers' counters are out of step).
+        self.check()?;
         let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         self.kernels.context().bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
         // SAFETY: `stream` is the caller's live stream (contract of the public ops).
@@ -708,8 +718,8 @@ impl DeviceComm {
         Ok(())
     }
 
-    /// Waits for `stream` and then reports whether any collective of this communicator gave up waiting
-    /// for a peer ([`KernelError::CollectiveTimeout`]).
+    /// Waits for `stream` and then reports whether any collective of this communicator gave up
+    /// ([`KernelError::CollectiveTimeout`], [`KernelError::CollectiveAborted`]).
     ///
     /// # Safety
     /// `stream` is a live stream of the device's primary context (or 0).
@@ -720,15 +730,32 @@ impl DeviceComm {
         self.check()
     }
 
-    /// Reads the workspace's error word (a synchronous 8-byte copy).
+    /// `Err` once a kernel of this communicator gave up or the communicator was aborted (as NCCL's
+    /// `ncclCommGetAsyncError`). Reads the host control block only: no CUDA call, no wait, so it can be
+    /// polled while kernels run; kernels still queued may fail later.
     pub fn check(&self) -> Result<()> {
-        self.kernels.context().bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
-        // SAFETY: the error word lies inside the live workspace allocation.
-        let v = unsafe { ffi::read_u64(self.ws.ptr() + ERROR_OFF) }.map_err(|e| cuda_err("reading the error word", e))?;
-        if v != 0 {
-            return Err(KernelError::CollectiveTimeout { block: (v & 0xffff_ffff) as u32, timeout_ms: self.opts.timeout.as_millis() as u64 });
-        }
-        Ok(())
+        self.control.status(self.opts.timeout.as_millis() as u64)
+    }
+
+    /// Aborts the communicator (as `ncclCommAbort`, without freeing it): every kernel of it that is
+    /// waiting for a peer, or will, gives up within microseconds and records
+    /// [`KernelError::CollectiveAborted`]; no further operation is accepted. `reason` is a non-zero
+    /// code for the error message (the process group passes 1 + the rank it found dead); aborting
+    /// again keeps the highest reason. Safe to call from any thread while kernels run.
+    pub fn abort(&self, reason: u64) {
+        tracing::debug!(rank = self.rank, reason, "aborting the device communicator");
+        self.control.abort(reason);
+    }
+
+    /// The abort reason, once aborted.
+    pub fn aborted(&self) -> Option<u64> {
+        self.control.abort_reason()
+    }
+
+    /// `(address, length)` of the host control block: host memory, registered by the process group as
+    /// `Location::Host` (never as device memory: DESIGN invariant 3).
+    pub fn control_region(&self) -> (usize, usize) {
+        self.control.host_range()
     }
 }
 
@@ -790,6 +817,7 @@ mod tests {
             ("chunk", offset_of!(ffi::CollArgs, chunk)),
             ("bar_off", offset_of!(ffi::CollArgs, bar_off)),
             ("state_off", offset_of!(ffi::CollArgs, state_off)),
+            ("ctl", offset_of!(ffi::CollArgs, ctl)),
             ("send_off", offset_of!(ffi::CollArgs, send_off)),
             ("send_len", offset_of!(ffi::CollArgs, send_len)),
             ("recv_off", offset_of!(ffi::CollArgs, recv_off)),
@@ -824,6 +852,11 @@ mod tests {
         assert_eq!(cuda_define("CH_MAX_RANKS"), MAX_RANKS as u64);
         assert_eq!(cuda_define("CH_MAX_BLOCKS"), MAX_BLOCKS as u64);
         assert_eq!(cuda_define("CH_ERROR"), ERROR_OFF);
+        assert_eq!(cuda_define("CH_CTL_ABORT"), super::super::control::CTL_ABORT as u64);
+        assert_eq!(cuda_define("CH_CTL_ERROR"), super::super::control::CTL_ERROR as u64);
+        assert_eq!(cuda_define("CH_FAIL_DEADLINE"), super::super::control::FAIL_DEADLINE);
+        assert_eq!(cuda_define("CH_FAIL_ABORTED"), super::super::control::FAIL_ABORTED);
+        assert!(super::super::control::CTL_ERROR + 8 <= super::super::control::CONTROL_BYTES);
         for (name, kind) in [
             ("CH_AR_ONESHOT", AR_ONESHOT),
             ("CH_AR_TWOSHOT", AR_TWOSHOT),

@@ -11,7 +11,7 @@
 //! | 8192 | send flags `[block][rank]` u64, written by sender `rank` |
 //! | 16384 | receive acks `[block][rank]` u64, written by receiver `rank` |
 //! | 24576 | bulk lane, per block 32 u64: `[0]` barrier count, `[1]` staging step count, `[2+p]` sends to p, `[10+p]` receives from p |
-//! | 57344 | error word: 0 while healthy, else `1 << 32 | block` of the first wait that passed its deadline |
+//! | 57344 | error word: 0 while healthy, else `kind << 32 | block` of the first wait that gave up (kind 1: deadline, 2: host abort); mirrored into the host control block |
 //! | 61440 | small lane barrier flags |
 //! | 63488 | small lane counters |
 //! | 73728 | bulk staging: 2 parities x world slots x `slot_bytes` |
@@ -51,6 +51,11 @@ pub(crate) const COLL_SRC: &str = r#"
 #define CH_FLAG_P2P_ACK 16384ull
 #define CH_STATE_WORDS 32ull
 #define CH_ERROR 57344ull
+// Host control block (page-locked host memory mapped into the device; `super::control`).
+#define CH_CTL_ABORT 0ull
+#define CH_CTL_ERROR 64ull
+#define CH_FAIL_DEADLINE 1ull
+#define CH_FAIL_ABORTED 2ull
 
 #define CH_AR_ONESHOT 1u
 #define CH_AR_TWOSHOT 2u
@@ -79,6 +84,7 @@ struct CollArgs {
     u64 chunk;                 // one-shot all_reduce and broadcast: units per pipeline step
     u64 bar_off;               // the lane's barrier flags [block][rank]
     u64 state_off;             // the lane's per-block counters (p2p: always the bulk lane's)
+    u64 ctl;                   // this rank's host control block, as the device addresses it
     u64 send_off[CH_MAX_RANKS];   // all_to_all, bytes
     u64 send_len[CH_MAX_RANKS];
     u64 recv_off[CH_MAX_RANKS];
@@ -113,16 +119,29 @@ __device__ __forceinline__ u64* ch_state(const CollArgs& a) {
     return (u64*)(a.ws[a.rank] + a.state_off + (u64)blockIdx.x * CH_STATE_WORDS * 8ull);
 }
 
+// Records this block's failure of `kind` unless another block failed first; the first failure is
+// mirrored into the host control block, where the host reads it without a CUDA call.
+__device__ __noinline__ void ch_fail(const CollArgs& a, u64 kind) {
+    u64 code = (kind << 32) | (u64)blockIdx.x;
+    if (atomicCAS((unsigned long long*)(a.ws[a.rank] + CH_ERROR), 0ull, code) == 0ull) {
+        ch_st_release(a.ctl + CH_CTL_ERROR, code);
+    }
+    __threadfence_system();
+}
+
 // Called on spin `spin` of a wait that began at `t0`; every 64 spins it checks whether to give up:
-// another block already failed (the error word is set), or the deadline passed (then it sets the
-// error word). False: give up.
+// another block already failed (the error word is set), the deadline passed, or (every 1024 spins,
+// a read across PCIe/C2C) the host raised the abort word; the last two set the error word. False:
+// give up.
 __device__ __forceinline__ bool ch_keep_waiting(const CollArgs& a, u64 t0, u32 spin) {
     if ((spin & 63u) != 63u) return true;
-    u64 err = a.ws[a.rank] + CH_ERROR;
-    if (ch_ld_volatile(err) != 0) return false;
+    if (ch_ld_volatile(a.ws[a.rank] + CH_ERROR) != 0) return false;
+    if ((spin & 1023u) == 1023u && ch_ld_volatile(a.ctl + CH_CTL_ABORT) != 0) {
+        ch_fail(a, CH_FAIL_ABORTED);
+        return false;
+    }
     if (ch_now() - t0 <= a.timeout_ns) return true;
-    atomicCAS((unsigned long long*)err, 0ull, (1ull << 32) | (u64)blockIdx.x);
-    __threadfence_system();
+    ch_fail(a, CH_FAIL_DEADLINE);
     return false;
 }
 

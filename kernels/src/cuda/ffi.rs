@@ -182,6 +182,97 @@ pub(crate) fn pointer_device_ordinal(ptr: u64) -> Result<i32, DriverError> {
     Ok(ordinal)
 }
 
+/// `cuPointerGetAttribute(MEMORY_TYPE, ptr)`: whether `ptr` is host memory the driver knows
+/// (page-locked or registered; `CU_MEMORYTYPE_HOST`), as opposed to device memory. Unknown pointers
+/// (plain pageable host memory) are an error.
+pub(crate) fn pointer_is_host(ptr: u64) -> Result<bool, DriverError> {
+    let mut kind: std::ffi::c_uint = 0;
+    // SAFETY: MEMORY_TYPE writes one unsigned int through a valid pointer; any `ptr` value is allowed.
+    unsafe {
+        sys::cuPointerGetAttribute(
+            &mut kind as *mut std::ffi::c_uint as *mut std::ffi::c_void,
+            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+            ptr,
+        )
+        .result()?
+    };
+    Ok(kind == sys::CUmemorytype::CU_MEMORYTYPE_HOST as std::ffi::c_uint)
+}
+
+/// One zeroed, page-aligned host allocation, page-locked and mapped into the device address space of
+/// every context (`cuMemHostRegister(PORTABLE | DEVICEMAP)`): kernels load and store it over PCIe/C2C,
+/// the host reads and writes it with plain atomics and no CUDA call. Unregistered and freed on drop.
+pub(crate) struct HostMapping {
+    host: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+    device: u64,
+}
+
+// SAFETY: the mapping owns its allocation; the only access from shared references goes through
+// `HostMapping::word`, which hands out atomics.
+unsafe impl Send for HostMapping {}
+// SAFETY: as above (all shared access is atomic).
+unsafe impl Sync for HostMapping {}
+
+impl HostMapping {
+    /// Allocates and registers `len` bytes (a multiple of 4096) in the current context.
+    pub(crate) fn new(len: usize) -> Result<HostMapping, (&'static str, DriverError)> {
+        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).expect("a page-aligned layout of a sane size");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(host) = std::ptr::NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
+        let flags = sys::CU_MEMHOSTREGISTER_PORTABLE | sys::CU_MEMHOSTREGISTER_DEVICEMAP;
+        // SAFETY: `[raw, raw + layout.size())` is a live allocation this mapping owns; it stays
+        // allocated until after `cuMemHostUnregister` in `Drop`.
+        if let Err(e) = unsafe { sys::cuMemHostRegister_v2(raw.cast(), layout.size(), flags) }.result() {
+            // SAFETY: allocated above with `layout`, never registered, not used again.
+            unsafe { std::alloc::dealloc(raw, layout) };
+            return Err(("cuMemHostRegister", e));
+        }
+        let mut device: sys::CUdeviceptr = 0;
+        // SAFETY: `raw` was registered with DEVICEMAP just above; the driver writes one scalar.
+        if let Err(e) = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, raw.cast(), 0) }.result() {
+            // SAFETY: registered above, not used by any kernel yet; freed after unregistering.
+            unsafe {
+                let _ = sys::cuMemHostUnregister(raw.cast());
+                std::alloc::dealloc(raw, layout);
+            }
+            return Err(("cuMemHostGetDevicePointer", e));
+        }
+        Ok(HostMapping { host, layout, device })
+    }
+
+    /// The host address and length (what a host-memory registry records).
+    pub(crate) fn host_range(&self) -> (usize, usize) {
+        (self.host.as_ptr() as usize, self.layout.size())
+    }
+
+    /// The address kernels use.
+    pub(crate) fn device_ptr(&self) -> u64 {
+        self.device
+    }
+
+    /// The 8-byte word at byte `offset` (a multiple of 8 inside the mapping).
+    pub(crate) fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.layout.size(), "control word {offset} outside the mapping");
+        // SAFETY: in bounds and 8-aligned (checked; the base is page-aligned); the allocation lives as
+        // long as `self`; the device side only touches it with whole-word loads and stores, so every
+        // host access being atomic keeps it race-free on the host side.
+        unsafe { &*(self.host.as_ptr().add(offset) as *const std::sync::atomic::AtomicU64) }
+    }
+}
+
+impl Drop for HostMapping {
+    fn drop(&mut self) {
+        // SAFETY: registered in `new`; owners drop this only after the kernels that use it finished
+        // (`DeviceComm` synchronizes first). Errors are ignored: Drop never panics.
+        unsafe {
+            let _ = sys::cuMemHostUnregister(self.host.as_ptr().cast());
+            std::alloc::dealloc(self.host.as_ptr(), self.layout);
+        }
+    }
+}
+
 /// `cuIpcGetMemHandle(base)`: the 64-byte IPC handle of the allocation at `base`.
 pub(crate) fn ipc_get_mem_handle(base: u64) -> Result<[u8; 64], DriverError> {
     let mut h = std::mem::MaybeUninit::<sys::CUipcMemHandle>::uninit();
@@ -352,6 +443,7 @@ pub(crate) struct CollArgs {
     pub chunk: u64,
     pub bar_off: u64,
     pub state_off: u64,
+    pub ctl: u64,
     pub send_off: [u64; 8],
     pub send_len: [u64; 8],
     pub recv_off: [u64; 8],
@@ -435,17 +527,6 @@ pub(crate) unsafe fn stream_is_capturing(stream: sys::CUstream) -> Result<bool, 
 pub(crate) unsafe fn stream_synchronize(stream: sys::CUstream) -> Result<(), DriverError> {
     // SAFETY: forwarded to the caller.
     unsafe { result::stream::synchronize(stream) }
-}
-
-/// Reads the u64 at device address `src` (synchronous, legacy stream).
-///
-/// # Safety
-/// `src` is 8 bytes of device memory valid in the current context.
-pub(crate) unsafe fn read_u64(src: u64) -> Result<u64, DriverError> {
-    let mut v = [0u8; 8];
-    // SAFETY: forwarded to the caller; `v` is a valid host buffer of 8 bytes.
-    unsafe { copy_dtoh(&mut v, src)? };
-    Ok(u64::from_le_bytes(v))
 }
 
 // ---------------------------------------------------------------------------------------------------

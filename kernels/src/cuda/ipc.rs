@@ -152,7 +152,16 @@ impl DeviceRegistry {
 
     /// Registers `[ptr, ptr + len)`: resolves its allocation, adds one reference to that allocation's
     /// registration (creating it on first use) and returns it with `offset = ptr - base`.
+    /// Host memory the driver knows (page-locked, registered, mapped: control blocks) is refused, never
+    /// registered as device memory (DESIGN invariant 3).
     pub fn register(&self, ptr: u64, len: usize) -> Result<DeviceRegistration> {
+        self.ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+        if ffi::pointer_is_host(ptr).unwrap_or(false) {
+            return Err(KernelError::InvalidArgument {
+                reason: "this pointer is host memory (page-locked or registered with the driver, e.g. a control block): \
+                         register it as host memory, not with the device registry",
+            });
+        }
         let (base, size) = self.resolve(ptr)?;
         let offset = (ptr - base) as usize;
         if offset.checked_add(len).is_none_or(|end| end > size) {

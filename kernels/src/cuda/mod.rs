@@ -14,6 +14,7 @@
 
 pub mod coll;
 mod coll_source;
+mod control;
 mod ffi;
 mod host_copy;
 pub mod ipc;
@@ -23,6 +24,7 @@ mod workspace;
 
 pub use cudarc;
 pub use coll::{CommOptions, DeviceComm, RawStream};
+pub use control::{HostControl, CONTROL_BYTES};
 pub use host_copy::{copy_device_to_host, copy_host_to_device};
 pub use ipc::{DeviceAllocation, DeviceRegistration, DeviceRegistry, IpcExport, IpcImporter};
 pub use source::{kernel_name, MAX_SRCS};
