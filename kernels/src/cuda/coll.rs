@@ -856,7 +856,7 @@ mod tests {
         assert_eq!(cuda_define("CH_CTL_ERROR"), super::super::control::CTL_ERROR as u64);
         assert_eq!(cuda_define("CH_FAIL_DEADLINE"), super::super::control::FAIL_DEADLINE);
         assert_eq!(cuda_define("CH_FAIL_ABORTED"), super::super::control::FAIL_ABORTED);
-        assert!(super::super::control::CTL_ERROR + 8 <= super::super::control::CONTROL_BYTES);
+        const { assert!(super::super::control::CTL_ERROR + 8 <= super::super::control::CONTROL_BYTES) };
         for (name, kind) in [
             ("CH_AR_ONESHOT", AR_ONESHOT),
             ("CH_AR_TWOSHOT", AR_TWOSHOT),
