@@ -524,7 +524,7 @@ __device__ void ch_p2p(const CollArgs& a) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(1024) chorus_coll_copy(CollArgs a) {
+extern "C" __global__ void __launch_bounds__(1024) chorus_coll_copy(const __grid_constant__ CollArgs a) {
     if (a.kind == CH_SEND || a.kind == CH_RECV) { ch_p2p(a); return; }
     const u32 me = a.rank, n = a.world;
     u64 lo, hi;
@@ -586,7 +586,7 @@ extern "C" __global__ void __launch_bounds__(1024) chorus_coll_copy(CollArgs a) 
 }
 
 #define CHORUS_COLL(NAME, CODEC, OP) \
-    extern "C" __global__ void __launch_bounds__(1024) NAME(CollArgs a) { ch_coll_reduce<CODEC, OP>(a); }
+    extern "C" __global__ void __launch_bounds__(1024) NAME(const __grid_constant__ CollArgs a) { ch_coll_reduce<CODEC, OP>(a); }
 "#;
 
 /// The data-movement kernel (broadcast, all_gather, all_to_all, send, recv).

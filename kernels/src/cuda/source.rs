@@ -206,7 +206,7 @@ __device__ __forceinline__ void reduce_body(const ReduceArgs& a) {
 }
 
 #define CHORUS_REDUCE(NAME, CODEC, OP) \
-    extern "C" __global__ void __launch_bounds__(512) NAME(ReduceArgs a) { reduce_body<CODEC, OP>(a); }
+    extern "C" __global__ void __launch_bounds__(512) NAME(const __grid_constant__ ReduceArgs a) { reduce_body<CODEC, OP>(a); }
 "#;
 
 /// The resident "spinner" used to reproduce the first-collective hang of invariant 4 (a kernel that
