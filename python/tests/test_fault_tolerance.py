@@ -51,6 +51,53 @@ def _list_after(line, label):
     return [int(x) for x in m.group(1).split(",") if x.strip()] if m else None
 
 
+class _Workers:
+    """The worker processes of one test, by key: logs under `tmp_path`; on exit every process still
+    running is killed and every log closed."""
+
+    def __init__(self, tmp_path, base):
+        self.tmp_path, self.base, self.procs, self.logs, self.files = tmp_path, base, {}, {}, []
+
+    def spawn(self, rank, key, **extra):
+        self.logs[key] = self.tmp_path / f"{key}.log"
+        f = open(self.logs[key], "w")
+        self.files.append(f)
+        env = dict(self.base, RANK=str(rank), LOCAL_RANK=str(rank), **extra)
+        self.procs[key] = subprocess.Popen([sys.executable, WORKER], env=env, stdout=f, stderr=subprocess.STDOUT)
+
+    def wait_for(self, cond, what, timeout):
+        _wait_for(cond, what, timeout, self.procs, self.logs)
+
+    def kill(self, key):
+        """kill -9 of `key`; returns its exit status."""
+        os.kill(self.procs[key].pid, signal.SIGKILL)
+        return self.procs.pop(key).wait()
+
+    def wait_all(self, seconds):
+        """Every process must exit 0 within `seconds` (together)."""
+        deadline = time.time() + seconds
+        for key, p in self.procs.items():
+            try:
+                code = p.wait(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{key} hung:\n" + "\n".join(_lines(self.logs[key])[-20:]))
+            assert code == 0, f"{key} exited with {code}:\n" + "\n".join(_lines(self.logs[key])[-30:])
+
+    def lines(self, key):
+        return _lines(self.logs[key])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in self.files:
+            f.close()
+
+
 @pytest.mark.parametrize("victim", [0, 2])
 def test_kill_and_rejoin(victim, tmp_path):
     _kill_and_rejoin(victim, N, "cpu", tmp_path)
@@ -85,46 +132,24 @@ def test_kill_on_the_gpu_kernel_path_aborts_then_rejoins(tmp_path):
                 CHORUS_TIMEOUT_MS="30000", CHORUS_CUDA_TIMEOUT_MS="60000", FT_AFTER="10", GPU_AFTER="20",
                 PYTHONUNBUFFERED="1", FT_DEVICE="cuda-kernels")
     base.pop("CHORUS_JOIN", None)
-    procs, logs, files = {}, {}, []
-
-    def spawn(rank, key, **extra):
-        logs[key] = tmp_path / f"{key}.log"
-        f = open(logs[key], "w")
-        files.append(f)
-        procs[key] = subprocess.Popen([sys.executable, WORKER], env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank), **extra),
-                                      stdout=f, stderr=subprocess.STDOUT)
-
-    gpu_lines = lambda r: [l for l in _lines(logs[r]) if l.startswith("gpu ")]
-    try:
+    survivors = [r for r in range(n) if r != victim]
+    with _Workers(tmp_path, base) as w:
+        gpu_lines = lambda r: [l for l in w.lines(r) if l.startswith("gpu ")]
         for r in range(n):
-            spawn(r, r)
-        _wait_for(lambda: all(len(gpu_lines(r)) >= 20 for r in range(n)), "20 GPU collectives on every rank", 120, procs, logs)
-        os.kill(procs[victim].pid, signal.SIGKILL)
-        procs[victim].wait()
-        procs.pop(victim)
-        survivors = [r for r in range(n) if r != victim]
-        _wait_for(lambda: all(any(l.startswith("gpu failed") for l in _lines(logs[r])) for r in survivors),
-                  "the survivors' GPU collectives to fail", 30, procs, logs)
-        spawn(victim, "joiner", CHORUS_JOIN="1")
-        deadline = time.time() + 90
-        for key, p in procs.items():
-            try:
-                code = p.wait(timeout=max(1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{key} hung:\n" + "\n".join(_lines(logs[key])[-20:]))
-            assert code == 0, f"{key} exited with {code}:\n" + "\n".join(_lines(logs[key])[-30:])
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in files:
-            f.close()
+            w.spawn(r, r)
+        w.wait_for(lambda: all(len(gpu_lines(r)) >= 20 for r in range(n)), "20 GPU collectives on every rank", 120)
+        w.kill(victim)
+        w.wait_for(lambda: all(any(l.startswith("gpu failed") for l in w.lines(r)) for r in survivors),
+                   "the survivors' GPU collectives to fail", 30)
+        w.spawn(victim, "joiner", CHORUS_JOIN="1")
+        w.wait_all(90)
 
-    outs = {r: _lines(logs[r]) for r in survivors + ["joiner"]}
+    outs = {r: w.lines(r) for r in survivors + ["joiner"]}
+    waits = []
     for r in survivors:
         fail = next(l for l in outs[r] if l.startswith("gpu failed"))
         waited = float(fail.split(" after ")[1].split(" s:")[0])
+        waits.append(waited)
         # Aborted, not timed out: far below the kernels' 60 s deadline (a loose bound; the abort is
         # what is checked, not its speed), and the error names the dead rank.
         assert waited < 30 and f"here rank {victim}" in fail and "aborted" in fail, fail
@@ -133,8 +158,7 @@ def test_kill_on_the_gpu_kernel_path_aborts_then_rejoins(tmp_path):
     assert len(ref) == 20, outs[survivors[0]][-5:]
     assert all(after[r] == ref for r in outs), "ranks disagree on the GPU collectives after the rejoin"
     assert _list_after(outs["joiner"][-1], "active ") == list(range(n)), outs["joiner"][-1]
-    print(f"{n} ranks on {gpus} GPU(s), victim {victim}: " + "; ".join(next(l for l in outs[r] if l.startswith("gpu failed"))[:60] for r in survivors)
-          + f"; {time.time() - t0:.1f}s")
+    print(f"{n} ranks on {gpus} GPU(s), victim {victim}: the survivors' GPU ops failed {waits} s after they began; {time.time() - t0:.1f}s")
 
 
 def _kill_and_rejoin(victim, N, device, tmp_path):
@@ -143,45 +167,20 @@ def _kill_and_rejoin(victim, N, device, tmp_path):
     base = dict(os.environ, WORLD_SIZE=str(N), MASTER_ADDR="127.0.0.1", CHORUS_TEST_STORE_PORT=str(store.port),
                 CHORUS_TIMEOUT_MS="30000", FT_AFTER="30", PYTHONUNBUFFERED="1", FT_DEVICE=device)
     base.pop("CHORUS_JOIN", None)
-    procs, logs, files = {}, {}, []
-
-    def spawn(rank, key, **extra):
-        logs[key] = tmp_path / f"{key}.log"
-        f = open(logs[key], "w")
-        files.append(f)
-        env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank), **extra)
-        procs[key] = subprocess.Popen([sys.executable, WORKER], env=env, stdout=f, stderr=subprocess.STDOUT)
-
-    try:
+    survivors = [r for r in range(N) if r != victim]
+    with _Workers(tmp_path, base) as w:
         for r in range(N):
-            spawn(r, r)
+            w.spawn(r, r)
         # Every rank is inside the loop: kill the victim at a moment it does not choose.
-        _wait_for(lambda: all(len(_iters(_lines(logs[r]))) >= 20 for r in range(N)), "20 collectives on every rank", 40, procs, logs)
-        os.kill(procs[victim].pid, signal.SIGKILL)
-        procs[victim].wait()
-        dead = procs.pop(victim)
-        assert dead.returncode == -signal.SIGKILL
-        survivors = [r for r in range(N) if r != victim]
+        w.wait_for(lambda: all(len(_iters(w.lines(r))) >= 20 for r in range(N)), "20 collectives on every rank", 40)
+        assert w.kill(victim) == -signal.SIGKILL
         report = f"failed [{victim}]"
-        _wait_for(lambda: all(any(report in l for l in _lines(logs[r])) for r in survivors), "the survivors to report the failure", 20, procs, logs)
+        w.wait_for(lambda: all(any(report in l for l in w.lines(r)) for r in survivors), "the survivors to report the failure", 20)
         # The survivors keep going without the victim; now a replacement joins.
-        spawn(victim, "joiner", CHORUS_JOIN="1")
-        deadline = time.time() + 40
-        for key, p in procs.items():
-            try:
-                code = p.wait(timeout=max(1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{key} hung:\n" + "\n".join(_lines(logs[key])[-20:]))
-            assert code == 0, f"{key} exited with {code}:\n" + "\n".join(_lines(logs[key])[-30:])
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in files:
-            f.close()
+        w.spawn(victim, "joiner", CHORUS_JOIN="1")
+        w.wait_all(40)
 
-    outs = {r: _lines(logs[r]) for r in survivors}
+    outs = {r: w.lines(r) for r in survivors}
     ref = _iters(outs[survivors[0]])
     for r in survivors[1:]:
         assert _iters(outs[r]) == ref, f"survivors {survivors[0]} and {r} disagree"
@@ -202,7 +201,7 @@ def _kill_and_rejoin(victim, N, device, tmp_path):
     epochs = [int(l.rsplit(" ", 1)[1]) for l in ref]
     assert epochs == sorted(epochs) and epochs[k] > epochs[0] and epochs[back] > epochs[k]
     # The replacement's collectives are the survivors' last ones, line for line.
-    jout = _lines(logs["joiner"])
+    jout = w.lines("joiner")
     assert jout[0].startswith(f"start rank {victim} join 1"), jout[0]
     jiters = _iters(jout)
     assert jiters == ref[back:], "the replacement's results differ from the survivors'"

@@ -167,35 +167,30 @@ pub(crate) fn mem_get_address_range(ptr: u64) -> Result<(u64, usize), DriverErro
     Ok((base, size))
 }
 
+/// `cuPointerGetAttribute(attr, ptr)` read into a `T`.
+///
+/// # Safety
+/// `T` must be the type the driver writes for `attr` (an `int` for DEVICE_ORDINAL, an `unsigned int`
+/// for MEMORY_TYPE). Any `ptr` value is allowed (unknown ones return an error).
+unsafe fn pointer_attribute<T: Default>(attr: sys::CUpointer_attribute, ptr: u64) -> Result<T, DriverError> {
+    let mut v = T::default();
+    // SAFETY: the driver writes one `T` (the caller's contract) through a valid pointer.
+    unsafe { sys::cuPointerGetAttribute(&mut v as *mut T as *mut std::ffi::c_void, attr, ptr).result()? };
+    Ok(v)
+}
+
 /// `cuPointerGetAttribute(DEVICE_ORDINAL, ptr)`: the ordinal of the device `ptr` lives on.
 pub(crate) fn pointer_device_ordinal(ptr: u64) -> Result<i32, DriverError> {
-    let mut ordinal: std::ffi::c_int = -1;
-    // SAFETY: DEVICE_ORDINAL writes one int through a valid pointer; any `ptr` value is allowed.
-    unsafe {
-        sys::cuPointerGetAttribute(
-            &mut ordinal as *mut std::ffi::c_int as *mut std::ffi::c_void,
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-            ptr,
-        )
-        .result()?
-    };
-    Ok(ordinal)
+    // SAFETY: DEVICE_ORDINAL writes an int.
+    unsafe { pointer_attribute::<std::ffi::c_int>(sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, ptr) }
 }
 
 /// `cuPointerGetAttribute(MEMORY_TYPE, ptr)`: whether `ptr` is host memory the driver knows
 /// (page-locked or registered; `CU_MEMORYTYPE_HOST`), as opposed to device memory. Unknown pointers
 /// (plain pageable host memory) are an error.
 pub(crate) fn pointer_is_host(ptr: u64) -> Result<bool, DriverError> {
-    let mut kind: std::ffi::c_uint = 0;
-    // SAFETY: MEMORY_TYPE writes one unsigned int through a valid pointer; any `ptr` value is allowed.
-    unsafe {
-        sys::cuPointerGetAttribute(
-            &mut kind as *mut std::ffi::c_uint as *mut std::ffi::c_void,
-            sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-            ptr,
-        )
-        .result()?
-    };
+    // SAFETY: MEMORY_TYPE writes an unsigned int.
+    let kind = unsafe { pointer_attribute::<std::ffi::c_uint>(sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, ptr) }?;
     Ok(kind == sys::CUmemorytype::CU_MEMORYTYPE_HOST as std::ffi::c_uint)
 }
 
