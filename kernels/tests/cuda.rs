@@ -174,15 +174,29 @@ fn gpu_preloads_every_kernel() {
     }
     let lazy = k.module_loading_is_lazy(&stream).unwrap();
     let regs: Vec<i32> = k.preloaded().iter().map(|p| p.num_regs).collect();
+    let b = k.module_build();
     println!(
         "gpu_preloads_every_kernel: {} kernels preloaded with cuFuncGetAttribute (regs {}..{}); module loading \
-         mode: {}; first for_device (NVRTC compile + load + preload) took {:.1} ms",
+         mode: {}; first for_device took {:.1} ms ({} parts for {}, {} from the kernel cache {:?}; module build \
+         {:.1} ms)",
         k.kernel_count(),
         regs.iter().min().unwrap(),
         regs.iter().max().unwrap(),
         if lazy { "LAZY" } else { "EAGER" },
-        built.as_secs_f64() * 1e3
+        built.as_secs_f64() * 1e3,
+        b.parts,
+        k.arch(),
+        b.cached,
+        b.cache_dir,
+        b.elapsed.as_secs_f64() * 1e3
     );
+    assert!(k.arch().starts_with("sm_"), "machine code, nothing left to the driver's JIT");
+    // A second build in the same process finds every part in the kernel cache (when there is one).
+    let again = DeviceKernels::build(0).unwrap();
+    if b.cache_dir.as_ref().is_some_and(|d| d.is_dir()) {
+        assert_eq!(again.module_build().cached, again.module_build().parts, "{:?}", again.module_build());
+    }
+    println!("gpu_preloads_every_kernel: second build {:.1} ms", again.module_build().elapsed.as_secs_f64() * 1e3);
     // Cached: the same Arc.
     assert!(Arc::ptr_eq(&k, &DeviceKernels::for_device(0).unwrap()));
 }

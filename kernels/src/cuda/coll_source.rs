@@ -492,6 +492,13 @@ __device__ void ch_coll_reduce(const CollArgs& a) {
     }
 }
 
+#define CHORUS_COLL(NAME, CODEC, OP) \
+    extern "C" __global__ void __launch_bounds__(1024) NAME(const __grid_constant__ CollArgs a) { ch_coll_reduce<CODEC, OP>(a); }
+"#;
+
+/// The data-movement kernel and point-to-point (no dtype, no op): compiled once, in the first part of
+/// the module, after [`COLL_SRC`].
+pub(crate) const COPY_SRC: &str = r#"
 // Point-to-point: sends to `peer` use the sender's per-peer counter; the receiver's slot pair is indexed
 // by the sender. A send may reuse a slot once the receiver acked the send two before it.
 __device__ void ch_p2p(const CollArgs& a) {
@@ -584,9 +591,6 @@ extern "C" __global__ void __launch_bounds__(1024) chorus_coll_copy(const __grid
         if (j < steps && !ch_barrier(a)) return;
     }
 }
-
-#define CHORUS_COLL(NAME, CODEC, OP) \
-    extern "C" __global__ void __launch_bounds__(1024) NAME(const __grid_constant__ CollArgs a) { ch_coll_reduce<CODEC, OP>(a); }
 "#;
 
 /// The data-movement kernel (broadcast, all_gather, all_to_all, send, recv).

@@ -751,3 +751,55 @@ pub(crate) fn vmm_write(m: &VmmMapping, stream: &CudaStream, offset: usize, data
     // stream is live.
     unsafe { copy_htod_on_stream(m.ptr() + offset as u64, data, stream.cu_stream()) }
 }
+
+/// Why an NVRTC compile to a cubin failed: the step, NVRTC's status, and (for a rejected source) the
+/// program log.
+#[derive(Debug)]
+pub(crate) struct NvrtcFailure {
+    pub step: &'static str,
+    pub status: String,
+    pub log: Option<String>,
+}
+
+/// Compiles `src` (named `name` in diagnostics) with `options` and returns the cubin (machine code for
+/// the `-arch=sm_XY` among the options). libnvrtc must be present (cudarc panics otherwise: callers
+/// probe first and run this under `catch_unwind`).
+pub(crate) fn nvrtc_compile_cubin(src: &str, name: &str, options: &[String]) -> Result<Vec<u8>, NvrtcFailure> {
+    use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
+    let fail = |step, status: &dyn std::fmt::Debug| NvrtcFailure { step, status: format!("{status:?}"), log: None };
+    let src = std::ffi::CString::new(src).map_err(|_| fail("reading the source", &"NUL byte in the source"))?;
+    let cname = std::ffi::CString::new(name).map_err(|_| fail("naming the program", &"NUL byte in the name"))?;
+    let prog = nvrtc::create_program(&src, Some(&cname)).map_err(|e| fail("nvrtcCreateProgram", &e))?;
+    // The program owns NVRTC state until destroyed; `src` and `cname` outlive it (dropped after `out`).
+    let out = (|| {
+        // SAFETY: `prog` was just created by `create_program` and is destroyed only below.
+        if let Err(e) = unsafe { nvrtc::compile_program(prog, options) } {
+            // SAFETY: as above; the log is read before the program is destroyed.
+            let log = unsafe { nvrtc::get_program_log(prog) }
+                .ok()
+                .map(|l| l.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect::<String>());
+            return Err(NvrtcFailure { step: "nvrtcCompileProgram", status: format!("{e:?}"), log });
+        }
+        let mut size = 0usize;
+        // SAFETY: `prog` is a live, compiled program; `size` is a valid out-pointer.
+        unsafe { nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size) }.result().map_err(|e| fail("nvrtcGetCUBINSize", &e))?;
+        if size == 0 {
+            return Err(fail("nvrtcGetCUBINSize", &"no cubin (was -arch a real sm_XY target?)"));
+        }
+        let mut cubin = vec![0u8; size];
+        // SAFETY: `cubin` holds exactly the `size` bytes NVRTC reported for this program's cubin.
+        unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()) }.result().map_err(|e| fail("nvrtcGetCUBIN", &e))?;
+        Ok(cubin)
+    })();
+    // SAFETY: `prog` came from `create_program` and is destroyed exactly once, here.
+    let _ = unsafe { nvrtc::destroy_program(prog) };
+    out
+}
+
+/// NVRTC's version (major, minor), part of the kernel cache key. libnvrtc must be present.
+pub(crate) fn nvrtc_version() -> Option<(i32, i32)> {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two valid out-pointers; nvrtcVersion has no other preconditions.
+    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    status.result().ok().map(|_| (major, minor))
+}

@@ -14,6 +14,7 @@
 
 pub mod coll;
 mod coll_source;
+mod compile;
 mod control;
 mod ffi;
 mod host_copy;
@@ -24,6 +25,7 @@ mod workspace;
 
 pub use cudarc;
 pub use coll::{CommOptions, DeviceComm, RawStream};
+pub use compile::{KernelCache, Origin};
 pub use control::{HostControl, CONTROL_BYTES};
 pub use host_copy::{copy_device_to_host, copy_host_to_device};
 pub use ipc::{DeviceAllocation, DeviceRegistration, DeviceRegistry, IpcExport, IpcImporter};
@@ -35,11 +37,11 @@ use cudarc::driver::{
     sys::CUfunction_attribute_enum as FuncAttr, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
     DevicePtr, DevicePtrMut, DriverError,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Threads per block of the reduce kernels (the kernels declare `__launch_bounds__(512)`).
 const BLOCK_THREADS: u32 = 256;
@@ -61,7 +63,8 @@ pub struct DeviceKernels {
     name: String,
     arch: &'static str,
     sm_count: u32,
-    _module: Arc<CudaModule>,
+    build: ModuleBuild,
+    _modules: Vec<Arc<CudaModule>>,
     /// Indexed by `dtype as usize * 8 + op as usize`; index into `funcs` and `coll_funcs`.
     table: Vec<Option<usize>>,
     funcs: Vec<CudaFunction>,
@@ -216,50 +219,75 @@ pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
     })
 }
 
-/// NVRTC target for the device (`compute_XY`: PTX, JIT-compiled by the driver at module load).
+/// NVRTC target for the device: `sm_XY`, machine code, so loading the module JIT-compiles nothing.
 fn arch_for(ctx: &CudaContext) -> Result<&'static str> {
     let (maj, min) = ctx.compute_capability().map_err(|e| cuda_err("querying the compute capability", e))?;
     static ARCHES: OnceLock<Mutex<HashMap<(i32, i32), &'static str>>> = OnceLock::new();
     let mut m = ARCHES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    Ok(*m.entry((maj, min)).or_insert_with(|| Box::leak(format!("compute_{maj}{min}").into_boxed_str())))
+    Ok(*m.entry((maj, min)).or_insert_with(|| Box::leak(format!("sm_{maj}{min}").into_boxed_str())))
 }
 
-/// Compiles `src` for `ctx`'s device and loads it (the module only; functions are preloaded by callers).
-fn compile_and_load(ctx: &Arc<CudaContext>, src: &str, name: &str) -> Result<Arc<CudaModule>> {
-    let ptx = compile(src, name, arch_for(ctx)?)?;
-    ctx.load_module(ptx).map_err(|e| cuda_err("loading the compiled module (cuModuleLoadData)", e))
+/// How the module of a [`DeviceKernels`] was built.
+#[derive(Clone, Debug)]
+pub struct ModuleBuild {
+    /// NVRTC programs (cubins) the module is made of.
+    pub parts: usize,
+    /// How many of them came from the kernel cache rather than NVRTC.
+    pub cached: usize,
+    /// Compile (or cache read) plus load and preload of every kernel.
+    pub elapsed: Duration,
+    /// The cache directory used, if any.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
-/// NVRTC-compiles `src` to PTX for `arch` (`compute_XY`). Needs libnvrtc only, no GPU.
-fn compile(src: &str, name: &str, arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
-    let opts = CompileOptions {
-        // Bit-exact agreement with the CPU kernels: no flush-to-zero, no contraction into FMA.
-        ftz: Some(false),
-        prec_div: Some(true),
-        prec_sqrt: Some(true),
-        fmad: Some(false),
-        arch: Some(arch),
-        name: Some(name.to_string()),
-        ..Default::default()
-    };
-    let src = src.to_string();
-    no_panic("loading libnvrtc", move || {
-        compile_ptx_with_opts(src, opts).map_err(|e| match e {
-            CompileError::CompileError { log, options, .. } => KernelError::CudaCompile {
-                log: format!("options {options:?}\n{}", log.to_string_lossy()),
-            },
-            other => KernelError::Cuda { what: "running NVRTC".into(), reason: format!("{other:?}") },
-        })
-    })
+/// One part of the kernel module, built for an architecture without a device (see
+/// [`build_module_for_arch`]).
+#[derive(Debug)]
+pub struct BuiltModulePart {
+    /// Kernels (entry points) the part defines.
+    pub entries: Vec<String>,
+    /// The machine code.
+    pub cubin: Vec<u8>,
+    pub origin: Origin,
 }
 
-/// Compiles the whole kernel module (reduce and collective kernels) for `arch` with NVRTC and
-/// returns the PTX text: what a GPU run compiles, checked on a machine with libnvrtc but no GPU.
-pub fn compile_module_for_arch(arch: &'static str) -> Result<String> {
-    if !ffi::libraries_present().1 {
-        return Err(KernelError::CudaUnavailable("libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib directory)".into()));
+/// Builds every part of the kernel module (reduce and collective kernels) for `arch` (`sm_XY`) with
+/// NVRTC, through `cache`: what a GPU run loads, checked on a machine with libnvrtc but no GPU.
+pub fn build_module_for_arch(arch: &str, cache: &KernelCache) -> Result<Vec<BuiltModulePart>> {
+    nvrtc_present()?;
+    let parts = source::module_parts();
+    let built = build_sources(&parts, arch, cache)?;
+    Ok(parts.into_iter().zip(built).map(|(p, b)| BuiltModulePart { entries: p.entries, cubin: b.cubin, origin: b.origin }).collect())
+}
+
+/// Builds one NVRTC program `source` for `arch` through `cache` (what every part of the module goes
+/// through). For tests of the build and the cache.
+#[doc(hidden)]
+pub fn build_program_for_arch(name: &str, source: &str, arch: &str, cache: &KernelCache) -> Result<(Vec<u8>, Origin)> {
+    nvrtc_present()?;
+    let part = compile::PartSource { name: name.to_string(), source };
+    no_panic("running NVRTC", || compile::build_part(&part, arch, cache)).map(|b| (b.cubin, b.origin))
+}
+
+fn nvrtc_present() -> Result<()> {
+    if ffi::libraries_present().1 {
+        return Ok(());
     }
-    Ok(compile(&source::reduce_module_source(), "chorus_module.cu", arch)?.to_src())
+    Err(KernelError::CudaUnavailable("libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib directory)".into()))
+}
+
+fn build_sources(parts: &[source::ModulePart], arch: &str, cache: &KernelCache) -> Result<Vec<compile::BuiltPart>> {
+    let sources: Vec<compile::PartSource<'_>> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| compile::PartSource { name: format!("chorus_kernels_{i}.cu"), source: &p.source })
+        .collect();
+    compile::build_parts(&sources, arch, cache)
+}
+
+/// Loads a cubin into `ctx` (the module only; functions are preloaded by callers).
+fn load_cubin(ctx: &Arc<CudaContext>, cubin: Vec<u8>) -> Result<Arc<CudaModule>> {
+    ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| cuda_err("loading a compiled module (cuModuleLoadData)", e))
 }
 
 /// Fetches `name` from `module` and forces it to load now (`cuFuncGetAttribute`).
@@ -310,14 +338,25 @@ impl DeviceKernels {
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| cuda_err("querying the SM count", e))?
             .max(1) as u32;
-        let module = compile_and_load(&ctx, &source::reduce_module_source(), "chorus_reduce.cu")?;
+        let started = Instant::now();
+        let cache = KernelCache::from_env();
+        let parts = source::module_parts();
+        let built = build_sources(&parts, arch, &cache)?;
+        let cached = built.iter().filter(|b| b.origin == Origin::Cached).count();
+        let modules = built.into_iter().map(|b| load_cubin(&ctx, b.cubin)).collect::<Result<Vec<_>>>()?;
+        let home: HashMap<&str, &Arc<CudaModule>> =
+            parts.iter().zip(&modules).flat_map(|(p, m)| p.entries.iter().map(move |e| (e.as_str(), m))).collect();
         let list = source::kernels();
         let mut funcs = Vec::with_capacity(list.len());
         let mut coll_funcs = Vec::with_capacity(list.len());
         let mut preloaded = Vec::with_capacity(2 * list.len() + 1);
         let mut load = |kname: &str| -> Result<CudaFunction> {
+            let module = home.get(kname).ok_or_else(|| KernelError::Cuda {
+                what: format!("finding {kname}"),
+                reason: "no part of the kernel module defines it".into(),
+            })?;
             if preload {
-                let (f, p) = load_and_preload(&module, kname)?;
+                let (f, p) = load_and_preload(module, kname)?;
                 preloaded.push(p);
                 Ok(f)
             } else {
@@ -332,6 +371,15 @@ impl DeviceKernels {
             coll_funcs.push(load(&source::coll_kernel_name(kname))?);
         }
         let copy_func = load(coll_source::COPY_KERNEL)?;
+        let build = ModuleBuild { parts: modules.len(), cached, elapsed: started.elapsed(), cache_dir: cache.dir().map(Into::into) };
+        tracing::info!(
+            device = ordinal,
+            arch,
+            parts = build.parts,
+            cached = build.cached,
+            ms = build.elapsed.as_millis() as u64,
+            "kernel module built and preloaded"
+        );
         let mut table = vec![None; DType::all().len() * 8];
         for &d in DType::all() {
             for &op in ReduceOp::all() {
@@ -346,7 +394,8 @@ impl DeviceKernels {
             name,
             arch,
             sm_count,
-            _module: module,
+            build,
+            _modules: modules,
             table,
             funcs,
             coll_funcs,
@@ -365,9 +414,14 @@ impl DeviceKernels {
         &self.name
     }
 
-    /// NVRTC target the module was compiled for.
+    /// NVRTC target the module was compiled for (`sm_XY`).
     pub fn arch(&self) -> &'static str {
         self.arch
+    }
+
+    /// How the module was built (parts, how many came from the kernel cache, time taken).
+    pub fn module_build(&self) -> &ModuleBuild {
+        &self.build
     }
 
     /// The context the kernels are loaded in (the device's primary context).
@@ -487,7 +541,9 @@ pub struct ResidentSpinner {
 impl ResidentSpinner {
     /// Compiles, loads and preloads the spinner on `ctx` and allocates its flags (synchronously).
     pub fn new(ctx: &Arc<CudaContext>) -> Result<ResidentSpinner> {
-        let module = compile_and_load(ctx, source::SPIN_SRC, "chorus_spin.cu")?;
+        let part = compile::PartSource { name: "chorus_spin.cu".into(), source: source::SPIN_SRC };
+        let built = no_panic("running NVRTC", || compile::build_part(&part, arch_for(ctx)?, &KernelCache::from_env()))?;
+        let module = load_cubin(ctx, built.cubin)?;
         let (func, _) = load_and_preload(&module, source::SPIN_KERNEL)?;
         let s = ctx.default_stream();
         let flag = s.alloc_zeros::<u32>(4).map_err(|e| cuda_err("allocating the spinner flag", e))?;

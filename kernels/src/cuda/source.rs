@@ -303,16 +303,36 @@ pub(crate) fn coll_kernel_name(reduce_kernel: &str) -> String {
     reduce_kernel.replacen("chorus_reduce_", "chorus_coll_", 1)
 }
 
-/// The full module: [`REDUCE_SRC`] and the collectives' source, plus one `extern "C"` reduce kernel and
-/// one collective kernel per entry of [`kernels`].
-pub(crate) fn reduce_module_source() -> String {
-    let mut s = String::from(REDUCE_SRC);
-    s.push_str(super::coll_source::COLL_SRC);
-    for (name, c, f) in kernels() {
-        s.push_str(&format!("CHORUS_REDUCE({name}, {c}, {f})\n"));
-        s.push_str(&format!("CHORUS_COLL({}, {c}, {f})\n", coll_kernel_name(&name)));
+/// Parts the module is compiled in (one NVRTC program each, built side by side). A constant, not the
+/// machine's core count, so a part's source, and with it its cache key, is the same on every machine.
+pub(crate) const MODULE_PARTS: usize = 16;
+
+/// One NVRTC program of the module: [`REDUCE_SRC`] and the collectives' source, plus the kernels of
+/// some entries of [`kernels`] (`entries` names them).
+pub(crate) struct ModulePart {
+    pub source: String,
+    pub entries: Vec<String>,
+}
+
+/// The module in [`MODULE_PARTS`] parts: entry `i` of [`kernels`] (its reduce and its collective
+/// kernel) goes to part `i % MODULE_PARTS`, which spreads the dtypes (whose collective kernels cost
+/// alike to compile, about 0.8 s each) evenly; the data-movement kernel goes to the last part, one of
+/// those with fewest entries.
+pub(crate) fn module_parts() -> Vec<ModulePart> {
+    use super::coll_source::{COLL_SRC, COPY_KERNEL, COPY_SRC};
+    let mut parts: Vec<ModulePart> =
+        (0..MODULE_PARTS).map(|_| ModulePart { source: format!("{REDUCE_SRC}{COLL_SRC}"), entries: Vec::new() }).collect();
+    for (i, (name, c, f)) in kernels().into_iter().enumerate() {
+        let part = &mut parts[i % MODULE_PARTS];
+        let coll = coll_kernel_name(&name);
+        part.source.push_str(&format!("CHORUS_REDUCE({name}, {c}, {f})\nCHORUS_COLL({coll}, {c}, {f})\n"));
+        part.entries.push(name);
+        part.entries.push(coll);
     }
-    s
+    let last = &mut parts[MODULE_PARTS - 1];
+    last.source.push_str(COPY_SRC);
+    last.entries.push(COPY_KERNEL.to_string());
+    parts
 }
 
 #[cfg(test)]
@@ -321,7 +341,8 @@ mod tests {
 
     #[test]
     fn every_supported_pair_has_a_kernel_in_the_source() {
-        let src = reduce_module_source();
+        let parts = module_parts();
+        let src: String = parts.iter().map(|p| p.source.as_str()).collect();
         let mut pairs = 0;
         for &d in DType::all() {
             for &op in ReduceOp::all() {
@@ -338,5 +359,15 @@ mod tests {
         assert_eq!(pairs, 4 * 5 + 5 * 8 + 7);
         // Distinct kernels: floats 4 x 4 (avg = sum), ints 5 x 7, bool 3 (or, and, xor).
         assert_eq!(kernels().len(), 16 + 35 + 3);
+        // Every kernel is in exactly one part, and the part's source defines it.
+        let entries: Vec<&String> = parts.iter().flat_map(|p| &p.entries).collect();
+        assert_eq!(entries.len(), 2 * kernels().len() + 1);
+        for p in &parts {
+            assert!(!p.entries.is_empty());
+            for e in &p.entries {
+                assert_eq!(entries.iter().filter(|x| **x == e).count(), 1, "{e}");
+                assert!(p.source.contains(&format!("({e},")) || p.source.contains(&format!(" {e}(")), "{e}");
+            }
+        }
     }
 }
