@@ -1,5 +1,5 @@
-//! CUDA C++ source of the GPU collectives (appended to the reduce module, so one NVRTC compile and one
-//! preload pass cover everything).
+//! CUDA C++ source of the GPU collectives (appended to the reduce source in every part of the module,
+//! `super::source::module_parts`, so one build and one preload pass cover everything).
 //!
 //! Every rank owns one *workspace* allocation, mapped into every peer over CUDA IPC. Data moves by
 //! **push**: a rank stores its contribution straight into the peer's staging slot (NVLink writes), then
