@@ -43,6 +43,8 @@ pub enum ChorusError {
     NotRecoverable { op: &'static str, failed: Vec<usize>, epoch: u64 },
     #[error("{op} cannot complete: its root, rank {root}, is not an active member of the group (it failed or was removed); every survivor gets this error")]
     RootInactive { op: &'static str, root: usize },
+    #[error("{op} cannot run: rank {peer} is not an active member of the group at epoch {epoch} (it failed or was removed; a replacement can rejoin)")]
+    PeerInactive { op: &'static str, peer: usize, epoch: u64 },
     #[error("this rank was removed from the group at epoch {epoch} (it was suspected dead); start it again with join_group to rejoin")]
     Excluded { epoch: u64 },
     #[error("{op} failed because rank(s) {failed:?} failed (failure policy `abort`); the group continues at epoch {epoch} without them")]

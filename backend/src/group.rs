@@ -64,11 +64,12 @@ pub struct Progress {
     pub can_rerun: bool,
 }
 
-/// A GPU communicator of the group: the device it runs on and the view epoch it was built in (it
-/// spans the members of that view).
+/// A GPU communicator of the group: the device it runs on, the view epoch it was built in and that
+/// view's members, which it spans (communicator rank i is group rank `members[i]`).
 pub struct DeviceSlot {
     pub ordinal: usize,
     pub epoch: u64,
+    pub members: Arc<[usize]>,
     pub comm: Arc<chorus_kernels::cuda::DeviceComm>,
 }
 
@@ -452,13 +453,12 @@ impl GroupInner {
     fn abort_device_comms_of_dead_peers(&self) {
         let comms: Vec<_> = {
             let g = self.device_comms.lock().unwrap_or_else(|p| p.into_inner());
-            g.iter().filter(|s| s.comm.aborted().is_none()).map(|s| s.comm.clone()).collect()
+            g.iter().filter(|s| s.comm.aborted().is_none()).map(|s| (s.members.clone(), s.comm.clone())).collect()
         };
-        if comms.is_empty() {
-            return;
-        }
-        if let Some(dead) = (0..self.size).find(|&p| p != self.rank && self.peer_dead(p)) {
-            for c in comms {
+        for (members, c) in comms {
+            // Only the communicator's own members matter: one built over the survivors of a failure
+            // keeps running while the dead rank stays dead.
+            if let Some(&dead) = members.iter().find(|&&p| p != self.rank && self.peer_dead(p)) {
                 tracing::warn!(dead, device = c.device(), "rank {dead} is dead: aborting the GPU communicator");
                 c.abort(dead as u64 + 1);
             }

@@ -90,19 +90,14 @@ fn device_collective(
     dtype_: i32,
     device: i32,
     stream: *mut c_void,
-    enqueue: impl FnOnce(&Call, &chorus_kernels::cuda::DeviceComm, chorus_kernels::cuda::RawStream) -> FfiResult<()>,
+    enqueue: impl FnOnce(&Call, &chorus_backend::DeviceGroup, chorus_kernels::cuda::RawStream) -> FfiResult<()>,
 ) -> i32 {
     with_work(group_, work, |g| {
         let call = Call { g, op, dt: dtype(dtype_)?, stage: None };
-        let comm = g.pg.device_comm(device as usize)?;
-        enqueue(&call, &comm, chorus_kernels::cuda::RawStream(stream as usize))?;
+        let dg = g.pg.device_group(device as usize)?;
+        enqueue(&call, &dg, chorus_kernels::cuda::RawStream(stream as usize))?;
         Ok(chorus_backend::Work::ready(op, Ok(())))
     })
-}
-
-/// Maps a device communicator's error for `op`.
-fn dev_err(op: &'static str) -> impl FnOnce(chorus_kernels::KernelError) -> FfiError {
-    move |source| chorus_backend::ChorusError::Device { op, source }.into()
 }
 
 /// Device buffers of one GPU call may only coincide exactly (`sendbuf == recvbuf + at`, in place) or
@@ -631,11 +626,11 @@ pub unsafe extern "C" fn chorus_all_reduce(
     work: *mut *mut chorus_work,
 ) -> i32 {
     if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "all_reduce", dtype_, device, stream, |c, comm, s| {
+        return device_collective(group_, work, "all_reduce", dtype_, device, stream, |c, dg, s| {
             let (op, n) = (reduce_op(op)?, c.bytes(count)? / c.dt.size());
             // SAFETY: the caller's contract: `buf` is device memory of `device` holding `count`
             // elements, valid until the operation completes on `stream`.
-            unsafe { comm.all_reduce(s, c.dt, op, buf as u64, buf as u64, n) }.map_err(dev_err(c.op))
+            unsafe { dg.all_reduce(s, c.dt, op, buf as u64, buf as u64, n) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "all_reduce", dtype_, device, stream, |c| {
@@ -660,10 +655,10 @@ pub unsafe extern "C" fn chorus_broadcast(
     work: *mut *mut chorus_work,
 ) -> i32 {
     if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "broadcast", dtype_, device, stream, |c, comm, s| {
+        return device_collective(group_, work, "broadcast", dtype_, device, stream, |c, dg, s| {
             let (bytes, root) = (c.bytes(count)?, rank_arg(root, "root")?);
             // SAFETY: as in chorus_all_reduce.
-            unsafe { comm.broadcast(s, buf as u64, buf as u64, bytes, root) }.map_err(dev_err(c.op))
+            unsafe { dg.broadcast(s, buf as u64, buf as u64, bytes, root) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "broadcast", dtype_, device, stream, |c| {
@@ -689,10 +684,10 @@ pub unsafe extern "C" fn chorus_reduce(
     work: *mut *mut chorus_work,
 ) -> i32 {
     if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "reduce", dtype_, device, stream, |c, comm, s| {
+        return device_collective(group_, work, "reduce", dtype_, device, stream, |c, dg, s| {
             let (op, n, root) = (reduce_op(op)?, c.bytes(count)? / c.dt.size(), rank_arg(root, "root")?);
             // SAFETY: as in chorus_all_reduce (in place: the root reads and writes each element once).
-            unsafe { comm.reduce(s, c.dt, op, buf as u64, buf as u64, n, root) }.map_err(dev_err(c.op))
+            unsafe { dg.reduce(s, c.dt, op, buf as u64, buf as u64, n, root) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "reduce", dtype_, device, stream, |c| {
@@ -719,13 +714,13 @@ pub unsafe extern "C" fn chorus_all_gather(
     work: *mut *mut chorus_work,
 ) -> i32 {
     if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "all_gather", dtype_, device, stream, |c, comm, s| {
+        return device_collective(group_, work, "all_gather", dtype_, device, stream, |c, dg, s| {
             let block = c.bytes(sendcount)?;
             let total = c.per_rank(block)?;
             let at = (c.g.pg.rank() * block) as u64;
             device_overlap_ok(c.op, sendbuf as u64, block, recvbuf as u64, total, at)?;
             // SAFETY: as in chorus_all_reduce, for both buffers (checked: disjoint or exactly in place).
-            unsafe { comm.all_gather(s, sendbuf as u64, recvbuf as u64, block) }.map_err(dev_err(c.op))
+            unsafe { dg.all_gather(s, sendbuf as u64, recvbuf as u64, block) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "all_gather", dtype_, device, stream, |c| {
@@ -754,7 +749,7 @@ pub unsafe extern "C" fn chorus_reduce_scatter(
     work: *mut *mut chorus_work,
 ) -> i32 {
     if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "reduce_scatter", dtype_, device, stream, |c, comm, s| {
+        return device_collective(group_, work, "reduce_scatter", dtype_, device, stream, |c, dg, s| {
             let op = reduce_op(op)?;
             let block = c.bytes(recvcount)?;
             let total = c.per_rank(block)?;
@@ -762,7 +757,7 @@ pub unsafe extern "C" fn chorus_reduce_scatter(
             let at = (c.g.pg.rank() * block) as u64;
             device_overlap_ok(c.op, recvbuf as u64, block, sendbuf as u64, total, at)?;
             // SAFETY: as in chorus_all_reduce, for both buffers (checked: disjoint or exactly in place).
-            unsafe { comm.reduce_scatter(s, c.dt, op, sendbuf as u64, recvbuf as u64, block / c.dt.size()) }.map_err(dev_err(c.op))
+            unsafe { dg.reduce_scatter(s, c.dt, op, sendbuf as u64, recvbuf as u64, block / c.dt.size()) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "reduce_scatter", dtype_, device, stream, |c| {
@@ -792,12 +787,12 @@ pub unsafe extern "C" fn chorus_all_to_all(
     work: *mut *mut chorus_work,
 ) -> i32 {
     if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "all_to_all", dtype_, device, stream, |c, comm, s| {
+        return device_collective(group_, work, "all_to_all", dtype_, device, stream, |c, dg, s| {
             let block = c.bytes(count)?;
             let total = c.per_rank(block)?;
             device_overlap_ok(c.op, sendbuf as u64, total, recvbuf as u64, total, 0)?;
             // SAFETY: as in chorus_all_reduce, for both buffers (checked: disjoint or identical).
-            unsafe { comm.all_to_all(s, sendbuf as u64, recvbuf as u64, block) }.map_err(dev_err(c.op))
+            unsafe { dg.all_to_all(s, sendbuf as u64, recvbuf as u64, block) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "all_to_all", dtype_, device, stream, |c| {
@@ -841,14 +836,12 @@ pub unsafe extern "C" fn chorus_all_to_all_v(
     work: *mut *mut chorus_work,
 ) -> i32 {
     if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "all_to_all_v", dtype_, device, stream, |c, comm, s| {
+        return device_collective(group_, work, "all_to_all_v", dtype_, device, stream, |c, dg, s| {
             let (sc, rc, ss, rs) = v_counts(c, send_counts, recv_counts)?;
             device_overlap_ok(c.op, sendbuf as u64, c.bytes(ss as u64)?, recvbuf as u64, c.bytes(rs as u64)?, u64::MAX)?;
             let (send, recv, max_pair) = c.g.pg.device_all_to_all_v_splits(&sc, &rc, c.dt)?;
-            let (so, sl): (Vec<usize>, Vec<usize>) = send.into_iter().unzip();
-            let (ro, rl): (Vec<usize>, Vec<usize>) = recv.into_iter().unzip();
             // SAFETY: as in chorus_all_reduce; the blocks tile both buffers, which do not overlap.
-            unsafe { comm.all_to_allv(s, sendbuf as u64, recvbuf as u64, &so, &sl, &ro, &rl, max_pair) }.map_err(dev_err(c.op))
+            unsafe { dg.all_to_allv(s, sendbuf as u64, recvbuf as u64, &send, &recv, max_pair) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "all_to_all_v", dtype_, device, stream, |c| {
@@ -941,10 +934,10 @@ pub unsafe extern "C" fn chorus_send(
     work: *mut *mut chorus_work,
 ) -> i32 {
     if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "send", dtype_, device, stream, |c, comm, s| {
+        return device_collective(group_, work, "send", dtype_, device, stream, |c, dg, s| {
             let (bytes, peer) = (c.bytes(count)?, rank_arg(peer, "peer")?);
             // SAFETY: as in chorus_all_reduce.
-            unsafe { comm.send(s, buf as u64, bytes, peer) }.map_err(dev_err(c.op))
+            unsafe { dg.send(s, buf as u64, bytes, peer) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "send", dtype_, device, stream, |c| {
@@ -970,10 +963,10 @@ pub unsafe extern "C" fn chorus_recv(
     work: *mut *mut chorus_work,
 ) -> i32 {
     if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "recv", dtype_, device, stream, |c, comm, s| {
+        return device_collective(group_, work, "recv", dtype_, device, stream, |c, dg, s| {
             let (bytes, peer) = (c.bytes(count)?, rank_arg(peer, "peer")?);
             // SAFETY: as in chorus_all_reduce.
-            unsafe { comm.recv(s, buf as u64, bytes, peer) }.map_err(dev_err(c.op))
+            unsafe { dg.recv(s, buf as u64, bytes, peer) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "recv", dtype_, device, stream, |c| {

@@ -6,7 +6,8 @@
 //! What the `matrix` scenario checks, element for element against the CPU kernels:
 //! - the first collective completes while a resident spinning kernel occupies another stream;
 //! - all_reduce over every (dtype, op) pair at sizes 1, 7 and 65537 elements, plus 0 and a size larger
-//!   than a staging chunk (so it is split) for f32/bf16/i64; reduce, reduce_scatter, broadcast,
+//!   than a staging chunk (so it is split) for f32/bf16/i64; reduce, reduce_scatter (also with blocks
+//!   at given offsets), zero, broadcast,
 //!   all_gather, all_to_all (even and uneven), send_recv around a ring and plain send/recv at odd, chunked and zero sizes;
 //! - every tensor is carved out of one allocation at a non-zero offset (64 B .. 4 MB, different per rank);
 //! - 60 in-place all_reduces issued back to back over three streams;
@@ -394,9 +395,32 @@ fn matrix(rank: usize, world: usize, dir: &Path) -> Result<(), String> {
             unsafe { r.comm.reduce_scatter(r.raw(), dtype, op, r.ptr(a), r.ptr(b), n) }.map_err(|e| e.to_string())?;
             let got = r.finish(b, bytes)?;
             check(&format!("reduce_scatter {dtype} {op:?} n={n}"), &got, &want)?;
+
+            // Blocks anywhere in the input (reversed, with gaps: a group whose view lost ranks).
+            let esz = dtype.size();
+            let stride = bytes + 3 * esz;
+            let blocks: Vec<usize> = (0..world).map(|p| (world - 1 - p) * stride + esz).collect();
+            let case = r.case;
+            let inputs: Vec<Vec<u8>> = (0..world).map(|q| gen(dtype, (world * stride + esz) / esz, q, case)).collect();
+            let mine: Vec<Vec<u8>> = inputs.iter().map(|v| v[blocks[rank]..blocks[rank] + bytes].to_vec()).collect();
+            let want = expect_reduce(dtype, op, &mine, world);
+            let (a, b) = r.prepare(&inputs[rank], bytes);
+            // SAFETY: ranges inside the arena.
+            unsafe { r.comm.reduce_scatter_blocks(r.raw(), dtype, op, r.ptr(a), &blocks, r.ptr(b), n) }.map_err(|e| e.to_string())?;
+            let got = r.finish(b, bytes)?;
+            check(&format!("reduce_scatter_blocks {dtype} {op:?} n={n}"), &got, &want)?;
         }
     }
-    println!("rank {rank}: reduce and reduce_scatter ok");
+    // zero: only the given range changes.
+    for (len, from, to) in [(1usize, 0usize, 1usize), (4099, 3, 4094), (1 << 20, 0, 1 << 20)] {
+        let (_, b) = r.prepare(&[], len);
+        // SAFETY: inside the arena.
+        unsafe { r.comm.zero(r.raw(), r.ptr(b + from), to - from) }.map_err(|e| e.to_string())?;
+        let got = r.finish(b, len)?;
+        let want: Vec<u8> = (0..len).map(|i| if (from..to).contains(&i) { 0 } else { FILL }).collect();
+        check(&format!("zero {from}..{to} of {len}"), &got, &want)?;
+    }
+    println!("rank {rank}: reduce, reduce_scatter (also at given block offsets) and zero ok");
 
     // Data movement, byte sizes.
     for bytes in [0usize, 1, 13, 4096, 65539, 600_007, 3_000_001] {

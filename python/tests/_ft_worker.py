@@ -9,9 +9,12 @@ or cuda-kernels: see below).
 
 FT_DEVICE=cuda-kernels runs the GPU kernel path, which cannot finish a collective without a peer: the
 original ranks first loop GPU all_reduces (printing `gpu ...`) until one fails because a peer died
-(the group aborts its GPU communicator; printed as `gpu failed ...`), then run the host loop above on
-CPU tensors while the group shrinks and grows back, then every rank (the replacement too) runs
-GPU_AFTER more GPU all_reduces over all ranks on a communicator rebuilt for the new view.
+(the group aborts its GPU communicator; printed as `gpu failed ...`). One host all_reduce then removes
+the dead rank from the view, and GPU_SURVIVORS rounds of GPU collectives run over the survivors on a
+communicator built for that view (`gpu-survivors ...`, then `gpu-survivors done`; the test starts the
+replacement only then). Then the host loop above runs on CPU tensors while the group grows back, and
+every rank (the replacement too) runs GPU_AFTER more GPU all_reduces over all ranks on a communicator
+rebuilt for the new view.
 """
 import hashlib
 import os
@@ -65,6 +68,59 @@ def gpu_until_failure(rank: int, n: int, gpu):
     sys.exit(4)
 
 
+def gpu_over_survivors(rank: int, n: int, gpu, rounds: int):
+    """GPU collectives in a view without the dead rank, checked against the host path's semantics:
+    reductions over the members, zeros in all_gather blocks of inactive ranks, all_to_all blocks from
+    inactive ranks untouched, and a broadcast from the dead root fails on every survivor."""
+    t = torch.zeros(4, dtype=torch.float64)
+    work = dist.all_reduce(t, async_op=True)
+    work.wait()
+    active = chorus.get_active_ranks()
+    dead = [r for r in range(n) if r not in active]
+    print(f"survivors {active} dead {dead} failed {chorus.get_failed_ranks(work)} epoch {chorus.get_current_epoch()}", flush=True)
+    b, f64 = 257, torch.float64
+    for j in range(rounds):
+        it = 20_000 + j
+        v = {r: values(r, it)[:b] for r in range(n)}
+        x = values(rank, it).to(gpu)
+        dist.all_reduce(x)
+        ag = torch.full((n * b,), -1.0, dtype=f64, device=gpu)
+        dist.all_gather_into_tensor(ag, v[rank].to(gpu))
+        rs = torch.full((b,), -1.0, dtype=f64, device=gpu)
+        dist.reduce_scatter_tensor(rs, torch.cat([v[rank] + 10 * q for q in range(n)]).to(gpu))
+        a2a = torch.full((n * b,), -1.0, dtype=f64, device=gpu)
+        dist.all_to_all_single(a2a, torch.cat([v[rank] * (q + 1) for q in range(n)]).to(gpu))
+        root = active[j % len(active)]
+        bc = (v[rank] if rank == root else torch.zeros(b, dtype=f64)).to(gpu)
+        dist.broadcast(bc, root)
+        torch.cuda.synchronize()
+        chorus.check_device()
+        wants = {
+            "all_reduce": (x, sum(values(r, it) for r in active)),
+            "all_gather": (ag, torch.cat([v[r] if r in active else torch.zeros(b, dtype=f64) for r in range(n)])),
+            "reduce_scatter": (rs, sum(v[r] + 10 * rank for r in active)),
+            "all_to_all": (a2a, torch.cat([v[p] * (rank + 1) if p in active else torch.full((b,), -1.0, dtype=f64) for p in range(n)])),
+            "broadcast": (bc, v[root]),
+        }
+        h = hashlib.sha1()  # over the results every survivor shares
+        for name, (got, want) in wants.items():
+            got = got.cpu()
+            if not torch.equal(got, want):
+                print(f"gpu-survivors {j}: wrong {name} {got[:4].tolist()} != {want[:4].tolist()}", flush=True)
+                sys.exit(3)
+            if name in ("all_reduce", "all_gather", "broadcast"):
+                h.update(got.numpy().tobytes())
+        print(f"gpu-survivors {j} digest {h.hexdigest()[:16]}", flush=True)
+    try:
+        dist.broadcast(torch.zeros(b, dtype=f64, device=gpu), dead[0])
+        torch.cuda.synchronize()
+        print(f"gpu-survivors: a broadcast from dead rank {dead[0]} did not fail", flush=True)
+        sys.exit(3)
+    except chorus.ChorusError as e:
+        print(f"gpu-survivors dead root: {str(e).splitlines()[0]}", flush=True)
+    print("gpu-survivors done", flush=True)
+
+
 def gpu_rounds(rank: int, n: int, gpu, rounds: int):
     for j in range(rounds):
         print(f"gpu-after {j} digest {gpu_all_reduce(rank, n, gpu, 10_000 + j)}", flush=True)
@@ -88,6 +144,7 @@ def main():
     print(f"start rank {rank} join {int(joining)} device {device} ops {chorus.get_ops_completed()} active {chorus.get_active_ranks()}", flush=True)
     if mode == "cuda-kernels" and not joining:
         gpu_until_failure(rank, n, gpu)
+        gpu_over_survivors(rank, n, gpu, int(os.environ.get("GPU_SURVIVORS", "10")))
     prev = None
     stop_at = 1_000_000
     deadline = time.time() + 90

@@ -119,9 +119,11 @@ def test_kill_and_rejoin_cuda(where, tmp_path):
 def test_kill_on_the_gpu_kernel_path_aborts_then_rejoins(tmp_path):
     """The GPU kernel path: a rank is kill -9ed while every rank loops GPU all_reduces. The survivors'
     kernels are aborted by the group's failure detector (they stop waiting at once rather than at their
-    60 s deadline), chorus.check_device names the dead rank, the group shrinks and a replacement rejoins
-    on the host path, and then GPU all_reduces over all ranks run again on a rebuilt communicator.
-    Ranks share the GPUs when there are fewer than 3."""
+    60 s deadline), chorus.check_device names the dead rank, the group shrinks, GPU collectives go on
+    over the survivors (all_reduce, all_gather, reduce_scatter, all_to_all, broadcast, each checked,
+    and a broadcast from the dead root fails on every survivor), a replacement rejoins on the host
+    path, and then GPU all_reduces over all ranks run again on a rebuilt communicator. Ranks share the
+    GPUs when there are fewer than 3."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus == 0:
         pytest.skip("needs a CUDA GPU (run on the GPU machine)")
@@ -129,7 +131,7 @@ def test_kill_on_the_gpu_kernel_path_aborts_then_rejoins(tmp_path):
     t0 = time.time()
     store = dist.TCPStore("127.0.0.1", 0, n + 2, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False)
     base = dict(os.environ, WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1", CHORUS_TEST_STORE_PORT=str(store.port),
-                CHORUS_TIMEOUT_MS="30000", CHORUS_CUDA_TIMEOUT_MS="60000", FT_AFTER="10", GPU_AFTER="20",
+                CHORUS_TIMEOUT_MS="30000", CHORUS_CUDA_TIMEOUT_MS="60000", FT_AFTER="10", GPU_AFTER="20", GPU_SURVIVORS="10",
                 PYTHONUNBUFFERED="1", FT_DEVICE="cuda-kernels")
     base.pop("CHORUS_JOIN", None)
     survivors = [r for r in range(n) if r != victim]
@@ -141,10 +143,18 @@ def test_kill_on_the_gpu_kernel_path_aborts_then_rejoins(tmp_path):
         w.kill(victim)
         w.wait_for(lambda: all(any(l.startswith("gpu failed") for l in w.lines(r)) for r in survivors),
                    "the survivors' GPU collectives to fail", 30)
+        w.wait_for(lambda: all("gpu-survivors done" in w.lines(r) for r in survivors),
+                   "the survivors' GPU collectives over the shrunk view", 120)
         w.spawn(victim, "joiner", CHORUS_JOIN="1")
         w.wait_all(90)
 
     outs = {r: w.lines(r) for r in survivors + ["joiner"]}
+    shrunk = {r: [l for l in outs[r] if l.startswith("gpu-survivors ") and "digest" in l] for r in survivors}
+    assert len(shrunk[survivors[0]]) == 10, outs[survivors[0]][-5:]
+    assert all(shrunk[r] == shrunk[survivors[0]] for r in survivors), "survivors disagree on the GPU collectives over the shrunk view"
+    for r in survivors:
+        dead_root = next(l for l in outs[r] if l.startswith("gpu-survivors dead root"))
+        assert f"rank {victim}" in dead_root and "not an active member" in dead_root, dead_root
     waits = []
     for r in survivors:
         fail = next(l for l in outs[r] if l.startswith("gpu failed"))

@@ -1,6 +1,8 @@
 //! GPU collectives of a [`ProcessGroup`]: one [`DeviceComm`] per CUDA device the group's tensors live
 //! on, set up through the group's store on first use (an all-gather of workspace handles), then used
-//! for every collective on that device. Everything is stream-ordered on the caller's stream.
+//! for every collective on that device, rebuilt over the members whenever the view changes. Everything
+//! is stream-ordered on the caller's stream.
+use super::device_group::DeviceGroup;
 use super::ProcessGroup;
 use crate::error::{ChorusError, Result};
 use crate::group::DeviceSlot;
@@ -10,63 +12,65 @@ use chorus_kernels::{DType, ReduceOp};
 use std::sync::Arc;
 
 impl ProcessGroup {
-    /// The GPU communicator of this group on CUDA device `ordinal`, created on first use: every rank
-    /// must reach its first GPU collective together (as with any collective); ranks may use different
-    /// devices. Compiles and preloads the kernels before it returns (design invariant 4). Its host
-    /// control block is registered as host memory (invariant 3).
-    ///
-    /// A communicator spans the view it was built in. Once the view changed (a rank failed and a
-    /// replacement rejoined), the next GPU collective builds a new one; while a rank is missing from the
-    /// view the kernel path is refused (the host path, `cuda_path = host`, carries on without it). A
-    /// communicator aborted because a peer died reports that until the view moves on.
+    /// The GPU communicator of this group on CUDA device `ordinal` (see [`ProcessGroup::device_group`]);
+    /// its ranks are positions among the view's members (group ranks while the view is full).
     pub fn device_comm(&self, ordinal: usize) -> Result<Arc<DeviceComm>> {
+        Ok(self.device_group(ordinal)?.comm().clone())
+    }
+
+    /// The GPU collectives of this group on CUDA device `ordinal`, in group ranks. The communicator is
+    /// created on first use: every member must reach its first GPU collective together (as with any
+    /// collective); ranks may use different devices. Compiles and preloads the kernels before it
+    /// returns (design invariant 4). Its host control block is registered as host memory (invariant 3).
+    ///
+    /// A communicator spans the members of the view it was built in. When the view changes (a failed
+    /// rank was removed, or a replacement rejoined), the next GPU collective builds one over the new
+    /// view's members, so GPU collectives go on over the survivors. A communicator aborted because a
+    /// peer died reports that until the view moves on.
+    pub fn device_group(&self, ordinal: usize) -> Result<DeviceGroup> {
         let mut comms = self.inner.device_comms.lock().unwrap_or_else(|p| p.into_inner());
-        let epoch = self.current_epoch();
+        let (epoch, members) = {
+            let v = self.inner.view.lock().unwrap_or_else(|p| p.into_inner());
+            (v.epoch, v.members())
+        };
+        let size = self.size();
         if let Some(i) = comms.iter().position(|s| s.ordinal == ordinal) {
             if comms[i].epoch == epoch {
-                let comm = comms[i].comm.clone();
-                comm.check().map_err(|source| ChorusError::Device { op: "setup", source })?;
-                return Ok(comm);
+                let s = &comms[i];
+                s.comm.check().map_err(|source| ChorusError::Device { op: "setup", source })?;
+                return Ok(DeviceGroup::new(s.comm.clone(), s.members.clone(), size, epoch));
             }
             let stale = comms.remove(i);
             tracing::debug!(ordinal, built = stale.epoch, epoch, "the view changed: rebuilding the GPU communicator");
             self.inner.registry.unregister(stale.comm.control_region().0);
         }
-        let (rank, size) = (self.rank(), self.size());
-        let members = self.active_ranks();
-        if members.len() != size {
-            let missing: Vec<usize> = (0..size).filter(|r| !members.contains(r)).collect();
-            return Err(ChorusError::Device {
-                op: "setup",
-                source: chorus_kernels::KernelError::CommSetup(format!(
-                    "the GPU kernel path needs every rank of the group, but rank(s) {missing:?} are not in the view at \
-                     epoch {epoch} (they failed or were removed); a replacement can rejoin, or run GPU tensors on the \
-                     fault-tolerant host path (CHORUS_CUDA_PATH=host)"
-                )),
-            });
-        }
-        // The k-th communicator of this group built in this view, on every rank (ranks create them
-        // in the same order).
+        let rank = self.rank();
+        let Some(me) = members.iter().position(|&r| r == rank) else {
+            return Err(ChorusError::Excluded { epoch });
+        };
+        // The k-th communicator of this group built in this view, on every member (members create
+        // them in the same order).
         let k = comms.iter().filter(|s| s.epoch == epoch).count();
-        let _span = tracing::debug_span!("device_comm", ordinal, epoch, k, rank, size).entered();
+        let _span = tracing::debug_span!("device_comm", ordinal, epoch, k, rank, members = ?members).entered();
         let store = self.inner.store.clone();
-        let keys: Vec<String> = (0..size).map(|r| self.inner.store_key(&format!("cuda/{epoch}/{k}/{r}"))).collect();
+        let keys: Vec<String> = members.iter().map(|r| self.inner.store_key(&format!("cuda/{epoch}/{k}/{r}"))).collect();
         let timeout = self.inner.opts.timeout;
         let mut exchange = |mine: String| -> chorus_kernels::Result<Vec<String>> {
             let fail = |e: chorus_bootstrap::BootstrapError| chorus_kernels::KernelError::CommSetup(format!("store exchange: {e}"));
-            store.set(&keys[rank], mine.as_bytes()).map_err(fail)?;
+            store.set(&keys[me], mine.as_bytes()).map_err(fail)?;
             let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
             let vals = store.wait(&refs, timeout).map_err(fail)?;
             Ok(vals.into_iter().map(|v| String::from_utf8_lossy(&v).into_owned()).collect())
         };
-        let comm = DeviceComm::new(ordinal, rank, size, CommOptions::from_env(size), &mut exchange)
+        let m = members.len();
+        let comm = DeviceComm::new(ordinal, me, m, CommOptions::from_env(m), &mut exchange)
             .map_err(|source| ChorusError::Device { op: "setup", source })?;
         let (ctl, ctl_len) = comm.control_region();
         self.inner.registry.register(ctl, ctl_len, Location::Host);
         tracing::debug!(?comm, "device communicator ready");
-        let comm = Arc::new(comm);
-        comms.push(DeviceSlot { ordinal, epoch, comm: comm.clone() });
-        Ok(comm)
+        let (comm, members): (Arc<DeviceComm>, Arc<[usize]>) = (Arc::new(comm), members.into());
+        comms.push(DeviceSlot { ordinal, epoch, members: members.clone(), comm: comm.clone() });
+        Ok(DeviceGroup::new(comm, members, size, epoch))
     }
 
     /// Where the memory registry of this group says `ptr` lives (`None`: not registered).

@@ -2,9 +2,11 @@
 pub mod buffer;
 mod collectives;
 mod cuda;
+mod device_group;
 mod ft;
 mod p2p;
 pub mod p2p_types { pub use super::p2p::P2pRequest; }
+pub use device_group::DeviceGroup;
 pub mod select;
 
 use crate::engine::comm::{describe, Comm, OpCtx};

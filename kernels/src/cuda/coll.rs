@@ -534,25 +534,61 @@ impl DeviceComm {
     /// `src` valid for `world * count` elements, `dst` for `count`, not overlapping; otherwise as
     /// [`DeviceComm::all_reduce`].
     pub unsafe fn reduce_scatter(&self, stream: RawStream, dtype: DType, op: ReduceOp, src: u64, dst: u64, count: usize) -> Result<()> {
-        let func = self.kernels.coll_func(dtype, op)?;
         let bytes = elems_bytes(dtype, count)?;
         elems_bytes(dtype, count.saturating_mul(self.world))?;
+        let blocks: Vec<usize> = (0..self.world).map(|p| p * bytes).collect();
+        // SAFETY: forwarded to the caller; the blocks tile `src`.
+        unsafe { self.reduce_scatter_blocks(stream, dtype, op, src, &blocks, dst, count) }
+    }
+
+    /// `dst = op over ranks of the block at src + block_offsets[rank]` (`count` elements each): the
+    /// blocks may sit anywhere in `src` (a group whose view lost ranks keeps its blocks where the
+    /// group ranks put them).
+    ///
+    /// # Safety
+    /// Every `[src + block_offsets[p], + count elements)` is valid device memory, none overlapping
+    /// `dst` (valid for `count`); otherwise as [`DeviceComm::all_reduce`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn reduce_scatter_blocks(&self, stream: RawStream, dtype: DType, op: ReduceOp, src: u64, block_offsets: &[usize], dst: u64, count: usize) -> Result<()> {
+        if block_offsets.len() != self.world {
+            return Err(KernelError::InvalidArgument { reason: "reduce_scatter: one block offset per rank" });
+        }
+        let func = self.kernels.coll_func(dtype, op)?;
+        elems_bytes(dtype, count)?;
         let avg_n = self.avg_divisor(op);
         let e = dtype.size() as u64;
         let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes).max(1);
+        let mut blocks = [0u64; MAX_RANKS];
+        for (b, &o) in blocks.iter_mut().zip(block_offsets) {
+            *b = o as u64;
+        }
         let subs = split(count, chunk, |off, n| {
             let o = off as u64 * e;
             ffi::CollArgs {
                 src: src + o,
                 dst: dst + o,
                 count: n as u64,
-                src_stride: bytes as u64,
+                send_off: blocks,
                 avg_n,
                 ..self.lane_args(REDUCE_SCATTER, n * dtype.size())
             }
         });
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, func, &subs) }
+    }
+
+    /// Zeroes `bytes` at `ptr` on `stream` (stream-ordered, capturable in a CUDA graph): the blocks a
+    /// group's inactive ranks would have filled.
+    ///
+    /// # Safety
+    /// `ptr` is device memory of this device valid for `bytes` until the memset runs; stream as above.
+    pub unsafe fn zero(&self, stream: RawStream, ptr: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.kernels.context().bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
+        // SAFETY: forwarded to the caller.
+        unsafe { ffi::memset_zero_async(ptr, bytes, stream.cu()) }.map_err(|e| cuda_err("cuMemsetD8Async", e))
     }
 
     /// Copies `bytes` from `src` on `root` to `dst` on every rank (`src == dst` for in place; `src` is
@@ -807,7 +843,6 @@ mod tests {
             ("src", offset_of!(ffi::CollArgs, src)),
             ("dst", offset_of!(ffi::CollArgs, dst)),
             ("count", offset_of!(ffi::CollArgs, count)),
-            ("src_stride", offset_of!(ffi::CollArgs, src_stride)),
             ("dst_stride", offset_of!(ffi::CollArgs, dst_stride)),
             ("slot_bytes", offset_of!(ffi::CollArgs, slot_bytes)),
             ("p2p_slot", offset_of!(ffi::CollArgs, p2p_slot)),

@@ -74,7 +74,6 @@ struct CollArgs {
     u64 src;
     u64 dst;
     u64 count;                 // elements (reduce kinds) or bytes (copy kinds)
-    u64 src_stride;            // bytes between per-rank blocks of src (reduce_scatter)
     u64 dst_stride;            // bytes between per-rank blocks of dst (all_gather)
     u64 slot_bytes;
     u64 p2p_slot;
@@ -449,10 +448,10 @@ __device__ void ch_coll_reduce(const CollArgs& a) {
         ch_part(a.count, AL, &lo, &hi);
         for (u32 k = 1; k < n; ++k) {
             u32 p = (me + k) % n;
-            ch_copy(ch_slot(a, p, par, me) + lo * E, a.src + (u64)p * a.src_stride + lo * E, (hi - lo) * E);
+            ch_copy(ch_slot(a, p, par, me) + lo * E, a.src + a.send_off[p] + lo * E, (hi - lo) * E);
         }
         if (!ch_barrier(a)) return;
-        for (u32 q = 0; q < n; ++q) srcs[q] = q == me ? a.src + (u64)me * a.src_stride : ch_slot(a, me, par, q);
+        for (u32 q = 0; q < n; ++q) srcs[q] = q == me ? a.src + a.send_off[me] : ch_slot(a, me, par, q);
         dsts[0] = a.dst;
         ch_reduce<C, Op>(srcs, n, dsts, 1, lo, hi, a.avg_n);
     } else if (a.kind == CH_AR_TWOSHOT) {

@@ -371,6 +371,16 @@ pub(crate) fn workspace_zero(ws: &super::workspace::Workspace, stream: &CudaStre
     }
 }
 
+/// Enqueues a zero fill of `bytes` at `ptr` on `stream`.
+///
+/// # Safety
+/// `ptr` is device memory of the current context valid for `bytes` until the fill runs on `stream`, a
+/// live stream of that context (or 0), and nothing else writes it meanwhile.
+pub(crate) unsafe fn memset_zero_async(ptr: u64, bytes: usize, stream: sys::CUstream) -> Result<(), DriverError> {
+    // SAFETY: the caller's contract.
+    unsafe { result::memset_d8_async(ptr, 0, bytes, stream) }
+}
+
 /// Reads `out.len()` bytes at device address `src` of the current context. Callers (`ipc::IpcImporter`)
 /// bounds-check `src` against the mapping first; host memory safety depends only on `out`.
 pub(crate) fn copy_dtoh_checked(out: &mut [u8], src: u64) -> Result<(), DriverError> {
@@ -428,7 +438,6 @@ pub(crate) struct CollArgs {
     pub src: u64,
     pub dst: u64,
     pub count: u64,
-    pub src_stride: u64,
     pub dst_stride: u64,
     pub slot_bytes: u64,
     pub p2p_slot: u64,
