@@ -183,7 +183,6 @@ impl DeviceGroup {
     ///
     /// # Safety
     /// As [`DeviceComm::all_to_allv`].
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn all_to_allv(
         &self,
         stream: RawStream,
