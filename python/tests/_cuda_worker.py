@@ -1,8 +1,13 @@
-"""One rank of the CUDA suite: collectives on CUDA tensors through chorus (a new_group) and NCCL (the
-default group), on the same inputs, compared element for element; plus sub-allocated tensors, async
-work, a side stream, many back-to-back ops over several streams, and CUDA graph capture and replay.
+"""One rank of the CUDA suite: collectives on CUDA tensors through chorus (a new_group) and a reference
+(the default group), on the same inputs, compared element for element; plus sub-allocated tensors,
+async work, a side stream, many back-to-back ops over several streams, and CUDA graph capture and
+replay.
 
-Run by test_cuda.py as WORLD_SIZE processes (one per GPU); writes a JSON report to CHORUS_TEST_REPORT.
+The reference is NCCL (CHORUS_TEST_REFERENCE=nccl, one rank per GPU), or, where NCCL cannot run
+(ranks sharing one GPU), CHORUS_TEST_REFERENCE=cpu: every rank's input gathered on the CPU over
+Gloo and the result computed there in float64 / int64 (exact for these inputs over 2 ranks).
+
+Run by test_cuda.py as WORLD_SIZE processes; writes a JSON report to CHORUS_TEST_REPORT.
 """
 import json
 import os
@@ -37,7 +42,69 @@ def check(name: str, got: torch.Tensor, want: torch.Tensor):
                         f"(got {got.flatten()[:4].tolist()}, want {want.flatten()[:4].tolist()})")
 
 
-def run(nccl, ch):
+class NcclReference:
+    """The same calls on the default (NCCL) group."""
+
+    def __getattr__(self, name):
+        return getattr(dist, name)
+
+
+class CpuReference:
+    """What the collectives return, from every rank's input gathered on the CPU (Gloo, default group)."""
+
+    def _gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        wide = torch.float64 if t.dtype.is_floating_point else torch.int64
+        x = t.detach().reshape(-1).cpu().to(wide)
+        lens = [torch.zeros(1, dtype=torch.int64) for _ in range(ws)]
+        dist.all_gather(lens, torch.tensor([x.numel()]))
+        top = max(int(l) for l in lens)
+        padded = torch.cat([x, torch.zeros(top - x.numel(), dtype=wide)])
+        parts = [torch.empty(top, dtype=wide) for _ in range(ws)]
+        dist.all_gather(parts, padded)
+        return [p[:int(l)] for p, l in zip(parts, lens)]
+
+    @staticmethod
+    def _reduce(parts, op):
+        s = torch.stack(parts)
+        if op == R.SUM:
+            return s.sum(0)
+        if op == R.AVG:
+            return s.sum(0) / len(parts)
+        if op == R.MAX:
+            return s.max(0).values
+        if op == R.MIN:
+            return s.min(0).values
+        if op == R.PRODUCT:
+            return s.prod(0)
+        raise ValueError(f"no reference for {op}")
+
+    def all_reduce(self, t, op=R.SUM):
+        t.copy_(self._reduce(self._gather(t), op).to(t.dtype))
+
+    def broadcast(self, t, src):
+        t.copy_(self._gather(t)[src].to(t.dtype))
+
+    def reduce(self, t, dst, op=R.SUM):
+        r = self._reduce(self._gather(t), op)
+        if rank == dst:
+            t.copy_(r.to(t.dtype))
+
+    def all_gather_into_tensor(self, out, x):
+        out.copy_(torch.cat(self._gather(x)).to(out.dtype))
+
+    def reduce_scatter_tensor(self, out, x, op=R.SUM):
+        k = out.numel()
+        out.copy_(self._reduce(self._gather(x), op)[rank * k:(rank + 1) * k].to(out.dtype))
+
+    def all_to_all_single(self, out, x, output_split_sizes=None, input_split_sizes=None):
+        splits = input_split_sizes or [x.numel() // ws] * ws
+        every = [s.tolist() for s in self._gather(torch.tensor(splits))]
+        parts = self._gather(x)
+        blocks = [parts[p][sum(every[p][:rank]):sum(every[p][:rank + 1])] for p in range(ws)]
+        out.copy_(torch.cat(blocks).to(out.dtype))
+
+
+def run(ref, ch):
     sizes = [1, 7, 1031, 65537, 3_000_001]
     # all_reduce: dtypes x ops x sizes, including tensors carved out of one allocation at offsets.
     big = torch.zeros(64 << 20, dtype=torch.uint8, device=dev)
@@ -50,7 +117,7 @@ def run(nccl, ch):
                     continue
                 x = data(rank * 1000 + i, n, dtype)
                 want = x.clone()
-                dist.all_reduce(want, op=op, group=nccl)
+                ref.all_reduce(want, op=op)
                 off = (64 << (2 * i)) + 64 * rank  # 64 B, 256 B, 1 KB, 4 KB, 16 KB (+ rank)
                 esz = x.element_size()
                 view = big[off:off + n * esz].view(dtype)
@@ -61,17 +128,17 @@ def run(nccl, ch):
         for root in range(ws):
             x = data(7 * rank + n, n, torch.float32)
             a, b = x.clone(), x.clone()
-            dist.broadcast(a, root, group=nccl)
+            ref.broadcast(a, root)
             dist.broadcast(b, root, group=ch)
             check(f"broadcast n={n} root={root}", b, a)
             a, b = x.clone(), x.clone()
-            dist.reduce(a, root, group=nccl)
+            ref.reduce(a, root)
             dist.reduce(b, root, group=ch)
             if rank == root:
                 check(f"reduce n={n} root={root}", b, a)
         x = data(11 * rank + n, n, torch.bfloat16)
         outs = [torch.empty(n * ws, dtype=x.dtype, device=dev) for _ in range(2)]
-        dist.all_gather_into_tensor(outs[0], x, group=nccl)
+        ref.all_gather_into_tensor(outs[0], x)
         dist.all_gather_into_tensor(outs[1], x, group=ch)
         check(f"all_gather_into_tensor n={n}", outs[1], outs[0])
         lst = [torch.empty(n, dtype=x.dtype, device=dev) for _ in range(ws)]
@@ -79,12 +146,12 @@ def run(nccl, ch):
         check(f"all_gather (list) n={n}", torch.cat(lst), outs[0])
         x = data(13 * rank + n, n * ws, torch.float32)
         outs = [torch.empty(n, dtype=x.dtype, device=dev) for _ in range(2)]
-        dist.reduce_scatter_tensor(outs[0], x, group=nccl)
+        ref.reduce_scatter_tensor(outs[0], x)
         dist.reduce_scatter_tensor(outs[1], x, group=ch)
         check(f"reduce_scatter_tensor n={n}", outs[1], outs[0])
         x = data(17 * rank + n, n * ws, torch.int32)
         outs = [torch.empty_like(x) for _ in range(2)]
-        dist.all_to_all_single(outs[0], x, group=nccl)
+        ref.all_to_all_single(outs[0], x)
         dist.all_to_all_single(outs[1], x, group=ch)
         check(f"all_to_all_single n={n}", outs[1], outs[0])
         # Uneven splits: rank r sends (p + 1) * (r + 1) * n // 7 + 1 elements to rank p.
@@ -92,7 +159,7 @@ def run(nccl, ch):
         recv = [(rank + 1) * (p + 1) * n // 7 + 1 for p in range(ws)]
         x = data(19 * rank + n, sum(send), torch.float32)
         outs = [torch.empty(sum(recv), dtype=x.dtype, device=dev) for _ in range(2)]
-        dist.all_to_all_single(outs[0], x, recv, send, group=nccl)
+        ref.all_to_all_single(outs[0], x, recv, send)
         dist.all_to_all_single(outs[1], x, recv, send, group=ch)
         check(f"all_to_all_single uneven n={n}", outs[1], outs[0])
     # send/recv: rank 0 -> 1, then 1 -> 0 (one direction at a time).
@@ -109,7 +176,7 @@ def run(nccl, ch):
     # Async work and a side stream.
     x = data(31 * rank, 4099, torch.float32)
     want = x.clone()
-    dist.all_reduce(want, group=nccl)
+    ref.all_reduce(want)
     got = x.clone()
     w = dist.all_reduce(got, group=ch, async_op=True)
     w.wait()
@@ -127,7 +194,7 @@ def run(nccl, ch):
     for i in range(48):
         x = data(1000 + 37 * rank + i, 2048 + i, torch.float32)
         w_ = x.clone()
-        dist.all_reduce(w_, group=nccl)
+        ref.all_reduce(w_)
         bufs.append(x)
         wants.append(w_)
     torch.cuda.synchronize(dev)
@@ -148,9 +215,9 @@ def run(nccl, ch):
     for replay in range(3):
         xs, xl, xg = data(50 + replay + rank, 1000, torch.float32), data(60 + replay + rank, 600_000, torch.float32), data(70 + replay + rank, 777, torch.float32)
         ws_, wl, wg = xs.clone(), xl.clone(), torch.empty(777 * ws, device=dev)
-        dist.all_reduce(ws_, group=nccl)
-        dist.all_reduce(wl, group=nccl)
-        dist.all_gather_into_tensor(wg, xg, group=nccl)
+        ref.all_reduce(ws_)
+        ref.all_reduce(wl)
+        ref.all_gather_into_tensor(wg, xg)
         small.copy_(xs)
         large.copy_(xl)
         gin.copy_(xg)
@@ -164,10 +231,14 @@ def run(nccl, ch):
 def main():
     torch.cuda.set_device(dev)
     store = dist.TCPStore("127.0.0.1", int(os.environ["CHORUS_TEST_STORE_PORT"]), ws, is_master=False, timeout=timedelta(seconds=120))
-    dist.init_process_group("nccl", store=store, rank=rank, world_size=ws, timeout=timedelta(seconds=120), device_id=dev)
+    cpu_ref = os.environ.get("CHORUS_TEST_REFERENCE", "nccl") == "cpu"
+    if cpu_ref:
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=ws, timeout=timedelta(seconds=120))
+    else:
+        dist.init_process_group("nccl", store=store, rank=rank, world_size=ws, timeout=timedelta(seconds=120), device_id=dev)
     ch = dist.new_group(backend="chorus")
     try:
-        run(None, ch)
+        run(CpuReference() if cpu_ref else NcclReference(), ch)
     except Exception:
         failures.append("worker crashed: " + traceback.format_exc())
     with open(os.environ["CHORUS_TEST_REPORT"], "w") as fh:

@@ -1,8 +1,11 @@
-"""CUDA tensors through chorus against NCCL (the same inputs, element for element), one process per GPU.
+"""CUDA tensors through chorus against NCCL (the same inputs, element for element), one process per GPU,
+and, with the ranks sharing one GPU (where NCCL refuses to run), against results computed on the CPU.
 
-Needs at least two CUDA GPUs (NCCL refuses two ranks on one GPU); elsewhere the test reports as
-skipped, never as passed. Run on the GPU machine with NCCL_NVLS_ENABLE=0.
+The NCCL comparison needs at least two CUDA GPUs, the shared-GPU one a CUDA GPU; elsewhere they report
+as skipped, never as passed. Run on the GPU machine with NCCL_NVLS_ENABLE=0.
 """
+import os
+
 import pytest
 import torch
 
@@ -12,8 +15,24 @@ from _launch import run_ranks
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
                     reason="needs 2 CUDA GPUs (chorus is compared with NCCL, one rank per GPU)")
 def test_cuda_collectives_match_nccl(tmp_path):
-    world_size = torch.cuda.device_count()
-    codes, reports, logs = run_ranks("_cuda_worker.py", world_size, tmp_path, timeout=400)
+    _suite(tmp_path, torch.cuda.device_count(), "nccl")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_collectives_on_one_shared_gpu_match_the_cpu(tmp_path):
+    """Two ranks on GPU 0 (the GPU kernel path between processes on one device), every result
+    against the CPU reference: the torch-level GPU suite on a machine with one GPU."""
+    _suite(tmp_path, 2, "cpu", CUDA_VISIBLE_DEVICES=_first_visible_gpu())
+
+
+def _first_visible_gpu() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[0] if visible else "0"
+
+
+def _suite(tmp_path, world_size, reference, **env):
+    codes, reports, logs = run_ranks("_cuda_worker.py", world_size, tmp_path, timeout=400,
+                                     extra_env=dict(CHORUS_TEST_REFERENCE=reference, **env))
     for r in range(world_size):
         assert codes[r] == 0 and reports[r] is not None, f"rank {r} exited with {codes[r]}:\n{logs[r]}"
     failures = [f"rank {rep['rank']}: {f}" for rep in reports for f in rep["failures"]]
