@@ -29,11 +29,9 @@ impl ProcessGroup {
     /// peer died reports that until the view moves on.
     pub fn device_group(&self, ordinal: usize) -> Result<DeviceGroup> {
         let mut comms = self.inner.device_comms.lock().unwrap_or_else(|p| p.into_inner());
-        let (epoch, members) = {
-            let v = self.inner.view.lock().unwrap_or_else(|p| p.into_inner());
-            (v.epoch, v.members())
-        };
         let size = self.size();
+        // The epoch alone on the hot path (every GPU op); the member list only to build.
+        let epoch = self.current_epoch();
         if let Some(i) = comms.iter().position(|s| s.ordinal == ordinal) {
             if comms[i].epoch == epoch {
                 let s = &comms[i];
@@ -44,6 +42,10 @@ impl ProcessGroup {
             tracing::debug!(ordinal, built = stale.epoch, epoch, "the view changed: rebuilding the GPU communicator");
             self.inner.registry.unregister(stale.comm.control_region().0);
         }
+        let (epoch, members) = {
+            let v = self.inner.view.lock().unwrap_or_else(|p| p.into_inner());
+            (v.epoch, v.members())
+        };
         let rank = self.rank();
         let Some(me) = members.iter().position(|&r| r == rank) else {
             return Err(ChorusError::Excluded { epoch });
