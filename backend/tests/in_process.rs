@@ -196,6 +196,49 @@ fn a_live_excluded_rank_rejoins_in_place() {
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }
 
+/// The host path's layout for a view without rank 2: all_gather and gather leave zeros in its block
+/// (whatever the output held), the members' blocks at their group ranks. (The GPU kernel path,
+/// `DeviceGroup`, does the same; `python/tests/_ft_worker.py` checks it on a GPU.)
+#[test]
+fn gathers_in_a_shrunk_view_zero_the_inactive_ranks_blocks() {
+    quiet_heartbeats();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let opts = |r: usize| Options::default().with_timeout(Duration::from_secs(20)).with_name("shrunk-gather").with_host_id(same_host(r));
+    let hs: Vec<_> = (0..3)
+        .map(|r| {
+            let (store, o) = (store.clone(), opts(r));
+            std::thread::spawn(move || -> chorus_backend::Result<()> {
+                let pg = ProcessGroup::new(store, r, 3, o)?;
+                if r == 0 {
+                    pg.deactivate_ranks(&[2])?;
+                }
+                loop {
+                    let mut v = [1i64];
+                    match pg.all_reduce(&mut v, ReduceOp::Sum) {
+                        Ok(()) if pg.last_op_info().contributors == [0, 1] => break,
+                        Ok(()) => {}
+                        Err(ChorusError::Excluded { .. }) if r == 2 => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+                let mine: Vec<i64> = (0..5).map(|i| 100 * r as i64 + i).collect();
+                let want: Vec<i64> = (0..3).flat_map(|q| (0..5).map(move |i| if q == 2 { 0 } else { 100 * q as i64 + i })).collect();
+                let mut all = vec![-1i64; 15];
+                pg.all_gather(&mine, &mut all)?;
+                assert_eq!(all, want, "all_gather on rank {r}");
+                let mut at_root = vec![-1i64; if r == 1 { 15 } else { 0 }];
+                pg.gather(&mine, &mut at_root, 1)?;
+                if r == 1 {
+                    assert_eq!(at_root, want, "gather on the root");
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let results: Vec<_> = hs.into_iter().map(|h| h.join().expect("rank thread")).collect();
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
 mod rejoin_cases;
 
 #[test]

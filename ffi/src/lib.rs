@@ -869,6 +869,18 @@ pub unsafe extern "C" fn chorus_gather(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if gpu_kernels(group_, device) {
+        return device_collective(group_, work, "gather", dtype_, device, stream, |c, dg, s| {
+            let (root, block) = rooted(c, root, count)?;
+            if c.g.pg.rank() == root {
+                let at = (root * block) as u64;
+                device_overlap_ok(c.op, sendbuf as u64, block, recvbuf as u64, c.per_rank(block)?, at)?;
+            }
+            // SAFETY: as in chorus_all_reduce, for both buffers (on the root: checked disjoint or
+            // exactly in place; elsewhere `recvbuf` is not touched).
+            unsafe { dg.gather(s, sendbuf as u64, recvbuf as u64, block, root) }.map_err(FfiError::from)
+        });
+    }
     collective(group_, work, "gather", dtype_, device, stream, |c| {
         let (root, block) = rooted(c, root, count)?;
         let out = c.recv(recvbuf, if c.g.pg.rank() == root { c.per_rank(block)? } else { 0 })?;
@@ -894,6 +906,18 @@ pub unsafe extern "C" fn chorus_scatter(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
+    if gpu_kernels(group_, device) {
+        return device_collective(group_, work, "scatter", dtype_, device, stream, |c, dg, s| {
+            let (root, block) = rooted(c, root, count)?;
+            if c.g.pg.rank() == root {
+                let at = (root * block) as u64;
+                device_overlap_ok(c.op, recvbuf as u64, block, sendbuf as u64, c.per_rank(block)?, at)?;
+            }
+            // SAFETY: as in chorus_all_reduce, for both buffers (on the root: checked disjoint or
+            // exactly in place; elsewhere `sendbuf` is not read).
+            unsafe { dg.scatter(s, sendbuf as u64, recvbuf as u64, block, root) }.map_err(FfiError::from)
+        });
+    }
     collective(group_, work, "scatter", dtype_, device, stream, |c| {
         let (root, block) = rooted(c, root, count)?;
         let total = if c.g.pg.rank() == root { c.per_rank(block)? } else { 0 };

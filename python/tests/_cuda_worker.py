@@ -96,6 +96,17 @@ class CpuReference:
         k = out.numel()
         out.copy_(self._reduce(self._gather(x), op)[rank * k:(rank + 1) * k].to(out.dtype))
 
+    def gather(self, t, gather_list, dst):
+        parts = self._gather(t)
+        if rank == dst:
+            for o, p in zip(gather_list, parts):
+                o.copy_(p.to(o.dtype))
+
+    def scatter(self, out, scatter_list, src):
+        mine = torch.cat(scatter_list) if rank == src else out.new_zeros(0)
+        k = out.numel()
+        out.copy_(self._gather(mine)[src][rank * k:(rank + 1) * k].to(out.dtype))
+
     def all_to_all_single(self, out, x, output_split_sizes=None, input_split_sizes=None):
         splits = input_split_sizes or [x.numel() // ws] * ws
         every = [s.tolist() for s in self._gather(torch.tensor(splits))]
@@ -162,6 +173,18 @@ def run(ref, ch):
         ref.all_to_all_single(outs[0], x, recv, send)
         dist.all_to_all_single(outs[1], x, recv, send, group=ch)
         check(f"all_to_all_single uneven n={n}", outs[1], outs[0])
+        for root in range(ws):
+            x = data(29 * rank + n + root, n, torch.float32)
+            lists = [[torch.empty(n, device=dev) for _ in range(ws)] if rank == root else None for _ in range(2)]
+            ref.gather(x, lists[0], root)
+            dist.gather(x, lists[1], root, group=ch)
+            if rank == root:
+                check(f"gather n={n} root={root}", torch.cat(lists[1]), torch.cat(lists[0]))
+            ins = [data(37 * rank + 3 * q + n, n, torch.float32) for q in range(ws)] if rank == root else None
+            outs = [torch.empty(n, device=dev) for _ in range(2)]
+            ref.scatter(outs[0], ins, root)
+            dist.scatter(outs[1], ins, root, group=ch)
+            check(f"scatter n={n} root={root}", outs[1], outs[0])
     # send/recv: rank 0 -> 1, then 1 -> 0 (one direction at a time).
     if ws >= 2 and rank < 2:
         for n in [5, 3_000_001]:

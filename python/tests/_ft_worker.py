@@ -70,8 +70,9 @@ def gpu_until_failure(rank: int, n: int, gpu):
 
 def gpu_over_survivors(rank: int, n: int, gpu, rounds: int):
     """GPU collectives in a view without the dead rank, checked against the host path's semantics:
-    reductions over the members, zeros in all_gather blocks of inactive ranks, all_to_all blocks from
-    inactive ranks untouched, and a broadcast from the dead root fails on every survivor."""
+    reductions over the members (AVG divides by their count), zeros in all_gather and gather blocks
+    of inactive ranks, all_to_all blocks from inactive ranks untouched, and a broadcast from the dead
+    root and a send to the dead rank fail on every survivor."""
     t = torch.zeros(4, dtype=torch.float64)
     work = dist.all_reduce(t, async_op=True)
     work.wait()
@@ -90,9 +91,15 @@ def gpu_over_survivors(rank: int, n: int, gpu, rounds: int):
         dist.reduce_scatter_tensor(rs, torch.cat([v[rank] + 10 * q for q in range(n)]).to(gpu))
         a2a = torch.full((n * b,), -1.0, dtype=f64, device=gpu)
         dist.all_to_all_single(a2a, torch.cat([v[rank] * (q + 1) for q in range(n)]).to(gpu))
+        avg = values(rank, it).to(gpu)
+        dist.all_reduce(avg, op=dist.ReduceOp.AVG)
         root = active[j % len(active)]
         bc = (v[rank] if rank == root else torch.zeros(b, dtype=f64)).to(gpu)
         dist.broadcast(bc, root)
+        gathered = [torch.full((b,), -1.0, dtype=f64, device=gpu) for _ in range(n)] if rank == root else None
+        dist.gather(v[rank].to(gpu), gathered, root)
+        sc = torch.full((b,), -1.0, dtype=f64, device=gpu)
+        dist.scatter(sc, [(v[root] * (q + 3)).to(gpu) for q in range(n)] if rank == root else None, root)
         torch.cuda.synchronize()
         chorus.check_device()
         wants = {
@@ -100,15 +107,19 @@ def gpu_over_survivors(rank: int, n: int, gpu, rounds: int):
             "all_gather": (ag, torch.cat([v[r] if r in active else torch.zeros(b, dtype=f64) for r in range(n)])),
             "reduce_scatter": (rs, sum(v[r] + 10 * rank for r in active)),
             "all_to_all": (a2a, torch.cat([v[p] * (rank + 1) if p in active else torch.full((b,), -1.0, dtype=f64) for p in range(n)])),
+            "all_reduce avg": (avg, sum(values(r, it) for r in active) / len(active)),
             "broadcast": (bc, v[root]),
+            "scatter": (sc, v[root] * (rank + 3)),
         }
+        if rank == root:
+            wants["gather"] = (torch.cat(gathered), torch.cat([v[r] if r in active else torch.zeros(b, dtype=f64) for r in range(n)]))
         h = hashlib.sha1()  # over the results every survivor shares
         for name, (got, want) in wants.items():
             got = got.cpu()
             if not torch.equal(got, want):
                 print(f"gpu-survivors {j}: wrong {name} {got[:4].tolist()} != {want[:4].tolist()}", flush=True)
                 sys.exit(3)
-            if name in ("all_reduce", "all_gather", "broadcast"):
+            if name in ("all_reduce", "all_reduce avg", "all_gather", "broadcast"):
                 h.update(got.numpy().tobytes())
         print(f"gpu-survivors {j} digest {h.hexdigest()[:16]}", flush=True)
     try:
@@ -118,6 +129,12 @@ def gpu_over_survivors(rank: int, n: int, gpu, rounds: int):
         sys.exit(3)
     except chorus.ChorusError as e:
         print(f"gpu-survivors dead root: {str(e).splitlines()[0]}", flush=True)
+    try:
+        dist.send(torch.zeros(b, dtype=f64, device=gpu), dead[0])
+        print(f"gpu-survivors: a send to dead rank {dead[0]} did not fail", flush=True)
+        sys.exit(3)
+    except chorus.ChorusError as e:
+        print(f"gpu-survivors dead peer: {str(e).splitlines()[0]}", flush=True)
     print("gpu-survivors done", flush=True)
 
 

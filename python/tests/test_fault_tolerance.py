@@ -120,8 +120,9 @@ def test_kill_on_the_gpu_kernel_path_aborts_then_rejoins(tmp_path):
     """The GPU kernel path: a rank is kill -9ed while every rank loops GPU all_reduces. The survivors'
     kernels are aborted by the group's failure detector (they stop waiting at once rather than at their
     60 s deadline), chorus.check_device names the dead rank, the group shrinks, GPU collectives go on
-    over the survivors (all_reduce, all_gather, reduce_scatter, all_to_all, broadcast, each checked,
-    and a broadcast from the dead root fails on every survivor), a replacement rejoins on the host
+    over the survivors (all_reduce sum and avg, all_gather, reduce_scatter, all_to_all, broadcast,
+    gather, scatter, each checked; a broadcast from the dead root and a send to it fail on every
+    survivor), a replacement rejoins on the host
     path, and then GPU all_reduces over all ranks run again on a rebuilt communicator. Ranks share the
     GPUs when there are fewer than 3."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -155,6 +156,8 @@ def test_kill_on_the_gpu_kernel_path_aborts_then_rejoins(tmp_path):
     for r in survivors:
         dead_root = next(l for l in outs[r] if l.startswith("gpu-survivors dead root"))
         assert f"rank {victim}" in dead_root and "not an active member" in dead_root, dead_root
+        dead_peer = next(l for l in outs[r] if l.startswith("gpu-survivors dead peer"))
+        assert f"rank {victim}" in dead_peer and "not an active member" in dead_peer, dead_peer
     waits = []
     for r in survivors:
         fail = next(l for l in outs[r] if l.startswith("gpu failed"))

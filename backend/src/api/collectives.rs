@@ -176,6 +176,12 @@ fn all_to_all_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output:
 fn gather_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
     let root = dense_root(t, ctx, root)?;
     let block = input.len();
+    if !t.full() && t.me() == root {
+        // As in all_gather: blocks of inactive ranks are zeros.
+        for r in (0..t.size).filter(|r| t.dense(*r).is_none()) {
+            output[r * block..(r + 1) * block].fill(0);
+        }
+    }
     let plan = t.place_blocks(algo::gather(t.m(), t.me(), root, block, t.chunk), Buf::Output, block);
     exec::run(comm, ctx, &plan, &mut Bufs::Separate { input, output }, None, None)?;
     comm.drain(ctx)

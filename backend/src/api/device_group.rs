@@ -1,8 +1,8 @@
 //! GPU collectives in group ranks. A [`DeviceComm`] spans the members of one view, as dense ranks
 //! `0..m`; once a rank failed and the view shrank, a [`DeviceGroup`] maps the group's ranks and
 //! buffer layouts (one block per group rank) onto the communicator, with the host path's semantics:
-//! reductions run over the members (`Avg` divides by their count), all_gather blocks of inactive
-//! ranks are zero, reduce_scatter and all_to_all move only the members' blocks, a collective rooted
+//! reductions run over the members (`Avg` divides by their count), all_gather and gather blocks of
+//! inactive ranks are zero, reduce_scatter and all_to_all move only the members' blocks, a collective rooted
 //! at an inactive rank fails with `RootInactive` on every member, and a send to or receive from one
 //! fails with `PeerInactive`. In a full view every call is the communicator's own.
 use crate::error::{ChorusError, Result};
@@ -198,6 +198,51 @@ impl DeviceGroup {
         let ((so, sl), (ro, rl)) = (self.map.member_splits(send), self.map.member_splits(recv));
         // SAFETY: forwarded to the caller.
         unsafe { self.comm.all_to_allv(stream, src, dst, &so, &sl, &ro, &rl, max_pair_bytes) }.map_err(dev("all_to_all_v"))
+    }
+
+    /// Gather to group rank `root`: its `dst` holds one `block` per group rank (the members' inputs,
+    /// zeros at inactive ranks' places); `dst` is not touched on other ranks (it may be 0 there).
+    /// One launch: an all-to-all in which every member sends only to the root.
+    ///
+    /// # Safety
+    /// `src` valid for `block`; on the root `dst` valid for `size * block`, disjoint from `src` or
+    /// `src` exactly the root's block of it; stream as [`DeviceComm::all_to_allv`].
+    pub unsafe fn gather(&self, stream: RawStream, src: u64, dst: u64, block: usize, root: usize) -> Result<()> {
+        let op = "gather";
+        let root = self.map.root(op, root)?;
+        let m = self.map.members.len();
+        let (zero, mut send_len) = (vec![0usize; m], vec![0usize; m]);
+        send_len[root] = block;
+        let (recv_off, recv_len) = if self.comm.rank() == root {
+            for (off, len) in self.map.inactive_blocks(block) {
+                // SAFETY: an inactive rank's block of the root's `dst` (the caller's contract).
+                unsafe { self.comm.zero(stream, dst + off as u64, len) }.map_err(dev(op))?;
+            }
+            (self.map.member_blocks(block), vec![block; m])
+        } else {
+            (zero.clone(), zero.clone())
+        };
+        // SAFETY: every member reads its input block; only the root writes, the members' blocks of
+        // its `dst` (the caller's contract).
+        unsafe { self.comm.all_to_allv(stream, src, dst, &zero, &send_len, &recv_off, &recv_len, block) }.map_err(dev(op))
+    }
+
+    /// Scatter from group rank `root`: its `src` holds one `block` per group rank; every member gets
+    /// its block in `dst` (`src` is not read on other ranks and may be 0 there).
+    ///
+    /// # Safety
+    /// `dst` valid for `block`; on the root `src` valid for `size * block`, disjoint from `dst` or `dst`
+    /// exactly the root's block of it; stream as [`DeviceComm::all_to_allv`].
+    pub unsafe fn scatter(&self, stream: RawStream, src: u64, dst: u64, block: usize, root: usize) -> Result<()> {
+        let op = "scatter";
+        let root = self.map.root(op, root)?;
+        let m = self.map.members.len();
+        let (zero, mut recv_len) = (vec![0usize; m], vec![0usize; m]);
+        recv_len[root] = block;
+        let (send_off, send_len) = if self.comm.rank() == root { (self.map.member_blocks(block), vec![block; m]) } else { (zero.clone(), zero.clone()) };
+        // SAFETY: only the root reads, the members' blocks of its `src`; every member writes its `dst`
+        // block (the caller's contract).
+        unsafe { self.comm.all_to_allv(stream, src, dst, &send_off, &send_len, &zero, &recv_len, block) }.map_err(dev(op))
     }
 
     /// [`DeviceComm::send`] to group rank `peer`.
