@@ -17,6 +17,7 @@ use crate::{KernelError, Result};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// NVRTC options of every part besides `-arch`. Bit-exact agreement with the CPU kernels: no
 /// flush-to-zero, no contraction into FMA.
@@ -196,6 +197,64 @@ pub(crate) fn build_parts(parts: &[PartSource<'_>], arch: &str, cache: &KernelCa
                 .unwrap_or_else(|| Err(KernelError::CudaUnavailable("a kernel build thread did not finish".into())))
         })
         .collect()
+}
+
+/// How the module of a [`super::DeviceKernels`] was built.
+#[derive(Clone, Debug)]
+pub struct ModuleBuild {
+    /// NVRTC programs (cubins) the module is made of.
+    pub parts: usize,
+    /// How many of them came from the kernel cache rather than NVRTC.
+    pub cached: usize,
+    /// Compile (or cache read) plus load and preload of every kernel.
+    pub elapsed: Duration,
+    /// The cache directory used, if any.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+/// One part of the kernel module, built for an architecture without a device (see
+/// [`build_module_for_arch`]).
+#[derive(Debug)]
+pub struct BuiltModulePart {
+    /// Kernels (entry points) the part defines.
+    pub entries: Vec<String>,
+    /// The machine code.
+    pub cubin: Vec<u8>,
+    pub origin: Origin,
+}
+
+/// Builds every part of the kernel module (reduce and collective kernels) for `arch` (`sm_XY`) with
+/// NVRTC, through `cache`: what a GPU run loads, checked on a machine with libnvrtc but no GPU.
+pub fn build_module_for_arch(arch: &str, cache: &KernelCache) -> Result<Vec<BuiltModulePart>> {
+    nvrtc_present()?;
+    let parts = super::source::module_parts();
+    let built = build_sources(&parts, arch, cache)?;
+    Ok(parts.into_iter().zip(built).map(|(p, b)| BuiltModulePart { entries: p.entries, cubin: b.cubin, origin: b.origin }).collect())
+}
+
+/// Builds one NVRTC program `source` for `arch` through `cache` (what every part of the module goes
+/// through). For tests of the build and the cache.
+#[doc(hidden)]
+pub fn build_program_for_arch(name: &str, source: &str, arch: &str, cache: &KernelCache) -> Result<(Vec<u8>, Origin)> {
+    nvrtc_present()?;
+    let part = PartSource { name: name.to_string(), source };
+    super::no_panic("running NVRTC", || build_part(&part, arch, cache)).map(|b| (b.cubin, b.origin))
+}
+
+fn nvrtc_present() -> Result<()> {
+    if ffi::libraries_present().1 {
+        return Ok(());
+    }
+    Err(KernelError::CudaUnavailable("libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib directory)".into()))
+}
+
+pub(crate) fn build_sources(parts: &[super::source::ModulePart], arch: &str, cache: &KernelCache) -> Result<Vec<BuiltPart>> {
+    let sources: Vec<PartSource<'_>> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PartSource { name: format!("chorus_kernels_{i}.cu"), source: &p.source })
+        .collect();
+    build_parts(&sources, arch, cache)
 }
 
 #[cfg(test)]

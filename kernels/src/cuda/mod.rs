@@ -25,7 +25,7 @@ mod workspace;
 
 pub use cudarc;
 pub use coll::{CommOptions, DeviceComm, RawStream};
-pub use compile::{KernelCache, Origin};
+pub use compile::{build_module_for_arch, build_program_for_arch, BuiltModulePart, KernelCache, ModuleBuild, Origin};
 pub use control::{HostControl, CONTROL_BYTES};
 pub use host_copy::{copy_device_to_host, copy_host_to_device};
 pub use ipc::{DeviceAllocation, DeviceRegistration, DeviceRegistry, IpcExport, IpcImporter};
@@ -227,64 +227,6 @@ fn arch_for(ctx: &CudaContext) -> Result<&'static str> {
     Ok(*m.entry((maj, min)).or_insert_with(|| Box::leak(format!("sm_{maj}{min}").into_boxed_str())))
 }
 
-/// How the module of a [`DeviceKernels`] was built.
-#[derive(Clone, Debug)]
-pub struct ModuleBuild {
-    /// NVRTC programs (cubins) the module is made of.
-    pub parts: usize,
-    /// How many of them came from the kernel cache rather than NVRTC.
-    pub cached: usize,
-    /// Compile (or cache read) plus load and preload of every kernel.
-    pub elapsed: Duration,
-    /// The cache directory used, if any.
-    pub cache_dir: Option<std::path::PathBuf>,
-}
-
-/// One part of the kernel module, built for an architecture without a device (see
-/// [`build_module_for_arch`]).
-#[derive(Debug)]
-pub struct BuiltModulePart {
-    /// Kernels (entry points) the part defines.
-    pub entries: Vec<String>,
-    /// The machine code.
-    pub cubin: Vec<u8>,
-    pub origin: Origin,
-}
-
-/// Builds every part of the kernel module (reduce and collective kernels) for `arch` (`sm_XY`) with
-/// NVRTC, through `cache`: what a GPU run loads, checked on a machine with libnvrtc but no GPU.
-pub fn build_module_for_arch(arch: &str, cache: &KernelCache) -> Result<Vec<BuiltModulePart>> {
-    nvrtc_present()?;
-    let parts = source::module_parts();
-    let built = build_sources(&parts, arch, cache)?;
-    Ok(parts.into_iter().zip(built).map(|(p, b)| BuiltModulePart { entries: p.entries, cubin: b.cubin, origin: b.origin }).collect())
-}
-
-/// Builds one NVRTC program `source` for `arch` through `cache` (what every part of the module goes
-/// through). For tests of the build and the cache.
-#[doc(hidden)]
-pub fn build_program_for_arch(name: &str, source: &str, arch: &str, cache: &KernelCache) -> Result<(Vec<u8>, Origin)> {
-    nvrtc_present()?;
-    let part = compile::PartSource { name: name.to_string(), source };
-    no_panic("running NVRTC", || compile::build_part(&part, arch, cache)).map(|b| (b.cubin, b.origin))
-}
-
-fn nvrtc_present() -> Result<()> {
-    if ffi::libraries_present().1 {
-        return Ok(());
-    }
-    Err(KernelError::CudaUnavailable("libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib directory)".into()))
-}
-
-fn build_sources(parts: &[source::ModulePart], arch: &str, cache: &KernelCache) -> Result<Vec<compile::BuiltPart>> {
-    let sources: Vec<compile::PartSource<'_>> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| compile::PartSource { name: format!("chorus_kernels_{i}.cu"), source: &p.source })
-        .collect();
-    compile::build_parts(&sources, arch, cache)
-}
-
 /// Loads a cubin into `ctx` (the module only; functions are preloaded by callers).
 fn load_cubin(ctx: &Arc<CudaContext>, cubin: Vec<u8>) -> Result<Arc<CudaModule>> {
     ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| cuda_err("loading a compiled module (cuModuleLoadData)", e))
@@ -341,7 +283,7 @@ impl DeviceKernels {
         let started = Instant::now();
         let cache = KernelCache::from_env();
         let parts = source::module_parts();
-        let built = build_sources(&parts, arch, &cache)?;
+        let built = compile::build_sources(&parts, arch, &cache)?;
         let cached = built.iter().filter(|b| b.origin == Origin::Cached).count();
         let modules = built.into_iter().map(|b| load_cubin(&ctx, b.cubin)).collect::<Result<Vec<_>>>()?;
         let home: HashMap<&str, &Arc<CudaModule>> =
