@@ -45,6 +45,10 @@ impl FfiError {
     pub fn unsupported(msg: impl Into<String>) -> FfiError {
         FfiError { code: CHORUS_ERR_UNSUPPORTED, msg: msg.into() }
     }
+    /// The same error, its message prefixed with the operation that failed (`"gather: ..."`).
+    pub fn in_op(self, op: &str) -> FfiError {
+        FfiError { code: self.code, msg: format!("{op}: {}", self.msg) }
+    }
 }
 
 pub fn code_of(e: &ChorusError) -> i32 {

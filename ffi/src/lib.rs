@@ -94,7 +94,8 @@ fn device_collective(
 ) -> i32 {
     with_work(group_, work, |g| {
         let call = Call { g, op, dt: dtype(dtype_)?, stage: None };
-        let dg = g.pg.device_group(device as usize)?;
+        // Setup errors (no CUDA, a peer's workspace) say which call needed the communicator.
+        let dg = g.pg.device_group(device as usize).map_err(|e| FfiError::from(e).in_op(op))?;
         enqueue(&call, &dg, chorus_kernels::cuda::RawStream(stream as usize))?;
         Ok(chorus_backend::Work::ready(op, Ok(())))
     })

@@ -53,7 +53,7 @@ fn rank_main(store: Arc<MemStore>, rank: i32, size: i32) {
         if let Err(chorus_kernels::KernelError::CudaUnavailable(_)) = chorus_kernels::cuda::open_device(0) {
             assert_eq!(chorus_all_reduce(g, buf.as_mut_ptr().cast(), 4, F32, 0, 0, null_mut(), &mut w), CHORUS_ERR_UNSUPPORTED);
             assert!(last_error().contains("CUDA is not available"), "{}", last_error());
-            // Operations without a GPU kernel take the host path, which needs CUDA for its copies.
+            // Setup errors name the call that needed the GPU communicator.
             assert_eq!(chorus_gather(g, buf.as_ptr().cast(), buf.as_mut_ptr().cast(), 1, F32, 0, 0, null_mut(), &mut w), CHORUS_ERR_UNSUPPORTED);
             assert!(last_error().starts_with("gather: ") && last_error().contains("CUDA is not available"), "{}", last_error());
         }
