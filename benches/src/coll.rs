@@ -96,11 +96,9 @@ impl<'a> Case<'a> {
             "all_reduce" | "reduce" | "reduce_scatter" => tile(&mut self.a, &self.in_period, esz, 0),
             "broadcast" => fill_bytes(&mut self.a, me, if me == self.root { 0 } else { 7 }),
             "sendrecv" | "all_gather" | "gather" => fill_bytes(&mut self.a, me, 0),
-            "all_to_all" | "scatter" => {
-                if !self.a.is_empty() {
-                    for (p, blk) in self.a.chunks_mut(self.block).enumerate() {
-                        fill_bytes(blk, me, p);
-                    }
+            "all_to_all" | "scatter" if !self.a.is_empty() => {
+                for (p, blk) in self.a.chunks_mut(self.block).enumerate() {
+                    fill_bytes(blk, me, p);
                 }
             }
             _ => {}

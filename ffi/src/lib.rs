@@ -872,11 +872,7 @@ pub unsafe extern "C" fn chorus_gather(
 ) -> i32 {
     if gpu_kernels(group_, device) {
         return device_collective(group_, work, "gather", dtype_, device, stream, |c, dg, s| {
-            let (root, block) = rooted(c, root, count)?;
-            if c.g.pg.rank() == root {
-                let at = (root * block) as u64;
-                device_overlap_ok(c.op, sendbuf as u64, block, recvbuf as u64, c.per_rank(block)?, at)?;
-            }
+            let (root, block) = device_rooted(c, root, count, sendbuf as u64, recvbuf as u64)?;
             // SAFETY: as in chorus_all_reduce, for both buffers (on the root: checked disjoint or
             // exactly in place; elsewhere `recvbuf` is not touched).
             unsafe { dg.gather(s, sendbuf as u64, recvbuf as u64, block, root) }.map_err(FfiError::from)
@@ -909,11 +905,7 @@ pub unsafe extern "C" fn chorus_scatter(
 ) -> i32 {
     if gpu_kernels(group_, device) {
         return device_collective(group_, work, "scatter", dtype_, device, stream, |c, dg, s| {
-            let (root, block) = rooted(c, root, count)?;
-            if c.g.pg.rank() == root {
-                let at = (root * block) as u64;
-                device_overlap_ok(c.op, recvbuf as u64, block, sendbuf as u64, c.per_rank(block)?, at)?;
-            }
+            let (root, block) = device_rooted(c, root, count, recvbuf as u64, sendbuf as u64)?;
             // SAFETY: as in chorus_all_reduce, for both buffers (on the root: checked disjoint or
             // exactly in place; elsewhere `sendbuf` is not read).
             unsafe { dg.scatter(s, sendbuf as u64, recvbuf as u64, block, root) }.map_err(FfiError::from)
@@ -931,6 +923,16 @@ pub unsafe extern "C" fn chorus_scatter(
 /// The root rank and the per-rank block in bytes of a gather or scatter.
 fn rooted(c: &Call, root: i32, count: u64) -> FfiResult<(usize, usize)> {
     Ok((rank_arg(root, "root")?, c.bytes(count)?))
+}
+
+/// `rooted` for gather and scatter on the kernel path, where the root's one-block buffer (`block_buf`)
+/// must lie outside its size-block buffer (`whole_buf`) or be exactly its own block of it.
+fn device_rooted(c: &Call, root: i32, count: u64, block_buf: u64, whole_buf: u64) -> FfiResult<(usize, usize)> {
+    let (root, block) = rooted(c, root, count)?;
+    if c.g.pg.rank() == root {
+        device_overlap_ok(c.op, block_buf, block, whole_buf, c.per_rank(block)?, (root * block) as u64)?;
+    }
+    Ok((root, block))
 }
 
 /// Barrier: completes once every rank has entered it.

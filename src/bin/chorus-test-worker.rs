@@ -612,7 +612,7 @@ fn matrix(args: &[String]) -> R {
             let big = spec.ends_with('M') || spec.ends_with('K');
             // Blocked ops (one block per rank) keep the total near the requested size when big.
             let b = if big { c / n } else { c };
-            if dt.is_reducible_pub() {
+            if DType::reducible().contains(&dt) {
                 for &op in ReduceOp::all() {
                     if chorus::kernels::check_supported(dt, op).is_err() || (big && big_ops.as_ref().is_some_and(|l| !l.contains(&op))) {
                         continue;
@@ -650,15 +650,6 @@ fn matrix(args: &[String]) -> R {
     ensure!(cnt[0] == m.ops_run as i64, "ranks ran different numbers of cases");
     println!("rank {me}: {} cases over {n} ranks, transports {:?}", m.ops_run, m.pg.transports());
     Ok(())
-}
-
-trait Reducible {
-    fn is_reducible_pub(self) -> bool;
-}
-impl Reducible for DType {
-    fn is_reducible_pub(self) -> bool {
-        DType::reducible().contains(&self)
-    }
 }
 
 // -------------------------------------------------------------------------------------- subgroups
