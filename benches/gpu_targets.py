@@ -38,9 +38,10 @@ def check(rows, nccl_small_us):
     """Returns (lines, all_met); raises KeyError naming an op with no rows in range."""
     lines, all_met = [], True
     for name, op, in_range, col, cmp, bound in TARGETS:
-        sel = [r for r in rows if r["op"] == op and in_range(int(r["bytes"]))]
+        # A zero NCCL figure (busbw of one rank, or rounded away at tiny sizes) gives no ratio.
+        sel = [r for r in rows if r["op"] == op and in_range(int(r["bytes"])) and float(r[f"nccl_{col}"]) > 0]
         if not sel:
-            raise KeyError(f"no {op} rows in the range of '{name}'")
+            raise KeyError(f"no {op} rows with a nonzero NCCL {col} in the range of '{name}'")
         ratios = [(int(r["bytes"]), float(r[f"chorus_{col}"]) / float(r[f"nccl_{col}"])) for r in sel]
         ok = [(ratio >= bound) if cmp == ">=" else (ratio <= bound) for _, ratio in ratios]
         worst_bytes, worst = (min if cmp == ">=" else max)(ratios, key=lambda x: x[1])

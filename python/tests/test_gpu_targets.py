@@ -62,3 +62,12 @@ def test_a_missing_op_is_an_error_not_a_pass(tmp_path):
     write_csv(tmp_path / "partial.csv", time_ratio=0.5, busbw_ratio=1.2, ops=("all_reduce",))
     rc, out = run(tmp_path / "partial.csv")
     assert rc == 2 and "no broadcast rows" in out, out
+
+
+def test_one_rank_has_no_busbw_to_compare_and_says_so(tmp_path):
+    write_csv(tmp_path / "one.csv", time_ratio=0.5, busbw_ratio=1.2)
+    rows = (tmp_path / "one.csv").read_text().splitlines()
+    zeroed = [rows[0]] + [",".join(f[:10] + ["0", f[11]]) for f in (r.split(",") for r in rows[1:])]
+    (tmp_path / "one.csv").write_text("\n".join(zeroed) + "\n")
+    rc, out = run(tmp_path / "one.csv")
+    assert rc == 2 and "no all_reduce rows with a nonzero NCCL busbw" in out, out
