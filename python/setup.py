@@ -1,5 +1,7 @@
 """Builds the chorus C ABI (`cargo build --release -p chorus-ffi`) and ships libchorus_ffi.so
-inside the `chorus` package, which loads it by path relative to its `__file__`.
+inside the `chorus` package, which loads it by path relative to its `__file__`. The C header ships
+beside the native torch backend's source (chorus/csrc), which is compiled for the user's torch at
+first import (chorus/_native.py): torch is not importable here under pip's build isolation.
 
 Environment:
   CHORUS_REPO      the chorus Cargo workspace (default: the parent of this directory)
@@ -50,6 +52,8 @@ class BuildPyWithCargo(build_py):
         dest = Path(self.build_lib) / "chorus"
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy2(lib, dest / LIB)
+        (dest / "csrc").mkdir(exist_ok=True)
+        shutil.copy2(_workspace() / "ffi" / "include" / "chorus.h", dest / "csrc" / "chorus.h")
 
 
 class BinaryDistribution(Distribution):

@@ -6,8 +6,14 @@
 
 Fault tolerance (see README.md): get_active_ranks, get_current_epoch, get_failed_ranks,
 deactivate_ranks, activate_ranks, join_group, check_device (GPU kernel path), and chorus.Options for pg_options.
+
+The backend is native C++ (a c10d::Backend built for the installed torch at first import and cached);
+``chorus.backend_path()`` says "native" or "python" (the fallback where it cannot be built) and
+``chorus.fallback_reason()`` why.
 """
+from . import _native
 from ._lib import ChorusError, ChorusInvalidArgument, ChorusTimeout, ChorusUnsupported, library_path
+from ._native import backend_path, fallback_reason
 from .backend import ChorusWork, Options, ProcessGroupChorus, register
 from .ft import (
     activate_ranks,
@@ -26,7 +32,10 @@ __all__ = [
     "ChorusError", "ChorusInvalidArgument", "ChorusTimeout", "ChorusUnsupported", "ChorusWork", "Options",
     "ProcessGroupChorus", "library_path", "get_active_ranks", "get_current_epoch", "get_failed_ranks",
     "get_contributors", "get_work_epoch", "get_ops_completed", "deactivate_ranks", "activate_ranks", "join_group",
-    "check_device",
+    "check_device", "backend_path", "fallback_reason",
 ]
 
 register()
+# The native backend is built (once per torch build, cached) or loaded now, so that a missing compiler
+# warns at import and ranks starting together share one build.
+_native.load()

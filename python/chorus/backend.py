@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from . import _lib
+from . import _lib, _native
 from ._lib import DEVICE_CPU, check, lib
 from ._store import callbacks_for
 
@@ -221,13 +221,13 @@ def _completer_loop(q: "queue.Queue[ChorusWork]"):
 # Groups still alive when the interpreter exits are torn down first (from an atexit handler, which
 # runs before finalization): the library's background threads call back into the Python store and
 # must be stopped while Python and torch's store objects still exist.
-_LIVE_GROUPS: "weakref.WeakSet[ProcessGroupChorus]" = weakref.WeakSet()
+_LIVE_GROUPS: "weakref.WeakSet" = weakref.WeakSet()  # ProcessGroupChorus and native backends
 
 
 def _destroy_live_groups() -> None:
     for pg in list(_LIVE_GROUPS):
         try:
-            pg.abort()
+            pg.destroy() if hasattr(pg, "destroy") else pg.abort()
         except BaseException:
             pass
 
@@ -814,10 +814,20 @@ def _create_backend(opts, backend_options=None):
     # Only the default (top-level) group can be rejoined: subgroups are created as usual.
     default_group = not list(getattr(opts, "global_ranks_in_group", []) or [])
     want_join = backend_options.join if backend_options is not None and backend_options.join is not None else os.environ.get("CHORUS_JOIN") == "1"
+    join = bool(want_join and default_group)
     # The name is fixed ("torch"); torch hands every group a store under its own prefix
     # ("default_pg/0/cpu/" for the default group), so a replacement finds the same keys.
-    return ProcessGroupChorus(opts.store, opts.group_rank, opts.group_size, opts.timeout, "torch",
-                              options=backend_options, join=bool(want_join and default_group))
+    native = _native.load()
+    if native is None:
+        return ProcessGroupChorus(opts.store, opts.group_rank, opts.group_size, opts.timeout, "torch",
+                                  options=backend_options, join=join)
+    timeout = backend_options.timeout if backend_options is not None and backend_options.timeout is not None else opts.timeout
+    ms = int(timeout.total_seconds() * 1000) if timeout is not None else 0
+    cuda_path = backend_options.cuda_path if backend_options is not None and backend_options.cuda_path is not None else os.environ.get("CHORUS_CUDA_PATH", "kernels")
+    with _env_for(backend_options):
+        b = native.ChorusBackend(opts.store, opts.group_rank, opts.group_size, ms, "torch", join, cuda_path == "host")
+    _LIVE_GROUPS.add(b)
+    return b
 
 
 def register() -> None:
