@@ -21,7 +21,7 @@ pub mod sys;
 pub mod transport;
 
 pub use api::buffer::Element;
-pub use api::ProcessGroup;
+pub use api::{Issued, Mode, ProcessGroup};
 pub use api::DeviceGroup;
 pub use api::p2p_types::P2pRequest;
 pub use chorus_kernels::{DType, ReduceOp};

@@ -121,6 +121,56 @@ fn sends_in_both_directions_at_once_do_not_deadlock() {
     }
 }
 
+/// Many asynchronous collectives in flight, issued by one thread and waited for by two others
+/// (latest first, so each waiter runs queued ones itself), with blocking calls issued among them:
+/// every rank runs them in the same order (a different order would mismatch sizes or sums) and
+/// every result is right.
+#[test]
+fn async_ops_waited_from_two_threads_stay_ordered() {
+    let results = run(2, "helpers", same_host, |pg| {
+        let (n, me) = (pg.size() as i64, pg.rank() as i64);
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..2).map(|_| std::sync::mpsc::channel::<Vec<(i64, chorus_backend::Work<Vec<i64>>)>>()).unzip();
+        let waiters: Vec<_> = rx
+            .into_iter()
+            .map(|rx| {
+                std::thread::spawn(move || {
+                    for mut batch in rx {
+                        while let Some((k, w)) = batch.pop() {
+                            let got = w.wait().expect("async all_reduce");
+                            let want = n * k * 10 + n * (n - 1) / 2;
+                            assert_eq!(got.len() as i64, 1 + k % 7, "op {k}");
+                            assert!(got.iter().all(|&x| x == want), "op {k}: {got:?} (want {want})");
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut k = 0i64;
+        for round in 0..30 {
+            let mut batches = [Vec::new(), Vec::new()];
+            for _ in 0..10 {
+                let buf = vec![k * 10 + me; 1 + (k % 7) as usize];
+                batches[(k % 2) as usize].push((k, pg.all_reduce_async(buf, DType::I64, ReduceOp::Sum)));
+                k += 1;
+            }
+            for (t, b) in tx.iter().zip(batches) {
+                t.send(b).unwrap();
+            }
+            // A blocking call among them runs after every one issued before it.
+            let mut v = [round + me];
+            pg.all_reduce(&mut v, ReduceOp::Max)?;
+            assert_eq!(v[0], round + n - 1);
+        }
+        drop(tx);
+        for w in waiters {
+            w.join().expect("waiter thread");
+        }
+        assert_eq!(pg.ops_completed(), 30 * 11);
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
 #[test]
 fn destroyed_group_refuses_work() {
     let results = run(2, "destroy", same_host, |pg| {

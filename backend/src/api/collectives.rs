@@ -1,7 +1,9 @@
 //! Collectives: validation, plan selection, execution, AVG finalisation. Each operation has one
 //! implementation (`*_impl`) used by its blocking typed form, its blocking byte form (`*_raw`)
-//! and its asynchronous owned-buffer form (`*_async`).
+//! and its owned-buffer form (`*_issue`: queued or run on the calling thread; `*_async` is its
+//! queued form).
 use super::buffer::{as_bytes, as_bytes_mut, Element};
+use super::issue::{Issued, Mode};
 use super::select::{self, AllReduceAlgo, Topo};
 use super::ProcessGroup;
 use crate::algo::{self, Buf};
@@ -225,11 +227,16 @@ impl ProcessGroup {
     }
 
     pub fn all_reduce_async<B: OpBuffer>(&self, buf: B, dtype: DType, op: ReduceOp) -> Work<B> {
+        self.all_reduce_issue(Mode::Queued, buf, dtype, op).into_work("all_reduce")
+    }
+
+    /// `all_reduce_async`, queued or run on the calling thread as `mode` says.
+    pub fn all_reduce_issue<B: OpBuffer>(&self, mode: Mode, buf: B, dtype: DType, op: ReduceOp) -> Issued<B> {
         let count = match kernels::check_supported(dtype, op).map_err(ChorusError::from).and_then(|_| elems(buf.bytes().len(), dtype, "all_reduce")) {
             Ok(c) => c,
-            Err(e) => return Work::ready("all_reduce", Err(e)),
+            Err(e) => return Issued::Refused(e),
         };
-        self.run_async("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], buf, move |c, x, t, a, b| all_reduce_impl(t, c, x, a, b.bytes_mut(), dtype, op))
+        self.issue_bufs(mode, "all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], buf, move |c, x, t, a, b| all_reduce_impl(t, c, x, a, b.bytes_mut(), dtype, op))
     }
 
     // ---------------------------------------------------------------- reduce
@@ -246,15 +253,20 @@ impl ProcessGroup {
     }
 
     pub fn reduce_async<B: OpBuffer>(&self, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Work<B> {
+        self.reduce_issue(Mode::Queued, buf, root, dtype, op).into_work("reduce")
+    }
+
+    /// `reduce_async`, queued or run on the calling thread as `mode` says.
+    pub fn reduce_issue<B: OpBuffer>(&self, mode: Mode, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Issued<B> {
         let count = match kernels::check_supported(dtype, op)
             .map_err(ChorusError::from)
             .and_then(|_| check_root(root, self.size()))
             .and_then(|_| elems(buf.bytes().len(), dtype, "reduce"))
         {
             Ok(c) => c,
-            Err(e) => return Work::ready("reduce", Err(e)),
+            Err(e) => return Issued::Refused(e),
         };
-        self.run_async("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], buf, move |c, x, t, a, b| reduce_impl(t, c, x, a, b.bytes_mut(), root, dtype, op))
+        self.issue_bufs(mode, "reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], buf, move |c, x, t, a, b| reduce_impl(t, c, x, a, b.bytes_mut(), root, dtype, op))
     }
 
     // ---------------------------------------------------------------- broadcast
@@ -269,11 +281,16 @@ impl ProcessGroup {
     }
 
     pub fn broadcast_async<B: OpBuffer>(&self, buf: B, root: usize) -> Work<B> {
+        self.broadcast_issue(Mode::Queued, buf, root).into_work("broadcast")
+    }
+
+    /// `broadcast_async`, queued or run on the calling thread as `mode` says.
+    pub fn broadcast_issue<B: OpBuffer>(&self, mode: Mode, buf: B, root: usize) -> Issued<B> {
         if let Err(e) = check_root(root, self.size()) {
-            return Work::ready("broadcast", Err(e));
+            return Issued::Refused(e);
         }
         let len = buf.bytes().len() as u64;
-        self.run_async("broadcast", &[kind::BROADCAST, len, root as u64], buf, move |c, x, t, _, b| broadcast_impl(t, c, x, b.bytes_mut(), root))
+        self.issue_bufs(mode, "broadcast", &[kind::BROADCAST, len, root as u64], buf, move |c, x, t, _, b| broadcast_impl(t, c, x, b.bytes_mut(), root))
     }
 
     // ---------------------------------------------------------------- all_gather
@@ -308,11 +325,16 @@ impl ProcessGroup {
     }
 
     pub fn all_gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {
+        self.all_gather_issue(Mode::Queued, input, output).into_work("all_gather")
+    }
+
+    /// `all_gather_async`, queued or run on the calling thread as `mode` says.
+    pub fn all_gather_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O) -> Issued<(I, O)> {
         if let Err(e) = self.check_gather_sizes("all_gather", input.bytes().len(), output.bytes().len()) {
-            return Work::ready("all_gather", Err(e));
+            return Issued::Refused(e);
         }
         let len = input.bytes().len() as u64;
-        self.run_async("all_gather", &[kind::ALL_GATHER, len], (input, output), move |c, x, t, _, (i, o)| all_gather_impl(t, c, x, i.bytes(), o.bytes_mut()))
+        self.issue_bufs(mode, "all_gather", &[kind::ALL_GATHER, len], (input, output), move |c, x, t, _, (i, o)| all_gather_impl(t, c, x, i.bytes(), o.bytes_mut()))
     }
 
     fn check_gather_sizes(&self, op: &str, block: usize, total: usize) -> Result<()> {
@@ -356,15 +378,20 @@ impl ProcessGroup {
     }
 
     pub fn reduce_scatter_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, dtype: DType, op: ReduceOp) -> Work<(I, O)> {
+        self.reduce_scatter_issue(Mode::Queued, input, output, dtype, op).into_work("reduce_scatter")
+    }
+
+    /// `reduce_scatter_async`, queued or run on the calling thread as `mode` says.
+    pub fn reduce_scatter_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: DType, op: ReduceOp) -> Issued<(I, O)> {
         let count = match kernels::check_supported(dtype, op)
             .map_err(ChorusError::from)
             .and_then(|_| self.check_gather_sizes("reduce_scatter", output.bytes().len(), input.bytes().len()))
             .and_then(|_| elems(output.bytes().len(), dtype, "reduce_scatter"))
         {
             Ok(c) => c,
-            Err(e) => return Work::ready("reduce_scatter", Err(e)),
+            Err(e) => return Issued::Refused(e),
         };
-        self.run_async("reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], (input, output), move |c, x, t, _, (i, o)| {
+        self.issue_bufs(mode, "reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], (input, output), move |c, x, t, _, (i, o)| {
             reduce_scatter_impl(t, c, x, i.bytes(), o.bytes_mut(), dtype, op)
         })
     }
@@ -421,23 +448,33 @@ impl ProcessGroup {
     }
 
     pub fn all_to_all_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {
+        self.all_to_all_issue(Mode::Queued, input, output).into_work("all_to_all")
+    }
+
+    /// `all_to_all_async`, queued or run on the calling thread as `mode` says.
+    pub fn all_to_all_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O) -> Issued<(I, O)> {
         let block = match self.check_all_to_all(input.bytes().len(), output.bytes().len()) {
             Ok(b) => b,
-            Err(e) => return Work::ready("all_to_all", Err(e)),
+            Err(e) => return Issued::Refused(e),
         };
         let len = input.bytes().len() as u64;
         let splits = even_splits(self.size(), block);
-        self.run_async("all_to_all", &[kind::ALL_TO_ALL, len], (input, output), move |c, x, t, _, (i, o)| {
+        self.issue_bufs(mode, "all_to_all", &[kind::ALL_TO_ALL, len], (input, output), move |c, x, t, _, (i, o)| {
             all_to_all_impl(t, c, x, i.bytes(), o.bytes_mut(), &splits, &splits, false)
         })
     }
 
     pub fn all_to_all_v_async<I: OpBuffer, O: OpBuffer>(&self, input: I, send_counts: Vec<usize>, output: O, recv_counts: Vec<usize>, dtype: DType) -> Work<(I, O)> {
+        self.all_to_all_v_issue(Mode::Queued, input, send_counts, output, recv_counts, dtype).into_work("all_to_all_v")
+    }
+
+    /// `all_to_all_v_async`, queued or run on the calling thread as `mode` says.
+    pub fn all_to_all_v_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, send_counts: Vec<usize>, output: O, recv_counts: Vec<usize>, dtype: DType) -> Issued<(I, O)> {
         let (send, recv) = match self.check_all_to_all_v(input.bytes().len(), &send_counts, output.bytes().len(), &recv_counts, dtype) {
             Ok(s) => s,
-            Err(e) => return Work::ready("all_to_all_v", Err(e)),
+            Err(e) => return Issued::Refused(e),
         };
-        self.run_async("all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], (input, output), move |c, x, t, _, (i, o)| {
+        self.issue_bufs(mode, "all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], (input, output), move |c, x, t, _, (i, o)| {
             all_to_all_impl(t, c, x, i.bytes(), o.bytes_mut(), &send, &recv, true)
         })
     }
@@ -460,6 +497,11 @@ impl ProcessGroup {
     }
 
     pub fn gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
+        self.gather_issue(Mode::Queued, input, output, root).into_work("gather")
+    }
+
+    /// `gather_async`, queued or run on the calling thread as `mode` says.
+    pub fn gather_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, root: usize) -> Issued<(I, O)> {
         let me = self.rank();
         let check = check_root(root, self.size()).and_then(|_| {
             if me == root {
@@ -469,10 +511,10 @@ impl ProcessGroup {
             }
         });
         if let Err(e) = check {
-            return Work::ready("gather", Err(e));
+            return Issued::Refused(e);
         }
         let len = input.bytes().len() as u64;
-        self.run_async("gather", &[kind::GATHER, len, root as u64], (input, output), move |c, x, t, _, (i, o)| {
+        self.issue_bufs(mode, "gather", &[kind::GATHER, len, root as u64], (input, output), move |c, x, t, _, (i, o)| {
             let out = o.bytes_mut();
             let out = if me == root { out } else { &mut out[..0] };
             gather_impl(t, c, x, i.bytes(), out, root)
@@ -496,6 +538,11 @@ impl ProcessGroup {
     }
 
     pub fn scatter_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
+        self.scatter_issue(Mode::Queued, input, output, root).into_work("scatter")
+    }
+
+    /// `scatter_async`, queued or run on the calling thread as `mode` says.
+    pub fn scatter_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, root: usize) -> Issued<(I, O)> {
         let me = self.rank();
         let check = check_root(root, self.size()).and_then(|_| {
             if me == root {
@@ -505,10 +552,10 @@ impl ProcessGroup {
             }
         });
         if let Err(e) = check {
-            return Work::ready("scatter", Err(e));
+            return Issued::Refused(e);
         }
         let len = output.bytes().len() as u64;
-        self.run_async("scatter", &[kind::SCATTER, len, root as u64], (input, output), move |c, x, t, _, (i, o)| {
+        self.issue_bufs(mode, "scatter", &[kind::SCATTER, len, root as u64], (input, output), move |c, x, t, _, (i, o)| {
             let inp = if me == root { i.bytes() } else { &i.bytes()[..0] };
             scatter_impl(t, c, x, inp, o.bytes_mut(), root)
         })
@@ -524,7 +571,12 @@ impl ProcessGroup {
     }
 
     pub fn barrier_async(&self) -> Work<()> {
-        self.run_async("barrier", &[kind::BARRIER], (), move |c, x, t, _, _| {
+        self.barrier_issue(Mode::Queued).into_work("barrier")
+    }
+
+    /// `barrier_async`, queued or run on the calling thread as `mode` says.
+    pub fn barrier_issue(&self, mode: Mode) -> Issued<()> {
+        self.issue_bufs(mode, "barrier", &[kind::BARRIER], (), move |c, x, t, _, _| {
             let plan = t.place(algo::barrier(t.m(), t.me()));
             exec::run(c, x, &plan, &mut Bufs::InPlace(&mut []), None, None)
         })

@@ -4,18 +4,19 @@ mod collectives;
 mod cuda;
 mod device_group;
 mod ft;
+mod issue;
 mod p2p;
 pub mod p2p_types { pub use super::p2p::P2pRequest; }
 pub use device_group::DeviceGroup;
+pub use issue::{Issued, Mode};
 pub mod select;
 
-use crate::engine::comm::{describe, Comm, OpCtx};
-use crate::engine::work::{self, OpInfo, Work};
+use crate::engine::comm::{describe, OpCtx};
+use crate::engine::work::OpInfo;
 use crate::error::{ChorusError, Result};
 use crate::group::{self, GroupInner};
 use crate::options::Options;
 use chorus_bootstrap::{env, Store, StoreServer};
-use select::Topo;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -225,75 +226,5 @@ impl ProcessGroup {
     /// What the last collective this handle's group completed reported (failed ranks, epoch).
     pub fn last_op_info(&self) -> OpInfo {
         self.inner.last_info.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Runs a collective on the caller's thread, after every queued asynchronous one.
-    fn run_blocking(&self, name: &'static str, desc: &[u64], mut f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()>) -> Result<()> {
-        self.inner.check_live()?;
-        self.inner.worker.quiesce(self.inner.opts.timeout)?;
-        let ctx = self.next_ctx(name, desc);
-        let mut guard = self.inner.coll.lock().unwrap_or_else(|p| p.into_inner());
-        let _span = tracing::debug_span!("collective", op = name, seq = ctx.op_seq, rank = self.inner.rank).entered();
-        let info = ft::drive(&self.inner, &mut guard.comm, ctx, &mut f)?;
-        *self.inner.last_info.lock().unwrap_or_else(|p| p.into_inner()) = info;
-        Ok(())
-    }
-
-    /// Queues a collective on the group's worker; `bufs` travel with it and come back from
-    /// `Work::wait`.
-    fn run_async<B: Send + 'static>(
-        &self,
-        name: &'static str,
-        desc: &[u64],
-        bufs: B,
-        f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32, &mut B) -> Result<()> + Send + 'static,
-    ) -> Work<B> {
-        self.run_async_map(name, desc, bufs, f, |b| b)
-    }
-
-    /// Like `run_async`, with the state turned into the work's result at the end.
-    fn run_async_map<S: Send + 'static, R: Send + 'static>(
-        &self,
-        name: &'static str,
-        desc: &[u64],
-        mut state: S,
-        mut f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32, &mut S) -> Result<()> + Send + 'static,
-        finish: impl FnOnce(S) -> R + Send + 'static,
-    ) -> Work<R> {
-        if let Err(e) = self.inner.check_live() {
-            return Work::ready(name, Err(e));
-        }
-        let ctx = self.next_ctx(name, desc);
-        let (work, done) = work::pair(name);
-        let inner = Arc::downgrade(&self.inner);
-        let rank = self.inner.rank;
-        let job = Box::new(move || {
-            let Some(inner) = inner.upgrade() else {
-                done.complete(Err(ChorusError::Destroyed));
-                return;
-            };
-            let coll = inner.coll.clone();
-            let mut guard = coll.lock().unwrap_or_else(|p| p.into_inner());
-            let _span = tracing::debug_span!("collective", op = name, seq = ctx.op_seq, rank).entered();
-            let r = ft::drive(&inner, &mut guard.comm, ctx, &mut |c, x, t, a| f(c, x, t, a, &mut state));
-            match r {
-                Ok(info) => {
-                    *inner.last_info.lock().unwrap_or_else(|p| p.into_inner()) = info.clone();
-                    done.set_info(info);
-                    done.complete(Ok(finish(state)));
-                }
-                Err(e) => {
-                    // Errors that end a collective alike on every survivor still say who failed.
-                    if let ChorusError::FailedByPolicy { failed, epoch, .. } | ChorusError::NotRecoverable { failed, epoch, .. } = &e {
-                        done.set_info(OpInfo { epoch: *epoch, failed: failed.clone(), contributors: Vec::new() });
-                    }
-                    done.complete(Err(e))
-                }
-            }
-        });
-        if let Err(e) = self.inner.worker.submit(job) {
-            return Work::ready(name, Err(e));
-        }
-        work
     }
 }

@@ -2,8 +2,9 @@
 //! number may be in flight in both directions.
 use super::buffer::{as_bytes, as_bytes_mut, Element};
 use super::ProcessGroup;
+use super::issue::{Issued, Mode};
 use crate::engine::p2p::{OpBuffer, P2pOp};
-use crate::engine::work::{self, Work};
+use crate::engine::work::{self, OpInfo, Work};
 use crate::error::{ChorusError, Result};
 
 /// One entry of a batch (like torch's `P2POp`).
@@ -17,6 +18,22 @@ fn finisher<B: OpBuffer>(done: work::Completer<B>, name: &'static str) -> crate:
         let typed = buf.into_any().downcast::<B>().map(|b| *b).map_err(|_| ChorusError::Incomplete(format!("{name}: buffer type changed in flight")));
         done.complete(result.and(typed));
     })
+}
+
+/// A started point-to-point operation as `mode` asks: the handle, or its outcome once complete
+/// (each message has its own deadline, the group's timeout, so the wait ends).
+fn finish_p2p<B>(mode: Mode, started: Result<Work<B>>) -> Issued<B> {
+    match (mode, started) {
+        (_, Err(e)) => Issued::Refused(e),
+        (Mode::Queued, Ok(w)) => Issued::Queued(w),
+        (Mode::Inline, Ok(w)) => match w.wait() {
+            Ok(b) => Issued::Ran(Ok(b), OpInfo::default()),
+            Err(e) => {
+                let info = OpInfo::of_error(&e);
+                Issued::Ran(Err(e), info)
+            }
+        },
+    }
 }
 
 impl ProcessGroup {
@@ -37,28 +54,34 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// `send_async` or, with `Mode::Inline`, a send that returns once the data left `buf`.
+    /// Point-to-point messages are progressed by the group's point-to-point thread either way
+    /// (a pair's sends and receives must move at once); they are not ordered with collectives.
+    pub fn send_issue<B: OpBuffer>(&self, mode: Mode, buf: B, to: usize, tag: u64) -> Issued<B> {
+        finish_p2p(mode, self.start_p2p("send", to, |finish| P2pOp::Send { to, tag, buf: Box::new(buf), finish }))
+    }
+
+    /// `recv_async` or, with `Mode::Inline`, a receive that returns once the message arrived.
+    pub fn recv_issue<B: OpBuffer>(&self, mode: Mode, buf: B, from: usize, tag: u64) -> Issued<B> {
+        finish_p2p(mode, self.start_p2p("recv", from, |finish| P2pOp::Recv { from, tag, buf: Box::new(buf), finish }))
+    }
+
+    /// Hands the operation `make` builds (around its completion callback) to the progress thread.
+    fn start_p2p<B: OpBuffer>(&self, name: &'static str, peer: usize, make: impl FnOnce(crate::engine::p2p::Finish) -> P2pOp) -> Result<Work<B>> {
+        self.check_peer(peer)?;
+        let (w, done) = work::pair(name);
+        self.submit_p2p(make(finisher(done, name)))?;
+        Ok(w)
+    }
+
     /// Sends `buf` to `to`; completes once the data left `buf`.
     pub fn send_async<B: OpBuffer>(&self, buf: B, to: usize, tag: u64) -> Work<B> {
-        if let Err(e) = self.check_peer(to) {
-            return Work::ready("send", Err(e));
-        }
-        let (w, done) = work::pair("send");
-        match self.submit_p2p(P2pOp::Send { to, tag, buf: Box::new(buf), finish: finisher(done, "send") }) {
-            Ok(()) => w,
-            Err(e) => Work::ready("send", Err(e)),
-        }
+        self.send_issue(Mode::Queued, buf, to, tag).into_work("send")
     }
 
     /// Receives a message of exactly `buf`'s size from `from` with `tag`.
     pub fn recv_async<B: OpBuffer>(&self, buf: B, from: usize, tag: u64) -> Work<B> {
-        if let Err(e) = self.check_peer(from) {
-            return Work::ready("recv", Err(e));
-        }
-        let (w, done) = work::pair("recv");
-        match self.submit_p2p(P2pOp::Recv { from, tag, buf: Box::new(buf), finish: finisher(done, "recv") }) {
-            Ok(()) => w,
-            Err(e) => Work::ready("recv", Err(e)),
-        }
+        self.recv_issue(Mode::Queued, buf, from, tag).into_work("recv")
     }
 
     pub fn send<T: Element>(&self, buf: &[T], to: usize, tag: u64) -> Result<()> {

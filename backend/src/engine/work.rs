@@ -1,6 +1,14 @@
 //! `Work`: the handle of an asynchronous operation.
+//!
+//! Waiting is cheap when the operation is close to done: a waiter whose operation is still queued
+//! runs it itself (through the queue's [`Drain`] hook, see `queue`), and a waiter whose operation
+//! runs on another thread spins briefly before it sleeps; completing wakes sleepers only when
+//! there are any.
+use super::queue::Drain;
+use super::spin::Backoff;
 use crate::error::{ChorusError, Result};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 enum Slot<R> {
@@ -21,17 +29,51 @@ pub struct OpInfo {
     pub contributors: Vec<usize>,
 }
 
+impl OpInfo {
+    /// What a failed operation reports: errors that end a collective alike on every survivor
+    /// still say who failed and the epoch; others report nothing.
+    pub fn of_error(e: &ChorusError) -> OpInfo {
+        match e {
+            ChorusError::FailedByPolicy { failed, epoch, .. } | ChorusError::NotRecoverable { failed, epoch, .. } => {
+                OpInfo { epoch: *epoch, failed: failed.clone(), contributors: Vec::new() }
+            }
+            _ => OpInfo::default(),
+        }
+    }
+}
+
+struct State<R> {
+    slot: Slot<R>,
+    /// Waiters asleep on `cv` (completing skips the wake-up call when there are none).
+    sleepers: usize,
+}
+
 struct Inner<R> {
     name: &'static str,
     info: Mutex<OpInfo>,
-    slot: Mutex<Slot<R>>,
+    state: Mutex<State<R>>,
+    /// Set once `st.slot` left `Pending`: read without the lock by `is_completed` and spinners.
+    done: AtomicBool,
     cv: Condvar,
+}
+
+impl<R> Inner<R> {
+    fn state(&self) -> MutexGuard<'_, State<R>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Where a queued operation waits: its queue and its number there.
+struct Queued {
+    queue: Weak<dyn Drain>,
+    seq: u64,
 }
 
 /// Handle of an operation in flight. `wait` returns the operation's buffers (for the owned-buffer
 /// async API) or `()`.
 pub struct Work<R = ()> {
     inner: Arc<Inner<R>>,
+    queued: Option<Queued>,
 }
 
 /// The engine's side of a [`Work`]. Dropping it without completing (a panic in the engine)
@@ -41,14 +83,25 @@ pub struct Completer<R> {
 }
 
 pub fn pair<R>(name: &'static str) -> (Work<R>, Completer<R>) {
-    let inner = Arc::new(Inner { name, info: Mutex::new(OpInfo::default()), slot: Mutex::new(Slot::Pending), cv: Condvar::new() });
-    (Work { inner: inner.clone() }, Completer { inner: Some(inner) })
+    let inner = Arc::new(Inner {
+        name,
+        info: Mutex::new(OpInfo::default()),
+        state: Mutex::new(State { slot: Slot::Pending, sleepers: 0 }),
+        done: AtomicBool::new(false),
+        cv: Condvar::new(),
+    });
+    (Work { inner: inner.clone(), queued: None }, Completer { inner: Some(inner) })
 }
 
 fn fill<R>(inner: &Inner<R>, result: Result<R>) {
-    let mut slot = inner.slot.lock().unwrap_or_else(|p| p.into_inner());
-    *slot = Slot::Ready(result);
-    inner.cv.notify_all();
+    let mut st = inner.state();
+    st.slot = Slot::Ready(result);
+    inner.done.store(true, Ordering::Release);
+    let wake = st.sleepers > 0;
+    drop(st);
+    if wake {
+        inner.cv.notify_all();
+    }
 }
 
 impl<R> Completer<R> {
@@ -74,12 +127,33 @@ impl<R> Drop for Completer<R> {
     }
 }
 
+impl<R> std::fmt::Debug for Work<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work").field("name", &self.inner.name).field("completed", &self.is_completed()).finish()
+    }
+}
+
 impl<R> Work<R> {
     /// A handle that is already complete.
     pub fn ready(name: &'static str, result: Result<R>) -> Work<R> {
         let (w, c) = pair(name);
         c.complete(result);
         w
+    }
+
+    /// A handle that is already complete, with what the operation reported.
+    pub fn ready_with(name: &'static str, result: Result<R>, info: OpInfo) -> Work<R> {
+        let (w, c) = pair(name);
+        c.set_info(info);
+        c.complete(result);
+        w
+    }
+
+    /// Marks the work as job `seq` of `queue`: a waiter that finds it still queued runs it (and the
+    /// jobs queued before it) on its own thread.
+    pub fn queued_on(mut self, queue: Weak<dyn Drain>, seq: u64) -> Work<R> {
+        self.queued = Some(Queued { queue, seq });
+        self
     }
 
     /// Failed ranks, epoch and contributors of the completed operation.
@@ -99,26 +173,54 @@ impl<R> Work<R> {
 
     /// Whether the operation finished (successfully or not).
     pub fn is_completed(&self) -> bool {
-        !matches!(*self.inner.slot.lock().unwrap_or_else(|p| p.into_inner()), Slot::Pending)
+        self.inner.done.load(Ordering::Acquire)
     }
 
-    /// Waits up to `timeout` for completion; returns whether it completed.
+    /// Waits up to `timeout` for completion; returns whether it completed. If the operation is
+    /// still queued, the calling thread runs it (after the operations queued before it); the wait
+    /// then ends when those finish, each bounded by the group's own timeout. A zero `timeout`
+    /// only looks.
     pub fn wait_for(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut slot = self.inner.slot.lock().unwrap_or_else(|p| p.into_inner());
-        while matches!(*slot, Slot::Pending) {
+        if self.is_completed() {
+            return true;
+        }
+        let now = Instant::now();
+        // A deadline past the clock's range is as good as none (a wait of ~a year).
+        let deadline = now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
+        if let Some(q) = &self.queued {
+            if let Some(queue) = q.queue.upgrade() {
+                if !queue.run_through(q.seq, deadline) {
+                    return self.is_completed();
+                }
+            }
+        }
+        self.park(deadline)
+    }
+
+    /// Waits for another thread to complete the operation: spins briefly, then sleeps.
+    fn park(&self, deadline: Instant) -> bool {
+        let mut backoff = Backoff::new();
+        while !self.is_completed() {
+            if !backoff.snooze() {
+                break;
+            }
+        }
+        let mut st = self.inner.state();
+        while matches!(st.slot, Slot::Pending) {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            slot = self.inner.cv.wait_timeout(slot, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            st.sleepers += 1;
+            st = self.inner.cv.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            st.sleepers -= 1;
         }
         true
     }
 
     /// The error message, if the operation failed.
     pub fn error(&self) -> Option<String> {
-        match &*self.inner.slot.lock().unwrap_or_else(|p| p.into_inner()) {
+        match &self.inner.state().slot {
             Slot::Ready(Err(e)) => Some(e.to_string()),
             Slot::Taken(e) => e.clone(),
             _ => None,
@@ -131,12 +233,12 @@ impl<R> Work<R> {
         if !self.wait_for(timeout) {
             return Err(ChorusError::Incomplete(format!("{} did not complete within {} ms", self.inner.name, timeout.as_millis())));
         }
-        let mut slot = self.inner.slot.lock().unwrap_or_else(|p| p.into_inner());
-        let err = match &*slot {
+        let mut st = self.inner.state();
+        let err = match &st.slot {
             Slot::Ready(Err(e)) => Some(e.to_string()),
             _ => None,
         };
-        match std::mem::replace(&mut *slot, Slot::Taken(err)) {
+        match std::mem::replace(&mut st.slot, Slot::Taken(err)) {
             Slot::Ready(r) => r,
             _ => Err(ChorusError::Incomplete(format!("the result of {} was already taken", self.inner.name))),
         }
