@@ -106,7 +106,7 @@ impl OpQueue {
     /// Takes the front job for this thread when no other thread runs one and its number is at
     /// most `upto`.
     fn take(st: &mut State, upto: u64) -> Option<(u64, Job)> {
-        if st.running || st.jobs.front().map_or(true, |&(s, _)| s > upto) {
+        if st.running || st.jobs.front().is_none_or(|&(s, _)| s > upto) {
             return None;
         }
         st.running = true;

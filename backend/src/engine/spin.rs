@@ -31,7 +31,7 @@ impl Backoff {
         let started = *self.started.get_or_insert_with(Instant::now);
         self.spins += 1;
         // The clock is read every 32 spins only (a read costs about as much as a spin).
-        if self.yields == 0 && (self.spins % 32 != 0 || started.elapsed() < SPIN) {
+        if self.yields == 0 && (!self.spins.is_multiple_of(32) || started.elapsed() < SPIN) {
             for _ in 0..8 {
                 std::hint::spin_loop();
             }
