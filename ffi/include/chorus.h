@@ -9,10 +9,18 @@
  *   chorus_last_error() returns a message for the calling thread.
  * - Handles (chorus_group_t, chorus_work_t) are opaque. A group handle may be used from several
  *   threads; collectives of one group must be issued in the same order on every rank.
- * - Every collective is asynchronous: it returns a work handle at once. The caller keeps every
- *   data pointer valid, and does not write input memory, until the work completes
- *   (chorus_work_wait returns or chorus_work_is_completed says 1), then frees the handle with
- *   chorus_work_free.
+ * - Every collective (and send/recv) has two forms, chosen by its last argument `work`:
+ *   - asynchronous (`work` non-NULL): it returns at once with a work handle in *work. The caller
+ *     keeps every data pointer valid, and does not write input memory, until the work completes
+ *     (chorus_work_wait returns or chorus_work_is_completed says 1), then frees the handle with
+ *     chorus_work_free. Operations of a group run one at a time in issue order: on the group's
+ *     worker thread, or on the thread that waits for one that has not started yet
+ *     (chorus_work_wait then runs it, and those issued before it, itself).
+ *   - blocking (`work == NULL`): the call runs the operation to completion on the calling thread,
+ *     after the group's earlier operations, and returns its status (message in
+ *     chorus_last_error); no handle is made. What it reported (failed ranks, contributors, epoch)
+ *     is read with chorus_last_op_*, per thread, until the thread's next blocking call. On device
+ *     memory (below) both forms return once the operation is enqueued.
  * - Every collective takes (pointer, count, dtype, device, stream): device is CHORUS_DEVICE_CPU
  *   for host memory or a CUDA device ordinal; stream is the cudaStream_t the work is ordered on
  *   (NULL for host memory). Device memory: all_reduce, broadcast, reduce, all_gather,
@@ -26,7 +34,8 @@
  *   results back on `stream` before it returns, with the work already complete.
  * - No panic or exception crosses this boundary.
  * - Fault tolerance: a group survives the death of ranks (they are removed by a new membership view
- *   and reported by chorus_work_failed_ranks); a replacement process rejoins with chorus_group_join*.
+ *   and reported by chorus_work_failed_ranks or chorus_last_op_failed_ranks); a replacement process
+ *   rejoins with chorus_group_join*.
  *   Read from the environment when a group is created: CHORUS_FT (0 = off), CHORUS_FAILURE_POLICY
  *   (shrink = complete over the survivors, the default; abort = fail the collective on every
  *   survivor), CHORUS_HEARTBEAT_MS (100) and CHORUS_HEARTBEAT_TIMEOUT_MS (2000).
@@ -41,7 +50,7 @@
 extern "C" {
 #endif
 
-#define CHORUS_ABI_VERSION 1
+#define CHORUS_ABI_VERSION 2
 /* `device` argument for host memory; values >= 0 are CUDA device ordinals. */
 #define CHORUS_DEVICE_CPU (-1)
 
@@ -329,7 +338,7 @@ int32_t chorus_scatter(
     void *stream,
     chorus_work_t **work);
 
-/* Barrier: completes once every rank entered it. */
+/* Barrier: completes once every rank entered it (work == NULL: returns then). */
 int32_t chorus_barrier(chorus_group_t *group, chorus_work_t **work);
 
 /* Sends `count` elements to `peer`; messages of one pair and tag arrive in order. */
@@ -357,7 +366,9 @@ int32_t chorus_recv(
     chorus_work_t **work);
 
 /* Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).
-   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out. */
+   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out. A wait (timeout_ms != 0) that
+   finds the operation not started yet runs it, after the group's operations issued before it, on the
+   calling thread; it then returns when they finished (each bounded by the group's timeout). */
 int32_t chorus_work_wait(chorus_work_t *work, int64_t timeout_ms);
 
 /* 1 if the operation finished (successfully or not), 0 if not, negative for NULL. */
@@ -375,6 +386,19 @@ int32_t chorus_work_epoch(const chorus_work_t *work, uint64_t *out);
 
 /* Frees a work handle (a running operation's memory must still stay valid until it completes). */
 void chorus_work_free(chorus_work_t *work);
+
+/* Reports of the calling thread's last blocking collective (work == NULL), as chorus_work_* report them for
+   a handle; arrays as for chorus_group_active_ranks. Every blocking call replaces the report, a failing one
+   too (a failure under the abort policy still names the failed ranks and the epoch); a call refused before
+   it ran (bad arguments) leaves none, and these return CHORUS_ERR_INVALID_ARGUMENT.
+   The ranks that failed during it (removed from the group). */
+int32_t chorus_last_op_failed_ranks(int32_t *out, size_t cap, size_t *n);
+
+/* The ranks whose data the calling thread's last blocking collective's result contains. */
+int32_t chorus_last_op_contributors(int32_t *out, size_t cap, size_t *n);
+
+/* The membership epoch the calling thread's last blocking collective ran under. */
+int32_t chorus_last_op_epoch(uint64_t *out);
 
 #ifdef __cplusplus
 } /* extern "C" */

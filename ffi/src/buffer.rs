@@ -67,11 +67,37 @@ impl OpBuffer for RawBuf {
 
 /// The input side of an operation: the caller's memory, or a private copy of it when it overlaps
 /// the output (torch's in-place `all_gather_into_tensor` passes a slice of the output as input).
-pub fn input_for(input: RawBuf, output: &RawBuf) -> Box<dyn OpBuffer> {
+/// An enum, not a box: the common case allocates nothing.
+pub enum Input {
+    Caller(RawBuf),
+    Copy(Vec<u8>),
+}
+
+impl OpBuffer for Input {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Input::Caller(b) => b.bytes(),
+            Input::Copy(v) => v,
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Input::Caller(b) => b.bytes_mut(),
+            Input::Copy(v) => v,
+        }
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+pub fn input_for(input: RawBuf, output: &RawBuf) -> Input {
     if input.overlaps(output) {
-        Box::new(input.bytes().to_vec())
+        Input::Copy(input.bytes().to_vec())
     } else {
-        Box::new(input)
+        Input::Caller(input)
     }
 }
 

@@ -30,10 +30,18 @@ const PREAMBLE: &str = r#"/*
  *   chorus_last_error() returns a message for the calling thread.
  * - Handles (chorus_group_t, chorus_work_t) are opaque. A group handle may be used from several
  *   threads; collectives of one group must be issued in the same order on every rank.
- * - Every collective is asynchronous: it returns a work handle at once. The caller keeps every
- *   data pointer valid, and does not write input memory, until the work completes
- *   (chorus_work_wait returns or chorus_work_is_completed says 1), then frees the handle with
- *   chorus_work_free.
+ * - Every collective (and send/recv) has two forms, chosen by its last argument `work`:
+ *   - asynchronous (`work` non-NULL): it returns at once with a work handle in *work. The caller
+ *     keeps every data pointer valid, and does not write input memory, until the work completes
+ *     (chorus_work_wait returns or chorus_work_is_completed says 1), then frees the handle with
+ *     chorus_work_free. Operations of a group run one at a time in issue order: on the group's
+ *     worker thread, or on the thread that waits for one that has not started yet
+ *     (chorus_work_wait then runs it, and those issued before it, itself).
+ *   - blocking (`work == NULL`): the call runs the operation to completion on the calling thread,
+ *     after the group's earlier operations, and returns its status (message in
+ *     chorus_last_error); no handle is made. What it reported (failed ranks, contributors, epoch)
+ *     is read with chorus_last_op_*, per thread, until the thread's next blocking call. On device
+ *     memory (below) both forms return once the operation is enqueued.
  * - Every collective takes (pointer, count, dtype, device, stream): device is CHORUS_DEVICE_CPU
  *   for host memory or a CUDA device ordinal; stream is the cudaStream_t the work is ordered on
  *   (NULL for host memory). Device memory: all_reduce, broadcast, reduce, all_gather,
@@ -47,7 +55,8 @@ const PREAMBLE: &str = r#"/*
  *   results back on `stream` before it returns, with the work already complete.
  * - No panic or exception crosses this boundary.
  * - Fault tolerance: a group survives the death of ranks (they are removed by a new membership view
- *   and reported by chorus_work_failed_ranks); a replacement process rejoins with chorus_group_join*.
+ *   and reported by chorus_work_failed_ranks or chorus_last_op_failed_ranks); a replacement process
+ *   rejoins with chorus_group_join*.
  *   Read from the environment when a group is created: CHORUS_FT (0 = off), CHORUS_FAILURE_POLICY
  *   (shrink = complete over the survivors, the default; abort = fail the collective on every
  *   survivor), CHORUS_HEARTBEAT_MS (100) and CHORUS_HEARTBEAT_TIMEOUT_MS (2000).
@@ -105,7 +114,7 @@ const POSTAMBLE: &str = r#"
 "#;
 
 /// A collective's declaration: it returns a status and takes the group first and
-/// `(device, stream, work)` last, around its own `args`.
+/// `(device, stream, work)` last, around its own `args` (`work == NULL`: the blocking form).
 macro_rules! collective {
     ($name:literal, [$($arg:literal),+ $(,)?], $doc:literal) => {
         Func { doc: $doc, ret: "int32_t", name: $name, args: &["chorus_group_t *group", $($arg,)+ "int32_t device", "void *stream", "chorus_work_t **work"] }
@@ -141,15 +150,18 @@ pub const FUNCS: &[Func] = &[
     collective!("chorus_all_to_all_v", ["const void *sendbuf", "const uint64_t *send_counts", "void *recvbuf", "const uint64_t *recv_counts", "int32_t dtype"], "All-to-all with per-rank counts (one entry per rank, read during the call): send_counts[p] consecutive\n   elements of `sendbuf` go to rank p; recv_counts[p] elements from rank p land consecutively in `recvbuf`."),
     collective!("chorus_gather", ["const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", "int32_t root"], "Gather of `count` elements per rank into `root`'s `recvbuf` (size * count); `recvbuf` is ignored\n   (may be NULL) elsewhere."),
     collective!("chorus_scatter", ["const void *sendbuf", "void *recvbuf", "uint64_t count", "int32_t dtype", "int32_t root"], "Scatter of `root`'s `sendbuf` (size * count): rank r receives block r; `sendbuf` is ignored (may be\n   NULL) elsewhere."),
-    Func { doc: "Barrier: completes once every rank entered it.", ret: "int32_t", name: "chorus_barrier", args: &["chorus_group_t *group", "chorus_work_t **work"] },
+    Func { doc: "Barrier: completes once every rank entered it (work == NULL: returns then).", ret: "int32_t", name: "chorus_barrier", args: &["chorus_group_t *group", "chorus_work_t **work"] },
     collective!("chorus_send", ["const void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag"], "Sends `count` elements to `peer`; messages of one pair and tag arrive in order."),
     collective!("chorus_recv", ["void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag"], "Receives exactly `count` elements from `peer` with `tag`."),
-    Func { doc: "Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).\n   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out.", ret: "int32_t", name: "chorus_work_wait", args: &["chorus_work_t *work", "int64_t timeout_ms"] },
+    Func { doc: "Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).\n   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out. A wait (timeout_ms != 0) that\n   finds the operation not started yet runs it, after the group's operations issued before it, on the\n   calling thread; it then returns when they finished (each bounded by the group's timeout).", ret: "int32_t", name: "chorus_work_wait", args: &["chorus_work_t *work", "int64_t timeout_ms"] },
     Func { doc: "1 if the operation finished (successfully or not), 0 if not, negative for NULL.", ret: "int32_t", name: "chorus_work_is_completed", args: &["const chorus_work_t *work"] },
     Func { doc: "Ranks that failed during the completed operation (every survivor reports the same ones at the same\n   collective); arrays as for chorus_group_active_ranks. CHORUS_ERR_INVALID_ARGUMENT before completion.", ret: "int32_t", name: "chorus_work_failed_ranks", args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"] },
     Func { doc: "The ranks whose data the completed operation's result contains.", ret: "int32_t", name: "chorus_work_contributors", args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"] },
     Func { doc: "The membership epoch the completed operation ran under.", ret: "int32_t", name: "chorus_work_epoch", args: &["const chorus_work_t *work", "uint64_t *out"] },
     Func { doc: "Frees a work handle (a running operation's memory must still stay valid until it completes).", ret: "void", name: "chorus_work_free", args: &["chorus_work_t *work"] },
+    Func { doc: "Reports of the calling thread's last blocking collective (work == NULL), as chorus_work_* report them for\n   a handle; arrays as for chorus_group_active_ranks. Every blocking call replaces the report, a failing one\n   too (a failure under the abort policy still names the failed ranks and the epoch); a call refused before\n   it ran (bad arguments) leaves none, and these return CHORUS_ERR_INVALID_ARGUMENT.\n   The ranks that failed during it (removed from the group).", ret: "int32_t", name: "chorus_last_op_failed_ranks", args: &["int32_t *out", "size_t cap", "size_t *n"] },
+    Func { doc: "The ranks whose data the calling thread's last blocking collective's result contains.", ret: "int32_t", name: "chorus_last_op_contributors", args: &["int32_t *out", "size_t cap", "size_t *n"] },
+    Func { doc: "The membership epoch the calling thread's last blocking collective ran under.", ret: "int32_t", name: "chorus_last_op_epoch", args: &["uint64_t *out"] },
 ];
 
 fn c_ident(s: &str) -> String {

@@ -1,22 +1,26 @@
 //! The C ABI of chorus (`include/chorus.h`): opaque group and work handles, integer status codes
-//! with a per-thread message (`chorus_last_error`), store callbacks for rendezvous, and one
-//! asynchronous entry point per collective. Every entry point runs inside `catch_unwind`, so no
-//! panic crosses into C. The header is rendered from the tables in [`header`] and checked for
-//! drift by `cargo test -p chorus-ffi`.
+//! with a per-thread message (`chorus_last_error`), store callbacks for rendezvous, and one entry
+//! point per collective, asynchronous (a work handle out) or blocking (`work == NULL`: it runs on
+//! the calling thread and reports through `chorus_last_op_*`). Every entry point runs inside
+//! `catch_unwind`, so no panic crosses into C. The header is rendered from the tables in
+//! [`header`] and checked for drift by `cargo test -p chorus-ffi`.
 //!
 //! Memory contract: every data pointer must stay valid (and not be written by the caller) until
-//! the returned work handle reports completion; torch keeps tensors alive in its `Work` object.
+//! the returned work handle reports completion (the blocking form: until the call returns); torch
+//! keeps tensors alive in its `Work` object.
 #![allow(non_camel_case_types)]
 
 pub mod buffer;
 pub mod error;
 pub mod header;
+mod last_op;
 mod staged;
 pub mod store;
 pub mod work;
 
-use buffer::{byte_len, input_for, RawBuf};
-use chorus_backend::{DType, OpBuffer, Options, ProcessGroup, ReduceOp};
+use buffer::{byte_len, input_for, Input, RawBuf};
+use chorus_backend::engine::work::OpInfo;
+use chorus_backend::{DType, Issued, Mode, OpBuffer, Options, ProcessGroup, ReduceOp};
 use chorus_bootstrap::{Store, StoreClient, StoreServer};
 use error::{guard, guard_value, last_error_ptr, FfiError, FfiResult};
 use std::ffi::{c_char, c_void, CStr};
@@ -26,7 +30,7 @@ pub use store::{chorus_buf, chorus_store_callbacks, CallbackStore};
 pub use work::chorus_work;
 
 /// Bumped whenever a declaration of `chorus.h` changes incompatibly.
-pub const CHORUS_ABI_VERSION: u32 = 1;
+pub const CHORUS_ABI_VERSION: u32 = 2;
 /// `device` argument for host memory; values >= 0 name a CUDA device ordinal.
 pub const CHORUS_DEVICE_CPU: i32 = -1;
 
@@ -92,12 +96,13 @@ fn device_collective(
     stream: *mut c_void,
     enqueue: impl FnOnce(&Call, &chorus_backend::DeviceGroup, chorus_kernels::cuda::RawStream) -> FfiResult<()>,
 ) -> i32 {
-    with_work(group_, work, |g| {
-        let call = Call { g, op, dt: dtype(dtype_)?, stage: None };
+    with_work(group_, work, op, |g, mode| {
+        let call = Call { g, op, dt: dtype(dtype_)?, stage: None, mode };
         // Setup errors (no CUDA, a peer's workspace) say which call needed the communicator.
         let dg = g.pg.device_group(device as usize).map_err(|e| FfiError::from(e).in_op(op))?;
         enqueue(&call, &dg, chorus_kernels::cuda::RawStream(stream as usize))?;
-        Ok(chorus_backend::Work::ready(op, Ok(())))
+        // Enqueued is done (stream-ordered), in both forms; it reports what a work handle would.
+        Ok(Issued::Ran(Ok(()), OpInfo::default()))
     })
 }
 
@@ -514,17 +519,32 @@ pub unsafe extern "C" fn chorus_group_destroy(group_: *mut chorus_group) -> i32 
 
 // ------------------------------------------------------------------ collectives
 
-/// The body every operation entry point shares, inside the panic guard: the group handle and the
-/// `work` out-pointer are checked, `start` starts the operation, and its work handle goes out.
+/// The body every operation entry point shares, inside the panic guard: the group handle is
+/// checked and `start` issues the operation. `work == NULL` asks for the blocking form: the
+/// operation runs to completion on this thread (`Mode::Inline`), its status is returned and its
+/// report kept for `chorus_last_op_*`; otherwise its work handle goes out through `work`.
 fn with_work<R: Send + 'static>(
     group_: *mut chorus_group,
     work: *mut *mut chorus_work,
-    start: impl FnOnce(&chorus_group) -> FfiResult<chorus_backend::Work<R>>,
+    op: &'static str,
+    start: impl FnOnce(&chorus_group, Mode) -> FfiResult<Issued<R>>,
 ) -> i32 {
+    let blocking = work.is_null();
+    if blocking {
+        last_op::clear();
+    }
     guard(|| {
         let g = group(group_)?;
-        check_out(work, "work")?;
-        emit(work, start(g)?)
+        let mode = if blocking { Mode::Inline } else { Mode::Queued };
+        match start(g, mode)? {
+            Issued::Refused(e) => Err(e.into()),
+            Issued::Ran(r, info) if blocking => {
+                last_op::set(info);
+                r.map(drop).map_err(FfiError::from)
+            }
+            Issued::Ran(r, info) => emit(work, chorus_backend::Work::ready_with(op, r, info)),
+            Issued::Queued(w) => emit(work, w),
+        }
     })
 }
 
@@ -536,6 +556,8 @@ struct Call<'a> {
     dt: DType,
     /// Host copies of GPU buffers (the host path on device memory); `None` for host memory.
     stage: Option<&'a staged::DeviceStage>,
+    /// Queued (a work handle) or blocking (`work == NULL`).
+    mode: Mode,
 }
 
 impl Call<'_> {
@@ -565,19 +587,31 @@ impl Call<'_> {
     }
 
     /// The input buffer `sendbuf` of `len` bytes (a private copy where it overlaps `out`).
-    fn send(&self, sendbuf: *const c_void, len: usize, out: &RawBuf) -> FfiResult<Box<dyn OpBuffer>> {
+    fn send(&self, sendbuf: *const c_void, len: usize, out: &RawBuf) -> FfiResult<Input> {
         Ok(input_for(self.wrap(sendbuf, len, false, "sendbuf")?, out))
     }
 
     /// `len` bytes at `ptr`, or at its host copy on the host path for GPU memory (`written`: copied
     /// back once the operation succeeded).
-    fn wrap(&self, ptr: *const c_void, len: usize, written: bool, what: &str) -> FfiResult<RawBuf> {
-        let what = format!("{}: {what}", self.op);
+    fn wrap(&self, ptr: *const c_void, len: usize, written: bool, what: &'static str) -> FfiResult<RawBuf> {
+        let what = Arg { op: self.op, what };
         let p = match self.stage {
             Some(stage) => stage.host_copy(ptr, len, written, &what)?,
             None => ptr as *const u8,
         };
         RawBuf::new(p, len, what)
+    }
+}
+
+/// An argument's name in messages ("all_gather: sendbuf"), formatted only when one is written.
+struct Arg {
+    op: &'static str,
+    what: &'static str,
+}
+
+impl std::fmt::Display for Arg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.op, self.what)
     }
 }
 
@@ -591,30 +625,31 @@ fn collective<R: Send + 'static>(
     dtype_: i32,
     device: i32,
     stream: *mut c_void,
-    start: impl FnOnce(&Call) -> FfiResult<chorus_backend::Work<R>>,
+    start: impl FnOnce(&Call) -> FfiResult<Issued<R>>,
 ) -> i32 {
-    with_work(group_, work, |g| {
+    with_work(group_, work, op, |g, mode| {
         let dt = dtype(dtype_)?;
         if device == CHORUS_DEVICE_CPU {
-            return start(&Call { g, op, dt, stage: None });
+            return start(&Call { g, op, dt, stage: None, mode });
         }
         if device < 0 {
             return Err(FfiError::invalid(format!("{op}: invalid device {device} (use CHORUS_DEVICE_CPU = -1 for host memory, or a CUDA device ordinal)")));
         }
         // GPU memory on the host path: host copies in, the host collective, results back.
         let stage = staged::DeviceStage::new(device as usize, stream);
-        let w = start(&Call { g, op, dt, stage: Some(&stage) })?;
+        let issued = start(&Call { g, op, dt, stage: Some(&stage), mode })?;
         // The host collective's own waits have deadlines; recovery from a failure may take a few.
-        stage.finish(&w, g.pg.options().timeout.saturating_mul(3))?;
-        Ok(w)
+        stage.finish(op, issued, g.pg.options().timeout.saturating_mul(3))
     })
 }
 
-/// In-place all-reduce of `count` elements at `buf`.
+/// In-place all-reduce of `count` elements at `buf`. Like every collective: with `work` non-NULL
+/// it returns at once with a work handle in `*work`; with `work == NULL` it runs to completion on
+/// the calling thread (after the group's queued operations) and returns the operation's status.
 ///
 /// # Safety
 /// `group` is a live handle; `buf` holds `count` elements of `dtype` and stays valid until the
-/// work completes; `work` is writable.
+/// work completes (or the blocking call returns); `work` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn chorus_all_reduce(
     group_: *mut chorus_group,
@@ -636,7 +671,7 @@ pub unsafe extern "C" fn chorus_all_reduce(
     }
     collective(group_, work, "all_reduce", dtype_, device, stream, |c| {
         let op = reduce_op(op)?;
-        Ok(c.g.pg.all_reduce_async(c.buf(buf, count)?, c.dt, op))
+        Ok(c.g.pg.all_reduce_issue(c.mode, c.buf(buf, count)?, c.dt, op))
     })
 }
 
@@ -664,7 +699,7 @@ pub unsafe extern "C" fn chorus_broadcast(
     }
     collective(group_, work, "broadcast", dtype_, device, stream, |c| {
         let b = c.buf(buf, count)?;
-        Ok(c.g.pg.broadcast_async(b, rank_arg(root, "root")?))
+        Ok(c.g.pg.broadcast_issue(c.mode, b, rank_arg(root, "root")?))
     })
 }
 
@@ -694,7 +729,7 @@ pub unsafe extern "C" fn chorus_reduce(
     collective(group_, work, "reduce", dtype_, device, stream, |c| {
         let op = reduce_op(op)?;
         let b = c.buf(buf, count)?;
-        Ok(c.g.pg.reduce_async(b, rank_arg(root, "root")?, c.dt, op))
+        Ok(c.g.pg.reduce_issue(c.mode, b, rank_arg(root, "root")?, c.dt, op))
     })
 }
 
@@ -728,7 +763,7 @@ pub unsafe extern "C" fn chorus_all_gather(
         let block = c.bytes(sendcount)?;
         let out = c.recv(recvbuf, c.per_rank(block)?)?;
         let inp = c.send(sendbuf, block, &out)?;
-        Ok(c.g.pg.all_gather_async(inp, out))
+        Ok(c.g.pg.all_gather_issue(c.mode, inp, out))
     })
 }
 
@@ -767,7 +802,7 @@ pub unsafe extern "C" fn chorus_reduce_scatter(
         let total = c.per_rank(block)?;
         let out = c.recv(recvbuf, block)?;
         let inp = c.send(sendbuf, total, &out)?;
-        Ok(c.g.pg.reduce_scatter_async(inp, out, c.dt, op))
+        Ok(c.g.pg.reduce_scatter_issue(c.mode, inp, out, c.dt, op))
     })
 }
 
@@ -800,7 +835,7 @@ pub unsafe extern "C" fn chorus_all_to_all(
         let total = c.per_rank(c.bytes(count)?)?;
         let out = c.recv(recvbuf, total)?;
         let inp = c.send(sendbuf, total, &out)?;
-        Ok(c.g.pg.all_to_all_async(inp, out))
+        Ok(c.g.pg.all_to_all_issue(c.mode, inp, out))
     })
 }
 
@@ -849,7 +884,7 @@ pub unsafe extern "C" fn chorus_all_to_all_v(
         let (sc, rc, ss, rs) = v_counts(c, send_counts, recv_counts)?;
         let out = c.recv(recvbuf, c.bytes(rs as u64)?)?;
         let inp = c.send(sendbuf, c.bytes(ss as u64)?, &out)?;
-        Ok(c.g.pg.all_to_all_v_async(inp, sc, out, rc, c.dt))
+        Ok(c.g.pg.all_to_all_v_issue(c.mode, inp, sc, out, rc, c.dt))
     })
 }
 
@@ -882,7 +917,7 @@ pub unsafe extern "C" fn chorus_gather(
         let (root, block) = rooted(c, root, count)?;
         let out = c.recv(recvbuf, if c.g.pg.rank() == root { c.per_rank(block)? } else { 0 })?;
         let inp = c.send(sendbuf, block, &out)?;
-        Ok(c.g.pg.gather_async(inp, out, root))
+        Ok(c.g.pg.gather_issue(c.mode, inp, out, root))
     })
 }
 
@@ -916,7 +951,7 @@ pub unsafe extern "C" fn chorus_scatter(
         let total = if c.g.pg.rank() == root { c.per_rank(block)? } else { 0 };
         let out = c.recv(recvbuf, block)?;
         let inp = c.send(sendbuf, total, &out)?;
-        Ok(c.g.pg.scatter_async(inp, out, root))
+        Ok(c.g.pg.scatter_issue(c.mode, inp, out, root))
     })
 }
 
@@ -935,13 +970,13 @@ fn device_rooted(c: &Call, root: i32, count: u64, block_buf: u64, whole_buf: u64
     Ok((root, block))
 }
 
-/// Barrier: completes once every rank has entered it.
+/// Barrier: completes once every rank has entered it (`work == NULL`: returns then).
 ///
 /// # Safety
-/// `group` is a live handle; `work` is writable.
+/// `group` is a live handle; `work` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn chorus_barrier(group_: *mut chorus_group, work: *mut *mut chorus_work) -> i32 {
-    with_work(group_, work, |g| Ok(g.pg.barrier_async()))
+    with_work(group_, work, "barrier", |g, mode| Ok(g.pg.barrier_issue(mode)))
 }
 
 /// Sends `count` elements to `peer` with `tag`; completes once the data left `buf`.
@@ -969,7 +1004,7 @@ pub unsafe extern "C" fn chorus_send(
     }
     collective(group_, work, "send", dtype_, device, stream, |c| {
         let b = c.send_only(buf, count)?;
-        Ok(c.g.pg.send_async(b, rank_arg(peer, "peer")?, tag))
+        Ok(c.g.pg.send_issue(c.mode, b, rank_arg(peer, "peer")?, tag))
     })
 }
 
@@ -998,7 +1033,7 @@ pub unsafe extern "C" fn chorus_recv(
     }
     collective(group_, work, "recv", dtype_, device, stream, |c| {
         let b = c.buf(buf, count)?;
-        Ok(c.g.pg.recv_async(b, rank_arg(peer, "peer")?, tag))
+        Ok(c.g.pg.recv_issue(c.mode, b, rank_arg(peer, "peer")?, tag))
     })
 }
 
@@ -1060,6 +1095,42 @@ pub unsafe extern "C" fn chorus_work_contributors(work: *const chorus_work, out:
 #[no_mangle]
 pub unsafe extern "C" fn chorus_work_epoch(work: *const chorus_work, out: *mut u64) -> i32 {
     guard(|| put_u64("chorus_work_epoch", out, work_ref(work)?.info()?.epoch))
+}
+
+// ------------------------------------------------------------------ blocking calls' reports
+
+/// Ranks that failed during the calling thread's last blocking collective (`work == NULL`), as
+/// `chorus_work_failed_ranks` reports them for a work handle. Every blocking call replaces the
+/// report, also a failing one (`CHORUS_ERR_PEER_FAILED` under the abort policy still names the
+/// failed ranks); a call refused before it ran (bad arguments) leaves none, and then this returns
+/// CHORUS_ERR_INVALID_ARGUMENT.
+///
+/// # Safety
+/// `out` holds `cap` int32_t (may be NULL with cap 0); `n` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_last_op_failed_ranks(out: *mut i32, cap: usize, n: *mut usize) -> i32 {
+    const WHAT: &str = "chorus_last_op_failed_ranks";
+    guard(|| last_op::with(WHAT, |info| put_ranks(WHAT, &info.failed, out, cap, n)))
+}
+
+/// The ranks whose data the calling thread's last blocking collective's result contains.
+///
+/// # Safety
+/// As for `chorus_last_op_failed_ranks`.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_last_op_contributors(out: *mut i32, cap: usize, n: *mut usize) -> i32 {
+    const WHAT: &str = "chorus_last_op_contributors";
+    guard(|| last_op::with(WHAT, |info| put_ranks(WHAT, &info.contributors, out, cap, n)))
+}
+
+/// The membership epoch the calling thread's last blocking collective ran under.
+///
+/// # Safety
+/// `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_last_op_epoch(out: *mut u64) -> i32 {
+    const WHAT: &str = "chorus_last_op_epoch";
+    guard(|| last_op::with(WHAT, |info| put_u64(WHAT, out, info.epoch)))
 }
 
 /// Frees a work handle. Freeing one whose operation is still running is allowed, but the

@@ -4,6 +4,7 @@
 //! are copied back on the same stream once it completed. The call returns after that, with the
 //! work already complete (the host collective's failed ranks, contributors and epoch included).
 use crate::error::{FfiError, FfiResult, CHORUS_ERR_TIMEOUT};
+use chorus_backend::Issued;
 use chorus_kernels::cuda::{copy_device_to_host, copy_host_to_device, RawStream};
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -32,7 +33,7 @@ impl DeviceStage {
     /// A host copy of the `len` bytes of device memory at `ptr` (after the work queued on the stream);
     /// with `write_back` the copy goes back to `ptr` once the operation succeeded. A null or empty
     /// buffer stays as it is.
-    pub fn host_copy(&self, ptr: *const c_void, len: usize, write_back: bool, what: &str) -> FfiResult<*const u8> {
+    pub fn host_copy(&self, ptr: *const c_void, len: usize, write_back: bool, what: &dyn std::fmt::Display) -> FfiResult<*const u8> {
         if ptr.is_null() || len == 0 {
             return Ok(ptr as *const u8);
         }
@@ -47,24 +48,32 @@ impl DeviceStage {
         Ok(p)
     }
 
-    /// Waits (up to `deadline`) for the host operation `work`, then copies its outputs back.
-    /// Past the deadline the host copies are leaked, not freed: the operation may still write them.
-    pub fn finish<R: Send + 'static>(self, work: &chorus_backend::Work<R>, deadline: Duration) -> FfiResult<()> {
-        if !work.wait_for(deadline) {
-            std::mem::forget(self.bufs.into_inner());
-            return Err(FfiError {
-                code: CHORUS_ERR_TIMEOUT,
-                msg: format!("{} on GPU memory (host path): the host operation did not finish in {deadline:?}", work.name()),
-            });
-        }
-        if work.error().is_some() {
-            return Ok(()); // the work carries the error; outputs stay untouched
+    /// Waits (up to `deadline`) for the host operation, queued or already run (the blocking form),
+    /// then copies its outputs back if it succeeded. Past the deadline the host copies are leaked,
+    /// not freed: the operation may still write them.
+    pub fn finish<R: Send + 'static>(self, op: &'static str, issued: Issued<R>, deadline: Duration) -> FfiResult<Issued<R>> {
+        let ok = match &issued {
+            Issued::Queued(work) => {
+                if !work.wait_for(deadline) {
+                    std::mem::forget(self.bufs.into_inner());
+                    return Err(FfiError {
+                        code: CHORUS_ERR_TIMEOUT,
+                        msg: format!("{op} on GPU memory (host path): the host operation did not finish in {deadline:?}"),
+                    });
+                }
+                work.error().is_none()
+            }
+            Issued::Ran(r, _) => r.is_ok(),
+            Issued::Refused(_) => false,
+        };
+        if !ok {
+            return Ok(issued); // the error travels on; outputs stay untouched
         }
         for b in self.bufs.into_inner().iter().filter(|b| b.write_back) {
             // SAFETY: as in `host_copy`; the operation completed, so nothing writes `b.host` any more.
             unsafe { copy_host_to_device(self.device, self.stream, b.device_ptr, &b.host) }
-                .map_err(|e| FfiError::from(chorus_backend::ChorusError::Device { op: work.name(), source: e }))?;
+                .map_err(|e| FfiError::from(chorus_backend::ChorusError::Device { op, source: e }))?;
         }
-        Ok(())
+        Ok(issued)
     }
 }

@@ -1,5 +1,6 @@
 //! The fault-tolerance entry points of the C ABI, driven the way a C caller would: membership view,
-//! per-work reports, rank deactivation, joining with no group to join, and NULL/short-array errors.
+//! per-work reports, rank deactivation, joining with no group to join, NULL/short-array errors, and
+//! a rank killed (SIGKILL, real processes) while the others are inside blocking calls.
 mod common;
 
 use chorus_bootstrap::{MemStore, Store};
@@ -160,4 +161,150 @@ fn fault_tolerance_entry_points_reject_bad_arguments() {
     assert_eq!(rc, CHORUS_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("no group named default ever had a rank 1"), "{}", last_error());
     assert!(g.is_null());
+}
+
+/// Child processes of `blocking_call_survives_a_killed_rank` re-run this test binary with this
+/// variable set to their rank.
+const CHILD_RANK: &str = "CHORUS_FFI_KILL_TEST_RANK";
+const CHILD_STORE: &str = "CHORUS_FFI_KILL_TEST_STORE";
+const KILL_TEST: &str = "blocking_call_survives_a_killed_rank";
+const RANKS: usize = 3;
+const VICTIM: usize = 2;
+
+/// One rank of the kill test: blocking all-reduces in a loop until one reports a failed rank (the
+/// victim is killed in the meantime), then one more; prints what the reports said.
+fn kill_test_child(rank: usize) -> ! {
+    let addr = CString::new(std::env::var(CHILD_STORE).unwrap()).unwrap();
+    let name = CString::new("kill").unwrap();
+    let mut g: *mut chorus_group = null_mut();
+    // SAFETY: valid strings and out-pointer; the group lives until the process exits.
+    let rc = unsafe { chorus_group_create_tcp(addr.as_ptr(), 0, rank as i32, RANKS as i32, name.as_ptr(), 30_000, &mut g) };
+    assert_eq!(rc, CHORUS_OK, "{}", last_error());
+    let last = |f: unsafe extern "C" fn(*mut i32, usize, *mut usize) -> i32| {
+        // SAFETY: the chorus_last_op_* array functions, with a NULL/0 query first.
+        ranks_of(|o, c, n| unsafe { f(o, c, n) })
+    };
+    let mut seen_failure = false;
+    for i in 0..1_000_000u64 {
+        let mut v = vec![rank as i64 + 1; 64];
+        // SAFETY: live group; `v` outlives the blocking call.
+        let rc = unsafe { chorus_all_reduce(g, v.as_mut_ptr() as *mut c_void, 64, CHORUS_DTYPE_INT64, CHORUS_OP_SUM, CHORUS_DEVICE_CPU, null_mut(), null_mut()) };
+        let msg = last_error();
+        if rank == VICTIM {
+            if i == 20 {
+                println!("VICTIM READY");
+            }
+            assert_eq!(rc, CHORUS_OK, "{msg}");
+            continue;
+        }
+        let failed = last(chorus_last_op_failed_ranks);
+        let mut epoch = 0u64;
+        // SAFETY: a writable u64.
+        assert_eq!(unsafe { chorus_last_op_epoch(&mut epoch) }, CHORUS_OK, "{}", last_error());
+        if rc == CHORUS_OK {
+            // Every result is the sum over the ranks it says it contains.
+            let contributors = last(chorus_last_op_contributors);
+            let want: i64 = contributors.iter().map(|&r| r as i64 + 1).sum();
+            assert!(v.iter().all(|&x| x == want), "iteration {i}: {v:?} over {contributors:?}");
+            if failed.is_empty() && !seen_failure {
+                continue;
+            }
+            println!("REPORT rc {rc} failed {failed:?} contributors {contributors:?} epoch {epoch}");
+        } else {
+            // Only the abort policy fails the collective; it still names who failed.
+            println!("REPORT rc {rc} failed {failed:?} epoch {epoch} ({msg})");
+        }
+        if seen_failure {
+            break;
+        }
+        seen_failure = true;
+    }
+    assert!(seen_failure, "rank {rank}: no blocking call reported the failure");
+    // Skip the group's teardown: the other survivor may still be inside its last call.
+    std::process::exit(0);
+}
+
+#[test]
+fn blocking_call_survives_a_killed_rank() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    if let Ok(r) = std::env::var(CHILD_RANK) {
+        kill_test_child(r.parse().unwrap());
+    }
+    for policy in ["shrink", "abort"] {
+        let server = chorus_bootstrap::StoreServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut kids: Vec<_> = (0..RANKS)
+            .map(|r| {
+                Command::new(std::env::current_exe().unwrap())
+                    .args([KILL_TEST, "--exact", "--nocapture", "--test-threads=1"])
+                    .env(CHILD_RANK, r.to_string())
+                    .env(CHILD_STORE, server.local_addr().to_string())
+                    .env("CHORUS_FAILURE_POLICY", policy)
+                    .env_remove("CHORUS_HOST_ID")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let limit = Instant::now() + Duration::from_secs(120);
+        // Kill the victim once it is well into its loop (the others are inside blocking calls).
+        let victim_out = BufReader::new(kids[VICTIM].stdout.take().unwrap());
+        let ready = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for l in victim_out.lines().map_while(Result::ok) {
+                // The test harness's "test ... " may precede it on the line.
+                if l.ends_with("VICTIM READY") {
+                    return (true, seen);
+                }
+                seen.push(l);
+            }
+            (false, seen)
+        });
+        let (ok, seen) = ready.join().unwrap();
+        if !ok {
+            eprintln!("victim stdout: {seen:?}");
+            for k in kids.iter_mut() {
+                let _ = k.kill();
+            }
+            let mut err = String::new();
+            let _ = kids[VICTIM].stderr.take().unwrap().read_to_string(&mut err);
+            panic!("{policy}: the victim did not get going:\n{err}");
+        }
+        kids[VICTIM].kill().unwrap();
+        let _ = kids[VICTIM].wait();
+        let mut reports = Vec::new();
+        for (r, k) in kids.iter_mut().enumerate().filter(|(r, _)| *r != VICTIM) {
+            let status = loop {
+                if let Some(s) = k.try_wait().unwrap() {
+                    break s;
+                }
+                if Instant::now() > limit {
+                    let _ = k.kill();
+                    panic!("{policy}: survivor {r} hung after the kill");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let (mut out, mut err) = (String::new(), String::new());
+            k.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            k.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            assert!(status.success(), "{policy}: survivor {r} failed ({status}):\n{out}\n{err}");
+            let lines: Vec<String> = out.lines().filter_map(|l| l.find("REPORT").map(|at| l[at..].to_string())).collect();
+            assert_eq!(lines.len(), 2, "{policy}: survivor {r}:\n{out}");
+            reports.push(lines);
+        }
+        // Both survivors saw the same thing: first the failure, naming the victim, then a clean
+        // collective over the two of them.
+        assert_eq!(reports[0], reports[1], "{policy}: the survivors disagree");
+        let (first, next) = (&reports[0][0], &reports[0][1]);
+        assert!(first.contains(&format!("failed [{VICTIM}]")), "{policy}: {first}");
+        assert!(!first.contains("epoch 0"), "{policy}: the failure comes with a new epoch: {first}");
+        if policy == "shrink" || first.contains("rc 0 ") {
+            assert!(first.contains("rc 0 failed [2] contributors [0, 1]"), "{policy}: {first}");
+        } else {
+            assert!(first.contains(&format!("rc {CHORUS_ERR_PEER_FAILED} failed [2]")), "{policy}: {first}");
+        }
+        assert!(next.starts_with("REPORT rc 0 failed [] contributors [0, 1]"), "{policy}: {next}");
+    }
 }
