@@ -6,6 +6,15 @@
 //! finds it still queued runs the queued jobs up to and including `seq` itself. That saves the
 //! 15-40 µs of waking the worker and being woken back, which is most of a small collective's cost.
 //! A waiter whose job is already running elsewhere spins briefly, then sleeps until a job finishes.
+//!
+//! Waking the worker for every submission would cost a system call and a context switch per
+//! operation even when the submitter runs the job itself a moment later (on a machine with as many
+//! busy threads as cores, that switch delays the other ranks too). So while operations keep coming
+//! the worker naps (wakes every [`NAP`] to look at the queue) instead of sleeping, and a submission
+//! wakes a napping worker only when the last job ran on the worker, i.e. when callers let the
+//! worker run their operations (overlap) rather than waiting for them at once. An operation nobody
+//! waits for therefore starts within a nap at worst, and at once after a quiet spell or when the
+//! worker ran the previous one.
 use super::spin::Backoff;
 use crate::error::{ChorusError, Result};
 use std::cell::Cell;
@@ -23,14 +32,30 @@ pub trait Drain: Send + Sync {
 
 /// Sleeping threads recheck the queue this often (a missed wake-up costs at most this).
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long the worker naps while operations keep coming.
+pub const NAP: Duration = Duration::from_micros(100);
+/// Naps with no submission in between after which the worker sleeps until woken.
+const NAPS: u32 = 20;
+
+/// What the worker thread is doing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Worker {
+    Awake,
+    /// Parked for at most a nap: it will look at the queue soon on its own.
+    Napping,
+    /// Parked until a submission wakes it (or `RECHECK`).
+    Asleep,
+}
 
 struct State {
     jobs: VecDeque<(u64, Job)>,
     /// A thread runs the job taken last from the front of `jobs`.
     running: bool,
     closed: bool,
-    /// The worker sleeps on `submitted_cv` (cleared by the submit that wakes it).
-    worker_idle: bool,
+    /// The worker parks on `submitted_cv` when the queue is empty.
+    worker: Worker,
+    /// The last job ran on a thread that waited for it, not on the worker.
+    helped_last: bool,
     /// Threads sleeping on `finished_cv`: waiters behind a job another thread runs, and the worker
     /// while a waiter runs one. Finishing a job wakes them only when there are any (a wake is a
     /// system call).
@@ -63,7 +88,7 @@ impl Default for OpQueue {
 impl OpQueue {
     pub fn new() -> OpQueue {
         OpQueue {
-            state: Mutex::new(State { jobs: VecDeque::new(), running: false, closed: false, worker_idle: false, finish_sleepers: 0 }),
+            state: Mutex::new(State { jobs: VecDeque::new(), running: false, closed: false, worker: Worker::Awake, helped_last: false, finish_sleepers: 0 }),
             submitted_cv: Condvar::new(),
             finished_cv: Condvar::new(),
             submitted: AtomicU64::new(0),
@@ -95,7 +120,14 @@ impl OpQueue {
         let seq = self.submitted.load(Ordering::Relaxed) + 1;
         st.jobs.push_back((seq, make()));
         self.submitted.store(seq, Ordering::Release);
-        let wake = std::mem::take(&mut st.worker_idle);
+        let wake = match st.worker {
+            Worker::Asleep => true,
+            Worker::Napping => !st.helped_last,
+            Worker::Awake => false,
+        };
+        if wake {
+            st.worker = Worker::Awake;
+        }
         drop(st);
         if wake {
             self.submitted_cv.notify_one();
@@ -113,9 +145,10 @@ impl OpQueue {
         st.jobs.pop_front()
     }
 
-    /// Runs a job taken with `take`, then marks it finished. A panic inside it completes its
-    /// `Work` with an error (its completer is dropped while unwinding) and goes no further.
-    fn run(&self, seq: u64, job: Job) {
+    /// Runs a job taken with `take` (`by_worker`: on the worker thread), then marks it finished.
+    /// A panic inside it completes its `Work` with an error (its completer is dropped while
+    /// unwinding) and goes no further.
+    fn run(&self, seq: u64, job: Job, by_worker: bool) {
         let outer = IN_JOB.with(|c| c.replace(self.id()));
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
             tracing::error!("a collective panicked; its Work reports an error");
@@ -123,6 +156,7 @@ impl OpQueue {
         IN_JOB.with(|c| c.set(outer));
         let mut st = self.lock();
         st.running = false;
+        st.helped_last = !by_worker;
         self.finished.store(seq, Ordering::Release);
         let wake = st.finish_sleepers > 0;
         drop(st);
@@ -153,7 +187,7 @@ impl OpQueue {
             }
             if let Some((s, job)) = Self::take(&mut st, seq) {
                 drop(st);
-                self.run(s, job);
+                self.run(s, job, false);
                 continue;
             }
             if !st.running {
@@ -197,29 +231,36 @@ impl OpQueue {
     }
 
     /// The worker thread's loop: runs jobs as they are queued, until the queue is closed and
-    /// empty.
+    /// empty. With the queue empty it naps while submissions keep coming, else sleeps.
     pub fn serve(&self) {
         let mut st = self.lock();
+        let (mut seen, mut idle_naps) = (0u64, 0u32);
         loop {
             if let Some((s, job)) = Self::take(&mut st, u64::MAX) {
                 drop(st);
-                self.run(s, job);
+                self.run(s, job, true);
                 st = self.lock();
                 continue;
             }
             if st.closed && st.jobs.is_empty() {
                 return;
             }
-            if st.jobs.is_empty() {
-                st.worker_idle = true;
-                st = self.submitted_cv.wait_timeout(st, RECHECK).unwrap_or_else(|p| p.into_inner()).0;
-                st.worker_idle = false;
-            } else {
+            if !st.jobs.is_empty() {
                 // A waiter runs the front job; the next one is ours once it finished.
                 st.finish_sleepers += 1;
                 st = self.finished_cv.wait_timeout(st, RECHECK).unwrap_or_else(|p| p.into_inner()).0;
                 st.finish_sleepers -= 1;
+                continue;
             }
+            let submitted = self.submitted.load(Ordering::Relaxed);
+            if submitted != seen {
+                (seen, idle_naps) = (submitted, 0);
+            }
+            let (mode, nap) = if idle_naps < NAPS { (Worker::Napping, NAP) } else { (Worker::Asleep, RECHECK) };
+            idle_naps += 1;
+            st.worker = mode;
+            st = self.submitted_cv.wait_timeout(st, nap).unwrap_or_else(|p| p.into_inner()).0;
+            st.worker = Worker::Awake;
         }
     }
 

@@ -223,3 +223,30 @@ fn waits_outlive_a_dropped_queue() {
     assert!(w.wait_for(Duration::from_secs(5)));
     assert!(w.error().is_some());
 }
+
+#[test]
+fn jobs_nobody_waits_for_still_run() {
+    // After jobs that their waiters ran (the worker naps and is not woken for each submission),
+    // and after a quiet spell (the worker sleeps and is woken), a job nobody waits for runs on
+    // the worker.
+    let worker = Worker::start("test-unwaited".into());
+    let q = worker.queue().clone();
+    let (log, busy) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicUsize::new(0)));
+    let mut i = 0;
+    for quiet in [Duration::ZERO, NAP * 4 * NAPS] {
+        for _ in 0..100 {
+            recording(&q, &log, &busy, i).wait().unwrap();
+            i += 1;
+        }
+        std::thread::sleep(quiet);
+        let w = recording(&q, &log, &busy, i);
+        i += 1;
+        let deadline = Instant::now() + LONG;
+        // `is_completed` and zero waits never run the job themselves.
+        while !w.is_completed() && !w.wait_for(Duration::ZERO) {
+            assert!(Instant::now() < deadline, "a job nobody waited for never ran");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    assert_eq!(*log.lock().unwrap(), (0..i).collect::<Vec<_>>());
+}
