@@ -10,7 +10,10 @@ nccl-tests style benchmark of chorus collectives on CPU buffers.
 
 Per size: warm up, barrier, time the iterations (wall clock), report the maximum over ranks of
 the mean time per iteration, then run one more (untimed) iteration on freshly filled buffers and
-verify every element (#wrong). Exits non-zero on any wrong element or error.
+verify every element (#wrong). Exits non-zero on any wrong element or error. With --async the
+asynchronous form (`*_async`, then `wait` at once) is timed too, alternating with the blocking
+call (--rounds R: each form's best of R rounds), verified too, and shown as `async` with its
+ratio to `time`.
 
 Sizes are total buffer bytes like nccl-tests: for all_gather, reduce_scatter, all_to_all, gather
 and scatter the per-rank block is size/nranks (rows whose block would be empty are skipped).
@@ -72,6 +75,14 @@ pub struct Args {
     /// Write the results as JSON to this path (rank 0).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also time the asynchronous form (`*_async` then `wait`, back to back) and print it in an
+    /// extra column, `async`, beside the blocking call's `time`.
+    #[arg(long = "async")]
+    pub async_form: bool,
+    /// Time each size this many rounds (the blocking and asynchronous forms alternate) and report
+    /// each form's best round: this machine is noisy.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
 }
 
 /// "8", "64K", "16M", "1G", "1.5M", "64KB" (powers of 1024).

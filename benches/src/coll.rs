@@ -134,6 +134,34 @@ impl<'a> Case<'a> {
         }
     }
 
+    /// One iteration in the asynchronous form: `*_async` with the case's buffers, then `wait`
+    /// at once (the buffers come back from the wait).
+    pub fn run_async(&mut self) -> Result<(), ChorusError> {
+        use std::mem::take;
+        let pg = self.pg;
+        let (dt, op, root) = (self.dtype, self.op, self.root);
+        match self.coll {
+            "all_reduce" => self.a = pg.all_reduce_async(take(&mut self.a), dt, op).wait()?,
+            "reduce" => self.a = pg.reduce_async(take(&mut self.a), root, dt, op).wait()?,
+            "broadcast" => self.a = pg.broadcast_async(take(&mut self.a), root).wait()?,
+            "barrier" => pg.barrier_async().wait()?,
+            "sendrecv" => return self.run(),
+            c => {
+                let (a, b) = (take(&mut self.a), take(&mut self.b));
+                let w = match c {
+                    "all_gather" => pg.all_gather_async(a, b),
+                    "reduce_scatter" => pg.reduce_scatter_async(a, b, dt, op),
+                    "all_to_all" => pg.all_to_all_async(a, b),
+                    "gather" => pg.gather_async(a, b, root),
+                    "scatter" => pg.scatter_async(a, b, root),
+                    other => return Err(ChorusError::InvalidArgument(format!("unknown collective {other}"))),
+                };
+                (self.a, self.b) = w.wait()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Wrong elements on this rank after one iteration on freshly filled buffers.
     pub fn verify(&self) -> u64 {
         let (me, n, esz, root) = (self.me, self.n, self.esz, self.root);
@@ -194,9 +222,11 @@ impl std::ops::DerefMut for AlignedBuf {
     }
 }
 
+/// An empty buffer that allocates nothing: what a case holds while its buffers travel with an
+/// asynchronous operation.
 impl Default for AlignedBuf {
     fn default() -> Self {
-        AlignedBuf::new(0)
+        AlignedBuf { raw: Vec::new(), off: 0, len: 0 }
     }
 }
 

@@ -65,6 +65,16 @@ fn sum_over_ranks(pg: &ProcessGroup, x: u64) -> Result<u64, ChorusError> {
     Ok(v[0] as u64)
 }
 
+/// Mean seconds per iteration of `iters` runs of `run`, started together on every rank.
+fn timed(pg: &ProcessGroup, iters: usize, mut run: impl FnMut() -> Result<(), ChorusError>) -> Result<f64, ChorusError> {
+    pg.barrier()?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        run()?;
+    }
+    Ok(t0.elapsed().as_secs_f64() / iters as f64)
+}
+
 fn worker(args: &Args) -> Result<i32, String> {
     let (dtype, op, colls) = parse_params(args)?;
     let pg = ProcessGroup::from_env(Options::default()).map_err(|e| format!("cannot create the process group: {e}"))?;
@@ -82,7 +92,7 @@ fn worker(args: &Args) -> Result<i32, String> {
         }
     };
     say(&format!(
-        "# chorus-bench: nranks {n}, datatype {}, redop {}, root {}, sizes {}..{} x{}, iters {} warmup {} (capped at {} bytes per size), check {}",
+        "# chorus-bench: nranks {n}, datatype {}, redop {}, root {}, sizes {}..{} x{}, iters {} warmup {} (capped at {} bytes per size), check {}, rounds {}{}",
         dtype.short_name(),
         op.name(),
         args.root,
@@ -92,7 +102,9 @@ fn worker(args: &Args) -> Result<i32, String> {
         args.iters,
         args.warmup,
         args.cap_bytes,
-        args.check
+        args.check,
+        args.rounds,
+        if args.async_form { " (best of each form), async form timed too: *_async then wait, back to back" } else { "" }
     ));
     say(&format!("# transports of rank 0: {:?}", pg.transports()));
 
@@ -112,8 +124,9 @@ fn worker(args: &Args) -> Result<i32, String> {
             continue;
         }
         say(&format!("#\n# Collective: {c}"));
-        say(report::HEADER);
-        say(report::UNITS);
+        let extra = |s: &str, more: &str| if args.async_form { format!("{s}{more}") } else { s.to_string() };
+        say(&extra(report::HEADER, report::ASYNC_HEADER));
+        say(&extra(report::UNITS, report::ASYNC_UNITS));
         let sizes = if c == "barrier" { vec![0] } else { args.sizes() };
         let first_row = rows.len();
         for bytes in sizes {
@@ -124,21 +137,32 @@ fn worker(args: &Args) -> Result<i32, String> {
             let mut case = coll::Case::new(&pg, c, dtype, op, args.root, &shape);
             for _ in 0..warm {
                 case.run().map_err(err)?;
+                if args.async_form {
+                    case.run_async().map_err(err)?;
+                }
             }
-            pg.barrier().map_err(err)?;
-            let t0 = Instant::now();
-            for _ in 0..iters {
-                case.run().map_err(err)?;
+            // Each form's best round (they alternate, so both see the same noise).
+            let (mut per_iter, mut per_iter_async) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..args.rounds {
+                per_iter = per_iter.min(timed(&pg, iters, || case.run()).map_err(err)?);
+                if args.async_form {
+                    per_iter_async = per_iter_async.min(timed(&pg, iters, || case.run_async()).map_err(err)?);
+                }
             }
-            let per_iter = t0.elapsed().as_secs_f64() / iters as f64;
             let mut wrong = 0;
             if args.check != 0 {
                 case.fill();
                 case.run().map_err(err)?;
                 wrong = case.verify();
+                if args.async_form {
+                    case.fill();
+                    case.run_async().map_err(err)?;
+                    wrong += case.verify();
+                }
             }
             drop(case);
             let time = max_over_ranks(&pg, per_iter).map_err(err)?;
+            let async_us = if args.async_form { Some(max_over_ranks(&pg, per_iter_async).map_err(err)? * 1e6) } else { None };
             let wrong = sum_over_ranks(&pg, wrong).map_err(err)?;
             total_wrong += wrong;
             let algbw = if shape.size == 0 { 0.0 } else { shape.size as f64 / time / 1e9 };
@@ -155,6 +179,7 @@ fn worker(args: &Args) -> Result<i32, String> {
                 wrong,
                 iters,
                 nranks: n,
+                async_us,
             };
             say(&report::line(&row));
             rows.push(row);
