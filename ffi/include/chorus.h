@@ -15,7 +15,7 @@
  *     (chorus_work_wait returns or chorus_work_is_completed says 1), then frees the handle with
  *     chorus_work_free. Operations of a group run one at a time in issue order: on the group's
  *     worker thread, or on the thread that waits for one that has not started yet
- *     (chorus_work_wait then runs it, and those issued before it, itself).
+ *     (chorus_work_wait with timeout_ms < 0 then runs it, and those issued before it, itself).
  *   - blocking (`work == NULL`): the call runs the operation to completion on the calling thread,
  *     after the group's earlier operations, and returns its status (message in
  *     chorus_last_error); no handle is made. What it reported (failed ranks, contributors, epoch)
@@ -366,9 +366,10 @@ int32_t chorus_recv(
     chorus_work_t **work);
 
 /* Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).
-   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out. A wait (timeout_ms != 0) that
-   finds the operation not started yet runs it, after the group's operations issued before it, on the
-   calling thread; it then returns when they finished (each bounded by the group's timeout). */
+   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out. A wait that finds the operation
+   not started yet runs it, and the group's operations issued before it, on the calling thread (the fast
+   path) when it may last as long as they may (timeout_ms < 0, or at least the group's timeout); a shorter
+   wait leaves them to the group's worker thread. */
 int32_t chorus_work_wait(chorus_work_t *work, int64_t timeout_ms);
 
 /* 1 if the operation finished (successfully or not), 0 if not, negative for NULL. */

@@ -36,7 +36,7 @@ const PREAMBLE: &str = r#"/*
  *     (chorus_work_wait returns or chorus_work_is_completed says 1), then frees the handle with
  *     chorus_work_free. Operations of a group run one at a time in issue order: on the group's
  *     worker thread, or on the thread that waits for one that has not started yet
- *     (chorus_work_wait then runs it, and those issued before it, itself).
+ *     (chorus_work_wait with timeout_ms < 0 then runs it, and those issued before it, itself).
  *   - blocking (`work == NULL`): the call runs the operation to completion on the calling thread,
  *     after the group's earlier operations, and returns its status (message in
  *     chorus_last_error); no handle is made. What it reported (failed ranks, contributors, epoch)
@@ -153,7 +153,7 @@ pub const FUNCS: &[Func] = &[
     Func { doc: "Barrier: completes once every rank entered it (work == NULL: returns then).", ret: "int32_t", name: "chorus_barrier", args: &["chorus_group_t *group", "chorus_work_t **work"] },
     collective!("chorus_send", ["const void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag"], "Sends `count` elements to `peer`; messages of one pair and tag arrive in order."),
     collective!("chorus_recv", ["void *buf", "uint64_t count", "int32_t dtype", "int32_t peer", "uint64_t tag"], "Receives exactly `count` elements from `peer` with `tag`."),
-    Func { doc: "Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).\n   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out. A wait (timeout_ms != 0) that\n   finds the operation not started yet runs it, after the group's operations issued before it, on the\n   calling thread; it then returns when they finished (each bounded by the group's timeout).", ret: "int32_t", name: "chorus_work_wait", args: &["chorus_work_t *work", "int64_t timeout_ms"] },
+    Func { doc: "Waits up to `timeout_ms` (negative: no limit); returns the operation's status (repeatable).\n   CHORUS_ERR_TIMEOUT with the operation still running when the wait ran out. A wait that finds the operation\n   not started yet runs it, and the group's operations issued before it, on the calling thread (the fast\n   path) when it may last as long as they may (timeout_ms < 0, or at least the group's timeout); a shorter\n   wait leaves them to the group's worker thread.", ret: "int32_t", name: "chorus_work_wait", args: &["chorus_work_t *work", "int64_t timeout_ms"] },
     Func { doc: "1 if the operation finished (successfully or not), 0 if not, negative for NULL.", ret: "int32_t", name: "chorus_work_is_completed", args: &["const chorus_work_t *work"] },
     Func { doc: "Ranks that failed during the completed operation (every survivor reports the same ones at the same\n   collective); arrays as for chorus_group_active_ranks. CHORUS_ERR_INVALID_ARGUMENT before completion.", ret: "int32_t", name: "chorus_work_failed_ranks", args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"] },
     Func { doc: "The ranks whose data the completed operation's result contains.", ret: "int32_t", name: "chorus_work_contributors", args: &["const chorus_work_t *work", "int32_t *out", "size_t cap", "size_t *n"] },

@@ -85,8 +85,10 @@ impl chorus_work {
         if let State::Pending(w) = &*st {
             let done = match timeout {
                 Some(t) => w.wait_for(t),
+                // As long as it takes (every operation has its own deadline); a wait this long
+                // may run the operation on this thread.
                 None => loop {
-                    if w.wait_for(Duration::from_secs(3600)) {
+                    if w.wait_for(Duration::MAX) {
                         break true;
                     }
                 },

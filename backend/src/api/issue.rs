@@ -6,7 +6,7 @@
 use super::select::Topo;
 use super::{ft, ProcessGroup};
 use crate::engine::comm::{Comm, OpCtx};
-use crate::engine::queue::Drain;
+use crate::engine::queue::{Drain, Job};
 use crate::engine::work::{self, OpInfo, Work};
 use crate::error::{ChorusError, Result};
 use std::sync::{Arc, Weak};
@@ -128,7 +128,8 @@ impl ProcessGroup {
         // Numbered under the queue's lock: collective numbers follow the queue's order.
         let submitted = self.inner.worker.submit(|| {
             let ctx = self.next_ctx(name, desc);
-            Box::new(move || {
+            let deadline = ctx.deadline;
+            let job: Job = Box::new(move || {
                 let Some(inner) = weak.upgrade() else {
                     done.complete(Err(ChorusError::Destroyed));
                     return;
@@ -148,7 +149,8 @@ impl ProcessGroup {
                         done.complete(Err(e))
                     }
                 }
-            })
+            });
+            (job, deadline)
         });
         match submitted {
             Ok(seq) => {

@@ -5,7 +5,9 @@
 //! operation progresses with nobody waiting for it), and a thread that waits for job `seq` and
 //! finds it still queued runs the queued jobs up to and including `seq` itself. That saves the
 //! 15-40 µs of waking the worker and being woken back, which is most of a small collective's cost.
-//! A waiter whose job is already running elsewhere spins briefly, then sleeps until a job finishes.
+//! A waiter runs a job only if the job's own deadline falls within the wait's, so a short wait
+//! still returns in time (the worker runs the job instead). A waiter whose job is already running
+//! elsewhere spins briefly, then sleeps until a job finishes.
 //!
 //! Waking the worker for every submission would cost a system call and a context switch per
 //! operation even when the submitter runs the job itself a moment later (on a machine with as many
@@ -47,8 +49,15 @@ enum Worker {
     Asleep,
 }
 
+/// A queued job: its number, and the deadline it runs under (it may not outlast it by much).
+struct Entry {
+    seq: u64,
+    deadline: Instant,
+    job: Job,
+}
+
 struct State {
-    jobs: VecDeque<(u64, Job)>,
+    jobs: VecDeque<Entry>,
     /// A thread runs the job taken last from the front of `jobs`.
     running: bool,
     closed: bool,
@@ -109,16 +118,18 @@ impl OpQueue {
         IN_JOB.with(|c| c.get()) == self.id()
     }
 
-    /// Queues the job `make` builds and returns its sequence number. `make` runs under the queue's
-    /// lock, so what it numbers (the group's collective sequence) follows the queue's order even
-    /// when threads submit concurrently. Fails once the queue is closed.
-    pub fn submit(&self, make: impl FnOnce() -> Job) -> Result<u64> {
+    /// Queues the job `make` builds, with the deadline it runs under, and returns its sequence
+    /// number. `make` runs under the queue's lock, so what it numbers (the group's collective
+    /// sequence) follows the queue's order even when threads submit concurrently. Fails once the
+    /// queue is closed.
+    pub fn submit(&self, make: impl FnOnce() -> (Job, Instant)) -> Result<u64> {
         let mut st = self.lock();
         if st.closed {
             return Err(ChorusError::Destroyed);
         }
         let seq = self.submitted.load(Ordering::Relaxed) + 1;
-        st.jobs.push_back((seq, make()));
+        let (job, deadline) = make();
+        st.jobs.push_back(Entry { seq, deadline, job });
         self.submitted.store(seq, Ordering::Release);
         let wake = match st.worker {
             Worker::Asleep => true,
@@ -130,15 +141,21 @@ impl OpQueue {
         }
         drop(st);
         if wake {
-            self.submitted_cv.notify_one();
+            self.wake_worker();
         }
         Ok(seq)
     }
 
-    /// Takes the front job for this thread when no other thread runs one and its number is at
-    /// most `upto`.
-    fn take(st: &mut State, upto: u64) -> Option<(u64, Job)> {
-        if st.running || st.jobs.front().is_none_or(|&(s, _)| s > upto) {
+    /// Wakes the worker (its state was just set to `Awake` under the lock).
+    fn wake_worker(&self) {
+        self.submitted_cv.notify_one();
+    }
+
+    /// Takes the front job for this thread when no other thread runs one, its number is at most
+    /// `upto` and its deadline is no later than `within` (`None`: any deadline; the worker's).
+    fn take(st: &mut State, upto: u64, within: Option<Instant>) -> Option<Entry> {
+        let front = st.jobs.front()?;
+        if st.running || front.seq > upto || within.is_some_and(|w| front.deadline > w) {
             return None;
         }
         st.running = true;
@@ -167,8 +184,9 @@ impl OpQueue {
 
     /// Runs the queued jobs up to and including `seq` on the calling thread, in order, or waits
     /// while another thread runs one of them (spinning briefly, then asleep until it finishes).
-    /// True once job `seq` finished; false at `deadline`, or at once from inside one of this
-    /// queue's jobs (which cannot wait for the queue).
+    /// Jobs whose own deadline is past `deadline` are left to the worker. True once job `seq`
+    /// finished; false at `deadline`, or at once from inside one of this queue's jobs (which cannot
+    /// wait for the queue).
     pub fn run_through(&self, seq: u64, deadline: Instant) -> bool {
         if self.finished.load(Ordering::Acquire) >= seq {
             return true;
@@ -185,22 +203,30 @@ impl OpQueue {
             if Instant::now() >= deadline {
                 return false;
             }
-            if let Some((s, job)) = Self::take(&mut st, seq) {
+            if let Some(e) = Self::take(&mut st, seq, Some(deadline)) {
                 drop(st);
-                self.run(s, job, false);
+                self.run(e.seq, e.job, false);
                 continue;
             }
             if !st.running {
-                // Nothing up to `seq` is queued or running, yet it did not finish: it cannot
-                // happen with jobs finishing in order; let the caller wait on its own handle.
-                return true;
+                if st.jobs.front().is_none_or(|e| e.seq > seq) {
+                    // Nothing up to `seq` is queued or running, yet it did not finish: it cannot
+                    // happen with jobs finishing in order; let the caller wait on its own handle.
+                    return true;
+                }
+                // The next job may outlast this wait: the worker runs it, now.
+                if st.worker != Worker::Awake {
+                    st.worker = Worker::Awake;
+                    self.wake_worker();
+                }
             }
-            // Another thread runs a job up to `seq`: spin while it likely finishes soon.
+            // Another thread runs (or is about to run) a job up to `seq`: spin while it likely
+            // finishes soon, then sleep until it did.
             drop(st);
             let mut backoff = Backoff::new();
             while self.finished.load(Ordering::Acquire) == seen && backoff.snooze() {}
             let mut st = self.lock();
-            while st.running && self.finished.load(Ordering::Acquire) == seen {
+            while self.finished.load(Ordering::Acquire) == seen && (st.running || st.jobs.front().is_some_and(|e| e.deadline > deadline)) {
                 let now = Instant::now();
                 if now >= deadline {
                     return false;
@@ -236,9 +262,9 @@ impl OpQueue {
         let mut st = self.lock();
         let (mut seen, mut idle_naps) = (0u64, 0u32);
         loop {
-            if let Some((s, job)) = Self::take(&mut st, u64::MAX) {
+            if let Some(e) = Self::take(&mut st, u64::MAX, None) {
                 drop(st);
-                self.run(s, job, true);
+                self.run(e.seq, e.job, true);
                 st = self.lock();
                 continue;
             }

@@ -177,9 +177,9 @@ impl<R> Work<R> {
     }
 
     /// Waits up to `timeout` for completion; returns whether it completed. If the operation is
-    /// still queued, the calling thread runs it (after the operations queued before it); the wait
-    /// then ends when those finish, each bounded by the group's own timeout. A zero `timeout`
-    /// only looks.
+    /// still queued, the calling thread runs it (after the operations queued before it) when their
+    /// own deadlines (the group's timeout from their start) fall within `timeout`; shorter waits
+    /// leave them to the group's worker. A zero `timeout` only looks.
     pub fn wait_for(&self, timeout: Duration) -> bool {
         if self.is_completed() {
             return true;

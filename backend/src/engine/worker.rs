@@ -5,7 +5,7 @@ use super::queue::{Job, OpQueue};
 use crate::error::Result;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct Worker {
     queue: Arc<OpQueue>,
@@ -24,8 +24,9 @@ impl Worker {
         &self.queue
     }
 
-    /// Queues the job `make` builds (under the queue's lock); its sequence number in the queue.
-    pub fn submit(&self, make: impl FnOnce() -> Job) -> Result<u64> {
+    /// Queues the job `make` builds, with its deadline (under the queue's lock); its sequence
+    /// number in the queue.
+    pub fn submit(&self, make: impl FnOnce() -> (Job, Instant)) -> Result<u64> {
         self.queue.submit(make)
     }
 

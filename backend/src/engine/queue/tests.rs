@@ -13,6 +13,11 @@ fn far() -> Instant {
     Instant::now() + LONG
 }
 
+/// A job with a deadline any test wait covers.
+fn job(f: impl FnOnce() + Send + 'static) -> (Job, Instant) {
+    (Box::new(f), far())
+}
+
 /// A job that records its index (and checks that no other job runs at the same time), and the
 /// `Work` a waiter can help with.
 fn recording(q: &Arc<OpQueue>, log: &Arc<Mutex<Vec<usize>>>, busy: &Arc<AtomicUsize>, i: usize) -> Work<usize> {
@@ -20,7 +25,7 @@ fn recording(q: &Arc<OpQueue>, log: &Arc<Mutex<Vec<usize>>>, busy: &Arc<AtomicUs
     let (log, busy) = (log.clone(), busy.clone());
     let seq = q
         .submit(|| {
-            Box::new(move || {
+            job(move || {
                 assert_eq!(busy.fetch_add(1, Ordering::SeqCst), 0, "two jobs of one queue ran at once");
                 log.lock().unwrap().push(i);
                 std::hint::black_box((0..50).sum::<u64>());
@@ -42,7 +47,7 @@ fn a_waiter_runs_its_queued_job_on_its_own_thread() {
     let r = ran_on.clone();
     let seq = q
         .submit(|| {
-            Box::new(move || {
+            job(move || {
                 *r.lock().unwrap() = Some(std::thread::current().id());
                 done.complete(Ok(7u32));
             })
@@ -130,7 +135,7 @@ fn a_panicking_job_fails_its_work_and_nothing_else() {
         let (w1, done1) = work::pair::<u32>("boom");
         let s1 = q
             .submit(|| {
-                Box::new(move || {
+                job(move || {
                     let _keep = done1; // dropped while unwinding
                     panic!("test panic inside a job");
                 })
@@ -158,7 +163,7 @@ fn every_wait_ends_at_its_deadline() {
     let (w1, done1) = work::pair::<()>("stuck");
     let s1 = q
         .submit(|| {
-            Box::new(move || {
+            job(move || {
                 started_tx.send(()).unwrap();
                 let _ = release_rx.recv_timeout(LONG);
                 done1.complete(Ok(()));
@@ -186,7 +191,7 @@ fn inside_a_job_the_queue_is_not_waited_for() {
     let (w, done) = work::pair::<bool>("nested");
     let seq = q
         .submit(|| {
-            Box::new(move || {
+            job(move || {
                 // A job cannot wait for its own queue: refused at once, not after the deadline.
                 let refused = q2.quiesce(LONG).is_err() && !q2.run_through(u64::MAX, far());
                 done.complete(Ok(refused));
@@ -208,7 +213,7 @@ fn stop_drains_then_refuses() {
     for (i, w) in ws.into_iter().enumerate() {
         assert_eq!(w.wait_timeout(Duration::ZERO).unwrap(), i);
     }
-    assert!(matches!(q.submit(|| Box::new(|| ())), Err(ChorusError::Destroyed)));
+    assert!(matches!(q.submit(|| job(|| ())), Err(ChorusError::Destroyed)));
     assert!(q.quiesce(Duration::ZERO).is_ok());
 }
 
@@ -249,4 +254,28 @@ fn jobs_nobody_waits_for_still_run() {
         }
     }
     assert_eq!(*log.lock().unwrap(), (0..i).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_short_wait_leaves_the_job_to_the_worker() {
+    // The job's deadline lies past the wait's: the waiter must not take it (it could not return in
+    // time); the worker runs it.
+    let worker = Worker::start("test-short".into());
+    let q = worker.queue().clone();
+    let (w, done) = work::pair::<std::thread::ThreadId>("short");
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let seq = q
+        .submit(|| {
+            let f: Job = Box::new(move || {
+                let _ = release_rx.recv_timeout(LONG);
+                done.complete(Ok(std::thread::current().id()));
+            });
+            (f, Instant::now() + 2 * LONG)
+        })
+        .unwrap();
+    let w = w.queued_on(Arc::downgrade(&q) as Weak<OpQueue>, seq);
+    assert!(!w.wait_for(Duration::from_millis(30)), "the job waits for its release");
+    release_tx.send(()).unwrap();
+    assert!(w.wait_for(LONG));
+    assert_ne!(w.wait_timeout(Duration::ZERO).unwrap(), std::thread::current().id(), "a short wait ran the job itself");
 }
