@@ -20,7 +20,7 @@ from ctypes import (
     c_void_p,
 )
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 DEVICE_CPU = -1
 
 # chorus_status_t

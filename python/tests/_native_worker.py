@@ -89,7 +89,7 @@ except Exception as e:  # noqa: BLE001
 # Fault-tolerance functions on the native objects.
 expect(chorus.get_active_ranks() == list(range(ws)), f"active ranks {chorus.get_active_ranks()}")
 expect(chorus.get_current_epoch() >= 0, "epoch")
-expect(chorus.get_ops_completed() > 10, f"ops completed {chorus.get_ops_completed()}")
+expect(chorus.get_ops_completed() >= 8, f"ops completed {chorus.get_ops_completed()}")
 
 report = {"rank": rank, "path": chorus.backend_path(), "backend_type": type(backend).__name__, "failures": failures}
 dist.destroy_process_group()

@@ -334,7 +334,7 @@ def main():
     dist.init_process_group("chorus", store=store, rank=rank, world_size=ws, timeout=timedelta(seconds=60))
     gloo = dist.new_group(backend="gloo")
     default = dist.distributed_c10d._get_default_group()
-    assert default._get_backend_name() == "chorus", default._get_backend_name()
+    assert dist.get_backend(default) == "chorus", dist.get_backend(default)
     sub = dist.new_group(ranks=list(range(ws)), backend="chorus")
     try:
         run_collectives((gloo, default))
