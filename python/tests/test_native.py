@@ -85,3 +85,11 @@ def test_ranks_starting_together_build_once(tmp_path):
     # A later import loads the cached module without building.
     p = _python(code, env)
     assert "path native" in p.stdout and "building" not in p.stderr, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_device_mesh_functional_collectives_and_compile(world_size, tmp_path):
+    codes, reports, logs = run_ranks("_functional_worker.py", world_size, tmp_path, timeout=300)
+    for r in range(world_size):
+        assert codes[r] == 0 and reports[r] is not None, f"rank {r} exited with {codes[r]}:\n{logs[r]}"
+        assert not reports[r]["failures"], reports[r]["failures"]

@@ -963,6 +963,7 @@ class ChorusBackend : public c10d::Backend {
       check_capture();
       // CUDA operations are stream-ordered and complete from the host's view at once; host memory
       // runs here unless the caller asked for an asynchronous work.
+      this->async = async;
       async_host = async && !place.cuda();
       work = c10::make_intrusive<ChorusWork>(b.getRank(), type, name, std::move(outputs), place, b.completer_);
     }
@@ -998,8 +999,15 @@ class ChorusBackend : public c10d::Backend {
       return c;
     }
 
+    // The library uses `t` until the operation completes: host memory stays referenced by the work;
+    // for an asynchronous CUDA call the caching allocator learns that the stream uses `t`'s memory, so
+    // freeing `t` early cannot hand it to work on another stream (as ProcessGroupNCCL does).
     void keep(const at::Tensor& t) {
-      if (async_host) work->keep(t);
+      if (async_host) {
+        work->keep(t);
+      } else if (async && place.cuda() && t.defined()) {
+        c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->recordDataPtrOnStream(t.storage().data_ptr(), *place.cuda_stream);
+      }
     }
 
     void then(std::function<void()> f) { work->then(std::move(f)); }
@@ -1042,7 +1050,8 @@ class ChorusBackend : public c10d::Backend {
     const at::Tensor& ref;
     int32_t dt;
     Place place;
-    bool async_host = false;
+    bool async = false;       // the caller asked for an asynchronous work
+    bool async_host = false;  // ... and the operation runs on host memory (queued, finished by wait)
     c10::intrusive_ptr<ChorusWork> work;
   };
 

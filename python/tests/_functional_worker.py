@@ -1,0 +1,62 @@
+"""One rank of test_functional.py: DeviceMesh, functional collectives and torch.compile over chorus.
+
+Functional collectives (torch.distributed._functional_collectives, what DTensor and torch.compile emit)
+find the backend by group name through torch's registry; the compiled function traces them into the
+graph (aot_eager: the graph is captured and run without generating C++).
+"""
+import json
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch.distributed.device_mesh import init_device_mesh
+
+import chorus
+
+rank = int(os.environ["RANK"])
+ws = int(os.environ["WORLD_SIZE"])
+failures: list[str] = []
+
+
+def expect(cond, what):
+    if not cond:
+        failures.append(what)
+
+
+store = dist.TCPStore("127.0.0.1", int(os.environ["CHORUS_TEST_STORE_PORT"]), ws + 1, is_master=False, timeout=timedelta(seconds=60))
+dist.init_process_group("chorus", store=store, rank=rank, world_size=ws, timeout=timedelta(seconds=60))
+
+mesh = init_device_mesh("cpu", (ws,), mesh_dim_names=("dp",))
+expect(dist.get_backend(mesh.get_group("dp")) == "chorus", f"mesh backend {dist.get_backend(mesh.get_group('dp'))}")
+
+x = torch.full((6,), float(rank + 1))
+expect(torch.equal(funcol.all_reduce(x, "sum", mesh), torch.full((6,), float(ws * (ws + 1) // 2))), "funcol all_reduce")
+g = funcol.all_gather_tensor(x, 0, mesh)
+expect(torch.equal(g, torch.arange(1, ws + 1, dtype=torch.float32).repeat_interleave(6)), f"funcol all_gather_tensor {g}")
+rs = funcol.reduce_scatter_tensor(torch.arange(2.0 * ws), "sum", 0, mesh)
+expect(torch.equal(rs, torch.tensor([2.0 * rank, 2.0 * rank + 1]) * ws), f"funcol reduce_scatter_tensor {rs}")
+a2a = funcol.all_to_all_single(torch.full((ws,), float(rank)), None, None, mesh)
+expect(torch.equal(a2a, torch.arange(ws, dtype=torch.float32)), f"funcol all_to_all_single {a2a}")
+
+
+@torch.compile(backend="aot_eager", fullgraph=True)
+def step(t):
+    return funcol.all_reduce(t * 2, "sum", mesh) + 1
+
+
+out = step(torch.full((4,), float(rank)))
+expect(torch.equal(out, torch.full((4,), 2.0 * sum(range(ws)) + 1)), f"compiled step {out}")
+
+# A 2-D mesh over 4 ranks: row and column subgroups are chorus groups too.
+if ws == 4:
+    mesh2 = init_device_mesh("cpu", (2, 2), mesh_dim_names=("a", "b"))
+    col = funcol.all_reduce(torch.full((3,), float(rank)), "sum", (mesh2, 1))
+    row_peer = rank ^ 1
+    expect(torch.equal(col, torch.full((3,), float(rank + row_peer))), f"2-D mesh dim 1 all_reduce {col}")
+
+report = {"rank": rank, "path": chorus.backend_path(), "failures": failures}
+dist.destroy_process_group()
+with open(os.environ["CHORUS_TEST_REPORT"], "w") as f:
+    json.dump(report, f)
