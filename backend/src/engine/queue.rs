@@ -65,9 +65,8 @@ struct State {
     worker: Worker,
     /// The last job ran on a thread that waited for it, not on the worker.
     helped_last: bool,
-    /// Threads sleeping on `finished_cv`: waiters behind a job another thread runs, and the worker
-    /// while a waiter runs one. Finishing a job wakes them only when there are any (a wake is a
-    /// system call).
+    /// Waiters sleeping on `finished_cv` behind a job another thread runs. Finishing a job wakes
+    /// them only when there are any (a wake is a system call).
     finish_sleepers: usize,
 }
 
@@ -257,7 +256,8 @@ impl OpQueue {
     }
 
     /// The worker thread's loop: runs jobs as they are queued, until the queue is closed and
-    /// empty. With the queue empty it naps while submissions keep coming, else sleeps.
+    /// empty. With nothing to take it naps while submissions keep coming (or a waiter runs the
+    /// front job), else sleeps.
     pub fn serve(&self) {
         let mut st = self.lock();
         let (mut seen, mut idle_naps) = (0u64, 0u32);
@@ -271,15 +271,10 @@ impl OpQueue {
             if st.closed && st.jobs.is_empty() {
                 return;
             }
-            if !st.jobs.is_empty() {
-                // A waiter runs the front job; the next one is ours once it finished.
-                st.finish_sleepers += 1;
-                st = self.finished_cv.wait_timeout(st, RECHECK).unwrap_or_else(|p| p.into_inner()).0;
-                st.finish_sleepers -= 1;
-                continue;
-            }
+            // Queued jobs here mean a waiter runs the front one: the worker naps meanwhile rather
+            // than asking to be woken when it finishes (a wake-up per job is what naps avoid).
             let submitted = self.submitted.load(Ordering::Relaxed);
-            if submitted != seen {
+            if submitted != seen || !st.jobs.is_empty() {
                 (seen, idle_naps) = (submitted, 0);
             }
             let (mode, nap) = if idle_naps < NAPS { (Worker::Napping, NAP) } else { (Worker::Asleep, RECHECK) };
