@@ -66,14 +66,16 @@ impl Topo {
     }
 }
 
-fn forced() -> Option<String> {
-    std::env::var("CHORUS_ALGO").ok()
+/// `CHORUS_ALGO`, read once (a read per collective showed in small-message profiles).
+fn forced() -> Option<&'static str> {
+    static FORCED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FORCED.get_or_init(|| std::env::var("CHORUS_ALGO").ok()).as_deref()
 }
 
 /// Direct (one round, every rank reduces everything) below a size that shrinks with the group;
 /// above it, reduce-scatter + all-gather through shared memory, or a ring over sockets.
 pub fn all_reduce(t: &Topo, bytes: usize) -> AllReduceAlgo {
-    match forced().as_deref() {
+    match forced() {
         Some("direct") => return AllReduceAlgo::Direct,
         Some("rs_ag") => return AllReduceAlgo::RsAg,
         Some("ring") => return AllReduceAlgo::Ring,
@@ -92,7 +94,7 @@ pub fn all_reduce(t: &Topo, bytes: usize) -> AllReduceAlgo {
 
 /// Ring for large blocks over sockets; direct otherwise.
 pub fn use_ring(t: &Topo, total_bytes: usize) -> bool {
-    match forced().as_deref() {
+    match forced() {
         Some("ring") => true,
         Some("direct") => false,
         _ => !t.shared_memory && t.m() > 2 && total_bytes > 256 * 1024,
@@ -101,7 +103,7 @@ pub fn use_ring(t: &Topo, total_bytes: usize) -> bool {
 
 /// Pipelined chain for broadcasts of more than one chunk to more than one receiver.
 pub fn broadcast_chain(t: &Topo, bytes: usize) -> bool {
-    match forced().as_deref() {
+    match forced() {
         Some("chain") => true,
         Some("direct") => false,
         _ => t.m() > 2 && bytes > t.chunk,
@@ -110,7 +112,7 @@ pub fn broadcast_chain(t: &Topo, bytes: usize) -> bool {
 
 /// Reduce-scatter then gather to the root for large reductions.
 pub fn reduce_rs_gather(t: &Topo, bytes: usize) -> bool {
-    match forced().as_deref() {
+    match forced() {
         Some("rs_gather") => true,
         Some("direct") => false,
         _ => t.m() > 2 && bytes > 256 * 1024,
