@@ -11,7 +11,8 @@ trait Pending: Send {
     fn is_completed(&self) -> bool;
     fn wait_for(&self, d: Duration) -> bool;
     fn info(&self) -> OpInfo;
-    fn finish(self: Box<Self>) -> Result<(), ChorusError>;
+    /// The completed operation's result and report (moved out, not cloned).
+    fn finish(self: Box<Self>) -> (Result<(), ChorusError>, OpInfo);
 }
 
 impl<R: Send + 'static> Pending for Work<R> {
@@ -24,8 +25,9 @@ impl<R: Send + 'static> Pending for Work<R> {
     fn info(&self) -> OpInfo {
         Work::info(self)
     }
-    fn finish(self: Box<Self>) -> Result<(), ChorusError> {
-        (*self).wait_timeout(Duration::ZERO).map(|_| ())
+    fn finish(self: Box<Self>) -> (Result<(), ChorusError>, OpInfo) {
+        let info = self.take_info();
+        ((*self).wait_timeout(Duration::ZERO).map(drop), info)
     }
 }
 
@@ -54,8 +56,8 @@ impl chorus_work {
     pub fn start<R: Send + 'static>(w: Work<R>) -> FfiResult<chorus_work> {
         let name = w.name();
         if w.is_completed() {
-            let info = w.info();
-            (Box::new(w) as Box<dyn Pending>).finish()?;
+            let (r, info) = (Box::new(w) as Box<dyn Pending>).finish();
+            r?;
             return Ok(chorus_work { name, state: Mutex::new(State::Done(CHORUS_OK, String::new(), info)) });
         }
         Ok(chorus_work { name, state: Mutex::new(State::Pending(Box::new(w))) })
@@ -100,8 +102,8 @@ impl chorus_work {
                 });
             }
             let State::Pending(w) = std::mem::replace(&mut *st, State::Done(CHORUS_OK, String::new(), OpInfo::default())) else { unreachable!("checked above") };
-            let info = w.info();
-            *st = done_state(w.finish(), info);
+            let (r, info) = w.finish();
+            *st = done_state(r, info);
         }
         match &*st {
             State::Done(CHORUS_OK, _, _) => Ok(()),

@@ -161,6 +161,12 @@ impl<R> Work<R> {
         self.inner.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Moves the report out (`info` reads the default afterwards): for a caller that keeps it
+    /// elsewhere once the operation completed.
+    pub fn take_info(&self) -> OpInfo {
+        std::mem::take(&mut *self.inner.info.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Ranks that failed during the operation.
     pub fn failed_ranks(&self) -> Vec<usize> {
         self.info().failed
