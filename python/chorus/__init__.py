@@ -13,7 +13,7 @@ The backend is native C++ (a c10d::Backend built for the installed torch at firs
 """
 from . import _native
 from ._lib import ChorusError, ChorusInvalidArgument, ChorusTimeout, ChorusUnsupported, library_path
-from ._native import backend_path, fallback_reason
+from ._native import backend_path, build_native, fallback_reason
 from .backend import ChorusWork, Options, ProcessGroupChorus, register
 from .ft import (
     activate_ranks,
@@ -32,7 +32,7 @@ __all__ = [
     "ChorusError", "ChorusInvalidArgument", "ChorusTimeout", "ChorusUnsupported", "ChorusWork", "Options",
     "ProcessGroupChorus", "library_path", "get_active_ranks", "get_current_epoch", "get_failed_ranks",
     "get_contributors", "get_work_epoch", "get_ops_completed", "deactivate_ranks", "activate_ranks", "join_group",
-    "check_device", "backend_path", "fallback_reason",
+    "check_device", "backend_path", "build_native", "fallback_reason",
 ]
 
 register()

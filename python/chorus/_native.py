@@ -9,8 +9,9 @@ Where it cannot be built (no compiler, or a torch whose headers it does not comp
 once and uses the Python backend (``backend.py``) instead. ``CHORUS_TORCH_BACKEND`` chooses:
 ``auto`` (default: native, else the fallback), ``native`` (fail if it cannot be built), ``python``.
 
-Cache location: ``CHORUS_TORCH_EXT_DIR``, else ``$XDG_CACHE_HOME/chorus/torch_ext`` (``~/.cache``).
-Prebuild it (e.g. in a container image) with ``python -m chorus._native``.
+Cache location: ``CHORUS_TORCH_EXT_DIR``, else ``$XDG_CACHE_HOME/chorus/torch_ext`` (``~/.cache``). A
+failed build is remembered there, so later imports fall back at once. Prebuild it (e.g. in a container
+image), or retry a failed build, with ``python -c "import chorus; chorus.build_native()"``.
 """
 from __future__ import annotations
 
@@ -125,19 +126,37 @@ def _build(d: Path):
         os.environ["PATH"] = env_path
 
 
-def _load_or_build():
+def _failed_marker(d: Path) -> Path:
+    return d.parent / f"{d.name}.failed"
+
+
+def _load_or_build(retry_failed: bool = False):
+    """The cached module, else a build of it. A build that failed is remembered (`<key>.failed`), so later
+    imports fall back at once instead of compiling again; `retry_failed` (build_native) retries."""
     d = cache_dir()
     if (d / f"{MODULE}.so").exists():
         return _import_built(d)
     d.parent.mkdir(parents=True, exist_ok=True)
+    failed = _failed_marker(d)
     with open(d.parent / f"{d.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # ranks starting together: one builds, the others wait and load
-        if not (d / f"{MODULE}.so").exists():
-            if os.environ.get("CHORUS_QUIET_BUILD") != "1":
-                print(f"chorus: building the native torch backend for torch {torch.__version__} (once per torch build; "
-                      f"cached in {d})", file=sys.stderr, flush=True)
-            return _build(d)
-    return _import_built(d)
+        if (d / f"{MODULE}.so").exists():
+            return _import_built(d)
+        if failed.exists() and not retry_failed:
+            raise RuntimeError(f"an earlier build failed (remove {failed} or call chorus.build_native() to retry): "
+                               + failed.read_text(errors="replace")[-2000:])
+        if os.environ.get("CHORUS_QUIET_BUILD") != "1":
+            print(f"chorus: building the native torch backend for torch {torch.__version__} (once per torch build; "
+                  f"cached in {d})", file=sys.stderr, flush=True)
+        try:
+            mod = _build(d)
+        except Exception as e:
+            # Only a failure of the build itself is remembered (not, say, a missing compiler fixed later).
+            if "no C++ compiler" not in str(e) and "ninja is not available" not in str(e):
+                failed.write_text(f"{type(e).__name__}: {e}")
+            raise
+        failed.unlink(missing_ok=True)
+        return mod
 
 
 def load():
@@ -179,7 +198,15 @@ def fallback_reason() -> str | None:
     return _error
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("CHORUS_TORCH_BACKEND", "native")
-    load()
-    print(f"chorus native torch backend: {cache_dir()}")
+def build_native() -> str:
+    """Builds the adapter for this torch now (retrying a build that failed before) and switches to it;
+    returns its cache folder. Raises where it cannot be built. For container images and CI steps:
+    ``python -c "import chorus; chorus.build_native()"``."""
+    global _module, _error, _tried
+    from ._lib import library_path
+
+    if _module is None:  # a module already loaded stays (an extension module initializes once per process)
+        mod = _load_or_build(retry_failed=True)
+        mod.init(library_path())
+        _module, _error, _tried = mod, None, True
+    return str(cache_dir())

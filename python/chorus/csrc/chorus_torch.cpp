@@ -182,19 +182,28 @@ struct StoreBridge {
     }
   }
 
+  // Polls with check() instead of c10d's wait: a TCPStore client holds its connection's lock for the
+  // whole of a wait, which would stall every other user of the store in this process (the heartbeats of
+  // the process's other chorus groups among them) for as long as a peer is late.
   static int32_t wait(void* ctx, const char* const* keys, size_t nkeys, int64_t timeout_ms, chorus_buf_t* err) {
     std::vector<std::string> ks(keys, keys + nkeys);
     auto& s = *of(ctx).store;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<int64_t>(timeout_ms, 0));
+    auto pause = std::chrono::microseconds(200);
     try {
-      s.wait(ks, std::chrono::milliseconds(std::max<int64_t>(timeout_ms, 1)));
-      return 0;
-    } catch (const std::exception& e) {
-      // A timeout leaves keys missing; any other failure (a lost connection) also fails check().
-      try {
-        return s.check(ks) ? 0 : 1;
-      } catch (const std::exception&) {
-        return fail(err, "wait", e);
+      for (;;) {
+        if (s.check(ks)) {
+          return 0;
+        }
+        auto now = std::chrono::steady_clock::now();
+        if (now >= deadline) {
+          return 1;
+        }
+        std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
+        pause = std::min(pause * 2, std::chrono::microseconds(20000));
       }
+    } catch (const std::exception& e) {
+      return fail(err, "wait", e);
     }
   }
 
@@ -707,7 +716,7 @@ class ChorusBackend : public c10d::Backend {
                                                                  const c10d::AllgatherOptions& opts) override {
     TORCH_CHECK_VALUE(outs.size() == ins.size(), "chorus all_gather_into_tensor_coalesced: ", outs.size(), " outputs for ",
                       ins.size(), " inputs");
-    return gather_into("all_gather_into_tensor_coalesced", c10d::OpType::ALLGATHER_INTO_TENSOR_COALESCED, outs, ins,
+    return gather_into("all_gather_into_tensor_coalesced", c10d::OpType::COALESCED, outs, ins,
                        CHORUS_ASYNC_OP(opts));
   }
 
@@ -758,7 +767,7 @@ class ChorusBackend : public c10d::Backend {
                                                                  const c10d::ReduceScatterOptions& opts) override {
     TORCH_CHECK_VALUE(outs.size() == ins.size(), "chorus reduce_scatter_tensor_coalesced: ", outs.size(), " outputs for ",
                       ins.size(), " inputs");
-    return scatter_from("reduce_scatter_tensor_coalesced", c10d::OpType::REDUCE_SCATTER_TENSOR_COALESCED, outs, ins, opts);
+    return scatter_from("reduce_scatter_tensor_coalesced", c10d::OpType::COALESCED, outs, ins, opts);
   }
 
   c10::intrusive_ptr<c10d::Work> reduce_scatter(std::vector<at::Tensor>& outputs, std::vector<std::vector<at::Tensor>>& inputs,
