@@ -833,4 +833,11 @@ def _create_backend(opts, backend_options=None):
 def register() -> None:
     if "chorus" in getattr(dist.Backend, "_plugins", {}) or "CHORUS" in getattr(dist.Backend, "_plugins", {}):
         return
+    # torch 2.15+ wraps every collective of a backend it does not know to record itself in a Python-level
+    # flight-recorder hook: about 2 us per call on the 2-core machine (most of the native backend's glue),
+    # which Gloo and NCCL do not pay. chorus names the rank and operation it waits for itself
+    # (CHORUS_LOG=debug) and fails stuck collectives at their deadline, so it opts out unless asked.
+    self_recording = getattr(dist.distributed_c10d, "_FR_SELF_RECORDING_BACKENDS", None)
+    if isinstance(self_recording, set) and os.environ.get("CHORUS_TORCH_FLIGHT_RECORDER") != "1":
+        self_recording.add("chorus")
     dist.Backend.register_backend("chorus", _create_backend, extended_api=True, devices=["cpu", "cuda"])
