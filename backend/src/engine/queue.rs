@@ -14,9 +14,10 @@
 //! busy threads as cores, that switch delays the other ranks too). So while operations keep coming
 //! the worker naps (wakes every [`NAP`] to look at the queue) instead of sleeping, and a submission
 //! wakes a napping worker only when the last job ran on the worker, i.e. when callers let the
-//! worker run their operations (overlap) rather than waiting for them at once. An operation nobody
-//! waits for therefore starts within a nap at worst, and at once after a quiet spell or when the
-//! worker ran the previous one.
+//! worker run their operations (overlap) rather than waiting for them at once. A worker back from a
+//! nap leaves a job queued for less than [`GRACE`] to its waiter. An operation nobody waits for
+//! therefore starts within a nap plus the grace at worst, and at once after a quiet spell or when
+//! the worker ran the previous one.
 use super::spin::Backoff;
 use crate::error::{ChorusError, Result};
 use std::cell::Cell;
@@ -36,6 +37,11 @@ pub trait Drain: Send + Sync {
 const RECHECK: Duration = Duration::from_secs(1);
 /// How long the worker naps while operations keep coming.
 pub const NAP: Duration = Duration::from_micros(100);
+/// A worker back from a nap (not woken for a job) leaves jobs queued for less than this to the
+/// thread that will wait for them: a caller that waits at once (`async_op=True` then `wait()`)
+/// arrives within microseconds, and finding its job already running on the worker would cost it a
+/// sleep and a wake-up. A job nobody waits for still starts within this plus a nap.
+pub const GRACE: Duration = Duration::from_micros(100);
 /// Naps with no submission in between after which the worker sleeps until woken.
 const NAPS: u32 = 20;
 
@@ -53,6 +59,8 @@ enum Worker {
 struct Entry {
     seq: u64,
     deadline: Instant,
+    /// When it was submitted: a napping worker leaves a job younger than [`GRACE`] to its waiter.
+    queued: Instant,
     job: Job,
 }
 
@@ -128,7 +136,7 @@ impl OpQueue {
         }
         let seq = self.submitted.load(Ordering::Relaxed) + 1;
         let (job, deadline) = make();
-        st.jobs.push_back(Entry { seq, deadline, job });
+        st.jobs.push_back(Entry { seq, deadline, queued: Instant::now(), job });
         self.submitted.store(seq, Ordering::Release);
         let wake = match st.worker {
             Worker::Asleep => true,
@@ -261,12 +269,18 @@ impl OpQueue {
     pub fn serve(&self) {
         let mut st = self.lock();
         let (mut seen, mut idle_naps) = (0u64, 0u32);
+        // Whether the worker was woken for work (or just ran a job) rather than back from a nap.
+        let mut called = true;
         loop {
-            if let Some(e) = Self::take(&mut st, u64::MAX, None) {
-                drop(st);
-                self.run(e.seq, e.job, true);
-                st = self.lock();
-                continue;
+            let young = st.jobs.front().map(|e| e.queued.elapsed()).filter(|age| !called && *age < GRACE);
+            if young.is_none() {
+                if let Some(e) = Self::take(&mut st, u64::MAX, None) {
+                    drop(st);
+                    self.run(e.seq, e.job, true);
+                    st = self.lock();
+                    called = true;
+                    continue;
+                }
             }
             if st.closed && st.jobs.is_empty() {
                 return;
@@ -278,9 +292,12 @@ impl OpQueue {
                 (seen, idle_naps) = (submitted, 0);
             }
             let (mode, nap) = if idle_naps < NAPS { (Worker::Napping, NAP) } else { (Worker::Asleep, RECHECK) };
+            let nap = young.map_or(nap, |age| nap.min(GRACE - age));
             idle_naps += 1;
             st.worker = mode;
             st = self.submitted_cv.wait_timeout(st, nap).unwrap_or_else(|p| p.into_inner()).0;
+            // A submission or a waiter that wants the worker sets it awake before the wake-up.
+            called = st.worker == Worker::Awake;
             st.worker = Worker::Awake;
         }
     }

@@ -29,6 +29,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -352,10 +353,8 @@ class ChorusWork : public c10d::Work {
   ~ChorusWork() override {
     // A work dropped unwaited: its operations still write the kept tensors until they complete.
     for (auto* h : handles_) {
-      if (h != nullptr) {
-        api.chorus_work_wait(h, -1);
-        api.chorus_work_free(h);
-      }
+      api.chorus_work_wait(h, -1);
+      api.chorus_work_free(h);
     }
   }
 
@@ -382,7 +381,7 @@ class ChorusWork : public c10d::Work {
       }
     }
     for (auto* h : handles_) {
-      if (h != nullptr && api.chorus_work_is_completed(h) != 1) {
+      if (api.chorus_work_is_completed(h) != 1) {
         return false;
       }
     }
@@ -463,10 +462,7 @@ class ChorusWork : public c10d::Work {
       }
     }
     std::exception_ptr err;
-    for (auto& h : handles_) {
-      if (h == nullptr) {
-        continue;
-      }
+    for (auto* h : handles_) {
       int32_t rc = api.chorus_work_wait(h, err ? -1 : timeout_ms);
       if (rc == CHORUS_ERR_TIMEOUT && api.chorus_work_is_completed(h) == 0) {
         // Still running: the caller may wait again (nothing is freed).
@@ -477,9 +473,7 @@ class ChorusWork : public c10d::Work {
           err = std::make_exception_ptr(ChorusException(rc, api.chorus_last_error()));
         }
       }
-      record_info(h);
-      api.chorus_work_free(h);
-      h = nullptr;
+      // The handle stays until the work is dropped: the failure report is read from it on request.
     }
     if (!err) {
       try {
@@ -514,10 +508,29 @@ class ChorusWork : public c10d::Work {
     }
   }
 
-  // Failure report: ranks that failed, ranks in the result, membership epoch.
-  std::vector<int64_t> failed_ranks() const { return std::vector<int64_t>(failed_.begin(), failed_.end()); }
-  std::vector<int64_t> contributors() const { return contributors_; }
-  uint64_t epoch() const { return epoch_; }
+  // Failure report of the finished work: ranks that failed (over all its operations), the ranks in the
+  // result (its last operation's), and the membership epoch. Empty for a work that ran blocking.
+  std::tuple<std::vector<int64_t>, std::vector<int64_t>, uint64_t> info() {
+    std::lock_guard<std::mutex> dl(drive_mu_);
+    std::set<int64_t> failed;
+    std::vector<int64_t> contributors;
+    uint64_t epoch = 0;
+    for (auto* h : handles_) {
+      try {
+        for (auto r : rank_array(api.chorus_work_failed_ranks, h)) {
+          failed.insert(r);
+        }
+        contributors = rank_array(api.chorus_work_contributors, h);
+        uint64_t e = 0;
+        if (api.chorus_work_epoch(h, &e) == CHORUS_OK) {
+          epoch = std::max(epoch, e);
+        }
+      } catch (const ChorusException&) {
+        // An operation that failed before it ran has no report.
+      }
+    }
+    return {std::vector<int64_t>(failed.begin(), failed.end()), contributors, epoch};
+  }
 
  private:
   bool stream_done() const {
@@ -541,21 +554,6 @@ class ChorusWork : public c10d::Work {
     }
   }
 
-  void record_info(chorus_work_t* h) {
-    try {
-      for (auto r : rank_array(api.chorus_work_failed_ranks, h)) {
-        failed_.insert(r);
-      }
-      contributors_ = rank_array(api.chorus_work_contributors, h);
-      uint64_t e = 0;
-      if (api.chorus_work_epoch(h, &e) == CHORUS_OK) {
-        epoch_ = std::max(epoch_, e);
-      }
-    } catch (const ChorusException&) {
-      // A work that failed before it ran has no report.
-    }
-  }
-
   std::vector<at::Tensor> outputs_;
   Place place_;
   std::shared_ptr<FutureCompleter> completer_;
@@ -565,9 +563,6 @@ class ChorusWork : public c10d::Work {
   std::mutex drive_mu_;
   std::mutex future_mu_;
   c10::intrusive_ptr<c10::ivalue::Future> future_;
-  std::set<int64_t> failed_;
-  std::vector<int64_t> contributors_;
-  uint64_t epoch_ = 0;
 };
 
 void FutureCompleter::enqueue(c10::intrusive_ptr<ChorusWork> w) {
@@ -1256,7 +1251,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::gil_scoped_release nogil;
           cw.wait(kNoTimeout);
         }
-        return py::make_tuple(cw.failed_ranks(), cw.contributors(), cw.epoch());
+        auto [failed, contributors, epoch] = cw.info();
+        return py::make_tuple(failed, contributors, epoch);
       },
       "(failed ranks, contributors, epoch) of a chorus Work, after waiting for it.");
 }
