@@ -4,9 +4,6 @@ Functional collectives (torch.distributed._functional_collectives, what DTensor 
 find the backend by group name through torch's registry; the compiled function traces them into the
 graph (aot_eager: the graph is captured and run without generating C++).
 """
-import json
-import os
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -14,19 +11,9 @@ import torch.distributed._functional_collectives as funcol
 from torch.distributed.device_mesh import init_device_mesh
 
 import chorus
+from _checked_rank import expect, finish, init, rank, ws
 
-rank = int(os.environ["RANK"])
-ws = int(os.environ["WORLD_SIZE"])
-failures: list[str] = []
-
-
-def expect(cond, what):
-    if not cond:
-        failures.append(what)
-
-
-store = dist.TCPStore("127.0.0.1", int(os.environ["CHORUS_TEST_STORE_PORT"]), ws + 1, is_master=False, timeout=timedelta(seconds=60))
-dist.init_process_group("chorus", store=store, rank=rank, world_size=ws, timeout=timedelta(seconds=60))
+init()
 
 mesh = init_device_mesh("cpu", (ws,), mesh_dim_names=("dp",))
 expect(dist.get_backend(mesh.get_group("dp")) == "chorus", f"mesh backend {dist.get_backend(mesh.get_group('dp'))}")
@@ -56,7 +43,4 @@ if ws == 4:
     row_peer = rank ^ 1
     expect(torch.equal(col, torch.full((3,), float(rank + row_peer))), f"2-D mesh dim 1 all_reduce {col}")
 
-report = {"rank": rank, "path": chorus.backend_path(), "failures": failures}
-dist.destroy_process_group()
-with open(os.environ["CHORUS_TEST_REPORT"], "w") as f:
-    json.dump(report, f)
+finish()

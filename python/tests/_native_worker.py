@@ -4,27 +4,14 @@ Checks, beside the results: the default group's CPU backend is the C++ ChorusBac
 path; plain (blocking) calls return nothing to wait for and async works complete; chorus errors raise
 chorus.ChorusError; the fault-tolerance functions answer on the native objects.
 """
-import json
-import os
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 import chorus
+from _checked_rank import expect, finish, init, rank, ws
 
-rank = int(os.environ["RANK"])
-ws = int(os.environ["WORLD_SIZE"])
-failures: list[str] = []
-
-
-def expect(cond, what):
-    if not cond:
-        failures.append(what)
-
-
-store = dist.TCPStore("127.0.0.1", int(os.environ["CHORUS_TEST_STORE_PORT"]), ws + 1, is_master=False, timeout=timedelta(seconds=60))
-dist.init_process_group("chorus", store=store, rank=rank, world_size=ws, timeout=timedelta(seconds=60))
+init()
 backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
 
 # Blocking all_reduce, in place, with a non-contiguous tensor (copied back).
@@ -91,7 +78,4 @@ expect(chorus.get_active_ranks() == list(range(ws)), f"active ranks {chorus.get_
 expect(chorus.get_current_epoch() >= 0, "epoch")
 expect(chorus.get_ops_completed() >= 8, f"ops completed {chorus.get_ops_completed()}")
 
-report = {"rank": rank, "path": chorus.backend_path(), "backend_type": type(backend).__name__, "failures": failures}
-dist.destroy_process_group()
-with open(os.environ["CHORUS_TEST_REPORT"], "w") as f:
-    json.dump(report, f)
+finish(backend_type=type(backend).__name__)

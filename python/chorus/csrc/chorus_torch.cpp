@@ -709,8 +709,6 @@ class ChorusBackend : public c10d::Backend {
 
   c10::intrusive_ptr<c10d::Work> allgather_into_tensor_coalesced(std::vector<at::Tensor>& outs, std::vector<at::Tensor>& ins,
                                                                  const c10d::AllgatherOptions& opts) override {
-    TORCH_CHECK_VALUE(outs.size() == ins.size(), "chorus all_gather_into_tensor_coalesced: ", outs.size(), " outputs for ",
-                      ins.size(), " inputs");
     return gather_into("all_gather_into_tensor_coalesced", c10d::OpType::COALESCED, outs, ins,
                        CHORUS_ASYNC_OP(opts));
   }
@@ -760,8 +758,6 @@ class ChorusBackend : public c10d::Backend {
 
   c10::intrusive_ptr<c10d::Work> reduce_scatter_tensor_coalesced(std::vector<at::Tensor>& outs, std::vector<at::Tensor>& ins,
                                                                  const c10d::ReduceScatterOptions& opts) override {
-    TORCH_CHECK_VALUE(outs.size() == ins.size(), "chorus reduce_scatter_tensor_coalesced: ", outs.size(), " outputs for ",
-                      ins.size(), " inputs");
     return scatter_from("reduce_scatter_tensor_coalesced", c10d::OpType::COALESCED, outs, ins, opts);
   }
 
@@ -1071,15 +1067,25 @@ class ChorusBackend : public c10d::Backend {
     return c.finish();
   }
 
-  c10::intrusive_ptr<c10d::Work> gather_into(const char* name, c10d::OpType type, std::vector<at::Tensor> outs,
-                                             std::vector<at::Tensor> ins, bool async) {
-    TORCH_CHECK_VALUE(!ins.empty(), "chorus ", name, ": no tensors given");
+  // Calls of one input and one output tensor per entry (single and coalesced forms): `start(c, in, out)`
+  // checks the sizes and issues the operation.
+  template <class F>
+  c10::intrusive_ptr<c10d::Work> each_pair(const char* name, c10d::OpType type, std::vector<at::Tensor> outs,
+                                           std::vector<at::Tensor> ins, bool async, F start) {
+    TORCH_CHECK_VALUE(!ins.empty() && outs.size() == ins.size(), "chorus ", name, ": ", outs.size(), " outputs for ", ins.size(),
+                      " inputs");
     Call c(*this, name, type, ins[0], async, outs);
     for (size_t i = 0; i < ins.size(); i++) {
-      auto& in = ins[i];
-      auto& out = outs[i];
-      c.same(in, "input");
-      c.same(out, "output");
+      c.same(ins[i], "input");
+      c.same(outs[i], "output");
+      start(c, ins[i], outs[i]);
+    }
+    return c.finish();
+  }
+
+  c10::intrusive_ptr<c10d::Work> gather_into(const char* name, c10d::OpType type, std::vector<at::Tensor> outs,
+                                             std::vector<at::Tensor> ins, bool async) {
+    return each_pair(name, type, std::move(outs), std::move(ins), async, [&](Call& c, const at::Tensor& in, const at::Tensor& out) {
       TORCH_CHECK_VALUE(out.numel() == in.numel() * getSize(), "chorus ", name, ": output has ", out.numel(),
                         " elements but must have ", getSize(), " x ", in.numel(), " (group size x input)");
       auto dst = c.output(out);
@@ -1087,20 +1093,13 @@ class ChorusBackend : public c10d::Backend {
       c.issue([&](chorus_work_t** w) {
         return api.chorus_all_gather(group(), src.data_ptr(), dst.data_ptr(), src.numel(), c.dt, c.place.device, c.place.stream, w);
       });
-    }
-    return c.finish();
+    });
   }
 
   c10::intrusive_ptr<c10d::Work> scatter_from(const char* name, c10d::OpType type, std::vector<at::Tensor> outs,
                                               std::vector<at::Tensor> ins, const c10d::ReduceScatterOptions& opts) {
-    TORCH_CHECK_VALUE(!ins.empty(), "chorus ", name, ": no tensors given");
     int32_t op = op_code(opts.reduceOp, name);
-    Call c(*this, name, type, ins[0], CHORUS_ASYNC_OP(opts), outs);
-    for (size_t i = 0; i < ins.size(); i++) {
-      auto& in = ins[i];
-      auto& out = outs[i];
-      c.same(in, "input");
-      c.same(out, "output");
+    return each_pair(name, type, std::move(outs), std::move(ins), CHORUS_ASYNC_OP(opts), [&](Call& c, const at::Tensor& in, const at::Tensor& out) {
       TORCH_CHECK_VALUE(in.numel() == out.numel() * getSize(), "chorus ", name, ": input has ", in.numel(),
                         " elements but must have ", getSize(), " x ", out.numel(), " (group size x output)");
       auto src = c.input(in);
@@ -1108,8 +1107,7 @@ class ChorusBackend : public c10d::Backend {
       c.issue([&](chorus_work_t** w) {
         return api.chorus_reduce_scatter(group(), src.data_ptr(), dst.data_ptr(), dst.numel(), c.dt, op, c.place.device, c.place.stream, w);
       });
-    }
-    return c.finish();
+    });
   }
 
   // Point-to-point calls carry no asyncOp: they are queued, and a wait right after runs them here.
