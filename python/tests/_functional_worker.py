@@ -43,4 +43,16 @@ if ws == 4:
     row_peer = rank ^ 1
     expect(torch.equal(col, torch.full((3,), float(rank + row_peer))), f"2-D mesh dim 1 all_reduce {col}")
 
+# torch's split_group: the native backend splits (the Python fallback cannot). torch 2.11 splits only a
+# default group bound to a CUDA device; 2.15 splits CPU groups too.
+TORCH = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+if chorus.backend_path() == "native" and TORCH >= (2, 15):
+    halves = [list(range(0, ws, 2)), list(range(1, ws, 2))]
+    sub = dist.split_group(split_ranks=halves)
+    mine = halves[rank % 2]
+    t = torch.full((5,), float(rank + 1))
+    dist.all_reduce(t, group=sub)
+    expect(torch.equal(t, torch.full((5,), float(sum(r + 1 for r in mine)))), f"split_group all_reduce {t}")
+    expect(dist.get_process_group_ranks(sub) == mine, f"split_group ranks {dist.get_process_group_ranks(sub)}")
+
 finish()

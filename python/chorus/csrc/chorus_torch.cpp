@@ -16,6 +16,7 @@
 //   synchronization); Work::wait makes the caller's current stream wait when it is a different one.
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -614,7 +615,10 @@ class ChorusBackend : public c10d::Backend {
  public:
   ChorusBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, int64_t timeout_ms,
                 const std::string& name, bool join, bool cuda_host_path)
-      : c10d::Backend(rank, size), cuda_host_path_(cuda_host_path), completer_(std::make_shared<FutureCompleter>()) {
+      : c10d::Backend(rank, size),
+        cuda_host_path_(cuda_host_path),
+        options_(c10::make_intrusive<c10d::Backend::Options>("chorus", std::chrono::milliseconds(timeout_ms > 0 ? timeout_ms : 300000))),
+        completer_(std::make_shared<FutureCompleter>()) {
     TORCH_CHECK(api.chorus_abi_version != nullptr, "chorus: the native backend was not initialized");
     chorus_store_callbacks_t cb = StoreBridge::callbacks(store);
     chorus_group_t* g = nullptr;
@@ -628,7 +632,27 @@ class ChorusBackend : public c10d::Backend {
 
   const std::string getBackendName() const override { return "chorus"; }
 
-  bool supportsSplitting() const override { return false; }
+  // torch's split_group (and new_group under a device-bound default group) makes a child over a subset
+  // of this group's ranks: a new chorus group of the members, over the store torch hands it. Settings
+  // (failure policy, heartbeats) come from the environment at the child's creation.
+  bool supportsSplitting() const override { return true; }
+
+  c10::intrusive_ptr<c10d::Backend> split(const c10::intrusive_ptr<c10d::Store>& store, const std::vector<int>& ranks,
+                                          const c10::intrusive_ptr<c10d::Backend::Options>& opts) override {
+    auto me = std::find(ranks.begin(), ranks.end(), getRank());
+    if (me == ranks.end()) {
+      return nullptr;  // not a member: torch expects no backend
+    }
+    int64_t ms = opts ? static_cast<int64_t>(opts->timeout.count()) : options_->timeout.count();
+    std::optional<py::gil_scoped_release> nogil;  // the rendezvous waits for the other members
+    if (PyGILState_Check()) {
+      nogil.emplace();
+    }
+    return c10::make_intrusive<ChorusBackend>(store, static_cast<int>(me - ranks.begin()), static_cast<int>(ranks.size()), ms, "torch",
+                                              false, cuda_host_path_);
+  }
+
+  c10::intrusive_ptr<c10d::Backend::Options> getBackendOptions() override { return options_; }
 
   uint64_t getSequenceNumberForGroup() override {
     uint64_t v = 0;
@@ -1192,6 +1216,7 @@ class ChorusBackend : public c10d::Backend {
 
   std::atomic<chorus_group_t*> g_{nullptr};
   bool cuda_host_path_;
+  c10::intrusive_ptr<c10d::Backend::Options> options_;
   std::shared_ptr<FutureCompleter> completer_;
 };
 
