@@ -74,6 +74,7 @@ def test_ranks_starting_together_build_once(tmp_path):
     # lock and loads that build. Both end on the native path.
     env = dict(os.environ, CHORUS_TORCH_EXT_DIR=str(tmp_path / "ext"))
     env.pop("CHORUS_TORCH_BACKEND", None)
+    env.pop("CHORUS_QUIET_BUILD", None)  # the build announces itself: the count below reads it
     code = "import chorus; print('path', chorus.backend_path(), chorus.fallback_reason())"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
