@@ -3,7 +3,8 @@ use std::time::Duration;
 
 /// Options for creating a process group. Defaults come from the environment:
 /// `CHORUS_TIMEOUT_MS` (per-operation deadline, default 300 s), `CHORUS_HOST_ID` (host identity
-/// override), `CHORUS_SOCKET_IFADDR` (the address peers reach this rank at).
+/// override), `CHORUS_SOCKET_IFADDR` (the address peers reach this rank at), `CHORUS_FT`,
+/// `CHORUS_FT_SAVE_LIMIT`, `CHORUS_FAILURE_POLICY`, `CHORUS_CUDA_PATH` (see each field).
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Every wait inside an operation gives up after this long.
@@ -20,6 +21,14 @@ pub struct Options {
     /// Fault tolerance (`CHORUS_FT=0` turns it off): a commit barrier ends every collective and
     /// in-place inputs are saved for re-runs. Off, a failure is an error and the group is unusable.
     pub fault_tolerance: bool,
+    /// In-place reductions (all_reduce, and reduce on its root) whose buffer has at least this
+    /// many bytes do not save their input (`CHORUS_FT_SAVE_LIMIT`, default 1 MiB = 1048576; `0`
+    /// saves nothing, `usize::MAX` everything). A saved input costs a copy of the buffer per
+    /// collective and a buffer of that size kept by the group; it lets a collective during which
+    /// a rank died be re-run over the survivors. Without it, such a collective still completes
+    /// when every survivor already holds its result; otherwise it fails with the same
+    /// `NotRecoverable` error on every survivor (which then goes on, in step, with the next one).
+    pub ft_save_limit: usize,
     /// How collectives on GPU memory run (`CHORUS_CUDA_PATH=kernels|host`).
     pub device_path: DevicePath,
 }
@@ -34,6 +43,27 @@ pub enum DevicePath {
     /// Copy to the host, run the host collective, copy back: slower, but with the whole
     /// fault-tolerance contract (survivors finish, learn who failed, a replacement rejoins).
     Host,
+}
+
+/// Default of [`Options::ft_save_limit`]: 1 MiB.
+pub const DEFAULT_FT_SAVE_LIMIT: usize = 1 << 20;
+
+/// A byte count: decimal, optionally with a binary suffix (`K`, `M`, `G`, as `KiB` …), or `inf`
+/// (no limit: save every input).
+pub fn parse_bytes(v: &str) -> Option<usize> {
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("inf") {
+        return Some(usize::MAX);
+    }
+    let lower = v.to_ascii_lowercase();
+    let digits = lower.trim_end_matches("ib").trim_end_matches('b');
+    let (num, shift) = match digits.chars().last()? {
+        'k' => (&digits[..digits.len() - 1], 10),
+        'm' => (&digits[..digits.len() - 1], 20),
+        'g' => (&digits[..digits.len() - 1], 30),
+        _ => (digits, 0),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(1usize << shift)
 }
 
 /// What survivors do with a collective during which a participant failed.
@@ -59,6 +89,7 @@ impl Default for Options {
             route_hint: std::env::var("MASTER_ADDR").ok(),
             name: "default".into(),
             fault_tolerance: std::env::var("CHORUS_FT").map(|v| v != "0").unwrap_or(true),
+            ft_save_limit: std::env::var("CHORUS_FT_SAVE_LIMIT").ok().and_then(|v| parse_bytes(&v)).unwrap_or(DEFAULT_FT_SAVE_LIMIT),
             device_path: match std::env::var("CHORUS_CUDA_PATH").as_deref() {
                 Ok("host") => DevicePath::Host,
                 _ => DevicePath::Kernels,
@@ -82,6 +113,11 @@ impl Options {
     }
     pub fn with_fault_tolerance(mut self, on: bool) -> Self {
         self.fault_tolerance = on;
+        self
+    }
+    /// See [`Options::ft_save_limit`].
+    pub fn with_ft_save_limit(mut self, bytes: usize) -> Self {
+        self.ft_save_limit = bytes;
         self
     }
     pub fn with_device_path(mut self, p: DevicePath) -> Self {
@@ -120,4 +156,21 @@ pub fn init_logging() {
                 .try_init();
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("0"), Some(0));
+        assert_eq!(parse_bytes("256K"), Some(256 << 10));
+        assert_eq!(parse_bytes("16MiB"), Some(16 << 20));
+        assert_eq!(parse_bytes("2g"), Some(2 << 30));
+        assert_eq!(parse_bytes("inf"), Some(usize::MAX));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes(""), None);
+    }
 }

@@ -59,7 +59,11 @@ const PREAMBLE: &str = r#"/*
  *   rejoins with chorus_group_join*.
  *   Read from the environment when a group is created: CHORUS_FT (0 = off), CHORUS_FAILURE_POLICY
  *   (shrink = complete over the survivors, the default; abort = fail the collective on every
- *   survivor), CHORUS_HEARTBEAT_MS (100) and CHORUS_HEARTBEAT_TIMEOUT_MS (2000).
+ *   survivor), CHORUS_HEARTBEAT_MS (100), CHORUS_HEARTBEAT_TIMEOUT_MS (2000) and
+ *   CHORUS_FT_SAVE_LIMIT (bytes, default 1048576; K/M/G suffixes, 0 or inf): in-place reductions
+ *   (all_reduce, reduce at the root) of at least that many bytes do not save their input, so when a
+ *   rank dies during one that not every survivor finished, it fails with the same error on every
+ *   survivor (CHORUS_ERR_PEER_FAILED) instead of being re-run; smaller ones cost a copy each.
  */
 #ifndef CHORUS_H
 #define CHORUS_H

@@ -50,15 +50,15 @@ fn finalize(op: ReduceOp, dtype: DType, buf: &mut [u8], n: usize) -> Result<()> 
 
 /// Saves the caller's input before the first attempt of an in-place reduction and restores it
 /// before a re-run (a recovery can ask survivors to run a collective again). Inputs of at least
-/// `CHORUS_FT_SAVE_LIMIT` bytes (default 1 MiB) are not saved: the copy would cost as much as the
-/// collective itself on a memory-bound host. Such a collective is committed when every survivor
-/// already holds its result; if it would have to be re-run, every survivor gets the same
-/// `NotRecoverable` error instead.
+/// `Options::ft_save_limit` bytes (`CHORUS_FT_SAVE_LIMIT`, default 1 MiB) are not saved: the copy
+/// would cost as much as the collective itself on a memory-bound host. Such a collective is
+/// committed when every survivor already holds its result; if it would have to be re-run, every
+/// survivor gets the same `NotRecoverable` error instead.
 fn guard_input(t: &Topo, comm: &mut Comm, attempt: u32, buf: &mut [u8]) {
     if !t.ft || t.m() < 2 {
         return;
     }
-    if buf.len() >= save_limit() {
+    if buf.len() >= t.save_limit {
         comm.inputs_intact = false;
         return;
     }
@@ -70,11 +70,6 @@ fn guard_input(t: &Topo, comm: &mut Comm, attempt: u32, buf: &mut [u8]) {
     } else {
         buf.copy_from_slice(backup);
     }
-}
-
-fn save_limit() -> usize {
-    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| std::env::var("CHORUS_FT_SAVE_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 20))
 }
 
 fn dense_root(t: &Topo, ctx: &OpCtx, root: usize) -> Result<usize> {

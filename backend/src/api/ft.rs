@@ -22,7 +22,7 @@ use std::time::Instant;
 type Attempt<'a> = dyn FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()> + 'a;
 
 fn topo(g: &GroupInner, members: Vec<usize>) -> Topo {
-    Topo { size: g.size, members, rank: g.rank, chunk: g.chunk, shared_memory: g.all_shared_memory, ft: g.opts.fault_tolerance }
+    Topo { size: g.size, members, rank: g.rank, chunk: g.chunk, shared_memory: g.all_shared_memory, ft: g.opts.fault_tolerance, save_limit: g.opts.ft_save_limit }
 }
 
 fn set_progress(g: &GroupInner, current: Option<(u64, bool)>, committed: Option<u64>) {

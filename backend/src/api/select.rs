@@ -25,6 +25,8 @@ pub struct Topo {
     pub shared_memory: bool,
     /// Fault tolerance on: in-place inputs are saved so a collective can be re-run.
     pub ft: bool,
+    /// In-place inputs of at least this many bytes are not saved (`Options::ft_save_limit`).
+    pub save_limit: usize,
 }
 
 impl Topo {
