@@ -8,7 +8,7 @@ use crate::engine::worker::Worker;
 use crate::error::{ChorusError, Result};
 use crate::membership::join::{self, Handoff, JoinRequest};
 use crate::membership::liveness::Liveness;
-use crate::membership::recovery::{Post, Round};
+use crate::membership::recovery::{self, Decision, Post, Round};
 use crate::membership::{View, ViewStore};
 use crate::memory::{Location, Registry};
 use crate::options::{default_host_id, Options};
@@ -51,17 +51,26 @@ impl Counters {
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { committed: 0, current: None, can_rerun: true }
+        Progress { committed: 0, current: None, can_rerun: true, proceed: None }
     }
 }
 
-/// A rank's position in the collective sequence, as reported to recovery.
+/// A rank's position in the collective sequence, as reported to recovery. Guarded by one lock:
+/// the heartbeat thread answers recovery for a rank between collectives under it, and a
+/// collective starts (sets `current`) under it, so an answer never describes a rank that has
+/// already moved on.
 #[derive(Clone, Debug)]
 pub struct Progress {
+    /// The last collective this rank returned (a result or an error every survivor got alike).
     pub committed: u64,
+    /// The collective this rank is inside, and whether its part is complete.
     pub current: Option<(u64, bool)>,
-    /// Whether the current collective can be re-run from this rank's inputs.
+    /// Whether the current collective can be re-run from this rank's inputs (meaningful while
+    /// `current` is set; reset when an attempt starts).
     pub can_rerun: bool,
+    /// `(round, boundary)`: admission round `round` is pending, and another member is already
+    /// inside the collective after `boundary`, so this rank runs it under the old view too.
+    pub proceed: Option<(u64, u64)>,
 }
 
 /// A GPU communicator of the group: the device it runs on, the view epoch it was built in and that
@@ -120,9 +129,8 @@ pub struct GroupInner {
     /// by the collective path); both monotonic.
     pub joins_announced: AtomicU64,
     pub joins_served: AtomicU64,
-    /// Whether the last recovery decision allows re-running the interrupted collective (1) or
-    /// not (0).
-    pub last_decision_rerun: AtomicU64,
+    /// The last recovery decision applied (what it says about the collective it interrupted).
+    pub last_decision: Mutex<Option<Decision>>,
 }
 
 fn key(uid: &str, rest: &str) -> String {
@@ -332,7 +340,9 @@ fn start(
     let mut coll = Comm::new(rank, size, Stream::Collective, links.clone(), signals.clone(), policy.clone(), opts.timeout, liveness.clone(), rounds_applied.clone());
     let mut p2p = Comm::new(rank, size, Stream::P2p, links.clone(), signals.clone(), policy, opts.timeout, liveness.clone(), rounds_applied.clone());
     let views = ViewStore::new(store.clone(), &uid, size);
-    let mut view = views.read()?;
+    // A new group starts with every rank (a view change another rank already stored is adopted
+    // by all through its round, at the same collective); a replacement takes the survivors' view.
+    let mut view = View::full(size);
     let mut progress = Progress::default();
     if let Some(r) = &resume {
         // Continue every pair's sequence numbers where the survivors are (counters never restart).
@@ -384,7 +394,7 @@ fn start(
         pending_failed: Mutex::new(Vec::new()),
         joins_announced: AtomicU64::new(0),
         joins_served: AtomicU64::new(0),
-        last_decision_rerun: AtomicU64::new(1),
+        last_decision: Mutex::new(None),
     });
     // Joins announced before this rank existed are not for it.
     if let Some(n) = join::announced(&inner.store, &inner.uid)? {
@@ -405,6 +415,7 @@ fn start(
 /// notices replacement ranks asking to join.
 fn heartbeat_loop(group: std::sync::Weak<GroupInner>, interval: Duration) {
     let mut tick: u64 = 0;
+    let mut answered = None;
     loop {
         {
             let Some(g) = group.upgrade() else { return };
@@ -413,9 +424,10 @@ fn heartbeat_loop(group: std::sync::Weak<GroupInner>, interval: Duration) {
             }
             g.liveness.beat(&g.links());
             g.abort_device_comms_of_dead_peers();
-            if let Some(round) = g.pending_round() {
-                if let Err(e) = g.post_recovery(round) {
-                    tracing::debug!(error = %e, "posting a recovery report failed");
+            if g.opts.fault_tolerance {
+                match g.answer_recovery(answered) {
+                    Ok(a) => answered = a,
+                    Err(e) => tracing::debug!(error = %e, "answering a recovery round failed"),
                 }
             }
             if g.opts.fault_tolerance && tick.is_multiple_of(2) {
@@ -435,16 +447,48 @@ impl GroupInner {
         self.links.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The highest recovery round a peer asked for that this rank has not applied yet.
-    pub fn pending_round(&self) -> Option<u64> {
-        let applied = self.rounds_applied.load(Ordering::SeqCst);
+    /// The next recovery round (the one after those applied), if any rank asked for it (or a
+    /// later one), and whether it is a failure round. Every rank's counter counts, not only the
+    /// members': a replacement asks to be admitted before it is one.
+    pub fn pending_round(&self) -> Option<(u64, bool)> {
+        let next = self.rounds_applied.load(Ordering::SeqCst) + 1;
+        let v = (0..self.size).map(|p| self.signals.control(p, Control::Recovery).load(Ordering::SeqCst)).max().unwrap_or(0);
+        (recovery::round_of(v) >= next).then_some((next, v >= recovery::signal(next, true)))
+    }
+
+    /// The heartbeat thread's part in recovery, for a rank that is not in a position to answer
+    /// itself: between collectives it posts a failure report or, for an admission round, the
+    /// boundary it is at (the collective path then starts nothing until the round is settled:
+    /// both happen under the progress lock); inside a collective it says so for an admission
+    /// round (the collective's own waits answer failure rounds). `last` is what it posted last
+    /// time (so it posts each answer once); returns what it posted now.
+    pub fn answer_recovery(&self, last: Option<(u64, u8, u64)>) -> Result<Option<(u64, u8, u64)>> {
+        if self.pending_round().is_none() {
+            return Ok(last);
+        }
+        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((round, failure)) = self.pending_round() else { return Ok(last) };
         let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        // Our own entry is raised by a local view change request.
-        view.members()
-            .into_iter()
-            .map(|p| self.signals.control(p, Control::Recovery).load(Ordering::SeqCst))
-            .filter(|&r| r > applied)
-            .max()
+        if !view.is_active(self.rank) {
+            return Ok(last);
+        }
+        let answer = match (failure, progress.current) {
+            (true, None) => (round, 0, progress.committed),
+            (false, None) => (round, 1, progress.committed),
+            (false, Some((op, _))) => (round, 2, op),
+            (true, Some(_)) => return Ok(last),
+        };
+        if last == Some(answer) {
+            return Ok(last);
+        }
+        let r = Round { store: &self.store, views: &self.views, uid: &self.uid, me: self.rank, round, view: &view };
+        match answer.1 {
+            0 => self.post_failure(&progress, &view, round)?,
+            1 => r.post_boundary(progress.committed)?,
+            _ => r.post_inside(answer.2)?,
+        }
+        tracing::debug!(round, kind = answer.1, at = answer.2, "answered recovery from the heartbeat thread");
+        Ok(Some(answer))
     }
 
     /// Aborts every GPU communicator that spans a peer found dead, so its kernels stop waiting for
@@ -473,28 +517,34 @@ impl GroupInner {
         }
     }
 
-    /// Posts this rank's progress for recovery round `round`.
+    /// Posts this rank's failure report for recovery round `round` (and asks every member to take
+    /// part: the failure kind interrupts their waits).
     pub fn post_recovery(&self, round: u64) -> Result<()> {
         let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        self.post_failure(&progress, &view, round)
+    }
+
+    fn post_failure(&self, progress: &Progress, view: &View, round: u64) -> Result<()> {
         let dead: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank && self.peer_dead(p)).collect();
         let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch, can_rerun: progress.can_rerun };
-        let r = Round { store: &self.store, views: &self.views, uid: &self.uid, me: self.rank, round, view: &view };
-        drop(progress);
+        let r = Round { store: &self.store, views: &self.views, uid: &self.uid, me: self.rank, round, view };
         r.post(&post)?;
-        self.raise_recovery(round, &view.members());
+        self.raise_recovery(round, true, &view.members());
         Ok(())
     }
 
-    /// Asks every live member (and this rank) to take part in recovery round `round`.
-    pub fn raise_recovery(&self, round: u64, members: &[usize]) {
+    /// Asks every member of `members` (and this rank) to take part in recovery round `round`, a
+    /// failure round (it interrupts their waits) or an admission round.
+    pub fn raise_recovery(&self, round: u64, failure: bool, members: &[usize]) {
+        let value = recovery::signal(round, failure);
         let links = self.links();
         for &p in members {
             if let Some(l) = &links[p] {
-                let _ = l.control(Control::Recovery, round);
+                let _ = l.control(Control::Recovery, value);
             }
         }
-        self.signals.publish(self.signals.control(self.rank, Control::Recovery), round);
+        self.signals.publish(self.signals.control(self.rank, Control::Recovery), value);
     }
 
     pub fn check_live(&self) -> Result<()> {
@@ -688,10 +738,9 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, Links { all: links, rdma: rdma_links }, counters, local_ranks, chunk, Some(resume))?;
     // Later replacements of other ranks read the members' records: ours is this process now.
     g.store.set(&key(&g.uid, &format!("peer/{rank}")), &encode(&me)?)?;
-    // Ask to be a member again: a view change that every survivor adopts at the same collective.
+    // Ask to be a member again: a view change that every survivor adopts at the same collective
+    // (the admission round `ft::admit` raises and waits for).
     g.views.activate(&[rank])?;
-    let round = g.rounds_applied.load(Ordering::SeqCst) + 1;
-    g.raise_recovery(round, &members);
     Ok(g)
 }
 

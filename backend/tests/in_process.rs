@@ -328,3 +328,195 @@ fn gpu_control_block_is_registered_as_host_memory() {
     assert!(e.to_string().contains("aborted by the host"), "{e}");
     assert!(pg.device_comm(0).is_err(), "an aborted communicator of the current view must be refused");
 }
+
+/// Issue 22: four ranks over sockets (a dropped group closes its sockets, which its peers see as
+/// a death), in-place inputs of 4 KiB above a 1 KiB save limit. Each rank runs `f` with its group.
+fn issue22<F>(name: &str, f: F) -> Vec<chorus_backend::Result<Vec<String>>>
+where
+    F: Fn(&ProcessGroup) -> chorus_backend::Result<Vec<String>> + Send + Sync + 'static,
+{
+    quiet_heartbeats();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let f = Arc::new(f);
+    let hs: Vec<_> = (0..4)
+        .map(|r| {
+            let (store, f) = (store.clone(), f.clone());
+            let o = Options::default().with_timeout(Duration::from_secs(30)).with_name(name).with_host_id(own_host(r)).with_ft_save_limit(1024);
+            std::thread::spawn(move || {
+                let pg = ProcessGroup::new(store.clone(), r, 4, o.clone())?;
+                let lines = f(&pg);
+                if r == 1 {
+                    // Rank 1 dies: its sockets close.
+                    drop(pg);
+                } else {
+                    leave_together(&store, &o.name, r, &[0, 2, 3]);
+                }
+                lines
+            })
+        })
+        .collect();
+    hs.into_iter().map(|h| h.join().expect("rank thread")).collect()
+}
+
+/// Waits until every rank of `ranks` got here (through the store) before this one drops its group:
+/// a socket closed with unread data is reset, which can discard the last commit signals a slower
+/// peer still has to read.
+fn leave_together(store: &Arc<dyn Store>, name: &str, rank: usize, ranks: &[usize]) {
+    if !ranks.contains(&rank) {
+        return;
+    }
+    store.set(&format!("{name}/left/{rank}"), b"1").expect("store");
+    let keys: Vec<String> = ranks.iter().map(|r| format!("{name}/left/{r}")).collect();
+    let refs: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    store.wait(&refs, Duration::from_secs(60)).expect("every rank finished");
+}
+
+/// An unsaved in-place all_reduce of 4 KiB, checked against its contributors: `(digest line)`.
+fn checked_all_reduce(pg: &ProcessGroup, iter: i64) -> chorus_backend::Result<String> {
+    let mut v: Vec<i64> = (0..512).map(|i| i + 1000 * (pg.rank() as i64 + 1) + iter).collect();
+    pg.all_reduce(&mut v, ReduceOp::Sum)?;
+    let info = pg.last_op_info();
+    for (i, x) in v.iter().enumerate() {
+        let want: i64 = info.contributors.iter().map(|&c| i as i64 + 1000 * (c as i64 + 1) + iter).sum();
+        assert_eq!(*x, want, "rank {} element {i} over {:?}", pg.rank(), info.contributors);
+    }
+    Ok(format!("all_reduce {} over {:?} failed {:?}", v[0], info.contributors, info.failed))
+}
+
+/// A 16-byte all_gather, checked: `(line)`.
+fn checked_all_gather(pg: &ProcessGroup, iter: i64) -> chorus_backend::Result<String> {
+    let mine = [pg.rank() as i64 + iter, 7];
+    let mut all = vec![-1i64; 2 * pg.size()];
+    pg.all_gather(&mine, &mut all)?;
+    let info = pg.last_op_info();
+    for q in 0..pg.size() {
+        let want = if info.contributors.contains(&q) { [q as i64 + iter, 7] } else { [0, 0] };
+        assert_eq!(all[2 * q..2 * q + 2], want, "rank {} block {q} over {:?}", pg.rank(), info.contributors);
+    }
+    Ok(format!("all_gather over {:?} failed {:?}", info.contributors, info.failed))
+}
+
+/// Issue 22, first case: every rank finished an unsaved in-place all_reduce; rank 3 computes
+/// (between collectives, its heartbeat thread answers for it) while rank 1 dies and ranks 0 and 2
+/// wait in a small all_gather (rank 2 waits for rank 1 first, so they find it dead before rank 3
+/// comes). The all_gather is re-run over the survivors — rank 3 runs it when it gets there — with
+/// the same result everywhere: the previous collective's unsaved input has nothing to do with it.
+/// (It used to fail on ranks 0 and 2 with `NotRecoverable`, and rank 3 then ran it alone: a
+/// desync.)
+#[test]
+fn a_failure_while_a_rank_computes_between_collectives_does_not_desync() {
+    let results = issue22("i22-between", |pg| {
+        let mut lines = vec![checked_all_reduce(pg, 0)?];
+        match pg.rank() {
+            1 => return Ok(Vec::new()),
+            3 => std::thread::sleep(Duration::from_millis(600)),
+            _ => {}
+        }
+        lines.push(checked_all_gather(pg, 1)?);
+        lines.push(checked_all_reduce(pg, 2)?);
+        Ok(lines)
+    });
+    let lines: Vec<_> = results.into_iter().enumerate().filter(|(r, _)| *r != 1).map(|(r, l)| l.unwrap_or_else(|e| panic!("rank {r}: {e}"))).collect();
+    assert_eq!(lines[1], lines[0]);
+    assert_eq!(lines[2], lines[0]);
+    assert_eq!(lines[0][1], "all_gather over [0, 2, 3] failed [1]", "{lines:?}");
+}
+
+/// The other outcome of that case: ranks 0 and 2 are inside an unsaved in-place all_reduce when
+/// rank 1 dies, rank 3 is still computing. The all_reduce cannot be re-run, so it fails with the
+/// same `NotRecoverable` error on every survivor — on rank 3 too, when it issues it — and the
+/// group goes on in step.
+#[test]
+fn an_unrecoverable_collective_fails_alike_on_a_rank_that_had_not_started_it() {
+    let results = issue22("i22-unsaved", |pg| {
+        let mut lines = vec![checked_all_gather(pg, 0)?];
+        match pg.rank() {
+            1 => return Ok(Vec::new()),
+            3 => std::thread::sleep(Duration::from_millis(600)),
+            _ => {}
+        }
+        match checked_all_reduce(pg, 1) {
+            Err(ChorusError::NotRecoverable { failed, epoch, .. }) => lines.push(format!("not recoverable failed {failed:?} epoch {epoch}")),
+            other => lines.push(format!("{other:?}")),
+        }
+        lines.push(checked_all_gather(pg, 2)?);
+        lines.push(checked_all_reduce(pg, 3)?);
+        Ok(lines)
+    });
+    let lines: Vec<_> = results.into_iter().enumerate().filter(|(r, _)| *r != 1).map(|(r, l)| l.unwrap_or_else(|e| panic!("rank {r}: {e}"))).collect();
+    assert_eq!(lines[1], lines[0]);
+    assert_eq!(lines[2], lines[0]);
+    assert_eq!(lines[0][1], "not recoverable failed [1] epoch 1", "{lines:?}");
+    assert_eq!(lines[0][2], "all_gather over [0, 2, 3] failed []", "{lines:?}");
+}
+
+/// Issue 22, second case: a replacement (here rank 2, excluded while alive, rejoining in place)
+/// asks to be admitted while rank 0 waits inside an unsaved in-place all_reduce for rank 1, which
+/// computes between collectives. Nothing fails: the survivors admit it between two collectives,
+/// and its first collective is the survivors' next one. (The join used to interrupt the
+/// all_reduce: `NotRecoverable` with nobody failed, and a replacement one collective behind.)
+#[test]
+fn a_replacement_joining_during_an_unsaved_all_reduce_fails_nothing() {
+    for (name, host) in [("i22-join-shm", same_host as fn(usize) -> String), ("i22-join-tcp", own_host)] {
+        quiet_heartbeats();
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let hs: Vec<_> = (0..3)
+            .map(|r| {
+                let store = store.clone();
+                let o = Options::default().with_timeout(Duration::from_secs(30)).with_name(name).with_host_id(host(r)).with_ft_save_limit(1024);
+                std::thread::spawn(move || -> chorus_backend::Result<Vec<String>> {
+                    // The group lives until every rank is done (`leave_together`), errors included.
+                    let mut pg = Some(ProcessGroup::new(store.clone(), r, 3, o.clone())?);
+                    let mut run = || -> chorus_backend::Result<Vec<String>> {
+                        if r == 0 {
+                            pg.as_ref().unwrap().deactivate_ranks(&[2])?;
+                        }
+                        // Small all_gathers until the view excludes rank 2 (the exclusion interrupts
+                        // what is in flight: those re-run); rank 2 comes back in place.
+                        loop {
+                            let g = pg.as_ref().unwrap();
+                            match checked_all_gather(g, g.ops_completed() as i64) {
+                                Ok(_) if g.last_op_info().contributors == [0, 1] => break,
+                                Ok(_) => {}
+                                Err(ChorusError::Excluded { .. }) if r == 2 => {
+                                    // Still alive: leave and come back in place as a replacement.
+                                    pg = None;
+                                    pg = Some(ProcessGroup::join(store.clone(), 2, 3, o.clone())?);
+                                    break;
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        // Unsaved all_reduces; rank 1 computes before each, so rank 0 mostly waits
+                        // inside one when the replacement asks to be admitted.
+                        let (mut lines, mut full) = (Vec::new(), 0);
+                        while full < 10 {
+                            let g = pg.as_ref().unwrap();
+                            let iter = g.ops_completed() as i64;
+                            if r == 1 {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                            match checked_all_reduce(g, iter) {
+                                Ok(l) => {
+                                    // Full collectives since the replacement came in.
+                                    full = if g.last_op_info().contributors.len() == 3 { full + 1 } else { 0 };
+                                    lines.push(format!("{iter} {l}"));
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        Ok(lines)
+                    };
+                    let lines = run();
+                    leave_together(&store, &o.name, r, &[0, 1, 2]);
+                    lines
+                })
+            })
+            .collect();
+        let lines: Vec<Vec<String>> = hs.into_iter().enumerate().map(|(r, h)| h.join().expect("rank thread").unwrap_or_else(|e| panic!("{name}: rank {r}: {e}"))).collect();
+        assert_eq!(lines[1], lines[0], "{name}");
+        // The replacement's collectives are the survivors' last ones, over all three ranks.
+        assert_eq!(lines[2].len(), 10, "{name}: {:?}", lines[2]);
+        assert_eq!(lines[0][lines[0].len() - 10..], lines[2][..], "{name}");
+    }
+}

@@ -157,7 +157,7 @@ impl ProcessGroup {
         self.inner.view.lock().unwrap_or_else(|p| p.into_inner()).epoch
     }
 
-    /// Removes `ranks` from the group's view; every rank adopts the change at its next
+    /// Removes `ranks` from the group's view; every rank adopts the change at this rank's next
     /// collective (through a recovery round, so they all switch at the same collective).
     pub fn deactivate_ranks(&self, ranks: &[usize]) -> Result<()> {
         self.inner.check_live()?;
@@ -172,10 +172,14 @@ impl ProcessGroup {
         self.request_view_change()
     }
 
+    /// A recovery round that interrupts the collectives in flight, so every rank adopts the stored
+    /// view at this rank's next collective (they re-run it under the new view; one whose in-place
+    /// input was too large to save fails alike on every rank, as after a failure). A replacement's
+    /// own admission interrupts nothing (`ft::admit`).
     fn request_view_change(&self) -> Result<()> {
         let round = self.inner.rounds_applied.load(Ordering::SeqCst) + 1;
         let members: Vec<usize> = (0..self.size()).collect();
-        self.inner.raise_recovery(round, &members);
+        self.inner.raise_recovery(round, true, &members);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use crate::error::{ChorusError, Result};
 use super::signals::Control;
 use super::tasks::{PeerTask, SkipReason};
 use crate::membership::liveness::Liveness;
+use crate::membership::recovery;
 use std::sync::atomic::AtomicU64;
 use crate::transport::{Link, SlotMeta};
 use std::sync::atomic::Ordering;
@@ -91,13 +92,27 @@ impl Comm {
         Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true, members: (0..n).collect() }
     }
 
-    /// The highest recovery round any peer asked for, and who asked.
+    /// The highest recovery round a peer asked for that must interrupt this rank's operation (a
+    /// failure round, or a round after the next: this rank is behind), and who asked. Admission
+    /// rounds interrupt nothing: they are settled between collectives (`membership::recovery`).
     pub fn recovery_requested(&self) -> Option<(usize, u64)> {
         let applied = self.rounds_applied.load(Ordering::SeqCst);
         (0..self.n)
             .map(|p| (p, self.signals.control(p, Control::Recovery).load(Ordering::SeqCst)))
-            .filter(|&(_, r)| r > applied)
-            .max_by_key(|&(_, r)| r)
+            .filter(|&(_, v)| recovery::interrupts(v, applied))
+            .max_by_key(|&(_, v)| v)
+            .map(|(p, v)| (p, recovery::round_of(v)))
+    }
+
+    /// Whether `peer` already sent a chunk of a collective after `op_seq` in the attempt this rank
+    /// would run now (it started that collective).
+    pub fn peer_started_after(&self, peer: usize, op_seq: u64) -> bool {
+        if !self.chunk_ready(peer) {
+            return false;
+        }
+        let Some(link) = self.links.get(peer).and_then(|l| l.as_ref()) else { return false };
+        let meta = link.inbound(self.stream).meta(self.recvd[peer]);
+        meta.op_seq > op_seq && meta.attempt == self.rounds_applied.load(Ordering::SeqCst)
     }
 
     pub fn link(&self, peer: usize) -> Result<Arc<dyn Link>> {

@@ -150,6 +150,15 @@ impl SignalBlock {
         }
     }
 
+    /// Sleeps until anyone rings this block's doorbell, or `max` passed (for loops that also
+    /// poll something else, like the store).
+    pub fn wait_doorbell(&self, max: Duration) {
+        self.waiters().fetch_add(1, Ordering::SeqCst);
+        let seen = self.doorbell_word().load(Ordering::SeqCst);
+        futex::wait(self.doorbell_word(), seen, max);
+        self.waiters().fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Wait on our own block until `ready()` returns Some, `check()` returns an error, or the
     /// deadline passes (then `Err(None)`). Spins for a few microseconds first (cheap when the peer
     /// runs on another core), then yields the core for a while (so a peer, or this rank's own
