@@ -35,11 +35,19 @@ struct Trial {
     env: Vec<(String, String)>,
     /// Extra environment for the victim's first process only.
     victim_env: Vec<(String, String)>,
+    /// Collectives the survivors run after the last membership change.
+    after: usize,
 }
 
 fn spawn(t: &Trial, store: &StoreServer, rank: usize) -> Child {
+    spawn_as(t, store, rank, false)
+}
+
+/// A worker for `rank`; with `join`, a replacement process (`CHORUS_JOIN=1`, without the victim's
+/// extra environment).
+fn spawn_as(t: &Trial, store: &StoreServer, rank: usize, join: bool) -> Child {
     let mut c = Command::new(WORKER);
-    c.args([t.op, &t.iters.to_string(), &t.elems.to_string(), "100", t.until])
+    c.args([t.op, &t.iters.to_string(), &t.elems.to_string(), &t.after.to_string(), t.until])
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", t.n.to_string())
         .env("LOCAL_RANK", rank.to_string())
@@ -55,7 +63,9 @@ fn spawn(t: &Trial, store: &StoreServer, rank: usize) -> Child {
         c.env("CHORUS_HOST_ID", h);
     }
     c.envs(t.env.iter().map(|(k, v)| (k, v)));
-    if rank == t.victim {
+    if join {
+        c.env("CHORUS_JOIN", "1");
+    } else if rank == t.victim {
         c.envs(t.victim_env.iter().map(|(k, v)| (k, v)));
     }
     c.spawn().expect("spawn worker")
@@ -125,7 +135,7 @@ fn run_trial(t: &Trial) {
     assert_eq!(active, want, "unexpected end: {done}");
     let victim_line = format!("failed [{}]", t.victim);
     let after = first.iter().skip_while(|l| !l.contains(&victim_line)).count();
-    assert_eq!(after, 101 + 1, "rank {r0}: 100 collectives after the failure plus the final line");
+    assert_eq!(after, t.after + 1 + 1, "rank {r0}: {} collectives after the failure plus the final line", t.after);
 }
 
 /// Parses the `[a, b, c]` list that follows `label` in `line`.
@@ -165,7 +175,7 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victims: &[usize], hos
     // Every rank sees each view change (a removal, then an activation per victim) at the same
     // collective: they all stop 100 collectives after the last one.
     let until: &'static str = Box::leak(format!("epoch:{}", 2 * victims.len()).into_boxed_str());
-    let t = Trial { n, op, iters: 1_000_000, elems, victim: victims[0], kill_after: Duration::from_millis(400), hosts, until, env: env.clone(), victim_env };
+    let t = Trial { n, op, iters: 1_000_000, elems, victim: victims[0], kill_after: Duration::from_millis(400), hosts, until, env: env.clone(), victim_env, after: 100 };
     let rdma_used = rdma != Rdma::Off;
     let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
     let mut kids: Vec<Child> = (0..n).map(|r| spawn(&t, &store, r)).collect();
@@ -334,7 +344,7 @@ fn trials(seed: u64, count: usize, n: usize, hosts: fn(usize) -> Option<String>,
         let victim = victims[rng.next(victims.len() as u64) as usize];
         let kill_after = Duration::from_millis(150 + rng.next(400));
         let elems = [1usize, 100, 5000, 70_000][rng.next(4) as usize];
-        let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after, hosts, until: "failure", env: env.to_vec(), victim_env: Vec::new() };
+        let t = Trial { n, op, iters: 1_000_000, elems, victim, kill_after, hosts, until: "failure", env: env.to_vec(), victim_env: Vec::new(), after: 100 };
         eprintln!("trial {i}: n={n} op={op} victim={victim} after={kill_after:?} elems={elems}");
         run_trial(&t);
     }
@@ -354,7 +364,7 @@ fn unsaved_inputs_commit_or_fail_alike() {
     let mut rng = Lcg(7);
     for i in 0..4 {
         let victim = 1 + rng.next(3) as usize;
-        let t = Trial { n: 4, op: "all_reduce", iters: 1_000_000, elems: 70_000, victim, kill_after: Duration::from_millis(200 + rng.next(300)), hosts: shm, until: "failure", env: vec![("CHORUS_FT_SAVE_LIMIT".into(), "0".into())], victim_env: Vec::new() };
+        let t = Trial { n: 4, op: "all_reduce", iters: 1_000_000, elems: 70_000, victim, kill_after: Duration::from_millis(200 + rng.next(300)), hosts: shm, until: "failure", env: vec![("CHORUS_FT_SAVE_LIMIT".into(), "0".into())], victim_env: Vec::new(), after: 100 };
         eprintln!("unsaved trial {i}: victim {victim}");
         run_trial(&t);
     }
@@ -440,7 +450,7 @@ fn replacement_with_rdma_gets_new_rdma_links() {
 fn hung_rank_is_detected_by_heartbeat() {
     let _serial = serial();
     for hosts in [shm as fn(usize) -> Option<String>, tcp] {
-        let t = Trial { n: 3, op: "all_reduce", iters: 1_000_000, elems: 100, victim: 1, kill_after: Duration::from_millis(400), hosts, until: "failure", env: Vec::new(), victim_env: Vec::new() };
+        let t = Trial { n: 3, op: "all_reduce", iters: 1_000_000, elems: 100, victim: 1, kill_after: Duration::from_millis(400), hosts, until: "failure", env: Vec::new(), victim_env: Vec::new(), after: 100 };
         let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
         let mut kids: Vec<Child> = (0..t.n).map(|r| spawn(&t, &store, r)).collect();
         let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
@@ -493,7 +503,7 @@ fn no_false_positives_with_8_ranks_under_load() {
         })
         .collect();
     let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
-    let t = Trial { n: 8, op: "mixed", iters: 400, elems: 2000, victim: 99, kill_after: Duration::ZERO, hosts: mixed, until: "failure", env: Vec::new(), victim_env: Vec::new() };
+    let t = Trial { n: 8, op: "mixed", iters: 400, elems: 2000, victim: 99, kill_after: Duration::ZERO, hosts: mixed, until: "failure", env: Vec::new(), victim_env: Vec::new(), after: 100 };
     let mut kids: Vec<Child> = (0..t.n).map(|r| spawn(&t, &store, r)).collect();
     let mut pipes: Vec<_> = kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -539,4 +549,144 @@ fn soak() {
         let (n, hosts, victims, over_rdma) = configs[k % configs.len()];
         trials(1000 + k as u64, 1, n, hosts, victims, if over_rdma { &rdma } else { &[] });
     }
+}
+
+/// Waits for `k` until the deadline; on a hang kills every process of the trial and says who hung.
+fn wait_or_kill(k: &mut Child, deadline: Instant, what: &str, others: &mut [&mut Child]) -> std::process::ExitStatus {
+    loop {
+        match k.try_wait().expect("wait") {
+            Some(status) => return status,
+            None if Instant::now() > deadline => {
+                let _ = k.kill();
+                for o in others.iter_mut() {
+                    let _ = o.kill();
+                }
+                panic!("{what} hung");
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// One trial of the training loop (`chorus-ft-worker train`): `kill -9` of `t.victim` after
+/// `t.kill_after`, and with `join_after`, a replacement for it started that long after the kill,
+/// whatever every rank is doing then (inside a bucket's all_reduce, in the small all_gather, or
+/// computing between collectives). Every surviving process and the replacement must finish with
+/// the same line for every collective they both ran (result digest, contributors, failed ranks,
+/// or the same error), exactly one collective must report the victim, and `t.after` collectives
+/// must follow the last membership change (the group goes on).
+fn train_trial(t: &Trial, join_after: Option<Duration>) {
+    let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
+    let mut kids: Vec<Child> = (0..t.n).map(|r| spawn(t, &store, r)).collect();
+    let mut pipes: Vec<Option<(std::thread::JoinHandle<String>, std::thread::JoinHandle<String>)>> =
+        kids.iter_mut().map(|k| Some((drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap())))).collect();
+    std::thread::sleep(t.kill_after);
+    let _ = kids[t.victim].kill();
+    let _ = kids[t.victim].wait();
+    let _ = pipes[t.victim].take();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    if let Some(d) = join_after {
+        std::thread::sleep(d);
+        let mut j = spawn_as(t, &store, t.victim, true);
+        pipes[t.victim] = Some((drain(j.stdout.take().unwrap()), drain(j.stderr.take().unwrap())));
+        kids[t.victim] = j;
+    }
+    let ranks: Vec<usize> = (0..t.n).filter(|&r| join_after.is_some() || r != t.victim).collect();
+    let mut outs: BTreeMap<usize, String> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for &r in &ranks {
+        let (mine, others) = {
+            let (a, b) = kids.split_at_mut(r);
+            let (k, rest) = b.split_first_mut().unwrap();
+            (k, a.iter_mut().chain(rest.iter_mut()).collect::<Vec<_>>())
+        };
+        let mut others = others;
+        let status = wait_or_kill(mine, deadline, &format!("rank {r} (victim {}, join {join_after:?})", t.victim), &mut others);
+        let (o, e) = pipes[r].take().unwrap();
+        let (out, err) = (o.join().unwrap(), e.join().unwrap());
+        if !status.success() {
+            let tail = |s: &str, k: usize| s.lines().skip(s.lines().count().saturating_sub(k)).collect::<Vec<_>>().join("\n");
+            failed.push(format!("rank {r} ({status}):\n{}\n{}", tail(&err, 8), tail(&out, 6)));
+        }
+        outs.insert(r, out);
+    }
+    if !failed.is_empty() {
+        let ends: Vec<String> = outs.iter().map(|(r, o)| format!("rank {r}: {} lines, last {:?}", o.lines().count(), o.lines().last())).collect();
+        panic!("victim {}, join {join_after:?}: {}\n{}", t.victim, failed.join("\n---\n"), ends.join("\n"));
+    }
+    let body = |o: &str| o.lines().filter(|l| !l.starts_with("done")).map(String::from).collect::<Vec<_>>();
+    let survivors: Vec<usize> = (0..t.n).filter(|&r| r != t.victim).collect();
+    let reference = body(&outs[&survivors[0]]);
+    for &r in &survivors[1..] {
+        let b = body(&outs[&r]);
+        if b != reference {
+            let at = b.iter().zip(&reference).position(|(x, y)| x != y).unwrap_or(b.len().min(reference.len()));
+            panic!("ranks {} and {r} disagree at line {at}: {:?} vs {:?}", survivors[0], reference.get(at), b.get(at));
+        }
+    }
+    let victim_line = format!("failed [{}]", t.victim);
+    let reports = reference.iter().filter(|l| l.contains(&victim_line)).count();
+    assert_eq!(reports, 1, "expected one collective to report rank {} failed:\n{}", t.victim, reference.join("\n"));
+    let done = outs[&survivors[0]].lines().last().unwrap_or_default().to_string();
+    if join_after.is_none() {
+        assert_eq!(list_after(&done, "active ["), survivors, "unexpected end: {done}");
+        let after = reference.iter().skip_while(|l| !l.contains(&victim_line)).count();
+        assert_eq!(after, t.after + 1, "{} collectives after the failure", t.after);
+        return;
+    }
+    // The replacement ran the survivors' last collectives, line for line, as a contributor.
+    let joined = body(&outs[&t.victim]);
+    assert!(joined.len() > t.after, "the replacement ran only {} collectives", joined.len());
+    assert_eq!(&reference[reference.len() - joined.len()..], &joined[..], "the replacement's lines differ from the survivors' tail");
+    assert!(list_after(&joined[0], "contributors [").contains(&t.victim), "replacement not a contributor: {}", joined[0]);
+    assert_eq!(list_after(&done, "active ["), (0..t.n).collect::<Vec<_>>(), "unexpected end: {done}");
+    assert_eq!(joined.len(), t.after + 1, "{} collectives after the rejoin", t.after);
+}
+
+/// Training-loop trials: a random victim (a slow rank and rank 0 included), killed at a random
+/// moment; every other trial also starts a replacement at a random moment after the kill.
+/// `CHORUS_FT_TRAIN_TRIALS` (default 26) is the number of trials, `CHORUS_FT_TRAIN_SEED` changes
+/// the random choices (the default keeps them reproducible).
+fn train_trials(seed: u64, hosts: fn(usize) -> Option<String>, elems: usize, env: &[(&str, &str)]) {
+    let count: usize = std::env::var("CHORUS_FT_TRAIN_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(26);
+    let seed = seed + std::env::var("CHORUS_FT_TRAIN_SEED").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1000;
+    let mut rng = Lcg(seed);
+    let started = Instant::now();
+    let n = 4;
+    for i in 0..count {
+        let victim = rng.next(n as u64) as usize;
+        let kill_after = Duration::from_millis(120 + rng.next(400));
+        let join_after = (i % 2 == 1).then(|| Duration::from_millis(rng.next(300)));
+        let until = if join_after.is_some() { "rejoin" } else { "failure" };
+        // How long the slow rank computes, and how often idle ranks' heartbeat threads answer
+        // recovery for them, vary: both decide whether a rank is between collectives (and who
+        // answers for it) when the failure or the join happens.
+        let slow_us = [1000u64, 4000, 12000][rng.next(3) as usize];
+        let beat_ms = [5u64, 100][rng.next(2) as usize];
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        env.push(("CHORUS_FT_SLOW_US".into(), slow_us.to_string()));
+        env.push(("CHORUS_HEARTBEAT_MS".into(), beat_ms.to_string()));
+        let t = Trial { n, op: "train", iters: 1_000_000, elems, victim, kill_after, hosts, until, env, victim_env: Vec::new(), after: 24 };
+        let start = Instant::now();
+        train_trial(&t, join_after);
+        eprintln!("train trial {i}: victim={victim} kill_after={kill_after:?} join_after={join_after:?} slow={slow_us}us beat={beat_ms}ms: ok in {:?}", start.elapsed());
+    }
+    eprintln!("{count} training-loop trials passed in {:?}", started.elapsed());
+}
+
+/// Issue 22: a data-parallel training loop at the default save limit — buckets of exactly 1 MiB
+/// and 1.25 MiB (neither saved), a 16-byte all_gather after each, compute in between — over
+/// shared memory, with kills and replacements at random moments.
+#[test]
+fn training_loop_survives_kills_and_rejoins_over_shm() {
+    let _serial = serial();
+    train_trials(21, shm, 1 << 17, &[]);
+}
+
+/// The same over sockets, with buckets of 256 KiB and 320 KiB at a 256 KiB save limit (the
+/// option's environment form), to keep each trial short.
+#[test]
+fn training_loop_survives_kills_and_rejoins_over_tcp() {
+    let _serial = serial();
+    train_trials(22, tcp, 1 << 15, &[("CHORUS_FT_SAVE_LIMIT", "262144")]);
 }

@@ -3,9 +3,16 @@
 //! every survivor returned identical results over the same contributors. The test kills ranks.
 //!
 //! Usage: chorus-ft-worker OP MAX_ITERS ELEMS [AFTER]
-//! (OP: all_reduce | all_gather | all_to_all | broadcast | mixed). With AFTER, the loop stops AFTER
+//! (OP: all_reduce | all_gather | all_to_all | broadcast | mixed | train). With AFTER, the loop stops AFTER
 //! collectives after the first one that reported a failed rank (all survivors see it at the same
 //! collective, so they stop together).
+//!
+//! `train` is a data-parallel training step as an application writes it: two gradient buckets
+//! all-reduced in place (ELEMS i64, and a quarter more: at and above `CHORUS_FT_SAVE_LIMIT` when
+//! ELEMS * 8 is the limit), each followed by a 16-byte all_gather of metrics, and compute (a
+//! sleep) before every collective; in each step one rank computes longer (`CHORUS_FT_SLOW_US`,
+//! default 2000 us) and the next one 3/4 as long (others 100-400 us), so the others often wait
+//! for them inside the next collective while they are between collectives.
 use chorus::{Options, ProcessGroup, ReduceOp};
 use std::io::Write;
 
@@ -62,8 +69,27 @@ fn main() {
     let out = std::io::stdout();
     // A replacement (CHORUS_JOIN=1) resumes at the survivors' collective count.
     let mut iter = pg.ops_completed() as usize;
+    let slow_us: u64 = std::env::var("CHORUS_FT_SLOW_US").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     while iter < stop_at {
-        let which = if op == "mixed" { ["all_reduce", "all_gather", "all_to_all", "broadcast"][iter % 4] } else { op.as_str() };
+        let (which, elems) = match op.as_str() {
+            "mixed" => (["all_reduce", "all_gather", "all_to_all", "broadcast"][iter % 4], elems),
+            "train" => {
+                // Backward (or the optimizer) between collectives. Each step one rank is slow and
+                // the next one nearly as slow (they rotate), so when the others find a slow rank
+                // dead, another is often still between collectives.
+                let slow = (iter / 4) % n;
+                let us = if me == slow {
+                    slow_us
+                } else if me == (slow + 1) % n {
+                    slow_us * 3 / 4
+                } else {
+                    100 + (value(me, iter, 0) % 300) as u64
+                };
+                std::thread::sleep(std::time::Duration::from_micros(us));
+                [("all_reduce", elems), ("all_gather", 2), ("all_reduce", elems + elems / 4), ("all_gather", 2)][iter % 4]
+            }
+            o => (o, elems),
+        };
         let result: Vec<i64>;
         let info;
         match which {
@@ -71,12 +97,19 @@ fn main() {
                 let mut v: Vec<i64> = (0..elems).map(|i| value(me, iter, i)).collect();
                 match pg.all_reduce(&mut v, ReduceOp::Sum) {
                     Ok(()) => {}
-                    Err(chorus::ChorusError::NotRecoverable { failed, .. }) => {
+                    Err(chorus::ChorusError::NotRecoverable { failed, epoch, .. }) => {
                         // Input too large to save (CHORUS_FT_SAVE_LIMIT) and not every survivor
                         // had the result: every survivor gets this same error.
                         println!("iter {iter} op all_reduce not recoverable failed {failed:?}");
-                        if let Some(a) = after {
-                            stop_at = iter + 1 + a;
+                        // A removal (never a growth): it ends the loop as the other reports do.
+                        let stop = match until_epoch {
+                            Some(e) => epoch >= e,
+                            None => until != "rejoin",
+                        };
+                        if let (Some(a), true) = (after, stop) {
+                            if stop_at == iters || until_epoch.is_none() {
+                                stop_at = iter + 1 + a;
+                            }
                         }
                         members.retain(|m| !failed.contains(m));
                         prev_contributors = Some(members.clone());
