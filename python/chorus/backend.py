@@ -733,18 +733,24 @@ class Options:
     join:                 True: this process replaces a dead rank of the running default group
                           (same as the environment variable CHORUS_JOIN=1).
     timeout:              per-operation deadline (a timedelta); default: init_process_group's timeout.
+    ft_save_limit:        in-place reductions of at least this many bytes do not save their input (default
+                          1 MiB; 0: none is saved; None: CHORUS_FT_SAVE_LIMIT). A saved input costs one copy
+                          of the buffer per collective; without it, a collective during which a rank died
+                          fails with the same error on every survivor when not every survivor already
+                          holds its result (it cannot be re-run), and the group goes on.
     cuda_path:            "kernels" (default: CUDA tensors use the NVLink kernels on the current stream;
                           a rank dying mid-collective makes them time out) or "host" (CUDA tensors are
                           copied to the host and back around the host collective, which keeps the
                           fault-tolerance contract).
 
     ``None`` leaves a setting to its environment variable (CHORUS_FAILURE_POLICY, CHORUS_HEARTBEAT_MS,
-    CHORUS_HEARTBEAT_TIMEOUT_MS, CHORUS_FT, CHORUS_JOIN, CHORUS_CUDA_PATH) or default.
+    CHORUS_HEARTBEAT_TIMEOUT_MS, CHORUS_FT, CHORUS_JOIN, CHORUS_CUDA_PATH, CHORUS_FT_SAVE_LIMIT) or default.
     """
 
     def __init__(self, failure_policy: str | None = None, heartbeat_ms: int | None = None,
                  heartbeat_timeout_ms: int | None = None, fault_tolerance: bool | None = None,
-                 join: bool | None = None, timeout: timedelta | None = None, cuda_path: str | None = None):
+                 join: bool | None = None, timeout: timedelta | None = None, cuda_path: str | None = None,
+                 ft_save_limit: int | None = None):
         if failure_policy is not None and failure_policy not in ("shrink", "abort"):
             raise ValueError(f"chorus: failure_policy must be 'shrink' or 'abort', not {failure_policy!r}")
         if cuda_path is not None and cuda_path not in ("kernels", "host"):
@@ -758,7 +764,10 @@ class Options:
         self.fault_tolerance = fault_tolerance
         self.join = join
         self.timeout = timeout
+        if ft_save_limit is not None and (not isinstance(ft_save_limit, int) or ft_save_limit < 0):
+            raise ValueError(f"chorus: ft_save_limit must be a non-negative int (bytes), not {ft_save_limit!r}")
         self.cuda_path = cuda_path
+        self.ft_save_limit = ft_save_limit
 
     def _env(self) -> dict[str, str]:
         env = {}
@@ -772,6 +781,8 @@ class Options:
             env["CHORUS_FT"] = "1" if self.fault_tolerance else "0"
         if self.cuda_path is not None:
             env["CHORUS_CUDA_PATH"] = self.cuda_path
+        if self.ft_save_limit is not None:
+            env["CHORUS_FT_SAVE_LIMIT"] = str(self.ft_save_limit)
         return env
 
     def __repr__(self):
