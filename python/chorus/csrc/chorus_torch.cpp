@@ -26,7 +26,6 @@
 #include <mutex>
 #include <optional>
 #include <set>
-#include <shared_mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -740,18 +739,9 @@ class ChorusBackend : public c10d::Backend {
   c10::intrusive_ptr<c10d::Work> allgather(std::vector<std::vector<at::Tensor>>& outputs, std::vector<at::Tensor>& inputs,
                                            const c10d::AllgatherOptions& opts) override {
     const char* name = "all_gather";
-    auto& in = one(name, inputs, "input_tensors");
-    auto& outs = one(name, outputs, "output_tensors");
-    check_list(name, outs, in, "tensor_list", in.numel());
-    Call c(*this, name, c10d::OpType::ALLGATHER, in, CHORUS_ASYNC_OP(opts), flat_outputs(outputs));
-    auto src = c.input(in);
-    auto flat = at::empty({in.numel() * getSize()}, in.options());
-    c.keep(flat);
-    c.issue([&](chorus_work_t** w) {
-      return api.chorus_all_gather(group(), src.data_ptr(), flat.data_ptr(), src.numel(), c.dt, c.place.device, c.place.stream, w);
-    });
-    c.then([flat, outs, n = in.numel()]() mutable { split_into(flat, outs, n); });
-    return c.finish();
+    one(name, inputs, "input_tensors");
+    one(name, outputs, "output_tensors");
+    return gather_lists(name, c10d::OpType::ALLGATHER, outputs, inputs, CHORUS_ASYNC_OP(opts), "tensor_list");
   }
 
   c10::intrusive_ptr<c10d::Work> allgather_coalesced(std::vector<std::vector<at::Tensor>>& outputs, std::vector<at::Tensor>& inputs,
@@ -759,21 +749,7 @@ class ChorusBackend : public c10d::Backend {
     const char* name = "all_gather_coalesced";
     TORCH_CHECK_VALUE(!inputs.empty() && outputs.size() == inputs.size(), "chorus ", name, ": ", outputs.size(),
                       " output lists for ", inputs.size(), " inputs");
-    Call c(*this, name, c10d::OpType::ALLGATHER_COALESCED, inputs[0], CHORUS_ASYNC_OP(opts), flat_outputs(outputs));
-    for (size_t i = 0; i < inputs.size(); i++) {
-      auto& in = inputs[i];
-      auto& outs = outputs[i];
-      check_list(name, outs, in, "output list", in.numel());
-      c.same(in, "input");
-      auto src = c.input(in);
-      auto flat = at::empty({in.numel() * getSize()}, in.options());
-      c.keep(flat);
-      c.issue([&](chorus_work_t** w) {
-        return api.chorus_all_gather(group(), src.data_ptr(), flat.data_ptr(), src.numel(), c.dt, c.place.device, c.place.stream, w);
-      });
-      c.then([flat, outs, n = in.numel()]() mutable { split_into(flat, outs, n); });
-    }
-    return c.finish();
+    return gather_lists(name, c10d::OpType::ALLGATHER_COALESCED, outputs, inputs, CHORUS_ASYNC_OP(opts), "output list");
   }
 
   c10::intrusive_ptr<c10d::Work> _reduce_scatter_base(at::Tensor& out, at::Tensor& in, const c10d::ReduceScatterOptions& opts) override {
@@ -1087,6 +1063,27 @@ class ChorusBackend : public c10d::Backend {
       c.same(t, "tensor");
       auto b = c.output(t);
       c.issue([&](chorus_work_t** w) { return start(b, c.dt, c.place, w); });
+    }
+    return c.finish();
+  }
+
+  // All-gathers into lists: input i of every rank lands in output list i (one tensor per rank), through a
+  // flat buffer split into the list once the operation completed.
+  c10::intrusive_ptr<c10d::Work> gather_lists(const char* name, c10d::OpType type, std::vector<std::vector<at::Tensor>>& outputs,
+                                              std::vector<at::Tensor>& inputs, bool async, const char* what) {
+    Call c(*this, name, type, inputs[0], async, flat_outputs(outputs));
+    for (size_t i = 0; i < inputs.size(); i++) {
+      auto& in = inputs[i];
+      auto& outs = outputs[i];
+      check_list(name, outs, in, what, in.numel());
+      c.same(in, "input");
+      auto src = c.input(in);
+      auto flat = at::empty({in.numel() * getSize()}, in.options());
+      c.keep(flat);
+      c.issue([&](chorus_work_t** w) {
+        return api.chorus_all_gather(group(), src.data_ptr(), flat.data_ptr(), src.numel(), c.dt, c.place.device, c.place.stream, w);
+      });
+      c.then([flat, outs, n = in.numel()]() mutable { split_into(flat, outs, n); });
     }
     return c.finish();
   }
