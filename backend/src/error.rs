@@ -1,7 +1,11 @@
 //! The backend's error type: one variant per failing operation, each message says what to check.
 use chorus_kernels::{DType, ReduceOp};
 
+/// Every way an operation of the backend fails. New variants may be added (match with a `_` arm,
+/// or on [`ChorusError::kind`], which is exhaustive); [`ChorusError::code`] names each variant
+/// with a number that never changes.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChorusError {
     #[error("rendezvous through the store failed: {0} (check that every rank uses the same MASTER_ADDR/MASTER_PORT or store address and that the store is running)")]
     Store(#[from] chorus_bootstrap::BootstrapError),
@@ -31,6 +35,8 @@ pub enum ChorusError {
     Shm(String),
     #[error("socket I/O with rank {peer} failed: {source}")]
     Io { peer: usize, #[source] source: std::io::Error },
+    #[error("rank {peer} sent a malformed point-to-point chunk ({why}); check that every rank runs the same chorus build")]
+    Protocol { peer: usize, why: String },
     #[error("the process group has been destroyed; create a new one")]
     Destroyed,
     #[error("the operation was not completed: {0}")]
@@ -51,7 +57,93 @@ pub enum ChorusError {
     FailedByPolicy { op: &'static str, failed: Vec<usize>, epoch: u64 },
 }
 
+/// The class of a failure: what a caller can do about it. The C ABI's status codes are these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A bad pointer, size, rank, root, dtype or list length: fix the call.
+    InvalidArgument,
+    /// An op/dtype pair or a device feature this build or machine does not have.
+    Unsupported,
+    /// The ranks called different collectives or passed different arguments.
+    Mismatch,
+    /// An operation ran past its deadline.
+    Timeout,
+    /// A peer failed, the view moved, or the group was aborted.
+    PeerFailed,
+    /// Rendezvous through the store failed.
+    Store,
+    /// Connecting or moving data (socket, shared memory, device) failed.
+    Transport,
+    /// The group was destroyed.
+    Destroyed,
+    /// The operation was abandoned before it completed.
+    Incomplete,
+}
+
 impl ChorusError {
+    /// A stable number for this variant (for logs, metrics and bindings): numbers are never
+    /// reused or renumbered; a new variant takes the next free one.
+    pub fn code(&self) -> u32 {
+        match self {
+            ChorusError::Store(_) => 1,
+            ChorusError::InvalidArgument(_) => 2,
+            ChorusError::InvalidRank { .. } => 3,
+            ChorusError::Unsupported(_) => 4,
+            ChorusError::Device { .. } => 5,
+            ChorusError::UnsupportedOp { .. } => 6,
+            ChorusError::Mismatch { .. } => 7,
+            ChorusError::PeerReportedMismatch { .. } => 8,
+            ChorusError::Timeout { .. } => 9,
+            ChorusError::PeerFailed { .. } => 10,
+            ChorusError::Aborted(_) => 11,
+            ChorusError::Connect { .. } => 12,
+            ChorusError::Shm(_) => 13,
+            ChorusError::Io { .. } => 14,
+            ChorusError::Destroyed => 15,
+            ChorusError::Incomplete(_) => 16,
+            ChorusError::ViewChanged { .. } => 17,
+            ChorusError::RecoveryRequested { .. } => 18,
+            ChorusError::NotRecoverable { .. } => 19,
+            ChorusError::RootInactive { .. } => 20,
+            ChorusError::PeerInactive { .. } => 21,
+            ChorusError::Excluded { .. } => 22,
+            ChorusError::FailedByPolicy { .. } => 23,
+            ChorusError::Protocol { .. } => 24,
+        }
+    }
+
+    /// The class of this failure. Exhaustive over the variants (and over the device errors), so
+    /// a new variant is classified where it is added.
+    pub fn kind(&self) -> ErrorKind {
+        use chorus_kernels::KernelError as K;
+        match self {
+            ChorusError::InvalidArgument(_) | ChorusError::InvalidRank { .. } => ErrorKind::InvalidArgument,
+            ChorusError::Unsupported(_) | ChorusError::UnsupportedOp { .. } => ErrorKind::Unsupported,
+            ChorusError::Mismatch { .. } | ChorusError::PeerReportedMismatch { .. } => ErrorKind::Mismatch,
+            ChorusError::Timeout { .. } => ErrorKind::Timeout,
+            ChorusError::PeerFailed { .. } | ChorusError::Aborted(_) => ErrorKind::PeerFailed,
+            // Membership outcomes: peers failed or the view moved.
+            ChorusError::ViewChanged { .. }
+            | ChorusError::RecoveryRequested { .. }
+            | ChorusError::NotRecoverable { .. }
+            | ChorusError::RootInactive { .. }
+            | ChorusError::PeerInactive { .. }
+            | ChorusError::Excluded { .. }
+            | ChorusError::FailedByPolicy { .. } => ErrorKind::PeerFailed,
+            ChorusError::Store(_) => ErrorKind::Store,
+            ChorusError::Connect { .. } | ChorusError::Shm(_) | ChorusError::Io { .. } | ChorusError::Protocol { .. } => ErrorKind::Transport,
+            ChorusError::Destroyed => ErrorKind::Destroyed,
+            ChorusError::Incomplete(_) => ErrorKind::Incomplete,
+            ChorusError::Device { source, .. } => match source {
+                K::CollectiveTimeout { .. } => ErrorKind::Timeout,
+                K::CollectiveAborted { .. } => ErrorKind::PeerFailed,
+                K::CudaUnavailable(_) | K::Unsupported { .. } => ErrorKind::Unsupported,
+                K::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+                K::LengthMismatch { .. } | K::CudaCompile { .. } | K::Cuda { .. } | K::CommSetup(_) => ErrorKind::Transport,
+            },
+        }
+    }
+
     /// Errors that mean "a peer failed or the view moved": the operation is recovered (re-run
     /// or committed by agreement) instead of failing.
     pub fn is_failure(&self) -> bool {
@@ -63,3 +155,41 @@ impl ChorusError {
 }
 
 pub type Result<T> = std::result::Result<T, ChorusError>;
+
+#[cfg(test)]
+mod tests {
+    use super::{ChorusError, ErrorKind};
+
+    #[test]
+    fn codes_are_distinct_and_kinds_match_the_c_abi_classes() {
+        let errors = [
+            ChorusError::InvalidArgument("x".into()),
+            ChorusError::InvalidRank { rank: 3, size: 2 },
+            ChorusError::Timeout { op: "all_reduce", what: "a chunk", peer: 1, waited_ms: 5 },
+            ChorusError::PeerFailed { op: "all_reduce", peer: 1, why: "gone".into() },
+            ChorusError::Protocol { peer: 1, why: "bad header".into() },
+            ChorusError::Destroyed,
+            ChorusError::Excluded { epoch: 2 },
+            ChorusError::Incomplete("x".into()),
+        ];
+        let mut codes: Vec<u32> = errors.iter().map(ChorusError::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), errors.len(), "two variants share a code");
+        let kinds: Vec<ErrorKind> = errors.iter().map(ChorusError::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ErrorKind::InvalidArgument,
+                ErrorKind::InvalidArgument,
+                ErrorKind::Timeout,
+                ErrorKind::PeerFailed,
+                ErrorKind::Transport,
+                ErrorKind::Destroyed,
+                ErrorKind::PeerFailed,
+                ErrorKind::Incomplete
+            ]
+        );
+        assert_eq!(ChorusError::Destroyed.code(), 15, "codes are stable: never renumber a variant");
+    }
+}

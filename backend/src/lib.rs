@@ -27,5 +27,5 @@ pub use api::p2p_types::P2pRequest;
 pub use chorus_kernels::{DType, ReduceOp};
 pub use engine::p2p::OpBuffer;
 pub use engine::work::Work;
-pub use error::{ChorusError, Result};
+pub use error::{ChorusError, ErrorKind, Result};
 pub use options::{DevicePath, FailurePolicy, Options};

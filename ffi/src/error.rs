@@ -1,5 +1,5 @@
 //! Status codes, the per-thread last-error message and the guard every entry point runs in.
-use chorus_backend::ChorusError;
+use chorus_backend::{ChorusError, ErrorKind};
 use std::cell::RefCell;
 use std::ffi::{c_char, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -51,27 +51,19 @@ impl FfiError {
     }
 }
 
+/// The status code of an error: one per [`ErrorKind`], matched exhaustively so a new kind needs a
+/// decision here (the backend classifies every variant in `ChorusError::kind`).
 pub fn code_of(e: &ChorusError) -> i32 {
-    // The wildcard keeps the mapping compiling while membership variants are added (views,
-    // recovery, exclusion, failure policy): all of them mean "peers failed or the view moved".
-    #[allow(unreachable_patterns)]
-    match e {
-        ChorusError::InvalidArgument(_) | ChorusError::InvalidRank { .. } => CHORUS_ERR_INVALID_ARGUMENT,
-        ChorusError::Unsupported(_) | ChorusError::UnsupportedOp { .. } => CHORUS_ERR_UNSUPPORTED,
-        ChorusError::Mismatch { .. } | ChorusError::PeerReportedMismatch { .. } => CHORUS_ERR_MISMATCH,
-        ChorusError::Timeout { .. } => CHORUS_ERR_TIMEOUT,
-        ChorusError::PeerFailed { .. } | ChorusError::Aborted(_) => CHORUS_ERR_PEER_FAILED,
-        ChorusError::Store(_) => CHORUS_ERR_STORE,
-        ChorusError::Connect { .. } | ChorusError::Shm(_) | ChorusError::Io { .. } => CHORUS_ERR_TRANSPORT,
-        ChorusError::Destroyed => CHORUS_ERR_DESTROYED,
-        ChorusError::Incomplete(_) => CHORUS_ERR_INCOMPLETE,
-        ChorusError::Device { source: chorus_kernels::KernelError::CollectiveTimeout { .. }, .. } => CHORUS_ERR_TIMEOUT,
-        ChorusError::Device { source: chorus_kernels::KernelError::CollectiveAborted { .. }, .. } => CHORUS_ERR_PEER_FAILED,
-        ChorusError::Device { source: chorus_kernels::KernelError::CudaUnavailable(_), .. } => CHORUS_ERR_UNSUPPORTED,
-        ChorusError::Device { source: chorus_kernels::KernelError::InvalidArgument { .. }, .. } => CHORUS_ERR_INVALID_ARGUMENT,
-        ChorusError::Device { source: chorus_kernels::KernelError::Unsupported { .. }, .. } => CHORUS_ERR_UNSUPPORTED,
-        ChorusError::Device { .. } => CHORUS_ERR_TRANSPORT,
-        _ => CHORUS_ERR_PEER_FAILED,
+    match e.kind() {
+        ErrorKind::InvalidArgument => CHORUS_ERR_INVALID_ARGUMENT,
+        ErrorKind::Unsupported => CHORUS_ERR_UNSUPPORTED,
+        ErrorKind::Mismatch => CHORUS_ERR_MISMATCH,
+        ErrorKind::Timeout => CHORUS_ERR_TIMEOUT,
+        ErrorKind::PeerFailed => CHORUS_ERR_PEER_FAILED,
+        ErrorKind::Store => CHORUS_ERR_STORE,
+        ErrorKind::Transport => CHORUS_ERR_TRANSPORT,
+        ErrorKind::Destroyed => CHORUS_ERR_DESTROYED,
+        ErrorKind::Incomplete => CHORUS_ERR_INCOMPLETE,
     }
 }
 

@@ -196,14 +196,23 @@ fn even_splits(n: usize, block: usize) -> Vec<(usize, usize)> {
     (0..n).map(|p| (p * block, block)).collect()
 }
 
-fn counts_to_splits(counts: &[usize], elem: usize) -> Vec<(usize, usize)> {
-    let mut off = 0;
+/// Byte `(offset, len)` of each rank's block for per-rank element counts, laid out consecutively;
+/// an error when a length or the running offset does not fit in `usize`.
+fn counts_to_splits(counts: &[usize], elem: usize, what: &str) -> Result<Vec<(usize, usize)>> {
+    let mut off = 0usize;
     counts
         .iter()
         .map(|&c| {
-            let s = (off, c * elem);
-            off += c * elem;
-            s
+            let len = c.checked_mul(elem);
+            let end = len.and_then(|l| off.checked_add(l));
+            match (len, end) {
+                (Some(len), Some(end)) => {
+                    let split = (off, len);
+                    off = end;
+                    Ok(split)
+                }
+                _ => Err(ChorusError::InvalidArgument(format!("all_to_all_v: the {what} counts overflow the address space ({counts:?} elements of {elem} bytes)"))),
+            }
         })
         .collect()
 }
@@ -333,11 +342,10 @@ impl ProcessGroup {
     }
 
     fn check_gather_sizes(&self, op: &str, block: usize, total: usize) -> Result<()> {
-        if total != block * self.size() {
+        let n = self.size();
+        if block.checked_mul(n) != Some(total) {
             return Err(ChorusError::InvalidArgument(format!(
-                "{op}: the gathered buffer has {total} bytes but must have {} ({} ranks x {block})",
-                block * self.size(),
-                self.size()
+                "{op}: the gathered buffer has {total} bytes but must have {n} ranks x {block} bytes"
             )));
         }
         Ok(())
@@ -424,6 +432,9 @@ impl ProcessGroup {
         self.run_blocking("all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], |c, x, t, _| all_to_all_impl(t, c, x, input, output, &send, &recv, true))
     }
 
+    /// Checks `all_to_all_v`'s counts and turns them into byte splits. Every sum and product is
+    /// checked (counts come from callers and from the C ABI), and a rank's block to itself must
+    /// have the same length as its block from itself: the plan copies one into the other.
     #[allow(clippy::type_complexity)]
     pub(super) fn check_all_to_all_v(&self, input: usize, send_counts: &[usize], output: usize, recv_counts: &[usize], dtype: DType) -> Result<(Vec<(usize, usize)>, Vec<(usize, usize)>)> {
         let n = self.size();
@@ -431,15 +442,22 @@ impl ProcessGroup {
         if send_counts.len() != n || recv_counts.len() != n {
             return Err(ChorusError::InvalidArgument(format!("all_to_all_v: need {n} send and recv counts, got {} and {}", send_counts.len(), recv_counts.len())));
         }
-        let (s, r): (usize, usize) = (send_counts.iter().sum(), recv_counts.iter().sum());
-        if s * e > input || r * e > output {
+        let me = self.rank();
+        if send_counts[me] != recv_counts[me] {
             return Err(ChorusError::InvalidArgument(format!(
-                "all_to_all_v: counts need {} input and {} output bytes but the buffers have {input} and {output}",
-                s * e,
-                r * e
+                "all_to_all_v: rank {me} sends {} elements to itself but receives {} from itself; its own send and receive counts must be equal",
+                send_counts[me], recv_counts[me]
             )));
         }
-        Ok((counts_to_splits(send_counts, e), counts_to_splits(recv_counts, e)))
+        let send = counts_to_splits(send_counts, e, "send")?;
+        let recv = counts_to_splits(recv_counts, e, "recv")?;
+        let (s, r) = (send.last().map_or(0, |b| b.0 + b.1), recv.last().map_or(0, |b| b.0 + b.1));
+        if s > input || r > output {
+            return Err(ChorusError::InvalidArgument(format!(
+                "all_to_all_v: counts need {s} input and {r} output bytes but the buffers have {input} and {output}"
+            )));
+        }
+        Ok((send, recv))
     }
 
     pub fn all_to_all_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {

@@ -68,6 +68,48 @@ struct Incoming {
     target: Target,
 }
 
+/// At most this much is reserved up front for a message nobody has posted a receive for yet; the
+/// rest grows as chunks actually arrive.
+const UNEXPECTED_PREALLOC: usize = 16 << 20;
+
+/// Whether chunk header `meta` continues the stream from a peer: `expected` is `(tag, total,
+/// bytes so far)` of the message in progress (`None` between messages). A chunk fits in its slot,
+/// continues its message in order and stays inside the message's total. The reason when not.
+fn check_chunk(meta: &SlotMeta, expected: Option<(u64, u64, u64)>, slot_bytes: usize) -> std::result::Result<(), String> {
+    if meta.len > slot_bytes as u64 {
+        return Err(format!("a chunk of {} bytes in a slot of {slot_bytes}", meta.len));
+    }
+    let got = match expected {
+        Some((tag, total, got)) => {
+            if meta.tag != tag || meta.total != total {
+                return Err(format!("chunk of message (tag {}, {} bytes) in the middle of message (tag {tag}, {total} bytes)", meta.tag, meta.total));
+            }
+            got
+        }
+        None => 0,
+    };
+    if meta.offset != got {
+        return Err(format!("chunk at offset {} where offset {got} was due", meta.offset));
+    }
+    match meta.offset.checked_add(meta.len) {
+        Some(end) if end <= meta.total => {}
+        _ => return Err(format!("chunk of {} bytes at offset {} past the message's {} bytes", meta.len, meta.offset, meta.total)),
+    }
+    if meta.len == 0 && meta.total != 0 {
+        return Err(format!("empty chunk of a {}-byte message", meta.total));
+    }
+    if usize::try_from(meta.total).is_err() {
+        return Err(format!("message of {} bytes does not fit in memory", meta.total));
+    }
+    Ok(())
+}
+
+/// The buffer an unexpected message of `total` bytes (as its header claims) collects into:
+/// capacity for the first chunks only, since `total` comes from the peer.
+fn unexpected_buffer(total: u64) -> Vec<u8> {
+    Vec::with_capacity(usize::try_from(total).unwrap_or(usize::MAX).min(UNEXPECTED_PREALLOC))
+}
+
 pub struct P2pEngine {
     comm: Comm,
     sends: Vec<VecDeque<SendOp>>,
@@ -183,7 +225,15 @@ impl P2pEngine {
                 let seq = self.comm.recvd[from];
                 let Ok(link) = self.comm.link(from) else { break };
                 let ring = link.inbound(self.comm.stream);
+                // The header was written by the peer: every length and offset in it is checked
+                // before it sizes, indexes or allocates anything here.
                 let meta = ring.meta(seq);
+                let expected = self.incoming[from].as_ref().map(|i| (i.tag, i.total, i.got));
+                if let Err(why) = check_chunk(&meta, expected, ring.geometry().slot_bytes) {
+                    self.reject_chunk(from, seq, why);
+                    moved = true;
+                    continue;
+                }
                 if self.incoming[from].is_none() {
                     self.incoming[from] = Some(self.start_message(from, &meta));
                 }
@@ -193,10 +243,16 @@ impl P2pEngine {
                 match &mut inc.target {
                     Target::Posted(id) => {
                         if let Some((_, r)) = self.recvs.iter_mut().find(|(i, _)| i == id) {
-                            r.buf.bytes_mut()[off..off + payload.len()].copy_from_slice(payload);
+                            // In bounds: the posted buffer has `total` bytes and check_chunk
+                            // bounded `offset + len` by `total`.
+                            if let Some(dst) = r.buf.bytes_mut().get_mut(off..off + payload.len()) {
+                                dst.copy_from_slice(payload);
+                            }
                         }
                     }
-                    Target::Unexpected(v) => v[off..off + payload.len()].copy_from_slice(payload),
+                    // Chunks arrive in order (check_chunk: offset == bytes so far), so the
+                    // message grows by what actually arrived, never by what the header claims.
+                    Target::Unexpected(v) => v.extend_from_slice(payload),
                     Target::Discard => {}
                 }
                 inc.got += meta.len;
@@ -231,6 +287,30 @@ impl P2pEngine {
             i += 1;
         }
         moved
+    }
+
+    /// Drops a chunk whose header does not fit the stream (a peer that is not a chorus of this
+    /// build, or memory corruption): the receive it was streaming into fails, the rest of that
+    /// message is discarded, and the credit goes back so the stream keeps moving.
+    fn reject_chunk(&mut self, from: usize, seq: u64, why: String) {
+        tracing::warn!(peer = from, seq, %why, "malformed point-to-point chunk");
+        let err = || ChorusError::Protocol { peer: from, why: why.clone() };
+        match self.incoming[from].take() {
+            Some(Incoming { target: Target::Posted(id), .. }) => self.finish_recv(id, Err(err())),
+            Some(_) => {}
+            None => {
+                // A message that never started: the first posted receive from this peer that is
+                // not streaming learns about it rather than waiting for its deadline.
+                if let Some(id) = self.recvs.iter().find(|(_, r)| r.from == from && !r.streaming).map(|(i, _)| *i) {
+                    self.finish_recv(id, Err(err()));
+                }
+            }
+        }
+        // The next chunks of the rejected message start no new message (their offset is not 0).
+        self.incoming[from] = Some(Incoming { tag: 0, total: u64::MAX, got: u64::MAX, target: Target::Discard });
+        if let Err(e) = self.comm.release(from, seq) {
+            tracing::debug!(error = %e, "returning a point-to-point credit failed");
+        }
     }
 
     fn deliver(&mut self, index: usize, msg: &[u8]) -> Result<()> {
@@ -282,7 +362,7 @@ impl P2pEngine {
                 );
                 Target::Discard
             }
-            None => Target::Unexpected(vec![0u8; meta.total as usize]),
+            None => Target::Unexpected(unexpected_buffer(meta.total)),
         };
         Incoming { tag: meta.tag, total: meta.total, got: 0, target }
     }
@@ -391,5 +471,49 @@ impl P2pEngine {
                 let _ = self.comm.signals.wait(&self.comm.policy, deadline, ready, || Ok::<(), ()>(()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_chunk, SlotMeta};
+
+    fn chunk(tag: u64, total: u64, offset: u64, len: u64) -> SlotMeta {
+        SlotMeta { tag, total, offset, len, ..Default::default() }
+    }
+
+    #[test]
+    fn well_formed_chunks_pass() {
+        assert_eq!(check_chunk(&chunk(7, 10, 0, 4), None, 4), Ok(()));
+        assert_eq!(check_chunk(&chunk(7, 10, 4, 4), Some((7, 10, 4)), 4), Ok(()));
+        assert_eq!(check_chunk(&chunk(7, 10, 8, 2), Some((7, 10, 8)), 4), Ok(()));
+        assert_eq!(check_chunk(&chunk(7, 0, 0, 0), None, 4), Ok(()));
+    }
+
+    #[test]
+    fn peer_written_headers_that_would_panic_or_allocate_are_rejected() {
+        // Longer than its slot (drove the ring's assert).
+        assert!(check_chunk(&chunk(1, 100, 0, 5), None, 4).is_err());
+        // Offset past the message (drove a slice index out of bounds).
+        assert!(check_chunk(&chunk(1, 10, 8, 4), Some((1, 10, 8)), 4).is_err());
+        assert!(check_chunk(&chunk(1, u64::MAX, u64::MAX, 4), Some((1, u64::MAX, u64::MAX)), 4).is_err());
+        // Out of order, or a different message in the middle of one.
+        assert!(check_chunk(&chunk(1, 10, 4, 4), None, 4).is_err());
+        assert!(check_chunk(&chunk(1, 10, 0, 4), Some((1, 10, 4)), 4).is_err());
+        assert!(check_chunk(&chunk(2, 10, 4, 4), Some((1, 10, 4)), 4).is_err());
+        assert!(check_chunk(&chunk(1, 11, 4, 4), Some((1, 10, 4)), 4).is_err());
+        // An empty chunk of a non-empty message would never finish it.
+        assert!(check_chunk(&chunk(1, 10, 0, 0), None, 4).is_err());
+    }
+
+    #[test]
+    fn a_huge_claimed_total_reserves_only_the_prealloc_cap() {
+        // The header may claim any total; the reservation for an unexpected message is capped and
+        // grows with the bytes that arrive (a claim of u64::MAX once aborted on allocation).
+        let meta = chunk(1, 1 << 50, 0, 4);
+        assert_eq!(check_chunk(&meta, None, 4), Ok(()));
+        assert_eq!(super::unexpected_buffer(meta.total).capacity(), super::UNEXPECTED_PREALLOC);
+        assert_eq!(super::unexpected_buffer(u64::MAX).capacity(), super::UNEXPECTED_PREALLOC);
+        assert_eq!(super::unexpected_buffer(10).capacity(), 10);
     }
 }

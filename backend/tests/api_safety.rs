@@ -1,0 +1,116 @@
+//! Inputs and call sequences that once panicked or stalled inside the backend: each now returns an
+//! error (or completes) on the calling rank. Ranks are threads of this process.
+use chorus_backend::{ChorusError, DType, Options, ProcessGroup, ReduceOp};
+use chorus_bootstrap::{MemStore, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn run<F>(n: usize, name: &str, f: F) -> Vec<chorus_backend::Result<()>>
+where
+    F: Fn(ProcessGroup) -> chorus_backend::Result<()> + Send + Sync + 'static,
+{
+    // Threads of one process on a busy machine: a starved heartbeat is not a dead rank.
+    std::env::set_var("CHORUS_HEARTBEAT_TIMEOUT_MS", "30000");
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let f = Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|r| {
+            let (store, f) = (store.clone(), f.clone());
+            let opts = Options::default().with_timeout(Duration::from_secs(30)).with_name(name).with_host_id("host");
+            std::thread::spawn(move || f(ProcessGroup::new(store, r, n, opts)?))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
+}
+
+fn invalid(r: chorus_backend::Result<impl std::fmt::Debug>, what: &str) -> String {
+    match r {
+        Err(ChorusError::InvalidArgument(m)) => m,
+        other => panic!("{what}: expected InvalidArgument, got {other:?}"),
+    }
+}
+
+/// A rank whose block to itself differs in length from its block from itself hit an assert in
+/// the all-to-all plan builder; the argument check refuses it now, blocking and queued.
+#[test]
+fn all_to_all_v_with_unequal_self_blocks_is_an_error() {
+    let results = run(2, "a2a-self", |pg| {
+        let me = pg.rank();
+        let (mut send, mut recv) = (vec![1usize, 1], vec![1usize, 1]);
+        send[me] = 2;
+        recv[me] = 3;
+        let input = vec![0f32; 3];
+        let mut output = vec![0f32; 4];
+        let m = invalid(pg.all_to_all_v(&input, &send, &mut output, &recv), "blocking");
+        assert!(m.contains("to itself"), "{m}");
+        let w = pg.all_to_all_v_async(vec![0u8; 12], send.clone(), vec![0u8; 16], recv.clone(), DType::F32);
+        invalid(w.wait(), "queued");
+        // The group is still usable.
+        let mut v = [1i32];
+        pg.all_reduce(&mut v, ReduceOp::Sum)?;
+        assert_eq!(v[0], 2);
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+/// Counts whose sum or byte size overflows `usize` were summed and multiplied unchecked.
+#[test]
+fn all_to_all_v_counts_that_overflow_are_an_error() {
+    let results = run(2, "a2a-overflow", |pg| {
+        let me = pg.rank();
+        let input = vec![0f32; 4];
+        let mut output = vec![0f32; 4];
+        let mut huge = vec![1usize, 1];
+        huge[1 - me] = usize::MAX;
+        invalid(pg.all_to_all_v(&input, &huge, &mut output, &[1, 1]), "sum overflows");
+        let mut bytes = vec![1usize, 1];
+        bytes[1 - me] = usize::MAX / 2;
+        invalid(pg.all_to_all_v(&input, &bytes, &mut output, &[1, 1]), "bytes overflow");
+        invalid(pg.all_to_all_v(&input, &[1, 1], &mut output, &bytes), "recv bytes overflow");
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+/// Panics seen by the hook of `count_panics` (caught ones included: the queue catches a job's).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        default(info);
+    }));
+}
+
+/// Dropping the last handle of a group while its asynchronous operation runs: the operation
+/// completes, and the group shuts down from the thread that ran it without waiting for itself
+/// (the worker joined its own thread: a 5 s stall, then a caught panic).
+#[test]
+fn dropping_the_group_while_an_async_op_runs_neither_stalls_nor_panics() {
+    count_panics();
+    let results = run(2, "drop-async", |pg| {
+        let me = pg.rank() as i64;
+        if me == 1 {
+            // Rank 0's operation is running (waiting for this rank) when rank 0 drops its group.
+            std::thread::sleep(Duration::from_millis(500));
+            let mut v = vec![1 + me; 1 << 16];
+            pg.all_reduce(&mut v, ReduceOp::Sum)?;
+            assert!(v.iter().all(|&x| x == 3));
+            return Ok(());
+        }
+        let work = pg.all_reduce_async(vec![1 + me; 1 << 16], DType::I64, ReduceOp::Sum);
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        drop(pg);
+        assert!(started.elapsed() < Duration::from_secs(1), "drop took {:?}", started.elapsed());
+        let got = work.wait()?;
+        assert!(got.iter().all(|&x| x == 3));
+        // The group's threads shut down after the operation; give them the time the stall took.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "a panic happened while the group shut down");
+}
