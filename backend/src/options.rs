@@ -1,10 +1,16 @@
-//! Group options.
+//! Group options: every setting a group reads is here, taken from the environment once (by
+//! [`Options::default`], before the group is created); library code reads no `CHORUS_*`
+//! variable on its own. The settings every rank must share ([`Agreed`]) travel in each rank's
+//! peer record and are compared at rendezvous.
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Options for creating a process group. Defaults come from the environment:
 /// `CHORUS_TIMEOUT_MS` (per-operation deadline, default 300 s), `CHORUS_HOST_ID` (host identity
 /// override), `CHORUS_SOCKET_IFADDR` (the address peers reach this rank at), `CHORUS_FT`,
-/// `CHORUS_FT_SAVE_LIMIT`, `CHORUS_FAILURE_POLICY`, `CHORUS_CUDA_PATH` (see each field).
+/// `CHORUS_FT_SAVE_LIMIT`, `CHORUS_FAILURE_POLICY`, `CHORUS_CUDA_PATH`, `CHORUS_SHM_CHUNK`,
+/// `CHORUS_TCP_CHUNK`, `CHORUS_RDMA_CHUNK`, `CHORUS_ALGO`, `CHORUS_HEARTBEAT_MS`,
+/// `CHORUS_HEARTBEAT_TIMEOUT_MS`, `CHORUS_SPIN_US`, `CHORUS_YIELD_US` (see each field).
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Every wait inside an operation gives up after this long.
@@ -31,6 +37,61 @@ pub struct Options {
     pub ft_save_limit: usize,
     /// How collectives on GPU memory run (`CHORUS_CUDA_PATH=kernels|host`).
     pub device_path: DevicePath,
+    /// Slot size of the shared-memory rings, bytes (`CHORUS_SHM_CHUNK`, default 256 KiB, rounded
+    /// up to 64). Every rank must use the same: it sets the segments' layout.
+    pub shm_chunk: usize,
+    /// Slot size of the socket rings, bytes (`CHORUS_TCP_CHUNK`, default 512 KiB); every rank
+    /// must use the same.
+    pub tcp_chunk: usize,
+    /// Slot size of the RDMA rings, bytes (`CHORUS_RDMA_CHUNK`, default 512 KiB, at most 64 MiB);
+    /// every rank must use the same.
+    pub rdma_chunk: usize,
+    /// Forces an algorithm where it applies (`CHORUS_ALGO=direct|rs_ag|ring|chain|rs_gather`;
+    /// benchmarks and tests). Every rank must use the same: ranks run one plan together.
+    pub algo: Option<String>,
+    /// Every rank beats to its peers this often (`CHORUS_HEARTBEAT_MS`, default 100).
+    pub heartbeat_interval: Duration,
+    /// A peer whose beats stopped for this long is suspected dead (`CHORUS_HEARTBEAT_TIMEOUT_MS`,
+    /// default 2000).
+    pub heartbeat_timeout: Duration,
+    /// How long a waiter spins before it yields (`CHORUS_SPIN_US`; `None`: 50 us, or 2 us when a
+    /// host has more ranks than cores).
+    pub spin: Option<Duration>,
+    /// How long it then yields before it sleeps (`CHORUS_YIELD_US`; `None`: 2 ms, or 0.5 ms with
+    /// more ranks than cores).
+    pub yield_for: Option<Duration>,
+}
+
+/// The settings every rank of a group must share, as they travel in the peer record: a rank
+/// whose settings differ from a peer's fails group creation, on every rank, with
+/// `ChorusError::SettingMismatch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agreed {
+    pub shm_chunk: usize,
+    pub tcp_chunk: usize,
+    pub rdma_chunk: usize,
+    pub algo: Option<String>,
+    pub fault_tolerance: bool,
+    pub policy: String,
+}
+
+impl Agreed {
+    /// Every setting as (the variable that sets it, its value in words).
+    fn entries(&self) -> [(&'static str, String); 6] {
+        [
+            ("CHORUS_SHM_CHUNK", self.shm_chunk.to_string()),
+            ("CHORUS_TCP_CHUNK", self.tcp_chunk.to_string()),
+            ("CHORUS_RDMA_CHUNK", self.rdma_chunk.to_string()),
+            ("CHORUS_ALGO", self.algo.clone().unwrap_or_else(|| "(unset)".into())),
+            ("CHORUS_FT", (self.fault_tolerance as u8).to_string()),
+            ("CHORUS_FAILURE_POLICY", self.policy.clone()),
+        ]
+    }
+
+    /// The first setting on which `self` and `theirs` differ: (setting, ours, theirs).
+    pub fn first_difference(&self, theirs: &Agreed) -> Option<(&'static str, String, String)> {
+        self.entries().into_iter().zip(theirs.entries()).find(|((_, a), (_, b))| a != b).map(|((name, a), (_, b))| (name, a, b))
+    }
 }
 
 /// How a collective on GPU memory runs.
@@ -76,6 +137,23 @@ pub enum FailurePolicy {
     Abort,
 }
 
+fn env_bytes(var: &str) -> Option<usize> {
+    std::env::var(var).ok().and_then(|v| v.trim().parse::<usize>().ok())
+}
+
+fn env_ms(var: &str) -> Option<Duration> {
+    std::env::var(var).ok().and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_millis)
+}
+
+fn env_us(var: &str) -> Option<Duration> {
+    std::env::var(var).ok().and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_micros)
+}
+
+/// A ring slot size as the transports use it: at least 64 bytes, a multiple of 64.
+pub fn slot_bytes(requested: usize) -> usize {
+    requested.max(64).div_ceil(64) * 64
+}
+
 impl Default for Options {
     fn default() -> Self {
         let timeout = std::env::var("CHORUS_TIMEOUT_MS")
@@ -98,6 +176,14 @@ impl Default for Options {
                 Ok("abort") => FailurePolicy::Abort,
                 _ => FailurePolicy::Shrink,
             },
+            shm_chunk: env_bytes("CHORUS_SHM_CHUNK").unwrap_or(256 * 1024),
+            tcp_chunk: env_bytes("CHORUS_TCP_CHUNK").unwrap_or(512 * 1024),
+            rdma_chunk: env_bytes("CHORUS_RDMA_CHUNK").unwrap_or(512 * 1024),
+            algo: std::env::var("CHORUS_ALGO").ok().filter(|v| !v.is_empty()),
+            heartbeat_interval: env_ms("CHORUS_HEARTBEAT_MS").unwrap_or(Duration::from_millis(100)),
+            heartbeat_timeout: env_ms("CHORUS_HEARTBEAT_TIMEOUT_MS").unwrap_or(Duration::from_millis(2000)),
+            spin: env_us("CHORUS_SPIN_US"),
+            yield_for: env_us("CHORUS_YIELD_US"),
         }
     }
 }
@@ -132,6 +218,36 @@ impl Options {
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+    /// See [`Options::shm_chunk`].
+    pub fn with_shm_chunk(mut self, bytes: usize) -> Self {
+        self.shm_chunk = bytes;
+        self
+    }
+    /// See [`Options::tcp_chunk`].
+    pub fn with_tcp_chunk(mut self, bytes: usize) -> Self {
+        self.tcp_chunk = bytes;
+        self
+    }
+    /// See [`Options::algo`].
+    pub fn with_algo(mut self, algo: Option<String>) -> Self {
+        self.algo = algo;
+        self
+    }
+
+    /// The settings every rank must share, as published in this rank's peer record.
+    pub fn agreed(&self) -> Agreed {
+        Agreed {
+            shm_chunk: slot_bytes(self.shm_chunk),
+            tcp_chunk: slot_bytes(self.tcp_chunk),
+            rdma_chunk: slot_bytes(self.rdma_chunk.clamp(64, 64 << 20)),
+            algo: self.algo.clone(),
+            fault_tolerance: self.fault_tolerance,
+            policy: match self.policy {
+                FailurePolicy::Shrink => "shrink".into(),
+                FailurePolicy::Abort => "abort".into(),
+            },
+        }
     }
 }
 
@@ -172,5 +288,17 @@ mod tests {
         assert_eq!(parse_bytes("inf"), Some(usize::MAX));
         assert_eq!(parse_bytes("lots"), None);
         assert_eq!(parse_bytes(""), None);
+    }
+
+    #[test]
+    fn agreed_settings_name_the_first_difference() {
+        let a = Options::default().with_shm_chunk(4096).with_algo(None);
+        assert_eq!(a.agreed().first_difference(&a.agreed()), None);
+        // Rounded like the rings round them: 4000 and 4032 bytes make the same slots.
+        assert_eq!(a.clone().with_shm_chunk(4000).agreed().first_difference(&a.clone().with_shm_chunk(4032).agreed()), None);
+        let b = a.clone().with_shm_chunk(8192);
+        assert_eq!(a.agreed().first_difference(&b.agreed()), Some(("CHORUS_SHM_CHUNK", "4096".into(), "8192".into())));
+        let c = a.clone().with_algo(Some("ring".into()));
+        assert_eq!(a.agreed().first_difference(&c.agreed()), Some(("CHORUS_ALGO", "(unset)".into(), "ring".into())));
     }
 }

@@ -4,7 +4,7 @@
 //! and a group across "hosts" still works over TCP. One test function: the probe result and its
 //! log line are per process, so the order of the checks matters.
 use chorus_backend::transport::rdma::{self, NotAvailable};
-use chorus_backend::transport::{shm, PeerInfo};
+use chorus_backend::transport::{shm, PeerInfo, RingGeometry};
 use chorus_backend::{Options, ProcessGroup, ReduceOp};
 use chorus_bootstrap::{MemStore, Store};
 use std::io::Write;
@@ -34,6 +34,7 @@ fn peer(rank: usize) -> PeerInfo {
         shm_data: String::new(),
         shm_signals_fd: -1,
         shm_data_fd: -1,
+        settings: Options::default().agreed(),
     }
 }
 
@@ -82,11 +83,12 @@ fn rdma_falls_back_cleanly_without_a_device() {
             std::thread::spawn(move || {
                 let sig = format!("chorus-rdmafb-{}-r{r}-sig", std::process::id());
                 let data = format!("chorus-rdmafb-{}-r{r}-data", std::process::id());
-                let local = shm::create_local(&sig, &data, 2, r).expect("shm segments");
+                let settings = &peers[r].settings;
+                let local = shm::create_local(&sig, &data, 2, r, RingGeometry { slots: 4, slot_bytes: settings.shm_chunk }).expect("shm segments");
                 chorus_backend::sys::shm::Segment::unlink(&sig);
                 chorus_backend::sys::shm::Segment::unlink(&data);
                 let t = Instant::now();
-                let links = rdma::setup(&*store, "fallback", &peers[r], &peers, &local.signals, |p| shm::can_connect(&peers[r], p), t + Duration::from_secs(10))
+                let links = rdma::setup(&*store, "fallback", &peers[r], &peers, &local.signals, RingGeometry { slots: 4, slot_bytes: settings.rdma_chunk }, |p| shm::can_connect(&peers[r], p), t + Duration::from_secs(10))
                     .expect("rdma setup never fails for lack of a device");
                 (links.len(), t.elapsed())
             })

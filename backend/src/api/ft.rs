@@ -16,7 +16,7 @@
 //! between two collectives.
 use super::select::Topo;
 use crate::engine::comm::{Comm, OpCtx};
-use crate::engine::signals::Control;
+use crate::transport::signals::Control;
 use crate::engine::work::OpInfo;
 use crate::error::{ChorusError, Result};
 use crate::group::GroupInner;
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 type Attempt<'a> = dyn FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()> + 'a;
 
 fn topo(g: &GroupInner, members: Vec<usize>) -> Topo {
-    Topo { size: g.size, members, rank: g.rank, chunk: g.chunk, shared_memory: g.all_shared_memory, ft: g.opts.fault_tolerance, save_limit: g.opts.ft_save_limit }
+    Topo { size: g.size, members, rank: g.rank, chunk: g.chunk, shared_memory: g.all_shared_memory, ft: g.opts.fault_tolerance, save_limit: g.opts.ft_save_limit, forced: g.forced_algo }
 }
 
 fn set_progress(g: &GroupInner, current: Option<(u64, bool)>, committed: Option<u64>) {

@@ -1,7 +1,36 @@
 //! Which algorithm runs for an operation, from the group's shape, the message size and the cost
 //! class of its links (shared memory or not) — never from a transport's name.
-//! `CHORUS_ALGO=<name>` forces a choice where it applies (benchmarks and tests).
+//! `Options::algo` (`CHORUS_ALGO=<name>`, read at group creation) forces a choice where it applies
+//! (benchmarks and tests).
 use crate::algo::{self, Buf, Plan};
+
+/// An algorithm forced by `Options::algo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForcedAlgo {
+    Direct,
+    RsAg,
+    Ring,
+    Chain,
+    RsGather,
+}
+
+impl ForcedAlgo {
+    /// The algorithm `name` names; an unknown name forces nothing (logged).
+    pub fn parse(name: &str) -> Option<ForcedAlgo> {
+        let forced = match name {
+            "direct" => ForcedAlgo::Direct,
+            "rs_ag" => ForcedAlgo::RsAg,
+            "ring" => ForcedAlgo::Ring,
+            "chain" => ForcedAlgo::Chain,
+            "rs_gather" => ForcedAlgo::RsGather,
+            other => {
+                tracing::warn!(algo = other, "CHORUS_ALGO names no algorithm (direct, rs_ag, ring, chain, rs_gather): choosing as usual");
+                return None;
+            }
+        };
+        Some(forced)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllReduceAlgo {
@@ -27,6 +56,8 @@ pub struct Topo {
     pub ft: bool,
     /// In-place inputs of at least this many bytes are not saved (`Options::ft_save_limit`).
     pub save_limit: usize,
+    /// The algorithm the group's options force, if any.
+    pub forced: Option<ForcedAlgo>,
 }
 
 impl Topo {
@@ -68,19 +99,13 @@ impl Topo {
     }
 }
 
-/// `CHORUS_ALGO`, read once (a read per collective showed in small-message profiles).
-fn forced() -> Option<&'static str> {
-    static FORCED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    FORCED.get_or_init(|| std::env::var("CHORUS_ALGO").ok()).as_deref()
-}
-
 /// Direct (one round, every rank reduces everything) below a size that shrinks with the group;
 /// above it, reduce-scatter + all-gather through shared memory, or a ring over sockets.
 pub fn all_reduce(t: &Topo, bytes: usize) -> AllReduceAlgo {
-    match forced() {
-        Some("direct") => return AllReduceAlgo::Direct,
-        Some("rs_ag") => return AllReduceAlgo::RsAg,
-        Some("ring") => return AllReduceAlgo::Ring,
+    match t.forced {
+        Some(ForcedAlgo::Direct) => return AllReduceAlgo::Direct,
+        Some(ForcedAlgo::RsAg) => return AllReduceAlgo::RsAg,
+        Some(ForcedAlgo::Ring) => return AllReduceAlgo::Ring,
         _ => {}
     }
     let n = t.m();
@@ -96,27 +121,27 @@ pub fn all_reduce(t: &Topo, bytes: usize) -> AllReduceAlgo {
 
 /// Ring for large blocks over sockets; direct otherwise.
 pub fn use_ring(t: &Topo, total_bytes: usize) -> bool {
-    match forced() {
-        Some("ring") => true,
-        Some("direct") => false,
+    match t.forced {
+        Some(ForcedAlgo::Ring) => true,
+        Some(ForcedAlgo::Direct) => false,
         _ => !t.shared_memory && t.m() > 2 && total_bytes > 256 * 1024,
     }
 }
 
 /// Pipelined chain for broadcasts of more than one chunk to more than one receiver.
 pub fn broadcast_chain(t: &Topo, bytes: usize) -> bool {
-    match forced() {
-        Some("chain") => true,
-        Some("direct") => false,
+    match t.forced {
+        Some(ForcedAlgo::Chain) => true,
+        Some(ForcedAlgo::Direct) => false,
         _ => t.m() > 2 && bytes > t.chunk,
     }
 }
 
 /// Reduce-scatter then gather to the root for large reductions.
 pub fn reduce_rs_gather(t: &Topo, bytes: usize) -> bool {
-    match forced() {
-        Some("rs_gather") => true,
-        Some("direct") => false,
+    match t.forced {
+        Some(ForcedAlgo::RsGather) => true,
+        Some(ForcedAlgo::Direct) => false,
         _ => t.m() > 2 && bytes > 256 * 1024,
     }
 }

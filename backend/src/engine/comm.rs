@@ -5,15 +5,14 @@
 //! only once the receiver acked chunk `s - slots` (its `ack_seq` in our signal block). Counters
 //! never reset, for the life of the group: a slot is never "cleared" for reuse (DESIGN
 //! invariant 1), so a late writer can never be mistaken for a new one.
-use super::signals::{SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED, ABORT_FAILED, ABORT_MISMATCH};
-use crate::error::{ChorusError, Result};
-use super::signals::Control;
 use super::tasks::{PeerTask, SkipReason};
+use crate::error::{ChorusError, Result};
+use crate::membership::join::StreamCounters;
 use crate::membership::liveness::Liveness;
 use crate::membership::recovery;
-use std::sync::atomic::AtomicU64;
+use crate::transport::signals::{Control, SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED, ABORT_FAILED, ABORT_MISMATCH};
 use crate::transport::{Link, SlotMeta};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +72,16 @@ pub fn describe(words: &[u64]) -> u64 {
         }
     }
     h
+}
+
+impl StreamCounters for Comm {
+    fn stream(&self) -> Stream {
+        self.stream
+    }
+
+    fn pair(&mut self, peer: usize) -> (&mut u64, &mut u64) {
+        (&mut self.sent[peer], &mut self.recvd[peer])
+    }
 }
 
 impl Comm {

@@ -6,7 +6,6 @@ pub mod comm;
 pub mod exec;
 pub mod p2p;
 pub mod queue;
-pub mod signals;
 pub mod spin;
 pub mod tasks;
 pub mod work;

@@ -10,9 +10,8 @@
 //! survivor's are, and chunks the dead predecessor never consumed are forfeited (the survivor's
 //! credits restart full). Only links that involve the replacement change.
 use super::View;
-use crate::engine::comm::Comm;
-use crate::engine::signals::SignalBlock;
 use crate::error::{ChorusError, Result};
+use crate::transport::signals::{SignalBlock, Stream};
 use crate::transport::PeerInfo;
 use chorus_bootstrap::Store;
 use serde::{Deserialize, Serialize};
@@ -95,22 +94,32 @@ pub fn request(store: &Arc<dyn Store>, uid: &str, seq: u64) -> Result<Option<Joi
 pub fn joiner_info(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, deadline: Instant) -> Result<PeerInfo> {
     let k = key(uid, &format!("join/{}/{}/peer", req.rank, req.generation));
     let v = store.wait(&[&k], deadline.saturating_duration_since(Instant::now()))?;
-    crate::group::decode_peer(&v[0])
+    PeerInfo::decode(&v[0])
 }
 
 pub fn handoff_key(uid: &str, req: &JoinRequest, survivor: usize, stream: &str) -> String {
     key(uid, &format!("join/{}/{}/{stream}/{survivor}", req.rank, req.generation))
 }
 
+/// One stream's pair counters as the engine keeps them (its `Comm` implements this), so
+/// membership moves them without knowing the engine.
+pub trait StreamCounters {
+    fn stream(&self) -> Stream;
+    /// `(sent, consumed)`: chunks sent to `peer` on this stream, and chunks consumed from it.
+    fn pair(&mut self, peer: usize) -> (&mut u64, &mut u64);
+}
+
 /// Survivor side, for the stream `comm` drives: gives up on the chunks the predecessor never
 /// consumed (our credits restart full) and on the chunks it delivered that we never consumed
 /// (left over from a cancelled collective), then returns where the pair's counters are, so the
 /// replacement's first chunk follows everything the predecessor ever sent.
-pub fn forfeit(signals: &SignalBlock, comm: &mut Comm, peer: usize) -> (u64, u64) {
-    signals.publish(signals.ack_seq(peer, comm.stream), comm.sent[peer]);
-    let delivered = signals.data_seq(peer, comm.stream).load(std::sync::atomic::Ordering::SeqCst);
-    comm.recvd[peer] = comm.recvd[peer].max(delivered);
-    (comm.sent[peer], comm.recvd[peer])
+pub fn forfeit(signals: &SignalBlock, comm: &mut impl StreamCounters, peer: usize) -> (u64, u64) {
+    let stream = comm.stream();
+    let (sent, recvd) = comm.pair(peer);
+    signals.publish(signals.ack_seq(peer, stream), *sent);
+    let delivered = signals.data_seq(peer, stream).load(std::sync::atomic::Ordering::SeqCst);
+    *recvd = (*recvd).max(delivered);
+    (*sent, *recvd)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -131,9 +140,11 @@ pub fn await_handoff(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, survi
 }
 
 /// Replacement side: continue the pair's counters from the survivor's record.
-pub fn adopt(signals: &SignalBlock, comm: &mut Comm, survivor: usize, h: &Handoff) {
-    signals.publish(signals.data_seq(survivor, comm.stream), h.sent);
-    signals.publish(signals.ack_seq(survivor, comm.stream), h.recvd);
-    comm.recvd[survivor] = h.sent;
-    comm.sent[survivor] = h.recvd;
+pub fn adopt(signals: &SignalBlock, comm: &mut impl StreamCounters, survivor: usize, h: &Handoff) {
+    let stream = comm.stream();
+    signals.publish(signals.data_seq(survivor, stream), h.sent);
+    signals.publish(signals.ack_seq(survivor, stream), h.recvd);
+    let (sent, recvd) = comm.pair(survivor);
+    *recvd = h.sent;
+    *sent = h.recvd;
 }

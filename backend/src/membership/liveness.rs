@@ -1,9 +1,10 @@
 //! Failure detection: process liveness and closed sockets (through `Link::check_alive`, instant
 //! on one host), plus heartbeats for ranks that hang or become unreachable.
 //!
-//! Every rank raises its `Heartbeat` counter in each peer's signal block every
-//! `interval`; a peer whose counter has not moved for `timeout` is suspected dead.
-use crate::engine::signals::{Control, SignalBlock};
+//! Every rank raises its `Heartbeat` counter in each peer's signal block every `interval`
+//! (`CHORUS_HEARTBEAT_MS`); a peer whose counter has not moved for `timeout`
+//! (`CHORUS_HEARTBEAT_TIMEOUT_MS`) is suspected dead.
+use crate::transport::signals::{Control, SignalBlock};
 use crate::transport::Link;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,11 +20,12 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    pub fn new(n: usize) -> Liveness {
-        let ms = |var: &str, default: u64| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    /// For `n` ranks, beating every `interval` and suspecting a peer silent for `timeout`
+    /// (`Options::heartbeat_interval`, `Options::heartbeat_timeout`).
+    pub fn new(n: usize, interval: Duration, timeout: Duration) -> Liveness {
         Liveness {
-            interval: Duration::from_millis(ms("CHORUS_HEARTBEAT_MS", 100)),
-            timeout: Duration::from_millis(ms("CHORUS_HEARTBEAT_TIMEOUT_MS", 2000)),
+            interval,
+            timeout,
             seen: Mutex::new(vec![(0, Instant::now()); n]),
             beats: AtomicU64::new(0),
         }

@@ -1,16 +1,23 @@
 //! Transports: each answers "can I connect these two peers?" and then offers one-sided
 //! put-with-signal into the peer's inbound slot ring, plus credit return. Every transport folder
-//! has the same files: `mod.rs` (capability check and setup) and `link.rs` (the data path).
-//! The engine never names a transport; it only sees [`Link`].
+//! has the same files: `mod.rs` (capability check and setup, the [`Transport`] it offers) and
+//! `link.rs` (the data path). Group setup walks one ordered [`Table`] of transports (shm, rdma,
+//! tcp): the first that can connect a pair wins. The engine never names a transport; it only sees
+//! [`Link`]. The signal block every transport raises counters in lives here too (`signals`), below
+//! the engine.
 pub mod rdma;
 pub mod ring;
 pub mod shm;
+pub mod signals;
+mod table;
 pub mod tcp;
 
-use crate::engine::signals::Stream;
 use crate::error::Result;
+use crate::options::Agreed;
 pub use ring::{InboundRing, RingGeometry, SlotMeta};
 use serde::{Deserialize, Serialize};
+use signals::{Control, Stream};
+pub use table::{Connecting, Pairing, Setup, Table, Transport};
 
 /// What a rank publishes about itself at rendezvous.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -29,6 +36,20 @@ pub struct PeerInfo {
     /// `/proc/<pid>/fd/<fd>` once the names are gone.
     pub shm_signals_fd: i32,
     pub shm_data_fd: i32,
+    /// The settings every rank must share (compared at rendezvous).
+    pub settings: Agreed,
+}
+
+impl PeerInfo {
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).expect("a peer record always encodes")
+    }
+
+    pub fn decode(v: &[u8]) -> Result<PeerInfo> {
+        bincode::serde::decode_from_slice::<PeerInfo, _>(v, bincode::config::standard()).map(|(p, _)| p).map_err(|e| {
+            crate::error::ChorusError::InvalidArgument(format!("a peer published undecodable info ({e}); are all ranks running the same chorus version?"))
+        })
+    }
 }
 
 /// One direction-agnostic connection to a peer.
@@ -53,7 +74,7 @@ pub trait Link: Send + Sync {
     /// Error if the peer is known to be gone (process exited, connection closed).
     fn check_alive(&self) -> Result<()>;
     /// Raises the control counter `c` we keep in the peer's signal block to `value`.
-    fn control(&self, c: crate::engine::signals::Control, value: u64) -> Result<()>;
+    fn control(&self, c: Control, value: u64) -> Result<()>;
     /// Tells the peer this group is aborted (best effort).
     fn send_abort(&self, reporter: usize, code: u64);
     /// Connections made for this link (for counters).

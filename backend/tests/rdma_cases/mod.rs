@@ -2,9 +2,10 @@
 //! softverbs test provider). Every rank is a thread of this process; the ranks claim different
 //! host ids so the pairs use RDMA (loopback through the one device).
 #![allow(dead_code)]
-use chorus_backend::engine::signals::{SignalBlock, Stream};
+use chorus_backend::transport::signals::{SignalBlock, Stream};
 use chorus_backend::transport::rdma::{self, RdmaLink, Resume};
-use chorus_backend::transport::{shm, Link, PeerInfo, SlotMeta};
+use chorus_backend::transport::{shm, Link, PeerInfo, RingGeometry, SlotMeta};
+use chorus_backend::Options;
 use chorus_bootstrap::{MemStore, Store};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 pub fn peer(rank: usize) -> PeerInfo {
-    PeerInfo { rank, host_id: format!("hw-host-{rank}"), pid: std::process::id(), tcp_addr: String::new(), shm_signals: String::new(), shm_data: String::new(), shm_signals_fd: -1, shm_data_fd: -1 }
+    PeerInfo { rank, host_id: format!("hw-host-{rank}"), pid: std::process::id(), tcp_addr: String::new(), shm_signals: String::new(), shm_data: String::new(), shm_signals_fd: -1, shm_data_fd: -1, settings: Options::default().agreed() }
 }
 
 /// Runs `f(rank, links, signals)` on `n` rank threads after RDMA setup between all of them. The
@@ -33,10 +34,11 @@ where
                 let peers: Vec<PeerInfo> = (0..n).map(peer).collect();
                 let sig = format!("chorus-rdmahw-{}-{uid}-r{r}-sig", std::process::id());
                 let data = format!("chorus-rdmahw-{}-{uid}-r{r}-data", std::process::id());
-                let local = shm::create_local(&sig, &data, n, r).expect("segments");
+                let geo = RingGeometry { slots: 4, slot_bytes: peers[r].settings.rdma_chunk };
+                let local = shm::create_local(&sig, &data, n, r, RingGeometry { slots: 4, slot_bytes: peers[r].settings.shm_chunk }).expect("segments");
                 chorus_backend::sys::shm::Segment::unlink(&sig);
                 chorus_backend::sys::shm::Segment::unlink(&data);
-                let mut links = rdma::setup(&*store, &uid, &peers[r], &peers, &local.signals, |_| false, Instant::now() + Duration::from_secs(30)).expect("rdma setup");
+                let mut links = rdma::setup(&*store, &uid, &peers[r], &peers, &local.signals, geo, |_| false, Instant::now() + Duration::from_secs(30)).expect("rdma setup");
                 assert_eq!(links.len(), n - 1, "every pair connected over rdma");
                 f(r, &mut links, local.signals.clone(), store);
                 done.wait();

@@ -8,7 +8,7 @@ use super::ffi::{self, ibv_wc};
 use super::proto::{self, Completion, Endpoint, Event, Output, Post, Refused, Resume};
 use super::wire::{self, EndpointInfo, PortCap};
 use super::{Device, NAME};
-use crate::engine::signals::{Control, SignalBlock, Stream, CONTROLS, STREAMS};
+use crate::transport::signals::{Control, SignalBlock, Stream, CONTROLS, STREAMS};
 use crate::error::{ChorusError, Result};
 use crate::sys::shm::Segment;
 use crate::transport::{InboundRing, Link, RingGeometry, SlotMeta};

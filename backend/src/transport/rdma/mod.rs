@@ -23,12 +23,13 @@ pub use rejoin::{begin_join, relink, JoinEpoch, Joining};
 pub use proto::{qp_created_total, Resume};
 pub use wire::{CapRecord, EndpointInfo, PortCap};
 
-use super::{PeerInfo, RingGeometry};
-use crate::engine::signals::{SignalBlock, STREAMS};
+use super::signals::{SignalBlock, STREAMS};
+use super::table::{Connected, Pairing, Ready, Setup, Transport};
+use super::{Link, PeerInfo, RingGeometry};
 use crate::error::{ChorusError, Result};
 use chorus_bootstrap::Store;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 pub const NAME: &str = "rdma";
@@ -159,31 +160,23 @@ pub fn can_connect(me: &PeerInfo, peer: &PeerInfo) -> bool {
     me.host_id != peer.host_id && probe().is_ok()
 }
 
-/// Ring geometry for RDMA pairs (`CHORUS_RDMA_CHUNK`, bytes; every rank must use the same).
-pub fn geometry() -> RingGeometry {
-    let slot_bytes = std::env::var("CHORUS_RDMA_CHUNK")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map(|v| v.clamp(64, 64 << 20).div_ceil(64) * 64)
-        .unwrap_or(512 * 1024);
-    RingGeometry { slots: 4, slot_bytes }
-}
-
 fn key(uid: &str, rest: &str) -> String {
     format!("chorus/{uid}/rdma/{rest}")
 }
 
-/// Group setup for RDMA (the hook group.rs calls once, before connecting TCP): publishes this
-/// rank's capability, and for every peer that is not `me`, not taken by an earlier transport
-/// (`taken(peer)`, e.g. shm) and has a compatible port, creates, exchanges and connects one RC
-/// queue pair. Returns those links by peer rank; every other pair falls through to TCP. Without
-/// RDMA here it publishes "none" (so peers do not wait) and returns an empty map.
+/// Group setup for RDMA: publishes this rank's capability, and for every peer that is not `me`,
+/// not taken by an earlier transport (`taken(peer)`, e.g. shm) and has a compatible port,
+/// creates, exchanges and connects one RC queue pair with rings of geometry `geo`. Returns those
+/// links by peer rank; every other pair falls through to TCP. Without RDMA here it publishes
+/// "none" (so peers do not wait) and returns an empty map.
+#[allow(clippy::too_many_arguments)]
 pub fn setup(
     store: &dyn Store,
     uid: &str,
     me: &PeerInfo,
     peers: &[PeerInfo],
     signals: &SignalBlock,
+    geo: RingGeometry,
     taken: impl Fn(&PeerInfo) -> bool,
     deadline: Instant,
 ) -> Result<HashMap<usize, RdmaLink>> {
@@ -195,7 +188,6 @@ pub fn setup(
     let keys: Vec<String> = candidates.iter().map(|p| key(uid, &format!("cap/{}", p.rank))).collect();
     let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
     let values = store.wait(&refs, deadline.saturating_duration_since(Instant::now()))?;
-    let geo = geometry();
     let signals_mr = register_signals(&dev, signals, me.rank)?;
 
     // Create every QP, then publish and connect them all (no pair waits on another).
@@ -205,7 +197,7 @@ pub fn setup(
         if !wire::pair_ok(&cap, &theirs) {
             continue;
         }
-        let (mem, pc) = new_conn(&dev, me.rank, p.rank, 0, Resume::default(), signals, &signals_mr)?;
+        let (mem, pc) = new_conn(&dev, me.rank, p.rank, 0, geo, Resume::default(), signals, &signals_mr)?;
         mems.push((p.rank, mem));
         pending.push(pc);
     }
@@ -237,10 +229,10 @@ pub(super) fn register_signals(dev: &Device, signals: &SignalBlock, me: usize) -
     Ok(Arc::new(dev.ctx.reg_host(seg.base(), seg.len(), ffi::IBV_ACCESS_LOCAL_WRITE | ffi::IBV_ACCESS_REMOTE_READ).map_err(|e| connect_error(me, e))?))
 }
 
-/// A link's rings (registered) and a QP towards `peer` in INIT with its receives posted,
-/// continuing from `resume`, whose record goes under handshake `epoch`.
-pub(super) fn new_conn(dev: &Device, me: usize, peer: usize, epoch: u64, resume: Resume, signals: &SignalBlock, signals_mr: &Arc<ffi::Mr>) -> Result<(link::LinkMemory, link::PendingConn)> {
-    let geo = geometry();
+/// A link's rings (registered, geometry `geo`) and a QP towards `peer` in INIT with its receives
+/// posted, continuing from `resume`, whose record goes under handshake `epoch`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn new_conn(dev: &Device, me: usize, peer: usize, epoch: u64, geo: RingGeometry, resume: Resume, signals: &SignalBlock, signals_mr: &Arc<ffi::Mr>) -> Result<(link::LinkMemory, link::PendingConn)> {
     let cfg = proto::Config::for_geometry(geo.slots, geo.slot_bytes, STREAMS);
     let mem = link::LinkMemory::new(dev, geo, signals_mr.clone()).map_err(|e| connect_error(peer, e))?;
     let pc = link::prepare_conn(dev, me, peer, epoch, cfg, resume, (mem.inbound(), mem.inbound_mr(), signals_mr, signals.segment().base() as u64)).map_err(|e| connect_error(peer, e))?;
@@ -258,4 +250,89 @@ pub fn pair_uses_rdma(store: &dyn Store, uid: &str, me: &PeerInfo, peer: &PeerIn
     let v = store.wait(&[k.as_str()], deadline.saturating_duration_since(Instant::now()))?;
     let theirs = CapRecord::decode(&v[0]).map_err(|e| connect_error(peer.rank, e.to_string()))?;
     Ok(wire::pair_ok(&CapRecord { rank: me.rank as u32, port: Some(port) }, &theirs))
+}
+
+/// The RDMA entry of the transport table. It keeps its links by peer: a replacement's join
+/// recreates only the queue pair of the existing link (DESIGN invariant 8).
+pub struct Rdma {
+    geo: RingGeometry,
+    links: Arc<Mutex<HashMap<usize, Arc<RdmaLink>>>>,
+}
+
+impl Rdma {
+    pub fn new(geo: RingGeometry) -> Rdma {
+        Rdma { geo, links: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    fn keep(links: &Mutex<HashMap<usize, Arc<RdmaLink>>>, peer: usize, l: Arc<RdmaLink>) {
+        links.lock().unwrap_or_else(|e| e.into_inner()).insert(peer, l);
+    }
+}
+
+/// A replacement's queue pairs to the survivors, connected before it learns their counters.
+struct JoiningAll {
+    joining: Vec<Joining>,
+    geo: RingGeometry,
+    links: Arc<Mutex<HashMap<usize, Arc<RdmaLink>>>>,
+}
+
+impl Connected for JoiningAll {
+    fn start(self: Box<Self>, s: &Setup, counters: &dyn Fn(usize) -> Vec<(u64, u64)>) -> Result<Vec<Arc<dyn Link>>> {
+        let mut out: Vec<Arc<dyn Link>> = Vec::new();
+        for j in self.joining {
+            let peer = j.peer;
+            let l = Arc::new(j.start(s.me.rank, &s.local.signals, self.geo, &counters(peer))?);
+            Rdma::keep(&self.links, peer, l.clone());
+            out.push(l);
+        }
+        Ok(out)
+    }
+}
+
+impl Transport for Rdma {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn geometry(&self) -> RingGeometry {
+        self.geo
+    }
+
+    /// Publishes this rank's port (or none, so peers do not wait for it).
+    fn prepare(&self, s: &Setup) -> Result<()> {
+        publish_cap(s.store, s.uid, s.me.rank).map(|_| ())
+    }
+
+    fn can_connect(&self, s: &Setup, peer: &PeerInfo) -> Result<bool> {
+        pair_uses_rdma(s.store, s.uid, s.me, peer, s.deadline)
+    }
+
+    fn connect(&self, s: &Setup, peers: &[&PeerInfo], pairing: Pairing) -> Result<Box<dyn Connected>> {
+        let peers: Vec<PeerInfo> = peers.iter().map(|p| (*p).clone()).collect();
+        match pairing {
+            Pairing::Create => {
+                let links = setup(s.store, s.uid, s.me, &peers, &s.local.signals, self.geo, |_| false, s.deadline)?;
+                let mut out: Vec<Arc<dyn Link>> = Vec::new();
+                for (peer, l) in links {
+                    let l = Arc::new(l);
+                    Rdma::keep(&self.links, peer, l.clone());
+                    out.push(l);
+                }
+                Ok(Box::new(Ready(out)))
+            }
+            Pairing::Join { seq } => {
+                let joining = begin_join(s.store, s.uid, s.me, &peers, &s.local.signals, self.geo, seq, s.deadline)?;
+                Ok(Box::new(JoiningAll { joining, geo: self.geo, links: self.links.clone() }))
+            }
+        }
+    }
+
+    /// The new queue pair continues both streams' counters, so both are settled first.
+    fn relink(&self, s: &Setup, joiner: &PeerInfo, seq: u64, counters: &mut dyn FnMut() -> Result<Vec<(u64, u64)>>) -> Result<Arc<dyn Link>> {
+        let resume = Resume::continuing(&counters()?);
+        let existing = self.links.lock().unwrap_or_else(|e| e.into_inner()).get(&joiner.rank).cloned();
+        let l = relink(s.store, s.uid, s.me.rank, joiner.rank, existing.as_ref(), &s.local.signals, self.geo, seq, resume, s.deadline)?;
+        Rdma::keep(&self.links, joiner.rank, l.clone());
+        Ok(l)
+    }
 }

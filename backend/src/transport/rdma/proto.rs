@@ -20,7 +20,7 @@
 //!   credit return per stream, one update per control id and one abort, which `recv_depth` covers
 //!   ([`Config::for_geometry`]); RNR retry (infinite) covers a poller that is late re-posting.
 use super::wire::{widen, widen_forward, Imm, CONTROL_BITS};
-use crate::engine::signals::CONTROLS;
+use crate::transport::signals::CONTROLS;
 use crate::transport::ring::HEADER;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

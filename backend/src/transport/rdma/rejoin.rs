@@ -1,10 +1,10 @@
 //! Rejoin over RDMA: a survivor recreates only its queue pair to the replacement (or makes a
 //! new link if the pair used another transport before); the replacement connects its queue
 //! pairs before it learns the survivors' counters, then rebases them. docs/rdma.md, "Rejoin".
-use super::{connect_error, device, geometry, link, new_conn, pair_uses_rdma, register_signals, Device, RdmaLink, Resume};
-use crate::engine::signals::SignalBlock;
+use super::{connect_error, device, link, new_conn, pair_uses_rdma, register_signals, Device, RdmaLink, Resume};
 use crate::error::Result;
-use crate::transport::PeerInfo;
+use crate::transport::signals::SignalBlock;
+use crate::transport::{PeerInfo, RingGeometry};
 use chorus_bootstrap::Store;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +24,7 @@ pub fn relink(
     joiner: usize,
     existing: Option<&Arc<RdmaLink>>,
     signals: &SignalBlock,
+    geo: RingGeometry,
     epoch: JoinEpoch,
     resume: Resume,
     deadline: Instant,
@@ -35,9 +36,9 @@ pub fn relink(
     }
     let dev = device().as_ref().map_err(|e| connect_error(joiner, e.to_string()))?.clone();
     let signals_mr = register_signals(&dev, signals, me)?;
-    let (mem, pc) = new_conn(&dev, me, joiner, epoch, resume, signals, &signals_mr)?;
+    let (mem, pc) = new_conn(&dev, me, joiner, epoch, geo, resume, signals, &signals_mr)?;
     let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(joiner, e))?;
-    Ok(Arc::new(RdmaLink::start(me, joiner, dev, geometry(), signals.clone(), mem, conn)?))
+    Ok(Arc::new(RdmaLink::start(me, joiner, dev, geo, signals.clone(), mem, conn)?))
 }
 
 /// A replacement rank's connected queue pair to one survivor, not yet carrying traffic: the
@@ -52,7 +53,8 @@ pub struct Joining {
 /// Replacement side of a rejoin: for every survivor in `survivors` whose pair uses RDMA,
 /// creates and publishes a QP under `epoch`, then connects each as its survivor serves the
 /// join (in whatever order they do). Call [`Joining::start`] with the survivor's counters afterwards.
-pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[PeerInfo], signals: &SignalBlock, epoch: JoinEpoch, deadline: Instant) -> Result<Vec<Joining>> {
+#[allow(clippy::too_many_arguments)]
+pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[PeerInfo], signals: &SignalBlock, geo: RingGeometry, epoch: JoinEpoch, deadline: Instant) -> Result<Vec<Joining>> {
     let mut rdma_peers = Vec::new();
     for p in survivors {
         if pair_uses_rdma(store, uid, me, p, deadline)? {
@@ -67,7 +69,7 @@ pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[Peer
     let signals_mr = register_signals(&dev, signals, me.rank)?;
     let (mut mems, mut pending) = (Vec::new(), Vec::new());
     for peer in rdma_peers {
-        let (mem, pc) = new_conn(&dev, me.rank, peer, epoch, Resume::default(), signals, &signals_mr)?;
+        let (mem, pc) = new_conn(&dev, me.rank, peer, epoch, geo, Resume::default(), signals, &signals_mr)?;
         mems.push((peer, mem));
         pending.push(pc);
     }
@@ -79,9 +81,9 @@ impl Joining {
     /// Starts carrying traffic from the survivor's per-stream `(sent, consumed)` counts (the
     /// survivor's handoff): our first chunk is the survivor's next unconsumed one, and we expect
     /// the survivor's next chunk.
-    pub fn start(mut self, me: usize, signals: &SignalBlock, survivor_counts: &[(u64, u64)]) -> Result<RdmaLink> {
+    pub fn start(mut self, me: usize, signals: &SignalBlock, geo: RingGeometry, survivor_counts: &[(u64, u64)]) -> Result<RdmaLink> {
         let ours: Vec<(u64, u64)> = survivor_counts.iter().map(|&(sent, consumed)| (consumed, sent)).collect();
         self.conn.rebase(Resume::continuing(&ours)).map_err(|e| connect_error(self.peer, e))?;
-        RdmaLink::start(me, self.peer, self.dev, geometry(), signals.clone(), self.mem, self.conn)
+        RdmaLink::start(me, self.peer, self.dev, geo, signals.clone(), self.mem, self.conn)
     }
 }

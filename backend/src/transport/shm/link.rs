@@ -1,7 +1,7 @@
 //! The shm data path: a put is a copy straight into the peer's mapped inbound ring followed by a
 //! release-store of the peer's sequence counter.
 use super::ring_offset;
-use crate::engine::signals::{SignalBlock, Stream, STREAMS};
+use crate::transport::signals::{SignalBlock, Stream, STREAMS};
 use crate::error::{ChorusError, Result};
 use crate::sys::shm::Segment;
 use crate::transport::{InboundRing, Link, RingGeometry, SlotMeta};
@@ -63,7 +63,7 @@ impl Link for ShmLink {
         Ok(())
     }
 
-    fn control(&self, c: crate::engine::signals::Control, value: u64) -> Result<()> {
+    fn control(&self, c: crate::transport::signals::Control, value: u64) -> Result<()> {
         self.peer_signals.publish(self.peer_signals.control(self.me, c), value);
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! control id (u8), 2 pad bytes, sequence or value (u64), [`SlotMeta`] (56 bytes) — followed by `meta.len` payload bytes
 //! for data frames. A reader thread per socket writes payloads into our inbound ring and raises
 //! our signal counters, so the engine waits on sockets exactly as it waits on shared memory.
-use crate::engine::signals::{Control, SignalBlock, Stream, STREAMS};
+use crate::transport::signals::{Control, SignalBlock, Stream, STREAMS};
 use crate::error::{ChorusError, Result};
 use crate::sys::shm::Segment;
 use crate::transport::{InboundRing, Link, RingGeometry, SlotMeta};

@@ -1,24 +1,26 @@
-//! Group setup: rendezvous through the store, transport selection per pair, engine start; and
-//! the two ways a rank enters a group that already runs: survivors link to a replacement
-//! (`serve_joins`), and a replacement links to the survivors (`join`).
+//! A group's state and engine start ([`setup`] has how a rank enters a group: `create` and a
+//! replacement's `join`); survivors link to a replacement between collectives (`serve_joins`).
+mod setup;
+
+pub use setup::{create, join};
+
+use crate::api::select::ForcedAlgo;
 use crate::engine::comm::Comm;
 use crate::engine::p2p::{P2pEngine, P2pOp};
-use crate::engine::signals::{Control, SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED};
 use crate::engine::worker::Worker;
 use crate::error::{ChorusError, Result};
 use crate::membership::join::{self, Handoff, JoinRequest};
 use crate::membership::liveness::Liveness;
 use crate::membership::recovery::{self, Decision, Post, Round};
 use crate::membership::{View, ViewStore};
-use crate::memory::{Location, Registry};
-use crate::options::{default_host_id, Options};
-use crate::sys::shm::Segment;
+use crate::memory::Registry;
+use crate::options::Options;
 use crate::transport::shm::LocalSegments;
-use crate::transport::rdma::{self, RdmaLink};
-use crate::transport::{self, shm, tcp, Link, PeerInfo};
-use chorus_bootstrap::{listen, Store};
+use crate::transport::signals::{Control, SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED};
+use crate::transport::{Link, PeerInfo, Setup, Table};
+use chorus_bootstrap::Store;
 use crossbeam::channel::Sender;
-use std::net::TcpListener;
+use setup::{key, Prepared};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -101,10 +103,12 @@ pub struct GroupInner {
     pub local: LocalSegments,
     me: PeerInfo,
     links: Mutex<Vec<Option<Arc<dyn Link>>>>,
-    /// The links of `links` that are RDMA, by peer: a rejoin recreates only their queue pair.
-    rdma_links: Mutex<Vec<Option<Arc<RdmaLink>>>>,
+    /// The transports, in the order they are tried (they keep what relinking needs).
+    transports: Table,
     /// Chunk size every plan of this group is built with (fits every link's slots).
     pub chunk: usize,
+    /// The algorithm `Options::algo` forces, if any (read once, at creation).
+    pub forced_algo: Option<ForcedAlgo>,
     pub all_shared_memory: bool,
     /// Monotonic: collectives submitted so far (the next op's sequence number is this + 1).
     pub op_seq: AtomicU64,
@@ -133,177 +137,6 @@ pub struct GroupInner {
     pub last_decision: Mutex<Option<Decision>>,
 }
 
-fn key(uid: &str, rest: &str) -> String {
-    format!("chorus/{uid}/{rest}")
-}
-
-fn unique_token() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{}-{:x}", crate::sys::proc::pid(), nanos & 0xffff_ffff_ffff)
-}
-
-pub fn group_key(uid: &str) -> u64 {
-    crate::engine::comm::describe(&uid.bytes().map(u64::from).collect::<Vec<_>>())
-}
-
-fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| ChorusError::InvalidArgument(format!("encoding: {e}")))
-}
-
-pub fn decode_peer(v: &[u8]) -> Result<PeerInfo> {
-    bincode::serde::decode_from_slice::<PeerInfo, _>(v, bincode::config::standard())
-        .map(|(p, _)| p)
-        .map_err(|e| ChorusError::InvalidArgument(format!("a peer published undecodable info ({e}); are all ranks running the same chorus version?")))
-}
-
-/// A rank's links by peer, and which of them are RDMA (a rejoin reconnects those in place).
-struct Links {
-    all: Vec<Option<Arc<dyn Link>>>,
-    rdma: Vec<Option<Arc<RdmaLink>>>,
-}
-
-/// What a rank prepares before it tells anyone about itself.
-struct Prepared {
-    listener: TcpListener,
-    local: LocalSegments,
-    me: PeerInfo,
-    registry: Registry,
-}
-
-/// Binds the listener and creates the segments (both before publishing: DESIGN invariant 5).
-fn prepare(rank: usize, size: usize, opts: &Options) -> Result<Prepared> {
-    let host_id = opts.host_id.clone().unwrap_or_else(default_host_id);
-    let ip = listen::advertise_ip(opts.route_hint.as_deref().unwrap_or("127.0.0.1"));
-    let (listener, addr) = listen::bind_listener(ip)?;
-    let token = unique_token();
-    let sig_name = format!("chorus-{token}-r{rank}-sig");
-    let data_name = format!("chorus-{token}-r{rank}-data");
-    let local = shm::create_local(&sig_name, &data_name, size, rank)?;
-    let registry = Registry::default();
-    registry.register(local.signals.segment().base(), local.signals.segment().len(), Location::Host);
-    registry.register(local.data.base(), local.data.len(), Location::Host);
-    let me = PeerInfo {
-        rank,
-        host_id,
-        pid: crate::sys::proc::pid(),
-        tcp_addr: addr.to_string(),
-        shm_signals: sig_name,
-        shm_data: data_name,
-        shm_signals_fd: local.signals.segment().fd().unwrap_or(-1),
-        shm_data_fd: local.data.fd().unwrap_or(-1),
-    };
-    Ok(Prepared { listener, local, me, registry })
-}
-
-fn wait_all(store: &Arc<dyn Store>, keys: &[String], deadline: Instant) -> Result<Vec<Vec<u8>>> {
-    let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
-    Ok(store.wait(&refs, deadline.saturating_duration_since(Instant::now()))?)
-}
-
-/// Creates the group `uid` of `size` ranks (this one is `rank`). Every member calls this.
-pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, parent_ranks: Vec<usize>, opts: Options) -> Result<Arc<GroupInner>> {
-    if size == 0 || rank >= size {
-        return Err(ChorusError::InvalidRank { rank, size });
-    }
-    crate::options::init_logging();
-    let _span = tracing::info_span!("group_create", uid = %uid, rank, size).entered();
-    let deadline = Instant::now() + opts.timeout;
-    let prep = prepare(rank, size, &opts)?;
-    let me = prep.me.clone();
-    let unlink = UnlinkGuard::new(&me);
-    store.set(&key(&uid, &format!("peer/{rank}")), &encode(&me)?)?;
-    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("peer/{r}"))).collect();
-    let peers: Vec<PeerInfo> = wait_all(&store, &keys, deadline)?.iter().map(|v| decode_peer(v)).collect::<Result<_>>()?;
-
-    // Links: shared memory where the host matches, RDMA where both ends have a device, sockets
-    // otherwise. Higher ranks connect.
-    let gkey = group_key(&uid);
-    let counters = Counters::new(size);
-    let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
-    let mut tcp_higher = 0;
-    let mut rdma_links: Vec<Option<Arc<RdmaLink>>> = (0..size).map(|_| None).collect();
-    let mut rdma_setup = rdma::setup(&*store, &uid, &me, &peers, &prep.local.signals, |p| shm::can_connect(&me, p), deadline)?;
-    for p in &peers {
-        if p.rank == rank {
-            continue;
-        }
-        if shm::can_connect(&me, p) {
-            links[p.rank] = Some(Arc::new(shm::connect(rank, size, &prep.local, p)?));
-            counters.connected(p.rank);
-        } else if let Some(l) = rdma_setup.remove(&p.rank) {
-            let l = Arc::new(l);
-            links[p.rank] = Some(l.clone());
-            rdma_links[p.rank] = Some(l);
-            counters.connected(p.rank);
-        } else if tcp::can_connect(&me, p) {
-            if p.rank < rank {
-                let s = tcp::connect(rank, p, gkey, deadline)?;
-                links[p.rank] = Some(Arc::new(tcp::link(rank, p.rank, s, prep.local.signals.clone())?));
-                counters.connected(p.rank);
-            } else {
-                tcp_higher += 1;
-            }
-        }
-    }
-    for (r, s) in tcp::accept(&prep.listener, tcp_higher, gkey, deadline)? {
-        if r >= size || r <= rank || links[r].is_some() {
-            return Err(ChorusError::Connect { transport: tcp::NAME, peer: r, why: "unexpected introduction".into() });
-        }
-        links[r] = Some(Arc::new(tcp::link(rank, r, s, prep.local.signals.clone())?));
-        counters.connected(r);
-    }
-
-    // Everyone mapped everyone: the names can go (nothing leaks in /dev/shm after a crash).
-    store.set(&key(&uid, &format!("mapped/{rank}")), b"1")?;
-    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("mapped/{r}"))).collect();
-    wait_all(&store, &keys, deadline)?;
-
-    let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
-    let chunk = group_chunk(&peers);
-    unlink.disarm();
-    start(store, uid, rank, size, parent_ranks, opts, prep, Links { all: links, rdma: rdma_links }, counters, local_ranks, chunk, None)
-}
-
-/// The chunk size every rank of the group builds plans with. It must be the same on every rank
-/// (chunks are matched one to one), so it is derived from what every rank knows alike — the
-/// host identities of all ranks — not from a rank's own links: one host uses the shared-memory
-/// slot size; several hosts use the smallest slot of any transport a pair might use.
-fn group_chunk(peers: &[PeerInfo]) -> usize {
-    let one_host = peers.iter().all(|p| p.host_id == peers[0].host_id);
-    let shm_slot = shm::geometry().slot_bytes;
-    if one_host {
-        shm_slot
-    } else {
-        shm_slot.min(tcp::geometry().slot_bytes).min(transport::rdma::geometry().slot_bytes)
-    }
-}
-
-/// Removes this rank's segment names if setup fails before every peer mapped them.
-struct UnlinkGuard {
-    names: Vec<String>,
-}
-
-impl UnlinkGuard {
-    fn new(me: &PeerInfo) -> UnlinkGuard {
-        UnlinkGuard { names: vec![me.shm_signals.clone(), me.shm_data.clone()] }
-    }
-
-    /// Every peer mapped the segments: remove the names now.
-    fn disarm(mut self) {
-        for n in self.names.drain(..) {
-            Segment::unlink(&n);
-        }
-    }
-}
-
-impl Drop for UnlinkGuard {
-    fn drop(&mut self) {
-        for n in &self.names {
-            Segment::unlink(n);
-        }
-    }
-}
-
 /// State a joining rank takes over from the survivors.
 struct Resume {
     handoffs: Vec<(usize, Handoff, Handoff)>,
@@ -321,7 +154,8 @@ fn start(
     parent_ranks: Vec<usize>,
     opts: Options,
     prep: Prepared,
-    Links { all: links, rdma: rdma_links }: Links,
+    transports: Table,
+    links: Vec<Option<Arc<dyn Link>>>,
     counters: Counters,
     local_ranks: usize,
     chunk: usize,
@@ -330,11 +164,11 @@ fn start(
     // Chunks from socket peers land through this process's reader threads: those need a core
     // too, so count them as extra local contenders.
     let socket_links = links.iter().flatten().filter(|l| !l.shares_memory()).count();
-    let policy = WaitPolicy::for_host(local_ranks + if socket_links > 0 { local_ranks } else { 0 });
+    let policy = WaitPolicy::for_host(local_ranks + if socket_links > 0 { local_ranks } else { 0 }, opts.spin, opts.yield_for);
     let all_shared_memory = links.iter().flatten().all(|l| l.shares_memory());
     tracing::debug!(transports = ?transport_names(&links), chunk, "group links ready");
 
-    let liveness = Arc::new(Liveness::new(size));
+    let liveness = Arc::new(Liveness::new(size, opts.heartbeat_interval, opts.heartbeat_timeout));
     let rounds_applied = Arc::new(AtomicU64::new(0));
     let signals = prep.local.signals.clone();
     let mut coll = Comm::new(rank, size, Stream::Collective, links.clone(), signals.clone(), policy.clone(), opts.timeout, liveness.clone(), rounds_applied.clone());
@@ -375,8 +209,9 @@ fn start(
         local: prep.local,
         me: prep.me,
         links: Mutex::new(links),
-        rdma_links: Mutex::new(rdma_links),
+        transports,
         chunk,
+        forced_algo: opts.algo.as_deref().and_then(ForcedAlgo::parse),
         all_shared_memory,
         opts,
         op_seq: AtomicU64::new(committed),
@@ -579,24 +414,11 @@ impl GroupInner {
         let p = req.rank;
         // Chunks the dead predecessor never consumed are forfeited: our credits restart full. (It
         // sends nothing more, and the replacement sends nothing before our handoff, so this can
-        // come before the new link; an RDMA queue pair needs the counters when it connects.)
+        // come before the new link; a transport that carries the counters into its connection
+        // also asks for the point-to-point stream's.)
         let coll = join::forfeit(&self.signals, comm, p);
-        let mut rdma_link = None;
-        let link: Arc<dyn Link> = if shm::can_connect(&self.me, &info) {
-            Arc::new(shm::connect(self.rank, self.size, &self.local, &info)?)
-        } else if rdma::pair_uses_rdma(&*self.store, &self.uid, &self.me, &info, deadline)? {
-            // The new queue pair continues both streams' counters, so both are settled first.
-            let p2p = self.forfeit_p2p(p, deadline)?;
-            let existing = self.rdma_links.lock().unwrap_or_else(|e| e.into_inner())[p].clone();
-            let resume = rdma::Resume::continuing(&[coll, p2p]);
-            let l = rdma::relink(&*self.store, &self.uid, self.rank, p, existing.as_ref(), &self.signals, req.seq, resume, deadline)?;
-            rdma_link = Some(l.clone());
-            l
-        } else {
-            let s = tcp::connect(self.rank, &info, group_key(&self.uid), deadline)?;
-            Arc::new(tcp::link(self.rank, p, s, self.signals.clone())?)
-        };
-        self.rdma_links.lock().unwrap_or_else(|e| e.into_inner())[p] = rdma_link;
+        let setup = Setup { store: &*self.store, uid: &self.uid, me: &self.me, ranks: self.size, local: &self.local, listener: None, deadline };
+        let link = self.transports.relink(&setup, &info, req.seq, &mut || Ok(vec![coll, self.forfeit_p2p(p, deadline)?]))?;
         self.counters.connected(p);
         self.liveness.reset(p);
         comm.links[p] = Some(link.clone());
@@ -661,87 +483,6 @@ impl Drop for GroupInner {
     fn drop(&mut self) {
         self.destroy(false);
     }
-}
-
-/// A replacement for rank `rank` of the running group `uid`: waits until the survivors removed
-/// the old process, links to every active member (they link back when they see the request),
-/// takes over the pair counters, and asks to be activated. Returns once it is a member again.
-pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: Options) -> Result<Arc<GroupInner>> {
-    if rank >= size {
-        return Err(ChorusError::InvalidRank { rank, size });
-    }
-    crate::options::init_logging();
-    let _span = tracing::info_span!("group_join", uid = %uid, rank, size).entered();
-    let deadline = Instant::now() + opts.timeout;
-    let views = ViewStore::new(store.clone(), &uid, size);
-    let view = loop {
-        let v = views.read()?;
-        if !v.is_active(rank) {
-            break v;
-        }
-        if Instant::now() >= deadline {
-            return Err(ChorusError::InvalidArgument(format!("join: rank {rank} is still an active member (is the old process still running?)")));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let prep = prepare(rank, size, &opts)?;
-    let unlink = UnlinkGuard::new(&prep.me);
-    // Our own port decides our RDMA pairs, not the predecessor's: published before we announce.
-    rdma::publish_cap(&*store, &uid, rank)?;
-    let req = join::announce(&store, &uid, rank, &prep.me)?;
-    let members = view.members();
-    let mut peers = Vec::new();
-    for &s in &members {
-        let info = decode_peer(&store.get(&key(&uid, &format!("peer/{s}")))?.ok_or_else(|| ChorusError::InvalidArgument(format!("join: no info for rank {s}")))?)?;
-        peers.push(info);
-    }
-    // RDMA pairs connect first: a survivor recreates its queue pair to us before it hands off.
-    let joining = rdma::begin_join(&*store, &uid, &prep.me, &peers, &prep.local.signals, req.seq, deadline)?;
-    // Survivors publish where their counters are, after linking to us.
-    let mut handoffs = Vec::new();
-    for &s in &members {
-        let (coll, p2p) = join::await_handoff(&store, &uid, &req, s, deadline)?;
-        handoffs.push((s, coll, p2p));
-    }
-    let counters = Counters::new(size);
-    let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
-    let mut rdma_links: Vec<Option<Arc<RdmaLink>>> = (0..size).map(|_| None).collect();
-    for j in joining {
-        let (_, coll, p2p) = handoffs.iter().find(|(s, _, _)| *s == j.peer).expect("a handoff from every member");
-        let peer = j.peer;
-        let l = Arc::new(j.start(rank, &prep.local.signals, &[(coll.sent, coll.recvd), (p2p.sent, p2p.recvd)])?);
-        links[peer] = Some(l.clone());
-        rdma_links[peer] = Some(l);
-        counters.connected(peer);
-    }
-    let gkey = group_key(&uid);
-    let tcp_peers = peers.iter().filter(|p| !shm::can_connect(&prep.me, p) && links[p.rank].is_none()).count();
-    for p in &peers {
-        if shm::can_connect(&prep.me, p) {
-            links[p.rank] = Some(Arc::new(shm::connect(rank, size, &prep.local, p)?));
-            counters.connected(p.rank);
-        }
-    }
-    for (r, s) in tcp::accept(&prep.listener, tcp_peers, gkey, deadline)? {
-        links[r] = Some(Arc::new(tcp::link(rank, r, s, prep.local.signals.clone())?));
-        counters.connected(r);
-    }
-    unlink.disarm();
-    // Survivors' records name the view and progress they are at; take the newest.
-    let newest = handoffs.iter().max_by_key(|(_, h, _)| (h.epoch, h.committed)).map(|(_, h, _)| h.clone()).expect("a group has survivors");
-    let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
-    let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
-    let mut everyone = peers.clone();
-    everyone.push(prep.me.clone());
-    let chunk = group_chunk(&everyone);
-    let me = prep.me.clone();
-    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, Links { all: links, rdma: rdma_links }, counters, local_ranks, chunk, Some(resume))?;
-    // Later replacements of other ranks read the members' records: ours is this process now.
-    g.store.set(&key(&g.uid, &format!("peer/{rank}")), &encode(&me)?)?;
-    // Ask to be a member again: a view change that every survivor adopts at the same collective
-    // (the admission round `ft::admit` raises and waits for).
-    g.views.activate(&[rank])?;
-    Ok(g)
 }
 
 /// For `transport::Link` users that only need the name list.

@@ -1,0 +1,270 @@
+//! Entering a group: rendezvous through the store, a check of the settings every rank must
+//! share, and one walk over the transport table — for a new group ([`create`]) and for a
+//! replacement of a failed rank ([`join`]).
+use super::{start, Counters, GroupInner, Resume};
+use crate::error::{ChorusError, Result};
+use crate::membership::join;
+use crate::membership::ViewStore;
+use crate::memory::{Location, Registry};
+use crate::options::{default_host_id, Options};
+use crate::sys::shm::Segment;
+use crate::transport::shm::{self, LocalSegments};
+use crate::transport::signals::STREAMS;
+use crate::transport::{Link, Pairing, PeerInfo, RingGeometry, Setup, Table};
+use chorus_bootstrap::{listen, Store};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(super) fn key(uid: &str, rest: &str) -> String {
+    format!("chorus/{uid}/{rest}")
+}
+
+fn unique_token() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}-{:x}", crate::sys::proc::pid(), nanos & 0xffff_ffff_ffff)
+}
+
+
+/// What a rank prepares before it tells anyone about itself.
+pub(super) struct Prepared {
+    pub listener: TcpListener,
+    pub local: LocalSegments,
+    pub me: PeerInfo,
+    pub registry: Registry,
+}
+
+/// Binds the listener and creates the segments (both before publishing: DESIGN invariant 5).
+fn prepare(rank: usize, size: usize, opts: &Options) -> Result<Prepared> {
+    let host_id = opts.host_id.clone().unwrap_or_else(default_host_id);
+    let ip = listen::advertise_ip(opts.route_hint.as_deref().unwrap_or("127.0.0.1"));
+    let (listener, addr) = listen::bind_listener(ip)?;
+    let token = unique_token();
+    let sig_name = format!("chorus-{token}-r{rank}-sig");
+    let data_name = format!("chorus-{token}-r{rank}-data");
+    let settings = opts.agreed();
+    let local = shm::create_local(&sig_name, &data_name, size, rank, RingGeometry { slots: 4, slot_bytes: settings.shm_chunk })?;
+    let registry = Registry::default();
+    registry.register(local.signals.segment().base(), local.signals.segment().len(), Location::Host);
+    registry.register(local.data.base(), local.data.len(), Location::Host);
+    let me = PeerInfo {
+        rank,
+        host_id,
+        pid: crate::sys::proc::pid(),
+        tcp_addr: addr.to_string(),
+        shm_signals: sig_name,
+        shm_data: data_name,
+        shm_signals_fd: local.signals.segment().fd().unwrap_or(-1),
+        shm_data_fd: local.data.fd().unwrap_or(-1),
+        settings,
+    };
+    Ok(Prepared { listener, local, me, registry })
+}
+
+/// Fails on the first peer whose shared settings differ from ours; every rank compares every
+/// record, so every rank of the group fails alike, naming the setting, both values and ranks.
+fn check_settings(me: &PeerInfo, peers: &[PeerInfo]) -> Result<()> {
+    for p in peers.iter().filter(|p| p.rank != me.rank) {
+        if let Some((setting, ours, theirs)) = me.settings.first_difference(&p.settings) {
+            return Err(ChorusError::InvalidArgument(format!(
+                "ranks disagree on {setting}: rank {} has {ours}, rank {} has {theirs} (every rank of a group must use the same {setting})",
+                me.rank, p.rank
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn wait_all(store: &Arc<dyn Store>, keys: &[String], deadline: Instant) -> Result<Vec<Vec<u8>>> {
+    let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+    Ok(store.wait(&refs, deadline.saturating_duration_since(Instant::now()))?)
+}
+
+/// Puts each new link at its peer's place, counting the connection.
+fn place(links: &mut [Option<Arc<dyn Link>>], counters: &Counters, new: Vec<Arc<dyn Link>>) -> Result<()> {
+    for l in new {
+        let p = l.peer();
+        match links.get_mut(p) {
+            Some(slot @ None) => *slot = Some(l),
+            _ => return Err(ChorusError::Connect { transport: l.transport(), peer: p, why: "a second link, or a rank outside the group".into() }),
+        }
+        counters.connected(p);
+    }
+    Ok(())
+}
+
+/// Creates the group `uid` of `size` ranks (this one is `rank`). Every member calls this.
+pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, parent_ranks: Vec<usize>, opts: Options) -> Result<Arc<GroupInner>> {
+    if size == 0 || rank >= size {
+        return Err(ChorusError::InvalidRank { rank, size });
+    }
+    crate::options::init_logging();
+    let _span = tracing::info_span!("group_create", uid = %uid, rank, size).entered();
+    let deadline = Instant::now() + opts.timeout;
+    let prep = prepare(rank, size, &opts)?;
+    let me = prep.me.clone();
+    let unlink = UnlinkGuard::new(&me);
+    store.set(&key(&uid, &format!("peer/{rank}")), &me.encode())?;
+    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("peer/{r}"))).collect();
+    let peers: Vec<PeerInfo> = wait_all(&store, &keys, deadline)?.iter().map(|v| PeerInfo::decode(v)).collect::<Result<_>>()?;
+    check_settings(&me, &peers)?;
+
+    let table = Table::new(&me.settings);
+    let counters = Counters::new(size);
+    let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
+    {
+        let s = Setup { store: &*store, uid: &uid, me: &me, ranks: size, local: &prep.local, listener: Some(&prep.listener), deadline };
+        table.prepare(&s)?;
+        let new = table.connect(&s, &peers, Pairing::Create)?.start(&s, &|_| vec![(0, 0); STREAMS])?;
+        place(&mut links, &counters, new)?;
+    }
+
+    // Everyone mapped everyone: the names can go (nothing leaks in /dev/shm after a crash).
+    store.set(&key(&uid, &format!("mapped/{rank}")), b"1")?;
+    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("mapped/{r}"))).collect();
+    wait_all(&store, &keys, deadline)?;
+
+    let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
+    let chunk = table.chunk(&peers);
+    unlink.disarm();
+    start(store, uid, rank, size, parent_ranks, opts, prep, table, links, counters, local_ranks, chunk, None)
+}
+
+/// Removes this rank's segment names if setup fails before every peer mapped them.
+struct UnlinkGuard {
+    names: Vec<String>,
+}
+
+impl UnlinkGuard {
+    fn new(me: &PeerInfo) -> UnlinkGuard {
+        UnlinkGuard { names: vec![me.shm_signals.clone(), me.shm_data.clone()] }
+    }
+
+    /// Every peer mapped the segments: remove the names now.
+    fn disarm(mut self) {
+        for n in self.names.drain(..) {
+            Segment::unlink(&n);
+        }
+    }
+}
+
+impl Drop for UnlinkGuard {
+    fn drop(&mut self) {
+        for n in &self.names {
+            Segment::unlink(n);
+        }
+    }
+}
+
+/// A replacement for rank `rank` of the running group `uid`: waits until the survivors removed
+/// the old process, links to every active member (they link back when they see the request),
+/// takes over the pair counters, and asks to be activated. Returns once it is a member again.
+pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: Options) -> Result<Arc<GroupInner>> {
+    if rank >= size {
+        return Err(ChorusError::InvalidRank { rank, size });
+    }
+    crate::options::init_logging();
+    let _span = tracing::info_span!("group_join", uid = %uid, rank, size).entered();
+    let deadline = Instant::now() + opts.timeout;
+    let views = ViewStore::new(store.clone(), &uid, size);
+    let view = loop {
+        let v = views.read()?;
+        if !v.is_active(rank) {
+            break v;
+        }
+        if Instant::now() >= deadline {
+            return Err(ChorusError::InvalidArgument(format!("join: rank {rank} is still an active member (is the old process still running?)")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let members = view.members();
+    if members.is_empty() {
+        return Err(ChorusError::InvalidArgument(format!(
+            "join: the group's view (epoch {}) has no active member, so there is nobody to rejoin through; create the group anew",
+            view.epoch
+        )));
+    }
+    let prep = prepare(rank, size, &opts)?;
+    let unlink = UnlinkGuard::new(&prep.me);
+    let mut peers = Vec::new();
+    for &s in &members {
+        let info = PeerInfo::decode(&store.get(&key(&uid, &format!("peer/{s}")))?.ok_or_else(|| ChorusError::InvalidArgument(format!("join: no info for rank {s}")))?)?;
+        peers.push(info);
+    }
+    check_settings(&prep.me, &peers)?;
+    let table = Table::new(&prep.me.settings);
+    let counters = Counters::new(size);
+    let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
+    let handoffs = {
+        let s = Setup { store: &*store, uid: &uid, me: &prep.me, ranks: size, local: &prep.local, listener: Some(&prep.listener), deadline };
+        // Our own capabilities decide our pairs, not the predecessor's: published before we announce.
+        table.prepare(&s)?;
+        let req = join::announce(&store, &uid, rank, &prep.me)?;
+        // Pairs that must connect before the survivors hand off (RDMA queue pairs) do so now.
+        let connecting = table.connect(&s, &peers, Pairing::Join { seq: req.seq })?;
+        // Survivors publish where their counters are, after linking to us.
+        let mut handoffs = Vec::new();
+        for &m in &members {
+            let (coll, p2p) = join::await_handoff(&store, &uid, &req, m, deadline)?;
+            handoffs.push((m, coll, p2p));
+        }
+        let survivor_counts = |peer: usize| -> Vec<(u64, u64)> {
+            handoffs.iter().find(|(m, _, _)| *m == peer).map(|(_, c, p)| vec![(c.sent, c.recvd), (p.sent, p.recvd)]).unwrap_or_else(|| vec![(0, 0); STREAMS])
+        };
+        place(&mut links, &counters, connecting.start(&s, &survivor_counts)?)?;
+        handoffs
+    };
+    unlink.disarm();
+    // Survivors' records name the view and progress they are at; take the newest.
+    let newest = handoffs
+        .iter()
+        .max_by_key(|(_, h, _)| (h.epoch, h.committed))
+        .map(|(_, h, _)| h.clone())
+        .ok_or_else(|| ChorusError::InvalidArgument("join: no survivor handed off its counters".into()))?;
+    let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
+    let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
+    let mut everyone = peers.clone();
+    everyone.push(prep.me.clone());
+    let chunk = table.chunk(&everyone);
+    let me = prep.me.clone();
+    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, local_ranks, chunk, Some(resume))?;
+    // Later replacements of other ranks read the members' records: ours is this process now.
+    g.store.set(&key(&g.uid, &format!("peer/{rank}")), &me.encode())?;
+    // Ask to be a member again: a view change that every survivor adopts at the same collective
+    // (the admission round `ft::admit` raises and waits for).
+    g.views.activate(&[rank])?;
+    Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::View;
+    use chorus_bootstrap::MemStore;
+
+    /// Issue 21: a join when the view has no active member returned through an `expect`.
+    #[test]
+    fn joining_a_group_without_members_is_an_error() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let views = ViewStore::new(store.clone(), "nobody-left", 2);
+        views.deactivate(&[0, 1]).unwrap();
+        assert_eq!(views.read().unwrap(), View { epoch: 1, active: vec![false, false] });
+        let opts = Options::default().with_timeout(Duration::from_secs(5));
+        let err = join(store, "nobody-left".into(), 1, 2, opts).err().expect("no members to rejoin through");
+        assert!(err.to_string().contains("no active member"), "{err}");
+    }
+
+    #[test]
+    fn a_differing_shared_setting_names_itself_the_values_and_the_ranks() {
+        let opts = Options::default().with_shm_chunk(4096);
+        let me = prepare(0, 2, &opts).unwrap().me;
+        let mut other = prepare(1, 2, &opts).unwrap().me;
+        for n in [&me.shm_signals, &me.shm_data, &other.shm_signals, &other.shm_data] {
+            Segment::unlink(n);
+        }
+        assert!(check_settings(&me, &[me.clone(), other.clone()]).is_ok());
+        other.settings = opts.with_shm_chunk(8192).agreed();
+        let err = check_settings(&me, &[me.clone(), other]).unwrap_err().to_string();
+        assert!(err.contains("CHORUS_SHM_CHUNK") && err.contains("rank 0 has 4096") && err.contains("rank 1 has 8192"), "{err}");
+    }
+}
