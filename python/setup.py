@@ -7,6 +7,9 @@ Environment:
   CHORUS_REPO      the chorus Cargo workspace (default: the parent of this directory)
   CHORUS_PREBUILT  a libchorus_ffi.so to ship instead of building (e.g. on a machine without cargo)
   CARGO            the cargo binary (default: cargo)
+  CHORUS_NVRTC     libnvrtc.so.13 for the build to compile the GPU kernels ahead of time (default: the
+                   `nvidia-cuda-nvrtc` wheel of the build environment, a build requirement); without
+                   NVRTC the library compiles them at run time on first use instead
 """
 import os
 import shutil
@@ -32,13 +35,29 @@ def _workspace() -> Path:
     raise RuntimeError("chorus: cannot find the Cargo workspace; set CHORUS_REPO to the chorus repository")
 
 
+def _nvrtc_of_build_env():
+    """libnvrtc.so.13 of the `nvidia-cuda-nvrtc` wheel installed in this (build) environment, if any."""
+    import sys
+
+    for p in sys.path:
+        lib = Path(p) / "nvidia" / "cu13" / "lib" / "libnvrtc.so.13"
+        if lib.is_file():
+            return str(lib)
+    return None
+
+
 def _native_library() -> Path:
     pre = os.environ.get("CHORUS_PREBUILT")
     if pre:
         return Path(pre)
     ws = _workspace()
     cargo = os.environ.get("CARGO", "cargo")
-    subprocess.check_call([cargo, "build", "--release", "-p", "chorus-ffi"], cwd=ws)
+    env = dict(os.environ)
+    if not env.get("CHORUS_NVRTC"):
+        nvrtc = _nvrtc_of_build_env()
+        if nvrtc:
+            env["CHORUS_NVRTC"] = nvrtc
+    subprocess.check_call([cargo, "build", "--release", "-p", "chorus-ffi"], cwd=ws, env=env)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ws / "target"))
     if not target.is_absolute():
         target = ws / target

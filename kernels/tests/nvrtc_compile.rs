@@ -14,8 +14,11 @@ fn temp_cache(tag: &str) -> (PathBuf, KernelCache) {
     (dir.clone(), KernelCache::at(dir))
 }
 
+/// The cache's entries (`.cubin`; the `.lock` files beside them stay, empty, for the next builds).
 fn entries_in(dir: &PathBuf) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x != "lock")).collect())
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -89,5 +92,29 @@ fn a_compile_error_reports_the_nvrtc_log_and_caches_nothing() {
     assert_eq!(build_program_for_arch("fine.cu", ok, "sm_100", &cache).unwrap().1, Origin::Compiled);
     assert_eq!(build_program_for_arch("fine.cu", ok, "sm_90", &KernelCache::disabled()).unwrap().1, Origin::Compiled);
     assert_eq!(entries_in(&dir).len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "needs libnvrtc (CUDA 13) on LD_LIBRARY_PATH; scripts/test-all installs it and runs this"]
+fn ranks_starting_together_compile_an_entry_once() {
+    // Four "ranks" (threads with their own lock file handles, as processes would have) build the same
+    // program through one empty cache at the same moment: one compiles, the others wait and read it.
+    let (dir, cache) = temp_cache("lock");
+    let src = "extern \"C\" __global__ void lonely(int* p) { *p = 7; }\n";
+    let barrier = std::sync::Barrier::new(4);
+    let origins: Vec<Origin> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    build_program_for_arch("lonely.cu", src, "sm_90", &cache).unwrap_or_else(|e| panic!("{e}")).1
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(origins.iter().filter(|o| **o == Origin::Compiled).count(), 1, "{origins:?}");
+    assert_eq!(origins.iter().filter(|o| **o == Origin::Cached).count(), 3, "{origins:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -810,7 +810,7 @@ mod tests {
 
     /// `(name, bytes, array length)` of every field of the CUDA `struct CollArgs`, in order.
     fn cuda_fields() -> Vec<(String, usize, usize)> {
-        let src = super::super::coll_source::COLL_SRC;
+        let src = super::super::parts::COLL_SRC;
         let body = &src[src.find("struct CollArgs {").unwrap()..];
         let body = &body[..body.find("};").unwrap()];
         let mut out = Vec::new();
@@ -877,7 +877,7 @@ mod tests {
 
     /// The byte offsets of the workspace layout, as the CUDA source `#define`s them.
     fn cuda_define(name: &str) -> u64 {
-        let src = super::super::coll_source::COLL_SRC;
+        let src = super::super::parts::COLL_SRC;
         let line = src.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("{name} not defined"));
         line.split_whitespace().nth(2).unwrap().trim_end_matches("ull").trim_end_matches('u').parse().unwrap()
     }

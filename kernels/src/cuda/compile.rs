@@ -1,4 +1,5 @@
-//! Building the kernel module: NVRTC compiles each part of the CUDA source straight to the device's
+//! Building the kernel module at run time, for a GPU whose architecture the library does not ship
+//! (`shipped.rs`; `build.rs` compiles the shipped ones ahead of time): NVRTC compiles each part of the CUDA source straight to the device's
 //! machine code (an `sm_XY` cubin, so `cuModuleLoadData` has nothing left to JIT), the parts side by side
 //! on the machine's cores, and every cubin is kept in an on-disk cache keyed by what shapes it (source,
 //! options, target, NVRTC version).
@@ -11,6 +12,9 @@
 //! `CHCUBIN1 | len u64 LE | fnv1a64(cubin) u64 LE | cubin`, written to a temporary file and renamed into
 //! place, so concurrent ranks never see half an entry; one that fails its check is compiled again and
 //! replaced. The cache only saves time: when it cannot be read or written, the kernels are compiled.
+//! Processes that start together compile an entry once: the first holds a lock on `<entry>.lock` while
+//! it compiles, the others wait for it and read the entry. Lock files stay (empty): removing one while
+//! another process waits on it would let a third compile beside the holder.
 
 use super::ffi;
 use crate::{KernelError, Result};
@@ -18,10 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// NVRTC options of every part besides `-arch`. Bit-exact agreement with the CPU kernels: no
-/// flush-to-zero, no contraction into FMA.
-const OPTIONS: [&str; 4] = ["--ftz=false", "--prec-div=true", "--prec-sqrt=true", "--fmad=false"];
 
 /// Changes whenever the entry layout or what goes into the key changes.
 const ENTRY_MAGIC: &[u8; 8] = b"CHCUBIN1";
@@ -73,9 +73,24 @@ fn default_dir() -> Option<PathBuf> {
 /// Where a part's cubin came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
+    /// Compiled by NVRTC in this process.
     Compiled,
+    /// Read from the kernel cache.
     Cached,
+    /// Compiled ahead of time and embedded in the library (`build.rs`): no NVRTC call.
+    Shipped,
 }
+
+/// NVRTC compiles this process has run (every part, every architecture). A device whose architecture is
+/// shipped adds none.
+pub fn nvrtc_compiles() -> usize {
+    NVRTC_COMPILES.load(Ordering::Relaxed)
+}
+
+static NVRTC_COMPILES: AtomicUsize = AtomicUsize::new(0);
+
+/// Longest a build waits for another process compiling the same entry (then it compiles too).
+const ENTRY_LOCK_WAIT: Duration = Duration::from_secs(120);
 
 /// One part of the module, built.
 #[derive(Debug)]
@@ -90,30 +105,10 @@ pub struct PartSource<'a> {
     pub source: &'a str,
 }
 
-/// FNV-1a, 64 bits: a stable hash (unlike `std`'s, it may not change between Rust releases), for cache
-/// keys and entry checks. Not a defence against a malicious cache directory; see the module docs.
-fn fnv1a64(chunks: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for c in chunks {
-        for &b in *c {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // Separator: ("ab", "c") and ("a", "bc") hash differently.
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-fn options(arch: &str) -> Vec<String> {
-    std::iter::once(format!("--gpu-architecture={arch}")).chain(OPTIONS.iter().map(|o| o.to_string())).collect()
-}
+use super::parts::{fnv1a64, options};
 
 fn cache_key(source: &str, arch: &str, nvrtc: (i32, i32)) -> u64 {
-    let opts = options(arch).join(" ");
-    let version = format!("nvrtc {}.{}", nvrtc.0, nvrtc.1);
-    fnv1a64(&[ENTRY_MAGIC, source.as_bytes(), opts.as_bytes(), version.as_bytes()])
+    super::parts::program_key(source, arch, nvrtc)
 }
 
 /// The cubin stored in `bytes`, if the entry is whole and its checksum matches.
@@ -148,19 +143,20 @@ fn write_entry(path: &Path, cubin: &[u8]) -> std::io::Result<()> {
 
 /// Builds one part for `arch` (`sm_XY`): from the cache when it holds a good entry, else with NVRTC
 /// (and then stored). libnvrtc must be present; the caller guards against cudarc's panics.
+/// Ranks that start together on one node compile an entry at most once: the first takes an exclusive
+/// lock on `<entry>.lock` and compiles; the others wait for the lock (up to [`ENTRY_LOCK_WAIT`]) and
+/// then read what it stored.
 pub(crate) fn build_part(part: &PartSource<'_>, arch: &str, cache: &KernelCache) -> Result<BuiltPart> {
     let key = ffi::nvrtc_version().map(|v| cache_key(part.source, arch, v));
     let path = key.and_then(|k| cache.entry_path(&part.name, arch, k));
-    if let Some(p) = &path {
-        match std::fs::read(p) {
-            Ok(bytes) => match decode_entry(&bytes) {
-                Some(cubin) => return Ok(BuiltPart { cubin: cubin.to_vec(), origin: Origin::Cached }),
-                None => tracing::warn!(path = %p.display(), "kernel cache entry is damaged; compiling again"),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %p.display(), "cannot read the kernel cache ({e}); compiling"),
-        }
+    if let Some(built) = path.as_deref().and_then(read_entry) {
+        return Ok(built);
     }
+    let _lock = path.as_deref().and_then(lock_entry);
+    if let Some(built) = path.as_deref().and_then(read_entry) {
+        return Ok(built);
+    }
+    NVRTC_COMPILES.fetch_add(1, Ordering::Relaxed);
     let cubin = ffi::nvrtc_compile_cubin(part.source, &part.name, &options(arch)).map_err(|f| match f.log {
         Some(log) => KernelError::CudaCompile { log: format!("{} (options {:?}): {}\n{log}", part.name, options(arch), f.status) },
         None => KernelError::Cuda { what: format!("compiling {} with NVRTC ({})", part.name, f.step), reason: f.status },
@@ -171,6 +167,45 @@ pub(crate) fn build_part(part: &PartSource<'_>, arch: &str, cache: &KernelCache)
         }
     }
     Ok(BuiltPart { cubin, origin: Origin::Compiled })
+}
+
+/// The cached build at `path`, if the cache holds a good one.
+fn read_entry(path: &Path) -> Option<BuiltPart> {
+    match std::fs::read(path) {
+        Ok(bytes) => match decode_entry(&bytes) {
+            Some(cubin) => return Some(BuiltPart { cubin: cubin.to_vec(), origin: Origin::Cached }),
+            None => tracing::warn!(path = %path.display(), "kernel cache entry is damaged; compiling again"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), "cannot read the kernel cache ({e}); compiling"),
+    }
+    None
+}
+
+/// An exclusive lock on `<entry>.lock` (released when the file is dropped), or None when the lock file
+/// cannot be made or another process held it past [`ENTRY_LOCK_WAIT`]: then this process compiles
+/// too, which costs time but is still correct (entries are written whole and renamed into place).
+fn lock_entry(entry: &Path) -> Option<std::fs::File> {
+    let lock_path = entry.with_extension("lock");
+    std::fs::create_dir_all(lock_path.parent()?).ok()?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ok()?;
+    let deadline = std::time::Instant::now() + ENTRY_LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Some(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::warn!(path = %lock_path.display(), "another process compiles this kernel entry for too long; compiling here too");
+                return None;
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(path = %lock_path.display(), "cannot lock the kernel cache entry ({e}); compiling without the lock");
+                return None;
+            }
+        }
+    }
 }
 
 /// Builds every part, up to one per core side by side; results in the order of `parts`, or the first
@@ -206,6 +241,9 @@ pub struct ModuleBuild {
     pub parts: usize,
     /// How many of them came from the kernel cache rather than NVRTC.
     pub cached: usize,
+    /// How many were shipped in the library (compiled ahead of time): all of them on a shipped
+    /// architecture, which then makes no NVRTC call.
+    pub shipped: usize,
     /// Compile (or cache read) plus load and preload of every kernel.
     pub elapsed: Duration,
     /// The cache directory used, if any.
@@ -242,17 +280,15 @@ pub fn build_program_for_arch(name: &str, source: &str, arch: &str, cache: &Kern
 }
 
 fn nvrtc_present() -> Result<()> {
-    if ffi::libraries_present().1 {
-        return Ok(());
-    }
-    Err(KernelError::CudaUnavailable("libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib directory)".into()))
+    super::probe_nvrtc()
 }
 
 pub(crate) fn build_sources(parts: &[super::source::ModulePart], arch: &str, cache: &KernelCache) -> Result<Vec<BuiltPart>> {
+    nvrtc_present()?;
     let sources: Vec<PartSource<'_>> = parts
         .iter()
         .enumerate()
-        .map(|(i, p)| PartSource { name: format!("chorus_kernels_{i}.cu"), source: &p.source })
+        .map(|(i, p)| PartSource { name: super::parts::part_name(i), source: &p.source })
         .collect();
     build_parts(&sources, arch, cache)
 }

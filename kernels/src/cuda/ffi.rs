@@ -16,16 +16,16 @@ pub(crate) struct ReduceArgs {
     pub pad: u32,
 }
 
-/// Whether cudarc can dlopen libcuda and libnvrtc (it tries the same names as when it loads them).
-pub(crate) fn libraries_present() -> (bool, bool) {
-    // SAFETY: these only dlopen/dlclose the candidate libraries (running their initializers, which for
+/// Whether cudarc can dlopen libnvrtc (it tries the same names as when it loads it).
+pub(crate) fn nvrtc_library_present() -> bool {
+    // SAFETY: this only dlopens/dlcloses the candidate libraries (running their initializers, which for
     // the NVIDIA libraries have no preconditions); no symbol is called.
-    unsafe { (sys::is_culib_present(), cudarc::nvrtc::sys::is_culib_present()) }
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
 /// Whether cudarc can dlopen libcuda (the driver alone, without NVRTC).
 pub(crate) fn driver_library_present() -> bool {
-    // SAFETY: as in `libraries_present`: dlopen/dlclose of the candidate names only, no symbol called.
+    // SAFETY: as in `nvrtc_library_present`: dlopen/dlclose of the candidate names only, no symbol called.
     unsafe { sys::is_culib_present() }
 }
 

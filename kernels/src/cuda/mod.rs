@@ -16,16 +16,20 @@ pub mod coll;
 mod coll_source;
 mod compile;
 mod control;
+mod cubin;
 mod ffi;
 mod host_copy;
 pub mod ipc;
+mod parts;
+mod shipped;
 mod source;
 pub mod vmm;
 mod workspace;
 
 pub use cudarc;
 pub use coll::{CommOptions, DeviceComm, RawStream};
-pub use compile::{build_module_for_arch, build_program_for_arch, BuiltModulePart, KernelCache, ModuleBuild, Origin};
+pub use compile::{build_module_for_arch, build_program_for_arch, nvrtc_compiles, BuiltModulePart, KernelCache, ModuleBuild, Origin};
+pub use shipped::{packed_images, shipped_archs, shipped_nvrtc_version};
 pub use control::{HostControl, CONTROL_BYTES};
 pub use host_copy::{copy_device_to_host, copy_host_to_device};
 pub use ipc::{DeviceAllocation, DeviceRegistration, DeviceRegistry, IpcExport, IpcImporter};
@@ -162,7 +166,9 @@ fn find_library(names: &[&str]) -> Option<String> {
     None
 }
 
-/// Checks, without touching cudarc's loaders (which panic), that libcuda and libnvrtc can be found.
+/// Checks, without touching cudarc's loaders (which panic), that libcuda can be found and opened. NVRTC
+/// is checked only where kernels must be compiled at run time ([`compile`]): a GPU whose architecture
+/// the library ships never needs it.
 pub fn probe_libraries() -> Result<()> {
     if find_library(&["libcuda.so.1", "libcuda.so"]).is_none() {
         return Err(KernelError::CudaUnavailable(
@@ -171,21 +177,31 @@ pub fn probe_libraries() -> Result<()> {
                 .into(),
         ));
     }
-    if find_library(&["libnvrtc.so.13", "libnvrtc.so"]).is_none() {
+    if !ffi::driver_library_present() {
         return Err(KernelError::CudaUnavailable(
-            "libnvrtc.so.13 not found (install the CUDA 13 NVRTC runtime or add its directory to \
-             LD_LIBRARY_PATH)"
+            "libcuda was found on disk but could not be opened (dlopen failed; check LD_LIBRARY_PATH and that \
+             the library matches this architecture)"
                 .into(),
         ));
     }
-    match ffi::libraries_present() {
-        (true, true) => Ok(()),
-        (cu, _) => Err(KernelError::CudaUnavailable(format!(
-            "{} was found on disk but could not be opened (dlopen failed; check LD_LIBRARY_PATH and that \
-             the library matches this architecture)",
-            if cu { "libnvrtc" } else { "libcuda" }
-        ))),
+    Ok(())
+}
+
+/// Checks, as [`probe_libraries`] does for the driver, that libnvrtc can be found and opened.
+pub(crate) fn probe_nvrtc() -> Result<()> {
+    if find_library(&["libnvrtc.so.13", "libnvrtc.so"]).is_none() {
+        return Err(KernelError::CudaUnavailable(
+            "libnvrtc.so.13 not found, and this library ships no kernels for this GPU (install the CUDA 13 NVRTC \
+             runtime, e.g. `pip install nvidia-cuda-nvrtc==13.*`, or add its directory to LD_LIBRARY_PATH)"
+                .into(),
+        ));
     }
+    if !ffi::nvrtc_library_present() {
+        return Err(KernelError::CudaUnavailable(
+            "libnvrtc was found on disk but could not be opened (dlopen failed; check LD_LIBRARY_PATH)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `f`, turning a cudarc panic (missing library or symbol) into `CudaUnavailable`.
@@ -225,6 +241,25 @@ fn arch_for(ctx: &CudaContext) -> Result<&'static str> {
     static ARCHES: OnceLock<Mutex<HashMap<(i32, i32), &'static str>>> = OnceLock::new();
     let mut m = ARCHES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     Ok(*m.entry((maj, min)).or_insert_with(|| Box::leak(format!("sm_{maj}{min}").into_boxed_str())))
+}
+
+/// The module's parts for the device of `ctx`: the images shipped in the library when its architecture
+/// has them (no NVRTC call), else compiled at run time through the kernel cache.
+fn build_module(ctx: &CudaContext, arch: &str, parts: &[source::ModulePart], cache: &KernelCache) -> Result<Vec<compile::BuiltPart>> {
+    let (major, minor) = ctx.compute_capability().map_err(|e| cuda_err("querying the compute capability", e))?;
+    if let Some(sm) = shipped::pick(major, minor) {
+        let images = shipped::cubins(sm)?;
+        if images.len() == parts.len() {
+            return Ok(images.into_iter().map(|cubin| compile::BuiltPart { cubin, origin: Origin::Shipped }).collect());
+        }
+        tracing::warn!(arch, shipped = images.len(), parts = parts.len(), "the shipped kernels do not match the module; compiling");
+    }
+    tracing::info!(arch, shipped = ?shipped::shipped_archs(), "no shipped kernels for this GPU; compiling them with NVRTC (cached afterwards)");
+    compile::build_sources(parts, arch, cache)
+}
+
+fn load_all(ctx: &Arc<CudaContext>, built: &[compile::BuiltPart]) -> Result<Vec<Arc<CudaModule>>> {
+    built.iter().map(|b| load_cubin(ctx, b.cubin.clone())).collect()
 }
 
 /// Loads a cubin into `ctx` (the module only; functions are preloaded by callers).
@@ -283,9 +318,19 @@ impl DeviceKernels {
         let started = Instant::now();
         let cache = KernelCache::from_env();
         let parts = source::module_parts();
-        let built = compile::build_sources(&parts, arch, &cache)?;
+        let mut built = build_module(&ctx, arch, &parts, &cache)?;
+        let mut modules = load_all(&ctx, &built);
+        if let Err(e) = &modules {
+            if built.iter().any(|b| b.origin == Origin::Shipped) {
+                // A driver older than the NVRTC that built the library may refuse its images.
+                tracing::warn!(arch, "the driver cannot load the shipped kernels ({e}); compiling them with NVRTC");
+                built = compile::build_sources(&parts, arch, &cache)?;
+                modules = load_all(&ctx, &built);
+            }
+        }
+        let modules = modules?;
         let cached = built.iter().filter(|b| b.origin == Origin::Cached).count();
-        let modules = built.into_iter().map(|b| load_cubin(&ctx, b.cubin)).collect::<Result<Vec<_>>>()?;
+        let shipped = built.iter().filter(|b| b.origin == Origin::Shipped).count();
         let home: HashMap<&str, &Arc<CudaModule>> =
             parts.iter().zip(&modules).flat_map(|(p, m)| p.entries.iter().map(move |e| (e.as_str(), m))).collect();
         let list = source::kernels();
@@ -313,12 +358,14 @@ impl DeviceKernels {
             coll_funcs.push(load(&source::coll_kernel_name(kname))?);
         }
         let copy_func = load(coll_source::COPY_KERNEL)?;
-        let build = ModuleBuild { parts: modules.len(), cached, elapsed: started.elapsed(), cache_dir: cache.dir().map(Into::into) };
+        let build =
+            ModuleBuild { parts: modules.len(), cached, shipped, elapsed: started.elapsed(), cache_dir: cache.dir().map(Into::into) };
         tracing::info!(
             device = ordinal,
             arch,
             parts = build.parts,
             cached = build.cached,
+            shipped = build.shipped,
             ms = build.elapsed.as_millis() as u64,
             "kernel module built and preloaded"
         );
@@ -483,6 +530,7 @@ pub struct ResidentSpinner {
 impl ResidentSpinner {
     /// Compiles, loads and preloads the spinner on `ctx` and allocates its flags (synchronously).
     pub fn new(ctx: &Arc<CudaContext>) -> Result<ResidentSpinner> {
+        probe_nvrtc()?;
         let part = compile::PartSource { name: "chorus_spin.cu".into(), source: source::SPIN_SRC };
         let built = no_panic("running NVRTC", || compile::build_part(&part, arch_for(ctx)?, &KernelCache::from_env()))?;
         let module = load_cubin(ctx, built.cubin)?;
