@@ -22,9 +22,13 @@
 //! `CollectiveAborted`, long before its 60 s deadline, and the communicator refuses further work. The
 //! control block is host memory: the device registry refuses it.
 //!
-//! Without a CUDA device the tests are ignored by default and, when run, print `not run` and return.
+//! Without a CUDA device the tests are ignored by default and, when run, print `not run` and return
+//! (a failure under `CHORUS_REQUIRE_GPU=1`, as scripts/gpu-tests runs them).
 #![cfg(feature = "cuda")]
 
+// Only its not-run report is used here.
+#[allow(dead_code)]
+mod gpu_test;
 use chorus_kernels::cuda::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use chorus_kernels::cuda::cudarc::driver::{CudaContext, CudaStream};
 use chorus_kernels::cuda::{open_device, CommOptions, DeviceAllocation, DeviceComm, DeviceKernels, DeviceRegistry, RawStream, ResidentSpinner, SpinExit};
@@ -51,7 +55,7 @@ fn run_ranks(test: &str, scenario: &str, world: usize, env: &[(&str, &str)]) {
     let ndev = match device_count() {
         Ok(n) => n,
         Err(reason) => {
-            println!("{test}: not run: no CUDA device ({reason})");
+            gpu_test::not_run(test, &reason);
             return;
         }
     };
@@ -320,7 +324,7 @@ fn matrix(rank: usize, world: usize, dir: &Path) -> Result<(), String> {
     let t0 = Instant::now();
     let kernels = DeviceKernels::for_device(dev).map_err(|e| e.to_string())?;
     let ctx = kernels.context().clone();
-    // Invariant 4: a resident kernel occupies another stream before the first collective.
+    // docs/design.md invariant 4: a resident kernel occupies another stream before the first collective.
     let mut spinner = ResidentSpinner::new(&ctx).map_err(|e| e.to_string())?;
     let spin_stream = ctx.new_stream().map_err(|e| e.to_string())?;
     spinner.start(&spin_stream, Duration::from_secs(60)).map_err(|e| e.to_string())?;

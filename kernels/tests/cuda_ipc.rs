@@ -1,5 +1,5 @@
 //! GPU tests of device-memory registration at the allocation base and CUDA IPC export/import
-//! (`chorus_kernels::cuda::ipc`; DESIGN invariant 2, `shared/seeds/004_*`).
+//! (`chorus_kernels::cuda::ipc`; docs/design.md invariant 2, `shared/seeds/004_*`).
 //!
 //! `gpu_ipc_sub_allocations_cross_process` carves six tensors (64 B .. 4 MiB) out of ONE 8 MiB
 //! `cuMemAlloc` at non-zero offsets, registers and exports them, and re-executes this test binary as a
@@ -8,7 +8,8 @@
 //! that reading at the mapped base without the offset (what registering the interior pointer as if it
 //! were the base did in the seed bug) returns other bytes.
 //!
-//! Without a CUDA device every GPU test prints `not run: no CUDA device (<reason>)` and returns. Run with
+//! Without a CUDA device every GPU test prints `not run: no CUDA device (<reason>)` and returns
+//! (a failure under `CHORUS_REQUIRE_GPU=1`, as scripts/gpu-tests runs them). Run with
 //! `--nocapture` to see it.
 #![cfg(feature = "cuda")]
 

@@ -8,7 +8,8 @@
 //! i.e. pidfd_getfd with the SCM_RIGHTS fallback, then SCM_RIGHTS explicitly), maps it, checks the
 //! bytes and writes a reply the parent reads back.
 //!
-//! Without a CUDA device every GPU test prints `not run: no CUDA device (<reason>)` and returns.
+//! Without a CUDA device every GPU test prints `not run: no CUDA device (<reason>)` and returns
+//! (a failure under `CHORUS_REQUIRE_GPU=1`, as scripts/gpu-tests runs them).
 #![cfg(all(feature = "cuda", target_os = "linux"))]
 
 mod gpu_test;

@@ -1,5 +1,5 @@
-//! Shared by the GPU tests that hand memory to another process: open the GPU (or report the test as
-//! not run), and run a test of the calling binary as a peer process (what a second rank would be).
+//! Shared by the GPU tests: open the GPU (or report the test as not run, a failure under
+//! `CHORUS_REQUIRE_GPU=1`), and run a test of the calling binary as a peer process (what a second rank would be).
 use chorus_kernels::cuda::cudarc::driver::CudaContext;
 use chorus_kernels::cuda::open_device;
 use chorus_kernels::KernelError;
@@ -16,11 +16,22 @@ pub fn gpu(test: &str) -> Option<Arc<CudaContext>> {
             Some(ctx)
         }
         Err(KernelError::CudaUnavailable(reason)) => {
-            println!("{test}: not run: no CUDA device ({reason})");
+            not_run(test, &reason);
             None
         }
         Err(e) => panic!("{test}: CUDA present but the device could not be opened: {e}"),
     }
+}
+
+/// Reports a GPU test that found no usable CUDA device. With `CHORUS_REQUIRE_GPU=1` (set by
+/// `scripts/gpu-tests`) that is a failure, so a GPU machine with a broken driver does not report
+/// its GPU tests as passed; otherwise a "not run" line (the GPU tests are `#[ignore]`d, so a plain
+/// run already reports them as not run; this is an explicit `--ignored` run on a machine without one).
+pub fn not_run(test: &str, reason: &str) {
+    if std::env::var("CHORUS_REQUIRE_GPU").is_ok_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test}: CHORUS_REQUIRE_GPU is set but there is no usable CUDA device: {reason}");
+    }
+    println!("{test}: not run: no CUDA device ({reason})");
 }
 
 /// Runs `--exact test --ignored` of this test binary with `env`, kills it after `limit`, and returns its
