@@ -2,7 +2,7 @@
 //! each allocation is registered.
 //!
 //! A registration always covers a whole allocation (its base and length) and is refcounted per
-//! base (DESIGN invariant 2); a sub-range is addressed as (registration, offset). Host
+//! base (docs/design.md invariant 2); a sub-range is addressed as (registration, offset). Host
 //! control/signal memory is always `Location::Host` (invariant 3).
 use std::collections::BTreeMap;
 use std::sync::Mutex;

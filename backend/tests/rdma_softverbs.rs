@@ -33,7 +33,7 @@ fn softverbs_writes_to_a_vanished_peer_fail_the_link() {
 mod rejoin_cases;
 
 /// Two successive in-place rejoins over RDMA: rank 0 keeps one link per peer throughout and
-/// recreates only the rejoiner's queue pair each time (DESIGN invariant 8).
+/// recreates only the rejoiner's queue pair each time (docs/design.md invariant 8).
 #[test]
 fn softverbs_successive_replacements_recreate_only_their_queue_pairs() {
     on_softverbs();
@@ -50,7 +50,7 @@ fn softverbs_successive_replacements_recreate_only_their_queue_pairs() {
 }
 
 /// The real registrar on a verbs device: host memory (like the group's signal and ring
-/// segments, registered `Location::Host`, DESIGN invariant 3) goes through `ibv_reg_mr`, once
+/// segments, registered `Location::Host`, docs/design.md invariant 3) goes through `ibv_reg_mr`, once
 /// per allocation for pointers at any offset inside it (invariant 2); the same bytes described
 /// as device memory are steered to the dma-buf path, which needs CUDA and refuses them here.
 #[test]
@@ -87,7 +87,7 @@ fn softverbs_host_memory_registers_once_per_allocation_through_ibv_reg_mr() {
 /// allocation base is checked with `cuMemGetAddressRange`, exported with
 /// `cuMemGetHandleForAddressRange(DMA_BUF_FD)` and registered with `ibv_reg_dmabuf_mr`, once for
 /// pointers at any offset; a registry entry that names an interior pointer as the allocation
-/// is refused (DESIGN invariant 2: register the allocation, not the pointer).
+/// is refused (docs/design.md invariant 2: register the allocation, not the pointer).
 #[test]
 #[ignore = "needs a CUDA GPU: run with --ignored on the GPU machine"]
 fn softverbs_gpu_memory_registers_through_dmabuf() {

@@ -169,7 +169,7 @@ impl Registrar for &FakeNic {
 
 #[test]
 fn registration_is_per_allocation_base_and_refcounted() {
-    // DESIGN invariant 2: tensors of 64 B … 4 MB carved out of one allocation at non-zero offsets.
+    // docs/design.md invariant 2: tensors of 64 B … 4 MB carved out of one allocation at non-zero offsets.
     let registry = Registry::default();
     let nic = FakeNic { registrations: AtomicUsize::new(0) };
     let cache = MrCache::new(&nic);

@@ -1,7 +1,7 @@
 //! `chorus-run`: a `torchrun --standalone`-style launcher that hosts the store itself.
 //!
 //! The store lives in the launcher, not in rank 0, so a crashing worker never takes the job's store
-//! down (see DESIGN's fault-tolerance contract). Each child's stdout/stderr is forwarded line by line
+//! down (see the failure contract in docs/design.md). Each child's stdout/stderr is forwarded line by line
 //! with a `[rank K] ` prefix.
 //!
 //! Each rank runs in its own process group so that terminating a rank also stops whatever it spawned

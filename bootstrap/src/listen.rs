@@ -1,4 +1,4 @@
-//! Listeners that bind before they publish (DESIGN invariant 5).
+//! Listeners that bind before they publish (docs/design.md invariant 5).
 //!
 //! An address is only ever returned after the bind succeeded and the bound address was read back
 //! from the socket, so two ranks can never publish the same port and a failed bind is never

@@ -21,7 +21,7 @@ impl ProcessGroup {
     /// The GPU collectives of this group on CUDA device `ordinal`, in group ranks. The communicator is
     /// created on first use: every member must reach its first GPU collective together (as with any
     /// collective); ranks may use different devices. Compiles and preloads the kernels before it
-    /// returns (design invariant 4). Its host control block is registered as host memory (invariant 3).
+    /// returns (docs/design.md invariant 4). Its host control block is registered as host memory (invariant 3).
     ///
     /// A communicator spans the members of the view it was built in. When the view changes (a failed
     /// rank was removed, or a replacement rejoined), the next GPU collective builds one over the new

@@ -3,7 +3,7 @@
 //! Every peer of the group gets a slot for each operation: `Active(TaskId)` when the plan
 //! exchanges data with it, `Skipped(reason)` otherwise. There is no default id: a rank left out of
 //! an operation (not in the plan, inactive, failed, or this rank itself) is marked explicitly, so
-//! nothing later polls a stale id (DESIGN invariant 6).
+//! nothing later polls a stale id (docs/design.md invariant 6).
 use crate::algo::{Plan, Step};
 
 /// Identifies one rank's part of one operation with one peer. Layout: the group's monotonic

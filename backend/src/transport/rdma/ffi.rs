@@ -958,7 +958,7 @@ fn cuda() -> Result<&'static Cuda, String> {
 }
 
 /// The allocation containing device pointer `ptr`: (base, len) from `cuMemGetAddressRange`
-/// (DESIGN invariant 2: register the allocation, not the pointer). Needs a current CUDA context.
+/// (docs/design.md invariant 2: register the allocation, not the pointer). Needs a current CUDA context.
 pub fn cuda_allocation_of(ptr: u64) -> Result<(u64, usize), String> {
     let c = cuda()?;
     let (mut base, mut len) = (0u64, 0usize);
