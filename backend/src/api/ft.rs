@@ -157,7 +157,7 @@ fn verdict(g: &GroupInner, ctx: &OpCtx) -> Ending {
 }
 
 /// Before an attempt of `ctx`: settles the recovery rounds asked for, then marks the attempt
-/// started — under the progress lock, with no round pending, so the heartbeat thread never
+/// started — under the progress lock, with no round pending, so the attendant thread never
 /// answers for this rank as if it were between collectives once it started. `Some` when a
 /// decision already ended the collective.
 fn begin_attempt(g: &GroupInner, comm: &Comm, ctx: &OpCtx) -> Result<Option<Result<OpInfo>>> {
@@ -330,6 +330,11 @@ fn apply(g: &GroupInner, round: u64, decision: Decision) {
         p.proceed = None;
     }
     *g.view.lock().unwrap_or_else(|p| p.into_inner()) = decision.view.clone();
+    // Every rank that applies a decision publishes its view (a replacement waits for it to see
+    // its predecessor removed); publishing again, or late, changes nothing.
+    if let Err(e) = g.views.publish(&decision.view) {
+        tracing::warn!(error = %e, epoch = decision.view.epoch, "publishing the decided view failed (the other members publish it too)");
+    }
     g.pending_failed.lock().unwrap_or_else(|p| p.into_inner()).extend(decision.removed.iter().copied());
     *g.last_decision.lock().unwrap_or_else(|p| p.into_inner()) = Some(decision);
     g.rounds_applied.fetch_max(round, Ordering::SeqCst);

@@ -12,7 +12,7 @@ use crate::error::{ChorusError, Result};
 use crate::membership::join::{self, Handoff, JoinRequest};
 use crate::membership::liveness::Liveness;
 use crate::membership::recovery::{self, Decision, Post, Round};
-use crate::membership::{View, ViewStore};
+use crate::membership::{self, View, ViewStore};
 use crate::memory::Registry;
 use crate::options::Options;
 use crate::transport::shm::LocalSegments;
@@ -58,7 +58,7 @@ impl Default for Progress {
 }
 
 /// A rank's position in the collective sequence, as reported to recovery. Guarded by one lock:
-/// the heartbeat thread answers recovery for a rank between collectives under it, and a
+/// the attendant thread answers recovery for a rank between collectives under it, and a
 /// collective starts (sets `current`) under it, so an answer never describes a rank that has
 /// already moved on.
 #[derive(Clone, Debug)]
@@ -125,11 +125,12 @@ pub struct GroupInner {
     pub rounds_applied: Arc<AtomicU64>,
     /// What recovery posts report: highest committed collective and the one in progress.
     pub progress: Mutex<Progress>,
-    pub heartbeat: Mutex<Option<JoinHandle<()>>>,
+    /// The heartbeat and attendant threads (`membership::threads`).
+    membership_threads: Mutex<Vec<JoinHandle<()>>>,
     pub last_info: Mutex<crate::engine::work::OpInfo>,
     /// Ranks removed by recovery and not yet reported by a collective.
     pub pending_failed: Mutex<Vec<usize>>,
-    /// Join requests announced in the store (seen by the heartbeat thread) and served (linked
+    /// Join requests announced in the store (seen by the attendant thread) and served (linked
     /// by the collective path); both monotonic.
     pub joins_announced: AtomicU64,
     pub joins_served: AtomicU64,
@@ -224,7 +225,7 @@ fn start(
         liveness,
         rounds_applied,
         progress: Mutex::new(progress),
-        heartbeat: Mutex::new(None),
+        membership_threads: Mutex::new(Vec::new()),
         last_info: Mutex::new(Default::default()),
         pending_failed: Mutex::new(Vec::new()),
         joins_announced: AtomicU64::new(0),
@@ -236,43 +237,31 @@ fn start(
         inner.joins_announced.store(n, Ordering::SeqCst);
         inner.joins_served.store(n, Ordering::SeqCst);
     }
-    let weak = Arc::downgrade(&inner);
-    let interval = inner.liveness.interval;
-    let hb = std::thread::Builder::new()
-        .name(format!("chorus-hb-{}-{rank}", inner.uid))
-        .spawn(move || heartbeat_loop(weak, interval))
-        .map_err(|e| ChorusError::InvalidArgument(format!("spawning the heartbeat thread: {e}")))?;
-    *inner.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) = Some(hb);
+    let threads = membership::threads::spawn(Arc::downgrade(&inner), &format!("{}-{rank}", inner.uid), inner.liveness.interval, inner.opts.fault_tolerance)?;
+    *inner.membership_threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
     Ok(inner)
 }
 
-/// Beats to every peer; answers recovery requests for a rank that is between collectives;
-/// notices replacement ranks asking to join.
-fn heartbeat_loop(group: std::sync::Weak<GroupInner>, interval: Duration) {
-    let mut tick: u64 = 0;
-    let mut answered = None;
-    loop {
-        {
-            let Some(g) = group.upgrade() else { return };
-            if g.lifecycle.load(Ordering::SeqCst) != 0 {
-                return;
-            }
-            g.liveness.beat(&g.links());
-            g.abort_device_comms_of_dead_peers();
-            if g.opts.fault_tolerance {
-                match g.answer_recovery(answered) {
-                    Ok(a) => answered = a,
-                    Err(e) => tracing::debug!(error = %e, "answering a recovery round failed"),
-                }
-            }
-            if g.opts.fault_tolerance && tick.is_multiple_of(2) {
-                if let Ok(Some(n)) = join::announced(&g.store, &g.uid) {
-                    g.joins_announced.fetch_max(n, Ordering::SeqCst);
-                }
+impl membership::threads::Member for GroupInner {
+    fn live(&self) -> bool {
+        self.lifecycle.load(Ordering::SeqCst) == 0
+    }
+
+    fn beat(&self) {
+        self.liveness.beat(&self.links());
+        self.abort_device_comms_of_dead_peers();
+    }
+
+    fn attend(&self, answered: &mut Option<(u64, u8, u64)>, poll_joins: bool) {
+        match self.answer_recovery(*answered) {
+            Ok(a) => *answered = a,
+            Err(e) => tracing::debug!(error = %e, "answering a recovery round failed"),
+        }
+        if poll_joins {
+            if let Ok(Some(n)) = join::announced(&self.store, &self.uid) {
+                self.joins_announced.fetch_max(n, Ordering::SeqCst);
             }
         }
-        tick += 1;
-        std::thread::sleep(interval);
     }
 }
 
@@ -291,7 +280,7 @@ impl GroupInner {
         (recovery::round_of(v) >= next).then_some((next, v >= recovery::signal(next, true)))
     }
 
-    /// The heartbeat thread's part in recovery, for a rank that is not in a position to answer
+    /// The attendant thread's part in recovery, for a rank that is not in a position to answer
     /// itself: between collectives it posts a failure report or, for an admission round, the
     /// boundary it is at (the collective path then starts nothing until the round is settled:
     /// both happen under the progress lock); inside a collective it says so for an admission
@@ -322,7 +311,7 @@ impl GroupInner {
             1 => r.post_boundary(progress.committed)?,
             _ => r.post_inside(answer.2)?,
         }
-        tracing::debug!(round, kind = answer.1, at = answer.2, "answered recovery from the heartbeat thread");
+        tracing::debug!(round, kind = answer.1, at = answer.2, "answered recovery from the attendant thread");
         Ok(Some(answer))
     }
 
@@ -455,7 +444,8 @@ impl GroupInner {
         }
         let _ = self.worker.quiesce(Duration::from_secs(5));
         self.worker.stop();
-        if let Some(h) = self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let threads = std::mem::take(&mut *self.membership_threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in threads {
             if h.thread().id() != std::thread::current().id() {
                 let _ = h.join();
             }

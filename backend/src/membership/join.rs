@@ -36,6 +36,8 @@ pub struct Handoff {
     pub recvd: u64,
     pub epoch: u64,
     pub active: Vec<bool>,
+    /// Membership requests the survivor's view holds ([`View::requests`]).
+    pub requests: u64,
     pub committed: u64,
     pub rounds: u64,
 }
@@ -43,7 +45,7 @@ pub struct Handoff {
 impl Handoff {
     pub fn view(&self, n: usize) -> View {
         if self.active.len() == n {
-            View { epoch: self.epoch, active: self.active.clone() }
+            View { epoch: self.epoch, active: self.active.clone(), requests: self.requests }
         } else {
             View::full(n)
         }
@@ -124,7 +126,7 @@ pub fn forfeit(signals: &SignalBlock, comm: &mut impl StreamCounters, peer: usiz
 
 #[allow(clippy::too_many_arguments)]
 pub fn publish_handoff(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, me: usize, stream: &str, counters: &(u64, u64), view: &View, committed: u64, rounds: u64) -> Result<()> {
-    let h = Handoff { sent: counters.0, recvd: counters.1, epoch: view.epoch, active: view.active.clone(), committed, rounds };
+    let h = Handoff { sent: counters.0, recvd: counters.1, epoch: view.epoch, active: view.active.clone(), requests: view.requests, committed, rounds };
     store.set(&handoff_key(uid, req, me, stream), &enc(&h))?;
     Ok(())
 }

@@ -4,6 +4,10 @@
 pub mod join;
 pub mod liveness;
 pub mod recovery;
+pub mod threads;
 mod view;
 
-pub use view::{View, ViewStore};
+#[cfg(test)]
+mod crash_tests;
+
+pub use view::{Request, View, ViewStore};

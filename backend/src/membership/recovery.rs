@@ -17,7 +17,7 @@
 //!   collective `b`) under `…/admit/<rank>` and starts nothing until the round is decided; the
 //!   decision is written once every member posted the same boundary, and the new view starts
 //!   with collective `b + 1` on every member (a replacement's first collective). A rank that
-//!   started `b + 1` before it saw the round (its heartbeat thread says so under `…/inside/<rank>`,
+//!   started `b + 1` before it saw the round (its attendant thread says so under `…/inside/<rank>`,
 //!   or its chunk for `b + 1` is already here) cannot post `b`: the others then run `b + 1` under
 //!   the old view too and post `b + 1`. A failure during an admission round turns it into a
 //!   failure round (the odd value is raised); the failure decision adopts the grown view.
@@ -172,6 +172,15 @@ impl Round<'_> {
     /// Admission: the decision, written now if every member posted the same boundary (the new
     /// view starts after it); `None` while some member has not.
     pub fn try_admission(&self) -> Result<Option<Decision>> {
+        match self.propose_admission()? {
+            Some(d) => self.commit(d).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Admission, store reads only: the decision already written, or the one this rank would
+    /// write now; `None` while some member has not posted the same boundary.
+    pub fn propose_admission(&self) -> Result<Option<Decision>> {
         if let Some(d) = self.decision()? {
             return Ok(Some(d));
         }
@@ -185,10 +194,16 @@ impl Round<'_> {
             at = Some(b);
         }
         let Some(boundary) = at else { return Ok(None) };
-        let next = self.views.transition_bumping(self.view.epoch, |_| {})?;
-        let d = Decision { commit_through: boundary, view: next, removed: Vec::new(), interrupted: false, rerun_possible: true };
+        let next = self.view.next(&self.views.requests()?, &[]);
+        Ok(Some(Decision { commit_through: boundary, view: next, removed: Vec::new(), interrupted: false, rerun_possible: true }))
+    }
+
+    /// Proposes `d` as the round's decision: the compare-and-set that makes it the decision is
+    /// the round's only commit point (nothing this rank derived is written before it). Returns
+    /// the decision that holds, ours or an earlier writer's.
+    pub fn commit(&self, d: Decision) -> Result<Decision> {
         let (_, stored) = self.store.compare_set(&key(self.uid, self.round, "decision"), None, &encode(&d))?;
-        decode(&stored).map(Some)
+        decode(&stored)
     }
 
     /// The decision, if one was written.
@@ -216,7 +231,16 @@ impl Round<'_> {
 
     /// Failure: the decision, written now if every member posted a failure report or is dead;
     /// `None` while a live member has not.
-    pub fn try_failure(&self, mut is_dead: impl FnMut(usize) -> bool) -> Result<Option<Decision>> {
+    pub fn try_failure(&self, is_dead: impl FnMut(usize) -> bool) -> Result<Option<Decision>> {
+        match self.propose_failure(is_dead)? {
+            Some(d) => self.commit(d).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Failure, store reads only: the decision already written, or the one this rank would write
+    /// now; `None` while a live member has not posted.
+    pub fn propose_failure(&self, mut is_dead: impl FnMut(usize) -> bool) -> Result<Option<Decision>> {
         if let Some(d) = self.decision()? {
             return Ok(Some(d));
         }
@@ -238,11 +262,8 @@ impl Round<'_> {
         // Posts from ranks another survivor saw die do not count (they may be stale).
         posts.retain(|(r, _)| !dead.contains(r));
         let v = decide(&posts);
-        let epoch_before = self.view.epoch;
-        let next = self.views.transition_bumping(epoch_before, |a| dead.iter().for_each(|&r| a[r] = false))?;
-        let d = Decision { commit_through: v.commit_through, view: next, removed: dead, interrupted: v.interrupted, rerun_possible: v.rerun_possible };
-        let (_, stored) = self.store.compare_set(&key(self.uid, self.round, "decision"), None, &encode(&d))?;
-        decode(&stored).map(Some)
+        let next = self.view.next(&self.views.requests()?, &dead);
+        Ok(Some(Decision { commit_through: v.commit_through, view: next, removed: dead, interrupted: v.interrupted, rerun_possible: v.rerun_possible }))
     }
 }
 
@@ -324,10 +345,12 @@ mod tests {
         fn admission_needs_every_member_at_the_same_boundary() {
             let store: Arc<dyn Store> = Arc::new(MemStore::new());
             let views = ViewStore::new(store.clone(), "g", 3);
-            let view = View { epoch: 1, active: vec![true, true, false] };
             views.deactivate(&[2]).unwrap();
+            let view = View::full(3).next(&views.requests().unwrap(), &[]);
+            assert_eq!(view.members(), vec![0, 1]);
             // The replacement for rank 2 activated itself.
-            let grown = views.activate(&[2]).unwrap();
+            views.activate(&[2]).unwrap();
+            let grown = View { epoch: 2, active: vec![true; 3], requests: 2 };
             let (r0, r1) = (round(&store, &views, &view, 0), round(&store, &views, &view, 1));
             r0.post_boundary(7).unwrap();
             assert_eq!(r1.try_admission().unwrap(), None);

@@ -1,9 +1,13 @@
-//! The view record and its compare-and-set transitions.
+//! The view records: the decided views, and the requests to change the next one.
 //!
-//! Key `chorus/<group uid>/view`; value: bincode of [`View`]. Absent means epoch 0 with every rank
-//! active. A transition reads the current record, derives the next one (epoch + 1) and
-//! compare-and-sets it; a lost race re-reads and re-derives, so concurrent proposals from several
-//! ranks converge on one sequence of views.
+//! Keys under `chorus/<group uid>/`: `view` holds the newest decided [`View`] (bincode; absent
+//! means epoch 0 with every rank active). Only a recovery round's decision makes a view, and
+//! every rank that applies a decision publishes its view here; a publish never replaces a view of
+//! a later epoch, so a rank that lost the decision's compare-and-set never leaves its own view
+//! behind. `view_requests` is the append-only list of requested changes (a replacement asking
+//! to be active again, an API call activating or deactivating ranks), appended by
+//! compare-and-set; a decision folds in the requests after those its round's view already holds
+//! and records how many it holds ([`View::requests`]), so every rank derives the same view.
 use crate::error::{ChorusError, Result};
 use chorus_bootstrap::Store;
 use serde::{Deserialize, Serialize};
@@ -11,14 +15,16 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct View {
-    /// Monotonic: every change of the active set raises it by one.
+    /// Monotonic: every decided view has the epoch of the view it follows plus one.
     pub epoch: u64,
     pub active: Vec<bool>,
+    /// How many entries of the request list this view has folded in.
+    pub requests: u64,
 }
 
 impl View {
     pub fn full(n: usize) -> View {
-        View { epoch: 0, active: vec![true; n] }
+        View { epoch: 0, active: vec![true; n], requests: 0 }
     }
 
     /// Active ranks, ascending.
@@ -34,6 +40,23 @@ impl View {
         self.active.iter().all(|a| *a)
     }
 
+    /// The view after this one: `requests` folded in (those it does not hold yet), then
+    /// `removed` taken out.
+    pub fn next(&self, requests: &[Request], removed: &[usize]) -> View {
+        let mut active = self.active.clone();
+        for r in requests.iter().skip(self.requests as usize) {
+            if let Some(a) = active.get_mut(r.rank) {
+                *a = r.active;
+            }
+        }
+        for &r in removed {
+            if let Some(a) = active.get_mut(r) {
+                *a = false;
+            }
+        }
+        View { epoch: self.epoch + 1, active, requests: (requests.len() as u64).max(self.requests) }
+    }
+
     fn encode(&self) -> Vec<u8> {
         bincode::serde::encode_to_vec(self, bincode::config::standard()).expect("a view always encodes")
     }
@@ -45,19 +68,28 @@ impl View {
     }
 }
 
-/// Reads and changes one group's view in the store.
+/// A requested change of one rank's membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub rank: usize,
+    pub active: bool,
+}
+
+/// Reads and writes one group's view records in the store.
 #[derive(Clone)]
 pub struct ViewStore {
     store: Arc<dyn Store>,
     key: String,
+    requests_key: String,
     n: usize,
 }
 
 impl ViewStore {
     pub fn new(store: Arc<dyn Store>, uid: &str, n: usize) -> ViewStore {
-        ViewStore { store, key: format!("chorus/{uid}/view"), n }
+        ViewStore { store, key: format!("chorus/{uid}/view"), requests_key: format!("chorus/{uid}/view_requests"), n }
     }
 
+    /// The newest decided view (published by the ranks that applied it).
     pub fn read(&self) -> Result<View> {
         match self.store.get(&self.key)? {
             Some(b) => View::decode(&b),
@@ -65,51 +97,56 @@ impl ViewStore {
         }
     }
 
-    /// Applies `change` to the current view until a compare-and-set succeeds; a change that
-    /// leaves the active set as it is makes no new epoch. Returns the view now in force.
-    pub fn transition(&self, change: impl Fn(&mut Vec<bool>)) -> Result<View> {
-        self.transition_if(change, |_current| false)
-    }
-
-    /// Like [`ViewStore::transition`], but always makes a new epoch (above `after`) — a recovery
-    /// round needs one even when nobody is removed, so left-over chunks of cancelled attempts are
-    /// recognisable by their older epoch. If the view already moved past `after`, the change is
-    /// applied to that newer view only if it still alters it.
-    pub fn transition_bumping(&self, after: u64, change: impl Fn(&mut Vec<bool>)) -> Result<View> {
-        self.transition_if(change, |current| current.epoch <= after)
-    }
-
-    /// The compare-and-set loop: a new epoch is written when `change` alters the active set or
-    /// `force(current)` asks for one.
-    fn transition_if(&self, change: impl Fn(&mut Vec<bool>), force: impl Fn(&View) -> bool) -> Result<View> {
+    /// Publishes a decided view unless a view of the same or a later epoch is there already.
+    pub fn publish(&self, view: &View) -> Result<()> {
         loop {
             let raw = self.store.get(&self.key)?;
             let current = match &raw {
                 Some(b) => View::decode(b)?,
                 None => View::full(self.n),
             };
-            let mut active = current.active.clone();
-            change(&mut active);
-            if active == current.active && !force(&current) {
-                return Ok(current);
+            if raw.is_some() && current.epoch >= view.epoch || raw.is_none() && view.epoch == 0 {
+                return Ok(());
             }
-            let next = View { epoch: current.epoch + 1, active };
-            let (swapped, _) = self.store.compare_set(&self.key, raw.as_deref(), &next.encode())?;
-            if swapped {
-                tracing::info!(epoch = next.epoch, members = ?next.members(), "membership view changed");
-                return Ok(next);
+            if self.store.compare_set(&self.key, raw.as_deref(), &view.encode())?.0 {
+                tracing::info!(epoch = view.epoch, members = ?view.members(), "membership view changed");
+                return Ok(());
             }
         }
     }
 
-    pub fn deactivate(&self, ranks: &[usize]) -> Result<View> {
-        self.check(ranks)?;
-        self.transition(|a| ranks.iter().for_each(|&r| a[r] = false))
+    /// Every request so far, in the order they were made.
+    pub fn requests(&self) -> Result<Vec<Request>> {
+        match self.store.get(&self.requests_key)? {
+            Some(b) => bincode::serde::decode_from_slice(&b, bincode::config::standard())
+                .map(|(v, _)| v)
+                .map_err(|e| ChorusError::InvalidArgument(format!("the stored membership requests are unreadable ({e}); is every rank running the same chorus version?"))),
+            None => Ok(Vec::new()),
+        }
     }
 
-    pub fn activate(&self, ranks: &[usize]) -> Result<View> {
+    /// Appends requests (compare-and-set: concurrent requests all land, in some order).
+    fn request(&self, ranks: &[usize], active: bool) -> Result<()> {
         self.check(ranks)?;
-        self.transition(|a| ranks.iter().for_each(|&r| a[r] = true))
+        loop {
+            let raw = self.store.get(&self.requests_key)?;
+            let mut list = self.requests()?;
+            list.extend(ranks.iter().map(|&rank| Request { rank, active }));
+            let bytes = bincode::serde::encode_to_vec(&list, bincode::config::standard()).expect("requests always encode");
+            if self.store.compare_set(&self.requests_key, raw.as_deref(), &bytes)?.0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Asks for `ranks` to leave the view (taken up by the next recovery round's decision).
+    pub fn deactivate(&self, ranks: &[usize]) -> Result<()> {
+        self.request(ranks, false)
+    }
+
+    /// Asks for `ranks` to join the view (taken up by the next recovery round's decision).
+    pub fn activate(&self, ranks: &[usize]) -> Result<()> {
+        self.request(ranks, true)
     }
 
     fn check(&self, ranks: &[usize]) -> Result<()> {
@@ -126,21 +163,39 @@ mod tests {
     use chorus_bootstrap::MemStore;
 
     #[test]
-    fn transitions_are_monotonic_and_converge() {
+    fn requests_fold_into_the_next_view_once() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let vs = ViewStore::new(store.clone(), "g", 4);
         assert_eq!(vs.read().unwrap(), View::full(4));
-        let v = vs.deactivate(&[2]).unwrap();
-        assert_eq!((v.epoch, v.members()), (1, vec![0, 1, 3]));
-        // The same proposal again (another rank saw the same failure) makes no new epoch.
-        assert_eq!(vs.deactivate(&[2]).unwrap().epoch, 1);
-        let v = vs.activate(&[2]).unwrap();
-        assert_eq!((v.epoch, v.members()), (2, vec![0, 1, 2, 3]));
+        vs.deactivate(&[2]).unwrap();
         assert!(vs.deactivate(&[9]).is_err());
+        let v1 = vs.read().unwrap().next(&vs.requests().unwrap(), &[]);
+        assert_eq!((v1.epoch, v1.members(), v1.requests), (1, vec![0, 1, 3], 1));
+        vs.activate(&[2]).unwrap();
+        // A death and a request in one round: the request first, then the removal.
+        let v2 = v1.next(&vs.requests().unwrap(), &[1]);
+        assert_eq!((v2.epoch, v2.members(), v2.requests), (2, vec![0, 2, 3], 2));
+        // Requests already folded in are not applied again.
+        let v3 = v2.next(&vs.requests().unwrap(), &[2]);
+        assert_eq!((v3.epoch, v3.members()), (3, vec![0, 3]));
     }
 
     #[test]
-    fn concurrent_proposals_all_land() {
+    fn a_publish_never_goes_back() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let vs = ViewStore::new(store, "g", 3);
+        let v1 = View::full(3).next(&[], &[2]);
+        let v2 = v1.next(&[], &[1]);
+        vs.publish(&v2).unwrap();
+        vs.publish(&v1).unwrap();
+        assert_eq!(vs.read().unwrap(), v2);
+        // Another view of the same epoch (a lost decision's) does not replace the published one.
+        vs.publish(&View { epoch: 2, active: vec![true; 3], requests: 0 }).unwrap();
+        assert_eq!(vs.read().unwrap(), v2);
+    }
+
+    #[test]
+    fn concurrent_requests_all_land() {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let hs: Vec<_> = (0..6)
             .map(|r| {
@@ -148,11 +203,8 @@ mod tests {
                 std::thread::spawn(move || vs.deactivate(&[r]).unwrap())
             })
             .collect();
-        hs.into_iter().for_each(|h| {
-            h.join().unwrap();
-        });
-        let v = ViewStore::new(store, "g", 8).read().unwrap();
-        assert_eq!(v.members(), vec![6, 7]);
-        assert_eq!(v.epoch, 6);
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        let vs = ViewStore::new(store, "g", 8);
+        assert_eq!(View::full(8).next(&vs.requests().unwrap(), &[]).members(), vec![6, 7]);
     }
 }
