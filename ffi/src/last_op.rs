@@ -1,7 +1,7 @@
 //! What the calling thread's last blocking collective reported (`chorus_last_op_*`), kept per
 //! thread like `chorus_last_error`: a blocking call has no work handle to ask.
 use crate::error::{FfiError, FfiResult};
-use chorus_backend::engine::work::OpInfo;
+use chorus_backend::OpInfo;
 use std::cell::RefCell;
 
 thread_local! {

@@ -19,7 +19,7 @@ pub mod store;
 pub mod work;
 
 use buffer::{byte_len, input_for, Input, RawBuf};
-use chorus_backend::engine::work::OpInfo;
+use chorus_backend::OpInfo;
 use chorus_backend::{DType, Issued, Mode, OpBuffer, Options, ProcessGroup, ReduceOp};
 use chorus_bootstrap::{Store, StoreClient, StoreServer};
 use error::{guard, guard_value, last_error_ptr, FfiError, FfiResult};

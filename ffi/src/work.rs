@@ -1,6 +1,6 @@
 //! `chorus_work_t`: one handle type for every operation's `Work<R>`.
 use crate::error::{code_of, FfiError, FfiResult, CHORUS_ERR_TIMEOUT, CHORUS_OK};
-use chorus_backend::engine::work::OpInfo;
+use chorus_backend::OpInfo;
 use chorus_backend::{ChorusError, Work};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -44,11 +44,6 @@ impl Backoff {
         }
         false
     }
-
-    /// Starts over (progress was made).
-    pub fn reset(&mut self) {
-        *self = Backoff::new();
-    }
 }
 
 #[cfg(test)]
@@ -65,7 +60,5 @@ mod tests {
         }
         assert!(n > YIELDS as u64);
         assert!(!b.snooze(), "stays exhausted");
-        b.reset();
-        assert!(b.snooze());
     }
 }

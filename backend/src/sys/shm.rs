@@ -161,17 +161,20 @@ impl Segment {
     ///
     /// The caller must hold the right to read these bytes under the slot protocol (the writer
     /// published them with a release-store of a sequence signal the caller acquired, and will not
-    /// write again until the caller returns a credit).
-    pub fn bytes(&self, off: usize, len: usize) -> &[u8] {
+    /// write again until the caller returns a credit). Crate-private: only the slot ring, which
+    /// keeps that protocol, may take views of a segment (another process may write the rest of
+    /// it at any time).
+    pub(crate) fn bytes(&self, off: usize, len: usize) -> &[u8] {
         assert!(off + len <= self.len, "range {off}+{len} out of segment of {}", self.len);
         // SAFETY: in bounds; exclusivity of writers is guaranteed by the slot protocol (above).
         unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
     }
 
     /// Writable view of `len` bytes at `off`; same protocol contract as [`Segment::bytes`], from
-    /// the writer's side (the credit proves the reader is done with these bytes).
+    /// the writer's side (the credit proves the reader is done with these bytes). Crate-private
+    /// for the same reason: a safe caller outside the ring could alias the range.
     #[allow(clippy::mut_from_ref)]
-    pub fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
         assert!(off + len <= self.len, "range {off}+{len} out of segment of {}", self.len);
         // SAFETY: in bounds; the slot protocol grants this writer exclusive access to the range.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) }
