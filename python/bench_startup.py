@@ -2,7 +2,7 @@
 all_reduce (and its synchronize), per rank, with an empty chorus kernel cache and the driver's JIT
 cache off (`CUDA_CACHE_DISABLE=1`), for chorus and NCCL side by side, alternating, best of `--rounds`.
 Every rank is a fresh process; torch is imported and the CUDA context made before the clock starts
-(the same for both backends), so the time is the backend's own.
+(the same for both backends), and the ranks start the clock together, so the time is the backend's own.
 
     python python/bench_startup.py --nproc 1,2 --rounds 3
 
@@ -31,6 +31,12 @@ dev = torch.device("cuda", rank % torch.cuda.device_count())
 torch.cuda.set_device(dev)
 x = torch.ones(256, device=dev)
 torch.cuda.synchronize()
+# Start together: every rank waits here until all are ready (files, outside any backend), so a rank's
+# time does not include the others' torch import.
+ready = os.environ["BENCH_READY_DIR"]
+open(os.path.join(ready, str(rank)), "w").close()
+while len(os.listdir(ready)) < world:
+    time.sleep(0.001)
 t0 = time.perf_counter()
 dist.init_process_group(backend, rank=rank, world_size=world)
 t1 = time.perf_counter()
@@ -51,10 +57,10 @@ def free_port():
 
 
 def run_once(backend, world, timeout):
-    with tempfile.TemporaryDirectory(prefix="chorus-startup-") as cache:
+    with tempfile.TemporaryDirectory(prefix="chorus-startup-") as cache, tempfile.TemporaryDirectory() as ready:
         env = dict(os.environ)
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
-                   CUDA_CACHE_DISABLE="1", CHORUS_KERNEL_CACHE=cache)
+                   CUDA_CACHE_DISABLE="1", CHORUS_KERNEL_CACHE=cache, BENCH_READY_DIR=ready)
         procs = []
         for r in range(world):
             e = dict(env, RANK=str(r), LOCAL_RANK=str(r))

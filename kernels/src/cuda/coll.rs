@@ -456,6 +456,14 @@ impl DeviceComm {
         }
     }
 
+    /// Whether an operation has nothing to do: one rank, in place, and (for reductions) a result equal
+    /// to the input — every op but on bool, whose kernels also normalise nonzero bytes to 1. Like
+    /// NCCL, which enqueues nothing then either (a CUDA graph capturing it stays empty), the launch is
+    /// skipped; a failed or aborted communicator still reports so.
+    fn identity_at_world_1(&self, src: u64, dst: u64, dtype: Option<DType>) -> bool {
+        self.world == 1 && src == dst && dtype != Some(DType::Bool)
+    }
+
     /// What the kernels divide the reduced value by: the world size for `Avg`, nothing (0) otherwise.
     fn avg_divisor(&self, op: ReduceOp) -> u32 {
         if op == ReduceOp::Avg {
@@ -481,6 +489,9 @@ impl DeviceComm {
     pub unsafe fn all_reduce(&self, stream: RawStream, dtype: DType, op: ReduceOp, src: u64, dst: u64, count: usize) -> Result<()> {
         let func = self.kernels.coll_func(dtype, op)?;
         let bytes = elems_bytes(dtype, count)?;
+        if self.identity_at_world_1(src, dst, Some(dtype)) {
+            return self.check();
+        }
         let avg_n = self.avg_divisor(op);
         let e = dtype.size() as u64;
         let pipelined = self.world == 2 && bytes >= self.opts.pipeline_min;
@@ -517,6 +528,9 @@ impl DeviceComm {
         self.check_rank(root)?;
         let func = self.kernels.coll_func(dtype, op)?;
         elems_bytes(dtype, count)?;
+        if self.identity_at_world_1(src, dst, Some(dtype)) {
+            return self.check();
+        }
         let avg_n = self.avg_divisor(op);
         let e = dtype.size() as u64;
         let chunk = Self::chunk_elems(dtype, self.opts.slot_bytes).max(1);
@@ -598,6 +612,9 @@ impl DeviceComm {
     /// `src` (on root) and `dst` valid for `bytes`, equal or not overlapping; stream as above.
     pub unsafe fn broadcast(&self, stream: RawStream, src: u64, dst: u64, bytes: usize, root: usize) -> Result<()> {
         self.check_rank(root)?;
+        if self.identity_at_world_1(src, dst, None) {
+            return self.check();
+        }
         if self.world > 2 && bytes >= BCAST_SCATTER_MIN {
             // Scatter + all-gather: the root sends each byte once instead of world - 1 times.
             let (offs, lens, shard) = byte_shards(bytes, self.world);
@@ -626,6 +643,9 @@ impl DeviceComm {
     /// # Safety
     /// `src` valid for `bytes`, `dst` for `world * bytes`, not overlapping; stream as above.
     pub unsafe fn all_gather(&self, stream: RawStream, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        if self.identity_at_world_1(src, dst, None) {
+            return self.check();
+        }
         let subs = self.movement(ALL_GATHER, bytes, |a| (a.src, a.dst, a.dst_stride) = (src, dst, bytes as u64));
         // SAFETY: forwarded to the caller.
         unsafe { self.enqueue(stream, self.kernels.copy_func(), &subs) }

@@ -72,7 +72,7 @@ namespace chorus_torch {
   X(chorus_reduce) X(chorus_all_gather) X(chorus_reduce_scatter) X(chorus_all_to_all) X(chorus_all_to_all_v) \
   X(chorus_gather) X(chorus_scatter) X(chorus_barrier) X(chorus_send) X(chorus_recv) X(chorus_work_wait)    \
   X(chorus_work_is_completed) X(chorus_work_failed_ranks) X(chorus_work_contributors) X(chorus_work_epoch)  \
-  X(chorus_work_free)
+  X(chorus_work_free) X(chorus_last_op_failed_ranks) X(chorus_last_op_contributors) X(chorus_last_op_epoch)
 
 struct Api {
 #define CHORUS_API_FIELD(name) decltype(&::name) name = nullptr;
@@ -508,13 +508,31 @@ class ChorusWork : public c10d::Work {
     }
   }
 
+  // Keeps the report of an operation that just ran in the blocking form (CUDA tensors: stream-ordered),
+  // read from the calling thread's chorus_last_op_*, so that the fault-tolerance functions see it as
+  // they see a handle's. Only for works the caller receives (async_op=True).
+  void note_blocking_report() {
+    auto last = [](auto fn) {
+      return rank_array([fn](std::nullptr_t, int32_t* out, size_t cap, size_t* n) { return fn(out, cap, n); }, nullptr);
+    };
+    std::lock_guard<std::mutex> dl(drive_mu_);
+    for (auto r : last(api.chorus_last_op_failed_ranks)) {
+      blocking_failed_.insert(r);
+    }
+    blocking_contributors_ = last(api.chorus_last_op_contributors);
+    uint64_t e = 0;
+    if (api.chorus_last_op_epoch(&e) == CHORUS_OK) {
+      blocking_epoch_ = std::max(blocking_epoch_, e);
+    }
+  }
+
   // Failure report of the finished work: ranks that failed (over all its operations), the ranks in the
-  // result (its last operation's), and the membership epoch. Empty for a work that ran blocking.
+  // result (its last operation's), and the membership epoch.
   std::tuple<std::vector<int64_t>, std::vector<int64_t>, uint64_t> info() {
     std::lock_guard<std::mutex> dl(drive_mu_);
-    std::set<int64_t> failed;
-    std::vector<int64_t> contributors;
-    uint64_t epoch = 0;
+    std::set<int64_t> failed = blocking_failed_;
+    std::vector<int64_t> contributors = blocking_contributors_;
+    uint64_t epoch = blocking_epoch_;
     for (auto* h : handles_) {
       try {
         for (auto r : rank_array(api.chorus_work_failed_ranks, h)) {
@@ -561,6 +579,9 @@ class ChorusWork : public c10d::Work {
   std::vector<at::Tensor> keep_;
   std::vector<std::function<void()>> finishers_;
   std::mutex drive_mu_;
+  std::set<int64_t> blocking_failed_;  // the blocking operations' reports (note_blocking_report)
+  std::vector<int64_t> blocking_contributors_;
+  uint64_t blocking_epoch_ = 0;
   std::mutex future_mu_;
   c10::intrusive_ptr<c10::ivalue::Future> future_;
 };
@@ -1018,6 +1039,9 @@ class ChorusBackend : public c10d::Backend {
       if (!async_host) {
         int32_t rc = start(static_cast<chorus_work_t**>(nullptr));
         if (rc != CHORUS_OK) throw_status(rc);
+        if (async) {
+          work->note_blocking_report();
+        }
         return;
       }
       chorus_work_t* h = nullptr;
