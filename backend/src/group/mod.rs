@@ -11,7 +11,7 @@ use crate::engine::worker::Worker;
 use crate::error::{ChorusError, Result};
 use crate::membership::join::{self, Handoff, JoinRequest};
 use crate::membership::liveness::Liveness;
-use crate::membership::recovery::{self, Decision, Post, Round};
+use crate::membership::member::{Membership, Peers, Resumed, SystemClock};
 use crate::membership::{self, View, ViewStore};
 use crate::memory::Registry;
 use crate::options::Options;
@@ -49,30 +49,6 @@ impl Counters {
         self.connections.fetch_add(1, Ordering::Relaxed);
         self.connections_to[peer].fetch_add(1, Ordering::Relaxed);
     }
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Progress { committed: 0, current: None, can_rerun: true, proceed: None }
-    }
-}
-
-/// A rank's position in the collective sequence, as reported to recovery. Guarded by one lock:
-/// the attendant thread answers recovery for a rank between collectives under it, and a
-/// collective starts (sets `current`) under it, so an answer never describes a rank that has
-/// already moved on.
-#[derive(Clone, Debug)]
-pub struct Progress {
-    /// The last collective this rank returned (a result or an error every survivor got alike).
-    pub committed: u64,
-    /// The collective this rank is inside, and whether its part is complete.
-    pub current: Option<(u64, bool)>,
-    /// Whether the current collective can be re-run from this rank's inputs (meaningful while
-    /// `current` is set; reset when an attempt starts).
-    pub can_rerun: bool,
-    /// `(round, boundary)`: admission round `round` is pending, and another member is already
-    /// inside the collective after `boundary`, so this rank runs it under the old view too.
-    pub proceed: Option<(u64, u64)>,
 }
 
 /// A GPU communicator of the group: the device it runs on, the view epoch it was built in and that
@@ -117,25 +93,16 @@ pub struct GroupInner {
     pub lifecycle: AtomicU64,
     pub counters: Counters,
     pub registry: Registry,
+    /// This rank's membership: view, progress, recovery rounds, join counters.
+    pub membership: Membership,
+    /// Handles on the membership's view records, view and rounds-applied counter, for the API.
     pub views: ViewStore,
-    /// The view collectives run under (changes only by agreed recovery decisions or API calls).
-    pub view: Mutex<View>,
-    pub liveness: Arc<Liveness>,
-    /// Recovery rounds applied (monotonic).
+    pub view: Arc<Mutex<View>>,
     pub rounds_applied: Arc<AtomicU64>,
-    /// What recovery posts report: highest committed collective and the one in progress.
-    pub progress: Mutex<Progress>,
+    pub liveness: Arc<Liveness>,
     /// The heartbeat and attendant threads (`membership::threads`).
     membership_threads: Mutex<Vec<JoinHandle<()>>>,
     pub last_info: Mutex<crate::engine::work::OpInfo>,
-    /// Ranks removed by recovery and not yet reported by a collective.
-    pub pending_failed: Mutex<Vec<usize>>,
-    /// Join requests announced in the store (seen by the attendant thread) and served (linked
-    /// by the collective path); both monotonic.
-    pub joins_announced: AtomicU64,
-    pub joins_served: AtomicU64,
-    /// The last recovery decision applied (what it says about the collective it interrupted).
-    pub last_decision: Mutex<Option<Decision>>,
 }
 
 /// State a joining rank takes over from the survivors.
@@ -170,31 +137,27 @@ fn start(
     tracing::debug!(transports = ?transport_names(&links), chunk, "group links ready");
 
     let liveness = Arc::new(Liveness::new(size, opts.heartbeat_interval, opts.heartbeat_timeout));
-    let rounds_applied = Arc::new(AtomicU64::new(0));
+    // A new group starts with every rank (a view change another rank already stored is adopted
+    // by all through its round, at the same collective); a replacement takes the survivors' view.
+    let resumed = resume.as_ref().map(|r| Resumed { view: r.view.clone(), committed: r.committed, rounds: r.rounds });
+    let membership = Membership::new(rank, size, &uid, store.clone(), opts.policy, opts.timeout, Arc::new(SystemClock), resumed);
+    let rounds_applied = membership.rounds_handle();
     let signals = prep.local.signals.clone();
     let mut coll = Comm::new(rank, size, Stream::Collective, links.clone(), signals.clone(), policy.clone(), opts.timeout, liveness.clone(), rounds_applied.clone());
     let mut p2p = Comm::new(rank, size, Stream::P2p, links.clone(), signals.clone(), policy, opts.timeout, liveness.clone(), rounds_applied.clone());
-    let views = ViewStore::new(store.clone(), &uid, size);
-    // A new group starts with every rank (a view change another rank already stored is adopted
-    // by all through its round, at the same collective); a replacement takes the survivors' view.
-    let mut view = View::full(size);
-    let mut progress = Progress::default();
     if let Some(r) = &resume {
         // Continue every pair's sequence numbers where the survivors are (counters never restart).
         for (s, coll_h, p2p_h) in &r.handoffs {
             join::adopt(&signals, &mut coll, *s, coll_h);
             join::adopt(&signals, &mut p2p, *s, p2p_h);
         }
-        view = r.view.clone();
-        progress.committed = r.committed;
-        rounds_applied.store(r.rounds, Ordering::SeqCst);
     }
     let (p2p_tx, p2p_rx) = crossbeam::channel::unbounded();
     let p2p_thread = std::thread::Builder::new()
         .name(format!("chorus-p2p-{uid}-{rank}"))
         .spawn(move || P2pEngine::new(p2p).run(p2p_rx))
         .map_err(|e| ChorusError::InvalidArgument(format!("spawning the point-to-point thread: {e}")))?;
-    let committed = progress.committed;
+    let committed = membership.committed();
     let inner = Arc::new(GroupInner {
         device_comms: Mutex::new(Vec::new()),
         worker: Worker::start(format!("chorus-coll-{uid}-{rank}")),
@@ -220,22 +183,17 @@ fn start(
         lifecycle: AtomicU64::new(0),
         counters,
         registry: prep.registry,
-        views,
-        view: Mutex::new(view),
-        liveness,
+        views: membership.views().clone(),
+        view: membership.view_handle(),
         rounds_applied,
-        progress: Mutex::new(progress),
+        membership,
+        liveness,
         membership_threads: Mutex::new(Vec::new()),
         last_info: Mutex::new(Default::default()),
-        pending_failed: Mutex::new(Vec::new()),
-        joins_announced: AtomicU64::new(0),
-        joins_served: AtomicU64::new(0),
-        last_decision: Mutex::new(None),
     });
     // Joins announced before this rank existed are not for it.
     if let Some(n) = join::announced(&inner.store, &inner.uid)? {
-        inner.joins_announced.store(n, Ordering::SeqCst);
-        inner.joins_served.store(n, Ordering::SeqCst);
+        inner.membership.skip_joins(n);
     }
     let threads = membership::threads::spawn(Arc::downgrade(&inner), &format!("{}-{rank}", inner.uid), inner.liveness.interval, inner.opts.fault_tolerance)?;
     *inner.membership_threads.lock().unwrap_or_else(|p| p.into_inner()) = threads;
@@ -253,15 +211,35 @@ impl membership::threads::Member for GroupInner {
     }
 
     fn attend(&self, answered: &mut Option<(u64, u8, u64)>, poll_joins: bool) {
-        match self.answer_recovery(*answered) {
+        match self.membership.answer(self, *answered) {
             Ok(a) => *answered = a,
             Err(e) => tracing::debug!(error = %e, "answering a recovery round failed"),
         }
         if poll_joins {
             if let Ok(Some(n)) = join::announced(&self.store, &self.uid) {
-                self.joins_announced.fetch_max(n, Ordering::SeqCst);
+                self.membership.joins_announced(n);
             }
         }
+    }
+}
+
+impl Peers for GroupInner {
+    fn peer_dead(&self, peer: usize) -> bool {
+        GroupInner::peer_dead(self, peer)
+    }
+
+    fn raise(&self, members: &[usize], value: u64) {
+        let links = self.links();
+        for &p in members {
+            if let Some(l) = &links[p] {
+                let _ = l.control(Control::Recovery, value);
+            }
+        }
+        self.signals.publish(self.signals.control(self.rank, Control::Recovery), value);
+    }
+
+    fn highest_request(&self) -> u64 {
+        (0..self.size).map(|p| self.signals.control(p, Control::Recovery).load(Ordering::SeqCst)).max().unwrap_or(0)
     }
 }
 
@@ -269,50 +247,6 @@ impl GroupInner {
     /// The current link table (a snapshot).
     pub fn links(&self) -> Vec<Option<Arc<dyn Link>>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The next recovery round (the one after those applied), if any rank asked for it (or a
-    /// later one), and whether it is a failure round. Every rank's counter counts, not only the
-    /// members': a replacement asks to be admitted before it is one.
-    pub fn pending_round(&self) -> Option<(u64, bool)> {
-        let next = self.rounds_applied.load(Ordering::SeqCst) + 1;
-        let v = (0..self.size).map(|p| self.signals.control(p, Control::Recovery).load(Ordering::SeqCst)).max().unwrap_or(0);
-        (recovery::round_of(v) >= next).then_some((next, v >= recovery::signal(next, true)))
-    }
-
-    /// The attendant thread's part in recovery, for a rank that is not in a position to answer
-    /// itself: between collectives it posts a failure report or, for an admission round, the
-    /// boundary it is at (the collective path then starts nothing until the round is settled:
-    /// both happen under the progress lock); inside a collective it says so for an admission
-    /// round (the collective's own waits answer failure rounds). `last` is what it posted last
-    /// time (so it posts each answer once); returns what it posted now.
-    pub fn answer_recovery(&self, last: Option<(u64, u8, u64)>) -> Result<Option<(u64, u8, u64)>> {
-        if self.pending_round().is_none() {
-            return Ok(last);
-        }
-        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((round, failure)) = self.pending_round() else { return Ok(last) };
-        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if !view.is_active(self.rank) {
-            return Ok(last);
-        }
-        let answer = match (failure, progress.current) {
-            (true, None) => (round, 0, progress.committed),
-            (false, None) => (round, 1, progress.committed),
-            (false, Some((op, _))) => (round, 2, op),
-            (true, Some(_)) => return Ok(last),
-        };
-        if last == Some(answer) {
-            return Ok(last);
-        }
-        let r = Round { store: &self.store, views: &self.views, uid: &self.uid, me: self.rank, round, view: &view };
-        match answer.1 {
-            0 => self.post_failure(&progress, &view, round)?,
-            1 => r.post_boundary(progress.committed)?,
-            _ => r.post_inside(answer.2)?,
-        }
-        tracing::debug!(round, kind = answer.1, at = answer.2, "answered recovery from the attendant thread");
-        Ok(Some(answer))
     }
 
     /// Aborts every GPU communicator that spans a peer found dead, so its kernels stop waiting for
@@ -341,34 +275,10 @@ impl GroupInner {
         }
     }
 
-    /// Posts this rank's failure report for recovery round `round` (and asks every member to take
-    /// part: the failure kind interrupts their waits).
-    pub fn post_recovery(&self, round: u64) -> Result<()> {
-        let view = self.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        self.post_failure(&progress, &view, round)
-    }
-
-    fn post_failure(&self, progress: &Progress, view: &View, round: u64) -> Result<()> {
-        let dead: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank && self.peer_dead(p)).collect();
-        let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch, can_rerun: progress.can_rerun };
-        let r = Round { store: &self.store, views: &self.views, uid: &self.uid, me: self.rank, round, view };
-        r.post(&post)?;
-        self.raise_recovery(round, true, &view.members());
-        Ok(())
-    }
-
     /// Asks every member of `members` (and this rank) to take part in recovery round `round`, a
     /// failure round (it interrupts their waits) or an admission round.
     pub fn raise_recovery(&self, round: u64, failure: bool, members: &[usize]) {
-        let value = recovery::signal(round, failure);
-        let links = self.links();
-        for &p in members {
-            if let Some(l) = &links[p] {
-                let _ = l.control(Control::Recovery, value);
-            }
-        }
-        self.signals.publish(self.signals.control(self.rank, Control::Recovery), value);
+        self.membership.raise(self, round, failure, members);
     }
 
     pub fn check_live(&self) -> Result<()> {
@@ -381,17 +291,14 @@ impl GroupInner {
     /// Links to replacement ranks that asked to join since the last call; called by the
     /// collective path (which owns the collective stream's counters) between collectives.
     pub fn serve_joins(&self, comm: &mut Comm) -> Result<()> {
-        let announced = self.joins_announced.load(Ordering::SeqCst);
-        let mut served = self.joins_served.load(Ordering::SeqCst);
-        while served < announced {
-            served += 1;
-            let Some(req) = join::request(&self.store, &self.uid, served)? else { break };
+        for seq in self.membership.joins_to_serve() {
+            let Some(req) = join::request(&self.store, &self.uid, seq)? else { break };
             if req.rank != self.rank && req.rank < self.size {
                 if let Err(e) = self.link_joiner(comm, &req) {
                     tracing::warn!(joiner = req.rank, error = %e, "linking to a replacement rank failed");
                 }
             }
-            self.joins_served.store(served, Ordering::SeqCst);
+            self.membership.join_served(seq);
         }
         Ok(())
     }
@@ -412,9 +319,8 @@ impl GroupInner {
         self.liveness.reset(p);
         comm.links[p] = Some(link.clone());
         self.links.lock().unwrap_or_else(|e| e.into_inner())[p] = Some(link.clone());
-        let view = self.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let committed = self.progress.lock().unwrap_or_else(|e| e.into_inner()).committed;
-        join::publish_handoff(&self.store, &self.uid, req, self.rank, "coll", &coll, &view, committed, self.rounds_applied.load(Ordering::SeqCst))?;
+        let view = self.membership.view();
+        join::publish_handoff(&self.store, &self.uid, req, self.rank, "coll", &coll, &view, self.membership.committed(), self.membership.rounds_applied())?;
         // The point-to-point stream's counters live with its thread: it relinks and publishes.
         let tx = self.p2p_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(tx) = tx {

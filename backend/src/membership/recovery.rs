@@ -36,7 +36,6 @@ use crate::error::{ChorusError, Result};
 use chorus_bootstrap::Store;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// What one rank reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,19 +213,9 @@ impl Round<'_> {
         }
     }
 
-    /// Failure: waits for the round's decision, writing it once every member posted or is dead
-    /// (`is_dead(rank)`); gives up at `deadline`.
-    pub fn agree(&self, deadline: Instant, mut is_dead: impl FnMut(usize) -> bool) -> Result<Decision> {
-        loop {
-            if let Some(d) = self.try_failure(&mut is_dead)? {
-                return Ok(d);
-            }
-            if Instant::now() >= deadline {
-                let missing = self.view.members().into_iter().find(|&r| self.store.get(&key(self.uid, self.round, &format!("post/{r}"))).ok().flatten().is_none());
-                return Err(ChorusError::Timeout { op: "recovery", what: "a failure report", peer: missing.unwrap_or(self.me), waited_ms: 0 });
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+    /// Failure: whether member `r` posted its report.
+    pub fn posted(&self, r: usize) -> bool {
+        self.store.get(&key(self.uid, self.round, &format!("post/{r}"))).ok().flatten().is_some()
     }
 
     /// Failure: the decision, written now if every member posted a failure report or is dead;

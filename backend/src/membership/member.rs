@@ -1,0 +1,455 @@
+//! One rank's membership: its view, where it is in the collective sequence, the recovery rounds
+//! it applied, and the protocol steps that change them (rounds after a failure, admission of a
+//! replacement). The store and the clock are passed in; what it needs from the rank's links and
+//! signal block comes through [`Peers`]. The engine drives it between and around collectives
+//! (`api::ft`); the group serves joins with its join counters. `recovery.rs` has the rules.
+use super::recovery::{self, Decision, Post, Round};
+use super::{View, ViewStore};
+use crate::error::{ChorusError, Result};
+use crate::options::FailurePolicy;
+use chorus_bootstrap::Store;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Time, as membership sees it (tests step a fake one).
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+    /// Waits `d` (or less, when something may have moved).
+    fn pause(&self, d: Duration);
+}
+
+/// The process's clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn pause(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// What membership needs from this rank's links and signal block.
+pub trait Peers {
+    /// Whether `peer` is known to be gone (its process exited, its socket closed, its beats stopped).
+    fn peer_dead(&self, peer: usize) -> bool;
+    /// Raises this rank's `Recovery` counter to `value` at every rank of `members` and at itself.
+    fn raise(&self, members: &[usize], value: u64);
+    /// The highest `Recovery` counter any rank raised in this rank's signal block.
+    fn highest_request(&self) -> u64;
+}
+
+/// A rank's position in the collective sequence, as reported to recovery. Guarded by one lock:
+/// the attendant thread answers recovery for a rank between collectives under it, and a
+/// collective starts (sets `current`) under it, so an answer never describes a rank that has
+/// already moved on.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// The last collective this rank returned (a result or an error every survivor got alike).
+    pub committed: u64,
+    /// The collective this rank is inside, and whether its part is complete.
+    pub current: Option<(u64, bool)>,
+    /// Whether the current collective can be re-run from this rank's inputs (meaningful while
+    /// `current` is set; reset when an attempt starts).
+    pub can_rerun: bool,
+    /// `(round, boundary)`: admission round `round` is pending, and another member is already
+    /// inside the collective after `boundary`, so this rank runs it under the old view too.
+    pub proceed: Option<(u64, u64)>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress { committed: 0, current: None, can_rerun: true, proceed: None }
+    }
+}
+
+/// How a collective ends after the last decision this rank applied.
+pub enum Ending {
+    /// Committed by the decision (this rank holds its result).
+    Committed,
+    /// It fails with the same error on every survivor (counted as returned).
+    Fails(ChorusError),
+    /// It runs (again) under the decision's view.
+    Run,
+}
+
+/// Where a replacement starts: the state it takes over from the survivors' handoffs.
+pub struct Resumed {
+    pub view: View,
+    pub committed: u64,
+    pub rounds: u64,
+}
+
+pub struct Membership {
+    rank: usize,
+    uid: String,
+    store: Arc<dyn Store>,
+    views: ViewStore,
+    policy: FailurePolicy,
+    timeout: Duration,
+    clock: Arc<dyn Clock>,
+    /// The view collectives run under (changes only by agreed decisions).
+    view: Arc<Mutex<View>>,
+    progress: Mutex<Progress>,
+    /// Recovery rounds applied (monotonic; the engine stamps attempts with it).
+    rounds_applied: Arc<AtomicU64>,
+    /// Ranks removed by recovery and not yet reported by a collective.
+    pending_failed: Mutex<Vec<usize>>,
+    /// The last decision applied (what it says about the collective it interrupted).
+    last_decision: Mutex<Option<Decision>>,
+    /// Join requests announced in the store (seen by the attendant thread) and served (linked
+    /// by the collective path); both monotonic.
+    joins_announced: AtomicU64,
+    joins_served: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Membership {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(rank: usize, size: usize, uid: &str, store: Arc<dyn Store>, policy: FailurePolicy, timeout: Duration, clock: Arc<dyn Clock>, resumed: Option<Resumed>) -> Membership {
+        let mut view = View::full(size);
+        let mut progress = Progress::default();
+        let mut rounds = 0;
+        if let Some(r) = resumed {
+            view = r.view;
+            progress.committed = r.committed;
+            rounds = r.rounds;
+        }
+        Membership {
+            rank,
+            uid: uid.to_string(),
+            views: ViewStore::new(store.clone(), uid, size),
+            store,
+            policy,
+            timeout,
+            clock,
+            view: Arc::new(Mutex::new(view)),
+            progress: Mutex::new(progress),
+            rounds_applied: Arc::new(AtomicU64::new(rounds)),
+            pending_failed: Mutex::new(Vec::new()),
+            last_decision: Mutex::new(None),
+            joins_announced: AtomicU64::new(0),
+            joins_served: AtomicU64::new(0),
+        }
+    }
+
+    /// The view collectives run under now.
+    pub fn view(&self) -> View {
+        lock(&self.view).clone()
+    }
+
+    /// The view, shared (the group's API reads it).
+    pub fn view_handle(&self) -> Arc<Mutex<View>> {
+        self.view.clone()
+    }
+
+    /// The rounds-applied counter, shared (the engine stamps attempts with it).
+    pub fn rounds_handle(&self) -> Arc<AtomicU64> {
+        self.rounds_applied.clone()
+    }
+
+    pub fn rounds_applied(&self) -> u64 {
+        self.rounds_applied.load(Ordering::SeqCst)
+    }
+
+    pub fn views(&self) -> &ViewStore {
+        &self.views
+    }
+
+    pub fn committed(&self) -> u64 {
+        lock(&self.progress).committed
+    }
+
+    fn round<'a>(&'a self, round: u64, view: &'a View) -> Round<'a> {
+        Round { store: &self.store, views: &self.views, uid: &self.uid, me: self.rank, round, view }
+    }
+
+    /// The next recovery round (the one after those applied), if any rank asked for it (or a
+    /// later one), and whether it is a failure round. Every rank's counter counts, not only the
+    /// members': a replacement asks to be admitted before it is one.
+    pub fn pending_round(&self, peers: &dyn Peers) -> Option<(u64, bool)> {
+        let next = self.rounds_applied() + 1;
+        let v = peers.highest_request();
+        (recovery::round_of(v) >= next).then_some((next, v >= recovery::signal(next, true)))
+    }
+
+    /// Asks every member of `members` (and this rank) to take part in recovery round `round`, a
+    /// failure round (it interrupts their waits) or an admission round.
+    pub fn raise(&self, peers: &dyn Peers, round: u64, failure: bool, members: &[usize]) {
+        peers.raise(members, recovery::signal(round, failure));
+    }
+
+    /// The attendant thread's part in recovery, for a rank that is not in a position to answer
+    /// itself: between collectives it posts a failure report or, for an admission round, the
+    /// boundary it is at (the collective path then starts nothing until the round is settled:
+    /// both happen under the progress lock); inside a collective it says so for an admission
+    /// round (the collective's own waits answer failure rounds). `last` is what it posted last
+    /// time (so it posts each answer once); returns what it posted now.
+    pub fn answer(&self, peers: &dyn Peers, last: Option<(u64, u8, u64)>) -> Result<Option<(u64, u8, u64)>> {
+        if self.pending_round(peers).is_none() {
+            return Ok(last);
+        }
+        let progress = lock(&self.progress);
+        let Some((round, failure)) = self.pending_round(peers) else { return Ok(last) };
+        let view = self.view();
+        if !view.is_active(self.rank) {
+            return Ok(last);
+        }
+        let answer = match (failure, progress.current) {
+            (true, None) => (round, 0, progress.committed),
+            (false, None) => (round, 1, progress.committed),
+            (false, Some((op, _))) => (round, 2, op),
+            (true, Some(_)) => return Ok(last),
+        };
+        if last == Some(answer) {
+            return Ok(last);
+        }
+        let r = self.round(round, &view);
+        match answer.1 {
+            0 => self.post_failure(peers, &progress, &view, round)?,
+            1 => r.post_boundary(progress.committed)?,
+            _ => r.post_inside(answer.2)?,
+        }
+        tracing::debug!(round, kind = answer.1, at = answer.2, "answered recovery from the attendant thread");
+        Ok(Some(answer))
+    }
+
+    fn post_failure(&self, peers: &dyn Peers, progress: &Progress, view: &View, round: u64) -> Result<()> {
+        let dead: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank && peers.peer_dead(p)).collect();
+        let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch, can_rerun: progress.can_rerun };
+        self.round(round, view).post(&post)?;
+        self.raise(peers, round, true, &view.members());
+        Ok(())
+    }
+
+    /// Sets the collective this rank is inside (or none) and raises the committed one.
+    pub fn set_progress(&self, current: Option<(u64, bool)>, committed: Option<u64>) {
+        let mut p = lock(&self.progress);
+        p.current = current;
+        if let Some(c) = committed {
+            p.committed = p.committed.max(c);
+        }
+    }
+
+    /// Whether the current attempt could be run again from this rank's inputs.
+    pub fn set_can_rerun(&self, can: bool) {
+        lock(&self.progress).can_rerun = can;
+    }
+
+    /// Starts an attempt of collective `op_seq` unless a round must be settled first: then
+    /// returns it (this rank is between collectives meanwhile). Under the progress lock, so the
+    /// attendant thread never answers for this rank as idle once it started.
+    pub fn start_attempt(&self, peers: &dyn Peers, op_seq: u64) -> Option<(u64, bool)> {
+        let mut p = lock(&self.progress);
+        let pending = match self.pending_round(peers) {
+            // Admission pending, but a member already runs the next collective: run it too.
+            Some((round, false)) if p.proceed == Some((round, p.committed)) => None,
+            other => other,
+        };
+        if pending.is_none() {
+            p.current = Some((op_seq, false));
+            p.can_rerun = true;
+        } else {
+            p.current = None;
+        }
+        pending
+    }
+
+    /// Ranks removed since the last collective that reported removals (reported once, by the
+    /// first collective that completes under the new view).
+    pub fn take_failed(&self) -> Vec<usize> {
+        let mut f = std::mem::take(&mut *lock(&self.pending_failed));
+        f.sort_unstable();
+        f.dedup();
+        f
+    }
+
+    /// The last decision's word on collective `op_seq` (named `op`): the same on every survivor,
+    /// whether it was inside the collective when the round started or had not begun it.
+    pub fn ending(&self, op: &'static str, op_seq: u64) -> Ending {
+        if self.committed() >= op_seq {
+            return Ending::Committed;
+        }
+        let (interrupted, rerun_possible) = match &*lock(&self.last_decision) {
+            Some(d) => (d.interrupted && d.commit_through + 1 == op_seq, d.rerun_possible),
+            None => (false, true),
+        };
+        if !interrupted || (rerun_possible && self.policy == FailurePolicy::Shrink) {
+            return Ending::Run;
+        }
+        // Every survivor gets the same decision, hence the same error; the collective counts as
+        // returned so later ones line up.
+        self.set_progress(None, Some(op_seq));
+        let failed = self.take_failed();
+        let epoch = self.view().epoch;
+        if self.policy == FailurePolicy::Abort {
+            Ending::Fails(ChorusError::FailedByPolicy { op, failed, epoch })
+        } else {
+            Ending::Fails(ChorusError::NotRecoverable { op, failed, epoch })
+        }
+    }
+
+    /// Joins (or starts) the next recovery round as a failure round and applies its decision (the
+    /// removed ranks are queued for the next collective's report).
+    pub fn recover(&self, peers: &dyn Peers) -> Result<()> {
+        let round = self.rounds_applied() + 1;
+        let _span = tracing::info_span!("recovery", round).entered();
+        let view = self.view();
+        {
+            let progress = lock(&self.progress);
+            self.post_failure(peers, &progress, &view, round)?;
+        }
+        let r = self.round(round, &view);
+        let deadline = self.clock.now() + self.timeout;
+        let decision = loop {
+            if let Some(d) = r.try_failure(|p| p != self.rank && peers.peer_dead(p))? {
+                break d;
+            }
+            if self.clock.now() >= deadline {
+                let missing = view.members().into_iter().find(|&m| !r.posted(m));
+                return Err(ChorusError::Timeout { op: "recovery", what: "a failure report", peer: missing.unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64 });
+            }
+            self.clock.pause(Duration::from_millis(2));
+        };
+        self.apply(round, decision);
+        Ok(())
+    }
+
+    /// Admission round `round` at the boundary after this rank's last returned collective: posts
+    /// the boundary and waits for the decision. `started_after(peer, boundary)`: whether `peer`
+    /// is already inside a later collective (its chunk is here). Returns whether a decision was
+    /// applied (`false`: another member already runs the next collective, so this rank runs it
+    /// under the old view and posts again at the next boundary). `wait(d)` waits for a signal.
+    pub fn admission(&self, peers: &dyn Peers, round: u64, started_after: &dyn Fn(usize, u64) -> bool, wait: &dyn Fn(Duration)) -> Result<bool> {
+        let view = self.view();
+        let boundary = self.committed();
+        let r = self.round(round, &view);
+        r.post_boundary(boundary)?;
+        let deadline = self.clock.now() + self.timeout;
+        let others: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank).collect();
+        loop {
+            if let Some(d) = r.try_admission()? {
+                self.apply(round, d);
+                return Ok(true);
+            }
+            match self.pending_round(peers) {
+                Some((q, false)) if q == round => {}
+                // A failure during the admission round: it is a failure round now.
+                Some((q, true)) if q == round => {
+                    self.recover(peers)?;
+                    return Ok(true);
+                }
+                _ => return Ok(true),
+            }
+            if others.iter().any(|&p| peers.peer_dead(p)) {
+                self.recover(peers)?;
+                return Ok(true);
+            }
+            if others.iter().any(|&p| started_after(p, boundary)) || r.inside_after(boundary)? {
+                tracing::debug!(boundary, "a member already runs the next collective: running it under the old view");
+                lock(&self.progress).proceed = Some((round, boundary));
+                return Ok(false);
+            }
+            if self.clock.now() >= deadline {
+                return Err(ChorusError::Timeout { op: "recovery", what: "the members' positions for an admission", peer: others.first().copied().unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64 });
+            }
+            wait(Duration::from_millis(2));
+        }
+    }
+
+    /// A replacement rank asks the survivors to admit it (an admission round: they adopt the
+    /// grown view between two collectives, so no collective is interrupted), waits for the
+    /// decision that does, and returns the last collective before its first. It helps decide (it
+    /// reads the members' posts like they do), and turns the round into a failure round if a
+    /// member dies.
+    pub fn admit(&self, peers: &dyn Peers) -> Result<u64> {
+        let deadline = self.clock.now() + self.timeout;
+        loop {
+            let round = self.rounds_applied() + 1;
+            let view = self.view();
+            let members = view.members();
+            self.raise(peers, round, false, &members);
+            let r = self.round(round, &view);
+            let d = loop {
+                if let Some(d) = r.try_admission()? {
+                    break d;
+                }
+                if let Some(d) = r.try_failure(|p| peers.peer_dead(p))? {
+                    break d;
+                }
+                if members.iter().any(|&p| peers.peer_dead(p)) {
+                    self.raise(peers, round, true, &members);
+                }
+                if self.clock.now() >= deadline {
+                    return Err(ChorusError::InvalidArgument(format!(
+                        "join: the survivors did not admit rank {} in time (view {:?}); they admit between collectives, so they must keep running them",
+                        self.rank, members
+                    )));
+                }
+                self.clock.pause(Duration::from_millis(2));
+            };
+            tracing::info!(round, commit_through = d.commit_through, epoch = d.view.epoch, "admission round decided");
+            let fails = d.interrupted && (!d.rerun_possible || self.policy == FailurePolicy::Abort);
+            let next = d.commit_through + fails as u64;
+            let removed = d.removed.clone();
+            self.apply(round, d);
+            let view = self.view();
+            if view.is_active(self.rank) {
+                // The survivors' next collective is ours too: one they re-run or that simply
+                // comes next (it reports the removals this decision made); one that fails on them
+                // is theirs.
+                lock(&self.progress).committed = next;
+                *lock(&self.pending_failed) = if fails { Vec::new() } else { removed };
+                tracing::info!(epoch = view.epoch, next_collective = next + 1, "rejoined");
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Applies round `round`'s decision and publishes its view.
+    fn apply(&self, round: u64, decision: Decision) {
+        tracing::info!(round, commit_through = decision.commit_through, epoch = decision.view.epoch, removed = ?decision.removed, interrupted = decision.interrupted, rerun_possible = decision.rerun_possible, "recovery decided");
+        {
+            let mut p = lock(&self.progress);
+            // Everything up to commit_through is committed; this rank held the data for it (the
+            // decision rule guarantees it), so its result stands.
+            p.committed = p.committed.max(decision.commit_through);
+            p.proceed = None;
+        }
+        *lock(&self.view) = decision.view.clone();
+        // Every rank that applies a decision publishes its view (a replacement waits for it to
+        // see its predecessor removed); publishing again, or late, changes nothing.
+        if let Err(e) = self.views.publish(&decision.view) {
+            tracing::warn!(error = %e, epoch = decision.view.epoch, "publishing the decided view failed (the other members publish it too)");
+        }
+        lock(&self.pending_failed).extend(decision.removed.iter().copied());
+        *lock(&self.last_decision) = Some(decision);
+        self.rounds_applied.fetch_max(round, Ordering::SeqCst);
+    }
+
+    /// Join requests seen in the store so far (the attendant thread raises it).
+    pub fn joins_announced(&self, n: u64) {
+        self.joins_announced.fetch_max(n, Ordering::SeqCst);
+    }
+
+    /// Joins before this rank existed are not for it.
+    pub fn skip_joins(&self, n: u64) {
+        self.joins_announced.fetch_max(n, Ordering::SeqCst);
+        self.joins_served.fetch_max(n, Ordering::SeqCst);
+    }
+
+    /// The join requests announced and not served yet, by number.
+    pub fn joins_to_serve(&self) -> std::ops::RangeInclusive<u64> {
+        self.joins_served.load(Ordering::SeqCst) + 1..=self.joins_announced.load(Ordering::SeqCst)
+    }
+
+    /// Join request `seq` was served (linked, or given up on).
+    pub fn join_served(&self, seq: u64) {
+        self.joins_served.fetch_max(seq, Ordering::SeqCst);
+    }
+}
