@@ -4,7 +4,7 @@
 //! heavy dependency, and the ABI is small. Enum values here come from the Rust constants the code
 //! uses (status codes, `DType`, `ReduceOp`), so they cannot drift; function declarations are
 //! written once below, and `tests/header.rs` checks that (1) the checked-in header equals
-//! `render()`, and (2) the set of `#[no_mangle]` functions in `src/lib.rs` and their parameter
+//! `render()`, and (2) the set of `#[no_mangle]` functions in `src/` and their parameter
 //! counts equal the declarations here. `CHORUS_BLESS=1 cargo test -p chorus-ffi --test header`
 //! rewrites the header.
 use crate::error::STATUS_CODES;
