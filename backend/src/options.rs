@@ -127,6 +127,35 @@ pub fn parse_bytes(v: &str) -> Option<usize> {
     num.trim().parse::<usize>().ok()?.checked_mul(1usize << shift)
 }
 
+/// An algorithm forced by `Options::algo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForcedAlgo {
+    Direct,
+    RsAg,
+    Ring,
+    Chain,
+    RsGather,
+}
+
+impl ForcedAlgo {
+    /// The algorithm `name` names; an unknown name forces nothing (logged).
+    pub fn parse(name: &str) -> Option<ForcedAlgo> {
+        let forced = match name {
+            "direct" => ForcedAlgo::Direct,
+            "rs_ag" => ForcedAlgo::RsAg,
+            "ring" => ForcedAlgo::Ring,
+            "chain" => ForcedAlgo::Chain,
+            "rs_gather" => ForcedAlgo::RsGather,
+            other => {
+                tracing::warn!(algo = other, "CHORUS_ALGO names no algorithm (direct, rs_ag, ring, chain, rs_gather): choosing as usual");
+                return None;
+            }
+        };
+        Some(forced)
+    }
+}
+
+
 /// What survivors do with a collective during which a participant failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailurePolicy {

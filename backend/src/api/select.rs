@@ -3,34 +3,7 @@
 //! `Options::algo` (`CHORUS_ALGO=<name>`, read at group creation) forces a choice where it applies
 //! (benchmarks and tests).
 use crate::algo::{self, Buf, Plan};
-
-/// An algorithm forced by `Options::algo`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForcedAlgo {
-    Direct,
-    RsAg,
-    Ring,
-    Chain,
-    RsGather,
-}
-
-impl ForcedAlgo {
-    /// The algorithm `name` names; an unknown name forces nothing (logged).
-    pub fn parse(name: &str) -> Option<ForcedAlgo> {
-        let forced = match name {
-            "direct" => ForcedAlgo::Direct,
-            "rs_ag" => ForcedAlgo::RsAg,
-            "ring" => ForcedAlgo::Ring,
-            "chain" => ForcedAlgo::Chain,
-            "rs_gather" => ForcedAlgo::RsGather,
-            other => {
-                tracing::warn!(algo = other, "CHORUS_ALGO names no algorithm (direct, rs_ag, ring, chain, rs_gather): choosing as usual");
-                return None;
-            }
-        };
-        Some(forced)
-    }
-}
+use crate::options::ForcedAlgo;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AllReduceAlgo {

@@ -4,7 +4,6 @@ mod setup;
 
 pub use setup::{create, join};
 
-use crate::api::select::ForcedAlgo;
 use crate::engine::comm::Comm;
 use crate::engine::p2p::{P2pEngine, P2pOp};
 use crate::engine::worker::Worker;
@@ -14,7 +13,7 @@ use crate::membership::liveness::Liveness;
 use crate::membership::member::{Membership, Peers, Resumed, SystemClock};
 use crate::membership::{self, View, ViewStore};
 use crate::memory::Registry;
-use crate::options::Options;
+use crate::options::{ForcedAlgo, Options};
 use crate::transport::shm::LocalSegments;
 use crate::transport::signals::{Control, SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED};
 use crate::transport::{Link, PeerInfo, Setup, Table};

@@ -75,6 +75,25 @@ pub enum Ending {
     Run,
 }
 
+/// A failure round this rank takes part in.
+pub struct Recovery {
+    round: u64,
+    view: View,
+    deadline: Instant,
+    posted: bool,
+}
+
+/// What a step of a failure round did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryStep {
+    /// Posted this rank's report and raised the round at every member.
+    Posted,
+    /// No decision yet (a live member has not posted).
+    Waiting,
+    /// The decision is applied.
+    Applied,
+}
+
 /// Where a replacement starts: the state it takes over from the survivors' handoffs.
 pub struct Resumed {
     pub view: View,
@@ -297,27 +316,42 @@ impl Membership {
     /// Joins (or starts) the next recovery round as a failure round and applies its decision (the
     /// removed ranks are queued for the next collective's report).
     pub fn recover(&self, peers: &dyn Peers) -> Result<()> {
-        let round = self.rounds_applied() + 1;
-        let _span = tracing::info_span!("recovery", round).entered();
-        let view = self.view();
-        {
-            let progress = lock(&self.progress);
-            self.post_failure(peers, &progress, &view, round)?;
+        let mut rec = self.begin_recovery();
+        loop {
+            match self.step_recovery(peers, &mut rec)? {
+                RecoveryStep::Applied => return Ok(()),
+                RecoveryStep::Posted => {}
+                RecoveryStep::Waiting => self.clock.pause(Duration::from_millis(2)),
+            }
         }
-        let r = self.round(round, &view);
-        let deadline = self.clock.now() + self.timeout;
-        let decision = loop {
-            if let Some(d) = r.try_failure(|p| p != self.rank && peers.peer_dead(p))? {
-                break d;
-            }
-            if self.clock.now() >= deadline {
-                let missing = view.members().into_iter().find(|&m| !r.posted(m));
-                return Err(ChorusError::Timeout { op: "recovery", what: "a failure report", peer: missing.unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64 });
-            }
-            self.clock.pause(Duration::from_millis(2));
-        };
-        self.apply(round, decision);
-        Ok(())
+    }
+
+    /// Starts taking part in the next failure round (stepped by [`Membership::step_recovery`]).
+    pub fn begin_recovery(&self) -> Recovery {
+        Recovery { round: self.rounds_applied() + 1, view: self.view(), deadline: self.clock.now() + self.timeout, posted: false }
+    }
+
+    /// One step of a failure round: the first posts this rank's report and asks every member to
+    /// take part; each later one tries to decide (a compare-and-set once every member posted or
+    /// is dead) and, once there is a decision, applies it.
+    pub fn step_recovery(&self, peers: &dyn Peers, rec: &mut Recovery) -> Result<RecoveryStep> {
+        let _span = tracing::info_span!("recovery", round = rec.round).entered();
+        if !rec.posted {
+            let progress = lock(&self.progress);
+            self.post_failure(peers, &progress, &rec.view, rec.round)?;
+            rec.posted = true;
+            return Ok(RecoveryStep::Posted);
+        }
+        let r = self.round(rec.round, &rec.view);
+        if let Some(d) = r.try_failure(|p| p != self.rank && peers.peer_dead(p))? {
+            self.apply(rec.round, d);
+            return Ok(RecoveryStep::Applied);
+        }
+        if self.clock.now() >= rec.deadline {
+            let missing = rec.view.members().into_iter().find(|&m| !r.posted(m));
+            return Err(ChorusError::Timeout { op: "recovery", what: "a failure report", peer: missing.unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64 });
+        }
+        Ok(RecoveryStep::Waiting)
     }
 
     /// Admission round `round` at the boundary after this rank's last returned collective: posts

@@ -12,5 +12,7 @@ mod view;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod member_tests;
 
 pub use view::{Request, View, ViewStore};
