@@ -12,8 +12,8 @@
 //!
 //! `unsafe` code is denied in this crate except where it meets foreign code, each exception named
 //! where it is granted: `sys` (shared memory, futexes, process liveness, plain-old-data views),
-//! `transport::rdma::ffi` (libibverbs and libcuda through `dlopen`) and `api::device_group` (CUDA
-//! device pointers and streams handed in by the caller).
+//! `transport::rdma::ffi` (libibverbs and libcuda through `dlopen`), and `api::device_group` and
+//! `api::staged` (CUDA device pointers and streams handed in by the caller).
 //!
 //! The layers below the API (`engine`, `group`, `sys`, `transport`) are private. The `internals`
 //! feature makes them public for this crate's own integration tests (the RDMA protocol and transport
@@ -49,7 +49,7 @@ pub(crate) mod transport;
 
 pub use api::buffer::Element;
 pub use api::{Issued, Mode, ProcessGroup};
-pub use api::DeviceGroup;
+pub use api::{DeviceGroup, DeviceOps, DeviceRoute, DeviceStage, HostReason};
 pub use api::p2p_types::P2pRequest;
 pub use chorus_kernels::{DType, ReduceOp};
 pub use engine::p2p::OpBuffer;

@@ -29,9 +29,10 @@
  *   result); the group's operations on one device run in issue order across streams, and CUDA
  *   send/recv ignore tags and match in issue order (a send larger than two 4 MiB slots waits for
  *   the peer's recv). gather and scatter on device memory, and every operation on device memory
- *   of a group created with CHORUS_CUDA_PATH=host, take the host path instead: the call copies the
- *   buffers to the host on `stream`, runs the host collective (with fault tolerance) and copies the
- *   results back on `stream` before it returns, with the work already complete.
+ *   of a group the GPU kernels do not serve -- created with CHORUS_CUDA_PATH=host, or with more
+ *   than 8 active ranks, or spanning several hosts -- take the host path instead: the call copies
+ *   the buffers to the host on `stream`, runs the host collective (with fault tolerance) and
+ *   copies the results back on `stream` before it returns, with the work already complete.
  * - No panic or exception crosses this boundary.
  * - Fault tolerance: a group survives the death of ranks (they are removed by a new membership view
  *   and reported by chorus_work_failed_ranks or chorus_last_op_failed_ranks); a replacement process

@@ -1,6 +1,8 @@
 //! The collectives of the C ABI: argument checks, the asynchronous and blocking forms, and the
 //! routing of device memory (GPU kernels or the host path).
 use super::*;
+use crate::error::CHORUS_ERR_TIMEOUT;
+use chorus_backend::{ChorusError, DeviceStage};
 use crate::device::{device_collective, device_overlap_ok, gpu_kernels};
 
 // ------------------------------------------------------------------ collectives
@@ -41,7 +43,7 @@ pub(crate) struct Call<'a> {
     pub(crate) op: &'static str,
     pub(crate) dt: DType,
     /// Host copies of GPU buffers (the host path on device memory); `None` for host memory.
-    pub(crate) stage: Option<&'a staged::DeviceStage>,
+    pub(crate) stage: Option<&'a DeviceStage>,
     /// Queued (a work handle) or blocking (`work == NULL`).
     pub(crate) mode: Mode,
 }
@@ -82,7 +84,13 @@ impl Call<'_> {
     pub(crate) fn wrap(&self, ptr: *const c_void, len: usize, written: bool, what: &'static str) -> FfiResult<RawBuf> {
         let what = Arg { op: self.op, what };
         let p = match self.stage {
-            Some(stage) => stage.host_copy(ptr, len, written, &what)?,
+            // SAFETY: the caller's contract (chorus.h): a pointer of a GPU call is `len` bytes of
+            // memory of `device`, valid (and writable when written) until the operation completes
+            // on `stream`.
+            Some(stage) => unsafe { stage.host_copy(ptr as u64, len, written) }.map_err(|e| {
+                let e = FfiError::from(e);
+                FfiError { code: e.code, msg: format!("{what}: {}", e.msg) }
+            })?,
             None => ptr as *const u8,
         };
         RawBuf::new(p, len, what)
@@ -103,7 +111,7 @@ impl std::fmt::Display for Arg {
 
 /// [`with_work`] for a collective over data on the host path: checks the device and the dtype code
 /// before `start` wraps the buffers; GPU memory (`device >= 0`) is staged through host copies
-/// ([`staged::DeviceStage`]) and the call returns once the results are back on the GPU.
+/// ([`DeviceStage`], the backend's host path) and the call returns once the results are back on the GPU.
 pub(crate) fn collective<R: Send + 'static>(
     group_: *mut chorus_group,
     work: *mut *mut chorus_work,
@@ -122,10 +130,14 @@ pub(crate) fn collective<R: Send + 'static>(
             return Err(FfiError::invalid(format!("{op}: invalid device {device} (use CHORUS_DEVICE_CPU = -1 for host memory, or a CUDA device ordinal)")));
         }
         // GPU memory on the host path: host copies in, the host collective, results back.
-        let stage = staged::DeviceStage::new(device as usize, stream);
+        let stage = DeviceStage::new(device as usize, chorus_kernels::cuda::RawStream(stream as usize));
         let issued = start(&Call { g, op, dt, stage: Some(&stage), mode })?;
         // The host collective's own waits have deadlines; recovery from a failure may take a few.
-        stage.finish(op, issued, g.pg.options().timeout.saturating_mul(3))
+        stage.finish(op, issued, g.pg.options().timeout.saturating_mul(3)).map_err(|e| match e {
+            // The host operation outlived the wait: a timeout of this call.
+            ChorusError::Incomplete(msg) => FfiError { code: CHORUS_ERR_TIMEOUT, msg },
+            e => e.into(),
+        })
     })
 }
 

@@ -3,11 +3,12 @@
 use super::*;
 use crate::collectives::{with_work, Call};
 
-/// Whether a call on `device` takes the GPU kernels: device memory, and the group was not told to run
-/// GPU tensors on the host path (`CHORUS_CUDA_PATH=host`). An invalid group handle answers yes; the
-/// kernel path reports it.
+/// Whether a call on `device` takes the GPU kernels: device memory, and the group's device route
+/// says kernels (not told to run GPU tensors on the host path with `CHORUS_CUDA_PATH=host`, and a
+/// group the kernels can span: at most 8 active ranks on one host). An invalid group handle answers
+/// yes; the kernel path reports it.
 pub(crate) fn gpu_kernels(group_: *mut chorus_group, device: i32) -> bool {
-    device >= 0 && group(group_).map_or(true, |g| g.pg.options().device_path == chorus_backend::DevicePath::Kernels)
+    device >= 0 && group(group_).map_or(true, |g| g.pg.device_route() == chorus_backend::DeviceRoute::Kernels)
 }
 
 /// A GPU collective: `device >= 0` names the CUDA device every pointer lives on and `stream` is a

@@ -19,7 +19,6 @@ mod device;
 mod group;
 mod last_op;
 mod p2p;
-mod staged;
 pub mod store;
 pub mod work;
 

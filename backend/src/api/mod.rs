@@ -6,8 +6,10 @@ mod device_group;
 mod ft;
 mod issue;
 mod p2p;
+pub mod staged;
 pub mod p2p_types { pub use super::p2p::P2pRequest; }
 pub use device_group::DeviceGroup;
+pub use staged::{device_route, DeviceOps, DeviceRoute, DeviceStage, HostOps, HostReason};
 pub use issue::{Issued, Mode};
 pub mod select;
 
