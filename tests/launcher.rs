@@ -16,15 +16,19 @@ fn chorus_run_launches_three_ranks() {
         // The launcher: chorus-run's own code (`launch::run`, what the binary calls after parsing
         // its arguments), so the test needs no binary of another package. The binary's argument
         // parsing is tested in chorus-bootstrap's tests/launch.rs.
-        let mut opts = LaunchOptions::new(3, worker.display().to_string(), vec!["smoke".into()]);
+        let (harness, _) = common::worker_args(&["smoke"]);
+        let mut opts = LaunchOptions::new(3, worker.display().to_string(), harness.iter().map(|a| a.to_string()).collect());
         opts.grace = std::time::Duration::from_secs(2);
         std::process::exit(launch::run(&opts));
     }
     let _serial = common::serial();
+    let (_, (var, value)) = common::worker_args(&["smoke"]);
     let me = std::env::current_exe().expect("the test binary's path");
     let mut child = Command::new(me)
         .args(["--exact", "chorus_run_launches_three_ranks", "--nocapture", "--test-threads", "1"])
         .env(LAUNCHER_CHILD, "1")
+        // The ranks the launcher starts inherit the worker's arguments.
+        .env(var, value)
         .env("CHORUS_TIMEOUT_MS", common::WORKER_TIMEOUT_MS)
         .env_remove("CHORUS_HOST_ID")
         .env_remove("CHORUS_TEST_HOSTS")

@@ -1,5 +1,5 @@
 //! Harness of the multi-process integration tests: hosts a store in the test process, starts one
-//! `chorus-test-worker` process per rank with torchrun-style environment, enforces a wall-clock
+//! worker process per rank (a copy of the test binary running `chorus_test_worker`) with torchrun-style environment, enforces a wall-clock
 //! limit, and fails with every rank's output when any rank fails.
 #![allow(dead_code)]
 
@@ -63,8 +63,30 @@ pub fn wait_with_limit(child: &mut Child, limit: Duration) -> Output {
     Output { status, stdout: ro.join().unwrap_or_default(), stderr: re.join().unwrap_or_default() }
 }
 
+/// Set in a copy of a test binary that runs one rank of the test worker (`chorus_test_worker`);
+/// holds the worker's arguments, one per line.
+pub const WORKER_ARGS: &str = "CHORUS_TEST_WORKER_ARGS";
+
+/// The program that runs a rank: a copy of this test binary, told by [`worker_args`] to run only
+/// [`worker_entry`]. Built with the test itself, so no other package's binary has to exist.
 pub fn worker_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_chorus-test-worker"))
+    std::env::current_exe().expect("the test binary's path")
+}
+
+/// The arguments of [`worker_exe`] that make it a worker (quiet, so the harness prints nothing on
+/// the worker's lines), and the environment variable that carries the worker's own arguments.
+pub fn worker_args(args: &[&str]) -> (Vec<&'static str>, (&'static str, String)) {
+    (vec!["--ignored", "--exact", "common::worker_entry", "--quiet", "--nocapture", "--test-threads", "1"], (WORKER_ARGS, args.join("\n")))
+}
+
+/// Not a test of its own: the body of a worker process (see [`worker_exe`]), selected by
+/// `CHORUS_TEST_WORKER_ARGS`. Without that variable (a plain `--ignored` run) it has nothing to do.
+#[test]
+#[ignore = "entry point of the worker processes the multi-process tests start"]
+fn worker_entry() {
+    let Ok(args) = std::env::var(WORKER_ARGS) else { return };
+    let args: Vec<String> = args.split('\n').filter(|a| !a.is_empty()).map(String::from).collect();
+    std::process::exit(chorus_test_worker::run(&args));
 }
 
 /// Which transports connect the ranks (through `CHORUS_HOST_ID`, and `CHORUS_TEST_HOSTS` telling
@@ -146,7 +168,10 @@ pub fn run(l: &Launch) -> Vec<Output> {
     let t0 = Instant::now();
     let outs = run_unchecked(l);
     eprintln!("[chorus-test] {} ranks `{} {}`: {} ms", l.n, l.scenario, l.args.join(" "), t0.elapsed().as_millis());
-    let ok = outs.iter().all(|o| o.status.success());
+    // A rank that exits 0 without the worker's success line did not run the scenario (the copy of
+    // the test binary ran no worker): that is a failure, not a pass.
+    let done = format!(": {} ok in ", l.scenario);
+    let ok = outs.iter().all(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(&done));
     if !ok || std::env::var_os("CHORUS_TEST_SHOW").is_some() {
         let report = describe(l, &outs);
         if !ok {
@@ -187,6 +212,8 @@ pub fn run_unchecked(l: &Launch) -> Vec<Output> {
     let server = if l.host_store { Some(StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("binding the test store")) } else { None };
     let port = server.as_ref().map(|s| s.local_addr().port());
     let exe = worker_exe();
+    let worker: Vec<&str> = std::iter::once(l.scenario).chain(l.args.iter().copied()).collect();
+    let (harness, (var, value)) = worker_args(&worker);
     let mut children: Vec<Child> = Vec::new();
     for rank in 0..l.n {
         let wrap = (l.wrap)(rank);
@@ -198,8 +225,8 @@ pub fn run_unchecked(l: &Launch) -> Vec<Output> {
             }
             None => Command::new(&exe),
         };
-        cmd.arg(l.scenario)
-            .args(l.args)
+        cmd.args(&harness)
+            .env(var, &value)
             .env_remove("CHORUS_STORE_ADDR")
             .env_remove("CHORUS_HOST_ID")
             .env_remove("CHORUS_TEST_HOSTS")
