@@ -63,6 +63,10 @@ def percall_worker(args):
     dist.init_process_group("chorus", rank=rank, world_size=n, timeout=timedelta(seconds=600))
     peer = "nccl" if cuda else "gloo"
     groups = {"chorus": dist.distributed_c10d._get_default_group(), peer: dist.new_group(backend=peer)}
+    if n == 1:
+        # torch's own do-nothing backend: the floor any backend pays per call (dispatch, Work), shown beside.
+        import torch.testing._internal.distributed.fake_pg  # noqa: F401  (registers "fake")
+        groups["fake"] = dist.new_group(backend="fake")
     ctl = dist.new_group(backend="gloo")  # timing control (barriers, max over ranks) stays off the measured groups
     torch.set_num_threads(1)
 
@@ -125,7 +129,8 @@ def percall_worker(args):
                         best[name, async_op] = min(best.get((name, async_op), t), t)
             if rank == 0:
                 c, p, ca, pa = best["chorus", False], best[peer, False], best["chorus", True], best[peer, True]
-                print(f"  {op:>22} {a.numel() * 4:>6} | {c:8.2f} {p:8.2f} {c / p:6.2f} | {ca:12.2f} {pa:10.2f} {ca / pa:6.2f}", flush=True)
+                floor = f" | fake {best['fake', False]:6.2f} {best['fake', True]:6.2f}" if "fake" in groups else ""
+                print(f"  {op:>22} {a.numel() * 4:>6} | {c:8.2f} {p:8.2f} {c / p:6.2f} | {ca:12.2f} {pa:10.2f} {ca / pa:6.2f}{floor}", flush=True)
     if cuda:
         graph_replay(groups, dev, args, rank)
     dist.barrier(group=ctl)
