@@ -116,6 +116,8 @@ pub struct P2pEngine {
     recvs: Vec<(u64, RecvOp)>,
     next_recv_id: u64,
     incoming: Vec<Option<Incoming>>,
+    /// Per peer: a chunk was rejected, so chunks continuing its message are dropped.
+    resync: Vec<bool>,
     unexpected: HashMap<(usize, u64), VecDeque<Vec<u8>>>,
 }
 
@@ -128,6 +130,7 @@ impl P2pEngine {
             recvs: Vec::new(),
             next_recv_id: 0,
             incoming: (0..n).map(|_| None).collect(),
+            resync: vec![false; n],
             unexpected: HashMap::new(),
         }
     }
@@ -174,6 +177,7 @@ impl P2pEngine {
     /// process; sends to it fail) and forfeits its unconsumed chunks. Idempotent.
     fn forfeit(&mut self, peer: usize) -> (u64, u64) {
         self.incoming[peer] = None;
+        self.resync[peer] = false;
         while let Some(op) = self.sends[peer].pop_front() {
             (op.finish)(op.buf, Err(ChorusError::PeerFailed { op: "send", peer, why: "the peer was replaced".into() }));
         }
@@ -228,6 +232,17 @@ impl P2pEngine {
                 // The header was written by the peer: every length and offset in it is checked
                 // before it sizes, indexes or allocates anything here.
                 let meta = ring.meta(seq);
+                if self.resync[from] {
+                    // The rest of a rejected message: dropped until a message starts afresh.
+                    if meta.offset != 0 {
+                        if let Err(e) = self.comm.release(from, seq) {
+                            tracing::debug!(error = %e, "returning a point-to-point credit failed");
+                        }
+                        moved = true;
+                        continue;
+                    }
+                    self.resync[from] = false;
+                }
                 let expected = self.incoming[from].as_ref().map(|i| (i.tag, i.total, i.got));
                 if let Err(why) = check_chunk(&meta, expected, ring.geometry().slot_bytes) {
                     self.reject_chunk(from, seq, why);
@@ -306,8 +321,8 @@ impl P2pEngine {
                 }
             }
         }
-        // The next chunks of the rejected message start no new message (their offset is not 0).
-        self.incoming[from] = Some(Incoming { tag: 0, total: u64::MAX, got: u64::MAX, target: Target::Discard });
+        // The rejected message's remaining chunks are dropped; the next message (offset 0) is taken.
+        self.resync[from] = true;
         if let Err(e) = self.comm.release(from, seq) {
             tracing::debug!(error = %e, "returning a point-to-point credit failed");
         }
