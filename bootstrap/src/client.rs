@@ -3,24 +3,22 @@
 //! The client keeps a small pool of connections: a request takes an idle connection (or opens a new
 //! one), so a long `wait` on one thread never blocks `set`/`add` from another thread sharing the same
 //! client. A connection that saw any I/O or protocol error is dropped, never reused, because a late
-//! response could otherwise be read as the answer to the next request.
+//! response could otherwise be read as the answer to the next request. Every connection starts with
+//! the store handshake, and every wait on the network has the client's deadline.
 
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{self, FrameError, Request, Response};
+use crate::protocol::{self, FrameError, Request, Response, NONCE_LEN};
 use crate::store::{Store, MAX_WAIT};
 use crate::{BootstrapError, Result};
 
 /// Pause between connection attempts in [`StoreClient::connect`].
 const RETRY_INTERVAL: Duration = Duration::from_millis(50);
-/// Default deadline for a non-blocking request's round trip.
-pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Extra time a `wait` response may take beyond the wait's own timeout (network + scheduling).
 const WAIT_SLACK: Duration = Duration::from_secs(5);
-/// Deadline for opening an additional pooled connection after the first one succeeded.
-const RECONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct StoreClient {
     addr: String,
@@ -28,21 +26,81 @@ pub struct StoreClient {
     idle: Mutex<Vec<TcpStream>>,
 }
 
+/// Why one connection attempt (TCP connect + handshake) failed.
+enum ConnectFailure {
+    Resolve(BootstrapError),
+    Io(std::io::Error),
+    /// Connected, but what answered did not complete a chorus store handshake.
+    Handshake(String),
+    /// The store answered the handshake with a refusal (e.g. its connection limit).
+    Refused(String),
+}
+
+impl ConnectFailure {
+    fn describe(&self) -> String {
+        match self {
+            ConnectFailure::Resolve(e) => e.to_string(),
+            ConnectFailure::Io(e) => e.to_string(),
+            ConnectFailure::Handshake(d) => d.clone(),
+            ConnectFailure::Refused(m) => format!("the store refused the connection: {m}"),
+        }
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// The connection's opening exchange ([`Request::Hello`]), within `timeout`.
+fn handshake(stream: &mut TcpStream, timeout: Duration) -> std::result::Result<(), ConnectFailure> {
+    let timeout = timeout.max(Duration::from_millis(1));
+    stream
+        .set_write_timeout(Some(timeout))
+        .and_then(|()| stream.set_read_timeout(Some(timeout)))
+        .map_err(ConnectFailure::Io)?;
+    let mut client_nonce = vec![0u8; NONCE_LEN];
+    getrandom::fill(&mut client_nonce).map_err(|e| {
+        ConnectFailure::Resolve(BootstrapError::Random {
+            purpose: "the store handshake nonce",
+            detail: e.to_string(),
+        })
+    })?;
+    protocol::write_msg(stream, &Request::Hello { client_nonce }).map_err(ConnectFailure::Io)?;
+    match protocol::read_msg::<Response>(stream) {
+        Ok(Response::Challenge {
+            auth_required: false,
+            ..
+        }) => Ok(()),
+        Ok(Response::Error(message)) => Err(ConnectFailure::Refused(message)),
+        Ok(other) => Err(ConnectFailure::Handshake(format!(
+            "expected the store's handshake answer, got {other:?}"
+        ))),
+        Err(FrameError::Io(e)) if is_timeout(&e) => Err(ConnectFailure::Handshake(format!(
+            "connected, but no handshake answer within {timeout:?} (is a chorus store listening there, or something else?)"
+        ))),
+        Err(FrameError::Io(e)) => Err(ConnectFailure::Io(e)),
+        Err(e) => Err(ConnectFailure::Handshake(format!(
+            "connected, but the handshake answer was not a chorus store's: {e}"
+        ))),
+    }
+}
+
 impl StoreClient {
     /// Connects to `addr` ("host:port"), retrying every 50 ms until `timeout`, so ranks may start
-    /// before the store does.
+    /// before the store does. `timeout` is also the deadline of each later request's round trip
+    /// (see [`StoreClient::with_op_timeout`]); a group passes its own timeout.
     pub fn connect(addr: &str, timeout: Duration) -> Result<StoreClient> {
         let stream = connect_with_retry(addr, timeout)?;
         Ok(StoreClient {
             addr: addr.to_string(),
-            op_timeout: DEFAULT_OP_TIMEOUT,
+            op_timeout: timeout.clamp(Duration::from_millis(1), MAX_WAIT),
             idle: Mutex::new(vec![stream]),
         })
     }
 
-    /// Changes the deadline for non-`wait` requests (default 60 s).
+    /// Changes the deadline for non-`wait` requests (and for opening more connections).
     pub fn with_op_timeout(mut self, timeout: Duration) -> Self {
-        self.op_timeout = timeout.max(Duration::from_millis(1));
+        self.op_timeout = timeout.clamp(Duration::from_millis(1), MAX_WAIT);
         self
     }
 
@@ -51,52 +109,42 @@ impl StoreClient {
         &self.addr
     }
 
-    fn take_conn(&self, op: &'static str) -> Result<TcpStream> {
+    /// An idle pooled connection (`true`: reused) or a new one.
+    fn take_conn(&self) -> Result<(TcpStream, bool)> {
         if let Some(s) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            return Ok(s);
+            return Ok((s, true));
         }
-        connect_once(&self.addr, RECONNECT_TIMEOUT.min(self.op_timeout)).map_err(|e| match e {
-            ConnectFailure::Resolve(err) => err,
-            ConnectFailure::Io(source) => BootstrapError::Io {
-                op,
-                addr: self.addr.clone(),
-                source,
-            },
-        })
+        connect_with_retry(&self.addr, self.op_timeout).map(|s| (s, false))
     }
 
     /// Sends one request and reads its response within `read_timeout`.
     fn request(&self, op: &'static str, req: &Request, read_timeout: Duration) -> Result<Response> {
-        let mut stream = self.take_conn(op)?;
-        let io_err = |source| BootstrapError::Io {
-            op,
-            addr: self.addr.clone(),
-            source,
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            let (mut stream, reused) = self.take_conn()?;
+            match self.round_trip(op, &mut stream, req, read_timeout) {
+                Ok(resp) => {
+                    // Only a connection that completed a clean round trip goes back to the pool.
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(stream);
+                    break resp;
+                }
+                // The server closes idle connections; one it closed before reading our request did
+                // not run it, so the request is sent again once, on a fresh connection.
+                Err(RoundTrip::Stale(_)) if reused && attempt == 1 => continue,
+                Err(RoundTrip::Stale(source) | RoundTrip::Io(source)) => {
+                    return Err(BootstrapError::Io {
+                        op,
+                        addr: self.addr.clone(),
+                        source,
+                    })
+                }
+                Err(RoundTrip::Failed(e)) => return Err(e),
+            }
         };
-        stream
-            .set_write_timeout(Some(self.op_timeout))
-            .map_err(io_err)?;
-        stream
-            .set_read_timeout(Some(read_timeout.max(Duration::from_millis(1))))
-            .map_err(io_err)?;
-        protocol::write_msg(&mut stream, req).map_err(io_err)?;
-        let resp = protocol::read_msg::<Response>(&mut stream).map_err(|e| match e {
-            FrameError::Io(source) => io_err(source),
-            FrameError::Closed => io_err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the store server closed the connection",
-            )),
-            other => BootstrapError::Protocol {
-                op,
-                addr: self.addr.clone(),
-                detail: other.to_string(),
-            },
-        })?;
-        // Only a connection that completed a clean round trip goes back to the pool.
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(stream);
         match resp {
             Response::Error(message) => Err(BootstrapError::Remote {
                 op,
@@ -105,6 +153,49 @@ impl StoreClient {
             }),
             other => Ok(other),
         }
+    }
+
+    fn round_trip(
+        &self,
+        op: &'static str,
+        stream: &mut TcpStream,
+        req: &Request,
+        read_timeout: Duration,
+    ) -> std::result::Result<Response, RoundTrip> {
+        let read_timeout = read_timeout.max(Duration::from_millis(1));
+        stream
+            .set_write_timeout(Some(self.op_timeout))
+            .and_then(|()| stream.set_read_timeout(Some(read_timeout)))
+            .map_err(RoundTrip::Io)?;
+        if let Err(e) = protocol::write_msg(stream, req) {
+            return Err(if is_timeout(&e) {
+                RoundTrip::Failed(BootstrapError::RequestTimeout {
+                    op,
+                    addr: self.addr.clone(),
+                    timeout: self.op_timeout,
+                })
+            } else {
+                RoundTrip::Stale(e)
+            });
+        }
+        protocol::read_msg::<Response>(stream).map_err(|e| match e {
+            FrameError::Io(e) if is_timeout(&e) => RoundTrip::Failed(BootstrapError::RequestTimeout {
+                op,
+                addr: self.addr.clone(),
+                timeout: read_timeout,
+            }),
+            FrameError::Io(e) if e.kind() == ErrorKind::ConnectionReset => RoundTrip::Stale(e),
+            FrameError::Io(e) => RoundTrip::Io(e),
+            FrameError::Closed => RoundTrip::Stale(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "the store server closed the connection",
+            )),
+            other => RoundTrip::Failed(BootstrapError::Protocol {
+                op,
+                addr: self.addr.clone(),
+                detail: other.to_string(),
+            }),
+        })
     }
 
     fn op(&self, op: &'static str, req: Request) -> Result<Response> {
@@ -118,6 +209,14 @@ impl StoreClient {
             detail: format!("unexpected response {resp:?}"),
         }
     }
+}
+
+/// How a round trip failed.
+enum RoundTrip {
+    /// The connection was found closed before any answer: the request was not served.
+    Stale(std::io::Error),
+    Io(std::io::Error),
+    Failed(BootstrapError),
 }
 
 impl std::fmt::Debug for StoreClient {
@@ -215,11 +314,6 @@ impl Store for StoreClient {
     }
 }
 
-enum ConnectFailure {
-    Resolve(BootstrapError),
-    Io(std::io::Error),
-}
-
 fn resolve(addr: &str) -> std::result::Result<Vec<SocketAddr>, ConnectFailure> {
     let fail = |detail: String| {
         ConnectFailure::Resolve(BootstrapError::Resolve {
@@ -240,13 +334,17 @@ fn resolve(addr: &str) -> std::result::Result<Vec<SocketAddr>, ConnectFailure> {
     }
 }
 
-/// One attempt against every resolved address.
+/// One attempt against every resolved address: TCP connect, then the handshake, both within
+/// `timeout`.
 fn connect_once(addr: &str, timeout: Duration) -> std::result::Result<TcpStream, ConnectFailure> {
+    let deadline = Instant::now() + timeout;
     let mut last = None;
     for sa in resolve(addr)? {
-        match TcpStream::connect_timeout(&sa, timeout.max(Duration::from_millis(1))) {
-            Ok(s) => {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match TcpStream::connect_timeout(&sa, left.max(Duration::from_millis(1))) {
+            Ok(mut s) => {
                 let _ = s.set_nodelay(true);
+                handshake(&mut s, deadline.saturating_duration_since(Instant::now()))?;
                 return Ok(s);
             }
             Err(e) => last = Some(e),
@@ -262,10 +360,10 @@ fn connect_with_retry(addr: &str, timeout: Duration) -> Result<TcpStream> {
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         // Resolution failures are retried too: DNS for a fresh node may lag behind the job start.
-        let last_error = match connect_once(addr, remaining.min(Duration::from_secs(2))) {
+        // The handshake gets the whole remaining time: a loaded store may answer late.
+        let last_error = match connect_once(addr, remaining) {
             Ok(s) => return Ok(s),
-            Err(ConnectFailure::Resolve(e)) => e.to_string(),
-            Err(ConnectFailure::Io(e)) => e.to_string(),
+            Err(e) => e.describe(),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {

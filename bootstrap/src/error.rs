@@ -15,7 +15,7 @@ pub enum BootstrapError {
         source: std::io::Error,
     },
 
-    #[error("could not connect to the store at {addr} within {timeout:?} (last error: {last_error}); check that the store server is running and reachable and that MASTER_ADDR/MASTER_PORT (or CHORUS_STORE_ADDR) point to it")]
+    #[error("could not connect to the store at {addr} within {timeout:?}: expected a chorus store to accept the connection and answer its handshake (last error: {last_error}); check that the store server is running and reachable, that MASTER_ADDR/MASTER_PORT (or CHORUS_STORE_ADDR) point to it, and that CHORUS_TIMEOUT_MS leaves it time to start")]
     Connect {
         addr: String,
         timeout: Duration,
@@ -28,6 +28,19 @@ pub enum BootstrapError {
         addr: String,
         #[source]
         source: std::io::Error,
+    },
+
+    #[error("no answer from the store at {addr} to `{op}` within {timeout:?}: expected a chorus store response; is the store overloaded or stopped, or is CHORUS_TIMEOUT_MS too short?")]
+    RequestTimeout {
+        op: &'static str,
+        addr: String,
+        timeout: Duration,
+    },
+
+    #[error("could not read the operating system's random source for {purpose}: {detail}")]
+    Random {
+        purpose: &'static str,
+        detail: String,
     },
 
     #[error("store protocol error on `{op}` with {addr}: {detail} (are client and server the same chorus version, and is {addr} really a chorus store?)")]

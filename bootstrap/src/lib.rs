@@ -1,8 +1,9 @@
 //! Rendezvous for chorus: a small key/value store (TCP server + client), torchrun/SLURM-compatible
 //! environment parsing, listeners that bind before they publish, and the `chorus-run` launcher.
 //!
-//! Everything here is plain `std::net` + threads: bootstrap traffic is tiny and rare, and keeping it
-//! dependency-light makes it easy to reason about hangs. Every blocking operation takes a deadline.
+//! The client and the launcher are plain `std::net` + threads: bootstrap traffic is tiny and rare.
+//! The store server is one `tokio` event-loop thread behind a synchronous API, so thousands of idle
+//! or waiting clients cost no thread each (issue 17). Every blocking operation takes a deadline.
 
 pub mod client;
 pub mod env;

@@ -2,20 +2,38 @@
 //!
 //! Every frame is `b"CHST"` + version `u8` (= [`VERSION`]) + body length `u32` LE + body, where the body is
 //! a bincode-2 (serde, standard config) encoded [`Request`] or [`Response`]. Bodies are capped at
-//! [`MAX_BODY`] so a corrupt or hostile length can never make the server allocate unbounded memory.
+//! [`MAX_BODY`] (the server may cap lower) so a corrupt or hostile length can never make the server
+//! allocate unbounded memory.
+//!
+//! A connection starts with a handshake: the client sends [`Request::Hello`] with a fresh nonce, the
+//! server answers [`Response::Challenge`]; only then are other requests served. The handshake is
+//! where a job secret is proven (`auth` module); it also lets a client tell within its connect
+//! deadline that a chorus store, and not some other listener, answers.
 
 use std::io::{self, Read, Write};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 pub const MAGIC: [u8; 4] = *b"CHST";
-pub const VERSION: u8 = 1;
+/// 2: the connection handshake ([`Request::Hello`]).
+pub const VERSION: u8 = 2;
 /// Largest accepted frame body (64 MiB).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
-const HEADER_LEN: usize = 9;
+/// Length of the handshake nonces.
+pub const NONCE_LEN: usize = 32;
+/// Magic, version and body length.
+pub const HEADER_LEN: usize = 9;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
+    /// The first request on every connection.
+    Hello {
+        client_nonce: Vec<u8>,
+    },
+    /// The client's proof of the job secret, after a [`Response::Challenge`] that asked for one.
+    Prove {
+        client_mac: Vec<u8>,
+    },
     Set {
         key: String,
         value: Vec<u8>,
@@ -47,6 +65,15 @@ pub enum Request {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
+    /// The answer to [`Request::Hello`]. Without `auth_required` the connection is ready.
+    Challenge {
+        server_nonce: Vec<u8>,
+        auth_required: bool,
+    },
+    /// The answer to an accepted [`Request::Prove`]: the server's own proof of the secret.
+    Welcome {
+        server_mac: Vec<u8>,
+    },
     Ok,
     Value(Option<Vec<u8>>),
     Values(Vec<Vec<u8>>),
@@ -73,8 +100,8 @@ pub enum FrameError {
     BadMagic([u8; 4]),
     #[error("unsupported protocol version {0} (expected {VERSION})")]
     BadVersion(u8),
-    #[error("frame body of {0} bytes exceeds the {MAX_BODY}-byte limit")]
-    TooLarge(u64),
+    #[error("frame body of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge { len: u64, limit: usize },
     #[error("connection closed in the middle of a frame ({got} of {want} bytes)")]
     Truncated { got: usize, want: usize },
     #[error("undecodable body: {0}")]
@@ -147,6 +174,45 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
+/// Checks the frame header at the start of `buf` (which may hold only part of it) and returns the
+/// body length once the whole header is there (`Ok(None)` while it is incomplete). Garbage is
+/// reported as soon as the first wrong byte arrives, not only once a whole header did.
+pub fn parse_header(buf: &[u8], max_body: usize) -> Result<Option<usize>, FrameError> {
+    let magic_got = buf.len().min(MAGIC.len());
+    if buf[..magic_got] != MAGIC[..magic_got] {
+        let mut m = [0u8; 4];
+        m[..magic_got].copy_from_slice(&buf[..magic_got]);
+        return Err(FrameError::BadMagic(m));
+    }
+    if buf.len() > 4 && buf[4] != VERSION {
+        return Err(FrameError::BadVersion(buf[4]));
+    }
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[5], buf[6], buf[7], buf[8]]) as usize;
+    if len > max_body.min(MAX_BODY) {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            limit: max_body.min(MAX_BODY),
+        });
+    }
+    Ok(Some(len))
+}
+
+/// If `buf` starts with a whole frame, the range of its body and the frame's total length.
+pub fn split_frame(
+    buf: &[u8],
+    max_body: usize,
+) -> Result<Option<(std::ops::Range<usize>, usize)>, FrameError> {
+    match parse_header(buf, max_body)? {
+        Some(len) if buf.len() >= HEADER_LEN + len => {
+            Ok(Some((HEADER_LEN..HEADER_LEN + len, HEADER_LEN + len)))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Reads one frame body. A clean EOF before the first header byte is [`FrameError::Closed`].
 pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
     let mut header = [0u8; HEADER_LEN];
@@ -154,26 +220,12 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
     if got == 0 {
         return Err(FrameError::Closed);
     }
-    // Check the magic on whatever arrived so garbage is reported as garbage, not as truncation.
-    let magic_got = got.min(4);
-    if header[..magic_got] != MAGIC[..magic_got] {
-        let mut m = [0u8; 4];
-        m[..magic_got].copy_from_slice(&header[..magic_got]);
-        return Err(FrameError::BadMagic(m));
-    }
-    if got < HEADER_LEN {
+    let Some(len) = parse_header(&header[..got], MAX_BODY)? else {
         return Err(FrameError::Truncated {
             got,
             want: HEADER_LEN,
         });
-    }
-    if header[4] != VERSION {
-        return Err(FrameError::BadVersion(header[4]));
-    }
-    let len = u32::from_le_bytes([header[5], header[6], header[7], header[8]]) as usize;
-    if len > MAX_BODY {
-        return Err(FrameError::TooLarge(len as u64));
-    }
+    };
     let mut body = vec![0u8; len];
     let got = read_full(r, &mut body)?;
     if got < len {
@@ -220,7 +272,7 @@ mod tests {
         bad[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             read_frame(&mut &bad[..]),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
         assert!(matches!(
             read_frame(&mut &buf[..buf.len() - 1]),

@@ -39,16 +39,63 @@ pub trait Store: Send + Sync {
 
 /// Thread-safe in-process store; the state behind [`crate::StoreServer`], also handy for
 /// single-process groups and tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemStore {
     map: Mutex<HashMap<String, Vec<u8>>>,
     /// Notified on every insertion so `wait` can re-check.
     changed: Condvar,
+    /// The same notification for the server's asynchronous waits: a count of insertions (only
+    /// grows), so a waiter that subscribed before checking the map cannot miss one.
+    insertions: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+            changed: Condvar::new(),
+            insertions: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl MemStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn notify_insertion(&self) {
+        self.changed.notify_all();
+        self.insertions.send_modify(|n| *n += 1);
+    }
+
+    /// The values of `keys` if all are present, else the missing ones.
+    fn lookup(&self, keys: &[&str]) -> std::result::Result<Vec<Vec<u8>>, Vec<String>> {
+        let map = self.lock();
+        lookup_in(&map, keys)
+    }
+
+    /// [`MemStore::wait_for`] for the server's event loop: the same answer, without blocking a
+    /// thread. Dropping the future (the client went away) frees everything the wait held.
+    pub async fn wait_async(
+        &self,
+        keys: &[&str],
+        timeout: Duration,
+    ) -> std::result::Result<Vec<Vec<u8>>, Vec<String>> {
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
+        // Subscribe before looking, so an insertion between the look and the sleep wakes us.
+        let mut insertions = self.insertions.subscribe();
+        loop {
+            let missing = match self.lookup(keys) {
+                Ok(values) => return Ok(values),
+                Err(missing) => missing,
+            };
+            match tokio::time::timeout_at(deadline, insertions.changed()).await {
+                Ok(Ok(())) => {}
+                // The sender lives in `self`, so it cannot be gone; `timeout_at` elapsed.
+                Ok(Err(_)) | Err(_) => return self.lookup(keys).map_err(|_| missing),
+            }
+        }
     }
 
     /// A poisoned lock only means another thread panicked mid-operation; every operation leaves the
@@ -67,14 +114,10 @@ impl MemStore {
         let deadline = Instant::now() + timeout.min(MAX_WAIT);
         let mut map = self.lock();
         loop {
-            let missing: Vec<String> = keys
-                .iter()
-                .filter(|k| !map.contains_key(**k))
-                .map(|k| k.to_string())
-                .collect();
-            if missing.is_empty() {
-                return Ok(keys.iter().map(|k| map[*k].clone()).collect());
-            }
+            let missing = match lookup_in(&map, keys) {
+                Ok(values) => return Ok(values),
+                Err(missing) => missing,
+            };
             let now = Instant::now();
             if now >= deadline {
                 return Err(missing);
@@ -85,6 +128,22 @@ impl MemStore {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+fn lookup_in(
+    map: &HashMap<String, Vec<u8>>,
+    keys: &[&str],
+) -> std::result::Result<Vec<Vec<u8>>, Vec<String>> {
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| !map.contains_key(**k))
+        .map(|k| k.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(keys.iter().map(|k| map[*k].clone()).collect())
+    } else {
+        Err(missing)
     }
 }
 
@@ -101,7 +160,7 @@ fn parse_counter(key: &str, value: &[u8]) -> Result<i64> {
 impl Store for MemStore {
     fn set(&self, key: &str, value: &[u8]) -> Result<()> {
         self.lock().insert(key.to_string(), value.to_vec());
-        self.changed.notify_all();
+        self.notify_insertion();
         Ok(())
     }
 
@@ -129,7 +188,7 @@ impl Store for MemStore {
             })?;
         map.insert(key.to_string(), new.to_string().into_bytes());
         drop(map);
-        self.changed.notify_all();
+        self.notify_insertion();
         Ok(new)
     }
 
@@ -144,7 +203,7 @@ impl Store for MemStore {
         if current == expected {
             map.insert(key.to_string(), new.to_vec());
             drop(map);
-            self.changed.notify_all();
+            self.notify_insertion();
             Ok((true, new.to_vec()))
         } else {
             Ok((false, current.map(<[u8]>::to_vec).unwrap_or_default()))

@@ -110,6 +110,20 @@ fn valid_raw_request_works() {
     let mut t = raw(&s);
     protocol::write_msg(
         &mut t,
+        &Request::Hello {
+            client_nonce: vec![7; 32],
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        protocol::read_msg::<Response>(&mut t).unwrap(),
+        Response::Challenge {
+            auth_required: false,
+            ..
+        }
+    ));
+    protocol::write_msg(
+        &mut t,
         &Request::Add {
             key: "n".into(),
             delta: 4,
@@ -134,4 +148,13 @@ fn valid_raw_request_works() {
             missing: vec!["nope".into()]
         }
     );
+}
+
+#[test]
+fn request_before_the_handshake_is_refused() {
+    let s = StoreServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut t = raw(&s);
+    protocol::write_msg(&mut t, &Request::Get { key: "k".into() }).unwrap();
+    assert_error_then_closed(&mut t);
+    still_serving(&s, "after-no-handshake");
 }

@@ -3,6 +3,9 @@
 use std::io::Write;
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
+use chorus_bootstrap::server::ServerLimits;
 use chorus_bootstrap::StoreServer;
 use clap::Parser;
 
@@ -16,6 +19,21 @@ struct Args {
     /// Address to listen on (port 0 picks a free port; the real one is printed).
     #[arg(long, default_value = "0.0.0.0:29500")]
     addr: SocketAddr,
+    /// Open connections at most; more are refused with an error.
+    #[arg(long, default_value_t = ServerLimits::default().max_connections)]
+    max_connections: usize,
+    /// Largest request one connection may send, in bytes.
+    #[arg(long, default_value_t = ServerLimits::default().max_frame_bytes)]
+    max_frame_bytes: usize,
+    /// Bytes of partly received requests across all connections.
+    #[arg(long, default_value_t = ServerLimits::default().max_in_flight_bytes)]
+    max_in_flight_bytes: usize,
+    /// Milliseconds an idle connection stays open.
+    #[arg(long, default_value_t = ServerLimits::default().idle_timeout.as_millis() as u64)]
+    idle_timeout_ms: u64,
+    /// Milliseconds a request (or response) may take from its first byte to its last.
+    #[arg(long, default_value_t = ServerLimits::default().frame_timeout.as_millis() as u64)]
+    frame_timeout_ms: u64,
 }
 
 fn main() {
@@ -24,7 +42,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let server = match StoreServer::bind(args.addr) {
+    let limits = ServerLimits {
+        max_connections: args.max_connections,
+        max_frame_bytes: args.max_frame_bytes,
+        max_in_flight_bytes: args.max_in_flight_bytes,
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+        frame_timeout: Duration::from_millis(args.frame_timeout_ms),
+    };
+    let server = match StoreServer::bind_with(args.addr, limits) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chorus-store: {e}");
