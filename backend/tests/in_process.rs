@@ -524,3 +524,62 @@ fn a_replacement_joining_during_an_unsaved_all_reduce_fails_nothing() {
         assert_eq!(lines[0][lines[0].len() - 10..], lines[2][..], "{name}");
     }
 }
+
+/// The host path of the Rust API's device-pointer collectives (issue 21): with
+/// `DevicePath::Host`, `device_ops` copies GPU buffers to the host on the caller's stream, runs the
+/// host collective and copies the results back. Two ranks as threads sharing GPU 0.
+#[test]
+#[ignore = "needs a CUDA GPU; run with --ignored on the GPU machine"]
+fn gpu_device_ops_on_the_host_path() {
+    use chorus_backend::{DeviceOps, DevicePath, DeviceRoute, HostReason};
+    use chorus_kernels::cuda::cudarc::driver::DevicePtr;
+    use chorus_kernels::cuda::RawStream;
+    if let Err(e) = chorus_kernels::cuda::open_device(0) {
+        if std::env::var("CHORUS_REQUIRE_GPU").is_ok_and(|v| !v.is_empty() && v != "0") {
+            panic!("gpu_device_ops_on_the_host_path: CHORUS_REQUIRE_GPU is set but there is no usable CUDA device: {e}");
+        }
+        println!("gpu_device_ops_on_the_host_path: not run: {e}");
+        return;
+    }
+    quiet_heartbeats();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let ranks: Vec<_> = (0..2usize)
+        .map(|r| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let opts = Options::default().with_name("gpu-host-path").with_host_id("host").with_device_path(DevicePath::Host);
+                let pg = ProcessGroup::new(store, r, 2, opts).unwrap();
+                assert_eq!(pg.device_route(), DeviceRoute::Host(HostReason::Requested));
+                let ops = pg.device_ops(0).unwrap();
+                assert!(matches!(ops, DeviceOps::Host(_)));
+                let ctx = chorus_kernels::cuda::open_device(0).unwrap();
+                let stream = ctx.new_stream().unwrap();
+                let raw = RawStream(stream.cu_stream() as usize);
+                let mine: Vec<f32> = (0..1000).map(|i| (i + 1000 * r) as f32).collect();
+                let bytes: Vec<u8> = mine.iter().flat_map(|x| x.to_ne_bytes()).collect();
+                let buf = stream.clone_htod(&bytes).unwrap();
+                let gathered = stream.alloc_zeros::<u8>(2 * bytes.len()).unwrap();
+                let (p, _sync) = buf.device_ptr(&stream);
+                let (g, _sync_g) = gathered.device_ptr(&stream);
+                // SAFETY: `buf` holds 1000 f32 and `gathered` 2 x 1000 on device 0, alive until the
+                // calls return (they copy back on `stream` before returning).
+                unsafe {
+                    ops.all_gather(raw, p, g, bytes.len()).unwrap();
+                    ops.all_reduce(raw, DType::F32, ReduceOp::Sum, p, p, 1000).unwrap();
+                }
+                drop((_sync, _sync_g));
+                let sum = stream.clone_dtoh(&buf).unwrap();
+                let all = stream.clone_dtoh(&gathered).unwrap();
+                let f = |b: &[u8], i: usize| f32::from_ne_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
+                for i in [0usize, 1, 999] {
+                    assert_eq!(f(&sum, i), (2 * i + 1000) as f32, "all_reduce element {i}");
+                    assert_eq!(f(&all, i), i as f32, "all_gather rank 0 element {i}");
+                    assert_eq!(f(&all, 1000 + i), (i + 1000) as f32, "all_gather rank 1 element {i}");
+                }
+            })
+        })
+        .collect();
+    for h in ranks {
+        h.join().expect("rank thread");
+    }
+}
