@@ -277,3 +277,23 @@ fn a_request_without_answer_times_out_naming_the_store() {
     drop(c);
     fake.join().unwrap();
 }
+
+#[test]
+fn chorus_store_listens_on_loopback_by_default() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chorus-store"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Either it serves (banner on stdout) or the default port is taken here (error on stderr and
+    // exit); both name the address it tried.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{line}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("127.0.0.1:29500"), "{said}");
+    assert!(!said.contains("0.0.0.0"), "{said}");
+}

@@ -1,4 +1,7 @@
-//! `chorus-store --addr 0.0.0.0:29500`: a standalone store server that outlives the workers.
+//! `chorus-store [--addr 127.0.0.1:29500]`: a standalone store server that outlives the workers.
+//!
+//! It listens on loopback unless told otherwise: the store is the job's control plane, so reaching
+//! it from other hosts is a choice to make (`--addr 0.0.0.0:29500`, see SECURITY.md).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,8 +19,9 @@ use clap::Parser;
     about = "Standalone chorus rendezvous store"
 )]
 struct Args {
-    /// Address to listen on (port 0 picks a free port; the real one is printed).
-    #[arg(long, default_value = "0.0.0.0:29500")]
+    /// Address to listen on (port 0 picks a free port; the real one is printed). Loopback by
+    /// default; give an address of this host (or 0.0.0.0) to serve other hosts.
+    #[arg(long, default_value = "127.0.0.1:29500")]
     addr: SocketAddr,
     /// Open connections at most; more are refused with an error.
     #[arg(long, default_value_t = ServerLimits::default().max_connections)]
