@@ -103,7 +103,7 @@ pub fn reduce_direct(
     plan
 }
 
-/// Reduce for large messages: direct reduce-scatter over the [`split_even`] segments (pipelined by
+/// Reduce for large messages: direct reduce-scatter over the [`split_even`](super::split::split_even) segments (pipelined by
 /// chunk rounds as in [`super::all_reduce_rs_ag`]), then every non-root sends its reduced segment to
 /// the root. Non-roots use their `Output` (full `bytes`, may be engine scratch) for their own segment.
 pub fn reduce_rs_gather(
