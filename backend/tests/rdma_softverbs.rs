@@ -98,6 +98,10 @@ fn softverbs_gpu_memory_registers_through_dmabuf() {
     let gpu = match open_device(0) {
         Ok(g) => g,
         Err(e) => {
+            // scripts/gpu-tests sets CHORUS_REQUIRE_GPU=1: there, no usable device is a failure.
+            if std::env::var("CHORUS_REQUIRE_GPU").is_ok_and(|v| !v.is_empty() && v != "0") {
+                panic!("CHORUS_REQUIRE_GPU is set but there is no usable CUDA device: {e}");
+            }
             println!("not run: no CUDA device ({e})");
             return;
         }
