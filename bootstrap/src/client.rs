@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, JobSecret, Role};
 use crate::protocol::{self, FrameError, Request, Response, NONCE_LEN};
 use crate::store::{Store, MAX_WAIT};
 use crate::{BootstrapError, Result};
@@ -23,6 +24,7 @@ const WAIT_SLACK: Duration = Duration::from_secs(5);
 pub struct StoreClient {
     addr: String,
     op_timeout: Duration,
+    secret: Option<JobSecret>,
     idle: Mutex<Vec<TcpStream>>,
 }
 
@@ -34,6 +36,8 @@ enum ConnectFailure {
     Handshake(String),
     /// The store answered the handshake with a refusal (e.g. its connection limit).
     Refused(String),
+    /// The secrets do not match (or only one side has one): retrying cannot help.
+    Auth(String),
 }
 
 impl ConnectFailure {
@@ -43,6 +47,7 @@ impl ConnectFailure {
             ConnectFailure::Io(e) => e.to_string(),
             ConnectFailure::Handshake(d) => d.clone(),
             ConnectFailure::Refused(m) => format!("the store refused the connection: {m}"),
+            ConnectFailure::Auth(m) => m.clone(),
         }
     }
 }
@@ -51,30 +56,9 @@ fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
-/// The connection's opening exchange ([`Request::Hello`]), within `timeout`.
-fn handshake(stream: &mut TcpStream, timeout: Duration) -> std::result::Result<(), ConnectFailure> {
-    let timeout = timeout.max(Duration::from_millis(1));
-    stream
-        .set_write_timeout(Some(timeout))
-        .and_then(|()| stream.set_read_timeout(Some(timeout)))
-        .map_err(ConnectFailure::Io)?;
-    let mut client_nonce = vec![0u8; NONCE_LEN];
-    getrandom::fill(&mut client_nonce).map_err(|e| {
-        ConnectFailure::Resolve(BootstrapError::Random {
-            purpose: "the store handshake nonce",
-            detail: e.to_string(),
-        })
-    })?;
-    protocol::write_msg(stream, &Request::Hello { client_nonce }).map_err(ConnectFailure::Io)?;
+fn read_answer(stream: &mut TcpStream, timeout: Duration) -> std::result::Result<Response, ConnectFailure> {
     match protocol::read_msg::<Response>(stream) {
-        Ok(Response::Challenge {
-            auth_required: false,
-            ..
-        }) => Ok(()),
-        Ok(Response::Error(message)) => Err(ConnectFailure::Refused(message)),
-        Ok(other) => Err(ConnectFailure::Handshake(format!(
-            "expected the store's handshake answer, got {other:?}"
-        ))),
+        Ok(resp) => Ok(resp),
         Err(FrameError::Io(e)) if is_timeout(&e) => Err(ConnectFailure::Handshake(format!(
             "connected, but no handshake answer within {timeout:?} (is a chorus store listening there, or something else?)"
         ))),
@@ -85,15 +69,92 @@ fn handshake(stream: &mut TcpStream, timeout: Duration) -> std::result::Result<(
     }
 }
 
+/// The connection's opening exchange ([`Request::Hello`], and with a secret the mutual proof),
+/// within `timeout`.
+fn handshake(
+    stream: &mut TcpStream,
+    timeout: Duration,
+    secret: Option<&JobSecret>,
+) -> std::result::Result<(), ConnectFailure> {
+    let timeout = timeout.max(Duration::from_millis(1));
+    stream
+        .set_write_timeout(Some(timeout))
+        .and_then(|()| stream.set_read_timeout(Some(timeout)))
+        .map_err(ConnectFailure::Io)?;
+    let client_nonce = auth::nonce(NONCE_LEN).map_err(ConnectFailure::Resolve)?;
+    protocol::write_msg(
+        stream,
+        &Request::Hello {
+            client_nonce: client_nonce.clone(),
+        },
+    )
+    .map_err(ConnectFailure::Io)?;
+    let (server_nonce, secret) = match (read_answer(stream, timeout)?, secret) {
+        (Response::Challenge { auth_required: false, .. }, None) => return Ok(()),
+        (Response::Challenge { auth_required: false, .. }, Some(_)) => {
+            return Err(ConnectFailure::Auth(
+                "this process has a job secret, but the store does not ask for it: it is not this job's store, or it was started without the job's CHORUS_SECRET / CHORUS_SECRET_FILE".into(),
+            ))
+        }
+        (Response::Challenge { auth_required: true, .. }, None) => {
+            return Err(ConnectFailure::Auth(
+                "the store requires the job secret and this process has none: set CHORUS_SECRET or CHORUS_SECRET_FILE to the job's secret (chorus-run sets it for the ranks it starts)".into(),
+            ))
+        }
+        (Response::Challenge { auth_required: true, server_nonce }, Some(secret)) => (server_nonce, secret),
+        (Response::Error(message), _) => return Err(ConnectFailure::Refused(message)),
+        (other, _) => {
+            return Err(ConnectFailure::Handshake(format!(
+                "expected the store's handshake answer, got {other:?}"
+            )))
+        }
+    };
+    let client_mac = secret
+        .prove(Role::StoreClient, b"", &server_nonce, &client_nonce)
+        .to_vec();
+    protocol::write_msg(stream, &Request::Prove { client_mac }).map_err(ConnectFailure::Io)?;
+    match read_answer(stream, timeout) {
+        Ok(Response::Welcome { server_mac })
+            if secret.verify(Role::StoreServer, b"", &client_nonce, &server_nonce, &server_mac) =>
+        {
+            Ok(())
+        }
+        Ok(Response::Welcome { .. }) => Err(ConnectFailure::Auth(
+            "the store's proof of the job secret does not match ours: it is another job's store, or the secrets differ".into(),
+        )),
+        Ok(Response::Error(message)) => Err(ConnectFailure::Auth(message)),
+        // The server closes a connection whose proof failed; its error may be lost to the close.
+        Err(ConnectFailure::Io(e)) => Err(ConnectFailure::Auth(format!(
+            "the store closed the connection after our proof of the secret ({e}): do both sides have the same CHORUS_SECRET?"
+        ))),
+        Ok(other) => Err(ConnectFailure::Handshake(format!(
+            "expected the store's proof of the secret, got {other:?}"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
 impl StoreClient {
     /// Connects to `addr` ("host:port"), retrying every 50 ms until `timeout`, so ranks may start
     /// before the store does. `timeout` is also the deadline of each later request's round trip
-    /// (see [`StoreClient::with_op_timeout`]); a group passes its own timeout.
+    /// (see [`StoreClient::with_op_timeout`]); a group passes its own timeout. The job secret, if
+    /// any, is the environment's (`CHORUS_SECRET` / `CHORUS_SECRET_FILE`).
     pub fn connect(addr: &str, timeout: Duration) -> Result<StoreClient> {
-        let stream = connect_with_retry(addr, timeout)?;
+        Self::connect_with(addr, timeout, auth::secret_from_env()?)
+    }
+
+    /// [`StoreClient::connect`] with an explicit job secret (`None`: the store must not ask for
+    /// one). A mismatch of secrets fails at once with [`BootstrapError::Auth`], without retrying.
+    pub fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        secret: Option<JobSecret>,
+    ) -> Result<StoreClient> {
+        let stream = connect_with_retry(addr, timeout, secret.as_ref())?;
         Ok(StoreClient {
             addr: addr.to_string(),
             op_timeout: timeout.clamp(Duration::from_millis(1), MAX_WAIT),
+            secret,
             idle: Mutex::new(vec![stream]),
         })
     }
@@ -114,7 +175,7 @@ impl StoreClient {
         if let Some(s) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok((s, true));
         }
-        connect_with_retry(&self.addr, self.op_timeout).map(|s| (s, false))
+        connect_with_retry(&self.addr, self.op_timeout, self.secret.as_ref()).map(|s| (s, false))
     }
 
     /// Sends one request and reads its response within `read_timeout`.
@@ -336,7 +397,11 @@ fn resolve(addr: &str) -> std::result::Result<Vec<SocketAddr>, ConnectFailure> {
 
 /// One attempt against every resolved address: TCP connect, then the handshake, both within
 /// `timeout`.
-fn connect_once(addr: &str, timeout: Duration) -> std::result::Result<TcpStream, ConnectFailure> {
+fn connect_once(
+    addr: &str,
+    timeout: Duration,
+    secret: Option<&JobSecret>,
+) -> std::result::Result<TcpStream, ConnectFailure> {
     let deadline = Instant::now() + timeout;
     let mut last = None;
     for sa in resolve(addr)? {
@@ -344,7 +409,7 @@ fn connect_once(addr: &str, timeout: Duration) -> std::result::Result<TcpStream,
         match TcpStream::connect_timeout(&sa, left.max(Duration::from_millis(1))) {
             Ok(mut s) => {
                 let _ = s.set_nodelay(true);
-                handshake(&mut s, deadline.saturating_duration_since(Instant::now()))?;
+                handshake(&mut s, deadline.saturating_duration_since(Instant::now()), secret)?;
                 return Ok(s);
             }
             Err(e) => last = Some(e),
@@ -355,14 +420,20 @@ fn connect_once(addr: &str, timeout: Duration) -> std::result::Result<TcpStream,
     })))
 }
 
-fn connect_with_retry(addr: &str, timeout: Duration) -> Result<TcpStream> {
+fn connect_with_retry(addr: &str, timeout: Duration, secret: Option<&JobSecret>) -> Result<TcpStream> {
     let deadline = Instant::now() + timeout.min(MAX_WAIT);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         // Resolution failures are retried too: DNS for a fresh node may lag behind the job start.
         // The handshake gets the whole remaining time: a loaded store may answer late.
-        let last_error = match connect_once(addr, remaining) {
+        let last_error = match connect_once(addr, remaining, secret) {
             Ok(s) => return Ok(s),
+            Err(ConnectFailure::Auth(detail)) => {
+                return Err(BootstrapError::Auth {
+                    addr: addr.to_string(),
+                    detail,
+                })
+            }
             Err(e) => e.describe(),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());

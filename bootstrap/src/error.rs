@@ -37,6 +37,12 @@ pub enum BootstrapError {
         timeout: Duration,
     },
 
+    #[error("authentication with the store at {addr} failed: {detail}")]
+    Auth { addr: String, detail: String },
+
+    #[error("refusing to listen for {what} on {ip} without a job secret (CHORUS_REQUIRE_SECRET is set): set CHORUS_SECRET or CHORUS_SECRET_FILE on every rank, or listen on loopback only")]
+    SecretRequired { what: &'static str, ip: IpAddr },
+
     #[error("could not read the operating system's random source for {purpose}: {detail}")]
     Random {
         purpose: &'static str,

@@ -4,6 +4,10 @@
 //! down (see the failure contract in docs/design.md). Each child's stdout/stderr is forwarded line by line
 //! with a `[rank K] ` prefix.
 //!
+//! The launcher makes a random job secret (unless it was given one in `CHORUS_SECRET` or
+//! `CHORUS_SECRET_FILE`): its store serves only clients that prove it, and each rank gets it in
+//! `CHORUS_SECRET`.
+//!
 //! Each rank runs in its own process group so that terminating a rank also stops whatever it spawned
 //! (a shell's children, data-loader workers). Because ranks are then outside the terminal's
 //! foreground group, the binary calls [`forward_termination_signals`] so Ctrl-C / SIGTERM to the
@@ -17,7 +21,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::StoreServer;
+use crate::server::ServerLimits;
+use crate::{JobSecret, StoreServer};
 
 /// How often the launcher polls its children.
 const POLL: Duration = Duration::from_millis(20);
@@ -119,7 +124,19 @@ pub fn run(opts: &LaunchOptions) -> i32 {
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         opts.master_port.unwrap_or(0),
     );
-    let server = match StoreServer::bind(bind) {
+    // The job secret: the one the launcher was given (CHORUS_SECRET / CHORUS_SECRET_FILE), else a
+    // fresh one; the store demands it and every rank gets it in CHORUS_SECRET.
+    let secret = match crate::auth::secret_from_env().and_then(|given| match given {
+        Some(s) => Ok(s),
+        None => JobSecret::generate(),
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chorus-run: {e}");
+            return 1;
+        }
+    };
+    let server = match StoreServer::bind_with(bind, ServerLimits::default(), Some(secret.clone())) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chorus-run: {e}");
@@ -132,7 +149,7 @@ pub fn run(opts: &LaunchOptions) -> i32 {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut children: Vec<Child> = Vec::with_capacity(opts.nproc);
     for rank in 0..opts.nproc {
-        match spawn_rank(opts, rank, port, &done_tx) {
+        match spawn_rank(opts, rank, port, &secret, &done_tx) {
             Ok(child) => children.push(child),
             Err(e) => {
                 eprintln!(
@@ -167,6 +184,7 @@ fn spawn_rank(
     opts: &LaunchOptions,
     rank: usize,
     port: u16,
+    secret: &JobSecret,
     done: &mpsc::Sender<()>,
 ) -> std::io::Result<Child> {
     let n = opts.nproc.to_string();
@@ -181,6 +199,7 @@ fn spawn_rank(
         .env("LOCAL_WORLD_SIZE", &n)
         .env("GROUP_RANK", "0")
         .env("GROUP_WORLD_SIZE", "1")
+        .env(crate::auth::SECRET_VAR, secret.expose())
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

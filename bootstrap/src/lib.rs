@@ -5,6 +5,7 @@
 //! The store server is one `tokio` event-loop thread behind a synchronous API, so thousands of idle
 //! or waiting clients cost no thread each (issue 17). Every blocking operation takes a deadline.
 
+pub mod auth;
 pub mod client;
 pub mod env;
 mod error;
@@ -14,6 +15,7 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 
+pub use auth::JobSecret;
 pub use client::StoreClient;
 pub use error::{BootstrapError, Result};
 pub use server::StoreServer;

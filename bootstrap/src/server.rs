@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::auth::{self, JobSecret, Role};
 use crate::protocol::{self, Request, Response, NONCE_LEN};
 use crate::store::{MemStore, Store};
 use crate::{BootstrapError, Result};
@@ -70,6 +71,7 @@ pub struct ServerStats {
     pub closed_idle: u64,
     pub closed_bad_frame: u64,
     pub abandoned_waits: u64,
+    pub refused_auth: u64,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +83,7 @@ struct Counters {
     closed_idle: AtomicU64,
     closed_bad_frame: AtomicU64,
     abandoned_waits: AtomicU64,
+    refused_auth: AtomicU64,
 }
 
 struct Shared {
@@ -88,6 +91,8 @@ struct Shared {
     limits: ServerLimits,
     local: SocketAddr,
     counters: Counters,
+    /// With a secret, every connection proves it before anything else is served.
+    secret: Option<JobSecret>,
 }
 
 pub struct StoreServer {
@@ -98,15 +103,24 @@ pub struct StoreServer {
 }
 
 impl StoreServer {
-    /// [`StoreServer::bind_with`] with the default [`ServerLimits`].
+    /// [`StoreServer::bind_with`] with the default [`ServerLimits`] and the job secret of the
+    /// environment (`CHORUS_SECRET` / `CHORUS_SECRET_FILE`, see [`crate::auth`]).
     pub fn bind(addr: SocketAddr) -> Result<StoreServer> {
-        Self::bind_with(addr, ServerLimits::default())
+        Self::bind_with(addr, ServerLimits::default(), auth::secret_from_env()?)
     }
 
     /// Binds (port 0 = any free port), reads back the bound address, and starts serving on a
     /// background thread. Returns only after the bind succeeded, so the address can be published
-    /// safely.
-    pub fn bind_with(addr: SocketAddr, limits: ServerLimits) -> Result<StoreServer> {
+    /// safely. Without a secret, listening beyond loopback warns (or fails under
+    /// `CHORUS_REQUIRE_SECRET=1`).
+    pub fn bind_with(
+        addr: SocketAddr,
+        limits: ServerLimits,
+        secret: Option<JobSecret>,
+    ) -> Result<StoreServer> {
+        if secret.is_none() {
+            auth::check_unauthenticated_listen(addr.ip(), "the store")?;
+        }
         let bind_err = |source| BootstrapError::ServerBind { addr, source };
         let std_listener = StdListener::bind(addr).map_err(bind_err)?;
         let local = std_listener.local_addr().map_err(bind_err)?;
@@ -125,6 +139,7 @@ impl StoreServer {
             limits,
             local,
             counters: Counters::default(),
+            secret,
         });
         let stop = Arc::new(Notify::new());
         let thread = {
@@ -163,6 +178,7 @@ impl StoreServer {
             closed_idle: c.closed_idle.load(Ordering::Relaxed),
             closed_bad_frame: c.closed_bad_frame.load(Ordering::Relaxed),
             abandoned_waits: c.abandoned_waits.load(Ordering::Relaxed),
+            refused_auth: c.refused_auth.load(Ordering::Relaxed),
         }
     }
 
@@ -317,7 +333,7 @@ struct Connection {
 impl Connection {
     /// Reads the next frame body within the idle (before its first byte) and frame (after it)
     /// deadlines, refusing frames over the per-connection or total in-flight limits.
-    async fn next_frame(&mut self) -> std::result::Result<Vec<u8>, NoFrame> {
+    async fn next_frame(&mut self, idle_timeout: Duration) -> std::result::Result<Vec<u8>, NoFrame> {
         let shared = self.shared.clone();
         let limits = &shared.limits;
         let mut frame_deadline = None;
@@ -347,7 +363,7 @@ impl Connection {
             }
             let deadline = match frame_deadline {
                 Some(d) => d,
-                None if self.buf.is_empty() => Instant::now() + limits.idle_timeout,
+                None if self.buf.is_empty() => Instant::now() + idle_timeout,
                 None => *frame_deadline.insert(Instant::now() + limits.frame_timeout),
             };
             self.buf.reserve(READ_CHUNK);
@@ -421,6 +437,17 @@ impl Connection {
     }
 }
 
+/// Where a connection is in its opening exchange.
+enum Handshake {
+    Fresh,
+    /// Challenged: the client's proof is due.
+    Challenged {
+        client_nonce: Vec<u8>,
+        server_nonce: Vec<u8>,
+    },
+    Ready,
+}
+
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, slot: OpenSlot) {
     let shared = slot.0.clone();
     let (rd, wr) = stream.into_split();
@@ -431,9 +458,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, slot: OpenSlot) {
         wr,
         buf: Vec::new(),
     };
-    let mut greeted = false;
+    let mut state = Handshake::Fresh;
     loop {
-        let body = match conn.next_frame().await {
+        // Until the handshake is done a connection may idle no longer than a frame may stall, so
+        // strangers cannot hold connections for the whole idle timeout.
+        let idle = match state {
+            Handshake::Ready => shared.limits.idle_timeout,
+            _ => shared.limits.frame_timeout,
+        };
+        let body = match conn.next_frame(idle).await {
             Ok(body) => body,
             Err(NoFrame::Closed) => return,
             Err(NoFrame::Idle) => {
@@ -447,8 +480,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, slot: OpenSlot) {
             Ok(req) => req,
             Err(e) => return conn.close_with(format!("malformed request: {e}")).await,
         };
-        let resp = match req {
-            Request::Hello { client_nonce } if !greeted => {
+        let resp = match (req, &state) {
+            (Request::Hello { client_nonce }, Handshake::Fresh) => {
                 if client_nonce.len() != NONCE_LEN {
                     return conn
                         .close_with(format!(
@@ -457,27 +490,70 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, slot: OpenSlot) {
                         ))
                         .await;
                 }
-                greeted = true;
-                // No secret: no challenge to sign, the connection is ready.
-                Response::Challenge {
-                    server_nonce: Vec::new(),
-                    auth_required: false,
+                if shared.secret.is_none() {
+                    // No secret: no challenge to sign, the connection is ready.
+                    state = Handshake::Ready;
+                    Response::Challenge {
+                        server_nonce: Vec::new(),
+                        auth_required: false,
+                    }
+                } else {
+                    let server_nonce = match auth::nonce(NONCE_LEN) {
+                        Ok(n) => n,
+                        Err(e) => return conn.close_with(e.to_string()).await,
+                    };
+                    state = Handshake::Challenged {
+                        client_nonce,
+                        server_nonce: server_nonce.clone(),
+                    };
+                    Response::Challenge {
+                        server_nonce,
+                        auth_required: true,
+                    }
                 }
             }
-            Request::Hello { .. } | Request::Prove { .. } => {
+            (
+                Request::Prove { client_mac },
+                Handshake::Challenged {
+                    client_nonce,
+                    server_nonce,
+                },
+            ) => {
+                let Some(secret) = &shared.secret else {
+                    return conn.close_with("internal: challenged without a secret".into()).await;
+                };
+                if !secret.verify(Role::StoreClient, b"", server_nonce, client_nonce, &client_mac) {
+                    shared.counters.refused_auth.fetch_add(1, Ordering::Relaxed);
+                    return conn
+                        .close_with(
+                            "authentication failed: this store requires the job secret, and the client's proof does not match it; give the client the job's CHORUS_SECRET or CHORUS_SECRET_FILE".into(),
+                        )
+                        .await;
+                }
+                let server_mac = secret
+                    .prove(Role::StoreServer, b"", client_nonce, server_nonce)
+                    .to_vec();
+                state = Handshake::Ready;
+                Response::Welcome { server_mac }
+            }
+            (Request::Hello { .. } | Request::Prove { .. }, _) => {
                 return conn
                     .close_with("malformed request: a repeated or unexpected handshake".into())
                     .await
             }
-            _ if !greeted => {
-                return conn
-                    .close_with(format!(
+            (_, Handshake::Fresh | Handshake::Challenged { .. }) => {
+                let message = if matches!(state, Handshake::Fresh) {
+                    format!(
                         "malformed request: the connection must start with the handshake (is the client chorus version {} of the store protocol?)",
                         protocol::VERSION
-                    ))
-                    .await
+                    )
+                } else {
+                    shared.counters.refused_auth.fetch_add(1, Ordering::Relaxed);
+                    "authentication required: this store serves only clients that prove the job secret (CHORUS_SECRET or CHORUS_SECRET_FILE)".to_string()
+                };
+                return conn.close_with(message).await;
             }
-            Request::Wait { keys, timeout_ms } => {
+            (Request::Wait { keys, timeout_ms }, Handshake::Ready) => {
                 let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
                 let wait = shared
                     .store
@@ -494,7 +570,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, slot: OpenSlot) {
                     }
                 }
             }
-            other => handle(&shared.store, other),
+            (other, Handshake::Ready) => handle(&shared.store, other),
         };
         if !conn.respond(&resp).await {
             return;

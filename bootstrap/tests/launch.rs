@@ -161,3 +161,22 @@ fn sigterm_to_launcher_stops_every_rank() {
     // Every rank's output pipe closed, i.e. the ranks and their `sleep`s are gone.
     assert!(lines.all(|l| l.is_ok()));
 }
+
+#[test]
+fn ranks_get_a_fresh_job_secret() {
+    let script = r#"echo "secret $CHORUS_SECRET""#;
+    let first = chorus_run(&["-n", "2", "--", "sh", "-c", script]);
+    assert!(first.status.success());
+    let secrets = |out: &Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split("secret ").nth(1).map(str::to_string))
+            .collect()
+    };
+    let a = secrets(&first);
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[0], a[1], "every rank of a job has the same secret");
+    assert_eq!(a[0].len(), 64);
+    let b = secrets(&chorus_run(&["-n", "1", "--", "sh", "-c", script]));
+    assert_ne!(a[0], b[0], "each job gets its own secret");
+}

@@ -38,6 +38,10 @@ pub(super) struct Prepared {
 fn prepare(rank: usize, size: usize, opts: &Options) -> Result<Prepared> {
     let host_id = opts.host_id.clone().unwrap_or_else(default_host_id);
     let ip = listen::advertise_ip(opts.route_hint.as_deref().unwrap_or("127.0.0.1"));
+    // Links beyond loopback without a job secret: a warning, or an error in strict mode (issue 17).
+    if chorus_bootstrap::auth::secret_from_env()?.is_none() {
+        chorus_bootstrap::auth::check_unauthenticated_listen(ip, "rank links")?;
+    }
     let (listener, addr) = listen::bind_listener(ip)?;
     let token = unique_token();
     let sig_name = format!("chorus-{token}-r{rank}-sig");

@@ -1,7 +1,8 @@
 //! `chorus-store [--addr 127.0.0.1:29500]`: a standalone store server that outlives the workers.
 //!
 //! It listens on loopback unless told otherwise: the store is the job's control plane, so reaching
-//! it from other hosts is a choice to make (`--addr 0.0.0.0:29500`, see SECURITY.md).
+//! it from other hosts is a choice to make (`--addr 0.0.0.0:29500`, see SECURITY.md), best made
+//! with a job secret in `CHORUS_SECRET` or `CHORUS_SECRET_FILE` (then every client must prove it).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -53,7 +54,15 @@ fn main() {
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
         frame_timeout: Duration::from_millis(args.frame_timeout_ms),
     };
-    let server = match StoreServer::bind_with(args.addr, limits) {
+    // The job secret comes from CHORUS_SECRET / CHORUS_SECRET_FILE, as for the ranks.
+    let secret = match chorus_bootstrap::auth::secret_from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chorus-store: {e}");
+            std::process::exit(1);
+        }
+    };
+    let server = match StoreServer::bind_with(args.addr, limits, secret) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chorus-store: {e}");
