@@ -40,3 +40,107 @@ fn a_client_without_the_secret_is_refused_by_a_job_store() {
     assert!(matches!(err, chorus::bootstrap::BootstrapError::Auth { .. }), "{err}");
     assert!(err.to_string().contains("CHORUS_SECRET"), "{err}");
 }
+
+/// A process with store access alone writes a join record for rank 1 of a live 3-rank job (a copy
+/// of rank 1's own rendezvous record, the four keys a replacement writes). The survivors must
+/// refuse it: rank 1 is active and alive. Every rank runs to the end with all three members and
+/// the same results, and nobody reports a failure.
+#[test]
+fn a_join_for_a_live_rank_is_refused_and_the_group_goes_on() {
+    use chorus::bootstrap::{Store, StoreClient, StoreServer};
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let _serial = common::serial();
+    let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
+    let addr = store.local_addr();
+    let mut ranks: Vec<_> = (0..3)
+        .map(|rank| {
+            Command::new(env!("CARGO_BIN_EXE_chorus-ft-worker"))
+                .args(["train", "300", "100"])
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "3")
+                .env("LOCAL_RANK", rank.to_string())
+                .env("LOCAL_WORLD_SIZE", "3")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", addr.port().to_string())
+                .env("CHORUS_STORE_ADDR", addr.to_string())
+                .env("CHORUS_TIMEOUT_MS", "30000")
+                .env("CHORUS_FT_SLOW_US", "5000")
+                .env_remove("CHORUS_SECRET")
+                .env_remove("CHORUS_SECRET_FILE")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn chorus-ft-worker")
+        })
+        .collect();
+
+    // Every rank's output, line by line; the attack waits until rank 0 finished a collective, so
+    // the join is not one announced before the group existed (those are skipped by design).
+    let (first_line_tx, first_line) = std::sync::mpsc::channel::<()>();
+    let readers: Vec<_> = ranks
+        .iter_mut()
+        .map(|child| {
+            let stdout = child.stdout.take().unwrap();
+            let mut stderr = child.stderr.take().unwrap();
+            let tx = first_line_tx.clone();
+            std::thread::spawn(move || {
+                let err = std::thread::spawn(move || {
+                    let mut e = String::new();
+                    let _ = stderr.read_to_string(&mut e);
+                    e
+                });
+                let mut out = String::new();
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.starts_with("iter") {
+                        let _ = tx.send(());
+                    }
+                    out += &line;
+                    out.push('\n');
+                }
+                (out, err.join().unwrap_or_default())
+            })
+        })
+        .collect();
+    drop(first_line_tx);
+    first_line.recv_timeout(Duration::from_secs(60)).expect("no rank finished a collective");
+
+    // The attacker: a store client that copies rank 1's record into a "replacement" announcement.
+    let attacker = StoreClient::connect(&addr.to_string(), Duration::from_secs(30)).unwrap();
+    let peer_key = attacker.list_prefix("chorus/").unwrap().into_iter().find(|k| k.ends_with("/peer/1")).expect("rank 1's record");
+    let uid_prefix = peer_key.trim_end_matches("peer/1").to_string();
+    let record = attacker.get(&peer_key).unwrap().unwrap();
+    let generation = attacker.add(&format!("{uid_prefix}join_gen/1"), 1).unwrap();
+    attacker.set(&format!("{uid_prefix}join/1/{generation}/peer"), &record).unwrap();
+    let seq = attacker.add(&format!("{uid_prefix}joins"), 1).unwrap();
+    attacker.set(&format!("{uid_prefix}join_req/{seq}"), format!("1:{generation}").as_bytes()).unwrap();
+
+    let deadline = std::time::Instant::now() + common::RUN_LIMIT;
+    let mut outputs = Vec::new();
+    for ((r, child), reader) in ranks.iter_mut().enumerate().zip(readers) {
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let (out, err) = reader.join().unwrap();
+        assert!(status.success(), "rank {r} failed ({status}):\n{err}\n{out}");
+        outputs.push(out);
+    }
+    for (r, out) in outputs.iter().enumerate() {
+        assert!(!out.contains("failed [1"), "rank {r} saw rank 1 fail:\n{out}");
+        let done = out.lines().last().unwrap_or_default();
+        assert!(done.starts_with("done") && done.contains("active [0, 1, 2]"), "rank {r}: {done}");
+    }
+    // Identical results on every rank, iteration by iteration (the final line names each rank's
+    // own connection counts).
+    let lines = |o: &str| o.lines().filter(|l| !l.starts_with("done")).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(lines(&outputs[0]).len(), 300);
+    assert_eq!(lines(&outputs[0]), lines(&outputs[1]));
+    assert_eq!(lines(&outputs[0]), lines(&outputs[2]));
+}

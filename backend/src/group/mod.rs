@@ -102,6 +102,8 @@ pub struct GroupInner {
     /// The heartbeat and attendant threads (`membership::threads`).
     membership_threads: Mutex<Vec<JoinHandle<()>>>,
     pub last_info: Mutex<crate::engine::work::OpInfo>,
+    /// Monotonic: join requests refused because their rank was active and alive.
+    pub joins_refused: AtomicU64,
 }
 
 /// State a joining rank takes over from the survivors.
@@ -189,6 +191,7 @@ fn start(
         liveness,
         membership_threads: Mutex::new(Vec::new()),
         last_info: Mutex::new(Default::default()),
+        joins_refused: AtomicU64::new(0),
     });
     // Joins announced before this rank existed are not for it.
     if let Some(n) = join::announced(&inner.store, &inner.uid)? {
@@ -293,6 +296,15 @@ impl GroupInner {
         for seq in self.membership.joins_to_serve() {
             let Some(req) = join::request(&self.store, &self.uid, seq)? else { break };
             if req.rank != self.rank && req.rank < self.size {
+                // Only a rank the view no longer counts, or one known dead, can be replaced: a join
+                // record for a live member (written by anyone with store access) would otherwise
+                // redirect its links (issue 17).
+                if self.membership.view().is_active(req.rank) && !self.peer_dead(req.rank) {
+                    self.joins_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(joiner = req.rank, generation = req.generation, seq = req.seq, "refused a join for rank {}: it is active and alive in the current view, so it cannot be replaced", req.rank);
+                    self.membership.join_served(seq);
+                    continue;
+                }
                 if let Err(e) = self.link_joiner(comm, &req) {
                     tracing::warn!(joiner = req.rank, error = %e, "linking to a replacement rank failed");
                 }
