@@ -144,3 +144,35 @@ fn a_join_for_a_live_rank_is_refused_and_the_group_goes_on() {
     assert_eq!(lines(&outputs[0]), lines(&outputs[1]));
     assert_eq!(lines(&outputs[0]), lines(&outputs[2]));
 }
+
+/// The store keys of a group all of whose ranks destroyed it are deleted (its subgroups' keys stay
+/// theirs until they are destroyed), so a job that makes many groups does not grow the store.
+#[test]
+fn a_destroyed_group_leaves_no_store_keys() {
+    use chorus::bootstrap::{MemStore, Store};
+    use chorus::{Options, ProcessGroup, ReduceOp};
+    use std::sync::Arc;
+
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let ranks: Vec<_> = (0..2)
+        .map(|r| {
+            let store = store.clone();
+            std::thread::spawn(move || -> chorus::Result<String> {
+                let opts = Options::default().with_timeout(Duration::from_secs(60)).with_name("cleanup");
+                let pg = ProcessGroup::new(store, r, 2, opts)?;
+                let mut v = vec![1.0f32; 16];
+                pg.all_reduce(&mut v, ReduceOp::Sum)?;
+                assert_eq!(v, vec![2.0; 16]);
+                let uid = pg.uid().to_string();
+                pg.destroy();
+                Ok(uid)
+            })
+        })
+        .collect();
+    let uids: Vec<String> = ranks.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+    assert_eq!(uids[0], uids[1]);
+    let left = store.list_prefix(&format!("chorus/{}/", uids[0])).unwrap();
+    assert!(left.is_empty(), "keys left after every rank destroyed the group: {left:?}");
+    // The generation counters that keep later groups of the same name apart stay.
+    assert_eq!(store.get("chorus/cleanup/generation/0").unwrap(), Some(b"1".to_vec()));
+}

@@ -379,6 +379,40 @@ impl GroupInner {
                 l.send_abort(self.rank, ABORT_DESTROYED);
             }
         }
+        self.delete_store_keys_when_last();
+    }
+
+    /// The rank whose destroy completes the group's count (every rank's threads are joined by
+    /// then) deletes the group's store keys, so a long job that makes many groups does not grow
+    /// the store without bound (issue 17). Keys of its subgroups (`<uid>/<k>...`, which may
+    /// outlive it) are left to them. A group some rank of which never destroys it (it died)
+    /// keeps its keys.
+    fn delete_store_keys_when_last(&self) {
+        let prefix = format!("chorus/{}/", self.uid);
+        let destroyed = match self.store.add(&format!("{prefix}destroyed"), 1) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not count this rank's destroy in the store");
+                return;
+            }
+        };
+        if usize::try_from(destroyed).ok() != Some(self.size) {
+            return;
+        }
+        let keys = match self.store.list_prefix(&prefix) {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not list the destroyed group's store keys");
+                return;
+            }
+        };
+        let own = keys.iter().filter(|k| !k[prefix.len()..].starts_with(|c: char| c.is_ascii_digit()));
+        for key in own {
+            if let Err(e) = self.store.delete(key) {
+                tracing::debug!(key, error = %e, "could not delete a destroyed group's store key");
+                return;
+            }
+        }
     }
 
     pub fn store_key(&self, rest: &str) -> String {
