@@ -170,12 +170,22 @@ impl StoreClient {
         &self.addr
     }
 
-    /// An idle pooled connection (`true`: reused) or a new one.
-    fn take_conn(&self) -> Result<(TcpStream, bool)> {
+    /// An idle pooled connection (`true`: reused) or a new one. A new one gets one attempt (within
+    /// the request deadline): a store that went away fails the request at once.
+    fn take_conn(&self, op: &'static str) -> Result<(TcpStream, bool)> {
         if let Some(s) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok((s, true));
         }
-        connect_with_retry(&self.addr, self.op_timeout, self.secret.as_ref()).map(|s| (s, false))
+        let addr = || self.addr.clone();
+        connect_once(&self.addr, self.op_timeout, self.secret.as_ref())
+            .map(|s| (s, false))
+            .map_err(|e| match e {
+                ConnectFailure::Resolve(err) => err,
+                ConnectFailure::Io(source) => BootstrapError::Io { op, addr: addr(), source },
+                ConnectFailure::Handshake(detail) => BootstrapError::Protocol { op, addr: addr(), detail },
+                ConnectFailure::Refused(message) => BootstrapError::Remote { op, addr: addr(), message },
+                ConnectFailure::Auth(detail) => BootstrapError::Auth { addr: addr(), detail },
+            })
     }
 
     /// Sends one request and reads its response within `read_timeout`.
@@ -183,7 +193,7 @@ impl StoreClient {
         let mut attempt = 0;
         let resp = loop {
             attempt += 1;
-            let (mut stream, reused) = self.take_conn()?;
+            let (mut stream, reused) = self.take_conn(op)?;
             match self.round_trip(op, &mut stream, req, read_timeout) {
                 Ok(resp) => {
                     // Only a connection that completed a clean round trip goes back to the pool.

@@ -277,7 +277,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<Notif
                         "the store at {} has reached its limit of {} open connections; retry later, or look for a process that opens connections without closing them",
                         shared.local, shared.limits.max_connections
                     );
-                    tokio::spawn(refuse(stream, message, shared.limits.frame_timeout));
+                    tokio::spawn(refuse(stream, message, DRAIN_AFTER_REFUSAL.min(shared.limits.frame_timeout)));
                 }
             }
             Err(e) => {
@@ -292,8 +292,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<Notif
     }
 }
 
-/// Sends `message` as an error response, then waits (bounded) for the client to close, so the
-/// response is not lost to a reset when the client's own first frame arrives after our close.
+/// Sends `message` as an error response, then waits (bounded, briefly: a flood of refused
+/// connections must not pile up descriptors) for the client to close, so the response is not lost
+/// to a reset when the client's own first frame arrives after our close.
 async fn refuse(stream: TcpStream, message: String, timeout: Duration) {
     let (mut rd, mut wr) = stream.into_split();
     let _ = tokio::time::timeout(timeout, async {
