@@ -176,3 +176,28 @@ fn a_destroyed_group_leaves_no_store_keys() {
     // The generation counters that keep later groups of the same name apart stay.
     assert_eq!(store.get("chorus/cleanup/generation/0").unwrap(), Some(b"1".to_vec()));
 }
+
+/// With the store address pointing at something that accepts connections but never answers,
+/// group creation fails within the group's timeout (CHORUS_TIMEOUT_MS), naming the address and
+/// what was expected (it took a fixed ~62 s and said "os error 11").
+#[test]
+fn group_creation_against_a_silent_store_fails_within_the_group_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let env = |_: usize| {
+        vec![
+            ("CHORUS_STORE_ADDR".to_string(), addr.clone()),
+            ("MASTER_ADDR".to_string(), "127.0.0.1".to_string()),
+            ("MASTER_PORT".to_string(), addr.rsplit(':').next().unwrap().to_string()),
+            ("CHORUS_TIMEOUT_MS".to_string(), "500".to_string()),
+        ]
+    };
+    let mut l = Launch::new(1, "smoke", &[], &env);
+    l.host_store = false;
+    // The run limit is far below the old fixed 60 s wait: a rank still waiting then is killed.
+    l.limit = Duration::from_secs(30);
+    let outs = common::run_unchecked(&l);
+    let err = String::from_utf8_lossy(&outs[0].stderr);
+    assert_eq!(outs[0].status.code(), Some(1), "{}", common::describe(&l, &outs));
+    assert!(err.contains(&addr) && err.contains("handshake"), "{err}");
+}
