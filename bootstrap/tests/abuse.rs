@@ -12,6 +12,13 @@ use chorus_bootstrap::{BootstrapError, Store, StoreClient};
 
 const T: Duration = Duration::from_secs(20);
 
+/// The two tests that open a thousand connections run one at a time, so this process stays
+/// within the common 1024-descriptor limit.
+fn one_thousand_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A `chorus-store` child process; killed and reaped on drop.
 struct StoreProcess {
     child: Child,
@@ -119,6 +126,7 @@ fn header(len: u32) -> Vec<u8> {
 
 #[test]
 fn a_thousand_abandoned_waits_are_freed_when_their_clients_go() {
+    let _serial = one_thousand_at_a_time();
     let store = StoreProcess::start(&[]);
     let (threads, fds) = (store.threads(), store.fds());
     let waiters: Vec<TcpStream> = (0..1000)
@@ -147,6 +155,7 @@ fn a_thousand_abandoned_waits_are_freed_when_their_clients_go() {
 
 #[test]
 fn a_thousand_idle_connections_cost_no_thread() {
+    let _serial = one_thousand_at_a_time();
     let store = StoreProcess::start(&[]);
     let (threads, fds) = (store.threads(), store.fds());
     let idle: Vec<TcpStream> = (0..1000).map(|_| greeted(store.addr)).collect();
