@@ -15,6 +15,7 @@ use crate::error::{ChorusError, Result};
 use chorus_bootstrap::auth::{self, JobSecret, Role, MAC_LEN};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"CHHI");
 /// The introduction of a rank that will prove the job secret.
 const HELLO_AUTH_MAGIC: u32 = u32::from_le_bytes(*b"CHHA");
 const NONCE_LEN: usize = 32;
+/// Introductions read at once; connections beyond are dropped until some finish.
+const MAX_PENDING_INTRODUCTIONS: usize = 64;
 /// How long an accepted connection may take to introduce itself.
 const INTRODUCTION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -133,58 +136,76 @@ pub fn connect(me: usize, peer: &PeerInfo, group_key: u64, secret: Option<&JobSe
     }
 }
 
+/// Reads (and with a secret, checks) one accepted connection's introduction: the rank it claims,
+/// or why it was dropped.
+fn read_introduction(s: &mut TcpStream, group_key: u64, secret: Option<&JobSecret>) -> std::result::Result<usize, String> {
+    let mut b = [0u8; 16];
+    s.read_exact(&mut b).map_err(|e| format!("no introduction: {e}"))?;
+    let magic = u32::from_le_bytes(b[0..4].try_into().expect("4"));
+    let key = u64::from_le_bytes(b[8..16].try_into().expect("8"));
+    if (magic != HELLO_MAGIC && magic != HELLO_AUTH_MAGIC) || key != group_key {
+        return Err("a connection from another job or group".into());
+    }
+    let rank = u32::from_le_bytes(b[4..8].try_into().expect("4")) as usize;
+    match (secret, magic == HELLO_AUTH_MAGIC) {
+        (None, false) => Ok(rank),
+        (Some(_), false) => Err(format!("claiming rank {rank} without proving the job secret (does every rank have CHORUS_SECRET?)")),
+        (None, true) => Err(format!("claiming rank {rank} and offering a job secret: this rank has none (set the same CHORUS_SECRET on every rank)")),
+        (Some(secret), true) => check_introduction(s, secret, group_key, rank)
+            .map(|()| rank)
+            .map_err(|why| format!("claiming rank {rank}, failed to prove the job secret: {why}")),
+    }
+}
+
 /// Accepts one introduction from each rank of `expected` on `listener`; returns (rank, stream)
 /// pairs. A rank read off a socket is only trusted once it is one of `expected` and not seen yet.
-/// With a secret, only a connection that proved it gets its rank read at all.
+/// With a secret, only a connection that proved it gets its rank read at all. Introductions are
+/// read on their own short-lived threads (at most [`MAX_PENDING_INTRODUCTIONS`] at once), so a
+/// connection that says nothing cannot hold up the others.
 pub fn accept(listener: &TcpListener, expected: &[usize], group_key: u64, secret: Option<&JobSecret>, deadline: Instant) -> Result<Vec<(usize, TcpStream)>> {
     let count = expected.len();
     let fail = |why: String| ChorusError::Connect { transport: NAME, peer: usize::MAX, why };
     listener.set_nonblocking(true).map_err(|e| fail(format!("listener: {e}")))?;
+    let (introduced_tx, introduced) = crossbeam::channel::unbounded::<(usize, TcpStream, std::net::SocketAddr)>();
+    let pending = Arc::new(AtomicUsize::new(0));
     let mut out: Vec<(usize, TcpStream)> = Vec::new();
     while out.len() < count {
+        while let Ok((rank, s, from)) = introduced.try_recv() {
+            if !expected.contains(&rank) || out.iter().any(|(r, _)| *r == rank) {
+                return Err(ChorusError::Connect {
+                    transport: NAME,
+                    peer: rank,
+                    why: format!("a connection from {from} introduced itself as rank {rank}, which is not one of the ranks expected to connect here ({expected:?}) or connected twice"),
+                });
+            }
+            let _ = s.set_read_timeout(None);
+            out.push((rank, s));
+        }
+        if out.len() == count {
+            break;
+        }
         match listener.accept() {
             Ok((mut s, from)) => {
+                if pending.load(Ordering::SeqCst) >= MAX_PENDING_INTRODUCTIONS {
+                    tracing::warn!(%from, "dropping a connection: too many introductions pending");
+                    continue;
+                }
                 s.set_nonblocking(false).map_err(|e| fail(e.to_string()))?;
                 tune(&s);
                 let _ = s.set_read_timeout(Some(INTRODUCTION_TIMEOUT));
-                let mut b = [0u8; 16];
-                if let Err(e) = s.read_exact(&mut b) {
-                    tracing::warn!(%from, error = %e, "dropping a connection that sent no introduction");
-                    continue;
-                }
-                let magic = u32::from_le_bytes(b[0..4].try_into().expect("4"));
-                let key = u64::from_le_bytes(b[8..16].try_into().expect("8"));
-                if (magic != HELLO_MAGIC && magic != HELLO_AUTH_MAGIC) || key != group_key {
-                    tracing::warn!(%from, "dropping a connection from another job or group");
-                    continue;
-                }
-                let rank = u32::from_le_bytes(b[4..8].try_into().expect("4")) as usize;
-                match (secret, magic == HELLO_AUTH_MAGIC) {
-                    (None, false) => {}
-                    (Some(_), false) => {
-                        tracing::warn!(%from, claimed_rank = rank, "dropping a connection that did not prove the job secret (does every rank have CHORUS_SECRET?)");
-                        continue;
+                let (tx, secret, pending) = (introduced_tx.clone(), secret.cloned(), pending.clone());
+                pending.fetch_add(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new().name("chorus-tcp-intro".into()).spawn(move || {
+                    match read_introduction(&mut s, group_key, secret.as_ref()) {
+                        // The receiver is gone once accept returned: the stream is dropped then.
+                        Ok(rank) => drop(tx.send((rank, s, from))),
+                        Err(why) => tracing::warn!(%from, %why, "dropping a connection"),
                     }
-                    (None, true) => {
-                        tracing::warn!(%from, claimed_rank = rank, "dropping a connection that offers a job secret: this rank has none (set the same CHORUS_SECRET on every rank)");
-                        continue;
-                    }
-                    (Some(secret), true) => {
-                        if let Err(why) = check_introduction(&mut s, secret, group_key, rank) {
-                            tracing::warn!(%from, claimed_rank = rank, %why, "dropping a connection that failed to prove the job secret");
-                            continue;
-                        }
-                    }
+                    pending.fetch_sub(1, Ordering::SeqCst);
+                });
+                if let Err(e) = spawned {
+                    return Err(fail(format!("starting a thread to read an introduction: {e}")));
                 }
-                let _ = s.set_read_timeout(None);
-                if !expected.contains(&rank) || out.iter().any(|(r, _)| *r == rank) {
-                    return Err(ChorusError::Connect {
-                        transport: NAME,
-                        peer: rank,
-                        why: format!("a connection from {from} introduced itself as rank {rank}, which is not one of the ranks expected to connect here ({expected:?}) or connected twice"),
-                    });
-                }
-                out.push((rank, s));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
@@ -350,5 +371,26 @@ mod tests {
         plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut rest = Vec::new();
         assert_eq!(plain.read_to_end(&mut rest).unwrap_or(0), 0);
+    }
+
+    /// A connection that never introduces itself does not hold up the ranks behind it: the
+    /// rank's introduction (which waits for the acceptor's proof) has a deadline shorter than the
+    /// introduction timeout, so reading introductions one after another would fail it (issue 17).
+    #[test]
+    fn a_silent_connection_does_not_hold_up_the_others() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = group_key("g");
+        let secret = JobSecret::new("right").unwrap();
+        let deadline = Instant::now() + INTRODUCTION_TIMEOUT / 2;
+        let silent = TcpStream::connect(addr).unwrap();
+        let acceptor = {
+            let secret = secret.clone();
+            std::thread::spawn(move || accept(&listener, &[1], key, Some(&secret), deadline).map(|got| got.into_iter().map(|(r, _)| r).collect::<Vec<_>>()))
+        };
+        let mut rank1 = TcpStream::connect(addr).unwrap();
+        introduce_with_secret(&mut rank1, &secret, key, 1, deadline).unwrap();
+        assert_eq!(acceptor.join().unwrap().unwrap(), vec![1]);
+        drop(silent);
     }
 }
