@@ -34,7 +34,7 @@ pub(super) struct Prepared {
     pub registry: Registry,
 }
 
-/// Binds the listener and creates the segments (both before publishing: DESIGN invariant 5).
+/// Binds the listener and creates the segments (both before publishing: docs/design.md invariant 5).
 fn prepare(rank: usize, size: usize, opts: &Options) -> Result<Prepared> {
     let host_id = opts.host_id.clone().unwrap_or_else(default_host_id);
     let ip = listen::advertise_ip(opts.route_hint.as_deref().unwrap_or("127.0.0.1"));

@@ -27,7 +27,7 @@ pub struct PeerInfo {
     /// can share memory.
     pub host_id: String,
     pub pid: u32,
-    /// Address of this rank's listener, bound before it was published (DESIGN invariant 5).
+    /// Address of this rank's listener, bound before it was published (docs/design.md invariant 5).
     pub tcp_addr: String,
     /// Names of this rank's shared-memory segments (signals, inbound data).
     pub shm_signals: String,

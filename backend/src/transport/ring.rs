@@ -2,7 +2,7 @@
 //!
 //! Layout of one ring (`slots` slots, each a 64-byte header followed by `slot_bytes` of payload):
 //! the header is a framed [`SlotMeta`], separate from the payload bytes, so completion and
-//! bookkeeping never travel inside data (DESIGN invariant 1). Whether a slot is full is decided by
+//! bookkeeping never travel inside data (docs/design.md invariant 1). Whether a slot is full is decided by
 //! the sequence counters in the signal block, not by anything in the ring.
 use crate::sys::shm::Segment;
 use std::sync::Arc;

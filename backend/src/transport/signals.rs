@@ -1,7 +1,7 @@
 //! A rank's signal block: monotonic sequence counters written by peers, plus one doorbell.
 //!
 //! Layout (one shared-memory segment per rank per group, its own registration, never inside a
-//! data buffer — DESIGN invariant 1):
+//! data buffer — docs/design.md invariant 1):
 //!
 //! | offset | contents |
 //! |---|---|

@@ -809,7 +809,7 @@ impl DeviceComm {
     }
 
     /// `(address, length)` of the host control block: host memory, registered by the process group as
-    /// `Location::Host` (never as device memory: DESIGN invariant 3).
+    /// `Location::Host` (never as device memory: docs/design.md invariant 3).
     pub fn control_region(&self) -> (usize, usize) {
         self.control.host_range()
     }

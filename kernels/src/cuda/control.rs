@@ -1,4 +1,4 @@
-//! The host control block of a device communicator (DESIGN invariant 3: host control memory is host
+//! The host control block of a device communicator (docs/design.md invariant 3: host control memory is host
 //! memory): one page of page-locked host memory mapped into the device, through which the host and
 //! the collective kernels talk without a CUDA call or a stream synchronization.
 //!

@@ -153,7 +153,7 @@ impl DeviceRegistry {
     /// Registers `[ptr, ptr + len)`: resolves its allocation, adds one reference to that allocation's
     /// registration (creating it on first use) and returns it with `offset = ptr - base`.
     /// Host memory the driver knows (page-locked, registered, mapped: control blocks) is refused, never
-    /// registered as device memory (DESIGN invariant 3).
+    /// registered as device memory (docs/design.md invariant 3).
     pub fn register(&self, ptr: u64, len: usize) -> Result<DeviceRegistration> {
         self.ctx.bind_to_thread().map_err(|e| cuda_err("binding the context", e))?;
         if ffi::pointer_is_host(ptr).unwrap_or(false) {

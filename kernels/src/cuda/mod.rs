@@ -1,5 +1,5 @@
 //! CUDA reduce kernels: CUDA C++ compiled at run time with NVRTC, loaded once per device and process,
-//! and **every kernel loaded eagerly** before [`DeviceKernels::for_device`] returns (design invariant 4:
+//! and **every kernel loaded eagerly** before [`DeviceKernels::for_device`] returns (docs/design.md invariant 4:
 //! under CUDA lazy loading, the first reduce kernel launched behind a resident spinning kernel could not
 //! load, and stalled unrelated copies on other streams; see `shared/seeds/003_*`).
 //!
@@ -98,7 +98,7 @@ fn cache() -> &'static Mutex<HashMap<usize, Arc<DeviceKernels>>> {
 /// Checks that `len` bytes at `offset` fit in an allocation of `size` bytes (`past_end` says which kind,
 /// for the error) and returns a private stream of `ctx` for one copy. Not the legacy default stream and
 /// no context synchronization: either would wait for unrelated kernels, such as a resident spinning
-/// kernel of the application (design invariant 4).
+/// kernel of the application (docs/design.md invariant 4).
 fn copy_stream(ctx: &Arc<CudaContext>, size: usize, offset: usize, len: usize, past_end: &'static str) -> Result<Arc<CudaStream>> {
     if offset.checked_add(len).is_none_or(|end| end > size) {
         return Err(KernelError::InvalidArgument { reason: past_end });

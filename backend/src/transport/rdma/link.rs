@@ -381,7 +381,7 @@ impl RdmaLink {
     /// Recreates only this peer's queue pair (the peer rejoined as a new process): the old QP
     /// and its CQs are destroyed, a new one is created, exchanged through the store under
     /// `epoch` and connected; rings, registrations and every other link stay as they are
-    /// (DESIGN invariant 8). `resume` gives the counters the new QP continues from (agreed by
+    /// (docs/design.md invariant 8). `resume` gives the counters the new QP continues from (agreed by
     /// the membership layer; counters never reset). The rejoiner calls this (or group setup)
     /// with the same epoch.
     pub fn reconnect(&self, store: &dyn Store, uid: &str, epoch: u64, mut resume: Resume, deadline: Instant) -> Result<()> {

@@ -253,7 +253,7 @@ pub fn pair_uses_rdma(store: &dyn Store, uid: &str, me: &PeerInfo, peer: &PeerIn
 }
 
 /// The RDMA entry of the transport table. It keeps its links by peer: a replacement's join
-/// recreates only the queue pair of the existing link (DESIGN invariant 8).
+/// recreates only the queue pair of the existing link (docs/design.md invariant 8).
 pub struct Rdma {
     geo: RingGeometry,
     links: Arc<Mutex<HashMap<usize, Arc<RdmaLink>>>>,

@@ -552,7 +552,7 @@ pub(crate) fn note_qp_created() {
 }
 
 /// Per-peer connection slots with creation counters: a rejoin recreates one peer's entry and
-/// leaves every other one (and its counter) untouched (DESIGN invariant 8). Used by the
+/// leaves every other one (and its counter) untouched (docs/design.md invariant 8). Used by the
 /// simulated tests with [`Endpoint`]s and by [`super::RdmaLink`] through the same counters.
 #[derive(Debug)]
 pub struct QpTable<T> {
