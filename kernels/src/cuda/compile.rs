@@ -105,11 +105,7 @@ pub struct PartSource<'a> {
     pub source: &'a str,
 }
 
-use super::parts::{fnv1a64, options};
-
-fn cache_key(source: &str, arch: &str, nvrtc: (i32, i32)) -> u64 {
-    super::parts::program_key(source, arch, nvrtc)
-}
+use super::parts::{fnv1a64, options, program_key as cache_key};
 
 /// The cubin stored in `bytes`, if the entry is whole and its checksum matches.
 fn decode_entry(bytes: &[u8]) -> Option<&[u8]> {

@@ -258,8 +258,14 @@ fn build_module(ctx: &CudaContext, arch: &str, parts: &[source::ModulePart], cac
     compile::build_sources(parts, arch, cache)
 }
 
-fn load_all(ctx: &Arc<CudaContext>, built: &[compile::BuiltPart]) -> Result<Vec<Arc<CudaModule>>> {
-    built.iter().map(|b| load_cubin(ctx, b.cubin.clone())).collect()
+/// How many parts came from the kernel cache and how many from the library.
+fn origin_counts(built: &[compile::BuiltPart]) -> (usize, usize) {
+    let count = |o| built.iter().filter(|b| b.origin == o).count();
+    (count(Origin::Cached), count(Origin::Shipped))
+}
+
+fn load_all(ctx: &Arc<CudaContext>, built: Vec<compile::BuiltPart>) -> Result<Vec<Arc<CudaModule>>> {
+    built.into_iter().map(|b| load_cubin(ctx, b.cubin)).collect()
 }
 
 /// Loads a cubin into `ctx` (the module only; functions are preloaded by callers).
@@ -318,19 +324,18 @@ impl DeviceKernels {
         let started = Instant::now();
         let cache = KernelCache::from_env();
         let parts = source::module_parts();
-        let mut built = build_module(&ctx, arch, &parts, &cache)?;
-        let mut modules = load_all(&ctx, &built);
-        if let Err(e) = &modules {
-            if built.iter().any(|b| b.origin == Origin::Shipped) {
-                // A driver older than the NVRTC that built the library may refuse its images.
+        let built = build_module(&ctx, arch, &parts, &cache)?;
+        let (mut cached, mut shipped) = origin_counts(&built);
+        let modules = match load_all(&ctx, built) {
+            // A driver older than the NVRTC that built the library may refuse its images.
+            Err(e) if shipped > 0 => {
                 tracing::warn!(arch, "the driver cannot load the shipped kernels ({e}); compiling them with NVRTC");
-                built = compile::build_sources(&parts, arch, &cache)?;
-                modules = load_all(&ctx, &built);
+                let built = compile::build_sources(&parts, arch, &cache)?;
+                (cached, shipped) = origin_counts(&built);
+                load_all(&ctx, built)?
             }
-        }
-        let modules = modules?;
-        let cached = built.iter().filter(|b| b.origin == Origin::Cached).count();
-        let shipped = built.iter().filter(|b| b.origin == Origin::Shipped).count();
+            loaded => loaded?,
+        };
         let home: HashMap<&str, &Arc<CudaModule>> =
             parts.iter().zip(&modules).flat_map(|(p, m)| p.entries.iter().map(move |e| (e.as_str(), m))).collect();
         let list = source::kernels();
