@@ -7,7 +7,7 @@ use chorus_kernels::{DType, ReduceOp};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChorusError {
-    #[error("rendezvous through the store failed: {0} (check that every rank uses the same MASTER_ADDR/MASTER_PORT or store address and that the store is running)")]
+    #[error("{}", store_failure(.0))]
     Store(#[from] chorus_bootstrap::BootstrapError),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -191,5 +191,14 @@ mod tests {
             ]
         );
         assert_eq!(ChorusError::Destroyed.code(), 15, "codes are stable: never renumber a variant");
+    }
+}
+
+/// A store error in words: at rendezvous, what to check in the configuration; once the group
+/// exists, the store's own account of its lost host.
+fn store_failure(e: &chorus_bootstrap::BootstrapError) -> String {
+    match e {
+        chorus_bootstrap::BootstrapError::Lost { .. } => e.to_string(),
+        _ => format!("rendezvous through the store failed: {e} (check that every rank uses the same MASTER_ADDR/MASTER_PORT or store address and that the store is running)"),
     }
 }

@@ -23,6 +23,8 @@ const WAIT_SLACK: Duration = Duration::from_secs(5);
 
 pub struct StoreClient {
     addr: String,
+    /// Who hosts the store, for errors that say it is gone (e.g. "rank 0's process").
+    hosted_by: Option<String>,
     op_timeout: Duration,
     secret: Option<JobSecret>,
     idle: Mutex<Vec<TcpStream>>,
@@ -153,6 +155,7 @@ impl StoreClient {
         let stream = connect_with_retry(addr, timeout, secret.as_ref())?;
         Ok(StoreClient {
             addr: addr.to_string(),
+            hosted_by: None,
             op_timeout: timeout.clamp(Duration::from_millis(1), MAX_WAIT),
             secret,
             idle: Mutex::new(vec![stream]),
@@ -162,6 +165,12 @@ impl StoreClient {
     /// Changes the deadline for non-`wait` requests (and for opening more connections).
     pub fn with_op_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = timeout.clamp(Duration::from_millis(1), MAX_WAIT);
+        self
+    }
+
+    /// Names the process that hosts the store (errors after rendezvous say it).
+    pub fn hosted_by(mut self, who: impl Into<String>) -> Self {
+        self.hosted_by = Some(who.into());
         self
     }
 
@@ -299,6 +308,13 @@ impl std::fmt::Debug for StoreClient {
 }
 
 impl Store for StoreClient {
+    fn host(&self) -> String {
+        match &self.hosted_by {
+            Some(who) => format!("the store at {}, hosted in {who},", self.addr),
+            None => format!("the store at {}", self.addr),
+        }
+    }
+
     fn set(&self, key: &str, value: &[u8]) -> Result<()> {
         match self.op(
             "set",

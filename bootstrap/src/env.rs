@@ -263,7 +263,7 @@ pub fn connect_store(
     timeout: Duration,
 ) -> Result<(Arc<dyn Store>, Option<StoreServer>)> {
     if let Some(addr) = &rdv.store_addr {
-        let client = StoreClient::connect(addr, timeout)?;
+        let client = StoreClient::connect(addr, timeout)?.hosted_by("the process started for it (CHORUS_STORE_ADDR: chorus-run or a store server of its own)");
         return Ok((Arc::new(client), None));
     }
     let port = store_port(rdv);
@@ -289,7 +289,7 @@ pub fn connect_store(
     } else {
         format!("{host}:{port}")
     };
-    let client = StoreClient::connect(&target, timeout)?;
+    let client = StoreClient::connect(&target, timeout)?.hosted_by("rank 0's process");
     Ok((Arc::new(client), server))
 }
 

@@ -63,6 +63,21 @@ pub enum BootstrapError {
         message: String,
     },
 
+    #[error("{store} failed `{op}`: {message}")]
+    Callback {
+        op: &'static str,
+        store: String,
+        message: String,
+    },
+
+    #[error("{host} stopped answering (`{op}`: {cause}) after the group was created. It holds the group's membership, so failures can no longer be recovered nor ranks join: the process or machine hosting it died, or the network to it dropped. Host the store where no rank's death takes it down: launch with chorus-run or torchrun (the store lives in the launcher or its agent), set CHORUS_STORE_ADDR to a store started on its own, or under torch pass init_process_group a TCPStore hosted outside the ranks")]
+    Lost {
+        op: &'static str,
+        host: String,
+        #[source]
+        cause: Box<BootstrapError>,
+    },
+
     #[error("timed out after {timeout:?} waiting for store keys {missing:?}; check that every rank started, uses the same MASTER_ADDR/MASTER_PORT and WORLD_SIZE, and reached the same point")]
     WaitTimeout {
         missing: Vec<String>,

@@ -19,4 +19,4 @@ pub use auth::JobSecret;
 pub use client::StoreClient;
 pub use error::{BootstrapError, Result};
 pub use server::StoreServer;
-pub use store::{MemStore, PrefixStore, Store};
+pub use store::{AfterRendezvous, MemStore, PrefixStore, Store};

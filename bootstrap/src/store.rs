@@ -35,6 +35,11 @@ pub trait Store: Send + Sync {
     fn delete(&self, key: &str) -> Result<bool>;
     /// Keys starting with `prefix`, sorted.
     fn list_prefix(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Which store this is and where it lives, for errors that say the store is gone (e.g. "the
+    /// store at 10.0.0.1:29500, hosted in rank 0's process").
+    fn host(&self) -> String {
+        "the job's store".into()
+    }
 }
 
 /// Thread-safe in-process store; the state behind [`crate::StoreServer`], also handy for
@@ -158,6 +163,10 @@ fn parse_counter(key: &str, value: &[u8]) -> Result<i64> {
 }
 
 impl Store for MemStore {
+    fn host(&self) -> String {
+        "the in-process store".into()
+    }
+
     fn set(&self, key: &str, value: &[u8]) -> Result<()> {
         self.lock().insert(key.to_string(), value.to_vec());
         self.notify_insertion();
@@ -294,6 +303,10 @@ impl Store for PrefixStore {
             .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string))
             .collect())
     }
+
+    fn host(&self) -> String {
+        self.inner.host()
+    }
 }
 
 /// Lets `Arc<dyn Store>` (and `Arc<S>`) be used wherever a `Store` is expected.
@@ -323,5 +336,69 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
         (**self).list_prefix(prefix)
+    }
+    fn host(&self) -> String {
+        (**self).host()
+    }
+}
+
+/// A group's store once the group exists: the same store, but a failure to reach it is reported
+/// as [`BootstrapError::Lost`], naming the store's host and what to do. After rendezvous the
+/// store still holds the group's membership (recovery rounds, joins), so losing it is not a
+/// configuration problem but the loss of the process or machine that hosts it.
+pub struct AfterRendezvous {
+    inner: Arc<dyn Store>,
+}
+
+impl AfterRendezvous {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self { inner }
+    }
+
+    fn check<T>(&self, op: &'static str, r: Result<T>) -> Result<T> {
+        r.map_err(|e| match e {
+            BootstrapError::Io { .. }
+            | BootstrapError::RequestTimeout { .. }
+            | BootstrapError::Connect { .. }
+            | BootstrapError::Protocol { .. }
+            | BootstrapError::Callback { .. } => BootstrapError::Lost {
+                op,
+                host: self.inner.host(),
+                cause: Box::new(e),
+            },
+            other => other,
+        })
+    }
+}
+
+impl Store for AfterRendezvous {
+    fn set(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.check("set", self.inner.set(key, value))
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.check("get", self.inner.get(key))
+    }
+    fn wait(&self, keys: &[&str], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+        self.check("wait", self.inner.wait(keys, timeout))
+    }
+    fn add(&self, key: &str, delta: i64) -> Result<i64> {
+        self.check("add", self.inner.add(key, delta))
+    }
+    fn compare_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<(bool, Vec<u8>)> {
+        self.check("compare_set", self.inner.compare_set(key, expected, new))
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.check("delete", self.inner.delete(key))
+    }
+    fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.check("list_prefix", self.inner.list_prefix(prefix))
+    }
+    fn host(&self) -> String {
+        self.inner.host()
     }
 }

@@ -55,6 +55,8 @@ unsafe impl Send for CallbackStore {}
 unsafe impl Sync for CallbackStore {}
 
 const WHERE: &str = "the caller's store (C callbacks)";
+/// Who hosts it, as far as chorus can tell: under torch it is torch's c10d store.
+const HOST: &str = "the caller's store (under torch, its c10d store: with env:// or mp.spawn a TCPStore in rank 0's process at MASTER_ADDR:MASTER_PORT, under torchrun its agent's)";
 
 fn remote(op: &'static str, message: String) -> BootstrapError {
     BootstrapError::Remote { op, addr: WHERE.into(), message }
@@ -67,7 +69,9 @@ fn ckey(op: &'static str, key: &str) -> Result<CString, BootstrapError> {
 fn failure(op: &'static str, rc: i32, err: &chorus_buf) -> BootstrapError {
     let msg = String::from_utf8_lossy(&err.data).into_owned();
     let msg = if msg.is_empty() { format!("callback returned {rc} without a message") } else { msg };
-    remote(op, msg)
+    // A callback failure is the store's answer or its transport's (torch raises
+    // DistNetworkError for a dead TCPStore): after rendezvous it reads as the store being lost.
+    BootstrapError::Callback { op, store: WHERE.into(), message: msg }
 }
 
 impl CallbackStore {
@@ -91,6 +95,10 @@ impl Drop for CallbackStore {
 }
 
 impl Store for CallbackStore {
+    fn host(&self) -> String {
+        HOST.into()
+    }
+
     fn set(&self, key: &str, value: &[u8]) -> chorus_bootstrap::Result<()> {
         let f = self.cb.set.ok_or_else(|| Self::missing("set"))?;
         let k = ckey("set", key)?;

@@ -130,6 +130,8 @@ fn start(
     chunk: usize,
     resume: Option<Resume>,
 ) -> Result<Arc<GroupInner>> {
+    // From here on, losing the store is the loss of its host, and errors say so.
+    let store: Arc<dyn Store> = Arc::new(chorus_bootstrap::AfterRendezvous::new(store));
     // Chunks from socket peers land through this process's reader threads: those need a core
     // too, so count them as extra local contenders.
     let socket_links = links.iter().flatten().filter(|l| !l.shares_memory()).count();
