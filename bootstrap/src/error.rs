@@ -78,6 +78,16 @@ pub enum BootstrapError {
         cause: Box<BootstrapError>,
     },
 
+    #[error("`{op}` on {key:?} reached {answered} of the group's {total} membership replicas and needs {needed} (not answering: {silent}); a majority of them must be reachable: did most ranks (or the store's host and ranks with it) die at once?")]
+    NoQuorum {
+        op: &'static str,
+        key: String,
+        answered: usize,
+        needed: usize,
+        total: usize,
+        silent: String,
+    },
+
     #[error("timed out after {timeout:?} waiting for store keys {missing:?}; check that every rank started, uses the same MASTER_ADDR/MASTER_PORT and WORLD_SIZE, and reached the same point")]
     WaitTimeout {
         missing: Vec<String>,

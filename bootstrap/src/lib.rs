@@ -12,11 +12,13 @@ mod error;
 pub mod launch;
 pub mod listen;
 pub mod protocol;
+pub mod replicated;
 pub mod server;
 pub mod store;
 
 pub use auth::JobSecret;
 pub use client::StoreClient;
 pub use error::{BootstrapError, Result};
+pub use replicated::ReplicatedStore;
 pub use server::StoreServer;
 pub use store::{AfterRendezvous, MemStore, PrefixStore, Store};

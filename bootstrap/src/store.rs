@@ -152,7 +152,7 @@ fn lookup_in(
     }
 }
 
-fn parse_counter(key: &str, value: &[u8]) -> Result<i64> {
+pub(crate) fn parse_counter(key: &str, value: &[u8]) -> Result<i64> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())

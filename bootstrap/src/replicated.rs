@@ -1,0 +1,433 @@
+//! A store replicated over several acceptors — the ranks' own replica servers and the job's store —
+//! so that losing any minority of them, the process that hosts the job's store included, loses
+//! nothing and stops nothing (issue 24).
+//!
+//! Each key is a CASPaxos register (D. Rystsov, "CASPaxos: Replicated State Machines without
+//! logs", 2018): every operation is a read-modify-write `f` of the key's value, run as one Paxos
+//! instance by the calling process (the proposer) against a majority of the acceptors. An acceptor
+//! is any plain [`Store`]: its state for key `k` is one record under `px/<k>`, changed only by
+//! compare-and-set, so the replica servers need no Paxos logic of their own.
+//!
+//! * prepare(b): an acceptor whose promise is below ballot `b` promises `b` and returns what it
+//!   accepted; otherwise it refuses, naming its promise.
+//! * With promises from a majority, the proposer takes the value accepted under the highest ballot
+//!   (none: the key is absent), applies `f`, and asks the acceptors to accept the result under `b`;
+//!   an acceptor accepts unless it promised a higher ballot since. A majority of acceptances makes
+//!   it the key's value, and any later operation sees it, since two majorities always share an
+//!   acceptor.
+//!
+//! Ballots are `(counter, proposer)`, the proposer a random 64-bit id per store instance, so a
+//! replacement process never reuses its predecessor's ballots.
+//!
+//! **Acceptors that come back empty.** An acceptor that forgot its promises would let two values
+//! be chosen. A slot replaced by a new, empty replica (a replacement rank's) therefore votes only
+//! on keys for which its predecessor cannot have voted while the new one could be asked: the caller
+//! says which ([`ReplicatedStore::new`]'s `fresh_may_vote`; for chorus, the keys of recovery
+//! rounds after the one that admitted the replacement). On other keys it counts as silent.
+//! Majorities are always counted over every slot.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::parse_counter;
+use crate::{BootstrapError, Result, Store};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Ballot {
+    counter: u64,
+    proposer: u64,
+}
+
+/// Which write made a value: (proposer, that proposer's write counter). A proposer whose accept
+/// phase fell short retries, and may then find its own value already chosen: the id tells it
+/// apart from another proposer's equal bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct WriteId {
+    proposer: u64,
+    seq: u64,
+}
+
+/// One acceptor's state for one key. The initial state (nothing promised or accepted) is the
+/// key being absent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Register {
+    promised: Ballot,
+    accepted: Ballot,
+    value: Option<Vec<u8>>,
+    written_by: WriteId,
+}
+
+fn encode(r: &Register) -> Vec<u8> {
+    bincode::serde::encode_to_vec(r, bincode::config::standard()).expect("a register always encodes")
+}
+
+fn decode(key: &str, raw: Option<&[u8]>) -> Result<Register> {
+    match raw {
+        None => Ok(Register::default()),
+        Some(b) => bincode::serde::decode_from_slice(b, bincode::config::standard()).map(|(r, _)| r).map_err(|e| BootstrapError::Protocol {
+            op: "replicated register",
+            addr: key.to_string(),
+            detail: format!("unreadable register ({e}); is every rank running the same chorus version?"),
+        }),
+    }
+}
+
+fn register_key(key: &str) -> String {
+    format!("px/{key}")
+}
+
+/// How many times an acceptor step retries its compare-and-set when another proposer changed
+/// the record in between (each retry re-reads it).
+const CAS_RETRIES: usize = 64;
+
+/// Phase one at one acceptor: `Ok(register)` is a promise, `Err(promised)` a refusal.
+fn prepare(s: &dyn Store, key: &str, b: Ballot) -> Result<std::result::Result<Register, Ballot>> {
+    let pk = register_key(key);
+    for _ in 0..CAS_RETRIES {
+        let raw = s.get(&pk)?;
+        let reg = decode(key, raw.as_deref())?;
+        if reg.promised >= b || reg.accepted >= b {
+            return Ok(Err(reg.promised.max(reg.accepted)));
+        }
+        let promised = Register { promised: b, ..reg.clone() };
+        if s.compare_set(&pk, raw.as_deref(), &encode(&promised))?.0 {
+            return Ok(Ok(reg));
+        }
+    }
+    Ok(Err(b))
+}
+
+/// Phase two at one acceptor: `Ok(())` accepted, `Err(promised)` refused.
+fn accept(s: &dyn Store, key: &str, b: Ballot, value: &(Option<Vec<u8>>, WriteId)) -> Result<std::result::Result<(), Ballot>> {
+    let pk = register_key(key);
+    for _ in 0..CAS_RETRIES {
+        let raw = s.get(&pk)?;
+        let reg = decode(key, raw.as_deref())?;
+        if reg.promised > b {
+            return Ok(Err(reg.promised));
+        }
+        let accepted = Register { promised: b, accepted: b, value: value.0.clone(), written_by: value.1 };
+        if s.compare_set(&pk, raw.as_deref(), &encode(&accepted))?.0 {
+            return Ok(Ok(()));
+        }
+    }
+    Ok(Err(b))
+}
+
+enum Step {
+    Prepare(Ballot),
+    Accept(Ballot, (Option<Vec<u8>>, WriteId)),
+    List(String),
+}
+
+enum Answer {
+    Promise(Register),
+    Accepted,
+    Refused(Ballot),
+    Keys(Vec<String>),
+}
+
+struct Job {
+    key: String,
+    step: Step,
+    deadline: Instant,
+    reply: mpsc::Sender<(usize, Result<Answer>)>,
+}
+
+/// One acceptor: its store is driven by its own thread, so a proposer waits for a majority and
+/// never for a slow or unreachable acceptor. Jobs whose proposer gave up are skipped.
+struct Slot {
+    name: String,
+    /// Whether this acceptor has been in its slot since the store was made (it votes on every
+    /// key) or replaced an earlier one (it votes only where `fresh_may_vote` allows).
+    original: bool,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Slot {
+    fn start(index: usize, name: String, store: Arc<dyn Store>, original: bool) -> Slot {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread_name = format!("chorus-acceptor-{index}");
+        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
+            for job in rx {
+                if Instant::now() >= job.deadline {
+                    continue;
+                }
+                let answer = match &job.step {
+                    Step::Prepare(b) => prepare(&*store, &job.key, *b).map(|r| r.map_or_else(Answer::Refused, Answer::Promise)),
+                    Step::Accept(b, v) => accept(&*store, &job.key, *b, v).map(|r| r.map_or_else(Answer::Refused, |()| Answer::Accepted)),
+                    Step::List(prefix) => store.list_prefix(&register_key(prefix)).map(Answer::Keys),
+                };
+                // The proposer may have stopped listening (it reached a majority or gave up).
+                let _ = job.reply.send((index, answer));
+            }
+        });
+        if let Err(e) = spawned {
+            // Without its thread the slot stays silent: it counts as an unreachable acceptor.
+            tracing::warn!(index, error = %e, "could not start an acceptor thread");
+        }
+        Slot { name, original, jobs: tx }
+    }
+}
+
+/// A [`Store`] whose every key is a register replicated over a fixed number of acceptor slots.
+pub struct ReplicatedStore {
+    slots: RwLock<Vec<Slot>>,
+    proposer: u64,
+    /// The highest ballot counter seen (own or refused with): the next ballot goes above it.
+    counter: AtomicU64,
+    /// Writes proposed so far (the `seq` of [`WriteId`]).
+    writes: AtomicU64,
+    /// Deadline of one operation (every attempt together).
+    op_timeout: Duration,
+    /// How long one phase waits for a majority before it tries again with a higher ballot.
+    phase_timeout: Duration,
+    fresh_may_vote: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl ReplicatedStore {
+    /// `acceptors`: (name for errors, store) per slot, in an order every proposer shares.
+    /// `fresh_may_vote(key)`: whether an acceptor put in a slot by [`ReplicatedStore::replace`]
+    /// may vote on `key` (see the module docs). `op_timeout` bounds every operation.
+    pub fn new(acceptors: Vec<(String, Arc<dyn Store>)>, op_timeout: Duration, fresh_may_vote: impl Fn(&str) -> bool + Send + Sync + 'static) -> Result<ReplicatedStore> {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| BootstrapError::Random { purpose: "a proposer id", detail: e.to_string() })?;
+        let slots = acceptors.into_iter().enumerate().map(|(i, (name, s))| Slot::start(i, name, s, true)).collect();
+        Ok(ReplicatedStore {
+            slots: RwLock::new(slots),
+            proposer: u64::from_le_bytes(id),
+            counter: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            op_timeout,
+            phase_timeout: op_timeout.min(Duration::from_millis(500)),
+            fresh_may_vote: Box::new(fresh_may_vote),
+        })
+    }
+
+    /// Puts a new acceptor in slot `index` (a replacement rank's empty replica).
+    pub fn replace(&self, index: usize, name: String, store: Arc<dyn Store>) {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        if index < slots.len() {
+            slots[index] = Slot::start(index, name, store, false);
+        }
+    }
+
+    /// The number of acceptor slots.
+    pub fn slots(&self) -> usize {
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Sends `step` to every slot that may vote on `key`; returns the answers, stopping at
+    /// `enough` of the kind `counts` accepts, or at `until`.
+    fn ask(&self, key: &str, step: impl Fn() -> Step, until: Instant, enough: usize, counts: impl Fn(&Answer) -> bool) -> (Vec<(usize, Answer)>, Vec<String>) {
+        let (tx, rx) = mpsc::channel();
+        let mut asked = 0;
+        let mut names = Vec::new();
+        {
+            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+            for s in slots.iter() {
+                names.push(s.name.clone());
+                if !s.original && !(self.fresh_may_vote)(key) {
+                    continue;
+                }
+                let job = Job { key: key.to_string(), step: step(), deadline: until, reply: tx.clone() };
+                if s.jobs.send(job).is_ok() {
+                    asked += 1;
+                }
+            }
+        }
+        drop(tx);
+        let mut answers = Vec::new();
+        let mut answered = vec![false; names.len()];
+        let mut good = 0;
+        while answers.len() < asked && good < enough {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((i, Ok(a))) => {
+                    good += counts(&a) as usize;
+                    answered[i] = true;
+                    answers.push((i, a));
+                }
+                Ok((i, Err(e))) => {
+                    tracing::debug!(acceptor = %names[i], error = %e, "acceptor did not answer");
+                    asked -= 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let silent = names.into_iter().enumerate().filter(|(i, _)| !answered[*i]).map(|(_, n)| n).collect();
+        (answers, silent)
+    }
+
+    fn ballot(&self) -> Ballot {
+        Ballot { counter: self.counter.fetch_add(1, Ordering::SeqCst) + 1, proposer: self.proposer }
+    }
+
+    fn saw(&self, b: Ballot) {
+        self.counter.fetch_max(b.counter, Ordering::SeqCst);
+    }
+
+    /// Runs `f` on `key`'s value as one linearizable step: `f` returns the new value (`None` in
+    /// the outer option: unchanged) and the operation's result. `f` may run more than once (once
+    /// per attempt); only the last run's change is applied.
+    pub fn update<T>(&self, op: &'static str, key: &str, f: impl Fn(Option<&[u8]>) -> (Option<Option<Vec<u8>>>, T)) -> Result<T> {
+        let deadline = Instant::now() + self.op_timeout;
+        let need = self.slots() / 2 + 1;
+        let mut attempt = 0u32;
+        // The results of this operation's attempts that proposed a change, by write id: if one
+        // of them is found chosen later, that attempt's result is the operation's.
+        let mut proposed: Vec<(WriteId, T)> = Vec::new();
+        loop {
+            let b = self.ballot();
+            let until = (Instant::now() + self.phase_timeout).min(deadline);
+            let (answers, silent) = self.ask(key, || Step::Prepare(b), until, need, |a| matches!(a, Answer::Promise(_)));
+            let mut promises = Vec::new();
+            for (_, a) in answers {
+                match a {
+                    Answer::Promise(r) => promises.push(r),
+                    Answer::Refused(other) => self.saw(other),
+                    _ => {}
+                }
+            }
+            let mut failure = (promises.len(), silent);
+            if promises.len() >= need {
+                let current = promises.into_iter().max_by_key(|r| r.accepted).unwrap_or_default();
+                let (value, out) = match proposed.iter().position(|(id, _)| *id == current.written_by) {
+                    // An earlier attempt's write is the key's value now: keep it, and its result.
+                    Some(i) => ((current.value, current.written_by), Some(proposed.swap_remove(i).1)),
+                    None => match f(current.value.as_deref()) {
+                        (None, out) => ((current.value, current.written_by), Some(out)),
+                        (Some(v), out) => {
+                            let id = WriteId { proposer: self.proposer, seq: self.writes.fetch_add(1, Ordering::SeqCst) + 1 };
+                            proposed.push((id, out));
+                            ((v, id), None)
+                        }
+                    },
+                };
+                let until = (Instant::now() + self.phase_timeout).min(deadline);
+                let (answers, silent) = self.ask(key, || Step::Accept(b, value.clone()), until, need, |a| matches!(a, Answer::Accepted));
+                let mut accepted = 0;
+                for (_, a) in answers {
+                    match a {
+                        Answer::Accepted => accepted += 1,
+                        Answer::Refused(other) => self.saw(other),
+                        _ => {}
+                    }
+                }
+                if accepted >= need {
+                    return Ok(match out {
+                        Some(out) => out,
+                        None => {
+                            let i = proposed.iter().position(|(id, _)| *id == value.1).expect("the attempt's result was kept");
+                            proposed.swap_remove(i).1
+                        }
+                    });
+                }
+                failure = (accepted, silent);
+            }
+            if Instant::now() >= deadline {
+                let total = self.slots();
+                return Err(BootstrapError::NoQuorum { op, key: key.to_string(), answered: failure.0, needed: need, total, silent: failure.1.join(", ") });
+            }
+            // Another proposer holds the key (or acceptors are slow): back off a little, by an
+            // amount that differs between proposers so that one of them gets through.
+            attempt += 1;
+            let jitter = (self.proposer >> (attempt % 48)) % 4;
+            std::thread::sleep(Duration::from_millis(u64::from(attempt.min(10)) + jitter));
+        }
+    }
+
+    fn read(&self, op: &'static str, key: &str) -> Result<Option<Vec<u8>>> {
+        self.update(op, key, |v| (None, v.map(<[u8]>::to_vec)))
+    }
+}
+
+impl Store for ReplicatedStore {
+    fn set(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.update("set", key, |_| (Some(Some(value.to_vec())), ()))
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read("get", key)
+    }
+
+    fn wait(&self, keys: &[&str], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+        let deadline = Instant::now() + timeout.min(crate::store::MAX_WAIT);
+        let mut found: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        loop {
+            for (k, slot) in keys.iter().zip(found.iter_mut()) {
+                if slot.is_none() {
+                    *slot = self.read("wait", k)?;
+                }
+            }
+            if found.iter().all(Option::is_some) {
+                return Ok(found.into_iter().flatten().collect());
+            }
+            if Instant::now() >= deadline {
+                let missing = keys.iter().zip(&found).filter(|(_, v)| v.is_none()).map(|(k, _)| k.to_string()).collect();
+                return Err(BootstrapError::WaitTimeout { missing, timeout });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn add(&self, key: &str, delta: i64) -> Result<i64> {
+        let out = self.update("add", key, |v| {
+            let current = match v {
+                None => Ok(0),
+                Some(b) => parse_counter(key, b),
+            };
+            match current.and_then(|c| c.checked_add(delta).ok_or(BootstrapError::CounterOverflow { key: key.to_string(), current: c, delta })) {
+                Ok(n) => (Some(Some(n.to_string().into_bytes())), Ok(n)),
+                Err(e) => (None, Err(e)),
+            }
+        })?;
+        out
+    }
+
+    fn compare_set(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(bool, Vec<u8>)> {
+        self.update("compare_set", key, |v| {
+            if v == expected {
+                (Some(Some(new.to_vec())), (true, new.to_vec()))
+            } else {
+                (None, (false, v.map(<[u8]>::to_vec).unwrap_or_default()))
+            }
+        })
+    }
+
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.update("delete", key, |v| (Some(None), v.is_some()))
+    }
+
+    /// Keys with a register on any acceptor that answers in time: every key ever operated on,
+    /// read or deleted ones included (their records stay on the acceptors; listing is for
+    /// clean-up).
+    fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let until = Instant::now() + self.phase_timeout;
+        let (answers, _) = self.ask(prefix, || Step::List(prefix.to_string()), until, usize::MAX, |_| true);
+        let mut keys: Vec<String> = answers
+            .into_iter()
+            .filter_map(|(_, a)| match a {
+                Answer::Keys(k) => Some(k),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|k| k.strip_prefix("px/").map(str::to_string))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    fn host(&self) -> String {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        format!("the group's membership replicas ({})", slots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
+    }
+}
+
+#[cfg(test)]
+#[path = "replicated_tests.rs"]
+mod tests;
