@@ -20,10 +20,10 @@
 //! replacement process never reuses its predecessor's ballots.
 //!
 //! **Acceptors that come back empty.** An acceptor that forgot its promises would let two values
-//! be chosen. A slot replaced by a new, empty replica (a replacement rank's) therefore votes only
-//! on keys for which its predecessor cannot have voted while the new one could be asked: the caller
-//! says which ([`ReplicatedStore::new`]'s `fresh_may_vote`; for chorus, the keys of recovery
-//! rounds after the one that admitted the replacement). On other keys it counts as silent.
+//! be chosen. A slot refilled with a new, empty replica (a replacement rank's) therefore votes only
+//! on keys its predecessor cannot have voted on: the caller says which
+//! ([`ReplicatedStore::replace`]'s `votes_on`; for chorus, the keys of recovery rounds after the
+//! last one applied before the predecessor was replaced). On other keys it counts as silent.
 //! Majorities are always counted over every slot.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -141,14 +141,17 @@ struct Job {
 /// never for a slow or unreachable acceptor. Jobs whose proposer gave up are skipped.
 struct Slot {
     name: String,
-    /// Whether this acceptor has been in its slot since the store was made (it votes on every
-    /// key) or replaced an earlier one (it votes only where `fresh_may_vote` allows).
-    original: bool,
+    /// The keys this acceptor votes on: every key for one in its slot since the store was made
+    /// (`None`), the keys its predecessor never saw for one that refilled the slot.
+    votes_on: Option<KeyFilter>,
     jobs: mpsc::Sender<Job>,
 }
 
+/// Which keys a refilled slot votes on.
+pub type KeyFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 impl Slot {
-    fn start(index: usize, name: String, store: Arc<dyn Store>, original: bool) -> Slot {
+    fn start(index: usize, name: String, store: Arc<dyn Store>, votes_on: Option<KeyFilter>) -> Slot {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread_name = format!("chorus-acceptor-{index}");
         let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
@@ -169,7 +172,7 @@ impl Slot {
             // Without its thread the slot stays silent: it counts as an unreachable acceptor.
             tracing::warn!(index, error = %e, "could not start an acceptor thread");
         }
-        Slot { name, original, jobs: tx }
+        Slot { name, votes_on, jobs: tx }
     }
 }
 
@@ -185,17 +188,16 @@ pub struct ReplicatedStore {
     op_timeout: Duration,
     /// How long one phase waits for a majority before it tries again with a higher ballot.
     phase_timeout: Duration,
-    fresh_may_vote: Box<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 impl ReplicatedStore {
-    /// `acceptors`: (name for errors, store) per slot, in an order every proposer shares.
-    /// `fresh_may_vote(key)`: whether an acceptor put in a slot by [`ReplicatedStore::replace`]
-    /// may vote on `key` (see the module docs). `op_timeout` bounds every operation.
-    pub fn new(acceptors: Vec<(String, Arc<dyn Store>)>, op_timeout: Duration, fresh_may_vote: impl Fn(&str) -> bool + Send + Sync + 'static) -> Result<ReplicatedStore> {
+    /// `acceptors`: (name for errors, store, and `None` for an acceptor that was there from the
+    /// start or the keys a refilled one votes on) per slot, in an order every proposer shares.
+    /// `op_timeout` bounds every operation.
+    pub fn new(acceptors: Vec<(String, Arc<dyn Store>, Option<KeyFilter>)>, op_timeout: Duration) -> Result<ReplicatedStore> {
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| BootstrapError::Random { purpose: "a proposer id", detail: e.to_string() })?;
-        let slots = acceptors.into_iter().enumerate().map(|(i, (name, s))| Slot::start(i, name, s, true)).collect();
+        let slots = acceptors.into_iter().enumerate().map(|(i, (name, s, votes_on))| Slot::start(i, name, s, votes_on)).collect();
         Ok(ReplicatedStore {
             slots: RwLock::new(slots),
             proposer: u64::from_le_bytes(id),
@@ -203,15 +205,15 @@ impl ReplicatedStore {
             writes: AtomicU64::new(0),
             op_timeout,
             phase_timeout: op_timeout.min(Duration::from_millis(500)),
-            fresh_may_vote: Box::new(fresh_may_vote),
         })
     }
 
-    /// Puts a new acceptor in slot `index` (a replacement rank's empty replica).
-    pub fn replace(&self, index: usize, name: String, store: Arc<dyn Store>) {
+    /// Puts a new, empty acceptor in slot `index` (a replacement rank's replica); it votes on
+    /// the keys `votes_on` accepts (see the module docs).
+    pub fn replace(&self, index: usize, name: String, store: Arc<dyn Store>, votes_on: KeyFilter) {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         if index < slots.len() {
-            slots[index] = Slot::start(index, name, store, false);
+            slots[index] = Slot::start(index, name, store, Some(votes_on));
         }
     }
 
@@ -230,7 +232,7 @@ impl ReplicatedStore {
             let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
             for s in slots.iter() {
                 names.push(s.name.clone());
-                if !s.original && !(self.fresh_may_vote)(key) {
+                if s.votes_on.as_ref().is_some_and(|votes| !votes(key)) {
                     continue;
                 }
                 let job = Job { key: key.to_string(), step: step(), deadline: until, reply: tx.clone() };
@@ -425,6 +427,59 @@ impl Store for ReplicatedStore {
     fn host(&self) -> String {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
         format!("the group's membership replicas ({})", slots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))
+    }
+}
+
+/// An acceptor on another process's replica server, connected on first use (and again after a
+/// failed connection), so that making the store costs no connection to replicas never asked.
+pub struct RemoteReplica {
+    addr: String,
+    timeout: Duration,
+    secret: Option<crate::JobSecret>,
+    client: std::sync::Mutex<Option<Arc<crate::StoreClient>>>,
+}
+
+impl RemoteReplica {
+    /// `timeout` bounds the connection and every request.
+    pub fn new(addr: String, timeout: Duration, secret: Option<crate::JobSecret>) -> RemoteReplica {
+        RemoteReplica { addr, timeout, secret, client: std::sync::Mutex::new(None) }
+    }
+
+    fn client(&self) -> Result<Arc<crate::StoreClient>> {
+        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = &*c {
+            return Ok(c.clone());
+        }
+        let new = Arc::new(crate::StoreClient::connect_with(&self.addr, self.timeout, self.secret.clone())?.with_op_timeout(self.timeout));
+        *c = Some(new.clone());
+        Ok(new)
+    }
+}
+
+impl Store for RemoteReplica {
+    fn set(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.client()?.set(key, value)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.client()?.get(key)
+    }
+    fn wait(&self, keys: &[&str], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+        self.client()?.wait(keys, timeout)
+    }
+    fn add(&self, key: &str, delta: i64) -> Result<i64> {
+        self.client()?.add(key, delta)
+    }
+    fn compare_set(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(bool, Vec<u8>)> {
+        self.client()?.compare_set(key, expected, new)
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.client()?.delete(key)
+    }
+    fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.client()?.list_prefix(prefix)
+    }
+    fn host(&self) -> String {
+        format!("the replica at {}", self.addr)
     }
 }
 

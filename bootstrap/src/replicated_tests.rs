@@ -73,8 +73,8 @@ fn acceptors(n: usize) -> Vec<Arc<Acceptor>> {
 
 /// A proposer over `accs` (as each rank of a group has its own).
 fn proposer(accs: &[Arc<Acceptor>], timeout: Duration) -> ReplicatedStore {
-    let list = accs.iter().enumerate().map(|(i, a)| (format!("acceptor {i}"), a.clone() as Arc<dyn Store>)).collect();
-    ReplicatedStore::new(list, timeout, |k: &str| k.starts_with("round/")).expect("a proposer")
+    let list = accs.iter().enumerate().map(|(i, a)| (format!("acceptor {i}"), a.clone() as Arc<dyn Store>, None)).collect();
+    ReplicatedStore::new(list, timeout).expect("a proposer")
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn a_refilled_slot_votes_only_on_new_keys() {
     accs[1].set_health(DEAD);
     accs[2].set_health(DEAD);
     let fresh = Acceptor::new();
-    s.replace(2, "acceptor 2 (replacement)".into(), fresh.clone());
+    s.replace(2, "acceptor 2 (replacement)".into(), fresh.clone(), Box::new(|k: &str| k.starts_with("round/")));
     assert!(matches!(s.get("joins"), Err(BootstrapError::NoQuorum { .. })));
     // With its vote on a later round's key, three of five answer.
     s.set("round/9/decision", b"x").unwrap();
@@ -234,4 +234,30 @@ fn racing_proposers_with_acceptors_dying_agree_on_every_step() {
     let won: u64 = hs.into_iter().map(|h| h.join().unwrap()).sum();
     let last = proposer(&accs, Duration::from_secs(5)).get("reg").unwrap().unwrap();
     assert_eq!(String::from_utf8_lossy(&last).parse::<u64>().unwrap(), won);
+}
+
+/// Over real replica servers: one process's own replica in process, the others over TCP; a
+/// server that shuts down (its process died) is one silent acceptor.
+#[test]
+fn replica_servers_serve_as_acceptors_and_one_may_go() {
+    let servers: Vec<crate::StoreServer> = (0..3).map(|_| crate::StoreServer::bind_with("127.0.0.1:0".parse().unwrap(), Default::default(), None).unwrap()).collect();
+    let make = |me: usize| {
+        let list = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let store: Arc<dyn Store> = if i == me { s.local_store() } else { Arc::new(RemoteReplica::new(s.local_addr().to_string(), Duration::from_secs(2), None)) };
+                (format!("replica {i}"), store, None)
+            })
+            .collect();
+        ReplicatedStore::new(list, Duration::from_secs(3)).unwrap()
+    };
+    let (a, b) = (make(0), make(1));
+    a.set("k", b"1").unwrap();
+    assert_eq!(b.add("n", 2).unwrap(), 2);
+    servers[2].shutdown();
+    assert_eq!(b.get("k").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(a.add("n", 1).unwrap(), 3);
+    servers[0].shutdown();
+    assert!(matches!(b.get("k"), Err(BootstrapError::NoQuorum { .. })));
 }

@@ -182,6 +182,11 @@ impl StoreServer {
         }
     }
 
+    /// The server's own data as a [`Store`], for its own process (no socket in between).
+    pub fn local_store(&self) -> Arc<dyn Store> {
+        Arc::new(LocalView(self.shared.clone()))
+    }
+
     /// Stops accepting, closes every connection and joins the server thread. Idempotent; never
     /// panics.
     pub fn shutdown(&self) {
@@ -576,6 +581,36 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, slot: OpenSlot) {
         if !conn.respond(&resp).await {
             return;
         }
+    }
+}
+
+/// [`StoreServer::local_store`]: the served data, in process.
+struct LocalView(Arc<Shared>);
+
+impl Store for LocalView {
+    fn set(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.0.store.set(key, value)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.0.store.get(key)
+    }
+    fn wait(&self, keys: &[&str], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+        self.0.store.wait(keys, timeout)
+    }
+    fn add(&self, key: &str, delta: i64) -> Result<i64> {
+        self.0.store.add(key, delta)
+    }
+    fn compare_set(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(bool, Vec<u8>)> {
+        self.0.store.compare_set(key, expected, new)
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.0.store.delete(key)
+    }
+    fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.0.store.list_prefix(prefix)
+    }
+    fn host(&self) -> String {
+        format!("this process's replica at {}", self.0.local)
     }
 }
 
