@@ -76,6 +76,13 @@ fn differing_shm_chunk_fails_creation_on_every_rank() {
     every_rank_refuses(Hosts::Shm, "CHORUS_SHM_CHUNK", ["4096", "8192"]);
 }
 
+/// GPU collectives on the kernels on one rank and on the host path on another would wait for each
+/// other in different places until the timeout.
+#[test]
+fn differing_cuda_path_fails_creation_on_every_rank() {
+    every_rank_refuses(Hosts::Shm, "CHORUS_CUDA_PATH", ["kernels", "host"]);
+}
+
 /// A forced algorithm decides the plan every rank runs together.
 #[test]
 fn differing_forced_algorithm_fails_creation_on_every_rank() {

@@ -23,8 +23,8 @@ pub enum ChorusError {
     Mismatch { op: &'static str, what: &'static str, peer: usize, mine: u64, theirs: u64 },
     #[error("rank {peer} reported that the ranks disagree on the arguments of {op} (see rank {peer}'s error for details); the group is unusable now")]
     PeerReportedMismatch { op: &'static str, peer: usize },
-    #[error("timed out after {waited_ms} ms in {op} waiting for {what} from rank {peer} (check that rank {peer} is alive and calls the same collectives in the same order; raise the timeout with CHORUS_TIMEOUT_MS)")]
-    Timeout { op: &'static str, what: &'static str, peer: usize, waited_ms: u64 },
+    #[error("timed out after {waited_ms} ms in {op} waiting for {what} from rank {peer} (check that rank {peer} is alive and calls the same collectives in the same order; to wait longer, {knob})")]
+    Timeout { op: &'static str, what: &'static str, peer: usize, waited_ms: u64, knob: crate::options::TimeoutKnob },
     #[error("rank {peer} failed during {op} ({why}); the group is unusable now")]
     PeerFailed { op: &'static str, peer: usize, why: String },
     #[error("the group was aborted ({0}); create a new group")]
@@ -165,7 +165,7 @@ mod tests {
         let errors = [
             ChorusError::InvalidArgument("x".into()),
             ChorusError::InvalidRank { rank: 3, size: 2 },
-            ChorusError::Timeout { op: "all_reduce", what: "a chunk", peer: 1, waited_ms: 5 },
+            ChorusError::Timeout { op: "all_reduce", what: "a chunk", peer: 1, waited_ms: 5, knob: crate::options::TimeoutKnob::Env },
             ChorusError::PeerFailed { op: "all_reduce", peer: 1, why: "gone".into() },
             ChorusError::Protocol { peer: 1, why: "bad header".into() },
             ChorusError::Destroyed,

@@ -55,4 +55,4 @@ pub use chorus_kernels::{DType, ReduceOp};
 pub use engine::p2p::OpBuffer;
 pub use engine::work::{OpInfo, Work};
 pub use error::{ChorusError, ErrorKind, Result};
-pub use options::{DevicePath, FailurePolicy, Options};
+pub use options::{DevicePath, FailurePolicy, Options, RdmaOptions, TimeoutKnob};

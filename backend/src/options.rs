@@ -10,11 +10,16 @@ use std::time::Duration;
 /// override), `CHORUS_SOCKET_IFADDR` (the address peers reach this rank at), `CHORUS_FT`,
 /// `CHORUS_FT_SAVE_LIMIT`, `CHORUS_FAILURE_POLICY`, `CHORUS_CUDA_PATH`, `CHORUS_SHM_CHUNK`,
 /// `CHORUS_TCP_CHUNK`, `CHORUS_RDMA_CHUNK`, `CHORUS_ALGO`, `CHORUS_HEARTBEAT_MS`,
-/// `CHORUS_HEARTBEAT_TIMEOUT_MS`, `CHORUS_SPIN_US`, `CHORUS_YIELD_US` (see each field).
+/// `CHORUS_HEARTBEAT_TIMEOUT_MS`, `CHORUS_SPIN_US`, `CHORUS_YIELD_US`, and the `CHORUS_IB_*`
+/// settings of [`RdmaOptions`] (see each field). Variables that are not per group are listed,
+/// with the reason, in docs/design.md ("Configuration").
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Every wait inside an operation gives up after this long.
+    /// Every wait inside an operation gives up after this long (`CHORUS_TIMEOUT_MS`, default
+    /// 300 s; see [`Options::with_caller_timeout`] for a caller's own timeout, as torch's).
     pub timeout: Duration,
+    /// What set [`Options::timeout`]: timeout errors name it, so the user raises the right knob.
+    pub timeout_knob: TimeoutKnob,
     /// Ranks with equal host ids use shared memory with each other; `None` derives it from the
     /// hostname, boot id and network namespace.
     pub host_id: Option<String>,
@@ -60,11 +65,98 @@ pub struct Options {
     /// How long it then yields before it sleeps (`CHORUS_YIELD_US`; `None`: 2 ms, or 0.5 ms with
     /// more ranks than cores).
     pub yield_for: Option<Duration>,
+    /// RDMA device selection and queue-pair attributes (`CHORUS_IB_*`).
+    pub rdma: RdmaOptions,
+}
+
+/// What set a group's timeout ([`Options::timeout`]); a timeout error names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKnob {
+    /// Nothing did: the default of 300 s.
+    Default,
+    /// `CHORUS_TIMEOUT_MS`.
+    Env,
+    /// [`Options::with_timeout`] (a Rust caller).
+    Options,
+    /// The caller's own timeout at group creation: the `timeout_ms` argument of
+    /// `chorus_group_create*`/`chorus_group_join*`, which the torch backend sets from the
+    /// `timeout=` of `init_process_group`/`new_group` (or `chorus.Options(timeout=)`).
+    Caller,
+}
+
+impl std::fmt::Display for TimeoutKnob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutKnob::Default => "set CHORUS_TIMEOUT_MS (the default, 300000 ms, applied)",
+            TimeoutKnob::Env => "raise CHORUS_TIMEOUT_MS, which set it",
+            TimeoutKnob::Options => "raise Options::timeout (Options::with_timeout), which set it",
+            TimeoutKnob::Caller => {
+                "raise the timeout the group was created with, which set it: under torch the timeout= of \
+                 init_process_group/new_group (or chorus.Options(timeout=)), in C the timeout_ms of \
+                 chorus_group_create/chorus_group_join; CHORUS_TIMEOUT_MS, when set, bounds it too"
+            }
+        })
+    }
+}
+
+/// RDMA settings (`CHORUS_IB_*`, as NCCL's `NCCL_IB_*`). None must agree between ranks: device,
+/// port and GID are per host; a rank without RDMA (`CHORUS_IB_DISABLE`, or no device) publishes
+/// no port and its pairs fall back to TCP on both ends; the queue-pair attributes (timeout,
+/// retries, service level, traffic class) are set by each side on its own queue pair.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RdmaOptions {
+    /// Do not use RDMA (`CHORUS_IB_DISABLE`, any value but empty or `0`).
+    pub disable: bool,
+    /// Which devices and ports to use (`CHORUS_IB_HCA`, as `NCCL_IB_HCA`: `mlx5_0:1`,
+    /// `^mlx5_2`, `=mlx5_1`; unset: every device). Checked when the device is opened.
+    pub hca: Option<String>,
+    /// Forces the GID index (`CHORUS_IB_GID_INDEX`; unset: chosen per link layer). A value that
+    /// is not a number is reported when the device is opened.
+    pub gid_index: Option<String>,
+    /// Local ACK timeout exponent of the queue pairs, 4.096 us * 2^n (`CHORUS_IB_TIMEOUT`,
+    /// default 14).
+    pub timeout: u8,
+    /// Retries after a transport error (`CHORUS_IB_RETRY_CNT`, default 7).
+    pub retry_cnt: u8,
+    /// Service level (`CHORUS_IB_SL`, default 0).
+    pub service_level: u8,
+    /// Traffic class (`CHORUS_IB_TC`, default 0).
+    pub traffic_class: u8,
+}
+
+impl RdmaOptions {
+    /// The `CHORUS_IB_*` variables (read by [`Options::default`]).
+    pub fn from_env() -> RdmaOptions {
+        let u8_var = |name: &str, default: u8| std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default);
+        RdmaOptions {
+            disable: std::env::var("CHORUS_IB_DISABLE").is_ok_and(|v| !v.is_empty() && v != "0"),
+            hca: std::env::var("CHORUS_IB_HCA").ok().filter(|v| !v.trim().is_empty()),
+            gid_index: std::env::var("CHORUS_IB_GID_INDEX").ok().filter(|v| !v.trim().is_empty()),
+            timeout: u8_var("CHORUS_IB_TIMEOUT", 14),
+            retry_cnt: u8_var("CHORUS_IB_RETRY_CNT", 7),
+            service_level: u8_var("CHORUS_IB_SL", 0),
+            traffic_class: u8_var("CHORUS_IB_TC", 0),
+        }
+    }
+}
+
+impl Default for RdmaOptions {
+    /// Every setting at its default, whatever the environment says.
+    fn default() -> Self {
+        RdmaOptions { disable: false, hca: None, gid_index: None, timeout: 14, retry_cnt: 7, service_level: 0, traffic_class: 0 }
+    }
 }
 
 /// The settings every rank of a group must share, as they travel in the peer record: a rank
-/// whose settings differ from a peer's fails group creation, on every rank, with
-/// `ChorusError::SettingMismatch`.
+/// whose settings differ from a peer's fails group creation, on every rank, with an error naming
+/// the setting, both values and both ranks.
+///
+/// Not here, because ranks may differ on them: the timeout and the spin/yield times (each rank's
+/// own waits); `ft_save_limit` (each rank reports whether it saved its input, and the recovery
+/// decision re-runs a collective only if every survivor inside it did, so all reach the same
+/// ending); heartbeat interval and timeout (each rank's timeout governs only its own suspicion,
+/// and the membership agreement gives every rank the same view; a rank's interval must stay
+/// well below its peers' timeouts); the RDMA settings ([`RdmaOptions`]); the host id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agreed {
     pub shm_chunk: usize,
@@ -73,11 +165,14 @@ pub struct Agreed {
     pub algo: Option<String>,
     pub fault_tolerance: bool,
     pub policy: String,
+    /// Ranks run one plan together: a GPU collective on the kernels on one rank and on the host
+    /// path on another would wait for each other in different places until the timeout.
+    pub device_path: String,
 }
 
 impl Agreed {
     /// Every setting as (the variable that sets it, its value in words).
-    fn entries(&self) -> [(&'static str, String); 6] {
+    fn entries(&self) -> [(&'static str, String); 7] {
         [
             ("CHORUS_SHM_CHUNK", self.shm_chunk.to_string()),
             ("CHORUS_TCP_CHUNK", self.tcp_chunk.to_string()),
@@ -85,6 +180,7 @@ impl Agreed {
             ("CHORUS_ALGO", self.algo.clone().unwrap_or_else(|| "(unset)".into())),
             ("CHORUS_FT", (self.fault_tolerance as u8).to_string()),
             ("CHORUS_FAILURE_POLICY", self.policy.clone()),
+            ("CHORUS_CUDA_PATH", self.device_path.clone()),
         ]
     }
 
@@ -185,13 +281,10 @@ pub fn slot_bytes(requested: usize) -> usize {
 
 impl Default for Options {
     fn default() -> Self {
-        let timeout = std::env::var("CHORUS_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .unwrap_or(Duration::from_secs(300));
+        let env_timeout = std::env::var("CHORUS_TIMEOUT_MS").ok().and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_millis);
         Options {
-            timeout,
+            timeout: env_timeout.unwrap_or(DEFAULT_TIMEOUT),
+            timeout_knob: if env_timeout.is_some() { TimeoutKnob::Env } else { TimeoutKnob::Default },
             host_id: std::env::var("CHORUS_HOST_ID").ok(),
             route_hint: std::env::var("MASTER_ADDR").ok(),
             name: "default".into(),
@@ -213,13 +306,34 @@ impl Default for Options {
             heartbeat_timeout: env_ms("CHORUS_HEARTBEAT_TIMEOUT_MS").unwrap_or(Duration::from_millis(2000)),
             spin: env_us("CHORUS_SPIN_US"),
             yield_for: env_us("CHORUS_YIELD_US"),
+            rdma: RdmaOptions::from_env(),
         }
     }
 }
 
+/// [`Options::timeout`] when neither `CHORUS_TIMEOUT_MS` nor the caller sets one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
 impl Options {
+    /// Sets [`Options::timeout`] (this overrides `CHORUS_TIMEOUT_MS`).
     pub fn with_timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self.timeout_knob = TimeoutKnob::Options;
+        self
+    }
+    /// A timeout the caller always passes (the C ABI's `timeout_ms`, which torch sets from its
+    /// own `timeout=`): it applies unless `CHORUS_TIMEOUT_MS` is set and no longer, so the
+    /// variable bounds chorus's waits under torch too. A tie is credited to the variable.
+    pub fn with_caller_timeout(mut self, t: Duration) -> Self {
+        if !(self.timeout_knob == TimeoutKnob::Env && self.timeout <= t) {
+            self.timeout = t;
+            self.timeout_knob = TimeoutKnob::Caller;
+        }
+        self
+    }
+    /// See [`Options::rdma`].
+    pub fn with_rdma(mut self, rdma: RdmaOptions) -> Self {
+        self.rdma = rdma;
         self
     }
     pub fn with_host_id(mut self, id: impl Into<String>) -> Self {
@@ -276,6 +390,10 @@ impl Options {
                 FailurePolicy::Shrink => "shrink".into(),
                 FailurePolicy::Abort => "abort".into(),
             },
+            device_path: match self.device_path {
+                DevicePath::Kernels => "kernels".into(),
+                DevicePath::Host => "host".into(),
+            },
         }
     }
 }
@@ -329,5 +447,27 @@ mod tests {
         assert_eq!(a.agreed().first_difference(&b.agreed()), Some(("CHORUS_SHM_CHUNK", "4096".into(), "8192".into())));
         let c = a.clone().with_algo(Some("ring".into()));
         assert_eq!(a.agreed().first_difference(&c.agreed()), Some(("CHORUS_ALGO", "(unset)".into(), "ring".into())));
+        let d = a.clone().with_device_path(DevicePath::Host);
+        assert_eq!(a.clone().with_device_path(DevicePath::Kernels).agreed().first_difference(&d.agreed()), Some(("CHORUS_CUDA_PATH", "kernels".into(), "host".into())));
+    }
+
+    #[test]
+    fn caller_timeout_is_bounded_by_an_explicit_variable() {
+        let env = |ms| Options { timeout: Duration::from_millis(ms), timeout_knob: TimeoutKnob::Env, ..Options::default() };
+        let unset = Options { timeout: DEFAULT_TIMEOUT, timeout_knob: TimeoutKnob::Default, ..Options::default() };
+        // Torch's 30 minutes, CHORUS_TIMEOUT_MS=2000: the variable wins and is named.
+        let o = env(2000).with_caller_timeout(Duration::from_secs(1800));
+        assert_eq!((o.timeout, o.timeout_knob), (Duration::from_millis(2000), TimeoutKnob::Env));
+        // A shorter caller timeout wins over the variable.
+        let o = env(60_000).with_caller_timeout(Duration::from_secs(5));
+        assert_eq!((o.timeout, o.timeout_knob), (Duration::from_secs(5), TimeoutKnob::Caller));
+        // Without the variable the caller's timeout applies, even above the default.
+        let o = unset.clone().with_caller_timeout(Duration::from_secs(1800));
+        assert_eq!((o.timeout, o.timeout_knob), (Duration::from_secs(1800), TimeoutKnob::Caller));
+        // A Rust caller's explicit timeout overrides the variable.
+        let o = env(2000).with_timeout(Duration::from_secs(9));
+        assert_eq!((o.timeout, o.timeout_knob), (Duration::from_secs(9), TimeoutKnob::Options));
+        assert!(TimeoutKnob::Env.to_string().contains("CHORUS_TIMEOUT_MS"));
+        assert!(TimeoutKnob::Caller.to_string().contains("init_process_group"));
     }
 }

@@ -50,7 +50,9 @@ fn rdma_falls_back_cleanly_without_a_device() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     // 1. probe() names why, in words a user can act on.
-    let err = rdma::probe().expect_err("this machine has no RDMA device");
+    // The settings every group made with the default options uses (CHORUS_IB_* unset here).
+    let settings = Options::default().rdma;
+    let err = rdma::probe(&settings).expect_err("this machine has no RDMA device");
     let msg = err.to_string();
     println!("probe: {msg}");
     match &err {
@@ -63,9 +65,9 @@ fn rdma_falls_back_cleanly_without_a_device() {
 
     // 2. Asking again (and asking can_connect) logs nothing more: one line per process.
     for _ in 0..3 {
-        assert_eq!(rdma::probe().unwrap_err(), err);
+        assert_eq!(rdma::probe(&settings).unwrap_err(), err);
     }
-    assert!(!rdma::can_connect(&peer(0), &peer(1)));
+    assert!(!rdma::can_connect(&peer(0), &peer(1), &settings));
     let log = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("rdma:")).collect();
     assert_eq!(lines.len(), 1, "expected exactly one rdma log line, got {lines:?}");
@@ -88,7 +90,7 @@ fn rdma_falls_back_cleanly_without_a_device() {
                 chorus_backend::sys::shm::Segment::unlink(&sig);
                 chorus_backend::sys::shm::Segment::unlink(&data);
                 let t = Instant::now();
-                let links = rdma::setup(&*store, "fallback", &peers[r], &peers, &local.signals, RingGeometry { slots: 4, slot_bytes: settings.rdma_chunk }, |p| shm::can_connect(&peers[r], p), t + Duration::from_secs(10))
+                let links = rdma::setup(&*store, "fallback", &peers[r], &peers, &local.signals, RingGeometry { slots: 4, slot_bytes: settings.rdma_chunk }, |p| shm::can_connect(&peers[r], p), t + Duration::from_secs(10), &Options::default().rdma)
                     .expect("rdma setup never fails for lack of a device");
                 (links.len(), t.elapsed())
             })

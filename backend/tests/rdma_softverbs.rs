@@ -8,7 +8,7 @@ mod softverbs;
 fn on_softverbs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(softverbs::use_in_this_process);
-    let port = chorus_backend::transport::rdma::probe().expect("softverbs is this process's RDMA device");
+    let port = chorus_backend::transport::rdma::probe(&chorus_backend::Options::default().rdma).expect("softverbs is this process's RDMA device");
     assert_eq!(port.device, "softverbs0");
 }
 

@@ -147,8 +147,9 @@ const char *chorus_last_error(void);
 int32_t chorus_buf_write(chorus_buf_t *buf, const uint8_t *data, size_t len);
 
 /* Creates a top-level group of `size` ranks over a caller-implemented store. Every rank calls it with the
-   same store contents; `name` (NULL = "default") keeps groups on one store apart; timeout_ms <= 0 uses
-   CHORUS_TIMEOUT_MS or 300 s. */
+   same store contents; `name` (NULL = "default") keeps groups on one store apart; timeout_ms is the deadline
+   of every wait, unless CHORUS_TIMEOUT_MS is set and shorter (then it is); <= 0 uses CHORUS_TIMEOUT_MS or 300 s.
+   A timeout error names the one that applied. */
 int32_t chorus_group_create(
     const chorus_store_callbacks_t *store,
     int32_t rank,

@@ -93,10 +93,12 @@ fn opt_str<'a>(s: *const c_char, what: &str) -> FfiResult<Option<&'a str>> {
     c.to_str().map(Some).map_err(|_| FfiError::invalid(format!("{what} is not valid UTF-8")))
 }
 
+/// A group's options: the environment's, the caller's `timeout_ms` (> 0) bounded by an explicit
+/// `CHORUS_TIMEOUT_MS` (torch always passes its own timeout, and the variable must still apply).
 fn options(name: *const c_char, timeout_ms: i64) -> FfiResult<Options> {
     let mut o = Options::default();
     if timeout_ms > 0 {
-        o = o.with_timeout(Duration::from_millis(timeout_ms as u64));
+        o = o.with_caller_timeout(Duration::from_millis(timeout_ms as u64));
     }
     if let Some(n) = opt_str(name, "name")? {
         if !n.is_empty() {

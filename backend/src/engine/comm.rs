@@ -10,6 +10,7 @@ use crate::error::{ChorusError, Result};
 use crate::membership::join::StreamCounters;
 use crate::membership::liveness::Liveness;
 use crate::membership::recovery;
+use crate::options::TimeoutKnob;
 use crate::transport::signals::{Control, SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED, ABORT_FAILED, ABORT_MISMATCH};
 use crate::transport::{Link, SlotMeta};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,8 @@ pub struct Comm {
     pub signals: SignalBlock,
     pub policy: WaitPolicy,
     pub timeout: Duration,
+    /// What set `timeout` (named by timeout errors).
+    pub timeout_knob: TimeoutKnob,
     pub sent: Vec<u64>,
     pub recvd: Vec<u64>,
     /// The current operation's per-peer slots.
@@ -94,11 +97,12 @@ impl Comm {
         signals: SignalBlock,
         policy: WaitPolicy,
         timeout: Duration,
+        timeout_knob: TimeoutKnob,
         liveness: Arc<Liveness>,
         rounds_applied: Arc<AtomicU64>,
     ) -> Comm {
         let tasks = (0..n).map(|_| PeerTask::Skipped(SkipReason::NotInPlan)).collect();
-        Comm { me, n, stream, links, signals, policy, timeout, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true, members: (0..n).collect() }
+        Comm { me, n, stream, links, signals, policy, timeout, timeout_knob, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true, members: (0..n).collect() }
     }
 
     /// The highest recovery round a peer asked for that must interrupt this rank's operation (a
@@ -177,7 +181,7 @@ impl Comm {
                 let (data, acks) = (self.signals.data_seq(peer, self.stream).load(Ordering::SeqCst), self.signals.ack_seq(peer, self.stream).load(Ordering::SeqCst));
                 let done = self.signals.control(peer, Control::Done).load(Ordering::SeqCst);
                 tracing::warn!(op = ctx.name, op_seq = ctx.op_seq, peer, what, sent = self.sent[peer], consumed = self.recvd[peer], data_seq = data, ack_seq = acks, peer_done = done, %link, "deadline passed");
-                Err(ChorusError::Timeout { op: ctx.name, what, peer, waited_ms: ctx.started.elapsed().as_millis() as u64 })
+                Err(ChorusError::Timeout { op: ctx.name, what, peer, waited_ms: ctx.started.elapsed().as_millis() as u64, knob: self.timeout_knob })
             }
         }
     }

@@ -405,6 +405,7 @@ impl P2pEngine {
                     what: "the receiver to post a matching recv",
                     peer: to,
                     waited_ms: self.comm.timeout.as_millis() as u64,
+                    knob: self.comm.timeout_knob,
                 });
                 let _ = op.chunks_sent;
                 (op.finish)(op.buf, Err(err));
@@ -421,6 +422,7 @@ impl P2pEngine {
                     what: "a matching send",
                     peer: r.from,
                     waited_ms: self.comm.timeout.as_millis() as u64,
+                    knob: self.comm.timeout_knob,
                 });
                 (r.finish)(r.buf, Err(err));
                 continue;

@@ -143,11 +143,11 @@ fn start(
     // A new group starts with every rank (a view change another rank already stored is adopted
     // by all through its round, at the same collective); a replacement takes the survivors' view.
     let resumed = resume.as_ref().map(|r| Resumed { view: r.view.clone(), committed: r.committed, rounds: r.rounds });
-    let membership = Membership::new(rank, size, &uid, store.clone(), opts.policy, opts.timeout, Arc::new(SystemClock), resumed);
+    let membership = Membership::new(rank, size, &uid, store.clone(), opts.policy, opts.timeout, Arc::new(SystemClock), resumed).with_timeout_knob(opts.timeout_knob);
     let rounds_applied = membership.rounds_handle();
     let signals = prep.local.signals.clone();
-    let mut coll = Comm::new(rank, size, Stream::Collective, links.clone(), signals.clone(), policy.clone(), opts.timeout, liveness.clone(), rounds_applied.clone());
-    let mut p2p = Comm::new(rank, size, Stream::P2p, links.clone(), signals.clone(), policy, opts.timeout, liveness.clone(), rounds_applied.clone());
+    let mut coll = Comm::new(rank, size, Stream::Collective, links.clone(), signals.clone(), policy.clone(), opts.timeout, opts.timeout_knob, liveness.clone(), rounds_applied.clone());
+    let mut p2p = Comm::new(rank, size, Stream::P2p, links.clone(), signals.clone(), policy, opts.timeout, opts.timeout_knob, liveness.clone(), rounds_applied.clone());
     if let Some(r) = &resume {
         // Continue every pair's sequence numbers where the survivors are (counters never restart).
         for (s, coll_h, p2p_h) in &r.handoffs {

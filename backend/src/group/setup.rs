@@ -113,7 +113,7 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let peers: Vec<PeerInfo> = wait_all(&store, &keys, deadline)?.iter().map(|v| PeerInfo::decode(v)).collect::<Result<_>>()?;
     check_settings(&me, &peers)?;
 
-    let table = Table::new(&me.settings);
+    let table = Table::new(&me.settings, &opts.rdma);
     let counters = Counters::new(size);
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
     {
@@ -196,7 +196,7 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
         peers.push(info);
     }
     check_settings(&prep.me, &peers)?;
-    let table = Table::new(&prep.me.settings);
+    let table = Table::new(&prep.me.settings, &opts.rdma);
     let counters = Counters::new(size);
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
     let handoffs = {

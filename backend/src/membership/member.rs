@@ -6,7 +6,7 @@
 use super::recovery::{self, Decision, Post, Round};
 use super::{View, ViewStore};
 use crate::error::{ChorusError, Result};
-use crate::options::FailurePolicy;
+use crate::options::{FailurePolicy, TimeoutKnob};
 use chorus_bootstrap::Store;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -108,6 +108,8 @@ pub struct Membership {
     views: ViewStore,
     policy: FailurePolicy,
     timeout: Duration,
+    /// What set `timeout` (named by timeout errors).
+    timeout_knob: TimeoutKnob,
     clock: Arc<dyn Clock>,
     /// The view collectives run under (changes only by agreed decisions).
     view: Arc<Mutex<View>>,
@@ -146,6 +148,7 @@ impl Membership {
             store,
             policy,
             timeout,
+            timeout_knob: TimeoutKnob::Options,
             clock,
             view: Arc::new(Mutex::new(view)),
             progress: Mutex::new(progress),
@@ -155,6 +158,12 @@ impl Membership {
             joins_announced: AtomicU64::new(0),
             joins_served: AtomicU64::new(0),
         }
+    }
+
+    /// Says what set the timeout (the group's options), for timeout errors.
+    pub fn with_timeout_knob(mut self, knob: TimeoutKnob) -> Membership {
+        self.timeout_knob = knob;
+        self
     }
 
     /// The view collectives run under now.
@@ -349,7 +358,7 @@ impl Membership {
         }
         if self.clock.now() >= rec.deadline {
             let missing = rec.view.members().into_iter().find(|&m| !r.posted(m));
-            return Err(ChorusError::Timeout { op: "recovery", what: "a failure report", peer: missing.unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64 });
+            return Err(ChorusError::Timeout { op: "recovery", what: "a failure report", peer: missing.unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64, knob: self.timeout_knob });
         }
         Ok(RecoveryStep::Waiting)
     }
@@ -390,7 +399,7 @@ impl Membership {
                 return Ok(false);
             }
             if self.clock.now() >= deadline {
-                return Err(ChorusError::Timeout { op: "recovery", what: "the members' positions for an admission", peer: others.first().copied().unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64 });
+                return Err(ChorusError::Timeout { op: "recovery", what: "the members' positions for an admission", peer: others.first().copied().unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64, knob: self.timeout_knob });
             }
             wait(Duration::from_millis(2));
         }

@@ -5,7 +5,7 @@
 use super::shm::LocalSegments;
 use super::{rdma, shm, tcp, Link, PeerInfo, RingGeometry};
 use crate::error::{ChorusError, Result};
-use crate::options::Agreed;
+use crate::options::{Agreed, RdmaOptions};
 use chorus_bootstrap::Store;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -90,13 +90,14 @@ impl Connecting {
 }
 
 impl Table {
-    /// Shared memory, then RDMA, then sockets, with the ring geometry of `settings`.
-    pub fn new(settings: &Agreed) -> Table {
+    /// Shared memory, then RDMA (device and queue pairs as `rdma` says), then sockets, with the
+    /// ring geometry of `settings`.
+    pub fn new(settings: &Agreed, rdma: &RdmaOptions) -> Table {
         let geo = |slot_bytes| RingGeometry { slots: 4, slot_bytes };
         Table {
             transports: vec![
                 Box::new(shm::Shm::new(geo(settings.shm_chunk))),
-                Box::new(rdma::Rdma::new(geo(settings.rdma_chunk))),
+                Box::new(rdma::Rdma::new(geo(settings.rdma_chunk), rdma.clone())),
                 Box::new(tcp::Tcp::new(geo(settings.tcp_chunk))),
             ],
         }

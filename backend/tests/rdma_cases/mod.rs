@@ -38,7 +38,7 @@ where
                 let local = shm::create_local(&sig, &data, n, r, RingGeometry { slots: 4, slot_bytes: peers[r].settings.shm_chunk }).expect("segments");
                 chorus_backend::sys::shm::Segment::unlink(&sig);
                 chorus_backend::sys::shm::Segment::unlink(&data);
-                let mut links = rdma::setup(&*store, &uid, &peers[r], &peers, &local.signals, geo, |_| false, Instant::now() + Duration::from_secs(30)).expect("rdma setup");
+                let mut links = rdma::setup(&*store, &uid, &peers[r], &peers, &local.signals, geo, |_| false, Instant::now() + Duration::from_secs(30), &chorus_backend::Options::default().rdma).expect("rdma setup");
                 assert_eq!(links.len(), n - 1, "every pair connected over rdma");
                 f(r, &mut links, local.signals.clone(), store);
                 done.wait();
@@ -83,7 +83,7 @@ pub fn exchange(me: usize, to: &RdmaLink, from: &RdmaLink, signals: &SignalBlock
 
 /// 200 chunks each way between two ranks, credits returned, one QP per pair.
 pub fn chunks_and_credits_flow_between_two_ranks() {
-    println!("running on {:?}", rdma::probe());
+    println!("running on {:?}", rdma::probe(&chorus_backend::Options::default().rdma));
     with_ranks(2, "hw-flow", |r, links, signals, _| {
         let other = 1 - r;
         let l = &links[&other];

@@ -170,10 +170,10 @@ fn finish_conn(dev: &Device, mut p: PendingConn, remote: EndpointInfo) -> std::r
         remote_gid: remote.gid,
         sgid_index: dev.port.gid_index as u8,
         global: dev.port.link_layer == ffi::IBV_LINK_LAYER_ETHERNET || remote.gid[..8] != dev.port.gid[..8],
-        timeout: super::env_u8("CHORUS_IB_TIMEOUT", 14),
-        retry_cnt: super::env_u8("CHORUS_IB_RETRY_CNT", 7),
-        service_level: super::env_u8("CHORUS_IB_SL", 0),
-        traffic_class: super::env_u8("CHORUS_IB_TC", 0),
+        timeout: dev.settings.timeout,
+        retry_cnt: dev.settings.retry_cnt,
+        service_level: dev.settings.service_level,
+        traffic_class: dev.settings.traffic_class,
     };
     p.conn.qp.to_rts(&path)?;
     p.conn.remote = remote;

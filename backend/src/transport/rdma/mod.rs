@@ -1,6 +1,6 @@
 //! `rdma`: ranks on different hosts move chunks with RDMA WRITE WITH IMM over one RC queue pair
-//! per peer. Capability: libibverbs loads at run time, a port passes `CHORUS_IB_HCA` and is
-//! active, and the peer published a port of the same link layer. Setup: every rank publishes its
+//! per peer. Capability: libibverbs loads at run time, a port passes the group's HCA filter
+//! (`RdmaOptions::hca`, `CHORUS_IB_HCA`) and is active, and the peer published a port of the same link layer. Setup: every rank publishes its
 //! capability, then for each RDMA pair an endpoint record (QPN, PSN, LID/GID, ring address and
 //! rkey); both sides connect and wait for each other's "ready". Without libibverbs or a device
 //! the transport logs one line per process and group setup falls back to shm/tcp.
@@ -27,6 +27,7 @@ use super::signals::{SignalBlock, STREAMS};
 use super::table::{Connected, Pairing, Ready, Setup, Transport};
 use super::{Link, PeerInfo, RingGeometry};
 use crate::error::{ChorusError, Result};
+use crate::options::RdmaOptions;
 use chorus_bootstrap::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -37,14 +38,14 @@ pub const NAME: &str = "rdma";
 /// Why RDMA is not used in this process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NotAvailable {
-    /// `CHORUS_IB_DISABLE` is set.
+    /// The group's options turn RDMA off (`CHORUS_IB_DISABLE`).
     Disabled,
     /// libibverbs could not be loaded (or lacks a symbol we need).
     NoLibrary(String),
     /// The library loaded, but no device/port is usable (none present, none active, or all
     /// filtered out by `CHORUS_IB_HCA`).
     NoDevice(String),
-    /// A `CHORUS_IB_*` variable is malformed.
+    /// A `CHORUS_IB_*` setting is malformed.
     BadConfig(String),
 }
 
@@ -59,30 +60,26 @@ impl std::fmt::Display for NotAvailable {
     }
 }
 
-/// An open device and the port this process uses.
+/// An open device, the port chosen by `settings`, and the settings its queue pairs use.
 pub struct Device {
     pub ctx: Arc<ffi::Context>,
     pub port: PortCap,
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
-}
-
-pub(crate) fn env_u8(name: &str, default: u8) -> u8 {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+    pub settings: RdmaOptions,
 }
 
 fn gid_type(device: &str, port: u8, index: u32) -> Option<String> {
     std::fs::read_to_string(format!("/sys/class/infiniband/{device}/ports/{port}/gid_attrs/types/{index}")).ok()
 }
 
-fn open_device() -> std::result::Result<Device, NotAvailable> {
-    if env_flag("CHORUS_IB_DISABLE") {
+fn open_device(settings: &RdmaOptions) -> std::result::Result<Device, NotAvailable> {
+    if settings.disable {
         return Err(NotAvailable::Disabled);
     }
-    let filter = select::HcaFilter::from_env().map_err(NotAvailable::BadConfig)?;
-    let forced = select::forced_gid_index().map_err(NotAvailable::BadConfig)?;
+    let filter = match &settings.hca {
+        Some(spec) => select::HcaFilter::parse(spec).map_err(NotAvailable::BadConfig)?,
+        None => select::HcaFilter::default(),
+    };
+    let forced = select::forced_gid_index(settings.gid_index.as_deref()).map_err(NotAvailable::BadConfig)?;
     ffi::verbs().map_err(|e| NotAvailable::NoLibrary(match e {
         ffi::LoadError::NotFound(s) => s,
         ffi::LoadError::MissingSymbol(s) => format!("it has no symbol {s}"),
@@ -122,17 +119,24 @@ fn open_device() -> std::result::Result<Device, NotAvailable> {
                 continue;
             }
             let port = PortCap { device: name.clone(), port, link_layer: ll, lid: desc.attr.lid, gid, gid_index, active_mtu: desc.attr.active_mtu };
-            return Ok(Device { ctx, port });
+            return Ok(Device { ctx, port, settings: settings.clone() });
         }
     }
     Err(NotAvailable::NoDevice(if seen.is_empty() { format!("devices {names:?} have no ports") } else { seen.join("; ") }))
 }
 
-pub(super) fn device() -> &'static std::result::Result<Arc<Device>, NotAvailable> {
-    static DEV: OnceLock<std::result::Result<Arc<Device>, NotAvailable>> = OnceLock::new();
-    DEV.get_or_init(|| {
-        let r = open_device().map(Arc::new);
-        // The one line per process that says what this process does about RDMA.
+/// The device `settings` choose, opened once per process for each distinct settings (groups
+/// with the same settings share it; the queue-pair attributes travel with it).
+pub(super) fn device(settings: &RdmaOptions) -> std::result::Result<Arc<Device>, NotAvailable> {
+    type Opened = HashMap<RdmaOptions, std::result::Result<Arc<Device>, NotAvailable>>;
+    static DEVICES: OnceLock<Mutex<Opened>> = OnceLock::new();
+    let mut opened = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = opened.get(settings) {
+        return r.clone();
+    }
+    let r = {
+        let r = open_device(settings).map(Arc::new);
+        // The one line per process (per distinct settings) that says what it does about RDMA.
         match &r {
             Ok(d) => tracing::info!(
                 "rdma: using {}:{} ({}, gid index {}, lid {})",
@@ -145,19 +149,22 @@ pub(super) fn device() -> &'static std::result::Result<Arc<Device>, NotAvailable
             Err(e) => tracing::info!("{e}"),
         }
         r
-    })
+    };
+    opened.insert(settings.clone(), r.clone());
+    r
 }
 
-/// Whether this process can use RDMA, and on which port. Probes (and logs) once per process.
-pub fn probe() -> std::result::Result<PortCap, NotAvailable> {
-    device().as_ref().map(|d| d.port.clone()).map_err(|e| e.clone())
+/// Whether this process can use RDMA under `settings`, and on which port. Probes (and logs)
+/// once per process for each distinct settings.
+pub fn probe(settings: &RdmaOptions) -> std::result::Result<PortCap, NotAvailable> {
+    device(settings).map(|d| d.port.clone())
 }
 
 /// This rank can offer RDMA towards `peer`: it has a usable port and the peer is on another
 /// host (same-host pairs use shared memory). The pair is used only if the peer also published
 /// a compatible port ([`wire::pair_ok`]), which [`setup`] checks.
-pub fn can_connect(me: &PeerInfo, peer: &PeerInfo) -> bool {
-    me.host_id != peer.host_id && probe().is_ok()
+pub fn can_connect(me: &PeerInfo, peer: &PeerInfo, settings: &RdmaOptions) -> bool {
+    me.host_id != peer.host_id && probe(settings).is_ok()
 }
 
 fn key(uid: &str, rest: &str) -> String {
@@ -179,8 +186,9 @@ pub fn setup(
     geo: RingGeometry,
     taken: impl Fn(&PeerInfo) -> bool,
     deadline: Instant,
+    settings: &RdmaOptions,
 ) -> Result<HashMap<usize, RdmaLink>> {
-    let (cap, dev) = publish_cap(store, uid, me.rank)?;
+    let (cap, dev) = publish_cap(store, uid, me.rank, settings)?;
     let mut out = HashMap::new();
     let Some(dev) = dev else { return Ok(out) };
 
@@ -215,8 +223,8 @@ pub(super) fn connect_error(peer: usize, why: String) -> ChorusError {
 /// Publishes this rank's capability record (its port, or none) and returns it with the device.
 /// A replacement rank publishes again before it announces itself, so survivors decide on its
 /// pairs from its own port, not its predecessor's.
-pub fn publish_cap(store: &dyn Store, uid: &str, rank: usize) -> Result<(CapRecord, Option<Arc<Device>>)> {
-    let dev = device().as_ref().ok().cloned();
+pub fn publish_cap(store: &dyn Store, uid: &str, rank: usize, settings: &RdmaOptions) -> Result<(CapRecord, Option<Arc<Device>>)> {
+    let dev = device(settings).ok();
     let cap = CapRecord { rank: rank as u32, port: dev.as_ref().map(|d| d.port.clone()) };
     store.set(&key(uid, &format!("cap/{rank}")), &cap.encode())?;
     Ok((cap, dev))
@@ -241,11 +249,11 @@ pub(super) fn new_conn(dev: &Device, me: usize, peer: usize, epoch: u64, geo: Ri
 
 /// Whether the pair (`me`, `peer`) uses RDMA: different hosts, a port here, and a compatible
 /// port in the peer's published capability record. Both ends reach the same answer.
-pub fn pair_uses_rdma(store: &dyn Store, uid: &str, me: &PeerInfo, peer: &PeerInfo, deadline: Instant) -> Result<bool> {
-    if !can_connect(me, peer) {
+pub fn pair_uses_rdma(store: &dyn Store, uid: &str, me: &PeerInfo, peer: &PeerInfo, settings: &RdmaOptions, deadline: Instant) -> Result<bool> {
+    if me.host_id == peer.host_id {
         return Ok(false);
     }
-    let Ok(port) = probe() else { return Ok(false) };
+    let Ok(port) = probe(settings) else { return Ok(false) };
     let k = key(uid, &format!("cap/{}", peer.rank));
     let v = store.wait(&[k.as_str()], deadline.saturating_duration_since(Instant::now()))?;
     let theirs = CapRecord::decode(&v[0]).map_err(|e| connect_error(peer.rank, e.to_string()))?;
@@ -256,12 +264,13 @@ pub fn pair_uses_rdma(store: &dyn Store, uid: &str, me: &PeerInfo, peer: &PeerIn
 /// recreates only the queue pair of the existing link (docs/design.md invariant 8).
 pub struct Rdma {
     geo: RingGeometry,
+    settings: RdmaOptions,
     links: Arc<Mutex<HashMap<usize, Arc<RdmaLink>>>>,
 }
 
 impl Rdma {
-    pub fn new(geo: RingGeometry) -> Rdma {
-        Rdma { geo, links: Arc::new(Mutex::new(HashMap::new())) }
+    pub fn new(geo: RingGeometry, settings: RdmaOptions) -> Rdma {
+        Rdma { geo, settings, links: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     fn keep(links: &Mutex<HashMap<usize, Arc<RdmaLink>>>, peer: usize, l: Arc<RdmaLink>) {
@@ -300,18 +309,18 @@ impl Transport for Rdma {
 
     /// Publishes this rank's port (or none, so peers do not wait for it).
     fn prepare(&self, s: &Setup) -> Result<()> {
-        publish_cap(s.store, s.uid, s.me.rank).map(|_| ())
+        publish_cap(s.store, s.uid, s.me.rank, &self.settings).map(|_| ())
     }
 
     fn can_connect(&self, s: &Setup, peer: &PeerInfo) -> Result<bool> {
-        pair_uses_rdma(s.store, s.uid, s.me, peer, s.deadline)
+        pair_uses_rdma(s.store, s.uid, s.me, peer, &self.settings, s.deadline)
     }
 
     fn connect(&self, s: &Setup, peers: &[&PeerInfo], pairing: Pairing) -> Result<Box<dyn Connected>> {
         let peers: Vec<PeerInfo> = peers.iter().map(|p| (*p).clone()).collect();
         match pairing {
             Pairing::Create => {
-                let links = setup(s.store, s.uid, s.me, &peers, &s.local.signals, self.geo, |_| false, s.deadline)?;
+                let links = setup(s.store, s.uid, s.me, &peers, &s.local.signals, self.geo, |_| false, s.deadline, &self.settings)?;
                 let mut out: Vec<Arc<dyn Link>> = Vec::new();
                 for (peer, l) in links {
                     let l = Arc::new(l);
@@ -321,7 +330,7 @@ impl Transport for Rdma {
                 Ok(Box::new(Ready(out)))
             }
             Pairing::Join { seq } => {
-                let joining = begin_join(s.store, s.uid, s.me, &peers, &s.local.signals, self.geo, seq, s.deadline)?;
+                let joining = begin_join(s.store, s.uid, s.me, &peers, &s.local.signals, self.geo, seq, s.deadline, &self.settings)?;
                 Ok(Box::new(JoiningAll { joining, geo: self.geo, links: self.links.clone() }))
             }
         }
@@ -331,7 +340,7 @@ impl Transport for Rdma {
     fn relink(&self, s: &Setup, joiner: &PeerInfo, seq: u64, counters: &mut dyn FnMut() -> Result<Vec<(u64, u64)>>) -> Result<Arc<dyn Link>> {
         let resume = Resume::continuing(&counters()?);
         let existing = self.links.lock().unwrap_or_else(|e| e.into_inner()).get(&joiner.rank).cloned();
-        let l = relink(s.store, s.uid, s.me.rank, joiner.rank, existing.as_ref(), &s.local.signals, self.geo, seq, resume, s.deadline)?;
+        let l = relink(s.store, s.uid, s.me.rank, joiner.rank, existing.as_ref(), &s.local.signals, self.geo, seq, resume, s.deadline, &self.settings)?;
         Rdma::keep(&self.links, joiner.rank, l.clone());
         Ok(l)
     }

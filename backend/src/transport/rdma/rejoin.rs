@@ -3,6 +3,7 @@
 //! pairs before it learns the survivors' counters, then rebases them. docs/rdma.md, "Rejoin".
 use super::{connect_error, device, link, new_conn, pair_uses_rdma, register_signals, Device, RdmaLink, Resume};
 use crate::error::Result;
+use crate::options::RdmaOptions;
 use crate::transport::signals::SignalBlock;
 use crate::transport::{PeerInfo, RingGeometry};
 use chorus_bootstrap::Store;
@@ -28,13 +29,14 @@ pub fn relink(
     epoch: JoinEpoch,
     resume: Resume,
     deadline: Instant,
+    settings: &RdmaOptions,
 ) -> Result<Arc<RdmaLink>> {
     if let Some(l) = existing {
         tracing::debug!(joiner, epoch, "rdma rejoin: recreating the queue pair of the existing link");
         l.reconnect(store, uid, epoch, resume, deadline)?;
         return Ok(l.clone());
     }
-    let dev = device().as_ref().map_err(|e| connect_error(joiner, e.to_string()))?.clone();
+    let dev = device(settings).map_err(|e| connect_error(joiner, e.to_string()))?;
     let signals_mr = register_signals(&dev, signals, me)?;
     let (mem, pc) = new_conn(&dev, me, joiner, epoch, geo, resume, signals, &signals_mr)?;
     let conn = link::exchange(store, uid, &dev, pc, deadline).map_err(|e| connect_error(joiner, e))?;
@@ -54,14 +56,14 @@ pub struct Joining {
 /// creates and publishes a QP under `epoch`, then connects each as its survivor serves the
 /// join (in whatever order they do). Call [`Joining::start`] with the survivor's counters afterwards.
 #[allow(clippy::too_many_arguments)]
-pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[PeerInfo], signals: &SignalBlock, geo: RingGeometry, epoch: JoinEpoch, deadline: Instant) -> Result<Vec<Joining>> {
+pub fn begin_join(store: &dyn Store, uid: &str, me: &PeerInfo, survivors: &[PeerInfo], signals: &SignalBlock, geo: RingGeometry, epoch: JoinEpoch, deadline: Instant, settings: &RdmaOptions) -> Result<Vec<Joining>> {
     let mut rdma_peers = Vec::new();
     for p in survivors {
-        if pair_uses_rdma(store, uid, me, p, deadline)? {
+        if pair_uses_rdma(store, uid, me, p, settings, deadline)? {
             rdma_peers.push(p.rank);
         }
     }
-    let Some(dev) = device().as_ref().ok().cloned() else { return Ok(Vec::new()) };
+    let Ok(dev) = device(settings) else { return Ok(Vec::new()) };
     if rdma_peers.is_empty() {
         return Ok(Vec::new());
     }

@@ -1,9 +1,9 @@
 //! Device, port and GID selection (pure logic; the sysfs/verbs queries live in `mod.rs`).
 //!
-//! `CHORUS_IB_HCA` follows `NCCL_IB_HCA`: a comma list of `device[:port]`; a leading `^` makes
+//! The filter (`RdmaOptions::hca`, `CHORUS_IB_HCA`) follows `NCCL_IB_HCA`: a comma list of `device[:port]`; a leading `^` makes
 //! it an exclude list; a leading `=` (after any `^`) makes names match exactly instead of by
 //! prefix. Examples: `mlx5_0:1`, `mlx5_0,mlx5_1`, `^mlx5_2`, `=mlx5_1`, `^=rxe0:1`.
-//! `CHORUS_IB_GID_INDEX` forces the GID index; otherwise InfiniBand uses GID 0 and RoCE prefers
+//! `RdmaOptions::gid_index` (`CHORUS_IB_GID_INDEX`) forces the GID index; otherwise InfiniBand uses GID 0 and RoCE prefers
 //! a RoCE v2 GID holding an IPv4-mapped address, then any RoCE v2 GID, then any non-zero GID.
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,14 +41,6 @@ impl HcaFilter {
         Ok(f)
     }
 
-    /// From the environment (`CHORUS_IB_HCA`); an unset or empty variable accepts everything.
-    pub fn from_env() -> Result<HcaFilter, String> {
-        match std::env::var("CHORUS_IB_HCA") {
-            Ok(v) => HcaFilter::parse(&v),
-            Err(_) => Ok(HcaFilter::default()),
-        }
-    }
-
     fn listed(&self, device: &str, port: u8) -> bool {
         self.entries.iter().any(|(n, p)| {
             let name_ok = if self.exact { device == n } else { device.starts_with(n.as_str()) };
@@ -83,10 +75,10 @@ pub fn choose_gid(link_layer: u8, gids: &[(u32, [u8; 16])], gid_type: &dyn Fn(u3
         .map(|(i, _)| *i)
 }
 
-/// `CHORUS_IB_GID_INDEX`, if set and valid.
-pub fn forced_gid_index() -> Result<Option<u32>, String> {
-    match std::env::var("CHORUS_IB_GID_INDEX") {
-        Ok(v) if !v.trim().is_empty() => {
+/// The GID index `spec` forces (`RdmaOptions::gid_index`, `CHORUS_IB_GID_INDEX`), if any.
+pub fn forced_gid_index(spec: Option<&str>) -> Result<Option<u32>, String> {
+    match spec {
+        Some(v) if !v.trim().is_empty() => {
             v.trim().parse::<u32>().map(Some).map_err(|_| format!("CHORUS_IB_GID_INDEX={v:?} is not a number"))
         }
         _ => Ok(None),
