@@ -94,6 +94,52 @@ pub enum RecoveryStep {
     Applied,
 }
 
+/// An admission round this rank takes part in at a boundary between collectives.
+pub struct Admission {
+    round: u64,
+    view: View,
+    /// The last collective this rank returned.
+    boundary: u64,
+    others: Vec<usize>,
+    deadline: Instant,
+    posted: bool,
+    /// The failure round the admission round turned into.
+    failure: Option<Recovery>,
+}
+
+/// What a step of an admission round at a boundary did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmissionStep {
+    /// Posted this rank's boundary (or, in the failure round it turned into, its report).
+    Posted,
+    /// No decision yet.
+    Waiting,
+    /// A decision is applied (or the round was settled already).
+    Applied,
+    /// Another member already runs the next collective: this rank runs it under the old view.
+    Proceed,
+}
+
+/// A replacement's admission.
+pub struct Admit {
+    deadline: Instant,
+    /// The round asked for and the view it was asked under.
+    asked: Option<(u64, View)>,
+    /// Whether this rank raised the asked round as a failure round (a member died).
+    failure_raised: bool,
+}
+
+/// What a step of a replacement's admission did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmitStep {
+    /// Raised the round at every member (as an admission round, or as a failure round).
+    Raised,
+    /// No decision holds this rank yet.
+    Waiting,
+    /// Admitted: the last collective before this rank's first.
+    Admitted(u64),
+}
+
 /// Where a replacement starts: the state it takes over from the survivors' handoffs.
 pub struct Resumed {
     pub view: View,
@@ -364,94 +410,149 @@ impl Membership {
     }
 
     /// Admission round `round` at the boundary after this rank's last returned collective: posts
-    /// the boundary and waits for the decision. `started_after(peer, boundary)`: whether `peer`
-    /// is already inside a later collective (its chunk is here). Returns whether a decision was
-    /// applied (`false`: another member already runs the next collective, so this rank runs it
-    /// under the old view and posts again at the next boundary). `wait(d)` waits for a signal.
+    /// the boundary and waits for the decision (blocking form of [`Membership::step_admission`]).
+    /// Returns whether a decision was applied (`false`: another member already runs the next
+    /// collective, so this rank runs it under the old view and posts again at the next boundary).
+    /// `wait(d)` waits for a signal.
     pub fn admission(&self, peers: &dyn Peers, round: u64, started_after: &dyn Fn(usize, u64) -> bool, wait: &dyn Fn(Duration)) -> Result<bool> {
-        let view = self.view();
-        let boundary = self.committed();
-        let r = self.round(round, &view);
-        r.post_boundary(boundary)?;
-        let deadline = self.clock.now() + self.timeout;
-        let others: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank).collect();
+        let mut adm = self.begin_admission(round);
         loop {
-            if let Some(d) = r.try_admission()? {
-                self.apply(round, d);
-                return Ok(true);
+            match self.step_admission(peers, &mut adm, started_after)? {
+                AdmissionStep::Applied => return Ok(true),
+                AdmissionStep::Proceed => return Ok(false),
+                AdmissionStep::Posted => {}
+                AdmissionStep::Waiting => wait(Duration::from_millis(2)),
             }
-            match self.pending_round(peers) {
-                Some((q, false)) if q == round => {}
-                // A failure during the admission round: it is a failure round now.
-                Some((q, true)) if q == round => {
-                    self.recover(peers)?;
-                    return Ok(true);
-                }
-                _ => return Ok(true),
-            }
-            if others.iter().any(|&p| peers.peer_dead(p)) {
-                self.recover(peers)?;
-                return Ok(true);
-            }
-            if others.iter().any(|&p| started_after(p, boundary)) || r.inside_after(boundary)? {
-                tracing::debug!(boundary, "a member already runs the next collective: running it under the old view");
-                lock(&self.progress).proceed = Some((round, boundary));
-                return Ok(false);
-            }
-            if self.clock.now() >= deadline {
-                return Err(ChorusError::Timeout { op: "recovery", what: "the members' positions for an admission", peer: others.first().copied().unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64, knob: self.timeout_knob });
-            }
-            wait(Duration::from_millis(2));
         }
+    }
+
+    /// Starts taking part in admission round `round` at this rank's boundary (stepped by
+    /// [`Membership::step_admission`]).
+    pub fn begin_admission(&self, round: u64) -> Admission {
+        let view = self.view();
+        let others = view.members().into_iter().filter(|&p| p != self.rank).collect();
+        Admission { round, boundary: self.committed(), view, others, deadline: self.clock.now() + self.timeout, posted: false, failure: None }
+    }
+
+    /// One step of an admission round at a boundary: the first posts the boundary; each later one
+    /// tries to decide (a compare-and-set once every member posted the same boundary) and applies
+    /// the decision. `started_after(peer, boundary)`: whether `peer` is already inside a later
+    /// collective (its chunk is here); then this rank runs that collective under the old view too
+    /// ([`AdmissionStep::Proceed`]). A member found dead, or a failure signal, turns the round
+    /// into a failure round, which the following steps take part in.
+    pub fn step_admission(&self, peers: &dyn Peers, adm: &mut Admission, started_after: &dyn Fn(usize, u64) -> bool) -> Result<AdmissionStep> {
+        let _span = tracing::info_span!("admission", round = adm.round).entered();
+        if let Some(rec) = &mut adm.failure {
+            return Ok(match self.step_recovery(peers, rec)? {
+                RecoveryStep::Applied => AdmissionStep::Applied,
+                RecoveryStep::Posted => AdmissionStep::Posted,
+                RecoveryStep::Waiting => AdmissionStep::Waiting,
+            });
+        }
+        let r = self.round(adm.round, &adm.view);
+        if !adm.posted {
+            r.post_boundary(adm.boundary)?;
+            adm.posted = true;
+            return Ok(AdmissionStep::Posted);
+        }
+        if let Some(d) = r.try_admission()? {
+            self.apply(adm.round, d);
+            return Ok(AdmissionStep::Applied);
+        }
+        match self.pending_round(peers) {
+            Some((q, false)) if q == adm.round => {}
+            // A failure during the admission round: it is a failure round now.
+            Some((q, true)) if q == adm.round => {
+                adm.failure = Some(self.begin_recovery());
+                return Ok(AdmissionStep::Waiting);
+            }
+            _ => return Ok(AdmissionStep::Applied),
+        }
+        if adm.others.iter().any(|&p| peers.peer_dead(p)) {
+            adm.failure = Some(self.begin_recovery());
+            return Ok(AdmissionStep::Waiting);
+        }
+        if adm.others.iter().any(|&p| started_after(p, adm.boundary)) || r.inside_after(adm.boundary)? {
+            tracing::debug!(boundary = adm.boundary, "a member already runs the next collective: running it under the old view");
+            lock(&self.progress).proceed = Some((adm.round, adm.boundary));
+            return Ok(AdmissionStep::Proceed);
+        }
+        if self.clock.now() >= adm.deadline {
+            return Err(ChorusError::Timeout { op: "recovery", what: "the members' positions for an admission", peer: adm.others.first().copied().unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64, knob: self.timeout_knob });
+        }
+        Ok(AdmissionStep::Waiting)
     }
 
     /// A replacement rank asks the survivors to admit it (an admission round: they adopt the
     /// grown view between two collectives, so no collective is interrupted), waits for the
-    /// decision that does, and returns the last collective before its first. It helps decide (it
-    /// reads the members' posts like they do), and turns the round into a failure round if a
-    /// member dies.
+    /// decision that does, and returns the last collective before its first (blocking form of
+    /// [`Membership::step_admit`]).
     pub fn admit(&self, peers: &dyn Peers) -> Result<u64> {
-        let deadline = self.clock.now() + self.timeout;
+        let mut adm = self.begin_admit();
         loop {
-            let round = self.rounds_applied() + 1;
-            let view = self.view();
-            let members = view.members();
-            self.raise(peers, round, false, &members);
-            let r = self.round(round, &view);
-            let d = loop {
-                if let Some(d) = r.try_admission()? {
-                    break d;
-                }
-                if let Some(d) = r.try_failure(|p| peers.peer_dead(p))? {
-                    break d;
-                }
-                if members.iter().any(|&p| peers.peer_dead(p)) {
-                    self.raise(peers, round, true, &members);
-                }
-                if self.clock.now() >= deadline {
-                    return Err(ChorusError::InvalidArgument(format!(
-                        "join: the survivors did not admit rank {} in time (view {:?}); they admit between collectives, so they must keep running them",
-                        self.rank, members
-                    )));
-                }
-                self.clock.pause(Duration::from_millis(2));
-            };
-            tracing::info!(round, commit_through = d.commit_through, epoch = d.view.epoch, "admission round decided");
-            let fails = d.interrupted && (!d.rerun_possible || self.policy == FailurePolicy::Abort);
-            let next = d.commit_through + fails as u64;
-            let removed = d.removed.clone();
-            self.apply(round, d);
-            let view = self.view();
-            if view.is_active(self.rank) {
-                // The survivors' next collective is ours too: one they re-run or that simply
-                // comes next (it reports the removals this decision made); one that fails on them
-                // is theirs.
-                lock(&self.progress).committed = next;
-                *lock(&self.pending_failed) = if fails { Vec::new() } else { removed };
-                tracing::info!(epoch = view.epoch, next_collective = next + 1, "rejoined");
-                return Ok(next);
+            match self.step_admit(peers, &mut adm)? {
+                AdmitStep::Admitted(next) => return Ok(next),
+                AdmitStep::Raised => {}
+                AdmitStep::Waiting => self.clock.pause(Duration::from_millis(2)),
             }
         }
+    }
+
+    /// Starts a replacement's admission (stepped by [`Membership::step_admit`]).
+    pub fn begin_admit(&self) -> Admit {
+        Admit { deadline: self.clock.now() + self.timeout, asked: None, failure_raised: false }
+    }
+
+    /// One step of a replacement's admission: the first raises the next round (an admission
+    /// round) at every member; later ones help decide (the replacement reads the members' posts
+    /// like they do), turn the round into a failure round if a member dies, and apply the
+    /// decision. A decision that does not hold this rank (it asked after the round's requests
+    /// were read) makes it ask again in the next round.
+    pub fn step_admit(&self, peers: &dyn Peers, adm: &mut Admit) -> Result<AdmitStep> {
+        let Some((round, view)) = &adm.asked else {
+            let round = self.rounds_applied() + 1;
+            let view = self.view();
+            self.raise(peers, round, false, &view.members());
+            adm.asked = Some((round, view));
+            adm.failure_raised = false;
+            return Ok(AdmitStep::Raised);
+        };
+        let (round, members) = (*round, view.members());
+        let r = self.round(round, view);
+        let decided = match r.try_admission()? {
+            Some(d) => Some(d),
+            None => r.try_failure(|p| peers.peer_dead(p))?,
+        };
+        let Some(d) = decided else {
+            if !adm.failure_raised && members.iter().any(|&p| peers.peer_dead(p)) {
+                self.raise(peers, round, true, &members);
+                adm.failure_raised = true;
+                return Ok(AdmitStep::Raised);
+            }
+            if self.clock.now() >= adm.deadline {
+                return Err(ChorusError::InvalidArgument(format!(
+                    "join: the survivors did not admit rank {} in time (view {:?}); they admit between collectives, so they must keep running them",
+                    self.rank, members
+                )));
+            }
+            return Ok(AdmitStep::Waiting);
+        };
+        tracing::info!(round, commit_through = d.commit_through, epoch = d.view.epoch, "admission round decided");
+        let fails = d.interrupted && (!d.rerun_possible || self.policy == FailurePolicy::Abort);
+        let next = d.commit_through + fails as u64;
+        let removed = d.removed.clone();
+        self.apply(round, d);
+        adm.asked = None;
+        let view = self.view();
+        if !view.is_active(self.rank) {
+            return Ok(AdmitStep::Waiting);
+        }
+        // The survivors' next collective is ours too: one they re-run or that simply comes next
+        // (it reports the removals this decision made); one that fails on them is theirs.
+        lock(&self.progress).committed = next;
+        *lock(&self.pending_failed) = if fails { Vec::new() } else { removed };
+        tracing::info!(epoch = view.epoch, next_collective = next + 1, "rejoined");
+        Ok(AdmitStep::Admitted(next))
     }
 
     /// Applies round `round`'s decision and publishes its view.

@@ -11,6 +11,8 @@ pub mod threads;
 mod view;
 
 #[cfg(test)]
+mod admission_tests;
+#[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
 mod member_tests;
