@@ -235,6 +235,13 @@ def _destroy_live_groups() -> None:
 atexit.register(_destroy_live_groups)
 
 
+# The store of the group destroyed last in this process, kept until the next group is created: under
+# init_method="env://" rank 0's store hosts the job's store server, and ranks that re-initialise
+# sooner may already have connected to it when destroy_process_group drops it (issue 25; see
+# HeldStore in csrc/chorus_torch.cpp).
+_held_store = None
+
+
 class ProcessGroupChorus(dist.ProcessGroup):
     """A torch ProcessGroup whose collectives run in the chorus library."""
 
@@ -257,6 +264,9 @@ class ProcessGroupChorus(dist.ProcessGroup):
             check(create(ctypes.byref(cb), rank, size, name.encode(), ms, ctypes.byref(out)))
         self._g = out
         self._joined = join
+        self._store = store
+        global _held_store
+        _held_store = None  # the new group met its peers: an earlier incarnation's store is done
         _LIVE_GROUPS.add(self)
 
     # ---------------------------------------------------------------- identity
@@ -305,6 +315,7 @@ class ProcessGroupChorus(dist.ProcessGroup):
                     pass
             self._pending.clear()
             lib.chorus_group_destroy(g)
+            self._hold_store()
         with self._queue_lock:
             if self._queue is not None:
                 self._queue.put(None)
@@ -314,6 +325,11 @@ class ProcessGroupChorus(dist.ProcessGroup):
         g, self._g = getattr(self, "_g", None), None
         if g:
             lib.chorus_group_destroy(g)
+            self._hold_store()
+
+    def _hold_store(self) -> None:
+        global _held_store
+        _held_store, self._store = getattr(self, "_store", None), None
 
     def _completer(self) -> "queue.Queue":
         with self._queue_lock:

@@ -366,6 +366,8 @@ impl GroupInner {
         let threads = std::mem::take(&mut *self.membership_threads.lock().unwrap_or_else(|p| p.into_inner()));
         for h in threads {
             if h.thread().id() != std::thread::current().id() {
+                // It sees the group is no longer live as soon as it wakes.
+                h.thread().unpark();
                 let _ = h.join();
             }
         }

@@ -44,7 +44,10 @@ fn heartbeat_loop<M: Member>(group: Weak<M>, interval: Duration) {
             }
             g.beat();
         }
-        std::thread::sleep(interval);
+        // Parked, not asleep: destroy unparks the thread so it ends at once instead of at its next
+        // turn (a destroy that waited up to `interval` spread the ranks' exits far enough apart
+        // for env:// re-initialisation to meet the previous incarnation's store; issue 25).
+        std::thread::park_timeout(interval);
     }
 }
 
@@ -60,7 +63,7 @@ fn attendant_loop<M: Member>(group: Weak<M>, interval: Duration) {
             g.attend(&mut answered, tick.is_multiple_of(2));
         }
         tick += 1;
-        std::thread::sleep(interval);
+        std::thread::park_timeout(interval);
     }
 }
 

@@ -631,6 +631,30 @@ void FutureCompleter::loop() {
 
 // ------------------------------------------------------------------------------------------ backend
 
+// The store of the group destroyed last in this process, kept until the next group is created
+// (issue 25). Under init_method="env://" rank 0's TCPStore hosts the job's store server on
+// MASTER_PORT, and destroy_process_group drops it; ranks that re-initialise a moment sooner may
+// already have connected to that server, which then closes under them: init_process_group hung
+// until its timeout or failed. Kept alive, the old server is the one rank 0's next TCPStore joins
+// (env:// stores are multi-tenant), so every rank meets the same store. Only ever replaced, never
+// freed at exit: torch objects torn down by static destructors can abort the process.
+class HeldStore {
+ public:
+  static void hold(c10::intrusive_ptr<c10d::Store> store) { swap_in(std::move(store)); }
+  static void release() { swap_in({}); }
+
+ private:
+  static void swap_in(c10::intrusive_ptr<c10d::Store> store) {
+    static auto* mu = new std::mutex();
+    static auto* held = new c10::intrusive_ptr<c10d::Store>();
+    {
+      std::lock_guard<std::mutex> lock(*mu);
+      std::swap(*held, store);
+    }
+    // `store` now holds the previous one: dropped here, outside the lock.
+  }
+};
+
 class ChorusBackend : public c10d::Backend {
  public:
   ChorusBackend(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, int64_t timeout_ms,
@@ -646,6 +670,9 @@ class ChorusBackend : public c10d::Backend {
     int32_t rc = create(&cb, rank, size, name.c_str(), timeout_ms, &g);
     check(rc);
     g_.store(g);
+    store_ = store;
+    // The new group met its peers: a store kept from an earlier incarnation has served its purpose.
+    HeldStore::release();
   }
 
   ~ChorusBackend() override { destroy(); }
@@ -974,6 +1001,7 @@ class ChorusBackend : public c10d::Backend {
     chorus_group_t* g = g_.exchange(nullptr);
     if (g != nullptr) {
       api.chorus_group_destroy(g);
+      HeldStore::hold(std::move(store_));
     }
   }
 
@@ -1236,6 +1264,8 @@ class ChorusBackend : public c10d::Backend {
   }
 
   std::atomic<chorus_group_t*> g_{nullptr};
+  // Handed to HeldStore when the group is destroyed.
+  c10::intrusive_ptr<c10d::Store> store_;
   bool cuda_host_path_;
   c10::intrusive_ptr<c10d::Backend::Options> options_;
   std::shared_ptr<FutureCompleter> completer_;
