@@ -93,7 +93,7 @@ impl std::fmt::Display for TimeoutKnob {
             TimeoutKnob::Caller => {
                 "raise the timeout the group was created with, which set it: under torch the timeout= of \
                  init_process_group/new_group (or chorus.Options(timeout=)), in C the timeout_ms of \
-                 chorus_group_create/chorus_group_join; CHORUS_TIMEOUT_MS, when set, bounds it too"
+                 chorus_group_create/chorus_group_join"
             }
         })
     }

@@ -748,7 +748,9 @@ class Options:
     fault_tolerance:      False turns fault tolerance off (a failure is then an error).
     join:                 True: this process replaces a dead rank of the running default group
                           (same as the environment variable CHORUS_JOIN=1).
-    timeout:              per-operation deadline (a timedelta); default: init_process_group's timeout.
+    timeout:              deadline of every wait inside an operation (a timedelta); it overrides
+                          CHORUS_TIMEOUT_MS. Default: init_process_group's / new_group's timeout, or
+                          CHORUS_TIMEOUT_MS when that is set and shorter.
     ft_save_limit:        in-place reductions of at least this many bytes do not save their input (default
                           1 MiB; 0: none is saved; None: CHORUS_FT_SAVE_LIMIT). A saved input costs one copy
                           of the buffer per collective; without it, a collective during which a rank died
@@ -785,8 +787,9 @@ class Options:
         self.cuda_path = cuda_path
         self.ft_save_limit = ft_save_limit
 
-    def _env(self) -> dict[str, str]:
-        env = {}
+    def _env(self) -> dict[str, str | None]:
+        """The variables to set for the group's creation (None: unset them)."""
+        env: dict[str, str | None] = {}
         if self.failure_policy is not None:
             env["CHORUS_FAILURE_POLICY"] = self.failure_policy
         if self.heartbeat_ms is not None:
@@ -799,6 +802,10 @@ class Options:
             env["CHORUS_CUDA_PATH"] = self.cuda_path
         if self.ft_save_limit is not None:
             env["CHORUS_FT_SAVE_LIMIT"] = str(self.ft_save_limit)
+        if self.timeout is not None:
+            # The library takes the smaller of the timeout passed and CHORUS_TIMEOUT_MS; an
+            # explicit option overrides the variable instead.
+            env["CHORUS_TIMEOUT_MS"] = None
         return env
 
     def __repr__(self):
@@ -822,7 +829,10 @@ class _env_for:
             _env_lock.acquire()
             for k, v in self.env.items():
                 self.saved[k] = os.environ.get(k)
-                os.environ[k] = v
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def __exit__(self, *exc):
         if self.env:
