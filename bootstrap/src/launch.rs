@@ -188,7 +188,8 @@ fn spawn_rank(
     done: &mpsc::Sender<()>,
 ) -> std::io::Result<Child> {
     let n = opts.nproc.to_string();
-    let mut child = Command::new(&opts.program)
+    let mut command = Command::new(&opts.program);
+    command
         .args(&opts.args)
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
@@ -203,8 +204,9 @@ fn spawn_rank(
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+        .stderr(Stdio::piped());
+    die_with_launcher(&mut command);
+    let mut child = command.spawn()?;
     if let Some(out) = child.stdout.take() {
         forward(out, rank, false, done.clone());
     }
@@ -212,6 +214,29 @@ fn spawn_rank(
         forward(err, rank, true, done.clone());
     }
     Ok(child)
+}
+
+/// Makes the rank get SIGKILL when the launcher dies (`PR_SET_PDEATHSIG`), so a launcher killed
+/// with SIGKILL (which it cannot forward) does not leave its ranks running (issue 25). The signal
+/// follows the death of the thread that spawned the rank: `run` spawns every rank from the thread
+/// that supervises them until they have all exited.
+fn die_with_launcher(command: &mut Command) {
+    let launcher = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe calls
+    // are allowed: prctl and getppid are, and it allocates nothing (the error is built from a raw
+    // errno).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The launcher died between the fork and the prctl: no signal will come, so stop here.
+            if libc::getppid() != launcher {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Copies `src` to our stdout/stderr line by line with a `[rank K] ` prefix. Each line is written

@@ -180,3 +180,48 @@ fn ranks_get_a_fresh_job_secret() {
     let b = secrets(&chorus_run(&["-n", "1", "--", "sh", "-c", script]));
     assert_ne!(a[0], b[0], "each job gets its own secret");
 }
+
+/// Whether process `pid` is gone: no `/proc` entry, or one that only waits to be reaped (an orphan
+/// is reaped by init or a subreaper, in its own time).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Issue 25: after `kill -9` of chorus-run (which it cannot forward) its ranks ran on. They get
+/// SIGKILL when the launcher dies.
+#[test]
+fn ranks_die_with_a_killed_launcher() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    // Each rank is the looping shell, so `$$` is the rank's pid.
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_chorus-run"))
+        .args(["-n", "3", "sh", "-c", "echo pid $$; while :; do sleep 0.05; done"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(launcher.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    while pids.len() < 3 {
+        let line = lines.next().expect("chorus-run closed stdout early").unwrap();
+        if let Some(pid) = line.split("pid ").nth(1) {
+            pids.push(pid.trim().parse::<u32>().unwrap());
+        }
+    }
+    assert!(pids.iter().all(|&p| !gone(p)), "every rank runs before the launcher is killed");
+    launcher.kill().unwrap(); // SIGKILL: no chance to forward anything
+    launcher.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pids.iter().all(|&p| gone(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running: Vec<u32> = pids.iter().copied().filter(|&p| !gone(p)).collect();
+    for &p in &running {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+    assert!(running.is_empty(), "ranks {running:?} outlived their killed launcher");
+}
