@@ -10,7 +10,7 @@ use std::time::Duration;
 /// override), `CHORUS_SOCKET_IFADDR` (the address peers reach this rank at), `CHORUS_FT`,
 /// `CHORUS_FT_SAVE_LIMIT`, `CHORUS_FAILURE_POLICY`, `CHORUS_CUDA_PATH`, `CHORUS_SHM_CHUNK`,
 /// `CHORUS_TCP_CHUNK`, `CHORUS_RDMA_CHUNK`, `CHORUS_ALGO`, `CHORUS_HEARTBEAT_MS`,
-/// `CHORUS_HEARTBEAT_TIMEOUT_MS`, `CHORUS_SPIN_US`, `CHORUS_YIELD_US`, and the `CHORUS_IB_*`
+/// `CHORUS_HEARTBEAT_TIMEOUT_MS`, `CHORUS_SPIN_US`, `CHORUS_YIELD_US`, `CHORUS_MEMBERSHIP_REPLICAS`, and the `CHORUS_IB_*`
 /// settings of [`RdmaOptions`] (see each field). Variables that are not per group are listed,
 /// with the reason, in docs/design.md ("Configuration").
 #[derive(Clone, Debug)]
@@ -65,6 +65,11 @@ pub struct Options {
     /// How long it then yields before it sleeps (`CHORUS_YIELD_US`; `None`: 2 ms, or 0.5 ms with
     /// more ranks than cores).
     pub yield_for: Option<Duration>,
+    /// Membership without a single point of failure (`CHORUS_MEMBERSHIP_REPLICAS=1`, default
+    /// off): every rank serves a replica of the membership records, and recovery rounds agree
+    /// through a majority of the replicas and the job's store, so the group goes on after the
+    /// store's host dies (`group::replicas`). Every rank must use the same.
+    pub membership_replicas: bool,
     /// RDMA device selection and queue-pair attributes (`CHORUS_IB_*`).
     pub rdma: RdmaOptions,
 }
@@ -306,6 +311,7 @@ impl Default for Options {
             heartbeat_timeout: env_ms("CHORUS_HEARTBEAT_TIMEOUT_MS").unwrap_or(Duration::from_millis(2000)),
             spin: env_us("CHORUS_SPIN_US"),
             yield_for: env_us("CHORUS_YIELD_US"),
+            membership_replicas: std::env::var("CHORUS_MEMBERSHIP_REPLICAS").is_ok_and(|v| v == "1"),
             rdma: RdmaOptions::from_env(),
         }
     }
@@ -315,6 +321,11 @@ impl Default for Options {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Options {
+    /// Sets [`Options::membership_replicas`].
+    pub fn with_membership_replicas(mut self, on: bool) -> Self {
+        self.membership_replicas = on;
+        self
+    }
     /// Sets [`Options::timeout`] (this overrides `CHORUS_TIMEOUT_MS`).
     pub fn with_timeout(mut self, t: Duration) -> Self {
         self.timeout = t;

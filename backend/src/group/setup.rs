@@ -1,6 +1,7 @@
 //! Entering a group: rendezvous through the store, a check of the settings every rank must
 //! share, and one walk over the transport table — for a new group ([`create`]) and for a
 //! replacement of a failed rank ([`join`]).
+use super::replicas::{self, ReplicaInfo};
 use super::{start, Counters, GroupInner, Resume};
 use crate::error::{ChorusError, Result};
 use crate::membership::join;
@@ -32,6 +33,8 @@ pub(super) struct Prepared {
     pub local: LocalSegments,
     pub me: PeerInfo,
     pub registry: Registry,
+    /// This rank's replica of the membership records (`Options::membership_replicas`).
+    pub replica: Option<chorus_bootstrap::StoreServer>,
 }
 
 /// Binds the listener and creates the segments (both before publishing: docs/design.md invariant 5).
@@ -62,7 +65,8 @@ fn prepare(rank: usize, size: usize, opts: &Options) -> Result<Prepared> {
         shm_data_fd: local.data.fd().unwrap_or(-1),
         settings,
     };
-    Ok(Prepared { listener, local, me, registry })
+    let replica = if opts.membership_replicas && opts.fault_tolerance { Some(replicas::serve(&me.tcp_addr)?) } else { None };
+    Ok(Prepared { listener, local, me, registry, replica })
 }
 
 /// Fails on the first peer whose shared settings differ from ours; every rank compares every
@@ -108,10 +112,19 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let prep = prepare(rank, size, &opts)?;
     let me = prep.me.clone();
     let unlink = UnlinkGuard::new(&me);
+    let my_replica = ReplicaInfo { rank, addr: prep.replica.as_ref().map(|r| r.local_addr().to_string()), joined: false };
+    store.set(&ReplicaInfo::key(&uid, rank), &my_replica.encode())?;
     store.set(&key(&uid, &format!("peer/{rank}")), &me.encode())?;
-    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("peer/{r}"))).collect();
-    let peers: Vec<PeerInfo> = wait_all(&store, &keys, deadline)?.iter().map(|v| PeerInfo::decode(v)).collect::<Result<_>>()?;
+    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("peer/{r}"))).chain((0..size).map(|r| ReplicaInfo::key(&uid, r))).collect();
+    let records = wait_all(&store, &keys, deadline)?;
+    let peers: Vec<PeerInfo> = records[..size].iter().map(|v| PeerInfo::decode(v)).collect::<Result<_>>()?;
+    let replica_records: Vec<ReplicaInfo> = records[size..].iter().enumerate().map(|(r, v)| ReplicaInfo::decode(r, v)).collect();
     check_settings(&me, &peers)?;
+    replicas::check_agreement(&my_replica, &replica_records)?;
+    let membership_store = match &prep.replica {
+        Some(own) => Some(Arc::new(replicas::membership_store(&store, own, rank, false, &replica_records, opts.timeout, &|| replicas::rounds_after(0))?)),
+        None => None,
+    };
 
     let table = Table::new(&me.settings, &opts.rdma);
     let counters = Counters::new(size);
@@ -131,7 +144,7 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
     let chunk = table.chunk(&peers);
     unlink.disarm();
-    start(store, uid, rank, size, parent_ranks, opts, prep, table, links, counters, local_ranks, chunk, None)
+    start(store, membership_store, uid, rank, size, parent_ranks, opts, prep, table, links, counters, local_ranks, chunk, None)
 }
 
 /// Removes this rank's segment names if setup fails before every peer mapped them.
@@ -170,7 +183,24 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     crate::options::init_logging();
     let _span = tracing::info_span!("group_join", uid = %uid, rank, size).entered();
     let deadline = Instant::now() + opts.timeout;
-    let views = ViewStore::new(store.clone(), &uid, size);
+    let prep = prepare(rank, size, &opts)?;
+    let unlink = UnlinkGuard::new(&prep.me);
+    // With replicas, the view and the recovery rounds live in them: reach them through every
+    // rank's published replica (ours empty, voting on nothing until we know the rounds applied).
+    let my_replica = ReplicaInfo { rank, addr: prep.replica.as_ref().map(|r| r.local_addr().to_string()), joined: true };
+    let membership_store = match &prep.replica {
+        Some(own) => {
+            let keys: Vec<String> = (0..size).map(|r| ReplicaInfo::key(&uid, r)).collect();
+            let records: Vec<ReplicaInfo> = wait_all(&store, &keys, deadline)?.iter().enumerate().map(|(r, v)| ReplicaInfo::decode(r, v)).collect();
+            replicas::check_agreement(&my_replica, &records.iter().filter(|r| r.rank != rank).cloned().collect::<Vec<_>>())?;
+            Some(Arc::new(replicas::membership_store(&store, own, rank, true, &records, opts.timeout, &|| replicas::rounds_after(u64::MAX))?))
+        }
+        None => None,
+    };
+    let views = match &membership_store {
+        Some(m) => ViewStore::new(m.clone(), &uid, size),
+        None => ViewStore::new(store.clone(), &uid, size),
+    };
     let view = loop {
         let v = views.read()?;
         if !v.is_active(rank) {
@@ -188,8 +218,6 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
             view.epoch
         )));
     }
-    let prep = prepare(rank, size, &opts)?;
-    let unlink = UnlinkGuard::new(&prep.me);
     let mut peers = Vec::new();
     for &s in &members {
         let info = PeerInfo::decode(&store.get(&key(&uid, &format!("peer/{s}")))?.ok_or_else(|| ChorusError::InvalidArgument(format!("join: no info for rank {s}")))?)?;
@@ -203,6 +231,7 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
         let s = Setup { store: &*store, uid: &uid, me: &prep.me, ranks: size, local: &prep.local, listener: Some(&prep.listener), deadline };
         // Our own capabilities decide our pairs, not the predecessor's: published before we announce.
         table.prepare(&s)?;
+        store.set(&ReplicaInfo::key(&uid, rank), &my_replica.encode())?;
         let req = join::announce(&store, &uid, rank, &prep.me)?;
         // Pairs that must connect before the survivors hand off (RDMA queue pairs) do so now.
         let connecting = table.connect(&s, &peers, Pairing::Join { seq: req.seq })?;
@@ -225,13 +254,25 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
         .max_by_key(|(_, h, _)| (h.epoch, h.committed))
         .map(|(_, h, _)| h.clone())
         .ok_or_else(|| ChorusError::InvalidArgument("join: no survivor handed off its counters".into()))?;
+    if let (Some(m), Some(own)) = (&membership_store, &prep.replica) {
+        // Our replica, and any other that refilled its slot, votes on the rounds after those the
+        // survivors applied (none of their predecessors voted on those).
+        let keys: Vec<String> = (0..size).map(|r| ReplicaInfo::key(&uid, r)).collect();
+        for (r, v) in wait_all(&store, &keys, deadline)?.iter().enumerate() {
+            match r == rank {
+                true => m.replace(1 + r, format!("rank {r}'s replica"), own.local_store(), replicas::rounds_after(newest.rounds)),
+                false if ReplicaInfo::decode(r, v).joined => replicas::refill(m, &ReplicaInfo::decode(r, v), newest.rounds, opts.timeout)?,
+                false => {}
+            }
+        }
+    }
     let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
     let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
     let mut everyone = peers.clone();
     everyone.push(prep.me.clone());
     let chunk = table.chunk(&everyone);
     let me = prep.me.clone();
-    let g = start(store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, local_ranks, chunk, Some(resume))?;
+    let g = start(store, membership_store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, local_ranks, chunk, Some(resume))?;
     // Later replacements of other ranks read the members' records: ours is this process now.
     g.store.set(&key(&g.uid, &format!("peer/{rank}")), &me.encode())?;
     // Ask to be a member again: a view change that every survivor adopts at the same collective
