@@ -19,10 +19,10 @@ pub enum ChorusError {
     Device { op: &'static str, #[source] source: chorus_kernels::KernelError },
     #[error("reduce op {op:?} is not supported for dtype {dtype:?}")]
     UnsupportedOp { op: ReduceOp, dtype: DType },
-    #[error("ranks disagree on {what} in {op}: this rank has {mine:#x}, rank {peer} sent {theirs:#x} (every rank must call the same collectives in the same order with the same counts, dtypes, ops and roots)")]
-    Mismatch { op: &'static str, what: &'static str, peer: usize, mine: u64, theirs: u64 },
-    #[error("rank {peer} reported that the ranks disagree on the arguments of {op} (see rank {peer}'s error for details); the group is unusable now")]
-    PeerReportedMismatch { op: &'static str, peer: usize },
+    #[error("ranks disagree on {what} in {op}: rank {rank} (this rank) has {mine}, rank {peer} has {theirs} (every rank must call the same collectives in the same order with the same counts, dtypes, ops and roots); {op} failed on every rank that takes part in it, the group stays usable")]
+    Mismatch { op: &'static str, what: &'static str, rank: usize, mine: String, peer: usize, theirs: String },
+    #[error("rank {peer} found that the ranks disagree on {what} in {op} (its error names both values and ranks); {op} failed on every rank that takes part in it, the group stays usable")]
+    PeerReportedMismatch { op: &'static str, peer: usize, what: &'static str },
     #[error("timed out after {waited_ms} ms in {op} waiting for {what} from rank {peer} (check that rank {peer} is alive and calls the same collectives in the same order; to wait longer, {knob})")]
     Timeout { op: &'static str, what: &'static str, peer: usize, waited_ms: u64, knob: crate::options::TimeoutKnob },
     #[error("rank {peer} failed during {op} ({why}); the group is unusable now")]

@@ -197,7 +197,7 @@ pub unsafe extern "C" fn chorus_broadcast(
     }
     collective(group_, work, "broadcast", dtype_, device, stream, |c| {
         let b = c.buf(buf, count)?;
-        Ok(c.g.pg.broadcast_issue(c.mode, b, rank_arg(root, "root")?))
+        Ok(c.g.pg.broadcast_issue(c.mode, b, Some(c.dt), rank_arg(root, "root")?))
     })
 }
 
@@ -261,7 +261,7 @@ pub unsafe extern "C" fn chorus_all_gather(
         let block = c.bytes(sendcount)?;
         let out = c.recv(recvbuf, c.per_rank(block)?)?;
         let inp = c.send(sendbuf, block, &out)?;
-        Ok(c.g.pg.all_gather_issue(c.mode, inp, out))
+        Ok(c.g.pg.all_gather_issue(c.mode, inp, out, Some(c.dt)))
     })
 }
 
@@ -333,7 +333,7 @@ pub unsafe extern "C" fn chorus_all_to_all(
         let total = c.per_rank(c.bytes(count)?)?;
         let out = c.recv(recvbuf, total)?;
         let inp = c.send(sendbuf, total, &out)?;
-        Ok(c.g.pg.all_to_all_issue(c.mode, inp, out))
+        Ok(c.g.pg.all_to_all_issue(c.mode, inp, out, Some(c.dt)))
     })
 }
 
@@ -415,7 +415,7 @@ pub unsafe extern "C" fn chorus_gather(
         let (root, block) = rooted(c, root, count)?;
         let out = c.recv(recvbuf, if c.g.pg.rank() == root { c.per_rank(block)? } else { 0 })?;
         let inp = c.send(sendbuf, block, &out)?;
-        Ok(c.g.pg.gather_issue(c.mode, inp, out, root))
+        Ok(c.g.pg.gather_issue(c.mode, inp, out, Some(c.dt), root))
     })
 }
 
@@ -449,7 +449,7 @@ pub unsafe extern "C" fn chorus_scatter(
         let total = if c.g.pg.rank() == root { c.per_rank(block)? } else { 0 };
         let out = c.recv(recvbuf, block)?;
         let inp = c.send(sendbuf, total, &out)?;
-        Ok(c.g.pg.scatter_issue(c.mode, inp, out, root))
+        Ok(c.g.pg.scatter_issue(c.mode, inp, out, Some(c.dt), root))
     })
 }
 

@@ -8,30 +8,31 @@ use super::select::{self, AllReduceAlgo, Topo};
 use super::ProcessGroup;
 use crate::algo::{self, Buf};
 use crate::engine::comm::{Comm, OpCtx};
+use crate::engine::desc::{kind, OpDesc};
 use crate::engine::exec::{self, Bufs, Reduction};
 use crate::engine::p2p::OpBuffer;
 use crate::engine::work::Work;
 use crate::error::{ChorusError, Result};
 use chorus_kernels::{self as kernels, DType, ReduceOp};
 
-mod kind {
-    pub const ALL_REDUCE: u64 = 1;
-    pub const REDUCE: u64 = 2;
-    pub const BROADCAST: u64 = 3;
-    pub const ALL_GATHER: u64 = 4;
-    pub const REDUCE_SCATTER: u64 = 5;
-    pub const ALL_TO_ALL: u64 = 6;
-    pub const GATHER: u64 = 7;
-    pub const SCATTER: u64 = 8;
-    pub const BARRIER: u64 = 9;
-    pub const ALL_TO_ALL_V: u64 = 10;
-}
-
 fn elems(bytes: usize, dtype: DType, what: &str) -> Result<u64> {
     if !bytes.is_multiple_of(dtype.size()) {
         return Err(ChorusError::InvalidArgument(format!("{what}: {bytes} bytes is not a whole number of {} elements", dtype.name())));
     }
     Ok((bytes / dtype.size()) as u64)
+}
+
+/// `elems` for the collectives whose dtype is optional (`None`: bytes).
+fn whole(bytes: usize, dtype: Option<DType>, what: &str) -> Result<()> {
+    dtype.map_or(Ok(()), |d| elems(bytes, d, what).map(drop))
+}
+
+fn reduction(kind: u8, dtype: DType, op: ReduceOp, root: Option<usize>, bytes: usize) -> OpDesc {
+    OpDesc::new(kind, Some(dtype), Some(op), root, bytes as u64)
+}
+
+fn movement(kind: u8, dtype: Option<DType>, root: Option<usize>, bytes: usize) -> OpDesc {
+    OpDesc::new(kind, dtype, None, root, bytes as u64)
 }
 
 fn check_root(root: usize, n: usize) -> Result<()> {
@@ -156,6 +157,22 @@ fn reduce_scatter_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], out
 
 #[allow(clippy::too_many_arguments)]
 fn all_to_all_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], send: &[(usize, usize)], recv: &[(usize, usize)], check_totals: bool) -> Result<()> {
+    if send[t.rank].1 != recv[t.rank].1 {
+        // Checked here rather than before the collective is numbered, so that the peers, which
+        // may wait for this rank's blocks, learn it from a probe instead of waiting for their
+        // deadline, and every rank stays in step.
+        let why = format!(
+            "{}: rank {} sends {} bytes to itself but receives {} from itself; its own send and receive counts must be equal",
+            ctx.name, t.rank, send[t.rank].1, recv[t.rank].1
+        );
+        let rejected = OpCtx { desc: OpDesc { kind: kind::REJECTED, ..ctx.desc }, ..ctx.clone() };
+        for &p in t.members.iter().filter(|&&p| p != t.rank) {
+            if let Err(e) = comm.probe(&rejected, p) {
+                tracing::debug!(peer = p, error = %e, "telling a peer about rejected arguments failed");
+            }
+        }
+        return Err(ChorusError::InvalidArgument(why));
+    }
     // Splits keep their absolute offsets: only the members' blocks move.
     let send: Vec<(usize, usize)> = t.members.iter().map(|&r| send[r]).collect();
     let recv: Vec<(usize, usize)> = t.members.iter().map(|&r| recv[r]).collect();
@@ -226,8 +243,8 @@ impl ProcessGroup {
 
     pub fn all_reduce_raw(&self, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
         kernels::check_supported(dtype, op)?;
-        let count = elems(buf.len(), dtype, "all_reduce")?;
-        self.run_blocking("all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], |c, x, t, a| all_reduce_impl(t, c, x, a, buf, dtype, op))
+        elems(buf.len(), dtype, "all_reduce")?;
+        self.run_blocking("all_reduce", reduction(kind::ALL_REDUCE, dtype, op, None, buf.len()), |c, x, t, a| all_reduce_impl(t, c, x, a, buf, dtype, op))
     }
 
     pub fn all_reduce_async<B: OpBuffer>(&self, buf: B, dtype: DType, op: ReduceOp) -> Work<B> {
@@ -236,11 +253,11 @@ impl ProcessGroup {
 
     /// `all_reduce_async`, queued or run on the calling thread as `mode` says.
     pub fn all_reduce_issue<B: OpBuffer>(&self, mode: Mode, buf: B, dtype: DType, op: ReduceOp) -> Issued<B> {
-        let count = match kernels::check_supported(dtype, op).map_err(ChorusError::from).and_then(|_| elems(buf.bytes().len(), dtype, "all_reduce")) {
-            Ok(c) => c,
-            Err(e) => return Issued::Refused(e),
-        };
-        self.issue_bufs(mode, "all_reduce", &[kind::ALL_REDUCE, dtype as u64, op as u64, count], buf, move |c, x, t, a, b| all_reduce_impl(t, c, x, a, b.bytes_mut(), dtype, op))
+        if let Err(e) = kernels::check_supported(dtype, op).map_err(ChorusError::from).and_then(|_| elems(buf.bytes().len(), dtype, "all_reduce")) {
+            return Issued::Refused(e);
+        }
+        let desc = reduction(kind::ALL_REDUCE, dtype, op, None, buf.bytes().len());
+        self.issue_bufs(mode, "all_reduce", desc, buf, move |c, x, t, a, b| all_reduce_impl(t, c, x, a, b.bytes_mut(), dtype, op))
     }
 
     // ---------------------------------------------------------------- reduce
@@ -252,8 +269,8 @@ impl ProcessGroup {
     pub fn reduce_raw(&self, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
         kernels::check_supported(dtype, op)?;
         check_root(root, self.size())?;
-        let count = elems(buf.len(), dtype, "reduce")?;
-        self.run_blocking("reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], |c, x, t, a| reduce_impl(t, c, x, a, buf, root, dtype, op))
+        elems(buf.len(), dtype, "reduce")?;
+        self.run_blocking("reduce", reduction(kind::REDUCE, dtype, op, Some(root), buf.len()), |c, x, t, a| reduce_impl(t, c, x, a, buf, root, dtype, op))
     }
 
     pub fn reduce_async<B: OpBuffer>(&self, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Work<B> {
@@ -262,51 +279,67 @@ impl ProcessGroup {
 
     /// `reduce_async`, queued or run on the calling thread as `mode` says.
     pub fn reduce_issue<B: OpBuffer>(&self, mode: Mode, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Issued<B> {
-        let count = match kernels::check_supported(dtype, op)
+        let checked = kernels::check_supported(dtype, op)
             .map_err(ChorusError::from)
             .and_then(|_| check_root(root, self.size()))
-            .and_then(|_| elems(buf.bytes().len(), dtype, "reduce"))
-        {
-            Ok(c) => c,
-            Err(e) => return Issued::Refused(e),
-        };
-        self.issue_bufs(mode, "reduce", &[kind::REDUCE, dtype as u64, op as u64, count, root as u64], buf, move |c, x, t, a, b| reduce_impl(t, c, x, a, b.bytes_mut(), root, dtype, op))
+            .and_then(|_| elems(buf.bytes().len(), dtype, "reduce"));
+        if let Err(e) = checked {
+            return Issued::Refused(e);
+        }
+        let desc = reduction(kind::REDUCE, dtype, op, Some(root), buf.bytes().len());
+        self.issue_bufs(mode, "reduce", desc, buf, move |c, x, t, a, b| reduce_impl(t, c, x, a, b.bytes_mut(), root, dtype, op))
     }
 
     // ---------------------------------------------------------------- broadcast
     /// Copies `root`'s `buf` into every rank's `buf`.
+    /// Ranks must agree on `T` (as on the root and the length).
     pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
-        self.broadcast_raw(as_bytes_mut(buf), root)
+        self.broadcast_typed(as_bytes_mut(buf), Some(T::DTYPE), root)
     }
 
+    /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
     pub fn broadcast_raw(&self, buf: &mut [u8], root: usize) -> Result<()> {
+        self.broadcast_typed(buf, None, root)
+    }
+
+    /// `broadcast_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
+    pub fn broadcast_typed(&self, buf: &mut [u8], dtype: Option<DType>, root: usize) -> Result<()> {
         check_root(root, self.size())?;
-        self.run_blocking("broadcast", &[kind::BROADCAST, buf.len() as u64, root as u64], |c, x, t, _| broadcast_impl(t, c, x, buf, root))
+        whole(buf.len(), dtype, "broadcast")?;
+        self.run_blocking("broadcast", movement(kind::BROADCAST, dtype, Some(root), buf.len()), |c, x, t, _| broadcast_impl(t, c, x, buf, root))
     }
 
     pub fn broadcast_async<B: OpBuffer>(&self, buf: B, root: usize) -> Work<B> {
-        self.broadcast_issue(Mode::Queued, buf, root).into_work("broadcast")
+        self.broadcast_issue(Mode::Queued, buf, None, root).into_work("broadcast")
     }
 
-    /// `broadcast_async`, queued or run on the calling thread as `mode` says.
-    pub fn broadcast_issue<B: OpBuffer>(&self, mode: Mode, buf: B, root: usize) -> Issued<B> {
-        if let Err(e) = check_root(root, self.size()) {
+    /// `broadcast_async`, queued or run on the calling thread as `mode` says, over `dtype`
+    /// elements (`None`: bytes).
+    pub fn broadcast_issue<B: OpBuffer>(&self, mode: Mode, buf: B, dtype: Option<DType>, root: usize) -> Issued<B> {
+        if let Err(e) = check_root(root, self.size()).and_then(|_| whole(buf.bytes().len(), dtype, "broadcast")) {
             return Issued::Refused(e);
         }
-        let len = buf.bytes().len() as u64;
-        self.issue_bufs(mode, "broadcast", &[kind::BROADCAST, len, root as u64], buf, move |c, x, t, _, b| broadcast_impl(t, c, x, b.bytes_mut(), root))
+        let desc = movement(kind::BROADCAST, dtype, Some(root), buf.bytes().len());
+        self.issue_bufs(mode, "broadcast", desc, buf, move |c, x, t, _, b| broadcast_impl(t, c, x, b.bytes_mut(), root))
     }
 
     // ---------------------------------------------------------------- all_gather
     /// Concatenates every rank's `input` (rank order) into every rank's `output`
     /// (`output.len() == size * input.len()`).
     pub fn all_gather<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<()> {
-        self.all_gather_raw(as_bytes(input), as_bytes_mut(output))
+        self.all_gather_typed(as_bytes(input), as_bytes_mut(output), Some(T::DTYPE))
     }
 
+    /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
     pub fn all_gather_raw(&self, input: &[u8], output: &mut [u8]) -> Result<()> {
+        self.all_gather_typed(input, output, None)
+    }
+
+    /// `all_gather_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
+    pub fn all_gather_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>) -> Result<()> {
         self.check_gather_sizes("all_gather", input.len(), output.len())?;
-        self.run_blocking("all_gather", &[kind::ALL_GATHER, input.len() as u64], |c, x, t, _| all_gather_impl(t, c, x, input, output))
+        whole(input.len(), dtype, "all_gather")?;
+        self.run_blocking("all_gather", movement(kind::ALL_GATHER, dtype, None, input.len()), |c, x, t, _| all_gather_impl(t, c, x, input, output))
     }
 
     /// List form: `outputs[r]` receives rank `r`'s input.
@@ -329,16 +362,17 @@ impl ProcessGroup {
     }
 
     pub fn all_gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {
-        self.all_gather_issue(Mode::Queued, input, output).into_work("all_gather")
+        self.all_gather_issue(Mode::Queued, input, output, None).into_work("all_gather")
     }
 
-    /// `all_gather_async`, queued or run on the calling thread as `mode` says.
-    pub fn all_gather_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O) -> Issued<(I, O)> {
-        if let Err(e) = self.check_gather_sizes("all_gather", input.bytes().len(), output.bytes().len()) {
+    /// `all_gather_async`, queued or run on the calling thread as `mode` says, over `dtype`
+    /// elements (`None`: bytes).
+    pub fn all_gather_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>) -> Issued<(I, O)> {
+        let len = input.bytes().len();
+        if let Err(e) = self.check_gather_sizes("all_gather", len, output.bytes().len()).and_then(|_| whole(len, dtype, "all_gather")) {
             return Issued::Refused(e);
         }
-        let len = input.bytes().len() as u64;
-        self.issue_bufs(mode, "all_gather", &[kind::ALL_GATHER, len], (input, output), move |c, x, t, _, (i, o)| all_gather_impl(t, c, x, i.bytes(), o.bytes_mut()))
+        self.issue_bufs(mode, "all_gather", movement(kind::ALL_GATHER, dtype, None, len), (input, output), move |c, x, t, _, (i, o)| all_gather_impl(t, c, x, i.bytes(), o.bytes_mut()))
     }
 
     fn check_gather_sizes(&self, op: &str, block: usize, total: usize) -> Result<()> {
@@ -360,8 +394,8 @@ impl ProcessGroup {
     pub fn reduce_scatter_raw(&self, input: &[u8], output: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
         kernels::check_supported(dtype, op)?;
         self.check_gather_sizes("reduce_scatter", output.len(), input.len())?;
-        let count = elems(output.len(), dtype, "reduce_scatter")?;
-        self.run_blocking("reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], |c, x, t, _| {
+        elems(output.len(), dtype, "reduce_scatter")?;
+        self.run_blocking("reduce_scatter", reduction(kind::REDUCE_SCATTER, dtype, op, None, output.len()), |c, x, t, _| {
             reduce_scatter_impl(t, c, x, input, output, dtype, op)
         })
     }
@@ -386,15 +420,15 @@ impl ProcessGroup {
 
     /// `reduce_scatter_async`, queued or run on the calling thread as `mode` says.
     pub fn reduce_scatter_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: DType, op: ReduceOp) -> Issued<(I, O)> {
-        let count = match kernels::check_supported(dtype, op)
+        let checked = kernels::check_supported(dtype, op)
             .map_err(ChorusError::from)
             .and_then(|_| self.check_gather_sizes("reduce_scatter", output.bytes().len(), input.bytes().len()))
-            .and_then(|_| elems(output.bytes().len(), dtype, "reduce_scatter"))
-        {
-            Ok(c) => c,
-            Err(e) => return Issued::Refused(e),
-        };
-        self.issue_bufs(mode, "reduce_scatter", &[kind::REDUCE_SCATTER, dtype as u64, op as u64, count], (input, output), move |c, x, t, _, (i, o)| {
+            .and_then(|_| elems(output.bytes().len(), dtype, "reduce_scatter"));
+        if let Err(e) = checked {
+            return Issued::Refused(e);
+        }
+        let desc = reduction(kind::REDUCE_SCATTER, dtype, op, None, output.bytes().len());
+        self.issue_bufs(mode, "reduce_scatter", desc, (input, output), move |c, x, t, _, (i, o)| {
             reduce_scatter_impl(t, c, x, i.bytes(), o.bytes_mut(), dtype, op)
         })
     }
@@ -402,13 +436,20 @@ impl ProcessGroup {
     // ---------------------------------------------------------------- all_to_all
     /// Equal splits: block `p` of `input` goes to rank `p`; block `p` of `output` comes from `p`.
     pub fn all_to_all<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<()> {
-        self.all_to_all_raw(as_bytes(input), as_bytes_mut(output))
+        self.all_to_all_typed(as_bytes(input), as_bytes_mut(output), Some(T::DTYPE))
     }
 
+    /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
     pub fn all_to_all_raw(&self, input: &[u8], output: &mut [u8]) -> Result<()> {
+        self.all_to_all_typed(input, output, None)
+    }
+
+    /// `all_to_all_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
+    pub fn all_to_all_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>) -> Result<()> {
         let block = self.check_all_to_all(input.len(), output.len())?;
+        whole(block, dtype, "all_to_all")?;
         let splits = even_splits(self.size(), block);
-        self.run_blocking("all_to_all", &[kind::ALL_TO_ALL, input.len() as u64], |c, x, t, _| all_to_all_impl(t, c, x, input, output, &splits, &splits, false))
+        self.run_blocking("all_to_all", movement(kind::ALL_TO_ALL, dtype, None, input.len()), |c, x, t, _| all_to_all_impl(t, c, x, input, output, &splits, &splits, false))
     }
 
     fn check_all_to_all(&self, input: usize, output: usize) -> Result<usize> {
@@ -428,8 +469,8 @@ impl ProcessGroup {
     }
 
     pub fn all_to_all_v_raw(&self, input: &[u8], send_counts: &[usize], output: &mut [u8], recv_counts: &[usize], dtype: DType) -> Result<()> {
-        let (send, recv) = self.check_all_to_all_v(input.len(), send_counts, output.len(), recv_counts, dtype)?;
-        self.run_blocking("all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], |c, x, t, _| all_to_all_impl(t, c, x, input, output, &send, &recv, true))
+        let (send, recv) = self.all_to_all_v_splits(input.len(), send_counts, output.len(), recv_counts, dtype, false)?;
+        self.run_blocking("all_to_all_v", movement(kind::ALL_TO_ALL_V, Some(dtype), None, 0), |c, x, t, _| all_to_all_impl(t, c, x, input, output, &send, &recv, true))
     }
 
     /// Checks `all_to_all_v`'s counts and turns them into byte splits. Every sum and product is
@@ -437,13 +478,20 @@ impl ProcessGroup {
     /// have the same length as its block from itself: the plan copies one into the other.
     #[allow(clippy::type_complexity)]
     pub(super) fn check_all_to_all_v(&self, input: usize, send_counts: &[usize], output: usize, recv_counts: &[usize], dtype: DType) -> Result<(Vec<(usize, usize)>, Vec<(usize, usize)>)> {
+        self.all_to_all_v_splits(input, send_counts, output, recv_counts, dtype, true)
+    }
+
+    /// `check_all_to_all_v`; with `check_self` false, the block to itself is left to the
+    /// collective (`all_to_all_impl`), which tells the peers.
+    #[allow(clippy::type_complexity)]
+    fn all_to_all_v_splits(&self, input: usize, send_counts: &[usize], output: usize, recv_counts: &[usize], dtype: DType, check_self: bool) -> Result<(Vec<(usize, usize)>, Vec<(usize, usize)>)> {
         let n = self.size();
         let e = dtype.size();
         if send_counts.len() != n || recv_counts.len() != n {
             return Err(ChorusError::InvalidArgument(format!("all_to_all_v: need {n} send and recv counts, got {} and {}", send_counts.len(), recv_counts.len())));
         }
         let me = self.rank();
-        if send_counts[me] != recv_counts[me] {
+        if check_self && send_counts[me] != recv_counts[me] {
             return Err(ChorusError::InvalidArgument(format!(
                 "all_to_all_v: rank {me} sends {} elements to itself but receives {} from itself; its own send and receive counts must be equal",
                 send_counts[me], recv_counts[me]
@@ -461,18 +509,19 @@ impl ProcessGroup {
     }
 
     pub fn all_to_all_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {
-        self.all_to_all_issue(Mode::Queued, input, output).into_work("all_to_all")
+        self.all_to_all_issue(Mode::Queued, input, output, None).into_work("all_to_all")
     }
 
-    /// `all_to_all_async`, queued or run on the calling thread as `mode` says.
-    pub fn all_to_all_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O) -> Issued<(I, O)> {
-        let block = match self.check_all_to_all(input.bytes().len(), output.bytes().len()) {
+    /// `all_to_all_async`, queued or run on the calling thread as `mode` says, over `dtype`
+    /// elements (`None`: bytes).
+    pub fn all_to_all_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>) -> Issued<(I, O)> {
+        let block = match self.check_all_to_all(input.bytes().len(), output.bytes().len()).and_then(|b| whole(b, dtype, "all_to_all").map(|_| b)) {
             Ok(b) => b,
             Err(e) => return Issued::Refused(e),
         };
-        let len = input.bytes().len() as u64;
+        let desc = movement(kind::ALL_TO_ALL, dtype, None, input.bytes().len());
         let splits = even_splits(self.size(), block);
-        self.issue_bufs(mode, "all_to_all", &[kind::ALL_TO_ALL, len], (input, output), move |c, x, t, _, (i, o)| {
+        self.issue_bufs(mode, "all_to_all", desc, (input, output), move |c, x, t, _, (i, o)| {
             all_to_all_impl(t, c, x, i.bytes(), o.bytes_mut(), &splits, &splits, false)
         })
     }
@@ -483,11 +532,11 @@ impl ProcessGroup {
 
     /// `all_to_all_v_async`, queued or run on the calling thread as `mode` says.
     pub fn all_to_all_v_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, send_counts: Vec<usize>, output: O, recv_counts: Vec<usize>, dtype: DType) -> Issued<(I, O)> {
-        let (send, recv) = match self.check_all_to_all_v(input.bytes().len(), &send_counts, output.bytes().len(), &recv_counts, dtype) {
+        let (send, recv) = match self.all_to_all_v_splits(input.bytes().len(), &send_counts, output.bytes().len(), &recv_counts, dtype, false) {
             Ok(s) => s,
             Err(e) => return Issued::Refused(e),
         };
-        self.issue_bufs(mode, "all_to_all_v", &[kind::ALL_TO_ALL_V, dtype as u64], (input, output), move |c, x, t, _, (i, o)| {
+        self.issue_bufs(mode, "all_to_all_v", movement(kind::ALL_TO_ALL_V, Some(dtype), None, 0), (input, output), move |c, x, t, _, (i, o)| {
             all_to_all_impl(t, c, x, i.bytes(), o.bytes_mut(), &send, &recv, true)
         })
     }
@@ -495,28 +544,36 @@ impl ProcessGroup {
     // ---------------------------------------------------------------- gather / scatter
     /// Every rank's `input` lands in `root`'s `output` (rank order); `output` is ignored elsewhere.
     pub fn gather<T: Element>(&self, input: &[T], output: &mut [T], root: usize) -> Result<()> {
-        self.gather_raw(as_bytes(input), as_bytes_mut(output), root)
+        self.gather_typed(as_bytes(input), as_bytes_mut(output), Some(T::DTYPE), root)
     }
 
+    /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
     pub fn gather_raw(&self, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+        self.gather_typed(input, output, None, root)
+    }
+
+    /// `gather_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
+    pub fn gather_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>, root: usize) -> Result<()> {
         check_root(root, self.size())?;
+        whole(input.len(), dtype, "gather")?;
         let out_len = if self.rank() == root {
             self.check_gather_sizes("gather", input.len(), output.len())?;
             output.len()
         } else {
             0
         };
-        self.run_blocking("gather", &[kind::GATHER, input.len() as u64, root as u64], |c, x, t, _| gather_impl(t, c, x, input, &mut output[..out_len], root))
+        self.run_blocking("gather", movement(kind::GATHER, dtype, Some(root), input.len()), |c, x, t, _| gather_impl(t, c, x, input, &mut output[..out_len], root))
     }
 
     pub fn gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
-        self.gather_issue(Mode::Queued, input, output, root).into_work("gather")
+        self.gather_issue(Mode::Queued, input, output, None, root).into_work("gather")
     }
 
-    /// `gather_async`, queued or run on the calling thread as `mode` says.
-    pub fn gather_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, root: usize) -> Issued<(I, O)> {
+    /// `gather_async`, queued or run on the calling thread as `mode` says, over `dtype` elements
+    /// (`None`: bytes).
+    pub fn gather_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>, root: usize) -> Issued<(I, O)> {
         let me = self.rank();
-        let check = check_root(root, self.size()).and_then(|_| {
+        let check = check_root(root, self.size()).and_then(|_| whole(input.bytes().len(), dtype, "gather")).and_then(|_| {
             if me == root {
                 self.check_gather_sizes("gather", input.bytes().len(), output.bytes().len())
             } else {
@@ -526,8 +583,8 @@ impl ProcessGroup {
         if let Err(e) = check {
             return Issued::Refused(e);
         }
-        let len = input.bytes().len() as u64;
-        self.issue_bufs(mode, "gather", &[kind::GATHER, len, root as u64], (input, output), move |c, x, t, _, (i, o)| {
+        let desc = movement(kind::GATHER, dtype, Some(root), input.bytes().len());
+        self.issue_bufs(mode, "gather", desc, (input, output), move |c, x, t, _, (i, o)| {
             let out = o.bytes_mut();
             let out = if me == root { out } else { &mut out[..0] };
             gather_impl(t, c, x, i.bytes(), out, root)
@@ -536,28 +593,36 @@ impl ProcessGroup {
 
     /// `root`'s `input` (`size` blocks) is split so rank `r` gets block `r` in `output`.
     pub fn scatter<T: Element>(&self, input: &[T], output: &mut [T], root: usize) -> Result<()> {
-        self.scatter_raw(as_bytes(input), as_bytes_mut(output), root)
+        self.scatter_typed(as_bytes(input), as_bytes_mut(output), Some(T::DTYPE), root)
     }
 
+    /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
     pub fn scatter_raw(&self, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+        self.scatter_typed(input, output, None, root)
+    }
+
+    /// `scatter_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
+    pub fn scatter_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>, root: usize) -> Result<()> {
         check_root(root, self.size())?;
+        whole(output.len(), dtype, "scatter")?;
         let in_len = if self.rank() == root {
             self.check_gather_sizes("scatter", output.len(), input.len())?;
             input.len()
         } else {
             0
         };
-        self.run_blocking("scatter", &[kind::SCATTER, output.len() as u64, root as u64], |c, x, t, _| scatter_impl(t, c, x, &input[..in_len], output, root))
+        self.run_blocking("scatter", movement(kind::SCATTER, dtype, Some(root), output.len()), |c, x, t, _| scatter_impl(t, c, x, &input[..in_len], output, root))
     }
 
     pub fn scatter_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
-        self.scatter_issue(Mode::Queued, input, output, root).into_work("scatter")
+        self.scatter_issue(Mode::Queued, input, output, None, root).into_work("scatter")
     }
 
-    /// `scatter_async`, queued or run on the calling thread as `mode` says.
-    pub fn scatter_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, root: usize) -> Issued<(I, O)> {
+    /// `scatter_async`, queued or run on the calling thread as `mode` says, over `dtype` elements
+    /// (`None`: bytes).
+    pub fn scatter_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>, root: usize) -> Issued<(I, O)> {
         let me = self.rank();
-        let check = check_root(root, self.size()).and_then(|_| {
+        let check = check_root(root, self.size()).and_then(|_| whole(output.bytes().len(), dtype, "scatter")).and_then(|_| {
             if me == root {
                 self.check_gather_sizes("scatter", output.bytes().len(), input.bytes().len())
             } else {
@@ -567,8 +632,8 @@ impl ProcessGroup {
         if let Err(e) = check {
             return Issued::Refused(e);
         }
-        let len = output.bytes().len() as u64;
-        self.issue_bufs(mode, "scatter", &[kind::SCATTER, len, root as u64], (input, output), move |c, x, t, _, (i, o)| {
+        let desc = movement(kind::SCATTER, dtype, Some(root), output.bytes().len());
+        self.issue_bufs(mode, "scatter", desc, (input, output), move |c, x, t, _, (i, o)| {
             let inp = if me == root { i.bytes() } else { &i.bytes()[..0] };
             scatter_impl(t, c, x, inp, o.bytes_mut(), root)
         })
@@ -577,7 +642,7 @@ impl ProcessGroup {
     // ---------------------------------------------------------------- barrier
     /// Returns once every rank has entered the barrier.
     pub fn barrier(&self) -> Result<()> {
-        self.run_blocking("barrier", &[kind::BARRIER], |c, x, t, _| {
+        self.run_blocking("barrier", movement(kind::BARRIER, None, None, 0), |c, x, t, _| {
             let plan = t.place(algo::barrier(t.m(), t.me()));
             exec::run(c, x, &plan, &mut Bufs::InPlace(&mut []), None, None)
         })
@@ -589,7 +654,7 @@ impl ProcessGroup {
 
     /// `barrier_async`, queued or run on the calling thread as `mode` says.
     pub fn barrier_issue(&self, mode: Mode) -> Issued<()> {
-        self.issue_bufs(mode, "barrier", &[kind::BARRIER], (), move |c, x, t, _, _| {
+        self.issue_bufs(mode, "barrier", movement(kind::BARRIER, None, None, 0), (), move |c, x, t, _, _| {
             let plan = t.place(algo::barrier(t.m(), t.me()));
             exec::run(c, x, &plan, &mut Bufs::InPlace(&mut []), None, None)
         })

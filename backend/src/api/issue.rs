@@ -6,6 +6,7 @@
 use super::select::Topo;
 use super::{ft, ProcessGroup};
 use crate::engine::comm::{Comm, OpCtx};
+use crate::engine::desc::OpDesc;
 use crate::engine::queue::{Drain, Job};
 use crate::engine::work::{self, OpInfo, Work};
 use crate::error::{ChorusError, Result};
@@ -52,7 +53,7 @@ impl<S, F: FnMut(&mut Comm, &OpCtx, &Topo, u32, &mut S) -> Result<()> + Send + '
 
 impl ProcessGroup {
     /// Runs a collective on the caller's thread, after every queued one.
-    pub(super) fn run_blocking(&self, name: &'static str, desc: &[u64], f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()>) -> Result<()> {
+    pub(super) fn run_blocking(&self, name: &'static str, desc: OpDesc, f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()>) -> Result<()> {
         self.ready_to_run()?;
         self.run_here(name, desc, f).map(drop)
     }
@@ -65,7 +66,7 @@ impl ProcessGroup {
     }
 
     /// Runs a collective here and now; what it reported.
-    fn run_here(&self, name: &'static str, desc: &[u64], mut f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()>) -> Result<OpInfo> {
+    fn run_here(&self, name: &'static str, desc: OpDesc, mut f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()>) -> Result<OpInfo> {
         let ctx = self.next_ctx(name, desc);
         let mut guard = self.inner.coll.lock().unwrap_or_else(|p| p.into_inner());
         let _span = tracing::debug_span!("collective", op = name, seq = ctx.op_seq, rank = self.inner.rank).entered();
@@ -81,7 +82,7 @@ impl ProcessGroup {
         &self,
         mode: Mode,
         name: &'static str,
-        desc: &[u64],
+        desc: OpDesc,
         state: S,
         f: impl Body<S>,
         finish: impl FnOnce(S) -> R + Send + 'static,
@@ -93,11 +94,11 @@ impl ProcessGroup {
     }
 
     /// `issue` for state that is itself the result (the buffers come back).
-    pub(super) fn issue_bufs<B: Send + 'static>(&self, mode: Mode, name: &'static str, desc: &[u64], bufs: B, f: impl Body<B>) -> Issued<B> {
+    pub(super) fn issue_bufs<B: Send + 'static>(&self, mode: Mode, name: &'static str, desc: OpDesc, bufs: B, f: impl Body<B>) -> Issued<B> {
         self.issue(mode, name, desc, bufs, f, |b| b)
     }
 
-    fn run_inline<S, R>(&self, name: &'static str, desc: &[u64], mut state: S, mut f: impl Body<S>, finish: impl FnOnce(S) -> R) -> Issued<R> {
+    fn run_inline<S, R>(&self, name: &'static str, desc: OpDesc, mut state: S, mut f: impl Body<S>, finish: impl FnOnce(S) -> R) -> Issued<R> {
         if let Err(e) = self.ready_to_run() {
             return Issued::Refused(e);
         }
@@ -114,7 +115,7 @@ impl ProcessGroup {
     fn enqueue<S: Send + 'static, R: Send + 'static>(
         &self,
         name: &'static str,
-        desc: &[u64],
+        desc: OpDesc,
         mut state: S,
         mut f: impl Body<S>,
         finish: impl FnOnce(S) -> R + Send + 'static,

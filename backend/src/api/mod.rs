@@ -13,7 +13,8 @@ pub use staged::{device_route, DeviceOps, DeviceRoute, DeviceStage, HostOps, Hos
 pub use issue::{Issued, Mode};
 pub mod select;
 
-use crate::engine::comm::{describe, OpCtx};
+use crate::engine::comm::OpCtx;
+use crate::engine::desc::OpDesc;
 use crate::engine::work::OpInfo;
 use crate::error::{ChorusError, Result};
 use crate::group::{self, GroupInner};
@@ -223,10 +224,10 @@ impl ProcessGroup {
         self.inner.destroy(true);
     }
 
-    fn next_ctx(&self, name: &'static str, desc: &[u64]) -> OpCtx {
+    fn next_ctx(&self, name: &'static str, desc: OpDesc) -> OpCtx {
         let op_seq = self.inner.op_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let now = Instant::now();
-        OpCtx { name, op_seq, epoch: 0, attempt: 0, desc: describe(desc), deadline: now + self.inner.opts.timeout, started: now }
+        OpCtx { name, op_seq, epoch: 0, attempt: 0, desc, deadline: now + self.inner.opts.timeout, started: now }
     }
 
     /// What the last collective this handle's group completed reported (failed ranks, epoch).

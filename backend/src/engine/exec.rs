@@ -67,7 +67,7 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
         match step {
             Step::Send { to, src } => {
                 let data = bufs.read(*src);
-                comm.send(ctx, *to, send_total(*to), 0, data.len(), &mut |out| out.copy_from_slice(data))?;
+                comm.send(ctx, *to, send_total(*to), data.len(), &mut |out| out.copy_from_slice(data))?;
             }
             Step::Recv { from, dst } => {
                 let seq = comm.next_chunk(ctx, *from, dst.len, recv_total(*from))?;
@@ -108,7 +108,7 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
                 let link = comm.link(*from)?;
                 let chunk = link.inbound(comm.stream).payload(seq, dst.len);
                 for &t in to {
-                    comm.send(ctx, t, send_total(t), 0, chunk.len(), &mut |out| out.copy_from_slice(chunk))?;
+                    comm.send(ctx, t, send_total(t), chunk.len(), &mut |out| out.copy_from_slice(chunk))?;
                 }
                 bufs.write(*dst).copy_from_slice(chunk);
                 comm.release(*from, seq)?;
@@ -122,12 +122,12 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
                     Some(d) => {
                         reduce_step(bufs, r, *local, *d, &[chunk])?;
                         let data = bufs.read(*d);
-                        comm.send(ctx, *to, send_total(*to), 0, data.len(), &mut |out| out.copy_from_slice(data))?;
+                        comm.send(ctx, *to, send_total(*to), data.len(), &mut |out| out.copy_from_slice(data))?;
                     }
                     None => {
                         let mine = bufs.read(*local);
                         let mut failed = None;
-                        comm.send(ctx, *to, send_total(*to), 0, mine.len(), &mut |out| {
+                        comm.send(ctx, *to, send_total(*to), mine.len(), &mut |out| {
                             if let Err(e) = kernels::reduce_into(r.dtype, r.op, out, &[mine, chunk]) {
                                 failed = Some(e);
                             }

@@ -186,7 +186,7 @@ impl P2pEngine {
 
     fn ctx(&self) -> OpCtx {
         let now = Instant::now();
-        OpCtx { name: "p2p", op_seq: 0, epoch: 0, attempt: 0, desc: 0, deadline: now, started: now }
+        OpCtx { name: "p2p", op_seq: 0, epoch: 0, attempt: 0, desc: Default::default(), deadline: now, started: now }
     }
 
     /// One non-blocking turn; returns whether anything moved.

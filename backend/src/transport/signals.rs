@@ -7,7 +7,7 @@
 //! |---|---|
 //! | 0   | magic `CHORSIG1` (u64), version (u64), ranks (u64), owner rank (u64), owner pid (u64) |
 //! | 64  | doorbell: ring count (u32, the futex word), sleeping waiters (u32) |
-//! | 128 | abort count (u64, monotonic), abort reason (u64: `reporter << 32 | code`) |
+//! | 128 | abort count (u64, monotonic), abort reason (u64: `reporter << 32 | code`), last mismatch notice (u64: `reporter << 32 | code`) |
 //! | 192 + 64·(2·(peer·STREAMS + stream))     | `data_seq`: chunks `peer` has delivered to me on `stream` |
 //! | 192 + 64·(2·(peer·STREAMS + stream) + 1) | `ack_seq`: chunks of mine `peer` has consumed on `stream` (my credits) |
 //! | 192 + 64·(2·ranks·STREAMS + CONTROLS·peer + c) | control counter `c` written by `peer`: `Done` (last collective it finished its part of), `Heartbeat` (beats), `Recovery` (highest recovery round it asked for) |
@@ -34,7 +34,9 @@ pub enum Stream {
     P2p = 1,
 }
 
-/// Abort reason codes (low 32 bits of the reason word).
+/// Abort reason codes (low 32 bits of the reason word). A code whose low 4 bits are
+/// `ABORT_MISMATCH` is a mismatch notice about one collective (`engine::desc::notice`): it fails
+/// that collective, not the group, so it is kept apart from the abort count.
 pub const ABORT_MISMATCH: u64 = 1;
 pub const ABORT_DESTROYED: u64 = 2;
 pub const ABORT_FAILED: u64 = 3;
@@ -136,8 +138,18 @@ impl SignalBlock {
         self.ring();
     }
 
+    /// The last mismatch notice a peer sent (`reporter << 32 | code`; 0: none).
+    pub fn mismatch_notice(&self) -> &AtomicU64 {
+        self.seg.atomic_u64(144)
+    }
+
     /// Record an abort (reporter and code) and wake every waiter of this block.
     pub fn raise_abort(&self, reporter: usize, code: u64) {
+        if code & 0xf == ABORT_MISMATCH {
+            self.mismatch_notice().store(((reporter as u64) << 32) | code, Ordering::SeqCst);
+            self.ring();
+            return;
+        }
         self.abort_reason().store(((reporter as u64) << 32) | code, Ordering::SeqCst);
         self.abort_count().fetch_add(1, Ordering::SeqCst);
         self.ring();

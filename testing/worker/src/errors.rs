@@ -105,24 +105,56 @@ pub(crate) fn errors_local() -> R {
     Ok(())
 }
 
+/// What a rank may report for a mismatch case: the argument its error must name (the detecting
+/// rank's `Mismatch` and the others' `PeerReportedMismatch` both name it).
+fn names_argument(e: &ChorusError, whats: &[&str]) -> bool {
+    match e {
+        ChorusError::Mismatch { what, .. } | ChorusError::PeerReportedMismatch { what, .. } => whats.contains(what),
+        _ => false,
+    }
+}
+
+type MismatchCase = (&'static str, &'static [&'static str], fn(&ProcessGroup, bool) -> Result<(), ChorusError>);
+
 /// Each sub-case runs on a fresh group in which rank 0 disagrees with the others; every rank
-/// must get an error (not a hang, not a success).
+/// must get an error that names the argument (not a hang, a timeout or a success), and a correct
+/// all_reduce on the same group right after must work on every rank (the mismatched collective
+/// counts as returned everywhere).
 pub(crate) fn errors_mismatch(only: &[String]) -> R {
     let n = env_usize("WORLD_SIZE");
     ensure!(n >= 2, "errors-mismatch needs 2 or more ranks");
-    type Case = (&'static str, fn(&ProcessGroup, bool) -> Result<(), ChorusError>);
-    let cases: [Case; 8] = [
-        ("count", |g, odd| g.all_reduce_raw(&mut vec![0u8; if odd { 40 } else { 48 }], DType::F32, ReduceOp::Sum)),
-        ("count-big", |g, odd| g.all_reduce_raw(&mut vec![0u8; if odd { 3 << 20 } else { (3 << 20) + 4 }], DType::F32, ReduceOp::Sum)),
-        ("dtype", |g, odd| g.all_reduce_raw(&mut [0u8; 64], if odd { DType::F32 } else { DType::I32 }, ReduceOp::Sum)),
-        ("op", |g, odd| g.all_reduce_raw(&mut [0u8; 64], DType::I32, if odd { ReduceOp::Sum } else { ReduceOp::Max })),
-        ("root", |g, odd| g.broadcast_raw(&mut [0u8; 64], if odd { 0 } else { 1 })),
-        ("collective", |g, odd| if odd { g.all_reduce_raw(&mut [0u8; 64], DType::F32, ReduceOp::Sum) } else { g.broadcast_raw(&mut [0u8; 64], 0) }),
-        ("all_gather-count", |g, odd| {
+    let cases: [MismatchCase; 14] = [
+        ("count", &["the count"], |g, odd| g.all_reduce_raw(&mut vec![0u8; if odd { 40 } else { 48 }], DType::F32, ReduceOp::Sum)),
+        ("count-big", &["the count"], |g, odd| g.all_reduce_raw(&mut vec![0u8; if odd { 3 << 20 } else { (3 << 20) + 4 }], DType::F32, ReduceOp::Sum)),
+        ("dtype", &["the dtype"], |g, odd| g.all_reduce_raw(&mut [0u8; 64], if odd { DType::F32 } else { DType::I32 }, ReduceOp::Sum)),
+        ("op", &["the reduction op"], |g, odd| g.all_reduce_raw(&mut [0u8; 64], DType::I32, if odd { ReduceOp::Sum } else { ReduceOp::Max })),
+        ("root", &["the root"], |g, odd| g.broadcast_raw(&mut [0u8; 64], if odd { 0 } else { 1 })),
+        // Issue 25: both ranks only wait for each other (each thinks it is the root).
+        ("reduce-root", &["the root"], |g, odd| g.reduce_raw(&mut [0u8; 64], if odd { 0 } else { 1 }, DType::F32, ReduceOp::Sum)),
+        ("gather-root", &["the root"], |g, odd| g.gather_raw(&[0u8; 16], &mut vec![0u8; 16 * g.size()], if odd { 0 } else { 1 })),
+        ("collective", &["the collective"], |g, odd| if odd { g.all_reduce_raw(&mut [0u8; 64], DType::F32, ReduceOp::Sum) } else { g.broadcast_raw(&mut [0u8; 64], 0) }),
+        // Both wait: rank 0 as reduce's root, the others as gather's root 1.
+        ("collective-waiting", &["the collective"], |g, odd| {
+            if odd {
+                g.reduce_raw(&mut [0u8; 16], 0, DType::F32, ReduceOp::Sum)
+            } else {
+                g.gather_raw(&[0u8; 16], &mut vec![0u8; 16 * g.size()], 1)
+            }
+        }),
+        // Issue 25: an f32 broadcast into i32 used to succeed with the f32 bits.
+        ("broadcast-dtype", &["the dtype"], |g, odd| if odd { g.broadcast(&mut [7.0f32; 16], 0) } else { g.broadcast(&mut [0i32; 16], 0) }),
+        ("all_gather-dtype", &["the dtype"], |g, odd| {
+            if odd {
+                g.all_gather(&[1.0f32; 4], &mut vec![0.0f32; 4 * g.size()])
+            } else {
+                g.all_gather(&[1i32; 4], &mut vec![0i32; 4 * g.size()])
+            }
+        }),
+        ("all_gather-count", &["the count"], |g, odd| {
             let l = if odd { 8 } else { 12 };
             g.all_gather_raw(&vec![0u8; l], &mut vec![0u8; l * g.size()])
         }),
-        ("all_to_all_v-counts", |g, odd| {
+        ("all_to_all_v-counts", &["the count", "the message size"], |g, odd| {
             // Rank 0 sends 3 elements to rank 1; rank 1 expects 4 from rank 0.
             let (n, me) = (g.size(), g.rank());
             let mut send = vec![1usize; n];
@@ -134,9 +166,20 @@ pub(crate) fn errors_mismatch(only: &[String]) -> R {
             }
             g.all_to_all_v_raw(&[0u8; 64], &send, &mut [0u8; 64], &recv, DType::U8)
         }),
+        // Issue 25: rank 0's block to itself and from itself differ (this used to panic the
+        // engine thread); rank 0 gets InvalidArgument, its peers an error naming the collective.
+        ("all_to_all_v-self", &["the collective"], |g, odd| {
+            let n = g.size();
+            let send = vec![2usize; n];
+            let mut recv = vec![2usize; n];
+            if odd {
+                recv[0] = 1;
+            }
+            g.all_to_all_v_raw(&vec![0u8; 2 * n], &send, &mut vec![0u8; 2 * n], &recv, DType::U8)
+        }),
     ];
     // Options: --barrier-first (a barrier on the fresh group before the mismatched op),
-    // --repeat K; then case names. Default: every case but "root" (a known bug makes it time out).
+    // --repeat K; then case names. Default: every case.
     let mut barrier_first = false;
     let mut repeat = 1;
     let mut names: Vec<&str> = Vec::new();
@@ -148,30 +191,44 @@ pub(crate) fn errors_mismatch(only: &[String]) -> R {
             c => names.push(c),
         }
     }
-    let selected = |c: &str| if names.is_empty() { c != "root" } else { names.contains(&c) };
+    for c in &names {
+        ensure!(cases.iter().any(|k| k.0 == *c), "no mismatch case named {c}");
+    }
+    let selected = |c: &str| names.is_empty() || names.contains(&c);
     let mut keep = Vec::new();
-    let runs: Vec<(usize, &Case)> = (0..repeat).flat_map(|k| cases.iter().filter(|c| selected(c.0)).map(move |c| (k, c))).collect();
-    for (k, (name, f)) in runs {
+    let runs: Vec<(usize, &MismatchCase)> = (0..repeat).flat_map(|k| cases.iter().filter(|c| selected(c.0)).map(move |c| (k, c))).collect();
+    for (k, (name, whats, f)) in runs {
         // A fresh group: creating it brings the ranks in step, and its first operation is the
-        // mismatched one (no barrier first: a rank that detects the mismatch early aborts the
-        // group, which may fail peers still finishing an earlier operation).
+        // mismatched one.
         let g = world(&format!("mismatch-{name}-{k}"))?;
         check_transports(&g, &|r| r)?;
         if barrier_first {
             g.barrier().ctx(format!("{name}: barrier"))?;
         }
+        let me = g.rank();
         let t0 = Instant::now();
-        let r = f(&g, g.rank() == 0);
-        eprintln!("rank {}: mismatch {name}: {} after {} ms", g.rank(), r.as_ref().err().map_or("Ok".to_string(), |e| format!("{e:?}")), t0.elapsed().as_millis());
+        let r = f(&g, me == 0);
+        eprintln!("rank {me}: mismatch {name}: {} after {} ms", r.as_ref().err().map_or("Ok".to_string(), |e| e.to_string()), t0.elapsed().as_millis());
         match r {
-            Ok(()) => return Err(format!("mismatch {name}: succeeded on rank {}, expected an error", g.rank())),
-            Err(ChorusError::Timeout { .. }) => return Err(format!("mismatch {name}: only a timeout on rank {} (the mismatch was not detected)", g.rank())),
-            Err(_) => {}
+            Ok(()) => return Err(format!("mismatch {name}: succeeded on rank {me}, expected an error")),
+            Err(ChorusError::InvalidArgument(m)) if *name == "all_to_all_v-self" && me == 0 => {
+                ensure!(m.contains("rank 0 sends 2 bytes to itself but receives 1"), "mismatch {name}: rank 0's error does not say what is wrong: {m}");
+            }
+            Err(e) if names_argument(&e, whats) => {
+                if let ChorusError::Mismatch { rank, peer, .. } = &e {
+                    ensure!(*rank == me && *peer != me && e.to_string().contains(&format!("rank {peer} has")), "mismatch {name}: rank {me}'s error does not name both ranks: {e}");
+                }
+            }
+            Err(e) => return Err(format!("mismatch {name}: rank {me} got {e:?}; expected an error naming {whats:?}")),
         }
-        // Not destroyed here: destroying aborts peers that may still be detecting the mismatch.
+        // The group is usable: every rank counts the failed collective as returned.
+        let mut v = vec![me as i64 + 1; 1000];
+        g.all_reduce(&mut v, ReduceOp::Sum).ctx(format!("{name}: all_reduce after the mismatch"))?;
+        ensure!(v.iter().all(|&x| x == (n * (n + 1) / 2) as i64), "{name}: all_reduce after the mismatch gave {}", v[0]);
+        // Not destroyed here: destroying aborts peers that may still be finishing the all_reduce.
         keep.push(g);
     }
-    // Every rank is done with every broken group before any of them goes away.
+    // Every rank is done with every group before any of them goes away.
     world("mismatch-done")?.barrier().ctx("final barrier")?;
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! - `subgroups`: new_group / split, and two overlapping subgroups driven from two threads.
 //! - `async`: many asynchronous operations in flight, interleaved with blocking ones.
 //! - `errors-local`: invalid ranks/ops/lengths fail locally; use after destroy.
-//! - `errors-mismatch [--barrier-first] [--repeat K] [CASE...]`: ranks that disagree on counts/dtypes/ops/roots all get an error.
+//! - `errors-mismatch [--barrier-first] [--repeat K] [CASE...]`: ranks that disagree on counts/dtypes/ops/roots/collectives all get an error naming the argument, and the group stays usable.
 //! - `barrier-destroy`: rank 0 destroys each group right after a barrier.
 //! - `create-timeout`: a failed group creation leaves nothing in /dev/shm.
 //! - `smoke`: a short all_reduce/broadcast/all_gather check (for the launcher and netns tests).
