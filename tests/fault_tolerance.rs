@@ -690,3 +690,71 @@ fn training_loop_survives_kills_and_rejoins_over_tcp() {
     let _serial = serial();
     train_trials(22, tcp, 1 << 15, &[("CHORUS_FT_SAVE_LIMIT", "262144")]);
 }
+
+/// Issue 25: rank 2 of 3 computes 4.5 s before its 2nd all_reduce, past the others' 3 s
+/// deadline. The waiting ranks go through a timeout round instead of returning a timeout of their
+/// own, so every rank — rank 2 too, at once, when it issues the collective — ends it with the
+/// same `AgreedTimeout` error naming rank 2; nobody is removed, and the next collectives run over
+/// all three ranks with the right sums. Over shared memory and over TCP.
+fn late_rank_gets_the_agreed_timeout(hosts: fn(usize) -> Option<String>) {
+    let _serial = serial();
+    let (n, late, late_op, ops) = (3usize, 2usize, 2u64, 5u64);
+    let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
+    let mut kids: Vec<Child> = (0..n)
+        .map(|rank| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_chorus-timeout-worker"));
+            c.args([late.to_string(), late_op.to_string(), "4500".into(), ops.to_string()])
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", n.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("LOCAL_WORLD_SIZE", n.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", store.local_addr().port().to_string())
+                .env("CHORUS_STORE_ADDR", store.local_addr().to_string())
+                .env("CHORUS_TIMEOUT_MS", "3000")
+                .env_remove("CHORUS_HOST_ID")
+                .env_remove("CHORUS_FT")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if let Some(h) = hosts(rank) {
+                c.env("CHORUS_HOST_ID", h);
+            }
+            c.spawn().expect("spawn worker")
+        })
+        .collect();
+    let pipes: Vec<_> = kids.iter_mut().map(|k| (drain(k.stdout.take().unwrap()), drain(k.stderr.take().unwrap()))).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut outputs = Vec::new();
+    for (r, (k, (o, e))) in kids.iter_mut().zip(pipes).enumerate() {
+        let status = loop {
+            match k.try_wait().expect("wait") {
+                Some(s) => break s,
+                None if Instant::now() > deadline => panic!("rank {r} hung (issue 25: a late rank must not wait for an agreed outcome)"),
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let (out, err) = (o.join().unwrap(), e.join().unwrap());
+        assert!(status.success(), "rank {r} failed ({status}):\n{err}\n{out}");
+        outputs.push(out);
+    }
+    for (r, out) in outputs.iter().enumerate() {
+        assert_eq!(out, &outputs[0], "ranks 0 and {r} ended the collectives differently");
+    }
+    let lines: Vec<&str> = outputs[0].lines().collect();
+    assert_eq!(lines.len(), ops as usize, "{}", outputs[0]);
+    assert!(lines[late_op as usize - 1].starts_with(&format!("op {late_op}: error Timeout: all_reduce timed out")), "{}", outputs[0]);
+    assert!(lines[late_op as usize - 1].contains(&format!("rank(s) [{late}]")), "{}", outputs[0]);
+    for (i, l) in lines.iter().enumerate().filter(|&(i, _)| i + 1 != late_op as usize) {
+        assert_eq!(*l, format!("op {}: result right over [0, 1, 2]", i + 1), "{}", outputs[0]);
+    }
+}
+
+#[test]
+fn late_rank_gets_the_agreed_timeout_over_shm() {
+    late_rank_gets_the_agreed_timeout(|_| None);
+}
+
+#[test]
+fn late_rank_gets_the_agreed_timeout_over_tcp() {
+    late_rank_gets_the_agreed_timeout(|r| Some(format!("host{r}")));
+}

@@ -10,6 +10,12 @@
 //! survivor already holds the full result), re-runs it under the new view from the saved input,
 //! or fails it alike on every survivor.
 //!
+//! Timeout path (issue 25): a wait that reaches its deadline starts a recovery round too (a
+//! *timeout round*: the report names the ranks waited for), so the collective ends alike on every
+//! rank: committed where every rank's part was complete, otherwise the same `AgreedTimeout`
+//! error everywhere (a rank that is late or never issues it gets it when it does), counted as
+//! returned so the next collective lines up. Nobody is removed for being slow.
+//!
 //! Before every attempt a rank settles the rounds asked for while it was between collectives
 //! ([`begin_attempt`]): it applies failure decisions (which may already say how the collective it
 //! is about to start ends) and takes part in admission rounds, which change the view only
@@ -19,7 +25,7 @@ use crate::engine::comm::{Comm, OpCtx};
 use crate::engine::work::OpInfo;
 use crate::error::{ChorusError, Result};
 use crate::group::GroupInner;
-use crate::membership::member::Ending;
+use crate::membership::member::{Ending, Start};
 use crate::transport::signals::Control;
 use std::time::Instant;
 
@@ -77,6 +83,7 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
                             return Ok(info(m.take_failed()));
                         }
                         Err(e) if e.is_failure() => tracing::info!(op = ctx.name, seq = ctx.op_seq, error = %e, "failure during the commit barrier"),
+                        Err(ChorusError::Timeout { peer, .. }) => timed_out(g, &ctx, peer),
                         Err(e) => {
                             m.set_progress(None, Some(ctx.op_seq));
                             return Err(e);
@@ -87,6 +94,7 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
             Err(e) if ft && e.is_failure() => {
                 tracing::info!(op = ctx.name, seq = ctx.op_seq, error = %e, "failure during the collective");
             }
+            Err(ChorusError::Timeout { peer, .. }) if ft => timed_out(g, &ctx, peer),
             Err(e) => {
                 // Returned: later collectives line up behind it (recovery reports count it).
                 m.set_progress(None, Some(ctx.op_seq));
@@ -117,12 +125,23 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
     }
 }
 
+/// A wait of `ctx` reached its deadline waiting for `peer`: the recovery round that follows (the
+/// caller's slow path) reports it, so every rank ends the collective the same way.
+fn timed_out(g: &GroupInner, ctx: &OpCtx, peer: usize) {
+    tracing::warn!(op = ctx.name, seq = ctx.op_seq, peer, "deadline passed: agreeing on the outcome with the other ranks");
+    g.membership.set_timed_out(peer);
+}
+
 /// Before an attempt of `ctx`: settles the recovery rounds asked for, then marks the attempt
 /// started (`Membership::start_attempt`). `Some` when a decision already ended the collective.
 fn begin_attempt(g: &GroupInner, comm: &Comm, ctx: &OpCtx) -> Result<Option<Result<OpInfo>>> {
     let m = &g.membership;
     loop {
-        let Some((round, failure)) = m.start_attempt(g, ctx.op_seq) else { return Ok(None) };
+        let (round, failure) = match m.start_attempt(g, ctx.name, ctx.op_seq) {
+            Start::Started => return Ok(None),
+            Start::Ended(e) => return Ok(Some(Err(e))),
+            Start::Settle(round, failure) => (round, failure),
+        };
         tracing::debug!(round, failure, op = ctx.name, seq = ctx.op_seq, "settling a recovery round before the attempt");
         let applied = if failure {
             let _span = tracing::info_span!("recovery", round, op = ctx.name, seq = ctx.op_seq).entered();

@@ -34,7 +34,7 @@ impl OpInfo {
     /// still say who failed and the epoch; others report nothing.
     pub fn of_error(e: &ChorusError) -> OpInfo {
         match e {
-            ChorusError::FailedByPolicy { failed, epoch, .. } | ChorusError::NotRecoverable { failed, epoch, .. } => {
+            ChorusError::FailedByPolicy { failed, epoch, .. } | ChorusError::NotRecoverable { failed, epoch, .. } | ChorusError::AgreedTimeout { failed, epoch, .. } => {
                 OpInfo { epoch: *epoch, failed: failed.clone(), contributors: Vec::new() }
             }
             _ => OpInfo::default(),

@@ -9,7 +9,7 @@
 //! deaths seen at once or later. Every survivor must end every collective alike, with the same
 //! view and commit point; a live joiner must start at the collective the members first ran with
 //! it; nobody may wait past a deadline.
-use super::member::{Admission, AdmissionStep, Admit, AdmitStep, Clock, Ending, Membership, Peers, Recovery, RecoveryStep, Resumed};
+use super::member::{Admission, AdmissionStep, Admit, AdmitStep, Clock, Ending, Membership, Peers, Recovery, RecoveryStep, Resumed, Start};
 use super::recovery;
 use super::View;
 use crate::options::FailurePolicy;
@@ -207,11 +207,19 @@ struct Sim {
     /// Whether an attempt's in-place input survives it (recovery may re-run it).
     saved: bool,
     chunks_seen: bool,
+    /// `(op, ticks)`: it computes this much longer before collective `op`.
+    stall: Option<(u64, u64)>,
     answered: Option<(u64, u8, u64)>,
     /// What each collective came to.
     outcomes: BTreeMap<u64, String>,
     /// The joiner: the last collective before its first.
     joined: Option<u64>,
+}
+
+/// Computing before collective `next_op` (longer before the one it stalls at).
+fn computing(stall: Option<(u64, u64)>, compute: u64, next_op: u64, tick: u64) -> Phase {
+    let stall = stall.filter(|&(op, _)| op == next_op).map_or(0, |(_, ticks)| ticks);
+    Phase::Computing { until: tick + compute + stall }
 }
 
 impl Sim {
@@ -295,11 +303,20 @@ impl Sim {
                     world.holds.lock().unwrap()[self.rank] = op;
                     self.outcomes.insert(op, format!("result over {:?}", view.members()));
                     self.next_op = op + 1;
-                    Some(Phase::Computing { until: tick + self.compute })
+                    Some(computing(self.stall, self.compute, self.next_op, tick))
                 } else {
                     None
                 }
-                .or_else(|| (tick >= *since + TIMEOUT).then(|| Phase::Failed(format!("waited past its deadline inside collective {op}"))))
+                .or_else(|| {
+                    // Its deadline passed (the engine's `Timeout`): a timeout round, naming a
+                    // member whose part it still waits for.
+                    let waited = others.iter().copied().find(|&p| !with_me(p, *done))?;
+                    (tick >= *since + TIMEOUT).then(|| {
+                        self.m.set_can_rerun(self.saved);
+                        self.m.set_timed_out(waited);
+                        Phase::Recovering { rec: self.m.begin_recovery(), contributors: Some(view.members()) }
+                    })
+                })
             }
             Phase::Finished | Phase::Failed(_) => None,
         };
@@ -309,15 +326,24 @@ impl Sim {
         Ok(())
     }
 
+    fn computing(&self, tick: u64) -> Phase {
+        computing(self.stall, self.compute, self.next_op, tick)
+    }
+
     /// Issues collective `next_op`: settles a pending round first, else starts an attempt.
     fn start(&mut self, tick: u64) -> Phase {
         if self.next_op > LAST {
             return Phase::Finished;
         }
-        match self.m.start_attempt(&self.peers, self.next_op) {
-            Some((_, true)) => Phase::Recovering { rec: self.m.begin_recovery(), contributors: None },
-            Some((round, false)) => Phase::Admission(self.m.begin_admission(round)),
-            None => {
+        match self.m.start_attempt(&self.peers, "all_reduce", self.next_op) {
+            Start::Ended(e) => {
+                self.outcomes.insert(self.next_op, format!("fails: {e}"));
+                self.next_op += 1;
+                self.computing(tick)
+            }
+            Start::Settle(_, true) => Phase::Recovering { rec: self.m.begin_recovery(), contributors: None },
+            Start::Settle(round, false) => Phase::Admission(self.m.begin_admission(round)),
+            Start::Started => {
                 let view = self.m.view();
                 if !view.is_active(self.rank) {
                     return Phase::Failed(format!("excluded at epoch {}", view.epoch));
@@ -345,7 +371,7 @@ impl Sim {
             }
         }
         self.next_op = op + 1;
-        Phase::Computing { until: tick + self.compute }
+        self.computing(tick)
     }
 
     fn describe(&self) -> String {
@@ -365,13 +391,15 @@ impl Sim {
 #[derive(Clone, Copy, Debug)]
 struct Case {
     positions: [Position; 3],
-    /// The tick the joiner asks at.
-    join_at: u64,
+    /// The tick the joiner asks at (`None`: there is no joiner).
+    join_at: Option<u64>,
     saved: bool,
     delay: u64,
     /// Whether a member's first chunk of a collective shows a boundary member that it started
     /// (false: only its attendant's post under `inside/` does, as when it receives first).
     chunks_seen: bool,
+    /// `(rank, op, ticks)`: that member computes this much longer before collective `op`.
+    stall: Option<(usize, u64, u64)>,
 }
 
 struct Run {
@@ -405,11 +433,11 @@ fn run(case: Case, order: &[usize], dies_after: Option<(usize, u64)>) -> Run {
             let m = Membership::new(rank, N, "adm", own, FailurePolicy::Shrink, Duration::from_millis(TIMEOUT), clock, Some(resumed));
             let peers = FakePeers { me: rank, world: world.clone() };
             let (phase, compute) = match case.positions.get(rank) {
-                None => (Phase::Joining { from: case.join_at, admit: m.begin_admit() }, 1),
-                Some(&Position::Between(c)) => (Phase::Computing { until: c }, c),
+                None => (Phase::Joining { from: case.join_at.unwrap_or(u64::MAX), admit: m.begin_admit() }, 1),
+                Some(&Position::Between(c)) => (Phase::Computing { until: c + case.stall.filter(|s| s.0 == rank && s.1 == START + 1).map_or(0, |s| s.2) }, c),
                 Some(&Position::Inside(c)) => (Phase::Starting, c),
             };
-            Sim { rank, m, peers, world: world.clone(), phase, next_op: START + 1, compute, saved: case.saved, chunks_seen: case.chunks_seen, answered: None, outcomes: BTreeMap::new(), joined: None }
+            Sim { rank, m, peers, world: world.clone(), phase, next_op: START + 1, compute, saved: case.saved, chunks_seen: case.chunks_seen, stall: case.stall.filter(|s| s.0 == rank).map(|s| (s.1, s.2)), answered: None, outcomes: BTreeMap::new(), joined: None }
         })
         .collect();
     // The members inside START + 1 started it before anyone asked for a round.
@@ -418,8 +446,9 @@ fn run(case: Case, order: &[usize], dies_after: Option<(usize, u64)>) -> Run {
         assert!(matches!(s.phase, Phase::Inside { .. }));
     }
     // The joiner asked to be active before it asks for the round (a store write: a crash point).
-    let joiner = &sims[JOINER];
-    if let Err(e) = joiner.m.views().activate(&[JOINER]) {
+    if case.join_at.is_none() {
+        world.died.lock().unwrap()[JOINER] = Some(0);
+    } else if let Err(e) = sims[JOINER].m.views().activate(&[JOINER]) {
         assert!(world.dead(JOINER), "activating: {e}");
     }
     for tick in 0..TICKS {
@@ -442,7 +471,7 @@ fn run(case: Case, order: &[usize], dies_after: Option<(usize, u64)>) -> Run {
 /// Survivors ended every collective alike and agree on the view and the commit point; a live
 /// joiner runs from the collective the members first ran with it; a rank that died is out of
 /// the view unless it died after returning the last collective.
-fn check(r: &Run, what: &str) {
+fn check(r: &Run, case: Case, what: &str) {
     let survivors: Vec<&Sim> = r.sims.iter().filter(|s| r.died[s.rank].is_none()).collect();
     for s in &survivors {
         assert!(matches!(s.phase, Phase::Finished), "{what}: rank {} did not finish: {}", s.rank, s.describe());
@@ -458,6 +487,9 @@ fn check(r: &Run, what: &str) {
         for (rank, o) in &seen {
             assert_eq!(*o, seen[0].1, "{what}: collective {op} ended differently on rank {rank} than on rank {}", seen[0].0);
         }
+        if case.stall.is_none() {
+            assert!(!seen[0].1.contains("timed out"), "{what}: collective {op} timed out: {}", seen[0].1);
+        }
         // Every member that survived returned every collective.
         for s in survivors.iter().filter(|s| s.rank != JOINER) {
             assert!(s.outcomes.contains_key(&op), "{what}: rank {} never ended collective {op}", s.rank);
@@ -469,7 +501,7 @@ fn check(r: &Run, what: &str) {
         }
     }
     let joiner = &r.sims[JOINER];
-    if r.died[JOINER].is_none() {
+    if case.join_at.is_some() && r.died[JOINER].is_none() {
         let joined = joiner.joined.unwrap_or_else(|| panic!("{what}: the joiner was never admitted"));
         assert!(view.is_active(JOINER), "{what}: the live joiner is not in the final view");
         // The members' first collective with the joiner is the joiner's first.
@@ -492,10 +524,11 @@ fn check_case(case: Case) -> usize {
     for order in orders() {
         let what = format!("{case:?}, order {order:?}");
         let clean = run(case, &order, None);
-        check(&clean, &format!("{what}, nobody dies"));
-        assert!(clean.sims[JOINER].joined.is_some() && clean.sims.iter().all(|s| s.m.view().is_active(s.rank)), "{what}: without deaths everyone ends in the view");
+        check(&clean, case, &format!("{what}, nobody dies"));
+        let present: Vec<usize> = (0..N).filter(|&r| r != JOINER || case.join_at.is_some()).collect();
+        assert_eq!(clean.sims[0].m.view().members(), present, "{what}: without deaths everyone ends in the view");
         runs += 1;
-        for rank in 0..N {
+        for &rank in &present {
             for n in 0.. {
                 let r = run(case, &order, Some((rank, n)));
                 runs += 1;
@@ -504,7 +537,7 @@ fn check_case(case: Case) -> usize {
                     assert!(r.effects[rank] <= n);
                     break;
                 }
-                check(&r, &format!("{what}, rank {rank} dies after {n} effects"));
+                check(&r, case, &format!("{what}, rank {rank} dies after {n} effects"));
             }
         }
     }
@@ -523,7 +556,7 @@ fn admission_agrees_whoever_dies_wherever() {
         for join_at in [0, 3] {
             for delay in [0, 4] {
                 for chunks_seen in [true, false] {
-                    runs += check_case(Case { positions, join_at, saved: true, delay, chunks_seen });
+                    runs += check_case(Case { positions, join_at: Some(join_at), saved: true, delay, chunks_seen, stall: None });
                 }
             }
         }
@@ -536,6 +569,32 @@ fn admission_agrees_whoever_dies_wherever() {
 #[test]
 fn admission_with_unsaved_inputs_agrees_whoever_dies_wherever() {
     for delay in [0, 4] {
-        check_case(Case { positions: [Position::Inside(1), Position::Between(0), Position::Inside(3)], join_at: 1, saved: false, delay, chunks_seen: true });
+        check_case(Case { positions: [Position::Inside(1), Position::Between(0), Position::Inside(3)], join_at: Some(1), saved: false, delay, chunks_seen: true, stall: None });
+    }
+}
+
+/// Issue 25: a member computes past the others' deadline before collective 6. The ranks waiting
+/// inside it go through a timeout round; every rank — the late one when it issues it — ends it
+/// with the same timeout error naming the late rank, nobody is removed, and the next
+/// collectives run over everyone. Also with a joiner asking in meanwhile, and with any rank dying
+/// at any of its crash points (then the survivors still agree).
+#[test]
+fn a_timeout_ends_the_collective_alike_on_every_rank() {
+    let late = 2;
+    for positions in [[Position::Between(1), Position::Between(2), Position::Between(0)], [Position::Inside(1), Position::Between(0), Position::Between(3)]] {
+        for join_at in [None, Some(TIMEOUT + 20)] {
+            for delay in [0, 4] {
+                let case = Case { positions, join_at, saved: true, delay, chunks_seen: true, stall: Some((late, 6, 3 * TIMEOUT / 2)) };
+                check_case(case);
+                let clean = run(case, &[0, 1, 2, 3], None);
+                let ended: Vec<&String> = clean.sims.iter().filter_map(|s| s.outcomes.get(&6)).collect();
+                assert_eq!(ended.len(), 3 + join_at.is_some() as usize * (clean.sims[JOINER].joined < Some(6)) as usize, "{case:?}: {ended:?}");
+                assert!(ended[0].starts_with("fails: all_reduce timed out") && ended[0].contains(&format!("rank(s) [{late}]")), "{case:?}: collective 6: {}", ended[0]);
+                for op in [7, LAST] {
+                    let members = clean.sims[0].outcomes.get(&op).cloned().unwrap_or_default();
+                    assert!(members.starts_with("result over [0, 1, 2"), "{case:?}: collective {op} after the timeout: {members}");
+                }
+            }
+        }
     }
 }

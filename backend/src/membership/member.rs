@@ -57,11 +57,13 @@ pub struct Progress {
     /// `(round, boundary)`: admission round `round` is pending, and another member is already
     /// inside the collective after `boundary`, so this rank runs it under the old view too.
     pub proceed: Option<(u64, u64)>,
+    /// The ranks the current attempt waited for past its deadline (reset when an attempt starts).
+    pub timed_out: Vec<usize>,
 }
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { committed: 0, current: None, can_rerun: true, proceed: None }
+        Progress { committed: 0, current: None, can_rerun: true, proceed: None, timed_out: Vec::new() }
     }
 }
 
@@ -73,6 +75,17 @@ pub enum Ending {
     Fails(ChorusError),
     /// It runs (again) under the decision's view.
     Run,
+}
+
+/// What issuing a collective came to ([`Membership::start_attempt`]).
+pub enum Start {
+    /// The attempt started: this rank is inside the collective.
+    Started,
+    /// Round `.0` (a failure round if `.1`) must be settled first.
+    Settle(u64, bool),
+    /// A decision this rank applied while it finished the collective before already failed this
+    /// one on every survivor: it fails here too, with this error, without running.
+    Ended(ChorusError),
 }
 
 /// A failure round this rank takes part in.
@@ -269,7 +282,16 @@ impl Membership {
             return Ok(last);
         }
         let progress = lock(&self.progress);
-        let Some((round, failure)) = self.pending_round(peers) else { return Ok(last) };
+        let Some((mut round, mut failure)) = self.pending_round(peers) else { return Ok(last) };
+        // A failure round beyond the next: the next was decided (whoever asked for this one
+        // applied it) while this rank was between collectives, so it is not in the one after
+        // either, whichever way the next ended for it (it applies both, in order, when it issues
+        // its next collective). Answered too, else a rank computing through a timeout round
+        // holds up the failure round after it.
+        let highest = peers.highest_request();
+        if progress.current.is_none() && recovery::round_of(highest) > round && highest == recovery::signal(recovery::round_of(highest), true) {
+            (round, failure) = (recovery::round_of(highest), true);
+        }
         let view = self.view();
         if !view.is_active(self.rank) {
             return Ok(last);
@@ -295,7 +317,8 @@ impl Membership {
 
     fn post_failure(&self, peers: &dyn Peers, progress: &Progress, view: &View, round: u64) -> Result<()> {
         let dead: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank && peers.peer_dead(p)).collect();
-        let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch, can_rerun: progress.can_rerun };
+        let timed_out = if progress.current.is_some() { progress.timed_out.clone() } else { Vec::new() };
+        let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch, can_rerun: progress.can_rerun, timed_out };
         self.round(round, view).post(&post)?;
         self.raise(peers, round, true, &view.members());
         Ok(())
@@ -315,23 +338,43 @@ impl Membership {
         lock(&self.progress).can_rerun = can;
     }
 
-    /// Starts an attempt of collective `op_seq` unless a round must be settled first: then
-    /// returns it (this rank is between collectives meanwhile). Under the progress lock, so the
-    /// attendant thread never answers for this rank as idle once it started.
-    pub fn start_attempt(&self, peers: &dyn Peers, op_seq: u64) -> Option<(u64, bool)> {
+    /// The current attempt waited for `peer` past its deadline: the next failure report says so,
+    /// and the round it starts (a timeout round) fails the collective alike on every rank unless
+    /// it completed everywhere.
+    pub fn set_timed_out(&self, peer: usize) {
+        let mut p = lock(&self.progress);
+        if !p.timed_out.contains(&peer) {
+            p.timed_out.push(peer);
+        }
+    }
+
+    /// Starts an attempt of collective `op_seq` (named `op`) unless a round must be settled first
+    /// (this rank is between collectives meanwhile), or a decision already ended it. Under the
+    /// progress lock, so the attendant thread never answers for this rank as idle once it started.
+    pub fn start_attempt(&self, peers: &dyn Peers, op: &'static str, op_seq: u64) -> Start {
+        // A decision applied while this rank was still finishing the collective before (in that
+        // one's commit barrier) may have failed this one on the others: it fails here too.
+        if let Ending::Fails(e) = self.ending(op, op_seq) {
+            return Start::Ended(e);
+        }
         let mut p = lock(&self.progress);
         let pending = match self.pending_round(peers) {
             // Admission pending, but a member already runs the next collective: run it too.
             Some((round, false)) if p.proceed == Some((round, p.committed)) => None,
             other => other,
         };
-        if pending.is_none() {
-            p.current = Some((op_seq, false));
-            p.can_rerun = true;
-        } else {
-            p.current = None;
+        match pending {
+            None => {
+                p.current = Some((op_seq, false));
+                p.can_rerun = true;
+                p.timed_out.clear();
+                Start::Started
+            }
+            Some((round, failure)) => {
+                p.current = None;
+                Start::Settle(round, failure)
+            }
         }
-        pending
     }
 
     /// Ranks removed since the last collective that reported removals (reported once, by the
@@ -349,11 +392,11 @@ impl Membership {
         if self.committed() >= op_seq {
             return Ending::Committed;
         }
-        let (interrupted, rerun_possible) = match &*lock(&self.last_decision) {
-            Some(d) => (d.interrupted && d.commit_through + 1 == op_seq, d.rerun_possible),
-            None => (false, true),
+        let (interrupted, rerun_possible, timed_out) = match &*lock(&self.last_decision) {
+            Some(d) => (d.interrupted && d.commit_through + 1 == op_seq, d.rerun_possible, d.timed_out.clone()),
+            None => (false, true, Vec::new()),
         };
-        if !interrupted || (rerun_possible && self.policy == FailurePolicy::Shrink) {
+        if !interrupted || (timed_out.is_empty() && rerun_possible && self.policy == FailurePolicy::Shrink) {
             return Ending::Run;
         }
         // Every survivor gets the same decision, hence the same error; the collective counts as
@@ -361,7 +404,9 @@ impl Membership {
         self.set_progress(None, Some(op_seq));
         let failed = self.take_failed();
         let epoch = self.view().epoch;
-        if self.policy == FailurePolicy::Abort {
+        if !timed_out.is_empty() {
+            Ending::Fails(ChorusError::AgreedTimeout { op, waited_for: timed_out, failed, epoch })
+        } else if self.policy == FailurePolicy::Abort {
             Ending::Fails(ChorusError::FailedByPolicy { op, failed, epoch })
         } else {
             Ending::Fails(ChorusError::NotRecoverable { op, failed, epoch })
@@ -403,7 +448,7 @@ impl Membership {
             return Ok(RecoveryStep::Applied);
         }
         if self.clock.now() >= rec.deadline {
-            let missing = rec.view.members().into_iter().find(|&m| !r.posted(m));
+            let missing = rec.view.members().into_iter().find(|&m| !r.posted(m) && !peers.peer_dead(m));
             return Err(ChorusError::Timeout { op: "recovery", what: "a failure report", peer: missing.unwrap_or(self.rank), waited_ms: self.timeout.as_millis() as u64, knob: self.timeout_knob });
         }
         Ok(RecoveryStep::Waiting)
@@ -538,7 +583,7 @@ impl Membership {
             return Ok(AdmitStep::Waiting);
         };
         tracing::info!(round, commit_through = d.commit_through, epoch = d.view.epoch, "admission round decided");
-        let fails = d.interrupted && (!d.rerun_possible || self.policy == FailurePolicy::Abort);
+        let fails = d.interrupted && (!d.rerun_possible || self.policy == FailurePolicy::Abort || !d.timed_out.is_empty());
         let next = d.commit_through + fails as u64;
         let removed = d.removed.clone();
         self.apply(round, d);

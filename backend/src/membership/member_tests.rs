@@ -2,7 +2,7 @@
 //! recovery counters in a shared table), a tick clock. Survivors in every position — inside the
 //! interrupted collective with or without its data, or between collectives — must end that
 //! collective alike, whichever member stops at whichever step.
-use super::member::{Clock, Ending, Membership, Peers, Recovery, RecoveryStep};
+use super::member::{Clock, Ending, Membership, Peers, Recovery, RecoveryStep, Start};
 use super::View;
 use crate::options::FailurePolicy;
 use chorus_bootstrap::{MemStore, Store};
@@ -65,12 +65,17 @@ enum Position {
     Inside { done: bool, saved: bool },
     /// Between collectives (it returned collective 4 and computes).
     Between,
+    /// Still in collective 4's commit barrier (its part done; the others returned 4): the round
+    /// interrupts it there, and it issues collective 5 after.
+    Finishing,
 }
 
 enum Phase {
     /// Between collectives: the attendant answers rounds; after a few ticks it issues the next.
     Idle { ticks: u64 },
     Recovering(Recovery),
+    /// A failure round that interrupted collective `OP - 1`'s commit barrier.
+    Finishing(Recovery),
     Ended(String),
 }
 
@@ -102,7 +107,7 @@ fn run(positions: &[(usize, Position)], stopper: Option<(usize, usize)>, delay: 
         .map(|&(rank, pos)| {
             let clock = Arc::new(TickClock { start, world: world.clone() });
             let m = Membership::new(rank, N, "sim", store.clone(), FailurePolicy::Shrink, Duration::from_secs(10), clock, None);
-            m.set_progress(None, Some(OP - 1));
+            m.set_progress(None, Some(OP - 1 - matches!(pos, Position::Finishing) as u64));
             let peers = FakePeers { me: rank, world: world.clone() };
             let phase = match pos {
                 Position::Inside { done, saved } => {
@@ -112,6 +117,10 @@ fn run(positions: &[(usize, Position)], stopper: Option<(usize, usize)>, delay: 
                     Phase::Recovering(m.begin_recovery())
                 }
                 Position::Between => Phase::Idle { ticks: 0 },
+                Position::Finishing => {
+                    m.set_progress(Some((OP - 1, true)), None);
+                    Phase::Finishing(m.begin_recovery())
+                }
             };
             Sim { rank, m, peers, phase, steps: 0, stops_at: stopper.filter(|s| s.0 == rank).map(|s| s.1) }
         })
@@ -138,10 +147,22 @@ fn run(positions: &[(usize, Position)], stopper: Option<(usize, usize)>, delay: 
                     } else {
                         // Its next collective: a pending round is settled first; with none, the
                         // attempt meets the dead rank and recovers from inside it.
-                        let _pending = s.m.start_attempt(&s.peers, OP);
+                        let _pending = s.m.start_attempt(&s.peers, "all_reduce", OP);
                         Some(Phase::Recovering(s.m.begin_recovery()))
                     }
                 }
+                Phase::Finishing(rec) => match s.m.step_recovery(&s.peers, rec).unwrap() {
+                    RecoveryStep::Applied => {
+                        assert!(matches!(s.m.ending("all_reduce", OP - 1), Ending::Committed), "rank {}: collective {} (every part done) not committed", s.rank, OP - 1);
+                        // Its next collective: the decision may have ended it already.
+                        Some(match s.m.start_attempt(&s.peers, "all_reduce", OP) {
+                            Start::Ended(e) => Phase::Ended(describe(Ending::Fails(e))),
+                            Start::Started => Phase::Ended(describe(Ending::Run)),
+                            Start::Settle(..) => panic!("rank {}: a round pending after the one applied", s.rank),
+                        })
+                    }
+                    RecoveryStep::Posted | RecoveryStep::Waiting => None,
+                },
                 Phase::Recovering(rec) => match s.m.step_recovery(&s.peers, rec).unwrap() {
                     RecoveryStep::Applied => Some(Phase::Ended(describe(s.m.ending("all_reduce", OP)))),
                     RecoveryStep::Posted | RecoveryStep::Waiting => None,
@@ -193,9 +214,13 @@ fn survivors_in_every_position_end_the_interrupted_collective_alike() {
     check(&[(0, inside(true)), (1, inside(false)), (2, Position::Between)], "run again");
     check(&[(0, inside(true)), (1, inside(true)), (2, inside(true))], "committed");
     check(&[(0, Position::Between), (1, inside(false)), (2, Position::Between)], "run again");
+    check(&[(0, inside(false)), (1, Position::Finishing), (2, Position::Between)], "run again");
 }
 
 #[test]
 fn an_unsaved_input_fails_the_collective_on_every_survivor() {
     check(&[(0, Position::Inside { done: false, saved: false }), (1, Position::Inside { done: true, saved: true }), (2, Position::Between)], "fails: all_reduce cannot complete");
+    // A rank still in the commit barrier of the collective before fails it too, without running
+    // it (it used to run it alone, after applying the decision that failed it on the others).
+    check(&[(0, Position::Inside { done: false, saved: false }), (1, Position::Finishing), (2, Position::Between)], "fails: all_reduce cannot complete");
 }

@@ -50,6 +50,9 @@ pub struct Post {
     pub epoch: u64,
     /// Whether it could run its current collective again (its inputs are intact or saved).
     pub can_rerun: bool,
+    /// The ranks it waited for past its deadline in its current collective (it started this
+    /// round because of that: a *timeout round*).
+    pub timed_out: Vec<usize>,
 }
 
 /// The agreed outcome of a recovery round.
@@ -66,14 +69,20 @@ pub struct Decision {
     pub interrupted: bool,
     /// Whether every survivor inside collective `commit_through + 1` can run it again.
     pub rerun_possible: bool,
+    /// The live ranks some survivor inside collective `commit_through + 1` waited for past its
+    /// deadline: that collective fails with the same timeout error on every survivor (a re-run
+    /// would wait for them again).
+    pub timed_out: Vec<usize>,
 }
 
 /// What [`decide`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub commit_through: u64,
     pub interrupted: bool,
     pub rerun_possible: bool,
+    /// Ranks waited for past a deadline inside the interrupted collective (sorted, deduplicated).
+    pub timed_out: Vec<usize>,
 }
 
 /// The failure decision for `posts` (rank, post) of the survivors. Pure, so every rule is
@@ -85,12 +94,17 @@ pub fn decide(posts: &[(usize, Post)]) -> Verdict {
     let next = committed + 1;
     let all_done = !posts.is_empty() && posts.iter().all(|(_, p)| p.current == Some((next, true)));
     if all_done {
-        return Verdict { commit_through: next, interrupted: false, rerun_possible: true };
+        return Verdict { commit_through: next, interrupted: false, rerun_possible: true, timed_out: Vec::new() };
     }
     // Only ranks inside `next` can have touched its inputs; a rank between collectives (or still
     // finishing the committed one) has not started it, whatever it reported for earlier ones.
     let inside = || posts.iter().filter(|(_, p)| p.current.is_some_and(|(op, _)| op == next));
-    Verdict { commit_through: committed, interrupted: inside().next().is_some(), rerun_possible: inside().all(|(_, p)| p.can_rerun) }
+    // A rank inside `next` that waited past its deadline: `next` fails alike (unless it was
+    // complete everywhere, above); what a rank timed out on before `next` was settled already.
+    let mut timed_out: Vec<usize> = inside().flat_map(|(_, p)| p.timed_out.iter().copied()).collect();
+    timed_out.sort_unstable();
+    timed_out.dedup();
+    Verdict { commit_through: committed, interrupted: inside().next().is_some(), rerun_possible: inside().all(|(_, p)| p.can_rerun), timed_out }
 }
 
 /// The value of a `Recovery` counter that asks for round `round`: odd for a failure round (it
@@ -194,7 +208,7 @@ impl Round<'_> {
         }
         let Some(boundary) = at else { return Ok(None) };
         let next = self.view.next(&self.views.requests()?, &[]);
-        Ok(Some(Decision { commit_through: boundary, view: next, removed: Vec::new(), interrupted: false, rerun_possible: true }))
+        Ok(Some(Decision { commit_through: boundary, view: next, removed: Vec::new(), interrupted: false, rerun_possible: true, timed_out: Vec::new() }))
     }
 
     /// Proposes `d` as the round's decision: the compare-and-set that makes it the decision is
@@ -250,9 +264,12 @@ impl Round<'_> {
         dead.dedup();
         // Posts from ranks another survivor saw die do not count (they may be stale).
         posts.retain(|(r, _)| !dead.contains(r));
-        let v = decide(&posts);
+        let mut v = decide(&posts);
+        // A rank waited for that died is a failure (the collective may be re-run without it); a
+        // live one that was only late stays a member.
+        v.timed_out.retain(|r| !dead.contains(r));
         let next = self.view.next(&self.views.requests()?, &dead);
-        Ok(Some(Decision { commit_through: v.commit_through, view: next, removed: dead, interrupted: v.interrupted, rerun_possible: v.rerun_possible }))
+        Ok(Some(Decision { commit_through: v.commit_through, view: next, removed: dead, interrupted: v.interrupted, rerun_possible: v.rerun_possible, timed_out: v.timed_out }))
     }
 }
 
@@ -261,7 +278,11 @@ mod tests {
     use super::*;
 
     fn post(committed: u64, current: Option<(u64, bool)>) -> Post {
-        Post { committed, current, dead: vec![], epoch: 0, can_rerun: true }
+        Post { committed, current, dead: vec![], epoch: 0, can_rerun: true, timed_out: vec![] }
+    }
+
+    fn waited(committed: u64, current: Option<(u64, bool)>, timed_out: &[usize]) -> Post {
+        Post { timed_out: timed_out.to_vec(), ..post(committed, current) }
     }
 
     fn unsaved(committed: u64, current: Option<(u64, bool)>) -> Post {
@@ -269,7 +290,7 @@ mod tests {
     }
 
     fn verdict(commit_through: u64, interrupted: bool, rerun_possible: bool) -> Verdict {
-        Verdict { commit_through, interrupted, rerun_possible }
+        Verdict { commit_through, interrupted, rerun_possible, timed_out: vec![] }
     }
 
     #[test]
@@ -308,6 +329,20 @@ mod tests {
     #[test]
     fn nobody_inside_the_next_collective_interrupts_nothing() {
         assert_eq!(decide(&[(0, post(5, None)), (1, unsaved(4, Some((5, true))))]), verdict(5, false, true));
+    }
+
+    /// Issue 25: a rank that waited past its deadline fails the collective on every rank, unless
+    /// it was complete everywhere (then everyone keeps the result).
+    #[test]
+    fn a_timeout_fails_the_collective_unless_it_completed_everywhere() {
+        let stuck = verdict(4, true, true);
+        assert_eq!(decide(&[(0, waited(4, Some((5, false)), &[1])), (1, post(4, None))]), Verdict { timed_out: vec![1], ..stuck.clone() });
+        // The waiter and a rank it did not wait for both inside: the waited-for ranks only.
+        assert_eq!(decide(&[(0, waited(4, Some((5, true)), &[2])), (1, waited(4, Some((5, false)), &[2])), (2, post(4, None))]), Verdict { timed_out: vec![2], ..stuck });
+        // Every part was complete (the late rank finished meanwhile): committed.
+        assert_eq!(decide(&[(0, waited(4, Some((5, true)), &[1])), (1, post(4, Some((5, true))))]), verdict(5, false, true));
+        // Issue 25's case: the peer already returned the collective: it stays committed.
+        assert_eq!(decide(&[(0, waited(4, Some((5, true)), &[1])), (1, post(5, None))]), verdict(5, false, true));
     }
 
     #[test]
@@ -351,7 +386,7 @@ mod tests {
             assert_eq!(r0.try_admission().unwrap(), None);
             r0.post_boundary(8).unwrap();
             let d = r0.try_admission().unwrap().expect("decided");
-            assert_eq!((d.commit_through, d.interrupted, d.removed.clone(), d.view.clone()), (8, false, vec![], grown));
+            assert_eq!((d.commit_through, d.interrupted, d.removed.clone(), d.view.clone(), d.timed_out.clone()), (8, false, vec![], grown, vec![]));
             // One record: a failure report now changes nothing.
             r1.post(&super::post(8, None)).unwrap();
             assert_eq!(r1.try_failure(|_| false).unwrap(), Some(d));
