@@ -118,12 +118,15 @@ fn accept(s: &dyn Store, key: &str, b: Ballot, value: &(Option<Vec<u8>>, WriteId
 }
 
 enum Step {
+    /// Reads the register without changing it.
+    Peek,
     Prepare(Ballot),
     Accept(Ballot, (Option<Vec<u8>>, WriteId)),
     List(String),
 }
 
 enum Answer {
+    Register(Register),
     Promise(Register),
     Accepted,
     Refused(Ballot),
@@ -160,6 +163,7 @@ impl Slot {
                     continue;
                 }
                 let answer = match &job.step {
+                    Step::Peek => store.get(&register_key(&job.key)).and_then(|raw| decode(&job.key, raw.as_deref())).map(Answer::Register),
                     Step::Prepare(b) => prepare(&*store, &job.key, *b).map(|r| r.map_or_else(Answer::Refused, Answer::Promise)),
                     Step::Accept(b, v) => accept(&*store, &job.key, *b, v).map(|r| r.map_or_else(Answer::Refused, |()| Answer::Accepted)),
                     Step::List(prefix) => store.list_prefix(&register_key(prefix)).map(Answer::Keys),
@@ -334,15 +338,44 @@ impl ReplicatedStore {
                 let total = self.slots();
                 return Err(BootstrapError::NoQuorum { op, key: key.to_string(), answered: failure.0, needed: need, total, silent: failure.1.join(", ") });
             }
-            // Another proposer holds the key (or acceptors are slow): back off a little, by an
-            // amount that differs between proposers so that one of them gets through.
+            // Another proposer holds the key (or acceptors are slow): back off for a random time
+            // that grows with the attempts, so that one of the proposers gets through.
             attempt += 1;
-            let jitter = (self.proposer >> (attempt % 48)) % 4;
-            std::thread::sleep(Duration::from_millis(u64::from(attempt.min(10)) + jitter));
+            let cap_us = 500u64 << attempt.min(6);
+            std::thread::sleep(Duration::from_micros(self.random() % cap_us));
         }
     }
 
+    /// A pseudo-random number (xorshift over the proposer id and a counter): backoff jitter.
+    fn random(&self) -> u64 {
+        let mut x = self.proposer ^ self.writes.load(Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.counter.fetch_add(0, Ordering::Relaxed).rotate_left(17) ^ u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0));
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+
+    /// A read. When a majority holds the same accepted ballot, its value is chosen (a ballot has
+    /// one value) and no later write has been chosen yet, so it is the value now: read without
+    /// promising anything, so that pollers do not outbid a writer. Otherwise (a write is under
+    /// way) a full round settles it.
     fn read(&self, op: &'static str, key: &str) -> Result<Option<Vec<u8>>> {
+        let need = self.slots() / 2 + 1;
+        let until = Instant::now() + self.phase_timeout;
+        let (answers, _) = self.ask(key, || Step::Peek, until, need, |a| matches!(a, Answer::Register(_)));
+        let registers: Vec<Register> = answers
+            .into_iter()
+            .filter_map(|(_, a)| match a {
+                Answer::Register(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        if registers.len() >= need {
+            let newest = registers.iter().map(|r| r.accepted).max().unwrap_or_default();
+            if registers.iter().filter(|r| r.accepted == newest).count() >= need {
+                return Ok(registers.into_iter().find(|r| r.accepted == newest).and_then(|r| r.value));
+            }
+        }
         self.update(op, key, |v| (None, v.map(<[u8]>::to_vec)))
     }
 }
@@ -404,8 +437,8 @@ impl Store for ReplicatedStore {
         self.update("delete", key, |v| (Some(None), v.is_some()))
     }
 
-    /// Keys with a register on any acceptor that answers in time: every key ever operated on,
-    /// read or deleted ones included (their records stay on the acceptors; listing is for
+    /// Keys with a register on any acceptor that answers in time: every key written, deleted
+    /// ones included, and some only read (their records stay on the acceptors; listing is for
     /// clean-up).
     fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
         let until = Instant::now() + self.phase_timeout;

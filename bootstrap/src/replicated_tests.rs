@@ -96,8 +96,9 @@ fn operations_behave_like_one_store() {
     assert_eq!(s.get("c").unwrap(), None);
     assert_eq!(s.wait(&["k", "n"], Duration::from_secs(1)).unwrap(), vec![b"v1".to_vec(), b"2".to_vec()]);
     assert!(matches!(s.wait(&["k", "never"], Duration::from_millis(50)), Err(BootstrapError::WaitTimeout { .. })));
-    // Every key operated on, read-only ones included.
-    assert_eq!(s.list_prefix("").unwrap(), vec!["absent".to_string(), "c".into(), "k".into(), "n".into(), "never".into()]);
+    // Every key written (a compare-and-set that failed included; reads of a settled key write
+    // nothing).
+    assert_eq!(s.list_prefix("").unwrap(), vec!["absent".to_string(), "c".into(), "k".into(), "n".into()]);
     // Another proposer over the same acceptors sees the same values.
     let t = proposer(&accs, Duration::from_secs(5));
     assert_eq!(t.get("k").unwrap().as_deref(), Some(&b"v1"[..]));
@@ -260,4 +261,34 @@ fn replica_servers_serve_as_acceptors_and_one_may_go() {
     assert_eq!(a.add("n", 1).unwrap(), 3);
     servers[0].shutdown();
     assert!(matches!(b.get("k"), Err(BootstrapError::NoQuorum { .. })));
+}
+
+/// A recovery round's pattern: members poll another member's report in a tight loop while it
+/// writes it. Polls must not outbid the writer (they once did, until its operation timed out).
+#[test]
+fn tight_polling_does_not_starve_a_writer() {
+    let accs = acceptors(5);
+    accs[1].set_health(DEAD);
+    let done = Arc::new(AtomicU8::new(0));
+    let pollers: Vec<_> = (0..3)
+        .map(|_| {
+            let (s, done) = (proposer(&accs, Duration::from_secs(10)), done.clone());
+            thread::spawn(move || {
+                let mut seen = None;
+                while done.load(Ordering::SeqCst) == 0 {
+                    seen = s.get("round/1/post/0").unwrap().or(seen);
+                }
+                seen
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(50));
+    let writer = proposer(&accs, Duration::from_secs(10));
+    for i in 0..20u8 {
+        writer.set(&format!("round/1/post/{}", i % 4), &[i]).unwrap();
+    }
+    done.store(1, Ordering::SeqCst);
+    for p in pollers {
+        assert!(p.join().unwrap().is_some(), "a poller never saw the report");
+    }
 }
