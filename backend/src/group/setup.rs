@@ -2,6 +2,7 @@
 //! share, and one walk over the transport table — for a new group ([`create`]) and for a
 //! replacement of a failed rank ([`join`]).
 use super::replicas::{self, ReplicaInfo};
+use super::rendezvous::{Watch, WatchedStore};
 use super::{start, Counters, GroupInner, Resume};
 use crate::error::{ChorusError, Result};
 use crate::membership::join;
@@ -21,6 +22,32 @@ pub(super) fn key(uid: &str, rest: &str) -> String {
     format!("chorus/{uid}/{rest}")
 }
 
+/// The start of the names of group `uid`'s shared-memory segments: the uid made safe for a file
+/// name (letters, digits, `.` and `_`; no `-`, which ends it) and shortened, so a test or an
+/// operator can find a group's segments, and a later start can find a dead rank's (see
+/// [`remove_stale_segments`]). Names continue with the owner's pid, a time stamp and the rank.
+pub(crate) fn segment_prefix(uid: &str) -> String {
+    let safe: String = uid.chars().take(80).map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' }).collect();
+    format!("chorus-{safe}-")
+}
+
+/// Removes the names of group `uid`'s segments whose owner process is gone (issue 25): a rank
+/// killed at rendezvous before its peers mapped its segments leaves them behind when no survivor
+/// saw it die (it was alone, or they were killed too). Names of live processes are left alone,
+/// whoever they belong to.
+fn remove_stale_segments(uid: &str) {
+    let prefix = segment_prefix(uid);
+    for name in Segment::names_starting_with(&prefix) {
+        let owner = name[prefix.len()..].split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = owner {
+            if pid != crate::sys::proc::pid() && !crate::sys::proc::alive(pid) {
+                tracing::debug!(name, pid, "removing a shared-memory segment its dead owner left behind");
+                Segment::unlink(&name);
+            }
+        }
+    }
+}
+
 fn unique_token() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{}-{:x}", crate::sys::proc::pid(), nanos & 0xffff_ffff_ffff)
@@ -37,8 +64,10 @@ pub(super) struct Prepared {
     pub replica: Option<chorus_bootstrap::StoreServer>,
 }
 
-/// Binds the listener and creates the segments (both before publishing: docs/design.md invariant 5).
-fn prepare(rank: usize, size: usize, opts: &Options) -> Result<Prepared> {
+/// Binds the listener and creates the segments of group `uid` (both before publishing:
+/// docs/design.md invariant 5), after removing what dead ranks of an earlier attempt left.
+fn prepare(uid: &str, rank: usize, size: usize, opts: &Options) -> Result<Prepared> {
+    remove_stale_segments(uid);
     let host_id = opts.host_id.clone().unwrap_or_else(default_host_id);
     let ip = listen::advertise_ip(opts.route_hint.as_deref().unwrap_or("127.0.0.1"));
     // Links beyond loopback without a job secret: a warning, or an error in strict mode (issue 17).
@@ -47,8 +76,9 @@ fn prepare(rank: usize, size: usize, opts: &Options) -> Result<Prepared> {
     }
     let (listener, addr) = listen::bind_listener(ip)?;
     let token = unique_token();
-    let sig_name = format!("chorus-{token}-r{rank}-sig");
-    let data_name = format!("chorus-{token}-r{rank}-data");
+    let prefix = segment_prefix(uid);
+    let sig_name = format!("{prefix}{token}-r{rank}-sig");
+    let data_name = format!("{prefix}{token}-r{rank}-data");
     let settings = opts.agreed();
     let local = shm::create_local(&sig_name, &data_name, size, rank, RingGeometry { slots: 4, slot_bytes: settings.shm_chunk })?;
     let registry = Registry::default();
@@ -109,14 +139,21 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     crate::options::init_logging();
     let _span = tracing::info_span!("group_create", uid = %uid, rank, size).entered();
     let deadline = Instant::now() + opts.timeout;
-    let prep = prepare(rank, size, &opts)?;
+    let prep = prepare(&uid, rank, size, &opts)?;
     let me = prep.me.clone();
     let unlink = UnlinkGuard::new(&me);
+    // Every wait below also watches the peers (`rendezvous`): a dead one fails it at once.
+    let watch = Watch::new(&*store, &uid, &me, size, opts.timeout);
     let my_replica = ReplicaInfo { rank, addr: prep.replica.as_ref().map(|r| r.local_addr().to_string()), joined: false };
     store.set(&ReplicaInfo::key(&uid, rank), &my_replica.encode())?;
     store.set(&key(&uid, &format!("peer/{rank}")), &me.encode())?;
     let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("peer/{r}"))).chain((0..size).map(|r| ReplicaInfo::key(&uid, r))).collect();
-    let records = wait_all(&store, &keys, deadline)?;
+    let records = watch.wait(&keys, deadline, &mut |i, v| {
+        if i < size {
+            watch.learn(&PeerInfo::decode(v)?);
+        }
+        Ok(())
+    })?;
     let peers: Vec<PeerInfo> = records[..size].iter().map(|v| PeerInfo::decode(v)).collect::<Result<_>>()?;
     let replica_records: Vec<ReplicaInfo> = records[size..].iter().enumerate().map(|(r, v)| ReplicaInfo::decode(r, v)).collect();
     check_settings(&me, &peers)?;
@@ -129,17 +166,22 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let table = Table::new(&me.settings, &opts.rdma);
     let counters = Counters::new(size);
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
-    {
-        let s = Setup { store: &*store, uid: &uid, me: &me, ranks: size, local: &prep.local, listener: Some(&prep.listener), deadline };
+    let linked = || -> Result<Vec<Arc<dyn Link>>> {
+        let watched = WatchedStore { watch: &watch };
+        let check = || watch.check();
+        let s = Setup { store: &watched, uid: &uid, me: &me, ranks: size, local: &prep.local, listener: Some(&prep.listener), deadline, watch: &check };
         table.prepare(&s)?;
-        let new = table.connect(&s, &peers, Pairing::Create)?.start(&s, &|_| vec![(0, 0); STREAMS])?;
-        place(&mut links, &counters, new)?;
-    }
+        table.connect(&s, &peers, Pairing::Create)?.start(&s, &|_| vec![(0, 0); STREAMS])
+    };
+    // A transport that failed on a peer that died (its segments or its socket gone, or the failure
+    // seen through the store) reports that, not the dead peer's name as the cause.
+    let new = linked().map_err(|e| watch.check_now().err().unwrap_or(e))?;
+    place(&mut links, &counters, new)?;
 
     // Everyone mapped everyone: the names can go (nothing leaks in /dev/shm after a crash).
     store.set(&key(&uid, &format!("mapped/{rank}")), b"1")?;
     let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("mapped/{r}"))).collect();
-    wait_all(&store, &keys, deadline)?;
+    watch.wait(&keys, deadline, &mut |_, _| Ok(()))?;
 
     let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
     let chunk = table.chunk(&peers);
@@ -183,7 +225,7 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     crate::options::init_logging();
     let _span = tracing::info_span!("group_join", uid = %uid, rank, size).entered();
     let deadline = Instant::now() + opts.timeout;
-    let prep = prepare(rank, size, &opts)?;
+    let prep = prepare(&uid, rank, size, &opts)?;
     let unlink = UnlinkGuard::new(&prep.me);
     // With replicas, the view and the recovery rounds live in them: reach them through every
     // rank's published replica (ours empty, voting on nothing until we know the rounds applied).
@@ -228,7 +270,7 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     let counters = Counters::new(size);
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
     let handoffs = {
-        let s = Setup { store: &*store, uid: &uid, me: &prep.me, ranks: size, local: &prep.local, listener: Some(&prep.listener), deadline };
+        let s = Setup { store: &*store, uid: &uid, me: &prep.me, ranks: size, local: &prep.local, listener: Some(&prep.listener), deadline, watch: &crate::transport::watch_nothing };
         // Our own capabilities decide our pairs, not the predecessor's: published before we announce.
         table.prepare(&s)?;
         store.set(&ReplicaInfo::key(&uid, rank), &my_replica.encode())?;
@@ -302,8 +344,8 @@ mod tests {
     #[test]
     fn a_differing_shared_setting_names_itself_the_values_and_the_ranks() {
         let opts = Options::default().with_shm_chunk(4096);
-        let me = prepare(0, 2, &opts).unwrap().me;
-        let mut other = prepare(1, 2, &opts).unwrap().me;
+        let me = prepare("settings", 0, 2, &opts).unwrap().me;
+        let mut other = prepare("settings", 1, 2, &opts).unwrap().me;
         for n in [&me.shm_signals, &me.shm_data, &other.shm_signals, &other.shm_data] {
             Segment::unlink(n);
         }

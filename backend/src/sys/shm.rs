@@ -117,6 +117,13 @@ impl Segment {
         Ok(Segment { ptr: ptr as *mut u8, len, name: String::new(), fd: None })
     }
 
+    /// Names of the segments on this host that start with `prefix` (the entries of `/dev/shm`,
+    /// where Linux keeps POSIX shared-memory objects); empty where that cannot be read.
+    pub fn names_starting_with(prefix: &str) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir("/dev/shm") else { return Vec::new() };
+        dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect()
+    }
+
     /// Removes the name; existing mappings stay valid.
     pub fn unlink(name: &str) {
         if let Ok(cname) = c_name(name) {

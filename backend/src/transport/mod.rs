@@ -17,7 +17,7 @@ use crate::options::Agreed;
 pub use ring::{InboundRing, RingGeometry, SlotMeta};
 use serde::{Deserialize, Serialize};
 use signals::{Control, Stream};
-pub use table::{Connecting, Pairing, Setup, Table, Transport};
+pub use table::{watch_nothing, Connecting, Pairing, Setup, Table, Transport};
 
 /// What a rank publishes about itself at rendezvous.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

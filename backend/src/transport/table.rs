@@ -23,6 +23,14 @@ pub struct Setup<'a> {
     /// only survivors' relinks remain (they connect out).
     pub listener: Option<&'a TcpListener>,
     pub deadline: Instant,
+    /// Called now and then while a transport waits for a peer: an error (a peer known to have
+    /// died) ends the wait with it. Group creation watches its peers this way.
+    pub watch: &'a (dyn Fn() -> Result<()> + Sync),
+}
+
+/// A [`Setup::watch`] that finds nothing.
+pub fn watch_nothing() -> Result<()> {
+    Ok(())
 }
 
 /// Why the pairs are being connected.

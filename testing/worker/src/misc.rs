@@ -1,4 +1,4 @@
-//! The `barrier-destroy`, `create-timeout` and `smoke` scenarios.
+//! The `barrier-destroy`, `create-timeout`, `create-dead-peer` and `smoke` scenarios.
 use super::*;
 
 /// A barrier that returned on one rank must also complete on the others, even when that rank
@@ -24,16 +24,46 @@ pub(crate) fn create_timeout() -> R {
     let store: Arc<dyn Store> = Arc::new(StoreClient::connect(&addr, timeout()).map_err(|e| format!("store {addr}: {e}"))?);
     let r = ProcessGroup::new(store, 0, 2, Options::default().with_timeout(Duration::from_millis(500)).with_name("lonely"));
     ensure!(r.is_err(), "creating a 2-rank group alone succeeded");
-    let prefix = format!("chorus-{}-", std::process::id());
+    // Segment names: chorus-<group uid>-<pid>-<time>-r<rank>-{sig,data}.
+    let mine = format!("-{}-", std::process::id());
     let leaked: Vec<String> = std::fs::read_dir("/dev/shm")
         .map_err(|e| format!("/dev/shm: {e}"))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.starts_with(&prefix))
+        .filter(|n| n.starts_with("chorus-lonely.") && n.contains(&mine))
         .collect();
     for n in &leaked {
         let _ = std::fs::remove_file(format!("/dev/shm/{n}")); // do not leave them for the next run
     }
     ensure!(leaked.is_empty(), "a failed group creation ({}) left {leaked:?} in /dev/shm", r.err().unwrap());
+    Ok(())
+}
+
+/// Group NAME is created while the test kills rank DEAD (once its record is in the store): every
+/// other rank's creation must fail naming rank DEAD, long before the deadline (the test sets
+/// CHORUS_TIMEOUT_MS to a minute). With DEAD `none` every rank creates the group and passes a barrier.
+pub(crate) fn create_dead_peer(args: &[String]) -> R {
+    let usage = "create-dead-peer NAME DEAD|none";
+    let name = args.first().ok_or(usage)?;
+    let dead: Option<usize> = match args.get(1).map(String::as_str) {
+        Some("none") => None,
+        Some(r) => Some(r.parse().map_err(|_| usage)?),
+        None => return Err(usage.into()),
+    };
+    let me = env_usize("RANK");
+    let t0 = Instant::now();
+    let created = world(name);
+    let took = t0.elapsed();
+    let Some(dead) = dead else {
+        return created?.barrier().ctx("barrier after creating the group");
+    };
+    ensure!(me != dead, "rank {dead} should have been killed during the creation, which returned {:?}", created.map(|_| ()));
+    let err = match created {
+        Ok(_) => return Err(format!("creating group {name} succeeded although rank {dead} died during it")),
+        Err(e) => e,
+    };
+    ensure!(err.contains(&format!("rank {dead} failed during group creation")), "the error does not name the dead rank {dead}: {err}");
+    ensure!(took < Duration::from_secs(10), "creation failed only after {took:?} (deadline {:?}): {err}", timeout());
+    println!("rank {me}: creation failed after {} ms: {err}", took.as_millis());
     Ok(())
 }
 

@@ -10,6 +10,8 @@ pub use link::TcpLink;
 
 use super::signals::SignalBlock;
 use super::table::{Connected, Pairing, Ready, Setup, Transport};
+#[cfg(test)]
+use super::table::watch_nothing;
 use super::{Link, PeerInfo, RingGeometry};
 use crate::error::{ChorusError, Result};
 use chorus_bootstrap::auth::{self, JobSecret, Role, MAC_LEN};
@@ -110,8 +112,9 @@ fn check_introduction(s: &mut TcpStream, secret: &JobSecret, group_key: u64, ran
     }
 }
 
-/// Connects to `peer` (we are the higher rank) and introduces ourselves.
-pub fn connect(me: usize, peer: &PeerInfo, group_key: u64, secret: Option<&JobSecret>, deadline: Instant) -> Result<TcpStream> {
+/// Connects to `peer` (we are the higher rank) and introduces ourselves; `watch` fails the retries
+/// early (see [`Setup::watch`]).
+pub fn connect(me: usize, peer: &PeerInfo, group_key: u64, secret: Option<&JobSecret>, deadline: Instant, watch: &dyn Fn() -> Result<()>) -> Result<TcpStream> {
     let fail = |why: String| ChorusError::Connect { transport: NAME, peer: peer.rank, why };
     let addr: std::net::SocketAddr =
         peer.tcp_addr.parse().map_err(|e| fail(format!("bad published address {}: {e}", peer.tcp_addr)))?;
@@ -129,6 +132,7 @@ pub fn connect(me: usize, peer: &PeerInfo, group_key: u64, secret: Option<&JobSe
             }
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(peer = peer.rank, %addr, error = %e, "connect failed, retrying");
+                watch()?;
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(fail(format!("connecting to {addr} (check firewalls and CHORUS_SOCKET_IFADDR): {e}"))),
@@ -161,8 +165,9 @@ fn read_introduction(s: &mut TcpStream, group_key: u64, secret: Option<&JobSecre
 /// pairs. A rank read off a socket is only trusted once it is one of `expected` and not seen yet.
 /// With a secret, only a connection that proved it gets its rank read at all. Introductions are
 /// read on their own short-lived threads (at most [`MAX_PENDING_INTRODUCTIONS`] at once), so a
-/// connection that says nothing cannot hold up the others.
-pub fn accept(listener: &TcpListener, expected: &[usize], group_key: u64, secret: Option<&JobSecret>, deadline: Instant) -> Result<Vec<(usize, TcpStream)>> {
+/// connection that says nothing cannot hold up the others. `watch` fails the wait early (see
+/// [`Setup::watch`]).
+pub fn accept(listener: &TcpListener, expected: &[usize], group_key: u64, secret: Option<&JobSecret>, deadline: Instant, watch: &dyn Fn() -> Result<()>) -> Result<Vec<(usize, TcpStream)>> {
     let count = expected.len();
     let fail = |why: String| ChorusError::Connect { transport: NAME, peer: usize::MAX, why };
     listener.set_nonblocking(true).map_err(|e| fail(format!("listener: {e}")))?;
@@ -214,6 +219,7 @@ pub fn accept(listener: &TcpListener, expected: &[usize], group_key: u64, secret
                         count - out.len()
                     )));
                 }
+                watch()?;
                 std::thread::sleep(Duration::from_millis(2));
             }
             Err(e) => return Err(fail(format!("accept: {e}"))),
@@ -242,7 +248,7 @@ impl Tcp {
             return Ok(Vec::new());
         }
         let listener = s.listener.ok_or_else(|| ChorusError::Connect { transport: NAME, peer: expected[0], why: "no listener to accept on".into() })?;
-        accept(listener, expected, group_key(s.uid), job_secret()?.as_ref(), s.deadline)?
+        accept(listener, expected, group_key(s.uid), job_secret()?.as_ref(), s.deadline, s.watch)?
             .into_iter()
             .map(|(r, sock)| Ok(Arc::new(link(s.me.rank, r, sock, self.geo, s.local.signals.clone())?) as Arc<dyn Link>))
             .collect()
@@ -289,7 +295,7 @@ impl Transport for Tcp {
         let mut links: Vec<Arc<dyn Link>> = Vec::new();
         let secret = job_secret()?;
         for p in peers.iter().filter(|p| p.rank < me) {
-            let sock = connect(me, p, group_key(s.uid), secret.as_ref(), s.deadline)?;
+            let sock = connect(me, p, group_key(s.uid), secret.as_ref(), s.deadline, s.watch)?;
             links.push(Arc::new(link(me, p.rank, sock, self.geo, s.local.signals.clone())?));
         }
         let higher: Vec<usize> = peers.iter().map(|p| p.rank).filter(|&r| r > me).collect();
@@ -298,7 +304,7 @@ impl Transport for Tcp {
     }
 
     fn relink(&self, s: &Setup, joiner: &PeerInfo, _seq: u64, _counters: &mut dyn FnMut() -> Result<Vec<(u64, u64)>>) -> Result<Arc<dyn Link>> {
-        let sock = connect(s.me.rank, joiner, group_key(s.uid), job_secret()?.as_ref(), s.deadline)?;
+        let sock = connect(s.me.rank, joiner, group_key(s.uid), job_secret()?.as_ref(), s.deadline, s.watch)?;
         Ok(Arc::new(link(s.me.rank, joiner.rank, sock, self.geo, s.local.signals.clone())?))
     }
 }
@@ -320,7 +326,7 @@ mod tests {
                 s.write_all(&hello(key, claimed)).unwrap();
                 s
             });
-            let err = accept(&listener, &expected, key, None, Instant::now() + Duration::from_secs(10)).expect_err("an unexpected rank");
+            let err = accept(&listener, &expected, key, None, Instant::now() + Duration::from_secs(10), &watch_nothing).expect_err("an unexpected rank");
             assert!(err.to_string().contains(&format!("rank {claimed}")), "{err}");
             drop(client.join().unwrap());
         }
@@ -330,7 +336,7 @@ mod tests {
             s.write_all(&hello(key, r)).unwrap();
             s
         })).collect();
-        let err = accept(&listener, &[1, 2], key, None, Instant::now() + Duration::from_secs(10)).expect_err("rank 1 twice");
+        let err = accept(&listener, &[1, 2], key, None, Instant::now() + Duration::from_secs(10), &watch_nothing).expect_err("rank 1 twice");
         assert!(err.to_string().contains("connected twice"), "{err}");
         clients.into_iter().for_each(|c| drop(c.join().unwrap()));
         let client = std::thread::spawn(move || {
@@ -338,7 +344,7 @@ mod tests {
             s.write_all(&hello(key, 1)).unwrap();
             s
         });
-        let got = accept(&listener, &[1], key, None, Instant::now() + Duration::from_secs(10)).unwrap();
+        let got = accept(&listener, &[1], key, None, Instant::now() + Duration::from_secs(10), &watch_nothing).unwrap();
         assert_eq!(got.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![1]);
         drop(client.join().unwrap());
     }
@@ -355,7 +361,7 @@ mod tests {
         let acceptor = {
             let secret = secret.clone();
             std::thread::spawn(move || {
-                accept(&listener, &[1], key, Some(&secret), deadline).map(|got| got.into_iter().map(|(r, _)| r).collect::<Vec<_>>())
+                accept(&listener, &[1], key, Some(&secret), deadline, &watch_nothing).map(|got| got.into_iter().map(|(r, _)| r).collect::<Vec<_>>())
             })
         };
         let mut plain = TcpStream::connect(addr).unwrap();
@@ -386,7 +392,7 @@ mod tests {
         let silent = TcpStream::connect(addr).unwrap();
         let acceptor = {
             let secret = secret.clone();
-            std::thread::spawn(move || accept(&listener, &[1], key, Some(&secret), deadline).map(|got| got.into_iter().map(|(r, _)| r).collect::<Vec<_>>()))
+            std::thread::spawn(move || accept(&listener, &[1], key, Some(&secret), deadline, &watch_nothing).map(|got| got.into_iter().map(|(r, _)| r).collect::<Vec<_>>()))
         };
         let mut rank1 = TcpStream::connect(addr).unwrap();
         introduce_with_secret(&mut rank1, &secret, key, 1, deadline).unwrap();

@@ -1,0 +1,157 @@
+//! Ranks that die while their group is being created (issue 25): the others fail at once naming
+//! the dead rank (not at the deadline), and no shared-memory segment of the group stays behind.
+//! Each test starts the ranks one by one, so the victim dies at a known point: after publishing its
+//! record, before any link is up. The victim is killed with SIGKILL and not reaped until the end,
+//! so to the survivors it is a zombie, which still passes `kill(pid, 0)`.
+mod common;
+
+use chorus::bootstrap::{Store, StoreClient, StoreServer};
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workers' deadline: a survivor that waited for it would fail the test's 10 s bound.
+const TIMEOUT_MS: &str = "60000";
+
+/// Starts rank `rank` of an `n`-rank job of `create-dead-peer NAME DEAD`.
+fn spawn(port: u16, n: usize, rank: usize, name: &str, dead: &str) -> Child {
+    let (harness, (var, value)) = common::worker_args(&["create-dead-peer", name, dead]);
+    Command::new(common::worker_exe())
+        .args(&harness)
+        .env(var, value)
+        .env_remove("CHORUS_HOST_ID")
+        .env_remove("CHORUS_TEST_HOSTS")
+        .env("CHORUS_STORE_ADDR", format!("127.0.0.1:{port}"))
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", n.to_string())
+        .env("CHORUS_TIMEOUT_MS", TIMEOUT_MS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting a worker")
+}
+
+/// Waits for `child` (killing it past `limit`) and collects its output.
+fn finish(mut child: Child, limit: Duration) -> Output {
+    let mut so = child.stdout.take().expect("piped");
+    let mut se = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
+}
+
+/// Names of group `uid`'s segments in /dev/shm (the library names them `chorus-<uid>-...`, with
+/// characters other than letters, digits, `.` and `_` made `_`).
+fn segments_of(uid: &str) -> Vec<String> {
+    let safe: String = uid.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' }).collect();
+    let prefix = format!("chorus-{safe}-");
+    std::fs::read_dir("/dev/shm")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(&prefix)).collect())
+        .unwrap_or_default()
+}
+
+/// Starts the victim (rank `dead`) and kills it once its record is in the store; it is left
+/// unreaped (a zombie) for the caller to reap.
+fn start_and_kill_victim(port: u16, n: usize, dead: usize, name: &str) -> Child {
+    let mut victim = spawn(port, n, dead, name, &dead.to_string());
+    let client = StoreClient::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(30)).expect("the test's store");
+    // A group's uid is its name and the rank's count of groups of that name made on the store.
+    let record = format!("chorus/{name}.1/peer/{dead}");
+    if let Err(e) = client.wait(&[record.as_str()], Duration::from_secs(60)) {
+        let _ = victim.kill();
+        panic!("rank {dead} never published its record: {e}\n{}", describe(&[finish(victim, Duration::from_secs(5))]));
+    }
+    victim.kill().expect("SIGKILL to the victim");
+    victim
+}
+
+fn describe(outs: &[Output]) -> String {
+    outs.iter()
+        .map(|o| format!("---- {:?}\n{}{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        .collect()
+}
+
+/// Runs `survivors` to the end and checks each failed its creation, naming rank `dead`, in time.
+fn expect_survivors_fail(survivors: Vec<Child>, dead: usize) {
+    let outs: Vec<Output> = survivors.into_iter().map(|c| finish(c, Duration::from_secs(90))).collect();
+    let ok = outs.iter().all(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("create-dead-peer ok in"));
+    assert!(ok, "every survivor must fail its creation naming rank {dead} within 10 s:\n{}", describe(&outs));
+}
+
+/// A 4-rank group: ranks 0 and 1 wait for the others' records, rank 2 publishes its record and is
+/// killed, rank 3 never comes. Ranks 0 and 1 must not wait for rank 3 until the deadline.
+#[test]
+fn a_rank_killed_while_the_others_wait_for_records_fails_them_at_once() {
+    let _serial = common::serial();
+    let server = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("binding the test store");
+    let port = server.local_addr().port();
+    let name = format!("dead-while-waiting-{}", std::process::id());
+    let survivors: Vec<Child> = (0..2).map(|r| spawn(port, 4, r, &name, "2")).collect();
+    let mut victim = start_and_kill_victim(port, 4, 2, &name);
+    expect_survivors_fail(survivors, 2);
+    let _ = victim.wait();
+    let left = segments_of(&format!("{name}.1"));
+    left.iter().for_each(|n| drop(std::fs::remove_file(format!("/dev/shm/{n}"))));
+    assert!(left.is_empty(), "segments left in /dev/shm after the survivors exited: {left:?}");
+}
+
+/// A 3-rank group: rank 2 publishes its record and is killed before the others start; they find
+/// every record, map its segments and wait for it to map theirs. They must fail at once, and
+/// remove the segments it left.
+#[test]
+fn a_rank_killed_before_the_links_are_up_fails_the_others_at_once() {
+    let _serial = common::serial();
+    let server = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("binding the test store");
+    let port = server.local_addr().port();
+    let name = format!("dead-before-links-{}", std::process::id());
+    let mut victim = start_and_kill_victim(port, 3, 2, &name);
+    let survivors: Vec<Child> = (0..2).map(|r| spawn(port, 3, r, &name, "2")).collect();
+    expect_survivors_fail(survivors, 2);
+    let _ = victim.wait();
+    let left = segments_of(&format!("{name}.1"));
+    left.iter().for_each(|n| drop(std::fs::remove_file(format!("/dev/shm/{n}"))));
+    assert!(left.is_empty(), "segments left in /dev/shm after the survivors exited: {left:?}");
+}
+
+/// A rank killed at rendezvous with nobody there to see it leaves its segments; the next start of
+/// the same group (same name on a fresh store: the same uid) removes them before creating its own.
+#[test]
+fn the_next_start_of_a_group_removes_what_a_killed_rank_left() {
+    let _serial = common::serial();
+    let name = format!("dead-alone-{}", std::process::id());
+    let uid = format!("{name}.1");
+    {
+        let server = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("binding the test store");
+        let mut victim = start_and_kill_victim(server.local_addr().port(), 2, 1, &name);
+        let _ = victim.wait();
+    }
+    let left = segments_of(&uid);
+    assert_eq!(left.len(), 2, "the killed rank's signal and data segments are expected in /dev/shm: {left:?}");
+    let server = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("binding the test store");
+    let port = server.local_addr().port();
+    let ranks: Vec<Child> = (0..2).map(|r| spawn(port, 2, r, &name, "none")).collect();
+    let outs: Vec<Output> = ranks.into_iter().map(|c| finish(c, Duration::from_secs(90))).collect();
+    assert!(outs.iter().all(|o| o.status.success()), "the group's next start failed:\n{}", describe(&outs));
+    let still: Vec<String> = segments_of(&uid);
+    still.iter().for_each(|n| drop(std::fs::remove_file(format!("/dev/shm/{n}"))));
+    assert!(still.is_empty(), "the next start left the dead rank's segments (or its own): {still:?}");
+}
