@@ -1,5 +1,7 @@
 //! A group's state and engine start ([`setup`] has how a rank enters a group: `create` and a
 //! replacement's `join`); survivors link to a replacement between collectives (`serve_joins`).
+mod replicas;
+mod rendezvous;
 mod setup;
 
 pub use setup::{create, join};
@@ -104,6 +106,10 @@ pub struct GroupInner {
     pub last_info: Mutex<crate::engine::work::OpInfo>,
     /// Monotonic: join requests refused because their rank was active and alive.
     pub joins_refused: AtomicU64,
+    /// This rank's replica of the membership records, and the store over every rank's
+    /// (`Options::membership_replicas`; `replicas`).
+    replica: Option<chorus_bootstrap::StoreServer>,
+    membership_store: Option<Arc<chorus_bootstrap::ReplicatedStore>>,
 }
 
 /// State a joining rank takes over from the survivors.
@@ -117,6 +123,7 @@ struct Resume {
 #[allow(clippy::too_many_arguments)]
 fn start(
     store: Arc<dyn Store>,
+    membership_store: Option<Arc<chorus_bootstrap::ReplicatedStore>>,
     uid: String,
     rank: usize,
     size: usize,
@@ -143,7 +150,12 @@ fn start(
     // A new group starts with every rank (a view change another rank already stored is adopted
     // by all through its round, at the same collective); a replacement takes the survivors' view.
     let resumed = resume.as_ref().map(|r| Resumed { view: r.view.clone(), committed: r.committed, rounds: r.rounds });
-    let membership = Membership::new(rank, size, &uid, store.clone(), opts.policy, opts.timeout, Arc::new(SystemClock), resumed).with_timeout_knob(opts.timeout_knob);
+    // Recovery rounds and views go through the replicas when there are some (`replicas`).
+    let records: Arc<dyn Store> = match &membership_store {
+        Some(m) => m.clone(),
+        None => store.clone(),
+    };
+    let membership = Membership::new(rank, size, &uid, records, opts.policy, opts.timeout, Arc::new(SystemClock), resumed).with_timeout_knob(opts.timeout_knob);
     let rounds_applied = membership.rounds_handle();
     let signals = prep.local.signals.clone();
     let mut coll = Comm::new(rank, size, Stream::Collective, links.clone(), signals.clone(), policy.clone(), opts.timeout, opts.timeout_knob, liveness.clone(), rounds_applied.clone());
@@ -194,6 +206,8 @@ fn start(
         membership_threads: Mutex::new(Vec::new()),
         last_info: Mutex::new(Default::default()),
         joins_refused: AtomicU64::new(0),
+        replica: prep.replica,
+        membership_store,
     });
     // Joins announced before this rank existed are not for it.
     if let Some(n) = join::announced(&inner.store, &inner.uid)? {
@@ -321,12 +335,17 @@ impl GroupInner {
         let deadline = Instant::now() + self.opts.timeout;
         let info = join::joiner_info(&self.store, &self.uid, req, deadline)?;
         let p = req.rank;
+        if let Some(m) = &self.membership_store {
+            // The replacement's replica takes its slot, voting on the rounds after ours.
+            let record = self.store.wait(&[&replicas::ReplicaInfo::key(&self.uid, p)], deadline.saturating_duration_since(Instant::now()))?;
+            replicas::refill(m, &replicas::ReplicaInfo::decode(p, &record[0]), self.membership.rounds_applied(), self.opts.timeout)?;
+        }
         // Chunks the dead predecessor never consumed are forfeited: our credits restart full. (It
         // sends nothing more, and the replacement sends nothing before our handoff, so this can
         // come before the new link; a transport that carries the counters into its connection
         // also asks for the point-to-point stream's.)
         let coll = join::forfeit(&self.signals, comm, p);
-        let setup = Setup { store: &*self.store, uid: &self.uid, me: &self.me, ranks: self.size, local: &self.local, listener: None, deadline };
+        let setup = Setup { store: &*self.store, uid: &self.uid, me: &self.me, ranks: self.size, local: &self.local, listener: None, deadline, watch: &crate::transport::watch_nothing };
         let link = self.transports.relink(&setup, &info, req.seq, &mut || Ok(vec![coll, self.forfeit_p2p(p, deadline)?]))?;
         self.counters.connected(p);
         self.liveness.reset(p);
@@ -384,6 +403,9 @@ impl GroupInner {
             }
         }
         self.delete_store_keys_when_last();
+        if let Some(r) = &self.replica {
+            r.shutdown();
+        }
     }
 
     /// The rank whose destroy completes the group's count (every rank's threads are joined by
