@@ -155,3 +155,13 @@ fn the_next_start_of_a_group_removes_what_a_killed_rank_left() {
     still.iter().for_each(|n| drop(std::fs::remove_file(format!("/dev/shm/{n}"))));
     assert!(still.is_empty(), "the next start left the dead rank's segments (or its own): {still:?}");
 }
+
+/// Issue 25: the same group destroyed and created again in the same processes (same store, same
+/// name) 20 times, 4 ranks, an all_reduce in each incarnation. The heartbeat interval of 5 s makes
+/// a destroy that waits for the membership threads' next turn fail the worker's 2 s bound.
+#[test]
+fn a_group_destroyed_and_created_again_20_times() {
+    common::run_ranks(4, "recreate", &["20"], |_| {
+        vec![("CHORUS_HEARTBEAT_MS".to_string(), "5000".to_string()), ("CHORUS_HEARTBEAT_TIMEOUT_MS".to_string(), "60000".to_string())]
+    });
+}

@@ -17,6 +17,8 @@
 //! - `errors-mismatch [--barrier-first] [--repeat K] [CASE...]`: ranks that disagree on counts/dtypes/ops/roots/collectives all get an error naming the argument, and the group stays usable.
 //! - `barrier-destroy`: rank 0 destroys each group right after a barrier.
 //! - `create-timeout`: a failed group creation leaves nothing in /dev/shm.
+//! - `recreate ROUNDS`: the same group (same store, same name) created, used and destroyed ROUNDS
+//!   times in a row; each destroy returns promptly even with a long heartbeat interval.
 //! - `create-dead-peer NAME DEAD|none`: creates group NAME; the test kills rank DEAD during the
 //!   creation, and every other rank must fail well before CHORUS_TIMEOUT_MS, naming it (`none`:
 //!   every rank creates the group and passes a barrier).
@@ -75,6 +77,7 @@ pub fn run(args: &[String]) -> i32 {
         "barrier-destroy" => barrier_destroy(),
         "create-timeout" => create_timeout(),
         "create-dead-peer" => create_dead_peer(&args[1..]),
+        "recreate" => recreate(&args[1..]),
         other => Err(format!("unknown scenario {other:?}")),
     };
     match r {

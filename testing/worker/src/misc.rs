@@ -1,4 +1,4 @@
-//! The `barrier-destroy`, `create-timeout`, `create-dead-peer` and `smoke` scenarios.
+//! The `barrier-destroy`, `create-timeout`, `create-dead-peer`, `recreate` and `smoke` scenarios.
 use super::*;
 
 /// A barrier that returned on one rank must also complete on the others, even when that rank
@@ -64,6 +64,27 @@ pub(crate) fn create_dead_peer(args: &[String]) -> R {
     ensure!(err.contains(&format!("rank {dead} failed during group creation")), "the error does not name the dead rank {dead}: {err}");
     ensure!(took < Duration::from_secs(10), "creation failed only after {took:?} (deadline {:?}): {err}", timeout());
     println!("rank {me}: creation failed after {} ms: {err}", took.as_millis());
+    Ok(())
+}
+
+/// Issue 25: the same group (same store, same name) made again right after it was destroyed, ROUNDS
+/// times, with an all_reduce in each incarnation. A destroy must not wait for the membership
+/// threads' next turn (the test sets a heartbeat interval of several seconds).
+pub(crate) fn recreate(args: &[String]) -> R {
+    let rounds: usize = args.first().and_then(|a| a.parse().ok()).ok_or("recreate ROUNDS")?;
+    let me = env_usize("RANK");
+    for k in 0..rounds {
+        let g = world("recreated")?;
+        let n = g.size();
+        let mut v: Vec<f32> = vec![(me + k) as f32; 1000];
+        g.all_reduce(&mut v, ReduceOp::Sum).ctx(format!("all_reduce in incarnation {k}"))?;
+        let want = (0..n).map(|r| (r + k) as f32).sum::<f32>();
+        ensure!(v.iter().all(|&x| x == want), "incarnation {k}: all_reduce gave {}, expected {want}", v[0]);
+        let t0 = Instant::now();
+        g.destroy();
+        let took = t0.elapsed();
+        ensure!(took < Duration::from_secs(2), "destroying incarnation {k} took {took:?}: it waited for the membership threads");
+    }
     Ok(())
 }
 
