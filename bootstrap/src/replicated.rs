@@ -79,6 +79,10 @@ fn register_key(key: &str) -> String {
     format!("px/{key}")
 }
 
+/// How long an acceptor that failed is left alone before it is asked again, at first and at most.
+const MIN_REST: Duration = Duration::from_millis(200);
+const MAX_REST: Duration = Duration::from_secs(10);
+
 /// How many times an acceptor step retries its compare-and-set when another proposer changed
 /// the record in between (each retry re-reads it).
 const CAS_RETRIES: usize = 64;
@@ -158,8 +162,17 @@ impl Slot {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread_name = format!("chorus-acceptor-{index}");
         let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
+            // An acceptor that failed is left alone for a while (doubling up to MAX_REST): a dead
+            // store host costs each operation nothing, and its client's complaints (torch's
+            // store logs a stack per failed call) come once per rest, not once per request.
+            let mut rest_until: Option<Instant> = None;
+            let mut rest = MIN_REST;
             for job in rx {
                 if Instant::now() >= job.deadline {
+                    continue;
+                }
+                if rest_until.is_some_and(|t| Instant::now() < t) {
+                    let _ = job.reply.send((index, Err(BootstrapError::Lost { op: "replicated register", host: "this acceptor".into(), cause: Box::new(BootstrapError::RequestTimeout { op: "resting after a failure", addr: job.key.clone(), timeout: rest }) })));
                     continue;
                 }
                 let answer = match &job.step {
@@ -168,6 +181,16 @@ impl Slot {
                     Step::Accept(b, v) => accept(&*store, &job.key, *b, v).map(|r| r.map_or_else(Answer::Refused, |()| Answer::Accepted)),
                     Step::List(prefix) => store.list_prefix(&register_key(prefix)).map(Answer::Keys),
                 };
+                match &answer {
+                    Err(_) => {
+                        rest_until = Some(Instant::now() + rest);
+                        rest = (rest * 2).min(MAX_REST);
+                    }
+                    Ok(_) => {
+                        rest_until = None;
+                        rest = MIN_REST;
+                    }
+                }
                 // The proposer may have stopped listening (it reached a majority or gave up).
                 let _ = job.reply.send((index, answer));
             }
@@ -286,6 +309,8 @@ impl ReplicatedStore {
         // The results of this operation's attempts that proposed a change, by write id: if one
         // of them is found chosen later, that attempt's result is the operation's.
         let mut proposed: Vec<(WriteId, T)> = Vec::new();
+        // The attempt that came closest: (acceptors that agreed, those that stayed silent).
+        let mut best: Option<(usize, Vec<String>)> = None;
         loop {
             let b = self.ballot();
             let until = (Instant::now() + self.phase_timeout).min(deadline);
@@ -334,9 +359,13 @@ impl ReplicatedStore {
                 }
                 failure = (accepted, silent);
             }
+            if best.as_ref().is_none_or(|b| failure.0 >= b.0) {
+                best = Some(failure);
+            }
             if Instant::now() >= deadline {
                 let total = self.slots();
-                return Err(BootstrapError::NoQuorum { op, key: key.to_string(), answered: failure.0, needed: need, total, silent: failure.1.join(", ") });
+                let (answered, silent) = best.unwrap_or_default();
+                return Err(BootstrapError::NoQuorum { op, key: key.to_string(), answered, needed: need, total, silent: silent.join(", ") });
             }
             // Another proposer holds the key (or acceptors are slow): back off for a random time
             // that grows with the attempts, so that one of the proposers gets through.
