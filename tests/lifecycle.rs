@@ -13,13 +13,22 @@ use std::time::{Duration, Instant};
 /// The workers' deadline: a survivor that waited for it would fail the test's 10 s bound.
 const TIMEOUT_MS: &str = "60000";
 
-/// Starts rank `rank` of an `n`-rank job of `create-dead-peer NAME DEAD`.
+/// Starts rank `rank` of an `n`-rank job of `create-dead-peer NAME DEAD`, all on one host.
 fn spawn(port: u16, n: usize, rank: usize, name: &str, dead: &str) -> Child {
+    spawn_on(port, n, rank, name, dead, None)
+}
+
+/// [`spawn`] with the host identity `host` (`CHORUS_HOST_ID`; `None`: the real one).
+fn spawn_on(port: u16, n: usize, rank: usize, name: &str, dead: &str, host: Option<&str>) -> Child {
     let (harness, (var, value)) = common::worker_args(&["create-dead-peer", name, dead]);
-    Command::new(common::worker_exe())
+    let mut command = Command::new(common::worker_exe());
+    command.env_remove("CHORUS_HOST_ID");
+    if let Some(h) = host {
+        command.env("CHORUS_HOST_ID", h);
+    }
+    command
         .args(&harness)
         .env(var, value)
-        .env_remove("CHORUS_HOST_ID")
         .env_remove("CHORUS_TEST_HOSTS")
         .env("CHORUS_STORE_ADDR", format!("127.0.0.1:{port}"))
         .env("RANK", rank.to_string())
@@ -72,7 +81,11 @@ fn segments_of(uid: &str) -> Vec<String> {
 /// Starts the victim (rank `dead`) and kills it once its record is in the store; it is left
 /// unreaped (a zombie) for the caller to reap.
 fn start_and_kill_victim(port: u16, n: usize, dead: usize, name: &str) -> Child {
-    let mut victim = spawn(port, n, dead, name, &dead.to_string());
+    kill_victim(spawn(port, n, dead, name, &dead.to_string()), port, dead, name)
+}
+
+/// Kills `victim` (rank `dead` of group `name`) once its record is in the store.
+fn kill_victim(mut victim: Child, port: u16, dead: usize, name: &str) -> Child {
     let client = StoreClient::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(30)).expect("the test's store");
     // A group's uid is its name and the rank's count of groups of that name made on the store.
     let record = format!("chorus/{name}.1/peer/{dead}");
@@ -95,6 +108,8 @@ fn expect_survivors_fail(survivors: Vec<Child>, dead: usize) {
     let outs: Vec<Output> = survivors.into_iter().map(|c| finish(c, Duration::from_secs(90))).collect();
     let ok = outs.iter().all(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("create-dead-peer ok in"));
     assert!(ok, "every survivor must fail its creation naming rank {dead} within 10 s:\n{}", describe(&outs));
+    // What each survivor reported (shown with --nocapture).
+    outs.iter().flat_map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("creation failed after")).map(str::to_string).collect::<Vec<_>>()).for_each(|l| eprintln!("{l}"));
 }
 
 /// A 4-rank group: ranks 0 and 1 wait for the others' records, rank 2 publishes its record and is
@@ -107,6 +122,26 @@ fn a_rank_killed_while_the_others_wait_for_records_fails_them_at_once() {
     let name = format!("dead-while-waiting-{}", std::process::id());
     let survivors: Vec<Child> = (0..2).map(|r| spawn(port, 4, r, &name, "2")).collect();
     let mut victim = start_and_kill_victim(port, 4, 2, &name);
+    expect_survivors_fail(survivors, 2);
+    let _ = victim.wait();
+    let left = segments_of(&format!("{name}.1"));
+    left.iter().for_each(|n| drop(std::fs::remove_file(format!("/dev/shm/{n}"))));
+    assert!(left.is_empty(), "segments left in /dev/shm after the survivors exited: {left:?}");
+}
+
+/// Two hosts of two ranks each (host identities; sockets between them): rank 2 is killed while the
+/// others wait for the records. Rank 3 sees its process gone; ranks 0 and 1, on the other host,
+/// cannot, and learn it from the group's failure record that rank 3 writes.
+#[test]
+fn ranks_on_another_host_learn_of_the_death_from_the_store() {
+    let _serial = common::serial();
+    let server = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("binding the test store");
+    let port = server.local_addr().port();
+    let name = format!("dead-other-host-{}", std::process::id());
+    let host = |r: usize| format!("chorus-test-h{}", r / 2);
+    let survivors: Vec<Child> = [0, 1, 3].into_iter().map(|r| spawn_on(port, 4, r, &name, "2", Some(&host(r)))).collect();
+    let victim = spawn_on(port, 4, 2, &name, "2", Some(&host(2)));
+    let mut victim = kill_victim(victim, port, 2, &name);
     expect_survivors_fail(survivors, 2);
     let _ = victim.wait();
     let left = segments_of(&format!("{name}.1"));

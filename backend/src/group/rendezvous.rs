@@ -94,10 +94,7 @@ impl<'a> Watch<'a> {
         // Its names would stay in /dev/shm: the process that would have removed them is gone.
         Segment::unlink(&p.shm_signals);
         Segment::unlink(&p.shm_data);
-        let why = format!(
-            "its process {} exited before the group's links were up (rank {} saw it on their host; every rank's creation fails)",
-            p.pid, self.me.rank
-        );
+        let why = format!("its process {} exited before the group's links were up, as rank {} on the same host saw; creation fails on every rank", p.pid, self.me.rank);
         tracing::warn!(peer = p.rank, pid = p.pid, "a peer died during group creation");
         // The first report stands; the others find it there.
         let _ = self.store.compare_set(&self.failure_key(), None, format!("{} {why}", p.rank).as_bytes());
