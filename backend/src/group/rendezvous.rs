@@ -58,11 +58,11 @@ impl<'a> Watch<'a> {
         f.as_ref().map(|(peer, why)| ChorusError::PeerFailed { op: OP, peer: *peer, why: why.clone() })
     }
 
+    /// Records the failure (the first one found stands) and returns it as an error.
     fn fail(&self, peer: usize, why: String) -> ChorusError {
         let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        f.get_or_insert((peer, why));
-        drop(f);
-        self.failure().expect("just recorded")
+        let (peer, why) = f.get_or_insert((peer, why)).clone();
+        ChorusError::PeerFailed { op: OP, peer, why }
     }
 
     /// Fails if a known peer on this host has exited, or another rank reported a dead peer. At
