@@ -43,16 +43,21 @@ fn spawn_on(port: u16, n: usize, rank: usize, name: &str, dead: &str, host: Opti
 
 /// Waits for `child` (killing it past `limit`) and collects its output.
 fn finish(mut child: Child, limit: Duration) -> Output {
-    let mut so = child.stdout.take().expect("piped");
-    let mut se = child.stderr.take().expect("piped");
+    // A pipe the caller took is the caller's to read.
+    let so = child.stdout.take();
+    let se = child.stderr.take();
     let out = std::thread::spawn(move || {
         let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
+        if let Some(mut so) = so {
+            let _ = so.read_to_end(&mut v);
+        }
         v
     });
     let err = std::thread::spawn(move || {
         let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
+        if let Some(mut se) = se {
+            let _ = se.read_to_end(&mut v);
+        }
         v
     });
     let deadline = Instant::now() + limit;
@@ -199,4 +204,53 @@ fn a_group_destroyed_and_created_again_20_times() {
     common::run_ranks(4, "recreate", &["20"], |_| {
         vec![("CHORUS_HEARTBEAT_MS".to_string(), "5000".to_string()), ("CHORUS_HEARTBEAT_TIMEOUT_MS".to_string(), "60000".to_string())]
     });
+}
+
+/// Issue 25: a rank killed inside a loop of collectives and not reaped (a zombie, which
+/// `kill(pid, 0)` still finds) is seen dead at once by the survivors on its host, not only by the
+/// heartbeat: with a heartbeat timeout and a deadline of a minute, they must finish the loop (the
+/// failure reported, 20 collectives over the survivors) long before either.
+#[test]
+fn an_unreaped_dead_rank_is_seen_dead_without_the_heartbeat() {
+    use std::io::{BufRead, BufReader};
+    let _serial = common::serial();
+    let server = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("binding the test store");
+    let addr = server.local_addr();
+    let spawn_ft = |rank: usize| {
+        Command::new(env!("CARGO_BIN_EXE_chorus-ft-worker"))
+            .args(["all_reduce", "1000000", "1000", "20", "failure"])
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "3")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", addr.port().to_string())
+            .env("CHORUS_STORE_ADDR", addr.to_string())
+            .env("CHORUS_TIMEOUT_MS", TIMEOUT_MS)
+            .env("CHORUS_HEARTBEAT_TIMEOUT_MS", TIMEOUT_MS)
+            .env_remove("CHORUS_HOST_ID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting chorus-ft-worker")
+    };
+    let mut ranks: Vec<Child> = (0..3).map(spawn_ft).collect();
+    // Rank 0's first result line: the group is up and the loop runs.
+    let mut first = BufReader::new(ranks[0].stdout.take().expect("piped"));
+    let mut line = String::new();
+    first.read_line(&mut line).expect("rank 0's output");
+    assert!(!line.is_empty(), "rank 0 printed nothing:\n{}", describe(&[finish(ranks.remove(0), Duration::from_secs(5))]));
+    let rest = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = first.read_to_end(&mut v);
+        v
+    });
+    let mut victim = ranks.pop().expect("rank 2");
+    victim.kill().expect("SIGKILL to rank 2");
+    let killed = Instant::now();
+    let outs: Vec<Output> = ranks.into_iter().map(|c| finish(c, Duration::from_secs(90))).collect();
+    let took = killed.elapsed();
+    let _ = victim.wait();
+    let _ = rest.join();
+    assert!(outs.iter().all(|o| o.status.success()), "the survivors failed:\n{}", describe(&outs));
+    assert!(took < Duration::from_secs(20), "the survivors needed {took:?} to finish after rank 2 died (heartbeat timeout {TIMEOUT_MS} ms)");
 }
