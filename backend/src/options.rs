@@ -65,10 +65,12 @@ pub struct Options {
     /// How long it then yields before it sleeps (`CHORUS_YIELD_US`; `None`: 2 ms, or 0.5 ms with
     /// more ranks than cores).
     pub yield_for: Option<Duration>,
-    /// Membership without a single point of failure (`CHORUS_MEMBERSHIP_REPLICAS=1`, default
-    /// off): every rank serves a replica of the membership records, and recovery rounds agree
-    /// through a majority of the replicas and the job's store, so the group goes on after the
-    /// store's host dies (`group::replicas`). Every rank must use the same.
+    /// Membership without a single point of failure (`CHORUS_MEMBERSHIP_REPLICAS=1`; off by
+    /// default until the view records a replacement changes are per round: with replicas they
+    /// need a majority of the replicas the group started with): every rank serves a replica of
+    /// the membership records, and recovery rounds agree through a majority of the replicas and
+    /// the job's store, so the group goes on after the store's host dies (`group::replicas`).
+    /// Every rank must use the same.
     pub membership_replicas: bool,
     /// RDMA device selection and queue-pair attributes (`CHORUS_IB_*`).
     pub rdma: RdmaOptions,

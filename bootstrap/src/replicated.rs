@@ -79,6 +79,9 @@ fn register_key(key: &str) -> String {
     format!("px/{key}")
 }
 
+/// How long a [`RemoteReplica`] tries to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// How long an acceptor that failed is left alone before it is asked again, at first and at most.
 const MIN_REST: Duration = Duration::from_millis(200);
 const MAX_REST: Duration = Duration::from_secs(10);
@@ -241,6 +244,17 @@ impl ReplicatedStore {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         if index < slots.len() {
             slots[index] = Slot::start(index, name, store, Some(votes_on));
+        }
+    }
+
+    /// Has every acceptor look at a key now, without waiting for the answers: an acceptor on
+    /// another process connects while that process is certainly alive, so that its death later
+    /// shows as a closed connection at once rather than as connection attempts.
+    pub fn warm_up(&self) {
+        let (tx, _rx) = mpsc::channel();
+        let deadline = Instant::now() + self.phase_timeout;
+        for s in self.slots.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = s.jobs.send(Job { key: "warm-up".into(), step: Step::Peek, deadline, reply: tx.clone() });
         }
     }
 
@@ -512,7 +526,9 @@ impl RemoteReplica {
         if let Some(c) = &*c {
             return Ok(c.clone());
         }
-        let new = Arc::new(crate::StoreClient::connect_with(&self.addr, self.timeout, self.secret.clone())?.with_op_timeout(self.timeout));
+        // A short connection deadline: a replica that does not accept now belongs to a process
+        // that is gone or stalled, and waiting longer only holds up this acceptor's queue.
+        let new = Arc::new(crate::StoreClient::connect_with(&self.addr, self.timeout.min(CONNECT_TIMEOUT), self.secret.clone())?.with_op_timeout(self.timeout));
         *c = Some(new.clone());
         Ok(new)
     }

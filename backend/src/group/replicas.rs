@@ -1,5 +1,5 @@
-//! Membership without a single point of failure (issue 24): with `Options::membership_replicas`,
-//! every rank serves a replica of the group's membership records, and recovery rounds and view
+//! Membership without a single point of failure (issue 24): with `Options::membership_replicas`
+//! (`CHORUS_MEMBERSHIP_REPLICAS=1`), every rank serves a replica of the group's membership records, and recovery rounds and view
 //! records go through a [`ReplicatedStore`] over the job's store plus every rank's replica, so the
 //! group agrees on views while a majority of those answer — after the death of the process that
 //! hosts the job's store too. Joins (announcements, hand-offs, peer records) still go through the
@@ -100,7 +100,9 @@ pub fn membership_store(store: &Arc<dyn Store>, own: &StoreServer, me: usize, me
         let (replica, joined) = if info.rank == me { (own.local_store(), me_joined) } else { (remote(info, per_request)?, info.joined) };
         acceptors.push((format!("rank {}'s replica", info.rank), replica, joined.then(fresh)));
     }
-    Ok(ReplicatedStore::new(acceptors, timeout)?)
+    let replicated = ReplicatedStore::new(acceptors, timeout)?;
+    replicated.warm_up();
+    Ok(replicated)
 }
 
 /// Puts replacement `info`'s replica in its rank's slot, voting on rounds after `applied`.

@@ -7,6 +7,11 @@
 //!   survivor (the outage an application sees);
 //! * rejoin: replacement process start → admitted by a new view, and → its first collective.
 //!
+//! `--replicas` runs the ranks with membership replicas (`CHORUS_MEMBERSHIP_REPLICAS=1`);
+//! `--kill-store-host` (with replicas) lets rank 0 host the store (`MASTER_ADDR`/
+//! `MASTER_PORT`, as under `env://`) and kills rank 0: the store dies with it, so no replacement
+//! joins and only detection and crash-to-completion are reported.
+//!
 //! The failure-free cost of fault tolerance is measured by `benches/ft_overhead.sh` (the bench
 //! with `CHORUS_FT=1` and `CHORUS_FT=0` side by side).
 use chorus_bootstrap::StoreServer;
@@ -31,6 +36,12 @@ struct Args {
     /// Put every rank on its own "host" (TCP between all pairs) instead of shared memory.
     #[arg(long)]
     tcp: bool,
+    /// Membership replicas on every rank (CHORUS_MEMBERSHIP_REPLICAS=1).
+    #[arg(long)]
+    replicas: bool,
+    /// Rank 0 hosts the store and is the one killed (with replicas; no rejoin).
+    #[arg(long)]
+    kill_store_host: bool,
 }
 
 fn now_ns() -> u128 {
@@ -42,16 +53,36 @@ struct Rank {
     marks: mpsc::Receiver<String>,
 }
 
-fn spawn(worker: &std::path::Path, store: &StoreServer, rank: usize, a: &Args, join: bool) -> Rank {
+/// Where the ranks find the store: one the bench hosts, or rank 0's (on a free port).
+enum StoreAt {
+    Bench(StoreServer),
+    RankZero(u16),
+}
+
+impl StoreAt {
+    fn new(a: &Args) -> StoreAt {
+        if a.kill_store_host {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
+            StoreAt::RankZero(port)
+        } else {
+            StoreAt::Bench(StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store"))
+        }
+    }
+}
+
+fn spawn(worker: &std::path::Path, store: &StoreAt, rank: usize, a: &Args, join: bool) -> Rank {
     let mut c = Command::new(worker);
+    match store {
+        StoreAt::Bench(s) => c.env("MASTER_PORT", s.local_addr().port().to_string()).env("CHORUS_STORE_ADDR", s.local_addr().to_string()),
+        StoreAt::RankZero(port) => c.env("MASTER_PORT", port.to_string()).env_remove("CHORUS_STORE_ADDR"),
+    };
+    c.env("CHORUS_MEMBERSHIP_REPLICAS", if a.replicas || a.kill_store_host { "1" } else { "0" });
     c.args(["all_reduce", "100000000", &a.elems.to_string(), "200", "rejoin"])
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", a.nprocs.to_string())
         .env("LOCAL_RANK", rank.to_string())
         .env("LOCAL_WORLD_SIZE", a.nprocs.to_string())
         .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", store.local_addr().port().to_string())
-        .env("CHORUS_STORE_ADDR", store.local_addr().to_string())
         .env("CHORUS_FT_TIMES", "1")
         .env("CHORUS_LOG", "chorus_backend::api::ft=info")
         .stdout(Stdio::null())
@@ -117,16 +148,21 @@ fn main() {
         eprintln!("{} not found: build it with `cargo build --release --bins`", worker.display());
         std::process::exit(2);
     }
-    println!("# chorus fault tolerance, {} ranks, {} transport, all_reduce of {} x i64", a.nprocs, if a.tcp { "tcp" } else { "shm" }, a.elems);
+    let membership = match (a.kill_store_host, a.replicas) {
+        (true, _) => "membership replicas, rank 0 hosts the store and is killed",
+        (false, true) => "membership replicas, store outside the ranks",
+        (false, false) => "no replicas, store outside the ranks",
+    };
+    println!("# chorus fault tolerance, {} ranks, {} transport, all_reduce of {} x i64, {membership}", a.nprocs, if a.tcp { "tcp" } else { "shm" }, a.elems);
     println!("# trial  detect_ms  crash_to_completion_ms  rejoin_admitted_ms  rejoin_first_op_ms");
     let mut sums = [0f64; 4];
     for trial in 0..a.trials {
-        let store = StoreServer::bind("127.0.0.1:0".parse().unwrap()).expect("store");
+        let store = StoreAt::new(&a);
         let mut ranks: Vec<Rank> = (0..a.nprocs).map(|r| spawn(&worker, &store, r, &a, false)).collect();
         for r in &ranks {
             wait_for(r, |l| l.starts_with("mark iter 50 "), Duration::from_secs(60)).expect("ranks running");
         }
-        let victim = 1 + trial % (a.nprocs - 1);
+        let victim = if a.kill_store_host { 0 } else { 1 + trial % (a.nprocs - 1) };
         let kill_ns = now_ns();
         ranks[victim].child.kill().expect("kill");
         let _ = ranks[victim].child.wait();
@@ -150,6 +186,17 @@ fn main() {
                 }
             }
         }
+        let detect_ms = if detect == u128::MAX { f64::NAN } else { ms(detect) };
+        if a.kill_store_host {
+            println!("{trial:7}  {detect_ms:9.2}  {:22.2}  {:>18}  {:>18}", ms(complete), "-", "-");
+            sums[0] += detect_ms;
+            sums[1] += ms(complete);
+            for mut r in ranks {
+                let _ = r.child.kill();
+                let _ = r.child.wait();
+            }
+            continue;
+        }
         let join_start = now_ns();
         let joiner = spawn(&worker, &store, victim, &a, true);
         let ready = wait_for(&joiner, |l| l.starts_with("mark ready "), Duration::from_secs(60)).expect("replacement admitted");
@@ -157,7 +204,6 @@ fn main() {
         let t_ready: u128 = ready.split_whitespace().nth(2).and_then(|x| x.parse().ok()).unwrap_or(0);
         let t_first: u128 = first.split_whitespace().nth(3).and_then(|x| x.parse().ok()).unwrap_or(0);
         let (rj, rf) = (t_ready.saturating_sub(join_start), t_first.saturating_sub(join_start));
-        let detect_ms = if detect == u128::MAX { f64::NAN } else { ms(detect) };
         println!("{trial:7}  {detect_ms:9.2}  {:22.2}  {:18.2}  {:18.2}", ms(complete), ms(rj), ms(rf));
         sums[0] += detect_ms;
         sums[1] += ms(complete);
