@@ -3,7 +3,7 @@
 //!
 //! Every rank owns one *workspace* allocation, mapped into every peer over CUDA IPC. Data moves by
 //! **push**: a rank stores its contribution straight into the peer's staging slot (NVLink writes), then
-//! signals. Layout of a workspace (byte offsets; `super::coll::Layout` mirrors it):
+//! signals. Layout of a workspace (byte offsets; `super::coll::options::Layout` mirrors it):
 //!
 //! | offset | what |
 //! |---|---|
