@@ -24,7 +24,9 @@
 //! on keys its predecessor cannot have voted on: the caller says which
 //! ([`ReplicatedStore::replace`]'s `votes_on`; for chorus, the keys of recovery rounds after the
 //! last one applied before the predecessor was replaced). On other keys it counts as silent.
-//! Majorities are always counted over every slot.
+//! Majorities are always counted over every slot. [`ReplicatedStore::catch_up`] lets it vote on
+//! an older key too, once a full round over the other acceptors has settled that key's value and
+//! the new acceptor holds the settled register.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
@@ -124,15 +126,36 @@ fn accept(s: &dyn Store, key: &str, b: Ballot, value: &(Option<Vec<u8>>, WriteId
     Ok(Err(b))
 }
 
+/// Puts a settled register into an acceptor that has not voted on its key (catch-up).
+fn install(s: &dyn Store, key: &str, settled: &Register) -> Result<()> {
+    let pk = register_key(key);
+    for _ in 0..CAS_RETRIES {
+        let raw = s.get(&pk)?;
+        let reg = decode(key, raw.as_deref())?;
+        if reg.accepted >= settled.accepted {
+            return Ok(());
+        }
+        let new = Register { promised: reg.promised.max(settled.promised), ..settled.clone() };
+        if s.compare_set(&pk, raw.as_deref(), &encode(&new))?.0 {
+            return Ok(());
+        }
+    }
+    Err(BootstrapError::Protocol { op: "replicated register", addr: key.to_string(), detail: "the register kept changing during a catch-up".into() })
+}
+
 enum Step {
     /// Reads the register without changing it.
     Peek,
+    /// Catch-up of a refilled slot: takes a settled register unless it holds a later one.
+    Install(Register),
     Prepare(Ballot),
     Accept(Ballot, (Option<Vec<u8>>, WriteId)),
     List(String),
 }
 
 enum Answer {
+    /// A refilled acceptor not caught up on a guarded key: no vote.
+    Abstain,
     Register(Register),
     Promise(Register),
     Accepted,
@@ -154,14 +177,29 @@ struct Slot {
     /// The keys this acceptor votes on: every key for one in its slot since the store was made
     /// (`None`), the keys its predecessor never saw for one that refilled the slot.
     votes_on: Option<KeyFilter>,
+    /// Keys a refilled slot votes on only once it holds their register (installed by a
+    /// catch-up): until then it abstains, whoever asks.
+    guarded: Vec<String>,
     jobs: mpsc::Sender<Job>,
 }
 
 /// Which keys a refilled slot votes on.
 pub type KeyFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// What a refilled slot votes on: the keys `votes_on` accepts, and each key of `guarded` once
+/// it has been caught up on it ([`ReplicatedStore::catch_up`]).
+pub struct Refill {
+    pub votes_on: KeyFilter,
+    pub guarded: Vec<String>,
+}
+
 impl Slot {
-    fn start(index: usize, name: String, store: Arc<dyn Store>, votes_on: Option<KeyFilter>) -> Slot {
+    fn start(index: usize, name: String, store: Arc<dyn Store>, refill: Option<Refill>) -> Slot {
+        let (votes_on, guarded) = match refill {
+            Some(r) => (Some(r.votes_on), r.guarded),
+            None => (None, Vec::new()),
+        };
+        let abstains_on = guarded.clone();
         let (tx, rx) = mpsc::channel::<Job>();
         let thread_name = format!("chorus-acceptor-{index}");
         let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
@@ -180,6 +218,8 @@ impl Slot {
                 }
                 let answer = match &job.step {
                     Step::Peek => store.get(&register_key(&job.key)).and_then(|raw| decode(&job.key, raw.as_deref())).map(Answer::Register),
+                    Step::Install(r) => install(&*store, &job.key, r).map(|()| Answer::Accepted),
+                    Step::Prepare(_) | Step::Accept(..) if abstains_on.contains(&job.key) && matches!(store.get(&register_key(&job.key)), Ok(None)) => Ok(Answer::Abstain),
                     Step::Prepare(b) => prepare(&*store, &job.key, *b).map(|r| r.map_or_else(Answer::Refused, Answer::Promise)),
                     Step::Accept(b, v) => accept(&*store, &job.key, *b, v).map(|r| r.map_or_else(Answer::Refused, |()| Answer::Accepted)),
                     Step::List(prefix) => store.list_prefix(&register_key(prefix)).map(Answer::Keys),
@@ -202,7 +242,7 @@ impl Slot {
             // Without its thread the slot stays silent: it counts as an unreachable acceptor.
             tracing::warn!(index, error = %e, "could not start an acceptor thread");
         }
-        Slot { name, votes_on, jobs: tx }
+        Slot { name, votes_on, guarded, jobs: tx }
     }
 }
 
@@ -224,10 +264,10 @@ impl ReplicatedStore {
     /// `acceptors`: (name for errors, store, and `None` for an acceptor that was there from the
     /// start or the keys a refilled one votes on) per slot, in an order every proposer shares.
     /// `op_timeout` bounds every operation.
-    pub fn new(acceptors: Vec<(String, Arc<dyn Store>, Option<KeyFilter>)>, op_timeout: Duration) -> Result<ReplicatedStore> {
+    pub fn new(acceptors: Vec<(String, Arc<dyn Store>, Option<Refill>)>, op_timeout: Duration) -> Result<ReplicatedStore> {
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| BootstrapError::Random { purpose: "a proposer id", detail: e.to_string() })?;
-        let slots = acceptors.into_iter().enumerate().map(|(i, (name, s, votes_on))| Slot::start(i, name, s, votes_on)).collect();
+        let slots = acceptors.into_iter().enumerate().map(|(i, (name, s, refill))| Slot::start(i, name, s, refill)).collect();
         Ok(ReplicatedStore {
             slots: RwLock::new(slots),
             proposer: u64::from_le_bytes(id),
@@ -240,10 +280,10 @@ impl ReplicatedStore {
 
     /// Puts a new, empty acceptor in slot `index` (a replacement rank's replica); it votes on
     /// the keys `votes_on` accepts (see the module docs).
-    pub fn replace(&self, index: usize, name: String, store: Arc<dyn Store>, votes_on: KeyFilter) {
+    pub fn replace(&self, index: usize, name: String, store: Arc<dyn Store>, refill: Refill) {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         if index < slots.len() {
-            slots[index] = Slot::start(index, name, store, Some(votes_on));
+            slots[index] = Slot::start(index, name, store, Some(refill));
         }
     }
 
@@ -256,6 +296,31 @@ impl ReplicatedStore {
         for s in self.slots.read().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = s.jobs.send(Job { key: "warm-up".into(), step: Step::Peek, deadline, reply: tx.clone() });
         }
+    }
+
+    /// Catches the refilled slot `index` up on `keys` (guarded ones, which its predecessor may
+    /// have voted on): for each, a full round over the other acceptors (it abstains, holding no
+    /// register) settles the value under a ballot, that register is installed in the new
+    /// acceptor, and from then on it votes on the key, for every proposer. Safe
+    /// because the settled value is chosen: every later round learns it from the majority that
+    /// accepted it, whatever the new acceptor answers.
+    pub fn catch_up(&self, index: usize, keys: &[String]) -> Result<()> {
+        for key in keys {
+            let (_, settled) = self.run("catch-up", key, |_| (None, ()))?;
+            let (tx, rx) = mpsc::channel();
+            let deadline = Instant::now() + self.op_timeout;
+            {
+                let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+                let Some(slot) = slots.get(index) else { return Ok(()) };
+                let _ = slot.jobs.send(Job { key: key.clone(), step: Step::Install(settled), deadline, reply: tx });
+            }
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((_, Ok(_))) => {}
+                Ok((_, Err(e))) => return Err(e),
+                Err(_) => return Err(BootstrapError::RequestTimeout { op: "catch-up", addr: key.clone(), timeout: self.op_timeout }),
+            }
+        }
+        Ok(())
     }
 
     /// The number of acceptor slots.
@@ -273,7 +338,7 @@ impl ReplicatedStore {
             let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
             for s in slots.iter() {
                 names.push(s.name.clone());
-                if s.votes_on.as_ref().is_some_and(|votes| !votes(key)) {
+                if s.votes_on.as_ref().is_some_and(|votes| !votes(key)) && !s.guarded.iter().any(|k| k == key) {
                     continue;
                 }
                 let job = Job { key: key.to_string(), step: step(), deadline: until, reply: tx.clone() };
@@ -317,6 +382,12 @@ impl ReplicatedStore {
     /// the outer option: unchanged) and the operation's result. `f` may run more than once (once
     /// per attempt); only the last run's change is applied.
     pub fn update<T>(&self, op: &'static str, key: &str, f: impl Fn(Option<&[u8]>) -> (Option<Option<Vec<u8>>>, T)) -> Result<T> {
+        self.run(op, key, f).map(|(out, _)| out)
+    }
+
+    /// [`ReplicatedStore::update`], also returning the register the key holds after it at the
+    /// acceptors that accepted (for catch-up).
+    fn run<T>(&self, op: &'static str, key: &str, f: impl Fn(Option<&[u8]>) -> (Option<Option<Vec<u8>>>, T)) -> Result<(T, Register)> {
         let deadline = Instant::now() + self.op_timeout;
         let need = self.slots() / 2 + 1;
         let mut attempt = 0u32;
@@ -363,13 +434,16 @@ impl ReplicatedStore {
                     }
                 }
                 if accepted >= need {
-                    return Ok(match out {
+                    let settled = Register { promised: b, accepted: b, value: value.0, written_by: value.1 };
+                    let out = match out {
                         Some(out) => out,
-                        None => {
-                            let i = proposed.iter().position(|(id, _)| *id == value.1).expect("the attempt's result was kept");
-                            proposed.swap_remove(i).1
-                        }
-                    });
+                        None => match proposed.iter().position(|(id, _)| *id == value.1) {
+                            Some(i) => proposed.swap_remove(i).1,
+                            // Unreachable: an attempt that proposed a change kept its result.
+                            None => return Err(BootstrapError::Protocol { op, addr: key.to_string(), detail: "a chosen write lost its result".into() }),
+                        },
+                    };
+                    return Ok((out, settled));
                 }
                 failure = (accepted, silent);
             }

@@ -196,7 +196,7 @@ fn a_refilled_slot_votes_only_on_new_keys() {
     accs[1].set_health(DEAD);
     accs[2].set_health(DEAD);
     let fresh = Acceptor::new();
-    s.replace(2, "acceptor 2 (replacement)".into(), fresh.clone(), Box::new(|k: &str| k.starts_with("round/")));
+    s.replace(2, "acceptor 2 (replacement)".into(), fresh.clone(), Refill { votes_on: Box::new(|k: &str| k.starts_with("round/")), guarded: Vec::new() });
     assert!(matches!(s.get("joins"), Err(BootstrapError::NoQuorum { .. })));
     // With its vote on a later round's key, three of five answer.
     s.set("round/9/decision", b"x").unwrap();
@@ -291,4 +291,40 @@ fn tight_polling_does_not_starve_a_writer() {
     for p in pollers {
         assert!(p.join().unwrap().is_some(), "a poller never saw the report");
     }
+}
+
+/// A refilled slot caught up on an old key votes on it: after the catch-up, two more original
+/// acceptors may die and the key still has a majority, holding its value.
+#[test]
+fn a_caught_up_slot_votes_on_old_keys() {
+    let accs = acceptors(5);
+    let s = proposer(&accs, Duration::from_millis(1500));
+    s.set("view_requests", b"r1").unwrap();
+    accs[2].set_health(DEAD);
+    let fresh = Acceptor::new();
+    s.replace(2, "acceptor 2 (replacement)".into(), fresh.clone(), Refill { votes_on: Box::new(|k: &str| k.starts_with("round/")), guarded: vec!["view_requests".to_string()] });
+    // Not caught up yet: it abstains on the guarded key (two of five dead would be too many
+    // with its vote missing).
+    s.catch_up(2, &["view_requests".to_string()]).unwrap();
+    assert!(fresh.inner.get("px/view_requests").unwrap().is_some(), "the settled register was installed");
+    accs[0].set_health(DEAD);
+    accs[1].set_health(DEAD);
+    assert_eq!(s.get("view_requests").unwrap().as_deref(), Some(&b"r1"[..]));
+    assert_eq!(s.compare_set("view_requests", Some(b"r1"), b"r1,r2").unwrap(), (true, b"r1,r2".to_vec()));
+    // A key it was not caught up on still lacks a majority.
+    assert!(matches!(s.get("joins"), Err(BootstrapError::NoQuorum { .. })));
+    // Another proposer, which never caught it up itself, counts its vote on the guarded key, and
+    // a fresh refill abstains there until caught up.
+    let other = ReplicatedStore::new(
+        accs.iter().enumerate().map(|(i, a)| {
+            let (store, refill): (Arc<dyn Store>, Option<Refill>) = if i == 2 { (fresh.clone(), Some(Refill { votes_on: Box::new(|_: &str| false), guarded: vec!["view_requests".to_string()] })) } else { (a.clone(), None) };
+            (format!("acceptor {i}"), store, refill)
+        }).collect(),
+        Duration::from_millis(1500),
+    )
+    .unwrap();
+    assert_eq!(other.get("view_requests").unwrap().as_deref(), Some(&b"r1,r2"[..]));
+    let empty = Acceptor::new();
+    other.replace(2, "acceptor 2 (again)".into(), empty, Refill { votes_on: Box::new(|_: &str| false), guarded: vec!["view_requests".to_string()] });
+    assert!(matches!(other.get("view_requests"), Err(BootstrapError::NoQuorum { .. })));
 }

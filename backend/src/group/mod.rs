@@ -338,7 +338,7 @@ impl GroupInner {
         if let Some(m) = &self.membership_store {
             // The replacement's replica takes its slot, voting on the rounds after ours.
             let record = self.store.wait(&[&replicas::ReplicaInfo::key(&self.uid, p)], deadline.saturating_duration_since(Instant::now()))?;
-            replicas::refill(m, &replicas::ReplicaInfo::decode(p, &record[0]), self.membership.rounds_applied(), self.opts.timeout)?;
+            replicas::refill(m, &self.uid, &replicas::ReplicaInfo::decode(p, &record[0]), self.membership.rounds_applied(), self.opts.timeout)?;
         }
         // Chunks the dead predecessor never consumed are forfeited: our credits restart full. (It
         // sends nothing more, and the replacement sends nothing before our handoff, so this can

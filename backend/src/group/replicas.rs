@@ -9,7 +9,7 @@
 //! process brings an empty replica: it votes only on recovery rounds after those applied when it
 //! took the slot (its predecessor voted on no later one; `bootstrap::replicated` says why).
 use crate::error::{ChorusError, Result};
-use chorus_bootstrap::replicated::{KeyFilter, RemoteReplica};
+use chorus_bootstrap::replicated::{KeyFilter, Refill, RemoteReplica};
 use chorus_bootstrap::{ReplicatedStore, Store, StoreServer};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,22 +93,38 @@ fn remote(info: &ReplicaInfo, timeout: Duration) -> Result<Arc<dyn Store>> {
 /// The membership store of rank `me`: the job's `store` and the replica of each rank in
 /// `records` (one per rank, in rank order; this rank's own is `own`). A replica that refilled its
 /// slot (this rank's own when `me_joined`) votes on the keys `fresh` accepts.
-pub fn membership_store(store: &Arc<dyn Store>, own: &StoreServer, me: usize, me_joined: bool, records: &[ReplicaInfo], timeout: Duration, fresh: &dyn Fn() -> KeyFilter) -> Result<ReplicatedStore> {
+pub fn membership_store(store: &Arc<dyn Store>, own: &StoreServer, uid: &str, me: usize, me_joined: bool, records: &[ReplicaInfo], timeout: Duration, fresh: &dyn Fn() -> KeyFilter) -> Result<ReplicatedStore> {
     let per_request = timeout.min(REPLICA_TIMEOUT);
-    let mut acceptors: Vec<(String, Arc<dyn Store>, Option<KeyFilter>)> = vec![(store.host(), store.clone(), None)];
+    let mut acceptors: Vec<(String, Arc<dyn Store>, Option<Refill>)> = vec![(store.host(), store.clone(), None)];
     for info in records {
         let (replica, joined) = if info.rank == me { (own.local_store(), me_joined) } else { (remote(info, per_request)?, info.joined) };
-        acceptors.push((format!("rank {}'s replica", info.rank), replica, joined.then(fresh)));
+        acceptors.push((format!("rank {}'s replica", info.rank), replica, joined.then(|| Refill { votes_on: fresh(), guarded: view_keys(uid) })));
     }
     let replicated = ReplicatedStore::new(acceptors, timeout)?;
     replicated.warm_up();
     Ok(replicated)
 }
 
-/// Puts replacement `info`'s replica in its rank's slot, voting on rounds after `applied`.
-pub fn refill(replicated: &ReplicatedStore, info: &ReplicaInfo, applied: u64, timeout: Duration) -> Result<()> {
-    replicated.replace(1 + info.rank, format!("rank {}'s replica (replacement)", info.rank), remote(info, timeout.min(REPLICA_TIMEOUT))?, rounds_after(applied));
+/// The membership records of group `uid` that span recovery rounds (`membership::view`): a
+/// refilled slot is caught up on them before it votes on them.
+pub fn view_keys(uid: &str) -> Vec<String> {
+    vec![format!("chorus/{uid}/view"), format!("chorus/{uid}/view_requests")]
+}
+
+/// Puts replacement `info`'s replica in its rank's slot of group `uid`'s membership store: it
+/// votes on the rounds after `applied`, and on the view records once caught up on them.
+pub fn refill(replicated: &ReplicatedStore, uid: &str, info: &ReplicaInfo, applied: u64, timeout: Duration) -> Result<()> {
+    replicated.replace(1 + info.rank, format!("rank {}'s replica (replacement)", info.rank), remote(info, timeout.min(REPLICA_TIMEOUT))?, Refill { votes_on: rounds_after(applied), guarded: view_keys(uid) });
+    catch_up(replicated, uid, info.rank);
     Ok(())
+}
+
+/// Catches rank `rank`'s refilled slot up on the view records; without it (its process gone, or
+/// no majority now) the slot just keeps out of them.
+pub fn catch_up(replicated: &ReplicatedStore, uid: &str, rank: usize) {
+    if let Err(e) = replicated.catch_up(1 + rank, &view_keys(uid)) {
+        tracing::warn!(rank, error = %e, "could not catch rank {rank}'s replica up on the view records; it votes on later recovery rounds only");
+    }
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     check_settings(&me, &peers)?;
     replicas::check_agreement(&my_replica, &replica_records)?;
     let membership_store = match &prep.replica {
-        Some(own) => Some(Arc::new(replicas::membership_store(&store, own, rank, false, &replica_records, opts.timeout, &|| replicas::rounds_after(0))?)),
+        Some(own) => Some(Arc::new(replicas::membership_store(&store, own, &uid, rank, false, &replica_records, opts.timeout, &|| replicas::rounds_after(0))?)),
         None => None,
     };
 
@@ -235,7 +235,7 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
             let keys: Vec<String> = (0..size).map(|r| ReplicaInfo::key(&uid, r)).collect();
             let records: Vec<ReplicaInfo> = wait_all(&store, &keys, deadline)?.iter().enumerate().map(|(r, v)| ReplicaInfo::decode(r, v)).collect();
             replicas::check_agreement(&my_replica, &records.iter().filter(|r| r.rank != rank).cloned().collect::<Vec<_>>())?;
-            Some(Arc::new(replicas::membership_store(&store, own, rank, true, &records, opts.timeout, &|| replicas::rounds_after(u64::MAX))?))
+            Some(Arc::new(replicas::membership_store(&store, own, &uid, rank, true, &records, opts.timeout, &|| replicas::rounds_after(u64::MAX))?))
         }
         None => None,
     };
@@ -302,8 +302,11 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
         let keys: Vec<String> = (0..size).map(|r| ReplicaInfo::key(&uid, r)).collect();
         for (r, v) in wait_all(&store, &keys, deadline)?.iter().enumerate() {
             match r == rank {
-                true => m.replace(1 + r, format!("rank {r}'s replica"), own.local_store(), replicas::rounds_after(newest.rounds)),
-                false if ReplicaInfo::decode(r, v).joined => replicas::refill(m, &ReplicaInfo::decode(r, v), newest.rounds, opts.timeout)?,
+                true => {
+                    m.replace(1 + r, format!("rank {r}'s replica"), own.local_store(), chorus_bootstrap::replicated::Refill { votes_on: replicas::rounds_after(newest.rounds), guarded: replicas::view_keys(&uid) });
+                    replicas::catch_up(m, &uid, r);
+                }
+                false if ReplicaInfo::decode(r, v).joined => replicas::refill(m, &uid, &ReplicaInfo::decode(r, v), newest.rounds, opts.timeout)?,
                 false => {}
             }
         }
