@@ -81,6 +81,21 @@ impl Segment {
 
     fn map(fd: libc::c_int, len: usize, name: &str, keep_fd: bool) -> io::Result<Segment> {
         let map_len = len.max(1);
+        if !keep_fd {
+            // A peer's segment: touching a page past its real end is SIGBUS, so a segment smaller
+            // than this rank's layout (a peer with other settings) is an error here instead.
+            // SAFETY: an all-zero stat is a valid value for fstat to fill.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fd is a valid descriptor and st a valid, writable stat.
+            let rc = unsafe { libc::fstat(fd, &mut st) };
+            let size = usize::try_from(st.st_size).unwrap_or(0);
+            if rc != 0 || size < len {
+                let err = if rc != 0 { io::Error::last_os_error() } else { io::Error::new(io::ErrorKind::InvalidData, format!("shared-memory segment {name} holds {size} bytes, this rank expects at least {len}: was the peer started with other ring settings (CHORUS_SHM_CHUNK) or another chorus version?")) };
+                // SAFETY: the descriptor is ours and not used after this.
+                unsafe { libc::close(fd) };
+                return Err(err);
+            }
+        }
         // SAFETY: fd is valid; a fresh shared mapping of the object; the result is checked.
         let ptr = unsafe {
             libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
@@ -198,5 +213,24 @@ impl Drop for Segment {
                 libc::close(fd);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 25: a peer's segment smaller than this rank's layout was mapped anyway, and the first
+    /// access past its end was SIGBUS.
+    #[test]
+    fn opening_a_smaller_segment_than_expected_is_an_error() {
+        let name = format!("chorus-test-size-{}", std::process::id());
+        let created = Segment::create(&name, 4096).expect("create");
+        let e = Segment::open(&name, 8192).err().expect("a too small segment is refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("4096") && e.to_string().contains("8192"), "{e}");
+        assert!(Segment::open(&name, 4096).is_ok());
+        Segment::unlink(&name);
+        drop(created);
     }
 }
