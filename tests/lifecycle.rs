@@ -75,6 +75,14 @@ fn finish(mut child: Child, limit: Duration) -> Output {
 
 /// Names of group `uid`'s segments in /dev/shm (the library names them `chorus-<uid>-...`, with
 /// characters other than letters, digits, `.` and `_` made `_`).
+/// No segment of the first group named `name` is left in /dev/shm (any found are removed, so a
+/// failure does not leak them).
+fn assert_no_segments_left(name: &str) {
+    let left = segments_of(&format!("{name}.1"));
+    left.iter().for_each(|n| drop(std::fs::remove_file(format!("/dev/shm/{n}"))));
+    assert!(left.is_empty(), "segments left in /dev/shm after the survivors exited: {left:?}");
+}
+
 fn segments_of(uid: &str) -> Vec<String> {
     let safe: String = uid.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '_' }).collect();
     let prefix = format!("chorus-{safe}-");
@@ -129,9 +137,7 @@ fn a_rank_killed_while_the_others_wait_for_records_fails_them_at_once() {
     let mut victim = start_and_kill_victim(port, 4, 2, &name);
     expect_survivors_fail(survivors, 2);
     let _ = victim.wait();
-    let left = segments_of(&format!("{name}.1"));
-    left.iter().for_each(|n| drop(std::fs::remove_file(format!("/dev/shm/{n}"))));
-    assert!(left.is_empty(), "segments left in /dev/shm after the survivors exited: {left:?}");
+    assert_no_segments_left(&name);
 }
 
 /// Two hosts of two ranks each (host identities; sockets between them): rank 2 is killed while the
@@ -149,9 +155,7 @@ fn ranks_on_another_host_learn_of_the_death_from_the_store() {
     let mut victim = kill_victim(victim, port, 2, &name);
     expect_survivors_fail(survivors, 2);
     let _ = victim.wait();
-    let left = segments_of(&format!("{name}.1"));
-    left.iter().for_each(|n| drop(std::fs::remove_file(format!("/dev/shm/{n}"))));
-    assert!(left.is_empty(), "segments left in /dev/shm after the survivors exited: {left:?}");
+    assert_no_segments_left(&name);
 }
 
 /// A 3-rank group: rank 2 publishes its record and is killed before the others start; they find
@@ -167,9 +171,7 @@ fn a_rank_killed_before_the_links_are_up_fails_the_others_at_once() {
     let survivors: Vec<Child> = (0..2).map(|r| spawn(port, 3, r, &name, "2")).collect();
     expect_survivors_fail(survivors, 2);
     let _ = victim.wait();
-    let left = segments_of(&format!("{name}.1"));
-    left.iter().for_each(|n| drop(std::fs::remove_file(format!("/dev/shm/{n}"))));
-    assert!(left.is_empty(), "segments left in /dev/shm after the survivors exited: {left:?}");
+    assert_no_segments_left(&name);
 }
 
 /// A rank killed at rendezvous with nobody there to see it leaves its segments; the next start of
