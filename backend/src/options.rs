@@ -65,12 +65,11 @@ pub struct Options {
     /// How long it then yields before it sleeps (`CHORUS_YIELD_US`; `None`: 2 ms, or 0.5 ms with
     /// more ranks than cores).
     pub yield_for: Option<Duration>,
-    /// Membership without a single point of failure (`CHORUS_MEMBERSHIP_REPLICAS=1`; off by
-    /// default until the view records a replacement changes are per round: with replicas they
-    /// need a majority of the replicas the group started with): every rank serves a replica of
-    /// the membership records, and recovery rounds agree through a majority of the replicas and
-    /// the job's store, so the group goes on after the store's host dies (`group::replicas`).
-    /// Every rank must use the same.
+    /// Membership without a single point of failure (on with fault tolerance;
+    /// `CHORUS_MEMBERSHIP_REPLICAS=0` turns it off): every rank serves a replica of the
+    /// membership records, and recovery rounds agree through a majority of the replicas and the
+    /// job's store, so the group goes on after the store's host dies (`group::replicas`). Every
+    /// rank must use the same.
     pub membership_replicas: bool,
     /// RDMA device selection and queue-pair attributes (`CHORUS_IB_*`).
     pub rdma: RdmaOptions,
@@ -313,7 +312,7 @@ impl Default for Options {
             heartbeat_timeout: env_ms("CHORUS_HEARTBEAT_TIMEOUT_MS").unwrap_or(Duration::from_millis(2000)),
             spin: env_us("CHORUS_SPIN_US"),
             yield_for: env_us("CHORUS_YIELD_US"),
-            membership_replicas: std::env::var("CHORUS_MEMBERSHIP_REPLICAS").is_ok_and(|v| v == "1"),
+            membership_replicas: std::env::var("CHORUS_MEMBERSHIP_REPLICAS").map(|v| v != "0").unwrap_or(true),
             rdma: RdmaOptions::from_env(),
         }
     }

@@ -1,5 +1,6 @@
 //! Membership without a single point of failure (issue 24): with `Options::membership_replicas`
-//! (`CHORUS_MEMBERSHIP_REPLICAS=1`), every rank serves a replica of the group's membership records, and recovery rounds and view
+//! (on with fault tolerance; `CHORUS_MEMBERSHIP_REPLICAS=0` turns it off), every rank serves a
+//! replica of the group's membership records, and recovery rounds and view
 //! records go through a [`ReplicatedStore`] over the job's store plus every rank's replica, so the
 //! group agrees on views while a majority of those answer — after the death of the process that
 //! hosts the job's store too. Joins (announcements, hand-offs, peer records) still go through the

@@ -232,8 +232,16 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     let my_replica = ReplicaInfo { rank, addr: prep.replica.as_ref().map(|r| r.local_addr().to_string()), joined: true };
     let membership_store = match &prep.replica {
         Some(own) => {
-            let keys: Vec<String> = (0..size).map(|r| ReplicaInfo::key(&uid, r)).collect();
-            let records: Vec<ReplicaInfo> = wait_all(&store, &keys, deadline)?.iter().enumerate().map(|(r, v)| ReplicaInfo::decode(r, v)).collect();
+            // The group exists, so every rank's record is there already.
+            let mut records = Vec::with_capacity(size);
+            for r in 0..size {
+                let v = store.get(&ReplicaInfo::key(&uid, r))?.ok_or_else(|| {
+                    ChorusError::InvalidArgument(format!(
+                        "join: group {uid} has no replica record of rank {r}: was it created, and with the same CHORUS_MEMBERSHIP_REPLICAS as this process?"
+                    ))
+                })?;
+                records.push(ReplicaInfo::decode(r, &v));
+            }
             replicas::check_agreement(&my_replica, &records.iter().filter(|r| r.rank != rank).cloned().collect::<Vec<_>>())?;
             Some(Arc::new(replicas::membership_store(&store, own, &uid, rank, true, &records, opts.timeout, &|| replicas::rounds_after(u64::MAX))?))
         }
@@ -339,9 +347,12 @@ mod tests {
         let views = ViewStore::new(store.clone(), "nobody-left", 2);
         views.publish(&View::full(2).next(&[], &[0, 1])).unwrap();
         assert_eq!(views.read().unwrap().members(), Vec::<usize>::new());
-        let opts = Options::default().with_timeout(Duration::from_secs(5));
-        let err = join(store, "nobody-left".into(), 1, 2, opts).err().expect("no members to rejoin through");
+        let opts = Options::default().with_timeout(Duration::from_secs(5)).with_membership_replicas(false);
+        let err = join(store.clone(), "nobody-left".into(), 1, 2, opts.clone()).err().expect("no members to rejoin through");
         assert!(err.to_string().contains("no active member"), "{err}");
+        // With replicas, a group without replica records (never created so) says so at once.
+        let err = join(store, "nobody-left".into(), 1, 2, opts.with_membership_replicas(true)).err().expect("no replica records");
+        assert!(err.to_string().contains("no replica record of rank 0"), "{err}");
     }
 
     #[test]

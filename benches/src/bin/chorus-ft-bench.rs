@@ -7,8 +7,8 @@
 //!   survivor (the outage an application sees);
 //! * rejoin: replacement process start → admitted by a new view, and → its first collective.
 //!
-//! `--replicas` runs the ranks with membership replicas (`CHORUS_MEMBERSHIP_REPLICAS=1`);
-//! `--kill-store-host` (with replicas) lets rank 0 host the store (`MASTER_ADDR`/
+//! `--no-replicas` runs the ranks without membership replicas (`CHORUS_MEMBERSHIP_REPLICAS=0`:
+//! the store alone agrees); `--kill-store-host` (with replicas) lets rank 0 host the store (`MASTER_ADDR`/
 //! `MASTER_PORT`, as under `env://`) and kills rank 0: the store dies with it, so no replacement
 //! joins and only detection and crash-to-completion are reported.
 //!
@@ -36,9 +36,9 @@ struct Args {
     /// Put every rank on its own "host" (TCP between all pairs) instead of shared memory.
     #[arg(long)]
     tcp: bool,
-    /// Membership replicas on every rank (CHORUS_MEMBERSHIP_REPLICAS=1).
+    /// No membership replicas (CHORUS_MEMBERSHIP_REPLICAS=0): the store alone agrees.
     #[arg(long)]
-    replicas: bool,
+    no_replicas: bool,
     /// Rank 0 hosts the store and is the one killed (with replicas; no rejoin).
     #[arg(long)]
     kill_store_host: bool,
@@ -76,7 +76,7 @@ fn spawn(worker: &std::path::Path, store: &StoreAt, rank: usize, a: &Args, join:
         StoreAt::Bench(s) => c.env("MASTER_PORT", s.local_addr().port().to_string()).env("CHORUS_STORE_ADDR", s.local_addr().to_string()),
         StoreAt::RankZero(port) => c.env("MASTER_PORT", port.to_string()).env_remove("CHORUS_STORE_ADDR"),
     };
-    c.env("CHORUS_MEMBERSHIP_REPLICAS", if a.replicas || a.kill_store_host { "1" } else { "0" });
+    c.env("CHORUS_MEMBERSHIP_REPLICAS", if a.no_replicas && !a.kill_store_host { "0" } else { "1" });
     c.args(["all_reduce", "100000000", &a.elems.to_string(), "200", "rejoin"])
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", a.nprocs.to_string())
@@ -148,10 +148,10 @@ fn main() {
         eprintln!("{} not found: build it with `cargo build --release --bins`", worker.display());
         std::process::exit(2);
     }
-    let membership = match (a.kill_store_host, a.replicas) {
+    let membership = match (a.kill_store_host, a.no_replicas) {
         (true, _) => "membership replicas, rank 0 hosts the store and is killed",
-        (false, true) => "membership replicas, store outside the ranks",
-        (false, false) => "no replicas, store outside the ranks",
+        (false, false) => "membership replicas, store outside the ranks",
+        (false, true) => "no replicas, store outside the ranks",
     };
     println!("# chorus fault tolerance, {} ranks, {} transport, all_reduce of {} x i64, {membership}", a.nprocs, if a.tcp { "tcp" } else { "shm" }, a.elems);
     println!("# trial  detect_ms  crash_to_completion_ms  rejoin_admitted_ms  rejoin_first_op_ms");
