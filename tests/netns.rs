@@ -195,3 +195,81 @@ fn partition_between_namespaces_keeps_the_store_side_going() {
     }
     drop(ns);
 }
+
+/// Issue 24: the store's host is torn down. Rank 0 hosts the store (`env://`) alone in namespace
+/// A; ranks 1-3 are in namespace B. Namespace A's link goes down and rank 0 is killed, so the
+/// store and rank 0's replica vanish without a word: ranks 1-3 hold 3 of the 5 membership
+/// replicas, find rank 0 silent, agree on removing it at the same collective and go on.
+#[test]
+#[cfg_attr(not(chorus_netns), ignore = "needs root and iproute2 (`ip`) to create network namespaces; the tests were built without them")]
+fn tearing_down_the_store_hosts_namespace_leaves_the_other_host_going() {
+    let ns = namespaces();
+    let worker = env!("CARGO_BIN_EXE_chorus-ft-worker");
+    let spawn = |r: usize| {
+        let n = if r == 0 { &ns.a } else { &ns.b };
+        Command::new("ip")
+            .args(["netns", "exec", n, worker, "all_reduce", "1000000", "500", "100"])
+            .env("RANK", r.to_string())
+            .env("WORLD_SIZE", "4")
+            .env("LOCAL_RANK", if r == 0 { "0".to_string() } else { (r - 1).to_string() })
+            .env("LOCAL_WORLD_SIZE", if r == 0 { "1" } else { "3" })
+            .env("MASTER_ADDR", "10.77.0.1")
+            .env("MASTER_PORT", "29533")
+            .env("CHORUS_TIMEOUT_MS", "20000")
+            .env("CHORUS_MEMBERSHIP_REPLICAS", "1")
+            .env_remove("CHORUS_STORE_ADDR")
+            .env_remove("CHORUS_HOST_ID")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn worker")
+    };
+    let mut kids: Vec<std::process::Child> = (0..4).map(spawn).collect();
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let pipes: Vec<_> = kids
+        .iter_mut()
+        .map(|k| (drain(Box::new(k.stdout.take().unwrap())), drain(Box::new(k.stderr.take().unwrap()))))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The host goes away: no FIN or RST reaches the other side, then its processes are gone.
+    ip(&["-n", &ns.a, "link", "set", &ns.veth_a, "down"]).expect("cut the link");
+    let _ = kids[0].kill();
+    let _ = kids[0].wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut status = Vec::new();
+    for r in 1..4 {
+        loop {
+            match kids[r].try_wait().unwrap() {
+                Some(s) => {
+                    status.push(s);
+                    break;
+                }
+                None if std::time::Instant::now() > deadline => {
+                    for k in kids.iter_mut() {
+                        let _ = k.kill();
+                    }
+                    panic!("rank {r} hung after the store's host went away");
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+    let outs: Vec<(String, String)> = pipes.into_iter().map(|(o, e)| (o.join().unwrap(), e.join().unwrap())).collect();
+    for (i, s) in status.iter().enumerate() {
+        assert!(s.success(), "rank {}: {s}\n{}", i + 1, outs[i + 1].1);
+    }
+    let body = |o: &str| o.lines().filter(|l| !l.starts_with("done")).map(String::from).collect::<Vec<_>>();
+    let first = body(&outs[1].0);
+    for r in 2..4 {
+        assert!(body(&outs[r].0) == first, "ranks 1 and {r} disagree");
+    }
+    assert_eq!(first.iter().filter(|l| l.contains("failed [0]")).count(), 1, "expected one collective to report rank 0 failed");
+    assert!(first.last().unwrap().contains("contributors [1, 2, 3]"), "{}", first.last().unwrap());
+    drop(ns);
+}
