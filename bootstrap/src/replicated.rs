@@ -527,7 +527,7 @@ impl Store for ReplicatedStore {
     }
 
     fn add(&self, key: &str, delta: i64) -> Result<i64> {
-        let out = self.update("add", key, |v| {
+        self.update("add", key, |v| {
             let current = match v {
                 None => Ok(0),
                 Some(b) => parse_counter(key, b),
@@ -536,8 +536,7 @@ impl Store for ReplicatedStore {
                 Ok(n) => (Some(Some(n.to_string().into_bytes())), Ok(n)),
                 Err(e) => (None, Err(e)),
             }
-        })?;
-        out
+        })?
     }
 
     fn compare_set(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(bool, Vec<u8>)> {

@@ -94,6 +94,7 @@ fn remote(info: &ReplicaInfo, timeout: Duration) -> Result<Arc<dyn Store>> {
 /// The membership store of rank `me`: the job's `store` and the replica of each rank in
 /// `records` (one per rank, in rank order; this rank's own is `own`). A replica that refilled its
 /// slot (this rank's own when `me_joined`) votes on the keys `fresh` accepts.
+#[allow(clippy::too_many_arguments)]
 pub fn membership_store(store: &Arc<dyn Store>, own: &StoreServer, uid: &str, me: usize, me_joined: bool, records: &[ReplicaInfo], timeout: Duration, fresh: &dyn Fn() -> KeyFilter) -> Result<ReplicatedStore> {
     let per_request = timeout.min(REPLICA_TIMEOUT);
     let mut acceptors: Vec<(String, Arc<dyn Store>, Option<Refill>)> = vec![(store.host(), store.clone(), None)];
