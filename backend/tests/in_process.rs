@@ -258,35 +258,44 @@ fn gathers_in_a_shrunk_view_zero_the_inactive_ranks_blocks() {
         .map(|r| {
             let (store, o) = (store.clone(), opts(r));
             std::thread::spawn(move || -> chorus_backend::Result<()> {
-                let pg = ProcessGroup::new(store, r, 3, o)?;
-                if r == 0 {
-                    pg.deactivate_ranks(&[2])?;
-                }
-                loop {
-                    let mut v = [1i64];
-                    match pg.all_reduce(&mut v, ReduceOp::Sum) {
-                        Ok(()) if pg.last_op_info().contributors == [0, 1] => break,
-                        Ok(()) => {}
-                        Err(ChorusError::Excluded { .. }) if r == 2 => return Ok(()),
-                        Err(e) => return Err(e),
-                    }
-                }
-                let mine: Vec<i64> = (0..5).map(|i| 100 * r as i64 + i).collect();
-                let want: Vec<i64> = (0..3).flat_map(|q| (0..5).map(move |i| if q == 2 { 0 } else { 100 * q as i64 + i })).collect();
-                let mut all = vec![-1i64; 15];
-                pg.all_gather(&mine, &mut all)?;
-                assert_eq!(all, want, "all_gather on rank {r}");
-                let mut at_root = vec![-1i64; if r == 1 { 15 } else { 0 }];
-                pg.gather(&mine, &mut at_root, 1)?;
-                if r == 1 {
-                    assert_eq!(at_root, want, "gather on the root");
-                }
-                Ok(())
+                let pg = ProcessGroup::new(store.clone(), r, 3, o)?;
+                let result = check_shrunk_gathers(&pg, r);
+                // The members stay until rank 2 has seen its exclusion: a rank whose peers all
+                // destroyed the group meanwhile would find their membership replicas gone.
+                store.set(&format!("test/finished/{r}"), b"1")?;
+                let _ = store.wait(&["test/finished/0", "test/finished/1", "test/finished/2"], Duration::from_secs(30));
+                result
             })
         })
         .collect();
     let results: Vec<_> = hs.into_iter().map(|h| h.join().expect("rank thread")).collect();
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+fn check_shrunk_gathers(pg: &ProcessGroup, r: usize) -> chorus_backend::Result<()> {
+    if r == 0 {
+        pg.deactivate_ranks(&[2])?;
+    }
+    loop {
+        let mut v = [1i64];
+        match pg.all_reduce(&mut v, ReduceOp::Sum) {
+            Ok(()) if pg.last_op_info().contributors == [0, 1] => break,
+            Ok(()) => {}
+            Err(ChorusError::Excluded { .. }) if r == 2 => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    let mine: Vec<i64> = (0..5).map(|i| 100 * r as i64 + i).collect();
+    let want: Vec<i64> = (0..3).flat_map(|q| (0..5).map(move |i| if q == 2 { 0 } else { 100 * q as i64 + i })).collect();
+    let mut all = vec![-1i64; 15];
+    pg.all_gather(&mine, &mut all)?;
+    assert_eq!(all, want, "all_gather on rank {r}");
+    let mut at_root = vec![-1i64; if r == 1 { 15 } else { 0 }];
+    pg.gather(&mine, &mut at_root, 1)?;
+    if r == 1 {
+        assert_eq!(at_root, want, "gather on the root");
+    }
+    Ok(())
 }
 
 mod rejoin_cases;
@@ -345,7 +354,11 @@ where
     let hs: Vec<_> = (0..4)
         .map(|r| {
             let (store, f) = (store.clone(), f.clone());
-            let o = Options::default().with_timeout(Duration::from_secs(30)).with_name(name).with_host_id(own_host(r)).with_ft_save_limit(1024);
+            let o = Options::default()
+                .with_timeout(Duration::from_secs(30))
+                .with_name(name)
+                .with_host_id(own_host(r))
+                .with_ft_save_limit(1024);
             std::thread::spawn(move || {
                 let pg = ProcessGroup::new(store.clone(), r, 4, o.clone())?;
                 let lines = f(&pg);
@@ -420,7 +433,12 @@ fn a_failure_while_a_rank_computes_between_collectives_does_not_desync() {
         lines.push(checked_all_reduce(pg, 2)?);
         Ok(lines)
     });
-    let lines: Vec<_> = results.into_iter().enumerate().filter(|(r, _)| *r != 1).map(|(r, l)| l.unwrap_or_else(|e| panic!("rank {r}: {e}"))).collect();
+    let lines: Vec<_> = results
+        .into_iter()
+        .enumerate()
+        .filter(|(r, _)| *r != 1)
+        .map(|(r, l)| l.unwrap_or_else(|e| panic!("rank {r}: {e}")))
+        .collect();
     assert_eq!(lines[1], lines[0]);
     assert_eq!(lines[2], lines[0]);
     assert_eq!(lines[0][1], "all_gather over [0, 2, 3] failed [1]", "{lines:?}");
@@ -447,7 +465,12 @@ fn an_unrecoverable_collective_fails_alike_on_a_rank_that_had_not_started_it() {
         lines.push(checked_all_reduce(pg, 3)?);
         Ok(lines)
     });
-    let lines: Vec<_> = results.into_iter().enumerate().filter(|(r, _)| *r != 1).map(|(r, l)| l.unwrap_or_else(|e| panic!("rank {r}: {e}"))).collect();
+    let lines: Vec<_> = results
+        .into_iter()
+        .enumerate()
+        .filter(|(r, _)| *r != 1)
+        .map(|(r, l)| l.unwrap_or_else(|e| panic!("rank {r}: {e}")))
+        .collect();
     assert_eq!(lines[1], lines[0]);
     assert_eq!(lines[2], lines[0]);
     assert_eq!(lines[0][1], "not recoverable failed [1] epoch 1", "{lines:?}");
@@ -517,7 +540,11 @@ fn a_replacement_joining_during_an_unsaved_all_reduce_fails_nothing() {
                 })
             })
             .collect();
-        let lines: Vec<Vec<String>> = hs.into_iter().enumerate().map(|(r, h)| h.join().expect("rank thread").unwrap_or_else(|e| panic!("{name}: rank {r}: {e}"))).collect();
+        let lines: Vec<Vec<String>> = hs
+            .into_iter()
+            .enumerate()
+            .map(|(r, h)| h.join().expect("rank thread").unwrap_or_else(|e| panic!("{name}: rank {r}: {e}")))
+            .collect();
         assert_eq!(lines[1], lines[0], "{name}");
         // The replacement's collectives are the survivors' last ones, over all three ranks.
         assert_eq!(lines[2].len(), 10, "{name}: {:?}", lines[2]);

@@ -27,9 +27,9 @@
 //! Majorities are always counted over every slot. [`ReplicatedStore::catch_up`] lets it vote on
 //! an older key too, once a full round over the other acceptors has settled that key's value and
 //! the new acceptor holds the settled register.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -44,13 +44,21 @@ struct Ballot {
 }
 
 /// Which write made a value: (proposer, that proposer's write counter). A proposer whose accept
-/// phase fell short retries, and may then find its own value already chosen: the id tells it
-/// apart from another proposer's equal bytes.
+/// phase fell short retries, and may then find its write already chosen, as the value or under
+/// a later proposer's write built on it: the ids tell it apart from another proposer's equal
+/// bytes, so that a retry never applies the same change twice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct WriteId {
     proposer: u64,
     seq: u64,
 }
+
+/// How much write history a register keeps (see [`Register::writes`]): the latest writes of each
+/// proposer, and the proposers that wrote last. A retrying operation looks for its own earlier
+/// writes only, so it is found unless its proposer made this many more writes to the key in the
+/// meantime (concurrent operations of one process) or this many other processes wrote to it since.
+const WRITES_PER_PROPOSER: usize = 16;
+const PROPOSERS_REMEMBERED: usize = 128;
 
 /// One acceptor's state for one key. The initial state (nothing promised or accepted) is the
 /// key being absent.
@@ -59,7 +67,35 @@ struct Register {
     promised: Ballot,
     accepted: Ballot,
     value: Option<Vec<u8>>,
-    written_by: WriteId,
+    /// The writes the value is the outcome of: per proposer (least recent writer first), its
+    /// latest write counters (oldest first).
+    writes: Vec<(u64, Vec<u64>)>,
+}
+
+/// `writes` with `id` added as the latest write, trimmed to the bounds above.
+fn with_write(mut writes: Vec<(u64, Vec<u64>)>, id: WriteId) -> Vec<(u64, Vec<u64>)> {
+    let mut seqs = match writes.iter().position(|(p, _)| *p == id.proposer) {
+        Some(i) => writes.remove(i).1,
+        None => Vec::new(),
+    };
+    seqs.push(id.seq);
+    let excess = seqs.len().saturating_sub(WRITES_PER_PROPOSER);
+    seqs.drain(..excess);
+    writes.push((id.proposer, seqs));
+    let excess = writes.len().saturating_sub(PROPOSERS_REMEMBERED);
+    writes.drain(..excess);
+    writes
+}
+
+/// A value proposed in phase two, with its write history.
+type Proposal = (Option<Vec<u8>>, Vec<(u64, Vec<u64>)>);
+
+/// What an attempt of [`ReplicatedStore::run`] returns if its accept phase succeeds.
+enum Outcome<T> {
+    /// `f` left the value as it was: its result.
+    Ready(T),
+    /// The write with this id (an earlier attempt's, or this one's) is part of the value.
+    Wrote(WriteId),
 }
 
 fn encode(r: &Register) -> Vec<u8> {
@@ -110,7 +146,7 @@ fn prepare(s: &dyn Store, key: &str, b: Ballot) -> Result<std::result::Result<Re
 }
 
 /// Phase two at one acceptor: `Ok(())` accepted, `Err(promised)` refused.
-fn accept(s: &dyn Store, key: &str, b: Ballot, value: &(Option<Vec<u8>>, WriteId)) -> Result<std::result::Result<(), Ballot>> {
+fn accept(s: &dyn Store, key: &str, b: Ballot, value: &Proposal) -> Result<std::result::Result<(), Ballot>> {
     let pk = register_key(key);
     for _ in 0..CAS_RETRIES {
         let raw = s.get(&pk)?;
@@ -118,7 +154,7 @@ fn accept(s: &dyn Store, key: &str, b: Ballot, value: &(Option<Vec<u8>>, WriteId
         if reg.promised > b {
             return Ok(Err(reg.promised));
         }
-        let accepted = Register { promised: b, accepted: b, value: value.0.clone(), written_by: value.1 };
+        let accepted = Register { promised: b, accepted: b, value: value.0.clone(), writes: value.1.clone() };
         if s.compare_set(&pk, raw.as_deref(), &encode(&accepted))?.0 {
             return Ok(Ok(()));
         }
@@ -149,7 +185,7 @@ enum Step {
     /// Catch-up of a refilled slot: takes a settled register unless it holds a later one.
     Install(Register),
     Prepare(Ballot),
-    Accept(Ballot, (Option<Vec<u8>>, WriteId)),
+    Accept(Ballot, Proposal),
     List(String),
 }
 
@@ -181,6 +217,16 @@ struct Slot {
     /// catch-up): until then it abstains, whoever asks.
     guarded: Vec<String>,
     jobs: mpsc::Sender<Job>,
+    /// Set (once, never cleared) when the slot is dropped: its thread runs no more queued jobs.
+    stopping: Arc<AtomicBool>,
+    /// Disconnects when the slot's thread has ended (in a mutex: a receiver is not `Sync`).
+    ended: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Which keys a refilled slot votes on.
@@ -201,14 +247,21 @@ impl Slot {
         };
         let abstains_on = guarded.clone();
         let (tx, rx) = mpsc::channel::<Job>();
+        let (ended_tx, ended) = mpsc::channel::<()>();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
         let thread_name = format!("chorus-acceptor-{index}");
         let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
+            let _ended = ended_tx;
             // An acceptor that failed is left alone for a while (doubling up to MAX_REST): a dead
             // store host costs each operation nothing, and its client's complaints (torch's
             // store logs a stack per failed call) come once per rest, not once per request.
             let mut rest_until: Option<Instant> = None;
             let mut rest = MIN_REST;
             for job in rx {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
                 if Instant::now() >= job.deadline {
                     continue;
                 }
@@ -242,7 +295,7 @@ impl Slot {
             // Without its thread the slot stays silent: it counts as an unreachable acceptor.
             tracing::warn!(index, error = %e, "could not start an acceptor thread");
         }
-        Slot { name, votes_on, guarded, jobs: tx }
+        Slot { name, votes_on, guarded, jobs: tx, stopping, ended: Mutex::new(ended) }
     }
 }
 
@@ -321,6 +374,26 @@ impl ReplicatedStore {
             }
         }
         Ok(())
+    }
+
+    /// Stops every acceptor thread and waits for them, up to `wait` in all: after this the store
+    /// is never called again from here (the job's store may be a caller's callbacks into an
+    /// interpreter that is about to exit). Operations afterwards fail with no quorum.
+    pub fn close(&self, wait: Duration) {
+        let slots = std::mem::take(&mut *self.slots.write().unwrap_or_else(|p| p.into_inner()));
+        let deadline = Instant::now() + wait;
+        let ended: Vec<(String, mpsc::Receiver<()>)> = slots
+            .into_iter()
+            .map(|mut s| {
+                let ended = std::mem::replace(s.ended.get_mut().unwrap_or_else(|p| p.into_inner()), mpsc::channel().1);
+                (std::mem::take(&mut s.name), ended)
+            })
+            .collect();
+        for (name, ended) in ended {
+            if let Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                tracing::warn!(acceptor = %name, ?wait, "a membership acceptor's store call outlasted the group; it ends on its own");
+            }
+        }
     }
 
     /// The number of acceptor slots.
@@ -411,15 +484,19 @@ impl ReplicatedStore {
             let mut failure = (promises.len(), silent);
             if promises.len() >= need {
                 let current = promises.into_iter().max_by_key(|r| r.accepted).unwrap_or_default();
-                let (value, out) = match proposed.iter().position(|(id, _)| *id == current.written_by) {
-                    // An earlier attempt's write is the key's value now: keep it, and its result.
-                    Some(i) => ((current.value, current.written_by), Some(proposed.swap_remove(i).1)),
+                // This operation's latest write found in the value's history: an earlier
+                // attempt's accept reached some acceptor and the value now builds on it, so
+                // that attempt's result stands and `f` must not run again.
+                let mine = current.writes.iter().find(|(p, _)| *p == self.proposer).map(|(_, seqs)| seqs.as_slice()).unwrap_or_default();
+                let found = mine.iter().rev().map(|&seq| WriteId { proposer: self.proposer, seq }).find(|id| proposed.iter().any(|(p, _)| p == id));
+                let (value, outcome) = match found {
+                    Some(id) => ((current.value, current.writes), Outcome::Wrote(id)),
                     None => match f(current.value.as_deref()) {
-                        (None, out) => ((current.value, current.written_by), Some(out)),
+                        (None, out) => ((current.value, current.writes), Outcome::Ready(out)),
                         (Some(v), out) => {
                             let id = WriteId { proposer: self.proposer, seq: self.writes.fetch_add(1, Ordering::SeqCst) + 1 };
                             proposed.push((id, out));
-                            ((v, id), None)
+                            ((v, with_write(current.writes, id)), Outcome::Wrote(id))
                         }
                     },
                 };
@@ -434,12 +511,12 @@ impl ReplicatedStore {
                     }
                 }
                 if accepted >= need {
-                    let settled = Register { promised: b, accepted: b, value: value.0, written_by: value.1 };
-                    let out = match out {
-                        Some(out) => out,
-                        None => match proposed.iter().position(|(id, _)| *id == value.1) {
+                    let settled = Register { promised: b, accepted: b, value: value.0, writes: value.1 };
+                    let out = match outcome {
+                        Outcome::Ready(out) => out,
+                        Outcome::Wrote(id) => match proposed.iter().position(|(p, _)| *p == id) {
                             Some(i) => proposed.swap_remove(i).1,
-                            // Unreachable: an attempt that proposed a change kept its result.
+                            // Unreachable: every write proposed keeps its result until chosen.
                             None => return Err(BootstrapError::Protocol { op, addr: key.to_string(), detail: "a chosen write lost its result".into() }),
                         },
                     };
@@ -496,6 +573,15 @@ impl ReplicatedStore {
         self.update(op, key, |v| (None, v.map(<[u8]>::to_vec)))
     }
 }
+
+impl Drop for ReplicatedStore {
+    fn drop(&mut self) {
+        self.close(CLOSE_WAIT);
+    }
+}
+
+/// How long dropping a [`ReplicatedStore`] waits for store calls in flight on its acceptor threads.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 impl Store for ReplicatedStore {
     fn set(&self, key: &str, value: &[u8]) -> Result<()> {

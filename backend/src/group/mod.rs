@@ -403,6 +403,12 @@ impl GroupInner {
             }
         }
         self.delete_store_keys_when_last();
+        // The acceptor threads end before destroy returns: one of them calls the job's store,
+        // which under torch's Python fallback is a callback into an interpreter that may be
+        // finalizing next (a call from a foreign thread then aborts the process).
+        if let Some(m) = &self.membership_store {
+            m.close(chorus_bootstrap::replicated::CLOSE_WAIT);
+        }
         if let Some(r) = &self.replica {
             r.shutdown();
         }
