@@ -169,8 +169,28 @@ fn drain_noting_first_line(r: impl Read + Send + 'static) -> (std::thread::JoinH
 /// that were replaced after both ends were up (healthy pairs kept theirs). A later replacement
 /// links to an earlier one, so it must find that rank's current records, not its predecessor's.
 fn rejoin_trial(n: usize, op: &'static str, elems: usize, victims: &[usize], hosts: fn(usize) -> Option<String>, rdma: Rdma) {
+    rejoin_trial_with(n, op, elems, victims, hosts, rdma, StoreFate::Lives);
+}
+
+/// Whether the job's store outlives the first victim.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StoreFate {
+    Lives,
+    /// It stops with the first victim (as when the victim hosted it): the survivors go on through
+    /// the membership replicas, and replacements find the group through them (`CHORUS_JOIN_VIA`,
+    /// the replica addresses the workers leave in `CHORUS_FT_REPLICA_DIR`).
+    DiesWithFirstVictim,
+}
+
+fn rejoin_trial_with(n: usize, op: &'static str, elems: usize, victims: &[usize], hosts: fn(usize) -> Option<String>, rdma: Rdma, fate: StoreFate) {
     assert!(rdma != Rdma::ReplacementOnly || victims.len() == 1, "ReplacementOnly takes one victim");
-    let env = if rdma == Rdma::Off { Vec::new() } else { softverbs::env() };
+    let mut env = if rdma == Rdma::Off { Vec::new() } else { softverbs::env() };
+    let replica_dir = std::env::temp_dir().join(format!("chorus-ft-replicas-{}-{}", std::process::id(), victims.len()));
+    if fate == StoreFate::DiesWithFirstVictim {
+        let _ = std::fs::remove_dir_all(&replica_dir);
+        std::fs::create_dir_all(&replica_dir).expect("replica directory");
+        env.push(("CHORUS_FT_REPLICA_DIR".into(), replica_dir.display().to_string()));
+    }
     let victim_env = if rdma == Rdma::ReplacementOnly { vec![("CHORUS_IB_DISABLE".to_string(), "1".to_string())] } else { Vec::new() };
     // Every rank sees each view change (a removal, then an activation per victim) at the same
     // collective: they all stop 100 collectives after the last one.
@@ -183,10 +203,16 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victims: &[usize], hos
     let deadline = Instant::now() + Duration::from_secs(120);
     std::thread::sleep(t.kill_after);
     let mut joiners = Vec::new();
-    for &victim in victims {
+    for (k, &victim) in victims.iter().enumerate() {
         let _ = kids[victim].kill();
         let _ = kids[victim].wait();
+        if k == 0 && fate == StoreFate::DiesWithFirstVictim {
+            store.shutdown();
+        }
         std::thread::sleep(Duration::from_millis(500));
+        // The members' replica addresses (a replacement's, once it is in, replaces its
+        // predecessor's file).
+        let join_via: Vec<String> = (0..n).filter(|&r| r != victim).filter_map(|r| std::fs::read_to_string(replica_dir.join(r.to_string())).ok()).collect();
         let mut c = Command::new(WORKER);
         c.args([op, "1000000", &elems.to_string(), "100", until])
             .env("RANK", victim.to_string())
@@ -199,6 +225,7 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victims: &[usize], hos
             .env("CHORUS_TIMEOUT_MS", "30000")
             .env("CHORUS_JOIN", "1")
             .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("CHORUS_JOIN_VIA", if fate == StoreFate::DiesWithFirstVictim { join_via.join(",") } else { String::new() })
             .env_remove("CHORUS_HOST_ID")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -410,6 +437,15 @@ fn kill_random_rank_of_8_over_tcp() {
 fn replacement_rejoins_in_place_over_shm() {
     let _serial = serial();
     rejoin_trial(4, "all_reduce", 1000, &[2], shm, Rdma::Off);
+}
+
+/// The job's store dies with the victim (issue 24): the survivors go on, and the replacement
+/// finds the group through a member's replica and rejoins in place all the same; a second
+/// victim's replacement joins through the replicas too, the first replacement's among them.
+#[test]
+fn replacements_rejoin_through_the_replicas_after_the_store_dies() {
+    let _serial = serial();
+    rejoin_trial_with(4, "all_reduce", 1000, &[0, 2], shm, Rdma::Off, StoreFate::DiesWithFirstVictim);
 }
 
 #[test]

@@ -71,6 +71,11 @@ pub struct Options {
     /// job's store, so the group goes on after the store's host dies (`group::replicas`). Every
     /// rank must use the same.
     pub membership_replicas: bool,
+    /// For a replacement ([`crate::ProcessGroup::join`]): replica addresses of members
+    /// (`ProcessGroup::replica_address` on each; `CHORUS_JOIN_VIA`, comma-separated) to find the
+    /// group through instead of the job's store, for when the process that hosted the store is
+    /// gone. Empty: through the store given to `join`.
+    pub join_via: Vec<String>,
     /// RDMA device selection and queue-pair attributes (`CHORUS_IB_*`).
     pub rdma: RdmaOptions,
 }
@@ -313,6 +318,7 @@ impl Default for Options {
             spin: env_us("CHORUS_SPIN_US"),
             yield_for: env_us("CHORUS_YIELD_US"),
             membership_replicas: std::env::var("CHORUS_MEMBERSHIP_REPLICAS").map(|v| v != "0").unwrap_or(true),
+            join_via: std::env::var("CHORUS_JOIN_VIA").map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
             rdma: RdmaOptions::from_env(),
         }
     }
@@ -325,6 +331,11 @@ impl Options {
     /// Sets [`Options::membership_replicas`].
     pub fn with_membership_replicas(mut self, on: bool) -> Self {
         self.membership_replicas = on;
+        self
+    }
+    /// Sets [`Options::join_via`].
+    pub fn with_join_via(mut self, addrs: Vec<String>) -> Self {
+        self.join_via = addrs;
         self
     }
     /// Sets [`Options::timeout`] (this overrides `CHORUS_TIMEOUT_MS`).

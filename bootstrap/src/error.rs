@@ -78,6 +78,9 @@ pub enum BootstrapError {
         cause: Box<BootstrapError>,
     },
 
+    #[error("{host} no longer holds {sentinel:?}, which the group wrote there when it was created: it restarted empty (or the group's records were deleted), so it cannot vote on the membership any more and is left out of it")]
+    AcceptorForgot { host: String, sentinel: String },
+
     #[error("`{op}` on {key:?} reached {answered} of the group's {total} membership replicas and needs {needed} (not answering: {silent}); a majority of them must be reachable: did most ranks (or the store's host and ranks with it) die at once?")]
     NoQuorum {
         op: &'static str,

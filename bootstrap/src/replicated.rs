@@ -299,6 +299,79 @@ impl Slot {
     }
 }
 
+/// An acceptor that must still hold `sentinel` (a key written when the group was made): a store
+/// that restarted empty at the same address (a restarted store host, or a caller who passes a
+/// new store to a replacement process) would otherwise vote as if it remembered its promises.
+/// Every time a register reads as absent, the sentinel is checked; once it is missing the
+/// acceptor fails every request from then on.
+pub struct Sentinel {
+    inner: Arc<dyn Store>,
+    sentinel: String,
+    /// 0 while the sentinel was found every time; 1 forever once it was not.
+    forgot: AtomicU64,
+}
+
+impl Sentinel {
+    pub fn new(inner: Arc<dyn Store>, sentinel: String) -> Sentinel {
+        Sentinel { inner, sentinel, forgot: AtomicU64::new(0) }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.forgot.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        Err(BootstrapError::AcceptorForgot { host: self.inner.host(), sentinel: self.sentinel.clone() })
+    }
+
+    /// `Ok(None)` from the inner store, after making sure that means the key is absent.
+    fn absent(&self) -> Result<Option<Vec<u8>>> {
+        if self.inner.get(&self.sentinel)?.is_none() {
+            if self.forgot.fetch_max(1, Ordering::SeqCst) == 0 {
+                tracing::warn!(store = %self.inner.host(), sentinel = %self.sentinel, "a membership acceptor lost the group's records (restarted empty?): it is left out from now on");
+            }
+            self.check()?;
+        }
+        Ok(None)
+    }
+}
+
+impl Store for Sentinel {
+    fn set(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.check()?;
+        self.inner.set(key, value)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.check()?;
+        match self.inner.get(key)? {
+            Some(v) => Ok(Some(v)),
+            None => self.absent(),
+        }
+    }
+    fn wait(&self, keys: &[&str], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+        self.check()?;
+        self.inner.wait(keys, timeout)
+    }
+    fn add(&self, key: &str, delta: i64) -> Result<i64> {
+        self.check()?;
+        self.inner.add(key, delta)
+    }
+    fn compare_set(&self, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<(bool, Vec<u8>)> {
+        self.check()?;
+        self.inner.compare_set(key, expected, new)
+    }
+    fn delete(&self, key: &str) -> Result<bool> {
+        self.check()?;
+        self.inner.delete(key)
+    }
+    fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        self.check()?;
+        self.inner.list_prefix(prefix)
+    }
+    fn host(&self) -> String {
+        self.inner.host()
+    }
+}
+
 /// A [`Store`] whose every key is a register replicated over a fixed number of acceptor slots.
 pub struct ReplicatedStore {
     slots: RwLock<Vec<Slot>>,
@@ -396,6 +469,45 @@ impl ReplicatedStore {
         }
     }
 
+    /// Fails once [`ReplicatedStore::close`] ran.
+    fn check_open(&self, op: &'static str, key: &str) -> Result<()> {
+        match self.slots() {
+            0 => Err(BootstrapError::Protocol { op, addr: key.to_string(), detail: "the membership store was closed (its group was destroyed)".into() }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A read that never writes: the value a majority of acceptors holds under one accepted
+    /// ballot, or `None` when they do not agree right now (a write under way) or do not answer
+    /// within a phase. For polling hints; [`Store::get`] settles instead.
+    pub fn peek(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.check_open("peek", key)?;
+        Ok(self.agreed(key).flatten())
+    }
+
+    /// `Some(value)` when a majority holds the same accepted ballot (its value is chosen, and no
+    /// later write is yet).
+    fn agreed(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        let need = self.slots() / 2 + 1;
+        let until = Instant::now() + self.phase_timeout;
+        let (answers, _) = self.ask(key, || Step::Peek, until, need, |a| matches!(a, Answer::Register(_)));
+        let registers: Vec<Register> = answers
+            .into_iter()
+            .filter_map(|(_, a)| match a {
+                Answer::Register(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        if registers.len() < need {
+            return None;
+        }
+        let newest = registers.iter().map(|r| r.accepted).max().unwrap_or_default();
+        if registers.iter().filter(|r| r.accepted == newest).count() < need {
+            return None;
+        }
+        registers.into_iter().find(|r| r.accepted == newest).map(|r| r.value)
+    }
+
     /// The number of acceptor slots.
     pub fn slots(&self) -> usize {
         self.slots.read().unwrap_or_else(|p| p.into_inner()).len()
@@ -463,6 +575,7 @@ impl ReplicatedStore {
     fn run<T>(&self, op: &'static str, key: &str, f: impl Fn(Option<&[u8]>) -> (Option<Option<Vec<u8>>>, T)) -> Result<(T, Register)> {
         let deadline = Instant::now() + self.op_timeout;
         let need = self.slots() / 2 + 1;
+        self.check_open(op, key)?;
         let mut attempt = 0u32;
         // The results of this operation's attempts that proposed a change, by write id: if one
         // of them is found chosen later, that attempt's result is the operation's.
@@ -527,7 +640,8 @@ impl ReplicatedStore {
             if best.as_ref().is_none_or(|b| failure.0 >= b.0) {
                 best = Some(failure);
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || self.slots() == 0 {
+                self.check_open(op, key)?;
                 let total = self.slots();
                 let (answered, silent) = best.unwrap_or_default();
                 return Err(BootstrapError::NoQuorum { op, key: key.to_string(), answered, needed: need, total, silent: silent.join(", ") });
@@ -554,23 +668,11 @@ impl ReplicatedStore {
     /// promising anything, so that pollers do not outbid a writer. Otherwise (a write is under
     /// way) a full round settles it.
     fn read(&self, op: &'static str, key: &str) -> Result<Option<Vec<u8>>> {
-        let need = self.slots() / 2 + 1;
-        let until = Instant::now() + self.phase_timeout;
-        let (answers, _) = self.ask(key, || Step::Peek, until, need, |a| matches!(a, Answer::Register(_)));
-        let registers: Vec<Register> = answers
-            .into_iter()
-            .filter_map(|(_, a)| match a {
-                Answer::Register(r) => Some(r),
-                _ => None,
-            })
-            .collect();
-        if registers.len() >= need {
-            let newest = registers.iter().map(|r| r.accepted).max().unwrap_or_default();
-            if registers.iter().filter(|r| r.accepted == newest).count() >= need {
-                return Ok(registers.into_iter().find(|r| r.accepted == newest).and_then(|r| r.value));
-            }
+        self.check_open(op, key)?;
+        match self.agreed(key) {
+            Some(value) => Ok(value),
+            None => self.update(op, key, |v| (None, v.map(<[u8]>::to_vec))),
         }
-        self.update(op, key, |v| (None, v.map(<[u8]>::to_vec)))
     }
 }
 

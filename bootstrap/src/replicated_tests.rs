@@ -331,3 +331,36 @@ fn a_caught_up_slot_votes_on_old_keys() {
     other.replace(2, "acceptor 2 (again)".into(), empty, Refill { votes_on: Box::new(|_: &str| false), guarded: vec!["view_requests".to_string()] });
     assert!(matches!(other.get("view_requests"), Err(BootstrapError::NoQuorum { .. })));
 }
+
+/// An acceptor store that restarted empty at the same place (its sentinel gone) is left out: it
+/// must not vote as if it remembered its promises.
+#[test]
+fn an_acceptor_that_restarted_empty_is_left_out() {
+    let accs = acceptors(3);
+    accs[0].set("group/sentinel", b"1").unwrap();
+    let list = accs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let store: Arc<dyn Store> = if i == 0 { Arc::new(Sentinel::new(a.clone(), "group/sentinel".into())) } else { a.clone() };
+            (format!("acceptor {i}"), store, None)
+        })
+        .collect();
+    let s = ReplicatedStore::new(list, Duration::from_millis(1500)).unwrap();
+    s.set("k", b"v").unwrap();
+    // Intact: acceptor 0 still votes, so one other acceptor may go.
+    accs[2].set_health(DEAD);
+    assert_eq!(s.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    s.set("k", b"w").unwrap();
+    // Wiped (a store host restarted empty): its empty answers are not votes.
+    for k in accs[0].list_prefix("").unwrap() {
+        accs[0].delete(&k).unwrap();
+    }
+    assert!(matches!(s.set("k", b"x"), Err(BootstrapError::NoQuorum { .. })));
+    // The other two still hold the last value chosen (a new proposer: the old one's acceptor 2
+    // rests after its failures).
+    accs[2].set_health(ALIVE);
+    assert_eq!(proposer(&accs[1..], Duration::from_secs(5)).get("k").unwrap().as_deref(), Some(&b"w"[..]));
+    let forgot = Sentinel::new(accs[0].clone(), "group/sentinel".into());
+    assert!(matches!(forgot.get("anything"), Err(BootstrapError::AcceptorForgot { .. })));
+}

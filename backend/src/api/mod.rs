@@ -22,7 +22,7 @@ use crate::options::Options;
 use chorus_bootstrap::{env, Store, StoreServer};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A group of ranks that run collectives together. Cheap to clone (a handle).
 #[derive(Clone)]
@@ -37,6 +37,10 @@ impl std::fmt::Debug for ProcessGroup {
         f.debug_struct("ProcessGroup").field("uid", &self.inner.uid).field("rank", &self.inner.rank).field("size", &self.inner.size).finish()
     }
 }
+
+/// How long a replacement that can find the group through members' replicas tries the job's
+/// store first.
+const JOB_STORE_PROBE: Duration = Duration::from_secs(1);
 
 impl ProcessGroup {
     /// Creates a top-level group: every one of `size` ranks calls this with its `rank` and a
@@ -60,7 +64,16 @@ impl ProcessGroup {
         // A replacement process (CHORUS_JOIN=1) rejoins the running group instead.
         if std::env::var("CHORUS_JOIN").is_ok_and(|v| v == "1") {
             let addr = rdv.store_addr.clone().unwrap_or_else(|| format!("{}:{}", rdv.master_addr, env::store_port(&rdv)));
-            let store: Arc<dyn Store> = Arc::new(chorus_bootstrap::StoreClient::connect(&addr, opts.timeout)?);
+            let store: Arc<dyn Store> = match (chorus_bootstrap::StoreClient::connect(&addr, if opts.join_via.is_empty() { opts.timeout } else { JOB_STORE_PROBE }), opts.join_via.is_empty()) {
+                (Ok(client), _) => Arc::new(client),
+                (Err(e), true) => return Err(e.into()),
+                // Finding the group through members' replicas (CHORUS_JOIN_VIA), the job's store
+                // is not needed: its host may be the process this one replaces.
+                (Err(e), false) => {
+                    tracing::info!(store = %addr, error = %e, "the job's store does not answer: joining through the members' replicas");
+                    Arc::new(chorus_bootstrap::MemStore::new())
+                }
+            };
             return ProcessGroup::join(store, rdv.rank, rdv.world_size, opts);
         }
         let (store, server) = env::connect_store(&rdv, opts.timeout)?;
@@ -155,6 +168,13 @@ impl ProcessGroup {
         self.inner.view.lock().unwrap_or_else(|p| p.into_inner()).members()
     }
 
+    /// Where this rank's membership replica listens (`None` without replicas): give members'
+    /// addresses to a replacement as [`Options::join_via`] (`CHORUS_JOIN_VIA`) so that it can
+    /// join after the job's store is gone.
+    pub fn replica_address(&self) -> Option<String> {
+        self.inner.replica_address()
+    }
+
     /// Epoch of the current membership view (raised by every change).
     pub fn current_epoch(&self) -> u64 {
         self.inner.view.lock().unwrap_or_else(|p| p.into_inner()).epoch
@@ -207,13 +227,22 @@ impl ProcessGroup {
     /// it waits until the survivors removed the old process, links to them (only the pairs
     /// that involve it are created; healthy pairs keep theirs), and returns once the survivors
     /// admitted it with a new view.
+    ///
+    /// With [`Options::join_via`] (members' replica addresses) it finds the group through a
+    /// member's replica rather than `store`: for when the process that hosted the store died
+    /// (under `mp.spawn`/`env://`, rank 0's). `store` is then only an acceptor of the membership
+    /// records if it still holds the group's (a new, empty one is left out).
     pub fn join(store: Arc<dyn Store>, rank: usize, size: usize, opts: Options) -> Result<ProcessGroup> {
-        let gen = store.get(&format!("chorus/{}/generation/{rank}", opts.name))?;
+        let directory = match opts.join_via.is_empty() {
+            true => store.clone(),
+            false => group::replicas::directory_via(&opts.join_via, opts.timeout)?,
+        };
+        let gen = directory.get(&group::replicas::generation_key(&opts.name, rank))?;
         let gen = gen.and_then(|g| String::from_utf8_lossy(&g).trim().parse::<i64>().ok()).ok_or_else(|| {
             ChorusError::InvalidArgument(format!("join: no group named {} ever had a rank {rank} on this store", opts.name))
         })?;
         let uid = format!("{}.{gen}", opts.name);
-        let inner = group::join(store, uid, rank, size, opts)?;
+        let inner = group::join(store, directory, uid, rank, size, opts)?;
         ft::admit(&inner)?;
         Ok(ProcessGroup { inner, _server: None })
     }

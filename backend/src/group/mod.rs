@@ -1,6 +1,6 @@
 //! A group's state and engine start ([`setup`] has how a rank enters a group: `create` and a
 //! replacement's `join`); survivors link to a replacement between collectives (`serve_joins`).
-mod replicas;
+pub(crate) mod replicas;
 mod rendezvous;
 mod setup;
 
@@ -110,6 +110,12 @@ pub struct GroupInner {
     /// (`Options::membership_replicas`; `replicas`).
     replica: Option<chorus_bootstrap::StoreServer>,
     membership_store: Option<Arc<chorus_bootstrap::ReplicatedStore>>,
+    /// Where joins are exchanged (requests, hand-offs, peer records): the membership store when
+    /// there is one, so that a replacement can join after the job's store is gone; else the
+    /// job's store.
+    pub join_store: Arc<dyn Store>,
+    /// 1 once this rank's records for replacements are in the membership store (0 before).
+    published_for_joiners: AtomicU64,
 }
 
 /// State a joining rank takes over from the survivors.
@@ -155,7 +161,7 @@ fn start(
         Some(m) => m.clone(),
         None => store.clone(),
     };
-    let membership = Membership::new(rank, size, &uid, records, opts.policy, opts.timeout, Arc::new(SystemClock), resumed).with_timeout_knob(opts.timeout_knob);
+    let membership = Membership::new(rank, size, &uid, records.clone(), opts.policy, opts.timeout, Arc::new(SystemClock), resumed).with_timeout_knob(opts.timeout_knob);
     let rounds_applied = membership.rounds_handle();
     let signals = prep.local.signals.clone();
     let mut coll = Comm::new(rank, size, Stream::Collective, links.clone(), signals.clone(), policy.clone(), opts.timeout, opts.timeout_knob, liveness.clone(), rounds_applied.clone());
@@ -208,9 +214,12 @@ fn start(
         joins_refused: AtomicU64::new(0),
         replica: prep.replica,
         membership_store,
+        join_store: records,
+        // A replacement published its records while joining.
+        published_for_joiners: AtomicU64::new(resume.is_some() as u64),
     });
     // Joins announced before this rank existed are not for it.
-    if let Some(n) = join::announced(&inner.store, &inner.uid)? {
+    if let Some(n) = join::announced(&inner.join_store, &inner.uid)? {
         inner.membership.skip_joins(n);
     }
     let threads = membership::threads::spawn(Arc::downgrade(&inner), &format!("{}-{rank}", inner.uid), inner.liveness.interval, inner.opts.fault_tolerance)?;
@@ -234,10 +243,11 @@ impl membership::threads::Member for GroupInner {
             Err(e) => tracing::debug!(error = %e, "answering a recovery round failed"),
         }
         if poll_joins {
-            if let Ok(Some(n)) = join::announced(&self.store, &self.uid) {
+            if let Some(n) = self.joins_announced_hint() {
                 self.membership.joins_announced(n);
             }
         }
+        self.publish_for_joiners();
     }
 }
 
@@ -310,7 +320,7 @@ impl GroupInner {
     /// collective path (which owns the collective stream's counters) between collectives.
     pub fn serve_joins(&self, comm: &mut Comm) -> Result<()> {
         for seq in self.membership.joins_to_serve() {
-            let Some(req) = join::request(&self.store, &self.uid, seq)? else { break };
+            let Some(req) = join::request(&self.join_store, &self.uid, seq)? else { break };
             if req.rank != self.rank && req.rank < self.size {
                 // Only a rank the view no longer counts, or one known dead, can be replaced: a join
                 // record for a live member (written by anyone with store access) would otherwise
@@ -333,31 +343,36 @@ impl GroupInner {
     fn link_joiner(&self, comm: &mut Comm, req: &JoinRequest) -> Result<()> {
         let _span = tracing::info_span!("link_joiner", joiner = req.rank, generation = req.generation).entered();
         let deadline = Instant::now() + self.opts.timeout;
-        let info = join::joiner_info(&self.store, &self.uid, req, deadline)?;
+        let info = join::joiner_info(&self.join_store, &self.uid, req, deadline)?;
         let p = req.rank;
         if let Some(m) = &self.membership_store {
-            // The replacement's replica takes its slot, voting on the rounds after ours.
-            let record = self.store.wait(&[&replicas::ReplicaInfo::key(&self.uid, p)], deadline.saturating_duration_since(Instant::now()))?;
-            replicas::refill(m, &self.uid, &replicas::ReplicaInfo::decode(p, &record[0]), self.membership.rounds_applied(), self.opts.timeout)?;
+            // The replacement's replica takes its slot, voting on the rounds after ours; later
+            // replacements that find the group through our replica read its record there.
+            let record = self.join_store.wait(&[&replicas::ReplicaInfo::key(&self.uid, p)], deadline.saturating_duration_since(Instant::now()))?;
+            let record = replicas::ReplicaInfo::decode(p, &record[0]);
+            replicas::refill(m, &self.uid, self.size, &record, self.membership.rounds_applied(), req.seq, self.opts.timeout)?;
+            if let Some(own) = &self.replica {
+                replicas::publish_directory(own, &self.uid, &self.opts.name, std::slice::from_ref(&record))?;
+            }
         }
         // Chunks the dead predecessor never consumed are forfeited: our credits restart full. (It
         // sends nothing more, and the replacement sends nothing before our handoff, so this can
         // come before the new link; a transport that carries the counters into its connection
         // also asks for the point-to-point stream's.)
         let coll = join::forfeit(&self.signals, comm, p);
-        let setup = Setup { store: &*self.store, uid: &self.uid, me: &self.me, ranks: self.size, local: &self.local, listener: None, deadline, watch: &crate::transport::watch_nothing };
+        let setup = Setup { store: &*self.join_store, uid: &self.uid, me: &self.me, ranks: self.size, local: &self.local, listener: None, deadline, watch: &crate::transport::watch_nothing };
         let link = self.transports.relink(&setup, &info, req.seq, &mut || Ok(vec![coll, self.forfeit_p2p(p, deadline)?]))?;
         self.counters.connected(p);
         self.liveness.reset(p);
         comm.links[p] = Some(link.clone());
         self.links.lock().unwrap_or_else(|e| e.into_inner())[p] = Some(link.clone());
         let view = self.membership.view();
-        join::publish_handoff(&self.store, &self.uid, req, self.rank, "coll", &coll, &view, self.membership.committed(), self.membership.rounds_applied())?;
+        join::publish_handoff(&self.join_store, &self.uid, req, self.rank, "coll", &coll, &view, self.membership.committed(), self.membership.rounds_applied())?;
         // The point-to-point stream's counters live with its thread: it relinks and publishes.
         let tx = self.p2p_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(tx) = tx {
             let reply = join::handoff_key(&self.uid, req, self.rank, "p2p");
-            let _ = tx.send(P2pOp::Relink { peer: p, link, reply, store: self.store.clone() });
+            let _ = tx.send(P2pOp::Relink { peer: p, link, reply, store: self.join_store.clone() });
             self.signals.ring();
         }
         Ok(())
@@ -382,6 +397,13 @@ impl GroupInner {
         }
         let _ = self.worker.quiesce(Duration::from_secs(5));
         self.worker.stop();
+        // The acceptor threads end before destroy returns: one of them calls the job's store,
+        // which under torch's Python fallback is a callback into an interpreter that may be
+        // finalizing next (a call from a foreign thread then aborts the process). Closing it
+        // first also ends at once any membership-store call the attendant thread is inside.
+        if let Some(m) = &self.membership_store {
+            m.close(chorus_bootstrap::replicated::CLOSE_WAIT);
+        }
         let threads = std::mem::take(&mut *self.membership_threads.lock().unwrap_or_else(|p| p.into_inner()));
         for h in threads {
             if h.thread().id() != std::thread::current().id() {
@@ -403,12 +425,6 @@ impl GroupInner {
             }
         }
         self.delete_store_keys_when_last();
-        // The acceptor threads end before destroy returns: one of them calls the job's store,
-        // which under torch's Python fallback is a callback into an interpreter that may be
-        // finalizing next (a call from a foreign thread then aborts the process).
-        if let Some(m) = &self.membership_store {
-            m.close(chorus_bootstrap::replicated::CLOSE_WAIT);
-        }
         if let Some(r) = &self.replica {
             r.shutdown();
         }
@@ -431,20 +447,59 @@ impl GroupInner {
         if usize::try_from(destroyed).ok() != Some(self.size) {
             return;
         }
-        let keys = match self.store.list_prefix(&prefix) {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::debug!(error = %e, "could not list the destroyed group's store keys");
-                return;
-            }
-        };
-        let own = keys.iter().filter(|k| !k[prefix.len()..].starts_with(|c: char| c.is_ascii_digit()));
-        for key in own {
-            if let Err(e) = self.store.delete(key) {
-                tracing::debug!(key, error = %e, "could not delete a destroyed group's store key");
-                return;
+        // The group's own keys, and the registers the job's store keeps for them as a membership
+        // acceptor (`px/<key>`, `chorus_bootstrap::replicated`).
+        for prefix in [prefix.clone(), format!("px/{prefix}")] {
+            let keys = match self.store.list_prefix(&prefix) {
+                Ok(keys) => keys,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not list the destroyed group's store keys");
+                    return;
+                }
+            };
+            let own = keys.iter().filter(|k| !k[prefix.len()..].starts_with(|c: char| c.is_ascii_digit()));
+            for key in own {
+                if let Err(e) = self.store.delete(key) {
+                    tracing::debug!(key, error = %e, "could not delete a destroyed group's store key");
+                    return;
+                }
             }
         }
+    }
+
+    /// How many joins were announced, as far as a quick look tells (a poll: with replicas, a
+    /// read that agrees now or nothing, never a round that could outbid a joiner's write).
+    fn joins_announced_hint(&self) -> Option<u64> {
+        let k = key(&self.uid, "joins");
+        let raw = match &self.membership_store {
+            Some(m) => m.peek(&k),
+            None => self.store.get(&k),
+        };
+        raw.ok().flatten().and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok())
+    }
+
+    /// Once per group, from the attendant thread (group creation does not wait for it): with
+    /// replicas, what a replacement reads about this rank (its peer record, and its transports'
+    /// capability records) goes into the membership store, through which joins run. Retried each
+    /// turn until it succeeds.
+    fn publish_for_joiners(&self) {
+        let Some(m) = &self.membership_store else { return };
+        if self.published_for_joiners.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        let deadline = Instant::now() + self.opts.timeout;
+        let setup = Setup { store: &**m, uid: &self.uid, me: &self.me, ranks: self.size, local: &self.local, listener: None, deadline, watch: &crate::transport::watch_nothing };
+        match m.set(&key(&self.uid, &format!("peer/{}", self.rank)), &self.me.encode()).map_err(ChorusError::from).and_then(|()| self.transports.prepare(&setup)) {
+            Ok(()) => {
+                self.published_for_joiners.fetch_max(1, Ordering::SeqCst);
+            }
+            Err(e) => tracing::debug!(error = %e, "could not publish this rank's records for replacements yet"),
+        }
+    }
+
+    /// Where this rank's membership replica listens.
+    pub fn replica_address(&self) -> Option<String> {
+        self.replica.as_ref().map(|r| r.local_addr().to_string())
     }
 
     pub fn store_key(&self, rest: &str) -> String {

@@ -3,14 +3,20 @@
 //! replica of the group's membership records, and recovery rounds and view
 //! records go through a [`ReplicatedStore`] over the job's store plus every rank's replica, so the
 //! group agrees on views while a majority of those answer — after the death of the process that
-//! hosts the job's store too. Joins (announcements, hand-offs, peer records) still go through the
-//! job's store: a replacement needs it to find the group.
+//! hosts the job's store too. Joins (announcements, hand-offs, peer records) go through it as
+//! well, so a replacement can join without the job's store: it finds the group through any
+//! member's replica (`Options::join_via`), whose own keys hold a directory of the group (its uid
+//! and every rank's replica record), kept by that member.
+//!
+//! The job's store votes only while it still holds the key every rank set at creation:
+//! one that restarted empty at the same address, or a fresh store handed to a replacement, would
+//! otherwise vote as if it remembered its promises.
 //!
 //! Slot 0 is the job's store, slot `1 + r` rank `r`'s replica. A rank that replaced an earlier
 //! process brings an empty replica: it votes only on recovery rounds after those applied when it
 //! took the slot (its predecessor voted on no later one; `bootstrap::replicated` says why).
 use crate::error::{ChorusError, Result};
-use chorus_bootstrap::replicated::{KeyFilter, Refill, RemoteReplica};
+use chorus_bootstrap::replicated::{KeyFilter, Refill, RemoteReplica, Sentinel};
 use chorus_bootstrap::{ReplicatedStore, Store, StoreServer};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,9 +33,21 @@ pub fn serve(tcp_addr: &str) -> Result<StoreServer> {
     Ok(StoreServer::bind(SocketAddr::new(ip, 0))?)
 }
 
-/// The recovery rounds after `applied`: what a refilled slot votes on.
+/// What a slot refilled by a replacement's empty replica votes on: the keys its predecessor
+/// cannot have voted on, namely the recovery rounds after `applied` and the records of the joins
+/// after request `joined` (`membership::join::join_seq`); and the long-lived records
+/// ([`long_lived_keys`]) once it holds them (a catch-up).
+pub fn fresh_keys(applied: u64, joined: u64) -> KeyFilter {
+    Box::new(move |key: &str| round_of(key).is_some_and(|r| r > applied) || crate::membership::join::join_seq(key).is_some_and(|s| s > joined))
+}
+
+/// The recovery rounds after `applied`.
 pub fn rounds_after(applied: u64) -> KeyFilter {
-    Box::new(move |key: &str| key.split("/recovery/").nth(1).and_then(|rest| rest.split('/').next()).and_then(|r| r.parse::<u64>().ok()).is_some_and(|r| r > applied))
+    Box::new(move |key: &str| round_of(key).is_some_and(|r| r > applied))
+}
+
+fn round_of(key: &str) -> Option<u64> {
+    key.split("/recovery/").nth(1).and_then(|rest| rest.split('/').next()).and_then(|r| r.parse::<u64>().ok())
 }
 
 /// Where a rank's replica is, as published in the job's store under `chorus/<uid>/replica/<rank>`
@@ -93,39 +111,104 @@ fn remote(info: &ReplicaInfo, timeout: Duration) -> Result<Arc<dyn Store>> {
 
 /// The membership store of rank `me`: the job's `store` and the replica of each rank in
 /// `records` (one per rank, in rank order; this rank's own is `own`). A replica that refilled its
-/// slot (this rank's own when `me_joined`) votes on the keys `fresh` accepts.
+/// slot (this rank's own when `me_joined`) votes on the keys `fresh(its rank)` accepts, and on
+/// the long-lived records it holds.
 #[allow(clippy::too_many_arguments)]
-pub fn membership_store(store: &Arc<dyn Store>, own: &StoreServer, uid: &str, me: usize, me_joined: bool, records: &[ReplicaInfo], timeout: Duration, fresh: &dyn Fn() -> KeyFilter) -> Result<ReplicatedStore> {
+pub fn membership_store(store: &Arc<dyn Store>, own: &StoreServer, uid: &str, me: usize, me_joined: bool, records: &[ReplicaInfo], timeout: Duration, fresh: &dyn Fn(usize) -> KeyFilter) -> Result<ReplicatedStore> {
     let per_request = timeout.min(REPLICA_TIMEOUT);
-    let mut acceptors: Vec<(String, Arc<dyn Store>, Option<Refill>)> = vec![(store.host(), store.clone(), None)];
+    let job_store: Arc<dyn Store> = Arc::new(Sentinel::new(store.clone(), sentinel_key(uid)));
+    let mut acceptors: Vec<(String, Arc<dyn Store>, Option<Refill>)> = vec![(store.host(), job_store, None)];
     for info in records {
         let (replica, joined) = if info.rank == me { (own.local_store(), me_joined) } else { (remote(info, per_request)?, info.joined) };
-        acceptors.push((format!("rank {}'s replica", info.rank), replica, joined.then(|| Refill { votes_on: fresh(), guarded: view_keys(uid) })));
+        acceptors.push((format!("rank {}'s replica", info.rank), replica, joined.then(|| Refill { votes_on: fresh(info.rank), guarded: long_lived_keys(uid, records.len()) })));
     }
     let replicated = ReplicatedStore::new(acceptors, timeout)?;
     replicated.warm_up();
     Ok(replicated)
 }
 
-/// The membership records of group `uid` that span recovery rounds (`membership::view`): a
-/// refilled slot is caught up on them before it votes on them.
-pub fn view_keys(uid: &str) -> Vec<String> {
-    vec![format!("chorus/{uid}/view"), format!("chorus/{uid}/view_requests")]
+/// The key every rank of group `uid` sets in the job's store when it creates the group (never a
+/// replacement): while the store holds it, the store remembers its votes.
+pub fn sentinel_key(uid: &str) -> String {
+    format!("chorus/{uid}/acceptor")
 }
 
-/// Puts replacement `info`'s replica in its rank's slot of group `uid`'s membership store: it
-/// votes on the rounds after `applied`, and on the view records once caught up on them.
-pub fn refill(replicated: &ReplicatedStore, uid: &str, info: &ReplicaInfo, applied: u64, timeout: Duration) -> Result<()> {
-    replicated.replace(1 + info.rank, format!("rank {}'s replica (replacement)", info.rank), remote(info, timeout.min(REPLICA_TIMEOUT))?, Refill { votes_on: rounds_after(applied), guarded: view_keys(uid) });
-    catch_up(replicated, uid, info.rank);
+/// The directory key naming the current group called `name` for `rank` (the layout of the job's
+/// store, where `ProcessGroup::new` counts generations: `chorus/<name>/generation/<rank>`).
+pub fn generation_key(name: &str, rank: usize) -> String {
+    format!("chorus/{name}/generation/{rank}")
+}
+
+/// Writes the directory of group `uid` into this rank's replica (its own keys, not registers):
+/// what a replacement that joins through it reads first. Top-level groups (`<name>.<gen>`) also
+/// get the generation keys that name them.
+pub fn publish_directory(own: &StoreServer, uid: &str, name: &str, records: &[ReplicaInfo]) -> Result<()> {
+    let local = own.local_store();
+    for r in records {
+        local.set(&ReplicaInfo::key(uid, r.rank), &r.encode())?;
+    }
+    if let Some(gen) = uid.strip_prefix(name).and_then(|rest| rest.strip_prefix('.')).filter(|g| g.parse::<u64>().is_ok()) {
+        for r in records {
+            local.set(&generation_key(name, r.rank), gen.as_bytes())?;
+        }
+    }
     Ok(())
 }
 
-/// Catches rank `rank`'s refilled slot up on the view records; without it (its process gone, or
-/// no majority now) the slot just keeps out of them.
-pub fn catch_up(replicated: &ReplicatedStore, uid: &str, rank: usize) {
-    if let Err(e) = replicated.catch_up(1 + rank, &view_keys(uid)) {
-        tracing::warn!(rank, error = %e, "could not catch rank {rank}'s replica up on the view records; it votes on later recovery rounds only");
+/// Rank `rank`'s replica record: a replacement's is in the membership store, a rank's from the
+/// group's creation in `directory` (the job's store, or a member's replica).
+pub fn record(membership: &dyn Store, directory: &dyn Store, uid: &str, rank: usize) -> Result<ReplicaInfo> {
+    let k = ReplicaInfo::key(uid, rank);
+    let v = match membership.get(&k)? {
+        Some(v) => v,
+        None => directory.get(&k)?.ok_or_else(|| {
+            ChorusError::InvalidArgument(format!("join: group {uid} has no replica record of rank {rank}: was it created, and with the same CHORUS_MEMBERSHIP_REPLICAS as this process?"))
+        })?,
+    };
+    Ok(ReplicaInfo::decode(rank, &v))
+}
+
+/// The directory of a running group, reached through the first of `addrs` (members' replica
+/// addresses) that answers.
+pub fn directory_via(addrs: &[String], timeout: Duration) -> Result<Arc<dyn Store>> {
+    let mut errors = Vec::new();
+    for a in addrs {
+        let r = remote(&ReplicaInfo { rank: 0, addr: Some(a.clone()), joined: false }, timeout.min(REPLICA_TIMEOUT))?;
+        match r.get("chorus/directory-probe") {
+            Ok(_) => return Ok(r),
+            Err(e) => errors.push(format!("{a}: {e}")),
+        }
+    }
+    Err(ChorusError::InvalidArgument(format!(
+        "join: no member's replica answered at CHORUS_JOIN_VIA ({}); give the replica address of a live member (`replica_address()` on any rank)",
+        if errors.is_empty() { "no address given".to_string() } else { errors.join("; ") }
+    )))
+}
+
+/// The membership records of group `uid` (of `size` ranks) that outlive recovery rounds and
+/// joins: the view (`membership::view`), the join counter, and each rank's peer, replica and
+/// capability records. A refilled slot is caught up on them before it votes on them.
+pub fn long_lived_keys(uid: &str, size: usize) -> Vec<String> {
+    let mut keys = vec![format!("chorus/{uid}/view"), format!("chorus/{uid}/view_requests"), format!("chorus/{uid}/joins")];
+    for r in 0..size {
+        keys.extend([format!("chorus/{uid}/peer/{r}"), ReplicaInfo::key(uid, r), format!("chorus/{uid}/rdma/cap/{r}")]);
+    }
+    keys
+}
+
+/// Puts replacement `info`'s replica in its rank's slot of group `uid`'s membership store (of
+/// `size` ranks): it votes on the rounds after `applied` and the joins after `joined` (its own
+/// request), and on the long-lived records once the replacement caught it up on them.
+pub fn refill(replicated: &ReplicatedStore, uid: &str, size: usize, info: &ReplicaInfo, applied: u64, joined: u64, timeout: Duration) -> Result<()> {
+    replicated.replace(1 + info.rank, format!("rank {}'s replica (replacement)", info.rank), remote(info, timeout.min(REPLICA_TIMEOUT))?, Refill { votes_on: fresh_keys(applied, joined), guarded: long_lived_keys(uid, size) });
+    Ok(())
+}
+
+/// Catches rank `rank`'s refilled slot up on the long-lived records; without it (no majority
+/// now) the slot just keeps out of those it missed.
+pub fn catch_up(replicated: &ReplicatedStore, uid: &str, size: usize, rank: usize) {
+    if let Err(e) = replicated.catch_up(1 + rank, &long_lived_keys(uid, size)) {
+        tracing::warn!(rank, error = %e, "could not catch rank {rank}'s replica up on the membership records; it votes on later recovery rounds and joins only");
     }
 }
 
@@ -146,13 +229,16 @@ mod tests {
     }
 
     #[test]
-    fn a_refilled_slot_votes_on_later_recovery_rounds_only() {
-        let f = rounds_after(3);
+    fn a_refilled_slot_votes_on_later_recovery_rounds_and_joins_only() {
+        let f = fresh_keys(3, 5);
         assert!(f("chorus/g/recovery/4/decision"));
         assert!(f("chorus/g/sub/1/recovery/12/post/2"));
         assert!(!f("chorus/g/recovery/3/decision"));
         assert!(!f("chorus/g/view"));
         assert!(!f("chorus/g/view_requests"));
         assert!(!f("chorus/g/recovery/x/decision"));
+        assert!(f("chorus/g/join/6/peer") && f("chorus/g/join_req/6") && f("chorus/g/join/7/coll/2") && f("chorus/g/ep/6/1-2") && f("chorus/g/ready/9/2-1"));
+        assert!(!f("chorus/g/join/5/peer") && !f("chorus/g/join_req/5") && !f("chorus/g/ep/0/1-2") && !f("chorus/g/joins") && !f("chorus/g/peer/6"));
+        assert!(!rounds_after(3)("chorus/g/join/6/peer"));
     }
 }

@@ -113,11 +113,6 @@ fn check_settings(me: &PeerInfo, peers: &[PeerInfo]) -> Result<()> {
     Ok(())
 }
 
-fn wait_all(store: &Arc<dyn Store>, keys: &[String], deadline: Instant) -> Result<Vec<Vec<u8>>> {
-    let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
-    Ok(store.wait(&refs, deadline.saturating_duration_since(Instant::now()))?)
-}
-
 /// Puts each new link at its peer's place, counting the connection.
 fn place(links: &mut [Option<Arc<dyn Link>>], counters: &Counters, new: Vec<Arc<dyn Link>>) -> Result<()> {
     for l in new {
@@ -159,11 +154,19 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     check_settings(&me, &peers)?;
     replicas::check_agreement(&my_replica, &replica_records)?;
     let membership_store = match &prep.replica {
-        Some(own) => Some(Arc::new(replicas::membership_store(&store, own, &uid, rank, false, &replica_records, opts.timeout, &|| replicas::rounds_after(0))?)),
+        Some(own) => {
+            store.set(&replicas::sentinel_key(&uid), b"1")?;
+            Some(Arc::new(replicas::membership_store(&store, own, &uid, rank, false, &replica_records, opts.timeout, &|_| replicas::rounds_after(0))?))
+        }
         None => None,
     };
-
     let table = Table::new(&me.settings, &opts.rdma);
+    if let Some(own) = &prep.replica {
+        // A replacement may find the group through this replica (its records for replacements
+        // go into the membership store from the attendant thread: `publish_for_joiners`).
+        replicas::publish_directory(own, &uid, &opts.name, &replica_records)?;
+    }
+
     let counters = Counters::new(size);
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
     let linked = || -> Result<Vec<Arc<dyn Link>>> {
@@ -218,7 +221,10 @@ impl Drop for UnlinkGuard {
 /// A replacement for rank `rank` of the running group `uid`: waits until the survivors removed
 /// the old process, links to every active member (they link back when they see the request),
 /// takes over the pair counters, and asks to be activated. Returns once it is a member again.
-pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: Options) -> Result<Arc<GroupInner>> {
+///
+/// `directory` is where the group's creation records are: the job's `store`, or (when that is
+/// gone) a member's replica (`replicas::directory_via`).
+pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: Options) -> Result<Arc<GroupInner>> {
     if rank >= size {
         return Err(ChorusError::InvalidRank { rank, size });
     }
@@ -230,12 +236,16 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     // With replicas, the view and the recovery rounds live in them: reach them through every
     // rank's published replica (ours empty, voting on nothing until we know the rounds applied).
     let my_replica = ReplicaInfo { rank, addr: prep.replica.as_ref().map(|r| r.local_addr().to_string()), joined: true };
+    // The join records a refilled replica may vote on start after this (this join's request
+    // number less one, once known).
+    let join_floor = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
     let membership_store = match &prep.replica {
         Some(own) => {
-            // The group exists, so every rank's record is there already.
+            // The group exists, so every rank's record is there already (in the directory; a
+            // replacement's newer one in the membership store, read once that is up).
             let mut records = Vec::with_capacity(size);
             for r in 0..size {
-                let v = store.get(&ReplicaInfo::key(&uid, r))?.ok_or_else(|| {
+                let v = directory.get(&ReplicaInfo::key(&uid, r))?.ok_or_else(|| {
                     ChorusError::InvalidArgument(format!(
                         "join: group {uid} has no replica record of rank {r}: was it created, and with the same CHORUS_MEMBERSHIP_REPLICAS as this process?"
                     ))
@@ -243,14 +253,31 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
                 records.push(ReplicaInfo::decode(r, &v));
             }
             replicas::check_agreement(&my_replica, &records.iter().filter(|r| r.rank != rank).cloned().collect::<Vec<_>>())?;
-            Some(Arc::new(replicas::membership_store(&store, own, &uid, rank, true, &records, opts.timeout, &|| replicas::rounds_after(u64::MAX))?))
+            // Until the survivors' hand-off says which rounds they applied, replicas that refilled
+            // a slot vote only on the long-lived records they were caught up on and on this
+            // join's records (known once it has a request number); this rank's own on nothing.
+            let floor = join_floor.clone();
+            let fresh = move |r: usize| -> chorus_bootstrap::replicated::KeyFilter {
+                let floor = floor.clone();
+                match r == rank {
+                    true => replicas::rounds_after(u64::MAX),
+                    false => Box::new(move |k: &str| join::join_seq(k).is_some_and(|s| s > floor.load(std::sync::atomic::Ordering::SeqCst))),
+                }
+            };
+            Some(Arc::new(replicas::membership_store(&store, own, &uid, rank, true, &records, opts.timeout, &fresh)?))
+        }
+        None if !Arc::ptr_eq(&store, &directory) => {
+            return Err(ChorusError::InvalidArgument("join: CHORUS_JOIN_VIA (joining through a member's replica) needs membership replicas, which this process runs without (CHORUS_MEMBERSHIP_REPLICAS=0)".into()));
         }
         None => None,
     };
-    let views = match &membership_store {
-        Some(m) => ViewStore::new(m.clone(), &uid, size),
-        None => ViewStore::new(store.clone(), &uid, size),
+    // Everything the join exchanges with the survivors goes through the membership store when
+    // there is one (it outlives the job's store), else through the job's store.
+    let join_store: Arc<dyn Store> = match &membership_store {
+        Some(m) => m.clone(),
+        None => store.clone(),
     };
+    let views = ViewStore::new(join_store.clone(), &uid, size);
     let view = loop {
         let v = views.read()?;
         if !v.is_active(rank) {
@@ -270,32 +297,44 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     }
     let mut peers = Vec::new();
     for &s in &members {
-        let info = PeerInfo::decode(&store.get(&key(&uid, &format!("peer/{s}")))?.ok_or_else(|| ChorusError::InvalidArgument(format!("join: no info for rank {s}")))?)?;
+        let k = key(&uid, &format!("peer/{s}"));
+        let info = match join_store.wait(&[&k], deadline.saturating_duration_since(Instant::now())) {
+            Ok(v) => PeerInfo::decode(&v[0])?,
+            Err(e) => return Err(ChorusError::InvalidArgument(format!("join: no info for rank {s} ({e})"))),
+        };
         peers.push(info);
     }
     check_settings(&prep.me, &peers)?;
     let table = Table::new(&prep.me.settings, &opts.rdma);
     let counters = Counters::new(size);
     let mut links: Vec<Option<Arc<dyn Link>>> = (0..size).map(|_| None).collect();
-    let handoffs = {
-        let s = Setup { store: &*store, uid: &uid, me: &prep.me, ranks: size, local: &prep.local, listener: Some(&prep.listener), deadline, watch: &crate::transport::watch_nothing };
+    let (handoffs, req_seq) = {
+        let s = Setup { store: &*join_store, uid: &uid, me: &prep.me, ranks: size, local: &prep.local, listener: Some(&prep.listener), deadline, watch: &crate::transport::watch_nothing };
         // Our own capabilities decide our pairs, not the predecessor's: published before we announce.
         table.prepare(&s)?;
-        store.set(&ReplicaInfo::key(&uid, rank), &my_replica.encode())?;
-        let req = join::announce(&store, &uid, rank, &prep.me)?;
+        join_store.set(&ReplicaInfo::key(&uid, rank), &my_replica.encode())?;
+        if !Arc::ptr_eq(&join_store, &store) {
+            // Also in the job's store, the directory of later replacements while it lives.
+            if let Err(e) = store.set(&ReplicaInfo::key(&uid, rank), &my_replica.encode()) {
+                tracing::debug!(error = %e, "could not update this rank's replica record in the job's store");
+            }
+        }
+        let seq = join::take_number(&join_store, &uid)?;
+        join_floor.store(seq - 1, std::sync::atomic::Ordering::SeqCst);
+        let req = join::announce(&join_store, &uid, rank, seq, &prep.me)?;
         // Pairs that must connect before the survivors hand off (RDMA queue pairs) do so now.
         let connecting = table.connect(&s, &peers, Pairing::Join { seq: req.seq })?;
         // Survivors publish where their counters are, after linking to us.
         let mut handoffs = Vec::new();
         for &m in &members {
-            let (coll, p2p) = join::await_handoff(&store, &uid, &req, m, deadline)?;
+            let (coll, p2p) = join::await_handoff(&join_store, &uid, &req, m, deadline)?;
             handoffs.push((m, coll, p2p));
         }
         let survivor_counts = |peer: usize| -> Vec<(u64, u64)> {
             handoffs.iter().find(|(m, _, _)| *m == peer).map(|(_, c, p)| vec![(c.sent, c.recvd), (p.sent, p.recvd)]).unwrap_or_else(|| vec![(0, 0); STREAMS])
         };
         place(&mut links, &counters, connecting.start(&s, &survivor_counts)?)?;
-        handoffs
+        (handoffs, req.seq)
     };
     unlink.disarm();
     // Survivors' records name the view and progress they are at; take the newest.
@@ -307,17 +346,22 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     if let (Some(m), Some(own)) = (&membership_store, &prep.replica) {
         // Our replica, and any other that refilled its slot, votes on the rounds after those the
         // survivors applied (none of their predecessors voted on those).
-        let keys: Vec<String> = (0..size).map(|r| ReplicaInfo::key(&uid, r)).collect();
-        for (r, v) in wait_all(&store, &keys, deadline)?.iter().enumerate() {
+        let mut records = Vec::with_capacity(size);
+        for r in 0..size {
+            let info = replicas::record(&**m, &*directory, &uid, r)?;
             match r == rank {
                 true => {
-                    m.replace(1 + r, format!("rank {r}'s replica"), own.local_store(), chorus_bootstrap::replicated::Refill { votes_on: replicas::rounds_after(newest.rounds), guarded: replicas::view_keys(&uid) });
-                    replicas::catch_up(m, &uid, r);
+                    let refill = chorus_bootstrap::replicated::Refill { votes_on: replicas::fresh_keys(newest.rounds, req_seq), guarded: replicas::long_lived_keys(&uid, size) };
+                    m.replace(1 + r, format!("rank {r}'s replica"), own.local_store(), refill);
+                    replicas::catch_up(m, &uid, size, r);
                 }
-                false if ReplicaInfo::decode(r, v).joined => replicas::refill(m, &uid, &ReplicaInfo::decode(r, v), newest.rounds, opts.timeout)?,
+                // Another replacement's: it took its slot at an earlier join than ours.
+                false if info.joined => replicas::refill(m, &uid, size, &info, newest.rounds, req_seq - 1, opts.timeout)?,
                 false => {}
             }
+            records.push(info);
         }
+        replicas::publish_directory(own, &uid, &opts.name, &records)?;
     }
     let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
     let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
@@ -327,7 +371,7 @@ pub fn join(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, opts: 
     let me = prep.me.clone();
     let g = start(store, membership_store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, local_ranks, chunk, Some(resume))?;
     // Later replacements of other ranks read the members' records: ours is this process now.
-    g.store.set(&key(&g.uid, &format!("peer/{rank}")), &me.encode())?;
+    g.join_store.set(&key(&g.uid, &format!("peer/{rank}")), &me.encode())?;
     // Ask to be a member again: a view change that every survivor adopts at the same collective
     // (the admission round `ft::admit` raises and waits for).
     g.views.activate(&[rank])?;
@@ -348,10 +392,10 @@ mod tests {
         views.publish(&View::full(2).next(&[], &[0, 1])).unwrap();
         assert_eq!(views.read().unwrap().members(), Vec::<usize>::new());
         let opts = Options::default().with_timeout(Duration::from_secs(5)).with_membership_replicas(false);
-        let err = join(store.clone(), "nobody-left".into(), 1, 2, opts.clone()).err().expect("no members to rejoin through");
+        let err = join(store.clone(), store.clone(), "nobody-left".into(), 1, 2, opts.clone()).err().expect("no members to rejoin through");
         assert!(err.to_string().contains("no active member"), "{err}");
         // With replicas, a group without replica records (never created so) says so at once.
-        let err = join(store, "nobody-left".into(), 1, 2, opts.with_membership_replicas(true)).err().expect("no replica records");
+        let err = join(store.clone(), store, "nobody-left".into(), 1, 2, opts.with_membership_replicas(true)).err().expect("no replica records");
         assert!(err.to_string().contains("no replica record of rank 0"), "{err}");
     }
 

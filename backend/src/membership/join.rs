@@ -1,10 +1,14 @@
 //! Rejoin: the records a replacement rank and the survivors exchange through the store.
 //!
 //! Keys under `chorus/<uid>/`:
-//! * `joins` — count of join requests (monotonic); `join_req/<seq>` — `rank:generation`;
-//! * `join/<rank>/<generation>/peer` — the replacement's `PeerInfo`;
-//! * `join/<rank>/<generation>/<stream>/<survivor>` — a survivor's [`Handoff`] for one stream,
-//!   written after it linked to the replacement.
+//! * `joins` — count of join requests (monotonic); `join_req/<seq>` — `rank:seq`;
+//! * `join/<seq>/peer` — the replacement's `PeerInfo`;
+//! * `join/<seq>/<stream>/<survivor>` — a survivor's [`Handoff`] for one stream, written after it
+//!   linked to the replacement.
+//!
+//! Every record of a join but the counter is named by the request's number, so a membership
+//! replica that refilled a slot can vote on the records of later joins (none of which its
+//! predecessor saw) without voting on earlier ones ([`join_seq`]).
 //!
 //! Pair counters never restart: the replacement continues each pair's sequence numbers where the
 //! survivor's are, and chunks the dead predecessor never consumed are forfeited (the survivor's
@@ -66,14 +70,24 @@ fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T> {
         .map_err(|e| ChorusError::InvalidArgument(format!("unreadable join record ({e})")))
 }
 
-/// The replacement announces itself (its info first, then the request).
-pub fn announce(store: &Arc<dyn Store>, uid: &str, rank: usize, me: &PeerInfo) -> Result<JoinRequest> {
-    let generation = store.add(&key(uid, &format!("join_gen/{rank}")), 1)? as u64;
-    store.set(&key(uid, &format!("join/{rank}/{generation}/peer")), &enc(me))?;
-    let seq = store.add(&key(uid, "joins"), 1)? as u64;
-    store.set(&key(uid, &format!("join_req/{seq}")), format!("{rank}:{generation}").as_bytes())?;
-    tracing::info!(rank, generation, seq, "asked to rejoin");
-    Ok(JoinRequest { rank, generation, seq })
+/// The replacement's first step: a request number.
+pub fn take_number(store: &Arc<dyn Store>, uid: &str) -> Result<u64> {
+    Ok(store.add(&key(uid, "joins"), 1)? as u64)
+}
+
+/// The replacement announces itself under request number `seq` ([`take_number`]): its info,
+/// then the request.
+pub fn announce(store: &Arc<dyn Store>, uid: &str, rank: usize, seq: u64, me: &PeerInfo) -> Result<JoinRequest> {
+    store.set(&key(uid, &format!("join/{seq}/peer")), &enc(me))?;
+    store.set(&key(uid, &format!("join_req/{seq}")), format!("{rank}:{seq}").as_bytes())?;
+    tracing::info!(rank, seq, "asked to rejoin");
+    Ok(JoinRequest { rank, generation: seq, seq })
+}
+
+/// The request number a key of a join's records belongs to (`join/<seq>/...`, `join_req/<seq>`,
+/// and the transports' pairing records of that join, `ep/<seq>/...`, `ready/<seq>/...`).
+pub fn join_seq(key: &str) -> Option<u64> {
+    ["/join/", "/join_req/", "/ep/", "/ready/"].iter().find_map(|p| key.split(p).nth(1)).and_then(|rest| rest.split('/').next()).and_then(|n| n.parse().ok())
 }
 
 /// Join requests announced so far.
@@ -94,13 +108,13 @@ pub fn request(store: &Arc<dyn Store>, uid: &str, seq: u64) -> Result<Option<Joi
 }
 
 pub fn joiner_info(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, deadline: Instant) -> Result<PeerInfo> {
-    let k = key(uid, &format!("join/{}/{}/peer", req.rank, req.generation));
+    let k = key(uid, &format!("join/{}/peer", req.seq));
     let v = store.wait(&[&k], deadline.saturating_duration_since(Instant::now()))?;
     PeerInfo::decode(&v[0])
 }
 
 pub fn handoff_key(uid: &str, req: &JoinRequest, survivor: usize, stream: &str) -> String {
-    key(uid, &format!("join/{}/{}/{stream}/{survivor}", req.rank, req.generation))
+    key(uid, &format!("join/{}/{stream}/{survivor}", req.seq))
 }
 
 /// One stream's pair counters as the engine keeps them (its `Comm` implements this), so
