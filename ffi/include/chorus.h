@@ -212,6 +212,10 @@ int32_t chorus_group_size(const chorus_group_t *group);
    The active ranks of the group's current membership view, ascending. */
 int32_t chorus_group_active_ranks(const chorus_group_t *group, int32_t *out, size_t cap, size_t *n);
 
+/* Where this rank's membership replica listens (`host:port`, no NUL; `*n` 0 without replicas), for a
+   replacement's CHORUS_JOIN_VIA; bytes as ranks are for chorus_group_active_ranks. */
+int32_t chorus_group_replica_address(const chorus_group_t *group, char *out, size_t cap, size_t *n);
+
 /* The epoch of the group's current membership view (raised by every change). */
 int32_t chorus_group_epoch(const chorus_group_t *group, uint64_t *out);
 

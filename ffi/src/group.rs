@@ -257,6 +257,37 @@ pub unsafe extern "C" fn chorus_group_active_ranks(group_: *const chorus_group, 
     guard(|| put_ranks("chorus_group_active_ranks", &group(group_)?.pg.active_ranks(), out, cap, n))
 }
 
+/// Where this rank's membership replica listens (`host:port`, no NUL; `*n` 0 without replicas),
+/// for a replacement's `CHORUS_JOIN_VIA`. Written into `out` (`cap` bytes) with `*n` set to the
+/// full length; CHORUS_ERR_INVALID_ARGUMENT (with `*n` set) when `cap` is too small.
+///
+/// # Safety
+/// `group` is a live handle; `out` holds `cap` writable bytes (may be NULL with cap 0); `n` is
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_replica_address(group_: *const chorus_group, out: *mut c_char, cap: usize, n: *mut usize) -> i32 {
+    guard(|| {
+        let what = "chorus_group_replica_address";
+        let addr = group(group_)?.pg.replica_address().unwrap_or_default();
+        if n.is_null() {
+            return Err(FfiError::invalid(format!("{what}: the `n` out-pointer is NULL")));
+        }
+        if out.is_null() && cap != 0 {
+            return Err(FfiError::invalid(format!("{what}: out is NULL but cap is {cap}")));
+        }
+        // SAFETY: `n` is non-null and writable (ABI contract).
+        unsafe { *n = addr.len() };
+        if addr.len() > cap {
+            return Err(FfiError::invalid(format!("{what}: the buffer holds {cap} bytes but {} are needed (*n says how many)", addr.len())));
+        }
+        if !addr.is_empty() {
+            // SAFETY: `out` is non-null and holds `cap >= addr.len()` writable bytes (ABI contract).
+            unsafe { std::ptr::copy_nonoverlapping(addr.as_ptr().cast::<c_char>(), out, addr.len()) };
+        }
+        Ok(())
+    })
+}
+
 /// The epoch of the group's current membership view (raised by every change).
 ///
 /// # Safety

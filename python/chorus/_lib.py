@@ -134,6 +134,7 @@ def _load():
         "chorus_group_join": (c_int32, [POINTER(StoreCallbacks), c_int32, c_int32, c_char_p, c_int64, WP]),
         "chorus_group_join_tcp": (c_int32, [c_char_p, c_int32, c_int32, c_char_p, c_int64, WP]),
         "chorus_group_active_ranks": (c_int32, [G, POINTER(c_int32), c_size_t, POINTER(c_size_t)]),
+        "chorus_group_replica_address": (c_int32, [G, c_char_p, c_size_t, POINTER(c_size_t)]),
         "chorus_group_epoch": (c_int32, [G, POINTER(c_uint64)]),
         "chorus_group_device_status": (c_int32, [G, c_int32]),
         "chorus_group_ops_completed": (c_int32, [G, POINTER(c_uint64)]),
@@ -187,6 +188,21 @@ def error(code: int) -> ChorusError:
 def check(code: int) -> None:
     if code != OK:
         raise error(code)
+
+
+def replica_address(handle) -> str | None:
+    """This rank's membership replica address (``None`` without replicas)."""
+    cap = 128
+    while True:
+        buf = ctypes.create_string_buffer(cap)
+        n = c_size_t(0)
+        rc = lib.chorus_group_replica_address(handle, buf, cap, ctypes.byref(n))
+        if rc == OK:
+            return buf.raw[: n.value].decode() or None
+        if rc == ERR_INVALID_ARGUMENT and n.value > cap:
+            cap = n.value
+            continue
+        raise error(rc)
 
 
 def rank_array(fn, handle) -> list[int]:

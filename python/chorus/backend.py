@@ -347,6 +347,10 @@ class ProcessGroupChorus(dist.ProcessGroup):
         """Epoch of the current membership view (raised by every change)."""
         return _lib.u64(lib.chorus_group_epoch, self._group())
 
+    def replica_address(self) -> str | None:
+        """Where this rank's membership replica listens (``None`` without replicas)."""
+        return _lib.replica_address(self._group())
+
     def check_device(self, device) -> None:
         """Raises (a ChorusError) once the GPU communicator on ``device`` failed: a kernel waited past its
         deadline, or it was aborted because a peer died. GPU collectives return before they run, so call

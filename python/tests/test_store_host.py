@@ -1,8 +1,10 @@
 """Losing the store's host through torch (issue 24): with `env://`, as under mp.spawn, rank 0's
 process hosts torch's TCPStore, and `kill -9` of rank 0 in an all_reduce loop takes it down.
 With membership replicas (CHORUS_MEMBERSHIP_REPLICAS=1) every survivor sees the group shrink at the
-same collective and goes on; without, every survivor fails alike, with an error that names the lost
-store and what to do, not a hang and not a hint at MASTER_ADDR/MASTER_PORT."""
+same collective and goes on, and a replacement for rank 0 (which hosts a new, empty TCPStore) finds
+the group through the survivors' replicas (CHORUS_JOIN_VIA) and rejoins; without replicas, every
+survivor fails alike, with an error that names the lost store and what to do, not a hang and not a
+hint at MASTER_ADDR/MASTER_PORT."""
 import os
 import signal
 import socket
@@ -66,3 +68,44 @@ def test_without_replicas_losing_the_store_host_is_named_on_every_survivor(tmp_p
         assert code == 3 and failed, f"survivor {r} exited {code} without a failed collective:\n{out[-3000:]}"
         assert "rank 0's process" in failed[0] and "stopped answering" in failed[0], f"survivor {r} does not name the lost store host:\n{failed[0]}"
         assert "check that every rank uses the same MASTER_ADDR" not in failed[0], f"survivor {r} blames the configuration:\n{failed[0]}"
+
+
+def test_a_replacement_for_the_store_host_joins_through_the_replicas(tmp_path):
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(N), CHORUS_TIMEOUT_MS="30000", CHORUS_MEMBERSHIP_REPLICAS="1", UNTIL="rejoin")
+    env.pop("CHORUS_STORE_ADDR", None)
+    logs = [tmp_path / f"rank{r}.log" for r in range(N)] + [tmp_path / "replacement.log"]
+    files = [open(p, "w") for p in logs]
+    spawn = lambda r, extra: subprocess.Popen([sys.executable, WORKER], env=dict(env, RANK=str(r), LOCAL_RANK=str(r), **extra), stdout=files[r if not extra else N], stderr=subprocess.STDOUT)
+    procs = [spawn(r, {}) for r in range(N)]
+    try:
+        deadline = time.time() + 120
+        while not all("iter 50" in p.read_text() for p in logs[:N]):
+            assert time.time() < deadline, "the loop never started:\n" + "\n".join(p.read_text()[-2000:] for p in logs[:N])
+            assert all(p.poll() is None for p in procs), "a rank exited early:\n" + "\n".join(p.read_text()[-2000:] for p in logs[:N])
+            time.sleep(0.05)
+        via = [l.split()[1] for p in logs[1:N] for l in p.read_text().splitlines() if l.startswith("replica ")]
+        assert len(via) == N - 1 and all(":" in a for a in via), via
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait()
+        procs.append(spawn(0, {"CHORUS_JOIN": "1", "CHORUS_JOIN_VIA": ",".join(via)}))
+        codes = {r: procs[r].wait(timeout=120) for r in list(range(1, N)) + [N]}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in files:
+            f.close()
+    marks = {}
+    for r in list(range(1, N)) + [N]:
+        who = "the replacement" if r == N else f"survivor {r}"
+        lines = [l for l in logs[r].read_text().splitlines() if l.startswith(("iter ", "shrunk ", "whole ", "done ", "failed: "))]
+        assert codes[r] == 0, f"{who} exited {codes[r]}:\n" + logs[r].read_text()[-3000:]
+        assert lines[-1] == f"done {N}", f"{who} ended with {lines[-1]!r}"
+        whole = [l for l in lines if l.startswith("whole again at ")]
+        assert len(whole) == 1, f"{who}: {whole}"
+        marks[r] = whole[0]
+        if r < N:
+            shrunk = [l for l in lines if l.startswith("shrunk to ")]
+            assert len(shrunk) == 1 and shrunk[0].startswith(f"shrunk to {N - 1} at "), f"{who}: {shrunk}"
+    assert len(set(marks.values())) == 1, f"the ranks saw the replacement arrive at different collectives: {marks}"

@@ -66,7 +66,7 @@ namespace chorus_torch {
 // Every C ABI function the adapter calls, resolved from the library at init().
 #define CHORUS_FUNCTIONS(X)                                                                                   \
   X(chorus_abi_version) X(chorus_last_error) X(chorus_buf_write) X(chorus_group_create) X(chorus_group_join) \
-  X(chorus_group_rank) X(chorus_group_size) X(chorus_group_active_ranks) X(chorus_group_epoch)               \
+  X(chorus_group_rank) X(chorus_group_size) X(chorus_group_active_ranks) X(chorus_group_epoch) X(chorus_group_replica_address)               \
   X(chorus_group_ops_completed) X(chorus_group_device_status) X(chorus_group_deactivate_ranks)             \
   X(chorus_group_activate_ranks) X(chorus_group_destroy) X(chorus_all_reduce) X(chorus_broadcast)           \
   X(chorus_reduce) X(chorus_all_gather) X(chorus_reduce_scatter) X(chorus_all_to_all) X(chorus_all_to_all_v) \
@@ -726,6 +726,23 @@ class ChorusBackend : public c10d::Backend {
     return v;
   }
 
+  std::string replica_address() {
+    std::string buf(128, '\0');
+    for (;;) {
+      size_t n = 0;
+      int32_t rc = api.chorus_group_replica_address(group(), buf.data(), buf.size(), &n);
+      if (rc == CHORUS_OK) {
+        buf.resize(n);
+        return buf;
+      }
+      if (rc == CHORUS_ERR_INVALID_ARGUMENT && n > buf.size()) {
+        buf.resize(n);
+        continue;
+      }
+      throw_status(rc);
+    }
+  }
+
   uint64_t ops_completed() { return getSequenceNumberForGroup(); }
 
   void check_device(int64_t device) { check(api.chorus_group_device_status(group(), static_cast<int32_t>(device))); }
@@ -1306,6 +1323,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::call_guard<py::gil_scoped_release>())
       .def("active_ranks", &ChorusBackend::active_ranks)
       .def("current_epoch", &ChorusBackend::current_epoch)
+      .def("replica_address", &ChorusBackend::replica_address)
       .def("ops_completed", &ChorusBackend::ops_completed)
       .def("check_device", &ChorusBackend::check_device, py::arg("device"))
       .def("deactivate_ranks", [](ChorusBackend& b, const std::vector<int64_t>& r) { b.change_ranks(r, false); })
