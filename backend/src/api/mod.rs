@@ -40,7 +40,7 @@ impl std::fmt::Debug for ProcessGroup {
 
 /// How long a replacement that can find the group through members' replicas tries the job's
 /// store first.
-const JOB_STORE_PROBE: Duration = Duration::from_secs(1);
+const JOB_STORE_PROBE: Duration = Duration::from_millis(200);
 
 impl ProcessGroup {
     /// Creates a top-level group: every one of `size` ranks calls this with its `rank` and a

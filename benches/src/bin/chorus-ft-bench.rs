@@ -9,8 +9,8 @@
 //!
 //! `--no-replicas` runs the ranks without membership replicas (`CHORUS_MEMBERSHIP_REPLICAS=0`:
 //! the store alone agrees); `--kill-store-host` (with replicas) lets rank 0 host the store (`MASTER_ADDR`/
-//! `MASTER_PORT`, as under `env://`) and kills rank 0: the store dies with it, so no replacement
-//! joins and only detection and crash-to-completion are reported.
+//! `MASTER_PORT`, as under `env://`) and kills rank 0: the store dies with it, and the replacement
+//! finds the group through the survivors' replicas (`CHORUS_JOIN_VIA`).
 //!
 //! The failure-free cost of fault tolerance is measured by `benches/ft_overhead.sh` (the bench
 //! with `CHORUS_FT=1` and `CHORUS_FT=0` side by side).
@@ -39,7 +39,7 @@ struct Args {
     /// No membership replicas (CHORUS_MEMBERSHIP_REPLICAS=0): the store alone agrees.
     #[arg(long)]
     no_replicas: bool,
-    /// Rank 0 hosts the store and is the one killed (with replicas; no rejoin).
+    /// Rank 0 hosts the store and is the one killed (with replicas; its replacement joins through them).
     #[arg(long)]
     kill_store_host: bool,
 }
@@ -51,6 +51,8 @@ fn now_ns() -> u128 {
 struct Rank {
     child: Child,
     marks: mpsc::Receiver<String>,
+    /// The rank's membership replica address (its `replica <addr>` line), once printed.
+    replica: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Where the ranks find the store: one the bench hosts, or rank 0's (on a free port).
@@ -70,7 +72,7 @@ impl StoreAt {
     }
 }
 
-fn spawn(worker: &std::path::Path, store: &StoreAt, rank: usize, a: &Args, join: bool) -> Rank {
+fn spawn(worker: &std::path::Path, store: &StoreAt, rank: usize, a: &Args, join: Option<&[String]>) -> Rank {
     let mut c = Command::new(worker);
     match store {
         StoreAt::Bench(s) => c.env("MASTER_PORT", s.local_addr().port().to_string()).env("CHORUS_STORE_ADDR", s.local_addr().to_string()),
@@ -87,8 +89,8 @@ fn spawn(worker: &std::path::Path, store: &StoreAt, rank: usize, a: &Args, join:
         .env("CHORUS_LOG", "chorus_backend::api::ft=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    if join {
-        c.env("CHORUS_JOIN", "1");
+    if let Some(via) = join {
+        c.env("CHORUS_JOIN", "1").env("CHORUS_JOIN_VIA", via.join(","));
     }
     if a.tcp {
         c.env("CHORUS_HOST_ID", format!("bench-host-{rank}"));
@@ -96,12 +98,17 @@ fn spawn(worker: &std::path::Path, store: &StoreAt, rank: usize, a: &Args, join:
     let mut child = c.spawn().expect("spawn chorus-ft-worker");
     let (tx, rx) = mpsc::channel();
     let err = child.stderr.take().expect("stderr");
+    let replica = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = replica.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("replica ") {
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr.to_string());
+            }
             let _ = tx.send(line);
         }
     });
-    Rank { child, marks: rx }
+    Rank { child, marks: rx, replica }
 }
 
 /// Parses the RFC 3339 timestamp tracing puts first on a line into unix nanoseconds.
@@ -149,7 +156,7 @@ fn main() {
         std::process::exit(2);
     }
     let membership = match (a.kill_store_host, a.no_replicas) {
-        (true, _) => "membership replicas, rank 0 hosts the store and is killed",
+        (true, _) => "membership replicas, rank 0 hosts the store and is killed, its replacement joins through the replicas",
         (false, false) => "membership replicas, store outside the ranks",
         (false, true) => "no replicas, store outside the ranks",
     };
@@ -158,7 +165,7 @@ fn main() {
     let mut sums = [0f64; 4];
     for trial in 0..a.trials {
         let store = StoreAt::new(&a);
-        let mut ranks: Vec<Rank> = (0..a.nprocs).map(|r| spawn(&worker, &store, r, &a, false)).collect();
+        let mut ranks: Vec<Rank> = (0..a.nprocs).map(|r| spawn(&worker, &store, r, &a, None)).collect();
         for r in &ranks {
             wait_for(r, |l| l.starts_with("mark iter 50 "), Duration::from_secs(60)).expect("ranks running");
         }
@@ -187,18 +194,11 @@ fn main() {
             }
         }
         let detect_ms = if detect == u128::MAX { f64::NAN } else { ms(detect) };
-        if a.kill_store_host {
-            println!("{trial:7}  {detect_ms:9.2}  {:22.2}  {:>18}  {:>18}", ms(complete), "-", "-");
-            sums[0] += detect_ms;
-            sums[1] += ms(complete);
-            for mut r in ranks {
-                let _ = r.child.kill();
-                let _ = r.child.wait();
-            }
-            continue;
-        }
+        // Without the store (it died with rank 0) the replacement finds the group through the
+        // survivors' replicas; with it, through the store.
+        let via: Vec<String> = ranks.iter().enumerate().filter(|(r, _)| *r != victim).filter_map(|(_, rk)| rk.replica.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
         let join_start = now_ns();
-        let joiner = spawn(&worker, &store, victim, &a, true);
+        let joiner = spawn(&worker, &store, victim, &a, Some(if a.kill_store_host { &via } else { &[] }));
         let ready = wait_for(&joiner, |l| l.starts_with("mark ready "), Duration::from_secs(60)).expect("replacement admitted");
         let first = wait_for(&joiner, |l| l.starts_with("mark iter "), Duration::from_secs(60)).expect("replacement ran");
         let t_ready: u128 = ready.split_whitespace().nth(2).and_then(|x| x.parse().ok()).unwrap_or(0);
