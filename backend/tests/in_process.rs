@@ -433,15 +433,15 @@ fn a_failure_while_a_rank_computes_between_collectives_does_not_desync() {
         lines.push(checked_all_reduce(pg, 2)?);
         Ok(lines)
     });
-    let lines: Vec<_> = results
-        .into_iter()
-        .enumerate()
-        .filter(|(r, _)| *r != 1)
-        .map(|(r, l)| l.unwrap_or_else(|e| panic!("rank {r}: {e}")))
-        .collect();
+    let lines = survivors_lines(results, 1);
     assert_eq!(lines[1], lines[0]);
     assert_eq!(lines[2], lines[0]);
     assert_eq!(lines[0][1], "all_gather over [0, 2, 3] failed [1]", "{lines:?}");
+}
+
+/// Each rank's lines but the dead rank's, panicking on a survivor's error.
+fn survivors_lines(results: Vec<chorus_backend::Result<Vec<String>>>, dead: usize) -> Vec<Vec<String>> {
+    results.into_iter().enumerate().filter(|(r, _)| *r != dead).map(|(r, l)| l.unwrap_or_else(|e| panic!("rank {r}: {e}"))).collect()
 }
 
 /// The other outcome of that case: ranks 0 and 2 are inside an unsaved in-place all_reduce when
@@ -465,12 +465,7 @@ fn an_unrecoverable_collective_fails_alike_on_a_rank_that_had_not_started_it() {
         lines.push(checked_all_reduce(pg, 3)?);
         Ok(lines)
     });
-    let lines: Vec<_> = results
-        .into_iter()
-        .enumerate()
-        .filter(|(r, _)| *r != 1)
-        .map(|(r, l)| l.unwrap_or_else(|e| panic!("rank {r}: {e}")))
-        .collect();
+    let lines = survivors_lines(results, 1);
     assert_eq!(lines[1], lines[0]);
     assert_eq!(lines[2], lines[0]);
     assert_eq!(lines[0][1], "not recoverable failed [1] epoch 1", "{lines:?}");

@@ -23,30 +23,46 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _start(tmp_path, env, logs, files):
+    """Starts N ranks (rank 0 hosting the TCPStore) and waits until each ran 50 collectives."""
+    procs = [subprocess.Popen([sys.executable, WORKER], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=files[r], stderr=subprocess.STDOUT) for r in range(N)]
+    deadline = time.time() + 120
+    while not all("iter 50" in p.read_text() for p in logs[:N]):
+        assert time.time() < deadline, "the loop never started:\n" + "\n".join(p.read_text()[-2000:] for p in logs[:N])
+        assert all(p.poll() is None for p in procs), "a rank exited early:\n" + "\n".join(p.read_text()[-2000:] for p in logs[:N])
+        time.sleep(0.05)
+    return procs
+
+
+def _env(**extra):
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(N), CHORUS_TIMEOUT_MS="30000", **extra)
+    env.pop("CHORUS_STORE_ADDR", None)
+    return env
+
+
+def _cleanup(procs, files):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for f in files:
+        f.close()
+
+
 def _kill_the_store_host(tmp_path, replicas):
     """Starts N ranks, kills rank 0 once every rank ran 50 collectives, and returns each survivor's
     (exit code, output)."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(N), CHORUS_TIMEOUT_MS="30000", CHORUS_MEMBERSHIP_REPLICAS="1" if replicas else "0")
-    env.pop("CHORUS_STORE_ADDR", None)
+    env = _env(CHORUS_MEMBERSHIP_REPLICAS="1" if replicas else "0")
     logs = [tmp_path / f"rank{r}.log" for r in range(N)]
     files = [open(p, "w") for p in logs]
-    procs = [subprocess.Popen([sys.executable, WORKER], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=f, stderr=subprocess.STDOUT) for r, f in enumerate(files)]
+    procs = []
     try:
-        deadline = time.time() + 120
-        while not all("iter 50" in p.read_text() for p in logs):
-            assert time.time() < deadline, "the loop never started:\n" + "\n".join(p.read_text()[-2000:] for p in logs)
-            assert all(p.poll() is None for p in procs), "a rank exited early:\n" + "\n".join(p.read_text()[-2000:] for p in logs)
-            time.sleep(0.05)
+        procs = _start(tmp_path, env, logs, files)
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait()
         return [(procs[r].wait(timeout=90), logs[r].read_text()) for r in range(1, N)]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in files:
-            f.close()
+        _cleanup(procs, files)
 
 
 def test_with_replicas_the_survivors_go_on_after_the_store_host_dies(tmp_path):
@@ -71,31 +87,20 @@ def test_without_replicas_losing_the_store_host_is_named_on_every_survivor(tmp_p
 
 
 def test_a_replacement_for_the_store_host_joins_through_the_replicas(tmp_path):
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(N), CHORUS_TIMEOUT_MS="30000", CHORUS_MEMBERSHIP_REPLICAS="1", UNTIL="rejoin")
-    env.pop("CHORUS_STORE_ADDR", None)
+    env = _env(CHORUS_MEMBERSHIP_REPLICAS="1", UNTIL="rejoin")
     logs = [tmp_path / f"rank{r}.log" for r in range(N)] + [tmp_path / "replacement.log"]
     files = [open(p, "w") for p in logs]
-    spawn = lambda r, extra: subprocess.Popen([sys.executable, WORKER], env=dict(env, RANK=str(r), LOCAL_RANK=str(r), **extra), stdout=files[r if not extra else N], stderr=subprocess.STDOUT)
-    procs = [spawn(r, {}) for r in range(N)]
+    procs = []
     try:
-        deadline = time.time() + 120
-        while not all("iter 50" in p.read_text() for p in logs[:N]):
-            assert time.time() < deadline, "the loop never started:\n" + "\n".join(p.read_text()[-2000:] for p in logs[:N])
-            assert all(p.poll() is None for p in procs), "a rank exited early:\n" + "\n".join(p.read_text()[-2000:] for p in logs[:N])
-            time.sleep(0.05)
+        procs = _start(tmp_path, env, logs, files)
         via = [l.split()[1] for p in logs[1:N] for l in p.read_text().splitlines() if l.startswith("replica ")]
         assert len(via) == N - 1 and all(":" in a for a in via), via
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait()
-        procs.append(spawn(0, {"CHORUS_JOIN": "1", "CHORUS_JOIN_VIA": ",".join(via)}))
+        procs.append(subprocess.Popen([sys.executable, WORKER], env=dict(env, RANK="0", LOCAL_RANK="0", CHORUS_JOIN="1", CHORUS_JOIN_VIA=",".join(via)), stdout=files[N], stderr=subprocess.STDOUT))
         codes = {r: procs[r].wait(timeout=120) for r in list(range(1, N)) + [N]}
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in files:
-            f.close()
+        _cleanup(procs, files)
     marks = {}
     for r in list(range(1, N)) + [N]:
         who = "the replacement" if r == N else f"survivor {r}"
