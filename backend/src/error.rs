@@ -55,8 +55,8 @@ pub enum ChorusError {
     Excluded { epoch: u64 },
     #[error("{op} failed because rank(s) {failed:?} failed (failure policy `abort`); the group continues at epoch {epoch} without them")]
     FailedByPolicy { op: &'static str, failed: Vec<usize>, epoch: u64 },
-    #[error("{op} timed out: a rank waited past its deadline for rank(s) {waited_for:?}, which did not take part in time (check that every rank calls the same collectives in the same order; if they are only slow, raise CHORUS_TIMEOUT_MS or the group's timeout); every rank gets this error for this {op} (failed and removed meanwhile: {failed:?}) and the group continues at epoch {epoch} with the next collective")]
-    AgreedTimeout { op: &'static str, waited_for: Vec<usize>, failed: Vec<usize>, epoch: u64 },
+    #[error("{op} timed out: a rank waited past its deadline for rank(s) {waited_for:?}, which did not take part in time (check that every rank calls the same collectives in the same order; if they are only slow, to wait longer, {knob}); every rank gets this error for this {op} (failed and removed meanwhile: {failed:?}) and the group continues at epoch {epoch} with the next collective")]
+    AgreedTimeout { op: &'static str, waited_for: Vec<usize>, failed: Vec<usize>, epoch: u64, knob: crate::options::TimeoutKnob },
 }
 
 /// The class of a failure: what a caller can do about it. The C ABI's status codes are these.

@@ -405,7 +405,7 @@ impl Membership {
         let failed = self.take_failed();
         let epoch = self.view().epoch;
         if !timed_out.is_empty() {
-            Ending::Fails(ChorusError::AgreedTimeout { op, waited_for: timed_out, failed, epoch })
+            Ending::Fails(ChorusError::AgreedTimeout { op, waited_for: timed_out, failed, epoch, knob: self.timeout_knob })
         } else if self.policy == FailurePolicy::Abort {
             Ending::Fails(ChorusError::FailedByPolicy { op, failed, epoch })
         } else {
