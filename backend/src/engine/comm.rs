@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a rank that finds a peer already in a later collective waits for the mismatch notice
+/// that explains it (notices cross a link in microseconds to milliseconds).
+const NOTICE_GRACE: Duration = Duration::from_millis(500);
+
 /// Per-operation context: what the chunks must carry and when to give up.
 #[derive(Clone, Debug)]
 pub struct OpCtx {
@@ -394,9 +398,18 @@ impl Comm {
     pub fn validate(&self, ctx: &OpCtx, from: usize, seq: u64, expect_len: usize, expect_total: Option<u64>) -> Result<SlotMeta> {
         let meta = self.link(from)?.inbound(self.stream).meta(seq);
         if meta.op_seq != ctx.op_seq {
-            // A peer that moved on to a later collective may have failed this one: its notice
-            // arrived before its later chunks, and says why.
-            self.check_notice(ctx)?;
+            // A peer that moved on to a later collective without the chunk this rank waits for
+            // failed this one. Its own notice arrived before its later chunks; but it may have
+            // failed on a third rank's notice, which comes over another link, possibly later:
+            // wait a little for it, so that every rank names the same cause.
+            let until = Instant::now() + NOTICE_GRACE.min(ctx.deadline.saturating_duration_since(Instant::now()));
+            loop {
+                self.check_notice(ctx)?;
+                if meta.op_seq < ctx.op_seq || Instant::now() >= until {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
             let (mine, theirs) = (format!("collective #{}", ctx.op_seq), format!("collective #{}", meta.op_seq));
             return Err(self.mismatch(ctx, from, "the sequence of collectives", mine, theirs));
         }
