@@ -327,7 +327,7 @@ impl GroupInner {
                 // redirect its links (issue 17).
                 if self.membership.view().is_active(req.rank) && !self.peer_dead(req.rank) {
                     self.joins_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(joiner = req.rank, generation = req.generation, seq = req.seq, "refused a join for rank {}: it is active and alive in the current view, so it cannot be replaced", req.rank);
+                    tracing::warn!(joiner = req.rank, seq = req.seq, "refused a join for rank {}: it is active and alive in the current view, so it cannot be replaced", req.rank);
                     self.membership.join_served(seq);
                     continue;
                 }
@@ -341,7 +341,7 @@ impl GroupInner {
     }
 
     fn link_joiner(&self, comm: &mut Comm, req: &JoinRequest) -> Result<()> {
-        let _span = tracing::info_span!("link_joiner", joiner = req.rank, generation = req.generation).entered();
+        let _span = tracing::info_span!("link_joiner", joiner = req.rank, seq = req.seq).entered();
         let deadline = Instant::now() + self.opts.timeout;
         let info = join::joiner_info(&self.join_store, &self.uid, req, deadline)?;
         let p = req.rank;

@@ -1,7 +1,7 @@
 //! Rejoin: the records a replacement rank and the survivors exchange through the store.
 //!
 //! Keys under `chorus/<uid>/`:
-//! * `joins` — count of join requests (monotonic); `join_req/<seq>` — `rank:seq`;
+//! * `joins` — count of join requests (monotonic); `join_req/<seq>` — the replacing rank;
 //! * `join/<seq>/peer` — the replacement's `PeerInfo`;
 //! * `join/<seq>/<stream>/<survivor>` — a survivor's [`Handoff`] for one stream, written after it
 //!   linked to the replacement.
@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JoinRequest {
     pub rank: usize,
-    pub generation: u64,
     /// The request's number in `joins` (>= 1, unique per group): names the pairs' handshake.
     pub seq: u64,
 }
@@ -79,9 +78,9 @@ pub fn take_number(store: &Arc<dyn Store>, uid: &str) -> Result<u64> {
 /// then the request.
 pub fn announce(store: &Arc<dyn Store>, uid: &str, rank: usize, seq: u64, me: &PeerInfo) -> Result<JoinRequest> {
     store.set(&key(uid, &format!("join/{seq}/peer")), &enc(me))?;
-    store.set(&key(uid, &format!("join_req/{seq}")), format!("{rank}:{seq}").as_bytes())?;
+    store.set(&key(uid, &format!("join_req/{seq}")), rank.to_string().as_bytes())?;
     tracing::info!(rank, seq, "asked to rejoin");
-    Ok(JoinRequest { rank, generation: seq, seq })
+    Ok(JoinRequest { rank, seq })
 }
 
 /// The request number a key of a join's records belongs to (`join/<seq>/...`, `join_req/<seq>`,
@@ -102,9 +101,8 @@ pub fn request(store: &Arc<dyn Store>, uid: &str, seq: u64) -> Result<Option<Joi
         Ok(mut v) => v.remove(0),
         Err(_) => return Ok(None),
     };
-    let s = String::from_utf8_lossy(&v).to_string();
-    let (r, g) = s.split_once(':').ok_or_else(|| ChorusError::InvalidArgument(format!("bad join request {s}")))?;
-    Ok(Some(JoinRequest { rank: r.parse().unwrap_or(usize::MAX), generation: g.parse().unwrap_or(0), seq }))
+    // An unreadable record names no rank of the group: the survivors pass it over.
+    Ok(Some(JoinRequest { rank: String::from_utf8_lossy(&v).trim().parse().unwrap_or(usize::MAX), seq }))
 }
 
 pub fn joiner_info(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, deadline: Instant) -> Result<PeerInfo> {
