@@ -102,7 +102,7 @@ pub struct GroupInner {
     pub rounds_applied: Arc<AtomicU64>,
     pub liveness: Arc<Liveness>,
     /// The heartbeat and attendant threads (`membership::threads`).
-    membership_threads: Mutex<Vec<JoinHandle<()>>>,
+    membership_threads: Mutex<membership::threads::MembershipThreads>,
     pub last_info: Mutex<crate::engine::work::OpInfo>,
     /// Monotonic: join requests refused because their rank was active and alive.
     pub joins_refused: AtomicU64,
@@ -209,7 +209,7 @@ fn start(
         rounds_applied,
         membership,
         liveness,
-        membership_threads: Mutex::new(Vec::new()),
+        membership_threads: Mutex::new(Default::default()),
         last_info: Mutex::new(Default::default()),
         joins_refused: AtomicU64::new(0),
         replica: prep.replica,
@@ -404,14 +404,9 @@ impl GroupInner {
         if let Some(m) = &self.membership_store {
             m.close(chorus_bootstrap::replicated::CLOSE_WAIT);
         }
-        let threads = std::mem::take(&mut *self.membership_threads.lock().unwrap_or_else(|p| p.into_inner()));
-        for h in threads {
-            if h.thread().id() != std::thread::current().id() {
-                // It sees the group is no longer live as soon as it wakes.
-                h.thread().unpark();
-                let _ = h.join();
-            }
-        }
+        // They see the group is no longer live as soon as they wake.
+        let mut threads = std::mem::take(&mut *self.membership_threads.lock().unwrap_or_else(|p| p.into_inner()));
+        threads.stop();
         self.p2p_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = self.p2p_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = h.join();

@@ -5,6 +5,7 @@
 //! rounds and notices replacement ranks asking to join.
 use crate::error::{ChorusError, Result};
 use std::sync::Weak;
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,50 +21,68 @@ pub trait Member: Send + Sync + 'static {
     fn attend(&self, answered: &mut Option<(u64, u8, u64)>, poll_joins: bool);
 }
 
+/// The running membership threads of a group and the means to stop them.
+///
+/// They wait between turns on a channel nobody sends on; [`MembershipThreads::stop`] drops its
+/// sender, which wakes every wait at once and for good (a disconnected channel stays so). A
+/// `park_timeout` woken by `unpark` lost that wake-up whenever the thread consumed the token
+/// inside its turn (channel and store waits park too) and then slept a whole interval, so a
+/// destroy took up to the heartbeat interval (issue 25's `recreate` test, 5 s, on a loaded CI run).
+#[derive(Default)]
+pub struct MembershipThreads {
+    stop: Option<Sender<()>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl MembershipThreads {
+    /// Wakes the threads, which end since the group is no longer live, and joins them (all but
+    /// the calling thread, should a membership thread itself stop the group). Idempotent.
+    pub fn stop(&mut self) {
+        self.stop.take();
+        for h in self.handles.drain(..) {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
 /// Starts the heartbeat and attendant threads of `group` (named after `name`), each turning every
 /// `interval`.
-pub fn spawn<M: Member>(group: Weak<M>, name: &str, interval: Duration, fault_tolerance: bool) -> Result<Vec<JoinHandle<()>>> {
-    let spawn = |thread: String, body: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new().name(thread.clone()).spawn(body).map_err(|e| ChorusError::InvalidArgument(format!("spawning {thread}: {e}")))
+pub fn spawn<M: Member>(group: Weak<M>, name: &str, interval: Duration, fault_tolerance: bool) -> Result<MembershipThreads> {
+    let (stop, stopped) = crossbeam::channel::bounded::<()>(0);
+    let mut threads = MembershipThreads { stop: Some(stop), handles: Vec::new() };
+    let mut spawn = |thread: String, body: Box<dyn FnOnce() + Send>| -> Result<()> {
+        let h = std::thread::Builder::new().name(thread.clone()).spawn(body).map_err(|e| ChorusError::InvalidArgument(format!("spawning {thread}: {e}")))?;
+        threads.handles.push(h);
+        Ok(())
     };
-    let mut threads = Vec::new();
-    let hb = group.clone();
-    threads.push(spawn(format!("chorus-hb-{name}"), Box::new(move || heartbeat_loop(hb, interval)))?);
+    let (hb, hb_stopped) = (group.clone(), stopped.clone());
+    spawn(format!("chorus-hb-{name}"), Box::new(move || turn_until_stopped(hb, interval, &hb_stopped, |g, _| g.beat())))?;
     if fault_tolerance {
-        threads.push(spawn(format!("chorus-ft-{name}"), Box::new(move || attendant_loop(group, interval)))?);
+        let mut answered = None;
+        spawn(
+            format!("chorus-ft-{name}"),
+            Box::new(move || turn_until_stopped(group, interval, &stopped, |g, tick| g.attend(&mut answered, tick.is_multiple_of(2)))),
+        )?;
     }
     Ok(threads)
 }
 
-fn heartbeat_loop<M: Member>(group: Weak<M>, interval: Duration) {
-    loop {
+/// Runs `turn` (with the turn's number) every `interval` while the group lives and `stopped` is
+/// connected.
+fn turn_until_stopped<M: Member>(group: Weak<M>, interval: Duration, stopped: &Receiver<()>, mut turn: impl FnMut(&M, u64)) {
+    for tick in 0u64.. {
         {
             let Some(g) = group.upgrade() else { return };
             if !g.live() {
                 return;
             }
-            g.beat();
+            turn(&g, tick);
         }
-        // Parked, not asleep: destroy unparks the thread so it ends at once instead of at its next
-        // turn (a destroy that waited up to `interval` spread the ranks' exits far enough apart
-        // for env:// re-initialisation to meet the previous incarnation's store; issue 25).
-        std::thread::park_timeout(interval);
-    }
-}
-
-fn attendant_loop<M: Member>(group: Weak<M>, interval: Duration) {
-    let mut answered = None;
-    let mut tick: u64 = 0;
-    loop {
-        {
-            let Some(g) = group.upgrade() else { return };
-            if !g.live() {
-                return;
-            }
-            g.attend(&mut answered, tick.is_multiple_of(2));
+        if let Err(RecvTimeoutError::Disconnected) = stopped.recv_timeout(interval) {
+            return;
         }
-        tick += 1;
-        std::thread::park_timeout(interval);
     }
 }
 
@@ -109,6 +128,45 @@ mod tests {
         let after = m.beats.load(Ordering::SeqCst);
         assert!(after >= before + 10, "beats stalled behind the store: {before} -> {after}");
         m.live.store(false, Ordering::SeqCst);
-        threads.into_iter().for_each(|t| t.join().unwrap());
+        let mut threads = threads;
+        threads.stop();
+    }
+
+    /// A member whose turn itself waits on a channel (as store calls do): the thread's park token
+    /// is no longer how a stop reaches it.
+    struct WaitsInItsTurn {
+        turns: AtomicU64,
+        live: AtomicBool,
+    }
+
+    impl Member for WaitsInItsTurn {
+        fn live(&self) -> bool {
+            self.live.load(Ordering::SeqCst)
+        }
+        fn beat(&self) {
+            self.turns.fetch_add(1, Ordering::SeqCst);
+            let (_tx, rx) = crossbeam::channel::bounded::<()>(0);
+            let _ = rx.recv_timeout(Duration::from_millis(20));
+        }
+        fn attend(&self, _answered: &mut Option<(u64, u8, u64)>, _poll_joins: bool) {
+            self.beat();
+        }
+    }
+
+    /// Issue 25: a stop that arrives while a turn waits is not lost, however long the interval.
+    #[test]
+    fn a_stop_during_a_turn_ends_the_threads_at_once() {
+        for _ in 0..20 {
+            let m = Arc::new(WaitsInItsTurn { turns: AtomicU64::new(0), live: AtomicBool::new(true) });
+            let mut threads = spawn(Arc::downgrade(&m), "test", Duration::from_secs(30), true).unwrap();
+            while m.turns.load(Ordering::SeqCst) < 2 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            m.live.store(false, Ordering::SeqCst);
+            let t0 = Instant::now();
+            threads.stop();
+            assert!(t0.elapsed() < Duration::from_secs(5), "stopping took {:?}: a thread slept its interval", t0.elapsed());
+        }
     }
 }
