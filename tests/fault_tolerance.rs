@@ -177,8 +177,8 @@ fn rejoin_trial(n: usize, op: &'static str, elems: usize, victims: &[usize], hos
 enum StoreFate {
     Lives,
     /// It stops with the first victim (as when the victim hosted it): the survivors go on through
-    /// the membership replicas, and replacements find the group through them (`CHORUS_JOIN_VIA`,
-    /// the replica addresses the workers leave in `CHORUS_FT_REPLICA_DIR`).
+    /// the membership replicas, and replacements find the group through them (the replica
+    /// addresses the ranks leave in `CHORUS_REPLICA_DIR`).
     DiesWithFirstVictim,
 }
 
@@ -189,7 +189,7 @@ fn rejoin_trial_with(n: usize, op: &'static str, elems: usize, victims: &[usize]
     if fate == StoreFate::DiesWithFirstVictim {
         let _ = std::fs::remove_dir_all(&replica_dir);
         std::fs::create_dir_all(&replica_dir).expect("replica directory");
-        env.push(("CHORUS_FT_REPLICA_DIR".into(), replica_dir.display().to_string()));
+        env.push(("CHORUS_REPLICA_DIR".into(), replica_dir.display().to_string()));
     }
     let victim_env = if rdma == Rdma::ReplacementOnly { vec![("CHORUS_IB_DISABLE".to_string(), "1".to_string())] } else { Vec::new() };
     // Every rank sees each view change (a removal, then an activation per victim) at the same
@@ -210,9 +210,6 @@ fn rejoin_trial_with(n: usize, op: &'static str, elems: usize, victims: &[usize]
             store.shutdown();
         }
         std::thread::sleep(Duration::from_millis(500));
-        // The members' replica addresses (a replacement's, once it is in, replaces its
-        // predecessor's file).
-        let join_via: Vec<String> = (0..n).filter(|&r| r != victim).filter_map(|r| std::fs::read_to_string(replica_dir.join(r.to_string())).ok()).collect();
         let mut c = Command::new(WORKER);
         c.args([op, "1000000", &elems.to_string(), "100", until])
             .env("RANK", victim.to_string())
@@ -225,7 +222,6 @@ fn rejoin_trial_with(n: usize, op: &'static str, elems: usize, victims: &[usize]
             .env("CHORUS_TIMEOUT_MS", "30000")
             .env("CHORUS_JOIN", "1")
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("CHORUS_JOIN_VIA", if fate == StoreFate::DiesWithFirstVictim { join_via.join(",") } else { String::new() })
             .env_remove("CHORUS_HOST_ID")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -326,6 +322,7 @@ fn rejoin_trial_with(n: usize, op: &'static str, elems: usize, victims: &[usize]
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&replica_dir);
 }
 
 /// Whether the pairs between hosts of a rejoin trial use RDMA (softverbs).

@@ -76,6 +76,12 @@ pub struct Options {
     /// group through instead of the job's store, for when the process that hosted the store is
     /// gone. Empty: through the store given to `join`.
     pub join_via: Vec<String>,
+    /// A directory that the ranks and their launcher share (`CHORUS_REPLICA_DIR`; `chorus-run`
+    /// sets one): each rank writes its replica address to `<dir>/<group name>/<rank>` once its
+    /// group is up, and a replacement with no [`Options::join_via`] finds the group through the
+    /// addresses there (the others' ranks), so a launcher can restart a rank after the store died
+    /// without knowing anything of replicas.
+    pub replica_dir: Option<std::path::PathBuf>,
     /// RDMA device selection and queue-pair attributes (`CHORUS_IB_*`).
     pub rdma: RdmaOptions,
 }
@@ -319,6 +325,7 @@ impl Default for Options {
             yield_for: env_us("CHORUS_YIELD_US"),
             membership_replicas: std::env::var("CHORUS_MEMBERSHIP_REPLICAS").map(|v| v != "0").unwrap_or(true),
             join_via: std::env::var("CHORUS_JOIN_VIA").map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
+            replica_dir: std::env::var_os("CHORUS_REPLICA_DIR").filter(|d| !d.is_empty()).map(Into::into),
             rdma: RdmaOptions::from_env(),
         }
     }
@@ -336,6 +343,11 @@ impl Options {
     /// Sets [`Options::join_via`].
     pub fn with_join_via(mut self, addrs: Vec<String>) -> Self {
         self.join_via = addrs;
+        self
+    }
+    /// Sets [`Options::replica_dir`].
+    pub fn with_replica_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.replica_dir = Some(dir.into());
         self
     }
     /// Sets [`Options::timeout`] (this overrides `CHORUS_TIMEOUT_MS`).

@@ -57,17 +57,10 @@ fn main() {
     });
     let me = pg.rank();
     let n = pg.size();
-    // Where a replacement can find the group if the store's host dies (CHORUS_JOIN_VIA).
-    // (CHORUS_FT_REPLICA_DIR: also in the file named after the rank, for the tests.)
+    // Where a replacement can find the group if the store's host dies (CHORUS_JOIN_VIA; with
+    // CHORUS_REPLICA_DIR the library also leaves it there).
     if let Some(addr) = pg.replica_address() {
         eprintln!("replica {addr}");
-        if let Ok(dir) = std::env::var("CHORUS_FT_REPLICA_DIR") {
-            let path = std::path::Path::new(&dir).join(me.to_string());
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, &addr).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
-                eprintln!("could not write {}", path.display());
-            }
-        }
     }
     // Members as every survivor knows them at the same collective: from the reports of completed
     // collectives (identical on every survivor), not from this rank's current view, which can

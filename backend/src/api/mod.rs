@@ -50,7 +50,27 @@ impl ProcessGroup {
         let gen = store.add(&format!("chorus/{}/generation/{rank}", opts.name), 1)?;
         let uid = format!("{}.{gen}", opts.name);
         let inner = group::create(store, uid, rank, size, (0..size).collect(), opts)?;
-        Ok(ProcessGroup { inner, _server: None })
+        let pg = ProcessGroup { inner, _server: None };
+        pg.leave_replica_address();
+        Ok(pg)
+    }
+
+    /// Writes this rank's replica address to [`Options::replica_dir`], where a launcher's
+    /// replacement finds it; a failure only costs a later replacement that way of joining.
+    fn leave_replica_address(&self) {
+        let (Some(dir), Some(addr)) = (&self.inner.opts.replica_dir, self.replica_address()) else { return };
+        if let Err(e) = group::replicas::leave_address(dir, &self.inner.opts.name, self.rank(), &addr) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not leave this rank's replica address in CHORUS_REPLICA_DIR: a replacement cannot find the group there");
+        }
+    }
+
+    /// A replacement's [`Options::join_via`]: as given, else the addresses the other ranks left
+    /// in [`Options::replica_dir`].
+    fn join_addresses(opts: &Options, rank: usize) -> Vec<String> {
+        match (&opts.replica_dir, opts.join_via.is_empty()) {
+            (Some(dir), true) => group::replicas::addresses_left(dir, &opts.name, rank),
+            _ => opts.join_via.clone(),
+        }
     }
 
     /// Creates the default group from torchrun/SLURM/chorus-run environment variables: rank 0
@@ -63,6 +83,7 @@ impl ProcessGroup {
         }
         // A replacement process (CHORUS_JOIN=1) rejoins the running group instead.
         if std::env::var("CHORUS_JOIN").is_ok_and(|v| v == "1") {
+            opts.join_via = Self::join_addresses(&opts, rdv.rank);
             let addr = rdv.store_addr.clone().unwrap_or_else(|| format!("{}:{}", rdv.master_addr, env::store_port(&rdv)));
             let store: Arc<dyn Store> = match (chorus_bootstrap::StoreClient::connect(&addr, if opts.join_via.is_empty() { opts.timeout } else { JOB_STORE_PROBE }), opts.join_via.is_empty()) {
                 (Ok(client), _) => Arc::new(client),
@@ -232,7 +253,8 @@ impl ProcessGroup {
     /// member's replica rather than `store`: for when the process that hosted the store died
     /// (under `mp.spawn`/`env://`, rank 0's). `store` is then only an acceptor of the membership
     /// records if it still holds the group's (a new, empty one is left out).
-    pub fn join(store: Arc<dyn Store>, rank: usize, size: usize, opts: Options) -> Result<ProcessGroup> {
+    pub fn join(store: Arc<dyn Store>, rank: usize, size: usize, mut opts: Options) -> Result<ProcessGroup> {
+        opts.join_via = Self::join_addresses(&opts, rank);
         let directory = match opts.join_via.is_empty() {
             true => store.clone(),
             false => group::replicas::directory_via(&opts.join_via, opts.timeout)?,
@@ -244,7 +266,9 @@ impl ProcessGroup {
         let uid = format!("{}.{gen}", opts.name);
         let inner = group::join(store, directory, uid, rank, size, opts)?;
         ft::admit(&inner)?;
-        Ok(ProcessGroup { inner, _server: None })
+        let pg = ProcessGroup { inner, _server: None };
+        pg.leave_replica_address();
+        Ok(pg)
     }
 
     /// Destroys the group: later calls on any handle fail with `Destroyed`; peers still inside an

@@ -19,6 +19,7 @@ use crate::error::{ChorusError, Result};
 use chorus_bootstrap::replicated::{KeyFilter, Refill, RemoteReplica, Sentinel};
 use chorus_bootstrap::{ReplicatedStore, Store, StoreServer};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,9 +181,45 @@ pub fn directory_via(addrs: &[String], timeout: Duration) -> Result<Arc<dyn Stor
         }
     }
     Err(ChorusError::InvalidArgument(format!(
-        "join: no member's replica answered at CHORUS_JOIN_VIA ({}); give the replica address of a live member (`replica_address()` on any rank)",
+        "join: no member's replica answered at the addresses of CHORUS_JOIN_VIA or CHORUS_REPLICA_DIR ({}); give the replica address of a live member (`replica_address()` on any rank)",
         if errors.is_empty() { "no address given".to_string() } else { errors.join("; ") }
     )))
+}
+
+/// Where rank `rank` of group `name` leaves its replica address in a replica directory
+/// (`Options::replica_dir`): `<dir>/<name>/<rank>`, the name's bytes other than ASCII letters,
+/// digits, `.`, `_` and `-` written `%XX` (a name may hold `/`).
+fn address_file(dir: &Path, name: &str, rank: usize) -> PathBuf {
+    let safe: String = name.bytes().map(|b| if b.is_ascii_alphanumeric() || b"._-".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+    dir.join(if safe.is_empty() || safe.starts_with('.') { format!("%{safe}") } else { safe }).join(rank.to_string())
+}
+
+/// Writes this rank's replica address where a launcher's replacement looks for it; whole or not
+/// at all (a reader never sees half an address).
+pub fn leave_address(dir: &Path, name: &str, rank: usize, addr: &str) -> std::io::Result<()> {
+    let file = address_file(dir, name, rank);
+    let folder = file.parent().unwrap_or(dir);
+    std::fs::create_dir_all(folder)?;
+    let tmp = folder.join(format!(".{rank}.{}", std::process::id()));
+    std::fs::write(&tmp, addr)?;
+    std::fs::rename(&tmp, &file)
+}
+
+/// The replica addresses the ranks of group `name` other than `rank` left in `dir` (none where
+/// nothing is there). Some may be of processes that died since; a join tries them in turn.
+pub fn addresses_left(dir: &Path, name: &str, rank: usize) -> Vec<String> {
+    let folder = address_file(dir, name, rank);
+    let Some(folder) = folder.parent() else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(folder) else { return Vec::new() };
+    let mut found: Vec<(usize, String)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<usize>().ok()?, e.path())))
+        .filter(|(r, _)| *r != rank)
+        .filter_map(|(r, p)| Some((r, std::fs::read_to_string(p).ok()?.trim().to_string())))
+        .filter(|(_, a)| !a.is_empty())
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, a)| a).collect()
 }
 
 /// The membership records of group `uid` (of `size` ranks) that outlive recovery rounds and
@@ -215,6 +252,22 @@ pub fn catch_up(replicated: &ReplicatedStore, uid: &str, size: usize, rank: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_left_in_a_directory_are_found_by_the_others() {
+        let dir = std::env::temp_dir().join(format!("chorus-replica-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, other) in [("default", "default2"), ("a/b c", "a%2Fb c"), (".", "%2E"), ("", "x")] {
+            leave_address(&dir, name, 0, "10.0.0.1:1").unwrap();
+            leave_address(&dir, name, 2, "10.0.0.1:3").unwrap();
+            leave_address(&dir, name, 2, "10.0.0.1:4").unwrap();
+            assert_eq!(addresses_left(&dir, name, 1), ["10.0.0.1:1", "10.0.0.1:4"], "group {name:?}");
+            assert_eq!(addresses_left(&dir, name, 2), ["10.0.0.1:1"], "group {name:?}");
+            assert!(addresses_left(&dir, other, 1).is_empty(), "group {other:?} sees {name:?}'s");
+        }
+        assert!(addresses_left(&dir.join("absent"), "default", 0).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn records_round_trip() {
