@@ -1,8 +1,15 @@
 //! `chorus-run`: a `torchrun --standalone`-style launcher that hosts the store itself.
 //!
-//! The store lives in the launcher, not in rank 0, so a crashing worker never takes the job's store
-//! down (see the failure contract in docs/design.md). Each child's stdout/stderr is forwarded line by line
-//! with a `[rank K] ` prefix.
+//! The store lives with the launcher, not in rank 0, so a crashing worker never takes the job's
+//! store down (see the failure contract in docs/design.md). The binary runs it in a child process
+//! of its own ([`LaunchOptions::store_process`]): should that process die, the ranks go on through
+//! their membership replicas and the launcher keeps supervising them. Each child's stdout/stderr
+//! is forwarded line by line with a `[rank K] ` prefix (`[rank K, restart R] ` for a replacement).
+//!
+//! With [`LaunchOptions::restarts`] (`--restart-failed`) a rank that fails is started again as a
+//! replacement (`CHORUS_JOIN=1`) that rejoins the running group in place; the launcher gives every
+//! rank a replica directory (`CHORUS_REPLICA_DIR`) where the ranks leave their replica addresses,
+//! so a replacement finds the group even after the store died.
 //!
 //! The launcher makes a random job secret (unless it was given one in `CHORUS_SECRET` or
 //! `CHORUS_SECRET_FILE`): its store serves only clients that prove it, and each rank gets it in
@@ -44,6 +51,14 @@ pub struct LaunchOptions {
     pub grace: Duration,
     pub program: String,
     pub args: Vec<String>,
+    /// Host the store in a child process of its own rather than in the launcher (the binary
+    /// does): the ranks survive its death as they survive a rank's. That child is this same
+    /// program started again with the same arguments and [`STORE_CHILD_VAR`] set, so a program
+    /// that sets this calls [`serve_store_if_asked`] first thing.
+    pub store_process: bool,
+    /// How many failed ranks, in all, to start again as replacements (`CHORUS_JOIN=1`, same rank)
+    /// that rejoin the running group; 0: none.
+    pub restarts: u32,
 }
 
 impl LaunchOptions {
@@ -55,6 +70,8 @@ impl LaunchOptions {
             grace: Duration::from_secs(5),
             program: program.into(),
             args,
+            store_process: false,
+            restarts: 0,
         }
     }
 }
@@ -136,20 +153,23 @@ pub fn run(opts: &LaunchOptions) -> i32 {
             return 1;
         }
     };
-    let server = match StoreServer::bind_with(bind, ServerLimits::default(), Some(secret.clone())) {
+    let mut store = match StoreHost::start(opts, bind, &secret) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chorus-run: {e}");
             return 1;
         }
     };
-    let port = server.local_addr().port();
+    let port = store.port;
     tracing::info!(port, nproc = opts.nproc, "chorus-run store listening");
+    // Where the ranks leave their replica addresses for replacements (unless the caller chose).
+    let replica_dir = ReplicaDir::make();
 
     let (done_tx, done_rx) = mpsc::channel::<()>();
+    let ctx = RankContext { opts, port, secret: &secret, replica_dir: replica_dir.path(), done: done_tx };
     let mut children: Vec<Child> = Vec::with_capacity(opts.nproc);
     for rank in 0..opts.nproc {
-        match spawn_rank(opts, rank, port, &secret, &done_tx) {
+        match ctx.spawn(rank, 0) {
             Ok(child) => children.push(child),
             Err(e) => {
                 eprintln!(
@@ -164,27 +184,227 @@ pub fn run(opts: &LaunchOptions) -> i32 {
             }
         }
     }
-    drop(done_tx);
-    let n_forwarders = 2 * children.len();
 
-    let code = supervise(opts, &mut children);
+    let code = supervise(opts, &mut children, &mut store, &mut |rank, restart| ctx.spawn(rank, restart));
 
+    // Every forwarder holds a clone of the sender; once the last ends, the channel disconnects.
+    drop(ctx);
     let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
-    for _ in 0..n_forwarders {
-        let left = drain_deadline.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
+    while let Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(drain_deadline.saturating_duration_since(Instant::now())) {
+        if Instant::now() >= drain_deadline {
             break;
         }
     }
-    drop(server);
+    store.stop();
     code
+}
+
+/// Set in the environment of the store child ([`LaunchOptions::store_process`]): the port it is to
+/// listen on (0: any).
+pub const STORE_CHILD_VAR: &str = "CHORUS_RUN_STORE_PORT";
+/// The line the store child prints on stdout once it listens, followed by its port.
+const STORE_READY: &str = "chorus-run-store-port";
+/// How long the launcher waits for its store child to listen.
+const STORE_START: Duration = Duration::from_secs(30);
+
+/// In the store child of a launcher with [`LaunchOptions::store_process`] (this program started
+/// again with [`STORE_CHILD_VAR`] set): serves the job's store until the launcher closes the
+/// child's stdin or dies, and returns the exit code; elsewhere `None` at once.
+pub fn serve_store_if_asked() -> Option<i32> {
+    let port = std::env::var(STORE_CHILD_VAR).ok()?;
+    let Ok(port) = port.parse::<u16>() else {
+        eprintln!("chorus-run store: {STORE_CHILD_VAR}={port:?} is not a port");
+        return Some(2);
+    };
+    let secret = match crate::auth::secret_from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chorus-run store: {e}");
+            return Some(1);
+        }
+    };
+    let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let server = match StoreServer::bind_with(bind, ServerLimits::default(), secret) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chorus-run store: {e}");
+            return Some(1);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{STORE_READY} {}", server.local_addr().port()).and_then(|()| out.flush()).is_err() {
+        return Some(1);
+    }
+    drop(out);
+    // Serves until the launcher closes the pipe (its exit closes it too; PDEATHSIG covers the rest).
+    let mut sink = [0u8; 64];
+    let mut stdin = std::io::stdin().lock();
+    while let Ok(1..) = stdin.read(&mut sink) {}
+    drop(server);
+    Some(0)
+}
+
+/// Where the job's store runs: in the launcher, or in a child process of its own.
+struct StoreHost {
+    port: u16,
+    server: Option<StoreServer>,
+    child: Option<StoreChild>,
+}
+
+struct StoreChild {
+    process: Child,
+    /// Its stdin: closing it tells the child to stop.
+    stdin: Option<std::process::ChildStdin>,
+    /// How it ended, once the launcher noticed.
+    ended: Option<Outcome>,
+}
+
+impl StoreHost {
+    fn start(opts: &LaunchOptions, bind: SocketAddr, secret: &JobSecret) -> Result<StoreHost, String> {
+        if !opts.store_process {
+            let server = StoreServer::bind_with(bind, ServerLimits::default(), Some(secret.clone())).map_err(|e| e.to_string())?;
+            return Ok(StoreHost { port: server.local_addr().port(), server: Some(server), child: None });
+        }
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program to start the store process: {e}"))?;
+        let mut command = Command::new(exe);
+        command
+            .args(std::env::args_os().skip(1))
+            .env(STORE_CHILD_VAR, bind.port().to_string())
+            .env(crate::auth::SECRET_VAR, secret.expose())
+            // Its own process group: Ctrl-C reaches the launcher, which stops the ranks first.
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        die_with_launcher(&mut command);
+        let mut process = command.spawn().map_err(|e| format!("cannot start the store process: {e}"))?;
+        let stdin = process.stdin.take();
+        let stdout = process.stdout.take().ok_or("the store process has no stdout")?;
+        // Its stdout up to the ready line, then drained. A test harness may print before it, on
+        // the same line too (libtest's "test NAME ... ").
+        let (tx, rx) = mpsc::channel();
+        let read = std::thread::Builder::new().name("chorus-run-store-out".into()).spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let (false, Some((_, port))) = (sent, line.split_once(STORE_READY)) {
+                    sent = tx.send(port.trim().parse::<u16>().ok()).is_ok();
+                }
+            }
+        });
+        let mut child = StoreChild { process, stdin, ended: None };
+        let port = match read.map_err(|e| e.to_string()).and_then(|_| rx.recv_timeout(STORE_START).map_err(|_| "no port in time".to_string())) {
+            Ok(Some(port)) => port,
+            Ok(None) | Err(_) => {
+                child.stop();
+                return Err(format!("the store process did not start listening within {STORE_START:?} (is port {} free?)", bind.port()));
+            }
+        };
+        tracing::info!(pid = child.process.id(), port, "chorus-run store process listening");
+        Ok(StoreHost { port, server: None, child: Some(child) })
+    }
+
+    /// Tells, once, that the store process ended while the ranks run.
+    fn check(&mut self) {
+        let Some(child) = self.child.as_mut().filter(|c| c.ended.is_none()) else { return };
+        let outcome = match child.process.try_wait() {
+            Ok(Some(status)) => Outcome::from_status(status),
+            Ok(None) => return,
+            Err(_) => Outcome::Lost,
+        };
+        child.ended = Some(outcome);
+        let how = match outcome {
+            Outcome::Code(c) => format!("exited with status {c}"),
+            Outcome::Signal(s) => format!("was killed by signal {s}{}", signal_name(s)),
+            Outcome::Lost => "was lost".into(),
+        };
+        eprintln!(
+            "chorus-run: the store process (pid {}) {how}; fault-tolerant ranks go on through their membership replicas, and replacements find the group in CHORUS_REPLICA_DIR, but groups created from now on cannot meet",
+            child.process.id()
+        );
+    }
+
+    fn stop(&mut self) {
+        self.server.take();
+        if let Some(mut c) = self.child.take() {
+            c.stop();
+        }
+    }
+}
+
+impl StoreChild {
+    fn stop(&mut self) {
+        self.stdin.take();
+        let deadline = Instant::now() + TERM_TO_KILL;
+        while Instant::now() < deadline {
+            if !matches!(self.process.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// The directory the ranks leave their replica addresses in (`CHORUS_REPLICA_DIR`), made and
+/// removed by the launcher; none when the launcher's own environment names one (the ranks
+/// inherit it) or none could be made.
+struct ReplicaDir(Option<std::path::PathBuf>);
+
+impl ReplicaDir {
+    fn make() -> ReplicaDir {
+        if std::env::var_os(REPLICA_DIR_VAR).is_some_and(|d| !d.is_empty()) {
+            return ReplicaDir(None);
+        }
+        let dir = std::env::temp_dir().join(format!("chorus-run-{}-{}", std::process::id(), crate::auth::JobSecret::generate().map(|s| s.expose()[..8].to_string()).unwrap_or_default()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => ReplicaDir(Some(dir)),
+            Err(e) => {
+                eprintln!("chorus-run: cannot make a replica directory in {}: {e}; a replacement then needs the store", std::env::temp_dir().display());
+                ReplicaDir(None)
+            }
+        }
+    }
+
+    fn path(&self) -> Option<&std::path::Path> {
+        self.0.as_deref()
+    }
+}
+
+impl Drop for ReplicaDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// `Options::replica_dir` of the ranks.
+const REPLICA_DIR_VAR: &str = "CHORUS_REPLICA_DIR";
+
+/// What every rank's process is started with.
+struct RankContext<'a> {
+    opts: &'a LaunchOptions,
+    port: u16,
+    secret: &'a JobSecret,
+    replica_dir: Option<&'a std::path::Path>,
+    done: mpsc::Sender<()>,
+}
+
+impl RankContext<'_> {
+    /// Starts rank `rank`'s process; `restart` > 0 makes it a replacement (`CHORUS_JOIN=1`).
+    fn spawn(&self, rank: usize, restart: u32) -> std::io::Result<Child> {
+        spawn_rank(self.opts, rank, restart, self.port, self.secret, self.replica_dir, &self.done)
+    }
 }
 
 fn spawn_rank(
     opts: &LaunchOptions,
     rank: usize,
+    restart: u32,
     port: u16,
     secret: &JobSecret,
+    replica_dir: Option<&std::path::Path>,
     done: &mpsc::Sender<()>,
 ) -> std::io::Result<Child> {
     let n = opts.nproc.to_string();
@@ -205,13 +425,23 @@ fn spawn_rank(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(dir) = replica_dir {
+        command.env(REPLICA_DIR_VAR, dir);
+    }
+    if restart > 0 {
+        command.env("CHORUS_JOIN", "1");
+    }
     die_with_launcher(&mut command);
     let mut child = command.spawn()?;
+    let label = match restart {
+        0 => format!("[rank {rank}] "),
+        r => format!("[rank {rank}, restart {r}] "),
+    };
     if let Some(out) = child.stdout.take() {
-        forward(out, rank, false, done.clone());
+        forward(out, label.clone(), false, done.clone());
     }
     if let Some(err) = child.stderr.take() {
-        forward(err, rank, true, done.clone());
+        forward(err, label, true, done.clone());
     }
     Ok(child)
 }
@@ -239,14 +469,13 @@ fn die_with_launcher(command: &mut Command) {
     }
 }
 
-/// Copies `src` to our stdout/stderr line by line with a `[rank K] ` prefix. Each line is written
-/// with one locked `write_all`, so lines from different ranks never interleave mid-line.
-fn forward(src: impl Read + Send + 'static, rank: usize, to_stderr: bool, done: mpsc::Sender<()>) {
+/// Copies `src` to our stdout/stderr line by line with `prefix` (`[rank K] `). Each line is
+/// written with one locked `write_all`, so lines from different ranks never interleave mid-line.
+fn forward(src: impl Read + Send + 'static, prefix: String, to_stderr: bool, done: mpsc::Sender<()>) {
     let spawned = std::thread::Builder::new()
-        .name(format!("chorus-run-fwd-{rank}"))
+        .name("chorus-run-fwd".into())
         .spawn(move || {
             let mut reader = BufReader::new(src);
-            let prefix = format!("[rank {rank}] ");
             let mut line = Vec::new();
             loop {
                 line.clear();
@@ -270,22 +499,32 @@ fn forward(src: impl Read + Send + 'static, rank: usize, to_stderr: bool, done: 
             let _ = done.send(());
         });
     if let Err(e) = spawned {
-        eprintln!("chorus-run: cannot forward output of rank {rank}: {e}");
+        eprintln!("chorus-run: cannot forward a rank's output: {e}");
     }
 }
 
-/// Polls the children until all have exited; returns the launcher's exit code.
-fn supervise(opts: &LaunchOptions, children: &mut [Child]) -> i32 {
+/// Polls the children until all have exited, starting failed ones again while
+/// [`LaunchOptions::restarts`] allow (`respawn(rank, restart)`); returns the launcher's exit code:
+/// 0 when every rank's last process exited 0.
+fn supervise(
+    opts: &LaunchOptions,
+    children: &mut [Child],
+    store: &mut StoreHost,
+    respawn: &mut dyn FnMut(usize, u32) -> std::io::Result<Child>,
+) -> i32 {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; children.len()];
+    let mut restarts_of: Vec<u32> = vec![0; children.len()];
+    let mut restarts_used = 0u32;
     let mut first_failure: Option<Outcome> = None;
     let mut terminate_at: Option<Instant> = None;
     let mut kill_at: Option<Instant> = None;
     loop {
-        for (rank, child) in children.iter_mut().enumerate() {
+        store.check();
+        for rank in 0..children.len() {
             if outcomes[rank].is_some() {
                 continue;
             }
-            let outcome = match child.try_wait() {
+            let outcome = match children[rank].try_wait() {
                 Ok(Some(status)) => Outcome::from_status(status),
                 Ok(None) => continue,
                 Err(e) => {
@@ -298,6 +537,24 @@ fn supervise(opts: &LaunchOptions, children: &mut [Child]) -> i32 {
                 continue;
             }
             report(rank, outcome, terminate_at.is_some());
+            let stopping = terminate_at.is_some() || RECEIVED_SIGNAL.load(Ordering::SeqCst) != 0;
+            if restarts_used < opts.restarts && !stopping {
+                let restart = restarts_of[rank] + 1;
+                match respawn(rank, restart) {
+                    Ok(child) => {
+                        restarts_used += 1;
+                        restarts_of[rank] = restart;
+                        eprintln!(
+                            "chorus-run: started rank {rank} again as a replacement that rejoins the group (restart {restarts_used} of {})",
+                            opts.restarts
+                        );
+                        children[rank] = child;
+                        outcomes[rank] = None;
+                        continue;
+                    }
+                    Err(e) => eprintln!("chorus-run: could not start rank {rank} again: {e}"),
+                }
+            }
             if first_failure.is_none() {
                 first_failure = Some(outcome);
                 if opts.kill_on_failure && outcomes.iter().any(Option::is_none) {
@@ -329,7 +586,17 @@ fn supervise(opts: &LaunchOptions, children: &mut [Child]) -> i32 {
         }
         std::thread::sleep(POLL);
     }
-    first_failure.map_or(0, Outcome::exit_code)
+    let failed: Vec<usize> = (0..outcomes.len()).filter(|&r| outcomes[r] != Some(Outcome::Code(0))).collect();
+    if failed.is_empty() {
+        if restarts_used > 0 {
+            eprintln!("chorus-run: the job finished: every rank's last process exited 0 ({restarts_used} restarted)");
+        }
+        return 0;
+    }
+    if failed.len() < outcomes.len() {
+        eprintln!("chorus-run: ranks {failed:?} did not finish (their last process failed); the others did");
+    }
+    first_failure.map_or(1, Outcome::exit_code)
 }
 
 fn report(rank: usize, outcome: Outcome, after_terminate: bool) {

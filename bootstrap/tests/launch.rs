@@ -225,3 +225,108 @@ fn ranks_die_with_a_killed_launcher() {
     }
     assert!(running.is_empty(), "ranks {running:?} outlived their killed launcher");
 }
+
+/// The launcher's children (the store process and the ranks), from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        kids.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    kids
+}
+
+/// The launcher's store process: its child started with `CHORUS_RUN_STORE_PORT`.
+fn store_process_of(launcher: u32) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let found = children_of(launcher).into_iter().find(|&p| {
+            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|v| v.starts_with(b"CHORUS_RUN_STORE_PORT=")))
+        });
+        match found {
+            Some(p) => return p,
+            None if std::time::Instant::now() > deadline => panic!("chorus-run (pid {launcher}) has no store process"),
+            None => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Issue 24: the store runs in a process of its own; when it dies the ranks run on (a
+/// fault-tolerant group goes on through its replicas), the launcher says so and still reports the
+/// ranks' outcome; when the job ends, the store process ends with it.
+#[test]
+fn the_ranks_outlive_the_store_process() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_chorus-run"))
+        .args(["-n", "2", "sh", "-c", "echo up $RANK; sleep 1; echo still $RANK; test -d \"$CHORUS_REPLICA_DIR\" && echo replica dir $RANK"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(launcher.stdout.take().unwrap()).lines();
+    let mut up = 0;
+    while up < 2 {
+        let line = lines.next().expect("chorus-run closed stdout early").unwrap();
+        up += line.contains("] up ") as usize;
+    }
+    let store = store_process_of(launcher.id());
+    assert!(Command::new("kill").args(["-9", &store.to_string()]).status().unwrap().success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{rest:?}\nstderr:\n{stderr}");
+    for r in 0..2 {
+        assert!(rest.contains(&format!("[rank {r}] still {r}")), "rank {r} did not outlive the store: {rest:?}\n{stderr}");
+        assert!(rest.contains(&format!("[rank {r}] replica dir {r}")), "rank {r} had no CHORUS_REPLICA_DIR: {rest:?}");
+    }
+    assert!(stderr.contains(&format!("the store process (pid {store}) was killed by signal 9")), "{stderr}");
+}
+
+#[test]
+fn the_store_process_ends_with_the_job() {
+    use std::process::Stdio;
+    let launcher = Command::new(env!("CARGO_BIN_EXE_chorus-run"))
+        .args(["-n", "1", "sh", "-c", "sleep 0.5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store = store_process_of(launcher.id());
+    let out = launcher.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gone(store) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(gone(store), "the store process {store} outlived the job");
+}
+
+/// Issue 23: `--restart-failed` starts a failed rank again as a replacement (`CHORUS_JOIN=1`, same
+/// rank, its output marked as the restart); the job then finishes with status 0.
+#[test]
+fn a_failed_rank_is_started_again_as_a_replacement() {
+    let script = r#"if [ "$CHORUS_JOIN" = 1 ]; then echo replacement $RANK; exit 0; fi; if [ $RANK = 1 ]; then exit 7; fi; sleep 0.5; echo done $RANK; echo dir $CHORUS_REPLICA_DIR"#;
+    let out = chorus_run(&["-n", "2", "--restart-failed", "--", "sh", "-c", script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.lines().any(|l| l == "[rank 1, restart 1] replacement 1"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "[rank 0] done 0"), "{stdout}");
+    assert!(!stdout.contains("replacement 0"), "{stdout}");
+    assert!(stderr.contains("rank 1 exited with status 7") && stderr.contains("restart 1 of 3"), "{stderr}");
+    // The replica directory the launcher made for the ranks is gone with the job.
+    let dir = stdout.lines().find_map(|l| l.strip_prefix("[rank 0] dir ")).expect("rank 0 names its replica directory");
+    assert!(!dir.is_empty() && !std::path::Path::new(dir).exists(), "the replica directory {dir:?} outlived the job");
+}
+
+/// Restarts are counted over the job: once spent, a failure ends the job as without them.
+#[test]
+fn restarts_run_out() {
+    let out = chorus_run(&["-n", "2", "--restart-failed=2", "--", "sh", "-c", "if [ $RANK = 1 ]; then exit 7; fi; sleep 1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stderr.matches("rank 1 exited with status 7").count(), 3, "{stderr}");
+    assert!(stderr.contains("ranks [1] did not finish"), "{stderr}");
+}
