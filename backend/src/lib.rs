@@ -23,6 +23,7 @@
 pub mod algo;
 pub mod api;
 pub mod error;
+pub mod logging;
 pub mod memory;
 pub mod membership;
 pub mod options;

@@ -441,21 +441,6 @@ pub fn default_host_id() -> String {
     format!("{}|{}|{}", host.trim(), boot.trim(), crate::sys::proc::netns_id())
 }
 
-/// Installs a stderr logger filtered by `CHORUS_LOG` (e.g. `debug`, `chorus_backend=trace`) the
-/// first time a group is created, unless the application installed its own subscriber.
-pub fn init_logging() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if let Ok(filter) = std::env::var("CHORUS_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .try_init();
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

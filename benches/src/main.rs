@@ -13,6 +13,8 @@ use std::io::Write;
 use std::time::Instant;
 
 fn main() {
+    // CHORUS_LOG: this program has no subscriber of its own.
+    chorus_backend::logging::install_stderr_logger();
     let args = Args::parse();
     // Bad parameters are one clear error here, not one per spawned rank.
     if let Err(e) = parse_params(&args) {

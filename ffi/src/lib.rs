@@ -96,6 +96,9 @@ fn opt_str<'a>(s: *const c_char, what: &str) -> FfiResult<Option<&'a str>> {
 /// A group's options: the environment's, the caller's `timeout_ms` (> 0) bounded by an explicit
 /// `CHORUS_TIMEOUT_MS` (torch always passes its own timeout, and the variable must still apply).
 fn options(name: *const c_char, timeout_ms: i64) -> FfiResult<Options> {
+    // The C ABI's callers (torch, C programs) cannot install a Rust subscriber: `CHORUS_LOG` asks
+    // for one here, at every group creation or join (all go through this function).
+    chorus_backend::logging::install_stderr_logger();
     let mut o = Options::default();
     if timeout_ms > 0 {
         o = o.with_caller_timeout(Duration::from_millis(timeout_ms as u64));

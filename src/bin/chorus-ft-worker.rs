@@ -34,6 +34,8 @@ fn unix_ns() -> u128 {
 }
 
 fn main() {
+    // CHORUS_LOG: this program has no subscriber of its own.
+    chorus::logging::install_stderr_logger();
     // CHORUS_FT_TIMES=1: wall-clock marks on stderr for the fault-tolerance benchmark.
     let times = std::env::var("CHORUS_FT_TIMES").is_ok_and(|v| v == "1");
     if times {

@@ -10,6 +10,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 fn main() {
+    // CHORUS_LOG: this program has no subscriber of its own.
+    chorus::logging::install_stderr_logger();
     let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments: LATE LATE_OP DELAY_MS OPS")).collect();
     let [late, late_op, delay_ms, ops] = args[..] else { panic!("usage: chorus-timeout-worker LATE LATE_OP DELAY_MS OPS") };
     let pg = ProcessGroup::from_env(Options::default()).unwrap_or_else(|e| {

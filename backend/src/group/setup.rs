@@ -131,7 +131,6 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     if size == 0 || rank >= size {
         return Err(ChorusError::InvalidRank { rank, size });
     }
-    crate::options::init_logging();
     let _span = tracing::info_span!("group_create", uid = %uid, rank, size).entered();
     let deadline = Instant::now() + opts.timeout;
     let prep = prepare(&uid, rank, size, &opts)?;
@@ -228,7 +227,6 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
     if rank >= size {
         return Err(ChorusError::InvalidRank { rank, size });
     }
-    crate::options::init_logging();
     let _span = tracing::info_span!("group_join", uid = %uid, rank, size).entered();
     let deadline = Instant::now() + opts.timeout;
     let prep = prepare(&uid, rank, size, &opts)?;

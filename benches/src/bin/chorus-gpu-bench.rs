@@ -62,6 +62,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 fn main() {
+    // CHORUS_LOG: this program has no subscriber of its own.
+    chorus_backend::logging::install_stderr_logger();
     let args = Args::parse();
     if let Some(o) = args.ops.split(',').find(|o| !OPS.contains(o)) {
         eprintln!("chorus-gpu-bench: unknown op {o} (known: {})", OPS.join(", "));

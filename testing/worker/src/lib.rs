@@ -64,6 +64,7 @@ use misc::*;
 
 /// Runs scenario `args[0]` with its arguments; the process exit status (0: every result was right).
 pub fn run(args: &[String]) -> i32 {
+    chorus_backend::logging::install_stderr_logger();
     let scenario = args.first().cloned().unwrap_or_default();
     let rank = std::env::var("RANK").unwrap_or_else(|_| "?".into());
     let t0 = Instant::now();
