@@ -7,16 +7,18 @@ use chorus_kernels::{DType, ReduceOp};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChorusError {
+    // The messages below that print their cause do not also return it as `source()`: a report
+    // that walks the chain (anyhow's `{:#}`) would print it twice.
     #[error("{}", store_failure(.0))]
-    Store(#[from] chorus_bootstrap::BootstrapError),
+    Store(chorus_bootstrap::BootstrapError),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("rank {rank} is out of range for a group of {size} ranks")]
     InvalidRank { rank: usize, size: usize },
     #[error("unsupported reduction: {0}")]
-    Unsupported(#[from] chorus_kernels::KernelError),
-    #[error("GPU {op} failed: {source}")]
-    Device { op: &'static str, #[source] source: chorus_kernels::KernelError },
+    Unsupported(chorus_kernels::KernelError),
+    #[error("GPU {op} failed: {error}")]
+    Device { op: &'static str, error: chorus_kernels::KernelError },
     #[error("reduce op {op:?} is not supported for dtype {dtype:?}")]
     UnsupportedOp { op: ReduceOp, dtype: DType },
     #[error("ranks disagree on {what} in {op}: rank {rank} (this rank) has {mine}, rank {peer} has {theirs} (every rank must call the same collectives in the same order with the same counts, dtypes, ops and roots); {op} failed on every rank that takes part in it, the group stays usable")]
@@ -33,8 +35,8 @@ pub enum ChorusError {
     Connect { transport: &'static str, peer: usize, why: String },
     #[error("shared memory failed: {0} (check that /dev/shm is mounted and has free space)")]
     Shm(String),
-    #[error("socket I/O with rank {peer} failed: {source}")]
-    Io { peer: usize, #[source] source: std::io::Error },
+    #[error("socket I/O with rank {peer} failed: {error}")]
+    Io { peer: usize, error: std::io::Error },
     #[error("rank {peer} sent a malformed point-to-point chunk ({why}); check that every rank runs the same chorus build")]
     Protocol { peer: usize, why: String },
     #[error("the process group has been destroyed; create a new one")]
@@ -51,7 +53,7 @@ pub enum ChorusError {
     RootInactive { op: &'static str, root: usize },
     #[error("{op} cannot run: rank {peer} is not an active member of the group at epoch {epoch} (it failed or was removed; a replacement can rejoin)")]
     PeerInactive { op: &'static str, peer: usize, epoch: u64 },
-    #[error("this rank was removed from the group at epoch {epoch} (it was suspected dead); start it again with join_group to rejoin")]
+    #[error("this rank was removed from the group at epoch {epoch} (it was suspected dead); start the process again as a replacement to rejoin (CHORUS_JOIN=1, ProcessGroup::join, or chorus.join_group under torch)")]
     Excluded { epoch: u64 },
     #[error("{op} failed because rank(s) {failed:?} failed (failure policy `abort`); the group continues at epoch {epoch} without them")]
     FailedByPolicy { op: &'static str, failed: Vec<usize>, epoch: u64 },
@@ -137,7 +139,7 @@ impl ChorusError {
             ChorusError::Connect { .. } | ChorusError::Shm(_) | ChorusError::Io { .. } | ChorusError::Protocol { .. } => ErrorKind::Transport,
             ChorusError::Destroyed => ErrorKind::Destroyed,
             ChorusError::Incomplete(_) => ErrorKind::Incomplete,
-            ChorusError::Device { source, .. } => match source {
+            ChorusError::Device { error, .. } => match error {
                 K::CollectiveTimeout { .. } => ErrorKind::Timeout,
                 K::CollectiveAborted { .. } => ErrorKind::PeerFailed,
                 K::CudaUnavailable(_) | K::Unsupported { .. } => ErrorKind::Unsupported,
@@ -158,6 +160,18 @@ impl ChorusError {
 }
 
 pub type Result<T> = std::result::Result<T, ChorusError>;
+
+impl From<chorus_bootstrap::BootstrapError> for ChorusError {
+    fn from(e: chorus_bootstrap::BootstrapError) -> Self {
+        ChorusError::Store(e)
+    }
+}
+
+impl From<chorus_kernels::KernelError> for ChorusError {
+    fn from(e: chorus_kernels::KernelError) -> Self {
+        ChorusError::Unsupported(e)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -114,3 +114,28 @@ fn dropping_the_group_while_an_async_op_runs_neither_stalls_nor_panics() {
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "a panic happened while the group shut down");
 }
+
+/// Issue 23: a send to oneself said "rank 0 is out of range for a group of 2 ranks"; an error
+/// that prints its cause does not also return it as `source()` (anyhow's `{:#}` printed it twice).
+#[test]
+fn errors_say_what_is_wrong_once() {
+    let results = run(2, "err-texts", |pg| {
+        let me = pg.rank();
+        let m = invalid(pg.send(&[1u8], me, 0), "send to itself");
+        assert!(m.contains("itself") && !m.contains("out of range"), "{m}");
+        let mut b = [0u8];
+        let m = invalid(pg.recv(&mut b, me, 0), "receive from itself");
+        assert!(m.contains("itself"), "{m}");
+        match pg.send(&[1u8], 2, 0) {
+            Err(ChorusError::InvalidRank { rank: 2, size: 2 }) => {}
+            other => panic!("send to rank 2 of 2: {other:?}"),
+        }
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let store = ChorusError::from(chorus_bootstrap::BootstrapError::WaitTimeout { missing: vec!["k".into()], timeout: Duration::from_millis(5) });
+    let io = ChorusError::Io { peer: 1, error: std::io::Error::other("connection reset") };
+    for e in [store, io] {
+        assert!(std::error::Error::source(&e).is_none(), "{e} also returns its cause as source()");
+    }
+}

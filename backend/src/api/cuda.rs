@@ -35,7 +35,7 @@ impl ProcessGroup {
         if let Some(i) = comms.iter().position(|s| s.ordinal == ordinal) {
             if comms[i].epoch == epoch {
                 let s = &comms[i];
-                s.comm.check().map_err(|source| ChorusError::Device { op: "setup", source })?;
+                s.comm.check().map_err(|error| ChorusError::Device { op: "setup", error })?;
                 return Ok(DeviceGroup::new(s.comm.clone(), s.members.clone(), size, epoch));
             }
             let stale = comms.remove(i);
@@ -66,7 +66,7 @@ impl ProcessGroup {
         };
         let m = members.len();
         let comm = DeviceComm::new(ordinal, me, m, CommOptions::from_env(m), &mut exchange)
-            .map_err(|source| ChorusError::Device { op: "setup", source })?;
+            .map_err(|error| ChorusError::Device { op: "setup", error })?;
         let (ctl, ctl_len) = comm.control_region();
         self.inner.registry.register(ctl, ctl_len, Location::Host);
         tracing::debug!(?comm, "device communicator ready");
@@ -86,7 +86,7 @@ impl ProcessGroup {
     pub fn device_status(&self, ordinal: usize) -> Result<()> {
         let comms = self.inner.device_comms.lock().unwrap_or_else(|p| p.into_inner());
         match comms.iter().find(|s| s.ordinal == ordinal) {
-            Some(s) => s.comm.check().map_err(|source| ChorusError::Device { op: "collective", source }),
+            Some(s) => s.comm.check().map_err(|error| ChorusError::Device { op: "collective", error }),
             None => Ok(()),
         }
     }

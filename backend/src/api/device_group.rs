@@ -76,7 +76,7 @@ impl std::fmt::Debug for DeviceGroup {
 }
 
 fn dev(op: &'static str) -> impl FnOnce(KernelError) -> ChorusError {
-    move |source| ChorusError::Device { op, source }
+    move |error| ChorusError::Device { op, error }
 }
 
 impl DeviceGroup {

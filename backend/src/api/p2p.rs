@@ -48,8 +48,13 @@ impl ProcessGroup {
     }
 
     fn check_peer(&self, peer: usize) -> Result<()> {
-        if peer >= self.size() || peer == self.rank() {
+        if peer >= self.size() {
             return Err(ChorusError::InvalidRank { rank: peer, size: self.size() });
+        }
+        if peer == self.rank() {
+            return Err(ChorusError::InvalidArgument(format!(
+                "rank {peer} cannot send to or receive from itself: point-to-point needs another rank (copy the buffer instead)"
+            )));
         }
         Ok(())
     }

@@ -99,7 +99,7 @@ unsafe fn download(ordinal: usize, stream: RawStream, ptr: u64, len: usize, op: 
     let mut host = vec![0u8; len];
     if len > 0 {
         // SAFETY: forwarded to the caller.
-        unsafe { copy_device_to_host(ordinal, stream, ptr, &mut host) }.map_err(|source| ChorusError::Device { op, source })?;
+        unsafe { copy_device_to_host(ordinal, stream, ptr, &mut host) }.map_err(|error| ChorusError::Device { op, error })?;
     }
     Ok(host)
 }
@@ -113,7 +113,7 @@ unsafe fn upload(ordinal: usize, stream: RawStream, ptr: u64, data: &[u8], op: &
         return Ok(());
     }
     // SAFETY: forwarded to the caller.
-    unsafe { copy_host_to_device(ordinal, stream, ptr, data) }.map_err(|source| ChorusError::Device { op, source })
+    unsafe { copy_host_to_device(ordinal, stream, ptr, data) }.map_err(|error| ChorusError::Device { op, error })
 }
 
 /// Collectives on GPU memory through host copies (the host path). Each call returns once the

@@ -364,7 +364,7 @@ impl RdmaLink {
         let poller = std::thread::Builder::new()
             .name(format!("chorus-rdma-cq-{peer}"))
             .spawn(move || poller(sh))
-            .map_err(|source| ChorusError::Io { peer, source })?;
+            .map_err(|error| ChorusError::Io { peer, error })?;
         Ok(RdmaLink { shared, poller: Some(poller) })
     }
 

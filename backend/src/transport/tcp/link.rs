@@ -51,7 +51,7 @@ fn header(kind: u8, stream: Stream, seq: u64, meta: &SlotMeta, out: &mut [u8]) {
 
 impl TcpLink {
     pub fn start(_me: usize, peer: usize, socket: TcpStream, geo: RingGeometry, signals: SignalBlock) -> Result<TcpLink> {
-        let io = |source| ChorusError::Io { peer, source };
+        let io = |error| ChorusError::Io { peer, error };
         let seg = Arc::new(Segment::anonymous(STREAMS * geo.ring_bytes()).map_err(io)?);
         let rings = (0..STREAMS).map(|s| InboundRing::new(seg.clone(), s * geo.ring_bytes(), geo)).collect();
         let shared = Arc::new(Shared { peer, rings, signals, state: AtomicU64::new(OPEN), why: Mutex::new(String::new()) });
@@ -74,7 +74,7 @@ impl TcpLink {
         fill(&mut buf[HEADER..]);
         sock.write_all(buf).map_err(|source| {
             self.shared.fail(2, format!("write failed: {source}"));
-            ChorusError::Io { peer: self.peer, source }
+            ChorusError::Io { peer: self.peer, error: source }
         })
     }
 }
@@ -178,7 +178,7 @@ impl Link for TcpLink {
         hdr[5] = c as u8;
         sock.write_all(&hdr).map_err(|source| {
             self.shared.fail(2, format!("write failed: {source}"));
-            ChorusError::Io { peer: self.peer, source }
+            ChorusError::Io { peer: self.peer, error: source }
         })
     }
 
