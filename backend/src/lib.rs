@@ -54,6 +54,6 @@ pub use api::{DeviceGroup, DeviceOps, DeviceRoute, DeviceStage, HostReason};
 pub use api::p2p_types::P2pRequest;
 pub use chorus_kernels::{DType, ReduceOp};
 pub use engine::p2p::OpBuffer;
-pub use engine::work::{OpInfo, Work};
+pub use engine::work::{OpError, OpInfo, Outcome, Work};
 pub use error::{ChorusError, ErrorKind, Result};
 pub use options::{DevicePath, FailurePolicy, Options, RdmaOptions, TimeoutKnob};

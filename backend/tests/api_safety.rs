@@ -139,3 +139,65 @@ fn errors_say_what_is_wrong_once() {
         assert!(std::error::Error::source(&e).is_none(), "{e} also returns its cause as source()");
     }
 }
+
+/// A minimal executor: polls `f` on this thread, sleeping until its waker is called.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "the future was never woken");
+        std::thread::park_timeout(Duration::from_secs(1));
+    }
+}
+
+/// Issue 23: `Work` is a future whose output gives the buffers back with the operation's report,
+/// and gives them back on failure too (a refused operation, and one that failed while running).
+#[test]
+fn work_is_a_future_that_returns_the_buffers() {
+    let results = run(2, "work-future", |pg| {
+        let n = pg.size();
+        let (buf, info) = block_on(pg.all_reduce_async(vec![1.5f32; 8], DType::F32, ReduceOp::Sum)).map_err(|e| e.error)?;
+        assert_eq!(buf, vec![1.5 * n as f32; 8]);
+        assert_eq!(info.contributors, (0..n).collect::<Vec<_>>());
+        // Refused (7 bytes of f32): the error, and the buffer back.
+        let e = block_on(pg.all_reduce_async(vec![7u8; 7], DType::F32, ReduceOp::Sum)).expect_err("7 bytes of f32");
+        assert!(matches!(e.error, ChorusError::InvalidArgument(_)), "{e}");
+        assert_eq!(e.buffers, Some(vec![7u8; 7]), "the refused operation's buffer");
+        // The same through the blocking form of the outcome.
+        let e = pg.all_gather_async(vec![1u8; 3], vec![0u8; 5]).outcome().expect_err("output too small");
+        assert_eq!(e.buffers, Some((vec![1u8; 3], vec![0u8; 5])));
+        let (bufs, _) = pg.all_gather_async(vec![pg.rank() as u8; 3], vec![0u8; 3 * n]).outcome().map_err(|e| e.error)?;
+        assert_eq!(bufs.1, (0..n).flat_map(|r| [r as u8; 3]).collect::<Vec<_>>());
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+/// A queued operation that fails while running gives its buffer back too: the group is destroyed
+/// before the worker gets to it.
+#[test]
+fn a_failed_queued_operation_gives_its_buffer_back() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let pg = ProcessGroup::new(store, 0, 1, Options::default().with_name("failed-queued")).expect("a group of one");
+    let work = pg.all_reduce_async(vec![3i64; 4], DType::I64, ReduceOp::Sum);
+    pg.destroy();
+    match work.outcome() {
+        Ok((buf, _)) => assert_eq!(buf, vec![3i64; 4], "it ran before the destroy"),
+        Err(e) => assert_eq!(e.buffers, Some(vec![3i64; 4]), "{e}: the buffer was lost"),
+    }
+    let e = block_on(pg.all_reduce_async(vec![5i64; 2], DType::I64, ReduceOp::Sum)).expect_err("a destroyed group");
+    assert!(matches!(e.error, ChorusError::Destroyed), "{e}");
+    assert_eq!(e.buffers, Some(vec![5i64; 2]));
+}

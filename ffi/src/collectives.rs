@@ -25,7 +25,7 @@ pub(crate) fn with_work<R: Send + 'static>(
         let g = group(group_)?;
         let mode = if blocking { Mode::Inline } else { Mode::Queued };
         match start(g, mode)? {
-            Issued::Refused(e) => Err(e.into()),
+            Issued::Refused(e) | Issued::Returned(e, _) => Err(e.into()),
             Issued::Ran(r, info) if blocking => {
                 last_op::set(info);
                 r.map(drop).map_err(FfiError::from)

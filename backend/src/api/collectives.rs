@@ -254,7 +254,7 @@ impl ProcessGroup {
     /// `all_reduce_async`, queued or run on the calling thread as `mode` says.
     pub fn all_reduce_issue<B: OpBuffer>(&self, mode: Mode, buf: B, dtype: DType, op: ReduceOp) -> Issued<B> {
         if let Err(e) = kernels::check_supported(dtype, op).map_err(ChorusError::from).and_then(|_| elems(buf.bytes().len(), dtype, "all_reduce")) {
-            return Issued::Refused(e);
+            return Issued::Returned(e, buf);
         }
         let desc = reduction(kind::ALL_REDUCE, dtype, op, None, buf.bytes().len());
         self.issue_bufs(mode, "all_reduce", desc, buf, move |c, x, t, a, b| all_reduce_impl(t, c, x, a, b.bytes_mut(), dtype, op))
@@ -284,7 +284,7 @@ impl ProcessGroup {
             .and_then(|_| check_root(root, self.size()))
             .and_then(|_| elems(buf.bytes().len(), dtype, "reduce"));
         if let Err(e) = checked {
-            return Issued::Refused(e);
+            return Issued::Returned(e, buf);
         }
         let desc = reduction(kind::REDUCE, dtype, op, Some(root), buf.bytes().len());
         self.issue_bufs(mode, "reduce", desc, buf, move |c, x, t, a, b| reduce_impl(t, c, x, a, b.bytes_mut(), root, dtype, op))
@@ -317,7 +317,7 @@ impl ProcessGroup {
     /// elements (`None`: bytes).
     pub fn broadcast_issue<B: OpBuffer>(&self, mode: Mode, buf: B, dtype: Option<DType>, root: usize) -> Issued<B> {
         if let Err(e) = check_root(root, self.size()).and_then(|_| whole(buf.bytes().len(), dtype, "broadcast")) {
-            return Issued::Refused(e);
+            return Issued::Returned(e, buf);
         }
         let desc = movement(kind::BROADCAST, dtype, Some(root), buf.bytes().len());
         self.issue_bufs(mode, "broadcast", desc, buf, move |c, x, t, _, b| broadcast_impl(t, c, x, b.bytes_mut(), root))
@@ -370,7 +370,7 @@ impl ProcessGroup {
     pub fn all_gather_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>) -> Issued<(I, O)> {
         let len = input.bytes().len();
         if let Err(e) = self.check_gather_sizes("all_gather", len, output.bytes().len()).and_then(|_| whole(len, dtype, "all_gather")) {
-            return Issued::Refused(e);
+            return Issued::Returned(e, (input, output));
         }
         self.issue_bufs(mode, "all_gather", movement(kind::ALL_GATHER, dtype, None, len), (input, output), move |c, x, t, _, (i, o)| all_gather_impl(t, c, x, i.bytes(), o.bytes_mut()))
     }
@@ -425,7 +425,7 @@ impl ProcessGroup {
             .and_then(|_| self.check_gather_sizes("reduce_scatter", output.bytes().len(), input.bytes().len()))
             .and_then(|_| elems(output.bytes().len(), dtype, "reduce_scatter"));
         if let Err(e) = checked {
-            return Issued::Refused(e);
+            return Issued::Returned(e, (input, output));
         }
         let desc = reduction(kind::REDUCE_SCATTER, dtype, op, None, output.bytes().len());
         self.issue_bufs(mode, "reduce_scatter", desc, (input, output), move |c, x, t, _, (i, o)| {
@@ -517,7 +517,7 @@ impl ProcessGroup {
     pub fn all_to_all_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>) -> Issued<(I, O)> {
         let block = match self.check_all_to_all(input.bytes().len(), output.bytes().len()).and_then(|b| whole(b, dtype, "all_to_all").map(|_| b)) {
             Ok(b) => b,
-            Err(e) => return Issued::Refused(e),
+            Err(e) => return Issued::Returned(e, (input, output)),
         };
         let desc = movement(kind::ALL_TO_ALL, dtype, None, input.bytes().len());
         let splits = even_splits(self.size(), block);
@@ -534,7 +534,7 @@ impl ProcessGroup {
     pub fn all_to_all_v_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, send_counts: Vec<usize>, output: O, recv_counts: Vec<usize>, dtype: DType) -> Issued<(I, O)> {
         let (send, recv) = match self.all_to_all_v_splits(input.bytes().len(), &send_counts, output.bytes().len(), &recv_counts, dtype, false) {
             Ok(s) => s,
-            Err(e) => return Issued::Refused(e),
+            Err(e) => return Issued::Returned(e, (input, output)),
         };
         self.issue_bufs(mode, "all_to_all_v", movement(kind::ALL_TO_ALL_V, Some(dtype), None, 0), (input, output), move |c, x, t, _, (i, o)| {
             all_to_all_impl(t, c, x, i.bytes(), o.bytes_mut(), &send, &recv, true)
@@ -581,7 +581,7 @@ impl ProcessGroup {
             }
         });
         if let Err(e) = check {
-            return Issued::Refused(e);
+            return Issued::Returned(e, (input, output));
         }
         let desc = movement(kind::GATHER, dtype, Some(root), input.bytes().len());
         self.issue_bufs(mode, "gather", desc, (input, output), move |c, x, t, _, (i, o)| {
@@ -630,7 +630,7 @@ impl ProcessGroup {
             }
         });
         if let Err(e) = check {
-            return Issued::Refused(e);
+            return Issued::Returned(e, (input, output));
         }
         let desc = movement(kind::SCATTER, dtype, Some(root), output.bytes().len());
         self.issue_bufs(mode, "scatter", desc, (input, output), move |c, x, t, _, (i, o)| {

@@ -34,6 +34,8 @@ pub enum Issued<R> {
     /// Refused before it ran (bad arguments, a destroyed group, earlier operations that did not
     /// finish in time).
     Refused(ChorusError),
+    /// Refused like that, with its buffers given back.
+    Returned(ChorusError, R),
 }
 
 impl<R> Issued<R> {
@@ -43,6 +45,7 @@ impl<R> Issued<R> {
             Issued::Queued(w) => w,
             Issued::Ran(r, info) => Work::ready_with(name, r, info),
             Issued::Refused(e) => Work::ready(name, Err(e)),
+            Issued::Returned(e, buffers) => Work::refused(name, e, buffers),
         }
     }
 }
@@ -121,7 +124,7 @@ impl ProcessGroup {
         finish: impl FnOnce(S) -> R + Send + 'static,
     ) -> Issued<R> {
         if let Err(e) = self.inner.check_live() {
-            return Issued::Refused(e);
+            return Issued::Returned(e, finish(state));
         }
         let (work, done) = work::pair(name);
         let weak = Arc::downgrade(&self.inner);
@@ -132,7 +135,7 @@ impl ProcessGroup {
             let deadline = ctx.deadline;
             let job: Job = Box::new(move || {
                 let Some(inner) = weak.upgrade() else {
-                    done.complete(Err(ChorusError::Destroyed));
+                    done.fail_returning(ChorusError::Destroyed, finish(state));
                     return;
                 };
                 let coll = inner.coll.clone();
@@ -147,7 +150,7 @@ impl ProcessGroup {
                     Err(e) => {
                         // Errors that end a collective alike on every survivor still say who failed.
                         done.set_info(OpInfo::of_error(&e));
-                        done.complete(Err(e))
+                        done.fail_returning(e, finish(state))
                     }
                 }
             });

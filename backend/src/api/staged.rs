@@ -369,7 +369,7 @@ impl DeviceStage {
                 work.error().is_none()
             }
             Issued::Ran(r, _) => r.is_ok(),
-            Issued::Refused(_) => false,
+            Issued::Refused(_) | Issued::Returned(..) => false,
         };
         if !ok {
             return Ok(issued); // the error travels on; outputs stay untouched

@@ -3,17 +3,22 @@
 //! Waiting is cheap when the operation is close to done: a waiter whose operation is still queued
 //! runs it itself (through the queue's [`Drain`] hook, see `queue`), and a waiter whose operation
 //! runs on another thread spins briefly before it sleeps; completing wakes sleepers only when
-//! there are any.
+//! there are any. A `Work` is also a [`Future`]: `.await` gives the buffers back with the
+//! operation's report, or the error with the buffers where the operation still had them.
 use super::queue::Drain;
 use super::spin::Backoff;
 use crate::error::{ChorusError, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 enum Slot<R> {
     Pending,
-    Ready(Result<R>),
+    /// The result, and on failure the operation's buffers where it still had them.
+    Ready(Result<R>, Option<R>),
     /// The result was handed to `wait`; only the error text remains for `error()`.
     Taken(Option<String>),
 }
@@ -46,6 +51,8 @@ struct State<R> {
     slot: Slot<R>,
     /// Waiters asleep on `cv` (completing skips the wake-up call when there are none).
     sleepers: usize,
+    /// The task that last polled the work as a future.
+    waker: Option<Waker>,
 }
 
 struct Inner<R> {
@@ -70,7 +77,9 @@ struct Queued {
 }
 
 /// Handle of an operation in flight. `wait` returns the operation's buffers (for the owned-buffer
-/// async API) or `()`.
+/// async API) or `()`; [`Work::outcome`] and `.await` return them with the operation's report,
+/// and give them back on failure too.
+#[must_use = "an operation's result and buffers come back through its Work: wait for it or .await it"]
 pub struct Work<R = ()> {
     inner: Arc<Inner<R>>,
     queued: Option<Queued>,
@@ -86,23 +95,58 @@ pub fn pair<R>(name: &'static str) -> (Work<R>, Completer<R>) {
     let inner = Arc::new(Inner {
         name,
         info: Mutex::new(OpInfo::default()),
-        state: Mutex::new(State { slot: Slot::Pending, sleepers: 0 }),
+        state: Mutex::new(State { slot: Slot::Pending, sleepers: 0, waker: None }),
         done: AtomicBool::new(false),
         cv: Condvar::new(),
     });
     (Work { inner: inner.clone(), queued: None }, Completer { inner: Some(inner) })
 }
 
-fn fill<R>(inner: &Inner<R>, result: Result<R>) {
+fn fill<R>(inner: &Inner<R>, result: Result<R>, kept: Option<R>) {
     let mut st = inner.state();
-    st.slot = Slot::Ready(result);
+    st.slot = Slot::Ready(result, kept);
     inner.done.store(true, Ordering::Release);
     let wake = st.sleepers > 0;
+    let waker = st.waker.take();
     drop(st);
     if wake {
         inner.cv.notify_all();
     }
+    if let Some(w) = waker {
+        w.wake();
+    }
 }
+
+/// A failed operation, as [`Work::outcome`] and `.await` report it: the error, what the operation
+/// reported (who failed, the epoch), and its buffers where it still had them (it was refused, or
+/// it failed while running; not when the engine lost them).
+#[derive(Debug)]
+pub struct OpError<R> {
+    pub error: ChorusError,
+    pub info: OpInfo,
+    pub buffers: Option<R>,
+}
+
+impl<R> std::fmt::Display for OpError<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<R: std::fmt::Debug> std::error::Error for OpError<R> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+impl<R> From<OpError<R>> for ChorusError {
+    fn from(e: OpError<R>) -> Self {
+        e.error
+    }
+}
+
+/// What a finished operation gives back: its buffers and its report, or an [`OpError`].
+pub type Outcome<R> = std::result::Result<(R, OpInfo), OpError<R>>;
 
 impl<R> Completer<R> {
     pub fn set_info(&self, info: OpInfo) {
@@ -113,7 +157,14 @@ impl<R> Completer<R> {
 
     pub fn complete(mut self, result: Result<R>) {
         if let Some(inner) = self.inner.take() {
-            fill(&inner, result);
+            fill(&inner, result, None);
+        }
+    }
+
+    /// Completes with `error`, giving the operation's `buffers` back to the waiter.
+    pub fn fail_returning(mut self, error: ChorusError, buffers: R) {
+        if let Some(inner) = self.inner.take() {
+            fill(&inner, Err(error), Some(buffers));
         }
     }
 }
@@ -122,7 +173,7 @@ impl<R> Drop for Completer<R> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             let name = inner.name;
-            fill(&inner, Err(ChorusError::Incomplete(format!("{name} was abandoned by the engine (internal error; see the log)"))));
+            fill(&inner, Err(ChorusError::Incomplete(format!("{name} was abandoned by the engine (internal error; see the log)"))), None);
         }
     }
 }
@@ -138,6 +189,13 @@ impl<R> Work<R> {
     pub fn ready(name: &'static str, result: Result<R>) -> Work<R> {
         let (w, c) = pair(name);
         c.complete(result);
+        w
+    }
+
+    /// A handle of an operation refused before it ran, which gives its `buffers` back.
+    pub fn refused(name: &'static str, error: ChorusError, buffers: R) -> Work<R> {
+        let (w, c) = pair(name);
+        c.fail_returning(error, buffers);
         w
     }
 
@@ -227,7 +285,7 @@ impl<R> Work<R> {
     /// The error message, if the operation failed.
     pub fn error(&self) -> Option<String> {
         match &self.inner.state().slot {
-            Slot::Ready(Err(e)) => Some(e.to_string()),
+            Slot::Ready(Err(e), _) => Some(e.to_string()),
             Slot::Taken(e) => e.clone(),
             _ => None,
         }
@@ -239,19 +297,61 @@ impl<R> Work<R> {
         if !self.wait_for(timeout) {
             return Err(ChorusError::Incomplete(format!("{} did not complete within {} ms", self.inner.name, timeout.as_millis())));
         }
+        self.take().map(|(r, _)| r).map_err(|e| e.error)
+    }
+
+    /// Waits for completion (bounded by a day, as [`Work::wait`]) and returns the buffers with the
+    /// operation's report, or the error with the buffers where the operation still had them.
+    pub fn outcome(self) -> Outcome<R> {
+        if !self.wait_for(Duration::from_secs(86_400)) {
+            let error = ChorusError::Incomplete(format!("{} did not complete within a day", self.inner.name));
+            return Err(OpError { error, info: OpInfo::default(), buffers: None });
+        }
+        self.take()
+    }
+
+    /// Moves the result of the completed operation out (the error text stays for `error()`).
+    fn take(&self) -> Outcome<R> {
         let mut st = self.inner.state();
         let err = match &st.slot {
-            Slot::Ready(Err(e)) => Some(e.to_string()),
+            Slot::Ready(Err(e), _) => Some(e.to_string()),
             _ => None,
         };
-        match std::mem::replace(&mut st.slot, Slot::Taken(err)) {
-            Slot::Ready(r) => r,
-            _ => Err(ChorusError::Incomplete(format!("the result of {} was already taken", self.inner.name))),
+        let taken = std::mem::replace(&mut st.slot, Slot::Taken(err));
+        drop(st);
+        let info = self.take_info();
+        match taken {
+            Slot::Ready(Ok(r), _) => Ok((r, info)),
+            Slot::Ready(Err(error), buffers) => Err(OpError { error, info, buffers }),
+            Slot::Pending | Slot::Taken(_) => {
+                let error = ChorusError::Incomplete(format!("the result of {} was already taken", self.inner.name));
+                Err(OpError { error, info, buffers: None })
+            }
         }
     }
 
     /// Waits for completion (bounded by a day: every operation has its own, shorter deadline).
     pub fn wait(self) -> Result<R> {
         self.wait_timeout(Duration::from_secs(86_400))
+    }
+}
+
+/// `.await` on a `Work` parks no thread: the group's worker (or a thread waiting on an earlier
+/// operation) runs the operation and wakes the task when it completes.
+impl<R> Future for Work<R> {
+    type Output = Outcome<R>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<R>> {
+        if !self.is_completed() {
+            let mut st = self.inner.state();
+            if matches!(st.slot, Slot::Pending) {
+                match &mut st.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(self.take())
     }
 }
