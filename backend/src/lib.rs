@@ -49,7 +49,7 @@ pub mod transport;
 pub(crate) mod transport;
 
 pub use api::buffer::Element;
-pub use api::{Issued, Mode, ProcessGroup};
+pub use api::{Creation, Issued, Mode, ProcessGroup};
 pub use api::{DeviceGroup, DeviceOps, DeviceRoute, DeviceStage, HostReason};
 pub use api::p2p_types::P2pRequest;
 pub use chorus_kernels::{DType, ReduceOp};

@@ -15,7 +15,7 @@ pub mod select;
 
 use crate::engine::comm::OpCtx;
 use crate::engine::desc::OpDesc;
-use crate::engine::work::OpInfo;
+use crate::engine::work::{OpInfo, Work};
 use crate::error::{ChorusError, Result};
 use crate::group::{self, GroupInner};
 use crate::options::Options;
@@ -53,6 +53,23 @@ impl ProcessGroup {
         let pg = ProcessGroup { inner, _server: None };
         pg.leave_replica_address();
         Ok(pg)
+    }
+
+    /// [`ProcessGroup::new`] for async programs: creation (which waits for every rank) runs on a
+    /// thread of its own and the returned future completes with the group, so the executor keeps
+    /// running other tasks meanwhile.
+    pub fn new_async(store: Arc<dyn Store>, rank: usize, size: usize, opts: Options) -> Creation {
+        Creation::spawn(move || ProcessGroup::new(store, rank, size, opts))
+    }
+
+    /// [`ProcessGroup::from_env`] for async programs, as [`ProcessGroup::new_async`].
+    pub fn from_env_async(opts: Options) -> Creation {
+        Creation::spawn(move || ProcessGroup::from_env(opts))
+    }
+
+    /// [`ProcessGroup::join`] for async programs, as [`ProcessGroup::new_async`].
+    pub fn join_async(store: Arc<dyn Store>, rank: usize, size: usize, opts: Options) -> Creation {
+        Creation::spawn(move || ProcessGroup::join(store, rank, size, opts))
     }
 
     /// Writes this rank's replica address to [`Options::replica_dir`], where a launcher's
@@ -286,5 +303,29 @@ impl ProcessGroup {
     /// What the last collective this handle's group completed reported (failed ranks, epoch).
     pub fn last_op_info(&self) -> OpInfo {
         self.inner.last_info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A group being created on a thread of its own ([`ProcessGroup::new_async`]): a future of the
+/// group.
+#[must_use = "the group comes out of the Creation: .await it"]
+pub struct Creation(Work<ProcessGroup>);
+
+impl Creation {
+    fn spawn(create: impl FnOnce() -> Result<ProcessGroup> + Send + 'static) -> Creation {
+        let (work, done) = crate::engine::work::pair("group creation");
+        let spawned = std::thread::Builder::new().name("chorus-create".into()).spawn(move || done.complete(create()));
+        match spawned {
+            Ok(_) => Creation(work),
+            Err(e) => Creation(Work::ready("group creation", Err(ChorusError::InvalidArgument(format!("spawning the thread that creates the group: {e}"))))),
+        }
+    }
+}
+
+impl std::future::Future for Creation {
+    type Output = Result<ProcessGroup>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<ProcessGroup>> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.map(|(pg, _)| pg).map_err(|e| e.error))
     }
 }
