@@ -201,3 +201,22 @@ fn a_failed_queued_operation_gives_its_buffer_back() {
     assert!(matches!(e.error, ChorusError::Destroyed), "{e}");
     assert_eq!(e.buffers, Some(vec![5i64; 2]));
 }
+
+/// Issue 23: `all_reduce_async(vec![1.5f32; 8], DType::I64, Sum)` returned `[inf; 8]`: the dtype
+/// was not checked against the elements. It is refused now, with the buffer back; bytes
+/// (`Vec<u8>`) may still be read as any dtype.
+#[test]
+fn a_dtype_that_is_not_the_elements_is_refused() {
+    let results = run(2, "dtype-check", |pg| {
+        let e = pg.all_reduce_async(vec![1.5f32; 8], DType::I64, ReduceOp::Sum).outcome().expect_err("f32 elements as i64");
+        assert!(matches!(&e.error, ChorusError::InvalidArgument(m) if m.contains(DType::F32.name()) && m.contains(DType::I64.name())), "{e}");
+        assert_eq!(e.buffers, Some(vec![1.5f32; 8]));
+        let e = pg.reduce_scatter_async(vec![1i32; 4], vec![0f32; 2], DType::F32, ReduceOp::Sum).outcome().expect_err("i32 input as f32");
+        assert!(matches!(e.error, ChorusError::InvalidArgument(_)), "{e}");
+        let bytes: Vec<u8> = 2.0f32.to_ne_bytes().repeat(4);
+        let (sum, _) = pg.all_reduce_async(bytes, DType::F32, ReduceOp::Sum).outcome().map_err(|e| e.error)?;
+        assert_eq!(f32::from_ne_bytes(sum[..4].try_into().unwrap()), 2.0 * pg.size() as f32);
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}

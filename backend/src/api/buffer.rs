@@ -34,6 +34,24 @@ impl<T: Element> OpBuffer for Vec<T> {
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
         self
     }
+    /// `Vec<u8>` is the byte form: any dtype.
+    fn element_type(&self) -> Option<DType> {
+        (T::DTYPE != DType::U8).then_some(T::DTYPE)
+    }
+}
+
+/// Refuses buffers whose elements are not of `dtype` (`Vec<f32>` passed as `DType::I64` gave
+/// nonsense silently).
+pub fn check_element_types(op: &str, dtype: Option<DType>, bufs: &[Option<DType>]) -> crate::error::Result<()> {
+    let Some(dtype) = dtype else { return Ok(()) };
+    match bufs.iter().flatten().find(|&&t| t != dtype) {
+        Some(t) => Err(crate::error::ChorusError::InvalidArgument(format!(
+            "{op}: the buffer holds {} elements but the dtype given is {}; pass the buffer's own dtype (or a Vec<u8> of bytes to read it as another)",
+            t.name(),
+            dtype.name()
+        ))),
+        None => Ok(()),
+    }
 }
 
 impl OpBuffer for Box<dyn OpBuffer> {
@@ -45,5 +63,8 @@ impl OpBuffer for Box<dyn OpBuffer> {
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
         self
+    }
+    fn element_type(&self) -> Option<DType> {
+        (**self).element_type()
     }
 }

@@ -2,7 +2,7 @@
 //! implementation (`*_impl`) used by its blocking typed form, its blocking byte form (`*_raw`)
 //! and its owned-buffer form (`*_issue`: queued or run on the calling thread; `*_async` is its
 //! queued form).
-use super::buffer::{as_bytes, as_bytes_mut, Element};
+use super::buffer::{as_bytes, as_bytes_mut, check_element_types, Element};
 use super::issue::{Issued, Mode};
 use super::select::{self, AllReduceAlgo, Topo};
 use super::ProcessGroup;
@@ -253,6 +253,9 @@ impl ProcessGroup {
 
     /// `all_reduce_async`, queued or run on the calling thread as `mode` says.
     pub fn all_reduce_issue<B: OpBuffer>(&self, mode: Mode, buf: B, dtype: DType, op: ReduceOp) -> Issued<B> {
+        if let Err(e) = check_element_types("all_reduce", Some(dtype), &[buf.element_type()]) {
+            return Issued::Returned(e, buf);
+        }
         if let Err(e) = kernels::check_supported(dtype, op).map_err(ChorusError::from).and_then(|_| elems(buf.bytes().len(), dtype, "all_reduce")) {
             return Issued::Returned(e, buf);
         }
@@ -279,6 +282,9 @@ impl ProcessGroup {
 
     /// `reduce_async`, queued or run on the calling thread as `mode` says.
     pub fn reduce_issue<B: OpBuffer>(&self, mode: Mode, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Issued<B> {
+        if let Err(e) = check_element_types("reduce", Some(dtype), &[buf.element_type()]) {
+            return Issued::Returned(e, buf);
+        }
         let checked = kernels::check_supported(dtype, op)
             .map_err(ChorusError::from)
             .and_then(|_| check_root(root, self.size()))
@@ -316,6 +322,9 @@ impl ProcessGroup {
     /// `broadcast_async`, queued or run on the calling thread as `mode` says, over `dtype`
     /// elements (`None`: bytes).
     pub fn broadcast_issue<B: OpBuffer>(&self, mode: Mode, buf: B, dtype: Option<DType>, root: usize) -> Issued<B> {
+        if let Err(e) = check_element_types("broadcast", dtype, &[buf.element_type()]) {
+            return Issued::Returned(e, buf);
+        }
         if let Err(e) = check_root(root, self.size()).and_then(|_| whole(buf.bytes().len(), dtype, "broadcast")) {
             return Issued::Returned(e, buf);
         }
@@ -368,6 +377,9 @@ impl ProcessGroup {
     /// `all_gather_async`, queued or run on the calling thread as `mode` says, over `dtype`
     /// elements (`None`: bytes).
     pub fn all_gather_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>) -> Issued<(I, O)> {
+        if let Err(e) = check_element_types("all_gather", dtype, &[input.element_type(), output.element_type()]) {
+            return Issued::Returned(e, (input, output));
+        }
         let len = input.bytes().len();
         if let Err(e) = self.check_gather_sizes("all_gather", len, output.bytes().len()).and_then(|_| whole(len, dtype, "all_gather")) {
             return Issued::Returned(e, (input, output));
@@ -420,6 +432,9 @@ impl ProcessGroup {
 
     /// `reduce_scatter_async`, queued or run on the calling thread as `mode` says.
     pub fn reduce_scatter_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: DType, op: ReduceOp) -> Issued<(I, O)> {
+        if let Err(e) = check_element_types("reduce_scatter", Some(dtype), &[input.element_type(), output.element_type()]) {
+            return Issued::Returned(e, (input, output));
+        }
         let checked = kernels::check_supported(dtype, op)
             .map_err(ChorusError::from)
             .and_then(|_| self.check_gather_sizes("reduce_scatter", output.bytes().len(), input.bytes().len()))
@@ -515,6 +530,9 @@ impl ProcessGroup {
     /// `all_to_all_async`, queued or run on the calling thread as `mode` says, over `dtype`
     /// elements (`None`: bytes).
     pub fn all_to_all_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>) -> Issued<(I, O)> {
+        if let Err(e) = check_element_types("all_to_all", dtype, &[input.element_type(), output.element_type()]) {
+            return Issued::Returned(e, (input, output));
+        }
         let block = match self.check_all_to_all(input.bytes().len(), output.bytes().len()).and_then(|b| whole(b, dtype, "all_to_all").map(|_| b)) {
             Ok(b) => b,
             Err(e) => return Issued::Returned(e, (input, output)),
@@ -532,6 +550,9 @@ impl ProcessGroup {
 
     /// `all_to_all_v_async`, queued or run on the calling thread as `mode` says.
     pub fn all_to_all_v_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, send_counts: Vec<usize>, output: O, recv_counts: Vec<usize>, dtype: DType) -> Issued<(I, O)> {
+        if let Err(e) = check_element_types("all_to_all_v", Some(dtype), &[input.element_type(), output.element_type()]) {
+            return Issued::Returned(e, (input, output));
+        }
         let (send, recv) = match self.all_to_all_v_splits(input.bytes().len(), &send_counts, output.bytes().len(), &recv_counts, dtype, false) {
             Ok(s) => s,
             Err(e) => return Issued::Returned(e, (input, output)),
@@ -572,6 +593,9 @@ impl ProcessGroup {
     /// `gather_async`, queued or run on the calling thread as `mode` says, over `dtype` elements
     /// (`None`: bytes).
     pub fn gather_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>, root: usize) -> Issued<(I, O)> {
+        if let Err(e) = check_element_types("gather", dtype, &[input.element_type(), output.element_type()]) {
+            return Issued::Returned(e, (input, output));
+        }
         let me = self.rank();
         let check = check_root(root, self.size()).and_then(|_| whole(input.bytes().len(), dtype, "gather")).and_then(|_| {
             if me == root {
@@ -621,6 +645,9 @@ impl ProcessGroup {
     /// `scatter_async`, queued or run on the calling thread as `mode` says, over `dtype` elements
     /// (`None`: bytes).
     pub fn scatter_issue<I: OpBuffer, O: OpBuffer>(&self, mode: Mode, input: I, output: O, dtype: Option<DType>, root: usize) -> Issued<(I, O)> {
+        if let Err(e) = check_element_types("scatter", dtype, &[input.element_type(), output.element_type()]) {
+            return Issued::Returned(e, (input, output));
+        }
         let me = self.rank();
         let check = check_root(root, self.size()).and_then(|_| whole(output.bytes().len(), dtype, "scatter")).and_then(|_| {
             if me == root {

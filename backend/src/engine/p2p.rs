@@ -20,6 +20,12 @@ pub trait OpBuffer: Send + 'static {
     fn bytes(&self) -> &[u8];
     fn bytes_mut(&mut self) -> &mut [u8];
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+    /// The dtype of the elements it holds, where it has one (`Vec<f32>`: `F32`); `None` for bytes,
+    /// which any dtype may be read from. An operation refuses a buffer whose elements are not of
+    /// the dtype it was given.
+    fn element_type(&self) -> Option<chorus_kernels::DType> {
+        None
+    }
 }
 
 pub type Finish = Box<dyn FnOnce(Box<dyn OpBuffer>, Result<()>) + Send>;
