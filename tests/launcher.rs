@@ -3,6 +3,8 @@
 //! scenario passes on every rank. The launcher runs as a copy of this test binary calling the
 //! launcher's code, so the test never depends on another package's binary being built.
 mod common;
+#[path = "../bootstrap/tests/support/mod.rs"]
+mod support;
 use chorus_bootstrap::launch::{self, LaunchOptions};
 use std::process::{Command, Stdio};
 
@@ -56,17 +58,8 @@ fn rank_process(children: &[u32], rank: usize) -> Option<u32> {
     children.iter().copied().find(|p| {
         let env = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
         let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
-        vars.contains(&want.as_bytes()) && !vars.iter().any(|v| v.starts_with(launch::STORE_CHILD_VAR.as_bytes()))
+        vars.contains(&want.as_bytes()) && !support::has_env(*p, launch::STORE_CHILD_VAR)
     })
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut kids = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        kids.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-    }
-    kids
 }
 
 /// The lines of `stdout` forwarded with `prefix`, prefix removed (the launcher's first line
@@ -114,10 +107,8 @@ fn chorus_run_survives_its_store_process_and_restarts_a_killed_rank() {
     // Once every rank runs the loop (the replacement's lines aside, each prints one per collective).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let (store, victim) = loop {
-        let kids = children_of(launcher.id());
-        let store = kids.iter().copied().find(|p| {
-            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|e| e.split(|&b| b == 0).any(|v| v.starts_with(launch::STORE_CHILD_VAR.as_bytes())))
-        });
+        let kids = support::children_of(launcher.id());
+        let store = kids.iter().copied().find(|&p| support::has_env(p, launch::STORE_CHILD_VAR));
         if let (Some(s), true) = (store, (0..4).all(|r| rank_process(&kids, r).is_some())) {
             break (s, rank_process(&kids, 2).unwrap());
         }

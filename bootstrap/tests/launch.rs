@@ -1,5 +1,6 @@
 //! `chorus-run` end to end, with `sh` as the program.
 
+mod support;
 use std::process::{Command, Output};
 
 fn chorus_run(args: &[&str]) -> Output {
@@ -226,23 +227,11 @@ fn ranks_die_with_a_killed_launcher() {
     assert!(running.is_empty(), "ranks {running:?} outlived their killed launcher");
 }
 
-/// The launcher's children (the store process and the ranks), from /proc.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut kids = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        kids.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-    }
-    kids
-}
-
 /// The launcher's store process: its child started with `CHORUS_RUN_STORE_PORT`.
 fn store_process_of(launcher: u32) -> u32 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let found = children_of(launcher).into_iter().find(|&p| {
-            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|v| v.starts_with(b"CHORUS_RUN_STORE_PORT=")))
-        });
+        let found = support::children_of(launcher).into_iter().find(|&p| support::has_env(p, "CHORUS_RUN_STORE_PORT"));
         match found {
             Some(p) => return p,
             None if std::time::Instant::now() > deadline => panic!("chorus-run (pid {launcher}) has no store process"),
