@@ -31,9 +31,9 @@ pub(crate) fn local_bad_calls(pg: &ProcessGroup) -> R {
     expect_err("reduce_async root n", pg.reduce_async(vec![0u8; 4], n, DType::F32, ReduceOp::Sum).wait(), invalid_rank)?;
     expect_err("broadcast_async root n", pg.broadcast_async(vec![0u8; 4], n).wait(), invalid_rank)?;
     expect_err("send to n", pg.send_raw(&b, n, 0), invalid_rank)?;
-    expect_err("send to self", pg.send_raw(&b, me, 0), invalid_rank)?;
+    expect_err("send to self", pg.send_raw(&b, me, 0), invalid_arg)?;
     expect_err("recv from n", pg.recv_raw(&mut b, n + 1, 0), invalid_rank)?;
-    expect_err("recv from self", pg.recv_async(vec![0u8; 4], me, 0).wait(), invalid_rank)?;
+    expect_err("recv from self", pg.recv_async(vec![0u8; 4], me, 0).wait(), invalid_arg)?;
     expect_err("new_group rank n", pg.new_group(&[0, n]), invalid_rank)?;
     expect_err("new_group duplicate", pg.new_group(&[0, 0]), invalid_arg)?;
     // Unsupported op/dtype pairs.
