@@ -8,7 +8,7 @@
 //!
 //! `cargo run --release --example tokio_collectives`
 use chorus::bootstrap::{MemStore, Store};
-use chorus::{DType, Options, ProcessGroup, ReduceOp};
+use chorus::{Options, ProcessGroup, ReduceOp};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +37,7 @@ async fn rank_main(store: Arc<dyn Store>, rank: usize) -> Result<u64, Box<dyn st
         }
         let before = ticks.load(Ordering::Relaxed);
         let grads = vec![(rank + round) as f32; 1024];
-        let (sum, info) = pg.all_reduce_async(grads, DType::F32, ReduceOp::Sum).await?;
+        let (sum, info) = pg.all_reduce_async(grads, ReduceOp::Sum).await?;
         let want: f32 = (0..RANKS).map(|r| (r + round) as f32).sum();
         assert!(sum.iter().all(|&x| x == want), "round {round}: got {}, want {want}", sum[0]);
         assert_eq!(info.contributors, (0..RANKS).collect::<Vec<_>>());

@@ -43,7 +43,7 @@ fn all_to_all_v_with_unequal_self_blocks_is_an_error() {
         let mut output = vec![0f32; 4];
         let m = invalid(pg.all_to_all_v(&input, &send, &mut output, &recv), "blocking");
         assert!(m.contains("to itself"), "{m}");
-        let w = pg.all_to_all_v_async(vec![0u8; 12], send.clone(), vec![0u8; 16], recv.clone(), DType::F32);
+        let w = pg.all_to_all_v_async_raw(vec![0u8; 12], send.clone(), vec![0u8; 16], recv.clone(), DType::F32);
         invalid(w.wait(), "queued");
         // The group is still usable.
         let mut v = [1i32];
@@ -100,7 +100,7 @@ fn dropping_the_group_while_an_async_op_runs_neither_stalls_nor_panics() {
             assert!(v.iter().all(|&x| x == 3));
             return Ok(());
         }
-        let work = pg.all_reduce_async(vec![1 + me; 1 << 16], DType::I64, ReduceOp::Sum);
+        let work = pg.all_reduce_async_raw(vec![1 + me; 1 << 16], DType::I64, ReduceOp::Sum);
         std::thread::sleep(Duration::from_millis(100));
         let started = Instant::now();
         drop(pg);
@@ -168,11 +168,11 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 fn work_is_a_future_that_returns_the_buffers() {
     let results = run(2, "work-future", |pg| {
         let n = pg.size();
-        let (buf, info) = block_on(pg.all_reduce_async(vec![1.5f32; 8], DType::F32, ReduceOp::Sum)).map_err(|e| e.error)?;
+        let (buf, info) = block_on(pg.all_reduce_async(vec![1.5f32; 8], ReduceOp::Sum)).map_err(|e| e.error)?;
         assert_eq!(buf, vec![1.5 * n as f32; 8]);
         assert_eq!(info.contributors, (0..n).collect::<Vec<_>>());
         // Refused (7 bytes of f32): the error, and the buffer back.
-        let e = block_on(pg.all_reduce_async(vec![7u8; 7], DType::F32, ReduceOp::Sum)).expect_err("7 bytes of f32");
+        let e = block_on(pg.all_reduce_async_raw(vec![7u8; 7], DType::F32, ReduceOp::Sum)).expect_err("7 bytes of f32");
         assert!(matches!(e.error, ChorusError::InvalidArgument(_)), "{e}");
         assert_eq!(e.buffers, Some(vec![7u8; 7]), "the refused operation's buffer");
         // The same through the blocking form of the outcome.
@@ -191,13 +191,13 @@ fn work_is_a_future_that_returns_the_buffers() {
 fn a_failed_queued_operation_gives_its_buffer_back() {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let pg = ProcessGroup::new(store, 0, 1, Options::default().with_name("failed-queued")).expect("a group of one");
-    let work = pg.all_reduce_async(vec![3i64; 4], DType::I64, ReduceOp::Sum);
+    let work = pg.all_reduce_async_raw(vec![3i64; 4], DType::I64, ReduceOp::Sum);
     pg.destroy();
     match work.outcome() {
         Ok((buf, _)) => assert_eq!(buf, vec![3i64; 4], "it ran before the destroy"),
         Err(e) => assert_eq!(e.buffers, Some(vec![3i64; 4]), "{e}: the buffer was lost"),
     }
-    let e = block_on(pg.all_reduce_async(vec![5i64; 2], DType::I64, ReduceOp::Sum)).expect_err("a destroyed group");
+    let e = block_on(pg.all_reduce_async_raw(vec![5i64; 2], DType::I64, ReduceOp::Sum)).expect_err("a destroyed group");
     assert!(matches!(e.error, ChorusError::Destroyed), "{e}");
     assert_eq!(e.buffers, Some(vec![5i64; 2]));
 }
@@ -208,14 +208,38 @@ fn a_failed_queued_operation_gives_its_buffer_back() {
 #[test]
 fn a_dtype_that_is_not_the_elements_is_refused() {
     let results = run(2, "dtype-check", |pg| {
-        let e = pg.all_reduce_async(vec![1.5f32; 8], DType::I64, ReduceOp::Sum).outcome().expect_err("f32 elements as i64");
+        let e = pg.all_reduce_async_raw(vec![1.5f32; 8], DType::I64, ReduceOp::Sum).outcome().expect_err("f32 elements as i64");
         assert!(matches!(&e.error, ChorusError::InvalidArgument(m) if m.contains(DType::F32.name()) && m.contains(DType::I64.name())), "{e}");
         assert_eq!(e.buffers, Some(vec![1.5f32; 8]));
-        let e = pg.reduce_scatter_async(vec![1i32; 4], vec![0f32; 2], DType::F32, ReduceOp::Sum).outcome().expect_err("i32 input as f32");
+        let e = pg.reduce_scatter_async_raw(vec![1i32; 4], vec![0f32; 2], DType::F32, ReduceOp::Sum).outcome().expect_err("i32 input as f32");
         assert!(matches!(e.error, ChorusError::InvalidArgument(_)), "{e}");
         let bytes: Vec<u8> = 2.0f32.to_ne_bytes().repeat(4);
-        let (sum, _) = pg.all_reduce_async(bytes, DType::F32, ReduceOp::Sum).outcome().map_err(|e| e.error)?;
+        let (sum, _) = pg.all_reduce_async_raw(bytes, DType::F32, ReduceOp::Sum).outcome().map_err(|e| e.error)?;
         assert_eq!(f32::from_ne_bytes(sum[..4].try_into().unwrap()), 2.0 * pg.size() as f32);
+        Ok(())
+    });
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+}
+
+/// Issue 23: the async forms are typed (`Vec<T>`, the dtype from `T`; the `DType` forms are
+/// `*_async_raw`), and blocking calls return their own report instead of a group-wide "last".
+#[test]
+fn typed_async_forms_and_blocking_reports() {
+    let results = run(2, "typed-async", |pg| {
+        let (n, me) = (pg.size(), pg.rank());
+        let (max, _) = pg.reduce_async(vec![me as i32 + 1; 3], 0, ReduceOp::Max).outcome().map_err(|e| e.error)?;
+        if me == 0 {
+            assert_eq!(max, vec![n as i32; 3]);
+        }
+        let ((_, mine), _) = pg.reduce_scatter_async(vec![1.0f64; 2 * n], vec![0.0f64; 2], ReduceOp::Sum).outcome().map_err(|e| e.error)?;
+        assert_eq!(mine, vec![n as f64; 2]);
+        let ((_, got), _) = pg.all_to_all_v_async(vec![me as u16; n], vec![1; n], vec![9u16; n], vec![1; n]).outcome().map_err(|e| e.error)?;
+        assert_eq!(got, (0..n as u16).collect::<Vec<_>>());
+        let mut v = [1i64; 4];
+        let info = pg.all_reduce(&mut v, ReduceOp::Sum)?;
+        assert_eq!(info.contributors, (0..n).collect::<Vec<_>>());
+        assert!(info.failed.is_empty());
+        assert_eq!(pg.barrier()?.contributors.len(), n);
         Ok(())
     });
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");

@@ -150,7 +150,7 @@ fn async_ops_waited_from_two_threads_stay_ordered() {
             let mut batches = [Vec::new(), Vec::new()];
             for _ in 0..10 {
                 let buf = vec![k * 10 + me; 1 + (k % 7) as usize];
-                batches[(k % 2) as usize].push((k, pg.all_reduce_async(buf, DType::I64, ReduceOp::Sum)));
+                batches[(k % 2) as usize].push((k, pg.all_reduce_async_raw(buf, DType::I64, ReduceOp::Sum)));
                 k += 1;
             }
             for (t, b) in tx.iter().zip(batches) {
@@ -178,7 +178,7 @@ fn destroyed_group_refuses_work() {
         pg.destroy();
         let mut v = [1i32; 4];
         assert!(matches!(pg.all_reduce(&mut v, ReduceOp::Sum), Err(ChorusError::Destroyed)));
-        assert!(matches!(pg.all_reduce_async(vec![1i32], DType::I32, ReduceOp::Sum).wait(), Err(ChorusError::Destroyed)));
+        assert!(matches!(pg.all_reduce_async_raw(vec![1i32], DType::I32, ReduceOp::Sum).wait(), Err(ChorusError::Destroyed)));
         Ok(())
     });
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
@@ -219,8 +219,7 @@ fn a_live_excluded_rank_rejoins_in_place() {
                 loop {
                     let mut v = vec![1i64 + r as i64; 64];
                     match pg.all_reduce(&mut v, ReduceOp::Sum) {
-                        Ok(()) => {
-                            let info = pg.last_op_info();
+                        Ok(info) => {
                             let want: i64 = info.contributors.iter().map(|&c| 1 + c as i64).sum();
                             assert!(v.iter().all(|&x| x == want), "rank {r}: {v:?} over {:?}", info.contributors);
                             if info.contributors.len() == 3 && rejoined.load(Ordering::SeqCst) {
@@ -279,8 +278,8 @@ fn check_shrunk_gathers(pg: &ProcessGroup, r: usize) -> chorus_backend::Result<(
     loop {
         let mut v = [1i64];
         match pg.all_reduce(&mut v, ReduceOp::Sum) {
-            Ok(()) if pg.last_op_info().contributors == [0, 1] => break,
-            Ok(()) => {}
+            Ok(info) if info.contributors == [0, 1] => break,
+            Ok(_) => {}
             Err(ChorusError::Excluded { .. }) if r == 2 => return Ok(()),
             Err(e) => return Err(e),
         }

@@ -110,7 +110,7 @@ impl<'a> Case<'a> {
     /// One iteration of the collective.
     pub fn run(&mut self) -> Result<(), ChorusError> {
         let pg = self.pg;
-        match self.coll {
+        let done = match self.coll {
             "all_reduce" => pg.all_reduce_raw(&mut self.a, self.dtype, self.op),
             "reduce" => pg.reduce_raw(&mut self.a, self.root, self.dtype, self.op),
             "broadcast" => pg.broadcast_raw(&mut self.a, self.root),
@@ -128,10 +128,11 @@ impl<'a> Case<'a> {
                 let (rs, ss) = (r.wait(), s.wait());
                 self.a = ss?;
                 self.b = rs?;
-                Ok(())
+                return Ok(());
             }
             other => Err(ChorusError::InvalidArgument(format!("unknown collective {other}"))),
-        }
+        };
+        done.map(drop)
     }
 
     /// One iteration in the asynchronous form: `*_async` with the case's buffers, then `wait`
@@ -141,8 +142,8 @@ impl<'a> Case<'a> {
         let pg = self.pg;
         let (dt, op, root) = (self.dtype, self.op, self.root);
         match self.coll {
-            "all_reduce" => self.a = pg.all_reduce_async(take(&mut self.a), dt, op).wait()?,
-            "reduce" => self.a = pg.reduce_async(take(&mut self.a), root, dt, op).wait()?,
+            "all_reduce" => self.a = pg.all_reduce_async_raw(take(&mut self.a), dt, op).wait()?,
+            "reduce" => self.a = pg.reduce_async_raw(take(&mut self.a), root, dt, op).wait()?,
             "broadcast" => self.a = pg.broadcast_async(take(&mut self.a), root).wait()?,
             "barrier" => pg.barrier_async().wait()?,
             "sendrecv" => return self.run(),
@@ -150,7 +151,7 @@ impl<'a> Case<'a> {
                 let (a, b) = (take(&mut self.a), take(&mut self.b));
                 let w = match c {
                     "all_gather" => pg.all_gather_async(a, b),
-                    "reduce_scatter" => pg.reduce_scatter_async(a, b, dt, op),
+                    "reduce_scatter" => pg.reduce_scatter_async_raw(a, b, dt, op),
                     "all_to_all" => pg.all_to_all_async(a, b),
                     "gather" => pg.gather_async(a, b, root),
                     "scatter" => pg.scatter_async(a, b, root),

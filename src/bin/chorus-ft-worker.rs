@@ -103,7 +103,7 @@ fn main() {
             "all_reduce" => {
                 let mut v: Vec<i64> = (0..elems).map(|i| value(me, iter, i)).collect();
                 match pg.all_reduce(&mut v, ReduceOp::Sum) {
-                    Ok(()) => {}
+                    Ok(report) => info = report,
                     Err(chorus::ChorusError::NotRecoverable { failed, epoch, .. }) => {
                         // Input too large to save (CHORUS_FT_SAVE_LIMIT) and not every survivor
                         // had the result: every survivor gets this same error.
@@ -128,7 +128,6 @@ fn main() {
                         std::process::exit(3);
                     }
                 }
-                info = pg.last_op_info();
                 for (i, x) in v.iter().enumerate() {
                     let want: i64 = info.contributors.iter().map(|&r| value(r, iter, i)).sum();
                     assert_eq!(*x, want, "rank {me} iter {iter} element {i}: not the sum over contributors {:?}", info.contributors);
@@ -138,11 +137,11 @@ fn main() {
             "all_gather" => {
                 let input: Vec<i64> = (0..elems).map(|i| value(me, iter, i)).collect();
                 let mut v = vec![-1i64; elems * n];
-                if let Err(e) = pg.all_gather(&input, &mut v) {
+                // The blocking call returns its own report (who contributed, who failed).
+                info = pg.all_gather(&input, &mut v).unwrap_or_else(|e| {
                     eprintln!("rank {me} iter {iter}: all_gather failed: {e}");
-                    std::process::exit(3);
-                }
-                info = pg.last_op_info();
+                    std::process::exit(3)
+                });
                 for r in 0..n {
                     for i in 0..elems {
                         let want = if info.contributors.contains(&r) { value(r, iter, i) } else { 0 };
@@ -154,11 +153,11 @@ fn main() {
             "all_to_all" => {
                 let input: Vec<i64> = (0..elems * n).map(|i| value(me, iter, i)).collect();
                 let mut v = vec![-1i64; elems * n];
-                if let Err(e) = pg.all_to_all(&input, &mut v) {
+                // The blocking call returns its own report (who contributed, who failed).
+                info = pg.all_to_all(&input, &mut v).unwrap_or_else(|e| {
                     eprintln!("rank {me} iter {iter}: all_to_all failed: {e}");
-                    std::process::exit(3);
-                }
-                info = pg.last_op_info();
+                    std::process::exit(3)
+                });
                 for r in &info.contributors {
                     for i in 0..elems {
                         assert_eq!(v[r * elems + i], value(*r, iter, me * elems + i), "rank {me} iter {iter} block from {r}");
@@ -171,7 +170,7 @@ fn main() {
                 let root = members.first().copied().unwrap_or(0);
                 let mut v: Vec<i64> = if me == root { (0..elems).map(|i| value(root, iter, i)).collect() } else { vec![0; elems] };
                 match pg.broadcast(&mut v, root) {
-                    Ok(()) => {}
+                    Ok(report) => info = report,
                     Err(chorus::ChorusError::RootInactive { root, .. }) => {
                         // The root died mid-broadcast before every survivor had its data: every
                         // survivor gets this same error.
@@ -185,7 +184,6 @@ fn main() {
                         std::process::exit(3);
                     }
                 }
-                info = pg.last_op_info();
                 assert!(v.iter().enumerate().all(|(i, x)| *x == value(root, iter, i)), "rank {me} iter {iter}: broadcast from {root} wrong");
                 result = v;
             }

@@ -29,7 +29,7 @@ fn main() {
         let r = pg.all_reduce(&mut v, ReduceOp::Sum);
         let took = t.elapsed();
         match r {
-            Ok(()) => {
+            Ok(_) => {
                 // Every rank contributed: sum over ranks of (r + 1) * 1000 + op * 10 + i.
                 let want: Vec<i64> = (0..64).map(|i| (n * (n + 1) / 2) as i64 * 1000 + (n as i64) * (op as i64 * 10 + i)).collect();
                 let right = if v == want { "right" } else { "WRONG" };

@@ -11,7 +11,7 @@ use crate::engine::comm::{Comm, OpCtx};
 use crate::engine::desc::{kind, OpDesc};
 use crate::engine::exec::{self, Bufs, Reduction};
 use crate::engine::p2p::OpBuffer;
-use crate::engine::work::Work;
+use crate::engine::work::{OpInfo, Work};
 use crate::error::{ChorusError, Result};
 use chorus_kernels::{self as kernels, DType, ReduceOp};
 
@@ -237,17 +237,23 @@ fn counts_to_splits(counts: &[usize], elem: usize, what: &str) -> Result<Vec<(us
 impl ProcessGroup {
     // ---------------------------------------------------------------- all_reduce
     /// Reduces `buf` across all ranks; every rank gets the result.
-    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<OpInfo> {
         self.all_reduce_raw(as_bytes_mut(buf), T::DTYPE, op)
     }
 
-    pub fn all_reduce_raw(&self, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+    pub fn all_reduce_raw(&self, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<OpInfo> {
         kernels::check_supported(dtype, op)?;
         elems(buf.len(), dtype, "all_reduce")?;
         self.run_blocking("all_reduce", reduction(kind::ALL_REDUCE, dtype, op, None, buf.len()), |c, x, t, a| all_reduce_impl(t, c, x, a, buf, dtype, op))
     }
 
-    pub fn all_reduce_async<B: OpBuffer>(&self, buf: B, dtype: DType, op: ReduceOp) -> Work<B> {
+    /// [`ProcessGroup::all_reduce`] on an owned buffer, queued: the [`Work`] gives it back.
+    pub fn all_reduce_async<T: Element>(&self, buf: Vec<T>, op: ReduceOp) -> Work<Vec<T>> {
+        self.all_reduce_async_raw(buf, T::DTYPE, op)
+    }
+
+    /// `all_reduce_async` over any owned buffer read as `dtype` elements.
+    pub fn all_reduce_async_raw<B: OpBuffer>(&self, buf: B, dtype: DType, op: ReduceOp) -> Work<B> {
         self.all_reduce_issue(Mode::Queued, buf, dtype, op).into_work("all_reduce")
     }
 
@@ -265,18 +271,24 @@ impl ProcessGroup {
 
     // ---------------------------------------------------------------- reduce
     /// Reduces `buf` across all ranks into `root`'s `buf` (other ranks' buffers are unchanged).
-    pub fn reduce<T: Element>(&self, buf: &mut [T], root: usize, op: ReduceOp) -> Result<()> {
+    pub fn reduce<T: Element>(&self, buf: &mut [T], root: usize, op: ReduceOp) -> Result<OpInfo> {
         self.reduce_raw(as_bytes_mut(buf), root, T::DTYPE, op)
     }
 
-    pub fn reduce_raw(&self, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
+    pub fn reduce_raw(&self, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<OpInfo> {
         kernels::check_supported(dtype, op)?;
         check_root(root, self.size())?;
         elems(buf.len(), dtype, "reduce")?;
         self.run_blocking("reduce", reduction(kind::REDUCE, dtype, op, Some(root), buf.len()), |c, x, t, a| reduce_impl(t, c, x, a, buf, root, dtype, op))
     }
 
-    pub fn reduce_async<B: OpBuffer>(&self, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Work<B> {
+    /// [`ProcessGroup::reduce`] on an owned buffer, queued: the [`Work`] gives it back.
+    pub fn reduce_async<T: Element>(&self, buf: Vec<T>, root: usize, op: ReduceOp) -> Work<Vec<T>> {
+        self.reduce_async_raw(buf, root, T::DTYPE, op)
+    }
+
+    /// `reduce_async` over any owned buffer read as `dtype` elements.
+    pub fn reduce_async_raw<B: OpBuffer>(&self, buf: B, root: usize, dtype: DType, op: ReduceOp) -> Work<B> {
         self.reduce_issue(Mode::Queued, buf, root, dtype, op).into_work("reduce")
     }
 
@@ -299,17 +311,17 @@ impl ProcessGroup {
     // ---------------------------------------------------------------- broadcast
     /// Copies `root`'s `buf` into every rank's `buf`.
     /// Ranks must agree on `T` (as on the root and the length).
-    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
+    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<OpInfo> {
         self.broadcast_typed(as_bytes_mut(buf), Some(T::DTYPE), root)
     }
 
     /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
-    pub fn broadcast_raw(&self, buf: &mut [u8], root: usize) -> Result<()> {
+    pub fn broadcast_raw(&self, buf: &mut [u8], root: usize) -> Result<OpInfo> {
         self.broadcast_typed(buf, None, root)
     }
 
     /// `broadcast_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
-    pub fn broadcast_typed(&self, buf: &mut [u8], dtype: Option<DType>, root: usize) -> Result<()> {
+    pub fn broadcast_typed(&self, buf: &mut [u8], dtype: Option<DType>, root: usize) -> Result<OpInfo> {
         check_root(root, self.size())?;
         whole(buf.len(), dtype, "broadcast")?;
         self.run_blocking("broadcast", movement(kind::BROADCAST, dtype, Some(root), buf.len()), |c, x, t, _| broadcast_impl(t, c, x, buf, root))
@@ -335,24 +347,24 @@ impl ProcessGroup {
     // ---------------------------------------------------------------- all_gather
     /// Concatenates every rank's `input` (rank order) into every rank's `output`
     /// (`output.len() == size * input.len()`).
-    pub fn all_gather<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<()> {
+    pub fn all_gather<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<OpInfo> {
         self.all_gather_typed(as_bytes(input), as_bytes_mut(output), Some(T::DTYPE))
     }
 
     /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
-    pub fn all_gather_raw(&self, input: &[u8], output: &mut [u8]) -> Result<()> {
+    pub fn all_gather_raw(&self, input: &[u8], output: &mut [u8]) -> Result<OpInfo> {
         self.all_gather_typed(input, output, None)
     }
 
     /// `all_gather_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
-    pub fn all_gather_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>) -> Result<()> {
+    pub fn all_gather_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>) -> Result<OpInfo> {
         self.check_gather_sizes("all_gather", input.len(), output.len())?;
         whole(input.len(), dtype, "all_gather")?;
         self.run_blocking("all_gather", movement(kind::ALL_GATHER, dtype, None, input.len()), |c, x, t, _| all_gather_impl(t, c, x, input, output))
     }
 
     /// List form: `outputs[r]` receives rank `r`'s input.
-    pub fn all_gather_list<T: Element>(&self, input: &[T], outputs: &mut [&mut [T]]) -> Result<()> {
+    pub fn all_gather_list<T: Element>(&self, input: &[T], outputs: &mut [&mut [T]]) -> Result<OpInfo> {
         if outputs.len() != self.size() || outputs.iter().any(|o| o.len() != input.len()) {
             return Err(ChorusError::InvalidArgument(format!(
                 "all_gather: expected {} output buffers of {} elements each, got {} buffers",
@@ -362,12 +374,12 @@ impl ProcessGroup {
             )));
         }
         let mut flat = vec![0u8; std::mem::size_of_val(input) * self.size()];
-        self.all_gather_raw(as_bytes(input), &mut flat)?;
+        let info = self.all_gather_raw(as_bytes(input), &mut flat)?;
         let block = std::mem::size_of_val(input);
         for (r, o) in outputs.iter_mut().enumerate() {
             as_bytes_mut(o).copy_from_slice(&flat[r * block..(r + 1) * block]);
         }
-        Ok(())
+        Ok(info)
     }
 
     pub fn all_gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {
@@ -399,11 +411,11 @@ impl ProcessGroup {
 
     // ---------------------------------------------------------------- reduce_scatter
     /// Reduces `input` (`size` blocks) across ranks; rank `r` gets block `r` in `output`.
-    pub fn reduce_scatter<T: Element>(&self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn reduce_scatter<T: Element>(&self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<OpInfo> {
         self.reduce_scatter_raw(as_bytes(input), as_bytes_mut(output), T::DTYPE, op)
     }
 
-    pub fn reduce_scatter_raw(&self, input: &[u8], output: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+    pub fn reduce_scatter_raw(&self, input: &[u8], output: &mut [u8], dtype: DType, op: ReduceOp) -> Result<OpInfo> {
         kernels::check_supported(dtype, op)?;
         self.check_gather_sizes("reduce_scatter", output.len(), input.len())?;
         elems(output.len(), dtype, "reduce_scatter")?;
@@ -413,7 +425,7 @@ impl ProcessGroup {
     }
 
     /// List form: `inputs[r]` is the block reduced into rank `r`'s output.
-    pub fn reduce_scatter_list<T: Element>(&self, inputs: &[&[T]], output: &mut [T], op: ReduceOp) -> Result<()> {
+    pub fn reduce_scatter_list<T: Element>(&self, inputs: &[&[T]], output: &mut [T], op: ReduceOp) -> Result<OpInfo> {
         if inputs.len() != self.size() || inputs.iter().any(|i| i.len() != output.len()) {
             return Err(ChorusError::InvalidArgument(format!(
                 "reduce_scatter: expected {} input buffers of {} elements each, got {} buffers",
@@ -426,7 +438,13 @@ impl ProcessGroup {
         self.reduce_scatter_raw(&flat, as_bytes_mut(output), T::DTYPE, op)
     }
 
-    pub fn reduce_scatter_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, dtype: DType, op: ReduceOp) -> Work<(I, O)> {
+    /// [`ProcessGroup::reduce_scatter`] on owned buffers, queued: the [`Work`] gives them back.
+    pub fn reduce_scatter_async<T: Element>(&self, input: Vec<T>, output: Vec<T>, op: ReduceOp) -> Work<(Vec<T>, Vec<T>)> {
+        self.reduce_scatter_async_raw(input, output, T::DTYPE, op)
+    }
+
+    /// `reduce_scatter_async` over any owned buffers read as `dtype` elements.
+    pub fn reduce_scatter_async_raw<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, dtype: DType, op: ReduceOp) -> Work<(I, O)> {
         self.reduce_scatter_issue(Mode::Queued, input, output, dtype, op).into_work("reduce_scatter")
     }
 
@@ -450,17 +468,17 @@ impl ProcessGroup {
 
     // ---------------------------------------------------------------- all_to_all
     /// Equal splits: block `p` of `input` goes to rank `p`; block `p` of `output` comes from `p`.
-    pub fn all_to_all<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<()> {
+    pub fn all_to_all<T: Element>(&self, input: &[T], output: &mut [T]) -> Result<OpInfo> {
         self.all_to_all_typed(as_bytes(input), as_bytes_mut(output), Some(T::DTYPE))
     }
 
     /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
-    pub fn all_to_all_raw(&self, input: &[u8], output: &mut [u8]) -> Result<()> {
+    pub fn all_to_all_raw(&self, input: &[u8], output: &mut [u8]) -> Result<OpInfo> {
         self.all_to_all_typed(input, output, None)
     }
 
     /// `all_to_all_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
-    pub fn all_to_all_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>) -> Result<()> {
+    pub fn all_to_all_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>) -> Result<OpInfo> {
         let block = self.check_all_to_all(input.len(), output.len())?;
         whole(block, dtype, "all_to_all")?;
         let splits = even_splits(self.size(), block);
@@ -479,11 +497,11 @@ impl ProcessGroup {
 
     /// Uneven splits (like torch's `all_to_all_single`): `send_counts[p]` elements of `input`
     /// go to rank `p` (consecutively), `recv_counts[p]` elements from `p` land in `output`.
-    pub fn all_to_all_v<T: Element>(&self, input: &[T], send_counts: &[usize], output: &mut [T], recv_counts: &[usize]) -> Result<()> {
+    pub fn all_to_all_v<T: Element>(&self, input: &[T], send_counts: &[usize], output: &mut [T], recv_counts: &[usize]) -> Result<OpInfo> {
         self.all_to_all_v_raw(as_bytes(input), send_counts, as_bytes_mut(output), recv_counts, T::DTYPE)
     }
 
-    pub fn all_to_all_v_raw(&self, input: &[u8], send_counts: &[usize], output: &mut [u8], recv_counts: &[usize], dtype: DType) -> Result<()> {
+    pub fn all_to_all_v_raw(&self, input: &[u8], send_counts: &[usize], output: &mut [u8], recv_counts: &[usize], dtype: DType) -> Result<OpInfo> {
         let (send, recv) = self.all_to_all_v_splits(input.len(), send_counts, output.len(), recv_counts, dtype, false)?;
         self.run_blocking("all_to_all_v", movement(kind::ALL_TO_ALL_V, Some(dtype), None, 0), |c, x, t, _| all_to_all_impl(t, c, x, input, output, &send, &recv, true))
     }
@@ -544,7 +562,14 @@ impl ProcessGroup {
         })
     }
 
-    pub fn all_to_all_v_async<I: OpBuffer, O: OpBuffer>(&self, input: I, send_counts: Vec<usize>, output: O, recv_counts: Vec<usize>, dtype: DType) -> Work<(I, O)> {
+    /// [`ProcessGroup::all_to_all_v`] on owned buffers (counts in elements), queued: the
+    /// [`Work`] gives them back.
+    pub fn all_to_all_v_async<T: Element>(&self, input: Vec<T>, send_counts: Vec<usize>, output: Vec<T>, recv_counts: Vec<usize>) -> Work<(Vec<T>, Vec<T>)> {
+        self.all_to_all_v_async_raw(input, send_counts, output, recv_counts, T::DTYPE)
+    }
+
+    /// `all_to_all_v_async` over any owned buffers, counts in `dtype` elements.
+    pub fn all_to_all_v_async_raw<I: OpBuffer, O: OpBuffer>(&self, input: I, send_counts: Vec<usize>, output: O, recv_counts: Vec<usize>, dtype: DType) -> Work<(I, O)> {
         self.all_to_all_v_issue(Mode::Queued, input, send_counts, output, recv_counts, dtype).into_work("all_to_all_v")
     }
 
@@ -564,17 +589,17 @@ impl ProcessGroup {
 
     // ---------------------------------------------------------------- gather / scatter
     /// Every rank's `input` lands in `root`'s `output` (rank order); `output` is ignored elsewhere.
-    pub fn gather<T: Element>(&self, input: &[T], output: &mut [T], root: usize) -> Result<()> {
+    pub fn gather<T: Element>(&self, input: &[T], output: &mut [T], root: usize) -> Result<OpInfo> {
         self.gather_typed(as_bytes(input), as_bytes_mut(output), Some(T::DTYPE), root)
     }
 
     /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
-    pub fn gather_raw(&self, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+    pub fn gather_raw(&self, input: &[u8], output: &mut [u8], root: usize) -> Result<OpInfo> {
         self.gather_typed(input, output, None, root)
     }
 
     /// `gather_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
-    pub fn gather_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>, root: usize) -> Result<()> {
+    pub fn gather_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>, root: usize) -> Result<OpInfo> {
         check_root(root, self.size())?;
         whole(input.len(), dtype, "gather")?;
         let out_len = if self.rank() == root {
@@ -616,17 +641,17 @@ impl ProcessGroup {
     }
 
     /// `root`'s `input` (`size` blocks) is split so rank `r` gets block `r` in `output`.
-    pub fn scatter<T: Element>(&self, input: &[T], output: &mut [T], root: usize) -> Result<()> {
+    pub fn scatter<T: Element>(&self, input: &[T], output: &mut [T], root: usize) -> Result<OpInfo> {
         self.scatter_typed(as_bytes(input), as_bytes_mut(output), Some(T::DTYPE), root)
     }
 
     /// The byte form: it agrees with a peer's call of any dtype of the same length in bytes.
-    pub fn scatter_raw(&self, input: &[u8], output: &mut [u8], root: usize) -> Result<()> {
+    pub fn scatter_raw(&self, input: &[u8], output: &mut [u8], root: usize) -> Result<OpInfo> {
         self.scatter_typed(input, output, None, root)
     }
 
     /// `scatter_raw` for `dtype` elements (`None`: bytes), which every rank must pass alike.
-    pub fn scatter_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>, root: usize) -> Result<()> {
+    pub fn scatter_typed(&self, input: &[u8], output: &mut [u8], dtype: Option<DType>, root: usize) -> Result<OpInfo> {
         check_root(root, self.size())?;
         whole(output.len(), dtype, "scatter")?;
         let in_len = if self.rank() == root {
@@ -668,7 +693,7 @@ impl ProcessGroup {
 
     // ---------------------------------------------------------------- barrier
     /// Returns once every rank has entered the barrier.
-    pub fn barrier(&self) -> Result<()> {
+    pub fn barrier(&self) -> Result<OpInfo> {
         self.run_blocking("barrier", movement(kind::BARRIER, None, None, 0), |c, x, t, _| {
             let plan = t.place(algo::barrier(t.m(), t.me()));
             exec::run(c, x, &plan, &mut Bufs::InPlace(&mut []), None, None)

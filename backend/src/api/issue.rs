@@ -56,9 +56,9 @@ impl<S, F: FnMut(&mut Comm, &OpCtx, &Topo, u32, &mut S) -> Result<()> + Send + '
 
 impl ProcessGroup {
     /// Runs a collective on the caller's thread, after every queued one.
-    pub(super) fn run_blocking(&self, name: &'static str, desc: OpDesc, f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()>) -> Result<()> {
+    pub(super) fn run_blocking(&self, name: &'static str, desc: OpDesc, f: impl FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()>) -> Result<OpInfo> {
         self.ready_to_run()?;
-        self.run_here(name, desc, f).map(drop)
+        self.run_here(name, desc, f)
     }
 
     /// Checks the group is live and finishes every queued operation (on this thread when they

@@ -300,7 +300,9 @@ impl ProcessGroup {
         OpCtx { name, op_seq, epoch: 0, attempt: 0, desc, deadline: now + self.inner.opts.timeout, started: now }
     }
 
-    /// What the last collective this handle's group completed reported (failed ranks, epoch).
+    /// What the last collective this group completed reported (failed ranks, epoch). Blocking
+    /// collectives return their own report and a `Work` carries its own (`Work::outcome`, `.await`),
+    /// which is what to use where several threads issue collectives on one group.
     pub fn last_op_info(&self) -> OpInfo {
         self.inner.last_info.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

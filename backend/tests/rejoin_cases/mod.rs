@@ -33,7 +33,7 @@ pub fn successive_replacements(name: &str, host_of: fn(usize) -> String) -> Vec<
                 loop {
                     let mut v = vec![1i64 + r as i64; 1000];
                     match pg.all_reduce(&mut v, ReduceOp::Sum) {
-                        Ok(()) => {
+                        Ok(_) => {
                             let info = pg.last_op_info();
                             let want: i64 = info.contributors.iter().map(|&c| 1 + c as i64).sum();
                             assert!(v.iter().all(|&x| x == want), "rank {r}: {:?} over {:?}", &v[..4], info.contributors);
@@ -87,7 +87,7 @@ pub fn early_view_change(name: &str, host_of: fn(usize) -> String, repeats: usiz
                     for i in 0..6i64 {
                         let mut v = vec![i + r as i64; 257];
                         match pg.all_reduce(&mut v, ReduceOp::Sum) {
-                            Ok(()) => {
+                            Ok(_) => {
                                 let info = pg.last_op_info();
                                 let want: i64 = info.contributors.iter().map(|&c| i + c as i64).sum();
                                 assert!(v.iter().all(|&x| x == want), "rank {r} op {i}: {} over {:?}", v[0], info.contributors);

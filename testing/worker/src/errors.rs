@@ -28,7 +28,7 @@ pub(crate) fn local_bad_calls(pg: &ProcessGroup) -> R {
     expect_err("broadcast root n", pg.broadcast_raw(&mut b, n + 3), invalid_rank)?;
     expect_err("gather root n", pg.gather_raw(&b, &mut o, n), invalid_rank)?;
     expect_err("scatter root n", pg.scatter_raw(&o, &mut b, usize::MAX), invalid_rank)?;
-    expect_err("reduce_async root n", pg.reduce_async(vec![0u8; 4], n, DType::F32, ReduceOp::Sum).wait(), invalid_rank)?;
+    expect_err("reduce_async root n", pg.reduce_async_raw(vec![0u8; 4], n, DType::F32, ReduceOp::Sum).wait(), invalid_rank)?;
     expect_err("broadcast_async root n", pg.broadcast_async(vec![0u8; 4], n).wait(), invalid_rank)?;
     expect_err("send to n", pg.send_raw(&b, n, 0), invalid_rank)?;
     expect_err("send to self", pg.send_raw(&b, me, 0), invalid_arg)?;
@@ -41,7 +41,7 @@ pub(crate) fn local_bad_calls(pg: &ProcessGroup) -> R {
         expect_err(&format!("all_reduce {dt:?} {op}"), pg.all_reduce_raw(&mut b, dt, op), unsupported)?;
         expect_err(&format!("reduce {dt:?} {op}"), pg.reduce_raw(&mut b, 0, dt, op), unsupported)?;
         expect_err(&format!("reduce_scatter {dt:?} {op}"), pg.reduce_scatter_raw(&o, &mut b, dt, op), unsupported)?;
-        expect_err(&format!("all_reduce_async {dt:?} {op}"), pg.all_reduce_async(vec![0u8; 8], dt, op).wait(), unsupported)?;
+        expect_err(&format!("all_reduce_async {dt:?} {op}"), pg.all_reduce_async_raw(vec![0u8; 8], dt, op).wait(), unsupported)?;
     }
     // Wrong lengths and list lengths.
     expect_err("all_reduce 3 bytes of f32", pg.all_reduce_raw(&mut b[..3], DType::F32, ReduceOp::Sum), invalid_arg)?;
@@ -92,7 +92,7 @@ pub(crate) fn errors_local() -> R {
     expect_err("barrier after destroy", clone.barrier(), destroyed)?;
     expect_err("broadcast after destroy", g2.broadcast_raw(&mut b, 0), destroyed)?;
     expect_err("all_gather_async after destroy", g2.all_gather_async(vec![0u8; 4], vec![0u8; 4 * n]).wait(), destroyed)?;
-    expect_err("all_reduce_async after destroy", g2.all_reduce_async(vec![0u8; 4], DType::F32, ReduceOp::Sum).wait(), destroyed)?;
+    expect_err("all_reduce_async after destroy", g2.all_reduce_async_raw(vec![0u8; 4], DType::F32, ReduceOp::Sum).wait(), destroyed)?;
     if n > 1 {
         expect_err("send after destroy", g2.send_raw(&b, (me + 1) % n, 0), destroyed)?;
         expect_err("recv after destroy", g2.recv_async(vec![0u8; 4], (me + 1) % n, 0).wait(), destroyed)?;
@@ -114,7 +114,7 @@ fn names_argument(e: &ChorusError, whats: &[&str]) -> bool {
     }
 }
 
-type MismatchCase = (&'static str, &'static [&'static str], fn(&ProcessGroup, bool) -> Result<(), ChorusError>);
+type MismatchCase = (&'static str, &'static [&'static str], fn(&ProcessGroup, bool) -> Result<chorus_backend::OpInfo, ChorusError>);
 
 /// Each sub-case runs on a fresh group in which rank 0 disagrees with the others; every rank
 /// must get an error that names the argument (not a hang, a timeout or a success), and a correct
@@ -210,7 +210,7 @@ pub(crate) fn errors_mismatch(only: &[String]) -> R {
         let r = f(&g, me == 0);
         eprintln!("rank {me}: mismatch {name}: {} after {} ms", r.as_ref().err().map_or("Ok".to_string(), |e| e.to_string()), t0.elapsed().as_millis());
         match r {
-            Ok(()) => return Err(format!("mismatch {name}: succeeded on rank {me}, expected an error")),
+            Ok(_) => return Err(format!("mismatch {name}: succeeded on rank {me}, expected an error")),
             Err(ChorusError::InvalidArgument(m)) if *name == "all_to_all_v-self" && me == 0 => {
                 ensure!(m.contains("rank 0 sends 2 bytes to itself but receives 1"), "mismatch {name}: rank 0's error does not say what is wrong: {m}");
             }

@@ -118,7 +118,7 @@ pub(crate) fn async_ops() -> R {
         let mut pending: Vec<(RedCase, Work<Vec<u8>>)> = Vec::new();
         for (k, &(dt, op, c)) in specs.iter().enumerate() {
             let case = RedCase::new(dt, op, mix(round * 100 + k as u64), n);
-            let w = pg.all_reduce_async(case.input(me, 0, c), dt, op);
+            let w = pg.all_reduce_async_raw(case.input(me, 0, c), dt, op);
             pending.push((case, w));
             if k == 3 {
                 // A blocking op in the middle of the queue runs after the queued ones.
@@ -133,15 +133,15 @@ pub(crate) fn async_ops() -> R {
         let len = 4097 + round as usize;
         let ag = pg.all_gather_async(pat(round, me, 0, len), vec![0u8; n * len]);
         let rs_case = RedCase::new(DType::I32, ReduceOp::Sum, mix(round + 7), n);
-        let rs = pg.reduce_scatter_async(rs_case.input(me, 0, n * 9), vec![0u8; 9 * 4], DType::I32, ReduceOp::Sum);
+        let rs = pg.reduce_scatter_async_raw(rs_case.input(me, 0, n * 9), vec![0u8; 9 * 4], DType::I32, ReduceOp::Sum);
         let red_case = RedCase::new(DType::F32, ReduceOp::Max, mix(round + 8), n);
         let root = n - 1;
-        let red = pg.reduce_async(red_case.input(me, 0, 77), root, DType::F32, ReduceOp::Max);
+        let red = pg.reduce_async_raw(red_case.input(me, 0, 77), root, DType::F32, ReduceOp::Max);
         let bc = pg.broadcast_async(if me == 0 { pat(round, 9, 0, 333) } else { vec![0u8; 333] }, 0);
         let ga = pg.gather_async(pat(round, me, 0, 10), vec![0u8; if me == root { 10 * n } else { 0 }], root);
         let sc = pg.scatter_async(if me == 0 { pat(round, 0, 0, 10 * n) } else { Vec::new() }, vec![0u8; 10], 0);
         let a2a = pg.all_to_all_async(pat(round, me, 0, 12 * n), vec![0u8; 12 * n]);
-        let a2av = pg.all_to_all_v_async(pat(round, me, 0, 2 * n), vec![2; n], vec![0u8; 2 * n], vec![2; n], DType::U8);
+        let a2av = pg.all_to_all_v_async_raw(pat(round, me, 0, 2 * n), vec![2; n], vec![0u8; 2 * n], vec![2; n], DType::U8);
         let bar = pg.barrier_async();
         // A blocking all_reduce right after, without waiting: it must see the queue drained.
         let mut x = [me as i32];
@@ -185,7 +185,7 @@ pub(crate) fn async_ops() -> R {
         bar.wait().ctx("barrier_async")?;
     }
     // A failed async op is complete at once and reports its error.
-    let w = pg.all_reduce_async(vec![0u8; 8], DType::U32, ReduceOp::Sum);
+    let w = pg.all_reduce_async_raw(vec![0u8; 8], DType::U32, ReduceOp::Sum);
     ensure!(w.is_completed() && w.wait_for(Duration::ZERO), "unsupported all_reduce_async is not complete at once");
     ensure!(w.error().is_some(), "unsupported all_reduce_async has no error");
     ensure!(matches!(w.wait(), Err(ChorusError::Unsupported(_) | ChorusError::UnsupportedOp { .. })), "unsupported all_reduce_async: wrong error");

@@ -54,7 +54,7 @@ pub(crate) fn create_dead_peer(args: &[String]) -> R {
     let created = world(name);
     let took = t0.elapsed();
     let Some(dead) = dead else {
-        return created?.barrier().ctx("barrier after creating the group");
+        return created?.barrier().map(drop).ctx("barrier after creating the group");
     };
     ensure!(me != dead, "rank {dead} should have been killed during the creation, which returned {:?}", created.map(|_| ()));
     let err = match created {
