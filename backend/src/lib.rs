@@ -20,13 +20,20 @@
 //! tests drive them directly); it is not part of the supported API.
 #![deny(unsafe_code)]
 
-pub mod algo;
-pub mod api;
-pub mod error;
 pub mod logging;
 pub mod memory;
+
+#[cfg(feature = "internals")]
+pub mod algo;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod algo;
+pub(crate) mod api;
+pub(crate) mod error;
+#[cfg(feature = "internals")]
 pub mod membership;
-pub mod options;
+#[cfg(not(feature = "internals"))]
+pub(crate) mod membership;
+pub(crate) mod options;
 
 #[cfg(feature = "internals")]
 pub mod engine;
@@ -48,7 +55,7 @@ pub mod transport;
 #[allow(dead_code, unused_imports)]
 pub(crate) mod transport;
 
-pub use api::buffer::Element;
+pub use api::buffer::{as_bytes, as_bytes_mut, Element};
 pub use api::{Creation, Issued, Mode, ProcessGroup};
 pub use api::{DeviceGroup, DeviceOps, DeviceRoute, DeviceStage, HostReason};
 pub use api::p2p_types::P2pRequest;

@@ -35,6 +35,8 @@ pub mod plan;
 pub mod reduce_scatter;
 pub mod remap;
 pub mod rooted;
+/// The plan simulator: the algorithm tests run every plan through it.
+#[cfg(any(test, feature = "internals"))]
 pub mod sim;
 pub mod split;
 
@@ -49,4 +51,3 @@ pub use reduce_scatter::{reduce_scatter_direct, reduce_scatter_ring};
 pub use rooted::{
     broadcast_chain, broadcast_direct, gather, reduce_direct, reduce_rs_gather, scatter,
 };
-pub use split::{chunk_at, num_chunks, split_chunks, split_even};

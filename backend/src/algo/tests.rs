@@ -1,6 +1,7 @@
 //! Every builder, run for all ranks at once in the simulator, against the expected result.
 
 use super::sim::{reduce_add, simulate, Forwarding, RankMem, SimConfig, SimStats};
+use super::split::{num_chunks, split_chunks, split_even};
 use super::*;
 
 const NS: [usize; 6] = [1, 2, 3, 4, 5, 8];

@@ -9,7 +9,7 @@ mod p2p;
 pub mod staged;
 pub mod p2p_types { pub use super::p2p::P2pRequest; }
 pub use device_group::DeviceGroup;
-pub use staged::{device_route, DeviceOps, DeviceRoute, DeviceStage, HostOps, HostReason};
+pub use staged::{DeviceOps, DeviceRoute, DeviceStage, HostReason};
 pub use issue::{Issued, Mode};
 pub mod select;
 

@@ -17,4 +17,4 @@ mod crash_tests;
 #[cfg(test)]
 mod member_tests;
 
-pub use view::{Request, View, ViewStore};
+pub use view::{View, ViewStore};

@@ -36,10 +36,6 @@ impl View {
         self.active.get(r).copied().unwrap_or(false)
     }
 
-    pub fn is_full(&self) -> bool {
-        self.active.iter().all(|a| *a)
-    }
-
     /// The view after this one: `requests` folded in (those it does not hold yet), then
     /// `removed` taken out.
     pub fn next(&self, requests: &[Request], removed: &[usize]) -> View {

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 pub struct Segment {
     ptr: *mut u8,
     len: usize,
-    name: String,
     /// Kept open for segments this process created, so a replacement peer can map them through
     /// `/proc/<pid>/fd/<fd>` after the name is gone.
     fd: Option<libc::c_int>,
@@ -108,7 +107,7 @@ impl Segment {
         if ptr == libc::MAP_FAILED {
             return Err(err);
         }
-        Ok(Segment { ptr: ptr as *mut u8, len, name: name.to_string(), fd: keep_fd.then_some(fd) })
+        Ok(Segment { ptr: ptr as *mut u8, len, fd: keep_fd.then_some(fd) })
     }
 
     /// Maps `len` bytes of private zero-filled memory with the same access methods: inbound slot
@@ -129,7 +128,7 @@ impl Segment {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Segment { ptr: ptr as *mut u8, len, name: String::new(), fd: None })
+        Ok(Segment { ptr: ptr as *mut u8, len, fd: None })
     }
 
     /// Names of the segments on this host that start with `prefix` (the entries of `/dev/shm`,
@@ -147,16 +146,8 @@ impl Segment {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Base address (for the memory registry).

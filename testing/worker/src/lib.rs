@@ -24,7 +24,7 @@
 //!   every rank creates the group and passes a barrier).
 //! - `smoke`: a short all_reduce/broadcast/all_gather check (for the launcher and netns tests).
 
-use chorus_backend::api::buffer::{as_bytes, as_bytes_mut};
+use chorus_backend::{as_bytes, as_bytes_mut};
 use chorus_backend::{ChorusError, DType, Element, Options, P2pRequest, ProcessGroup, ReduceOp, Work};
 use chorus_bootstrap::{Store, StoreClient};
 use half::{bf16, f16};
