@@ -9,56 +9,224 @@ use chorus_kernels::{DType, ReduceOp};
 pub enum ChorusError {
     // The messages below that print their cause do not also return it as `source()`: a report
     // that walks the chain (anyhow's `{:#}`) would print it twice.
+    /// The store failed: rendezvous could not complete, or the store lost its host once the group
+    /// exists.
     #[error("{}", store_failure(.0))]
     Store(chorus_bootstrap::BootstrapError),
+    /// A call passed a bad argument (pointer, size, count, dtype or list length); the message says
+    /// which.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A rank (peer, root or this rank) is not below the size of the group.
     #[error("rank {rank} is out of range for a group of {size} ranks")]
-    InvalidRank { rank: usize, size: usize },
+    InvalidRank {
+        /// The rank that was asked for.
+        rank: usize,
+        /// The number of ranks in the group.
+        size: usize,
+    },
+    /// The kernels cannot run this reduction (op, dtype or device feature missing in this build or
+    /// machine).
     #[error("unsupported reduction: {0}")]
     Unsupported(chorus_kernels::KernelError),
+    /// A GPU operation (setup, a copy or a collective) failed in the device layer.
     #[error("GPU {op} failed: {error}")]
-    Device { op: &'static str, error: chorus_kernels::KernelError },
+    Device {
+        /// The device operation that failed (e.g. `setup`, `collective`, or the collective's name).
+        op: &'static str,
+        /// The device layer's error.
+        error: chorus_kernels::KernelError,
+    },
+    /// The reduce op is not defined for the dtype.
     #[error("reduce op {op:?} is not supported for dtype {dtype:?}")]
-    UnsupportedOp { op: ReduceOp, dtype: DType },
+    UnsupportedOp {
+        /// The reduce op that was asked for.
+        op: ReduceOp,
+        /// The element type it was asked for.
+        dtype: DType,
+    },
+    /// This rank found that a peer passed different arguments to the same collective; every peer is
+    /// told, so the collective fails on all ranks.
     #[error("ranks disagree on {what} in {op}: rank {rank} (this rank) has {mine}, rank {peer} has {theirs} (every rank must call the same collectives in the same order with the same counts, dtypes, ops and roots); {op} failed on every rank that takes part in it, the group stays usable")]
-    Mismatch { op: &'static str, what: &'static str, rank: usize, mine: String, peer: usize, theirs: String },
+    Mismatch {
+        /// The collective the ranks disagree on.
+        op: &'static str,
+        /// The argument that differs (e.g. count, dtype, op or root).
+        what: &'static str,
+        /// This rank.
+        rank: usize,
+        /// This rank's value, in words.
+        mine: String,
+        /// The rank whose chunk disagreed.
+        peer: usize,
+        /// The peer's value, in words.
+        theirs: String,
+    },
+    /// A peer found that the ranks disagree on a collective's arguments and told this rank; that
+    /// peer's own error names the values.
     #[error("rank {peer} found that the ranks disagree on {what} in {op} (its error names both values and ranks); {op} failed on every rank that takes part in it, the group stays usable")]
-    PeerReportedMismatch { op: &'static str, peer: usize, what: &'static str },
+    PeerReportedMismatch {
+        /// The collective the ranks disagree on.
+        op: &'static str,
+        /// The rank that found the disagreement.
+        peer: usize,
+        /// The argument that differs.
+        what: &'static str,
+    },
+    /// An operation waited past its deadline for a peer.
     #[error("timed out after {waited_ms} ms in {op} waiting for {what} from rank {peer} (check that rank {peer} is alive and calls the same collectives in the same order; to wait longer, {knob})")]
-    Timeout { op: &'static str, what: &'static str, peer: usize, waited_ms: u64, knob: crate::options::TimeoutKnob },
+    Timeout {
+        /// The operation that timed out.
+        op: &'static str,
+        /// What it waited for (e.g. a chunk, a failure report).
+        what: &'static str,
+        /// The rank it waited for.
+        peer: usize,
+        /// How long it waited, in milliseconds.
+        waited_ms: u64,
+        /// The setting that chose the deadline, named in the message so the user knows what to
+        /// raise.
+        knob: crate::options::TimeoutKnob,
+    },
+    /// A peer died (its process exited, its connection closed or its heartbeat stopped) during an
+    /// operation; without fault tolerance the group is unusable.
     #[error("rank {peer} failed during {op} ({why}); the group is unusable now")]
-    PeerFailed { op: &'static str, peer: usize, why: String },
+    PeerFailed {
+        /// The operation that was running (empty when the transport reports it before an operation
+        /// names it).
+        op: &'static str,
+        /// The rank that failed.
+        peer: usize,
+        /// How the failure was noticed (e.g. the process exited, no heartbeat).
+        why: String,
+    },
+    /// A rank aborted the group (it destroyed it or reported a failure); the group must be
+    /// recreated.
     #[error("the group was aborted ({0}); create a new group")]
     Aborted(String),
+    /// Setting up a transport link to a peer failed while the group was created.
     #[error("setting up the {transport} transport to rank {peer} failed: {why}")]
-    Connect { transport: &'static str, peer: usize, why: String },
+    Connect {
+        /// The name of the transport (e.g. `tcp`, `shm`).
+        transport: &'static str,
+        /// The rank the link was to (`usize::MAX` when not yet known).
+        peer: usize,
+        /// What went wrong.
+        why: String,
+    },
+    /// Creating or mapping a shared-memory segment failed.
     #[error("shared memory failed: {0} (check that /dev/shm is mounted and has free space)")]
     Shm(String),
+    /// Sending to or receiving from a peer over a socket (or an RDMA link) failed.
     #[error("socket I/O with rank {peer} failed: {error}")]
-    Io { peer: usize, error: std::io::Error },
+    Io {
+        /// The rank at the other end of the link.
+        peer: usize,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// A peer sent a point-to-point chunk whose header does not fit the stream; the receive it was
+    /// streaming into fails.
     #[error("rank {peer} sent a malformed point-to-point chunk ({why}); check that every rank runs the same chorus build")]
-    Protocol { peer: usize, why: String },
+    Protocol {
+        /// The rank that sent the chunk.
+        peer: usize,
+        /// What is wrong with the chunk's header.
+        why: String,
+    },
+    /// The group was destroyed before or during the call.
     #[error("the process group has been destroyed; create a new one")]
     Destroyed,
+    /// The operation did not complete: a wait ran out, its result was already taken, or the engine
+    /// abandoned it.
     #[error("the operation was not completed: {0}")]
     Incomplete(String),
+    /// A peer runs a later attempt of this collective (more recovery rounds applied): this rank is
+    /// behind and re-runs it after recovery.
     #[error("{op} ran as attempt {mine} (recovery rounds applied) but a peer already runs attempt {theirs}; recovering")]
-    ViewChanged { op: &'static str, mine: u64, theirs: u64 },
+    ViewChanged {
+        /// The collective that was running.
+        op: &'static str,
+        /// This rank's attempt: the recovery rounds it had applied when the collective began.
+        mine: u64,
+        /// The attempt the peer's chunk carries.
+        theirs: u64,
+    },
+    /// A peer asked for a recovery round that interrupts this operation; it is re-run or committed
+    /// after recovery.
     #[error("rank {peer} asked for recovery round {round} during {op}")]
-    RecoveryRequested { op: &'static str, peer: usize, round: u64 },
+    RecoveryRequested {
+        /// The operation that was interrupted.
+        op: &'static str,
+        /// The rank that asked for recovery.
+        peer: usize,
+        /// The recovery round it asked for.
+        round: u64,
+    },
+    /// A collective interrupted by failures cannot be re-run: some survivors lack its result and
+    /// its in-place input was not saved.
     #[error("{op} cannot complete after rank(s) {failed:?} failed: some survivors lack its result and its in-place input was too large to save (CHORUS_FT_SAVE_LIMIT); every survivor gets this error and the group continues at epoch {epoch}")]
-    NotRecoverable { op: &'static str, failed: Vec<usize>, epoch: u64 },
+    NotRecoverable {
+        /// The collective that cannot complete.
+        op: &'static str,
+        /// The ranks that failed.
+        failed: Vec<usize>,
+        /// The membership epoch the group continues at.
+        epoch: u64,
+    },
+    /// A rooted collective names a root that is no longer an active member of the group.
     #[error("{op} cannot complete: its root, rank {root}, is not an active member of the group (it failed or was removed); every survivor gets this error")]
-    RootInactive { op: &'static str, root: usize },
+    RootInactive {
+        /// The collective that cannot complete.
+        op: &'static str,
+        /// The root it names.
+        root: usize,
+    },
+    /// A point-to-point operation or collective names a peer that is no longer an active member of
+    /// the group.
     #[error("{op} cannot run: rank {peer} is not an active member of the group at epoch {epoch} (it failed or was removed; a replacement can rejoin)")]
-    PeerInactive { op: &'static str, peer: usize, epoch: u64 },
+    PeerInactive {
+        /// The operation that cannot run.
+        op: &'static str,
+        /// The rank it names.
+        peer: usize,
+        /// The membership epoch of the current view.
+        epoch: u64,
+    },
+    /// This rank was removed from the group (it was suspected dead) and must rejoin as a
+    /// replacement.
     #[error("this rank was removed from the group at epoch {epoch} (it was suspected dead); start the process again as a replacement to rejoin (CHORUS_JOIN=1, ProcessGroup::join, or chorus.join_group under torch)")]
-    Excluded { epoch: u64 },
+    Excluded {
+        /// The membership epoch at which this rank was removed.
+        epoch: u64,
+    },
+    /// A collective failed because participants failed and the failure policy is `abort`; the group
+    /// continues without them.
     #[error("{op} failed because rank(s) {failed:?} failed (failure policy `abort`); the group continues at epoch {epoch} without them")]
-    FailedByPolicy { op: &'static str, failed: Vec<usize>, epoch: u64 },
+    FailedByPolicy {
+        /// The collective that failed.
+        op: &'static str,
+        /// The ranks that failed.
+        failed: Vec<usize>,
+        /// The membership epoch the group continues at.
+        epoch: u64,
+    },
+    /// The ranks agreed that a collective timed out because some ranks did not take part in time;
+    /// the group continues with the next collective.
     #[error("{op} timed out: a rank waited past its deadline for rank(s) {waited_for:?}, which did not take part in time (check that every rank calls the same collectives in the same order; if they are only slow, to wait longer, {knob}); every rank gets this error for this {op} (failed and removed meanwhile: {failed:?}) and the group continues at epoch {epoch} with the next collective")]
-    AgreedTimeout { op: &'static str, waited_for: Vec<usize>, failed: Vec<usize>, epoch: u64, knob: crate::options::TimeoutKnob },
+    AgreedTimeout {
+        /// The collective that timed out.
+        op: &'static str,
+        /// The ranks that did not take part in time.
+        waited_for: Vec<usize>,
+        /// The ranks that failed and were removed meanwhile.
+        failed: Vec<usize>,
+        /// The membership epoch the group continues at.
+        epoch: u64,
+        /// The setting that chose the deadline, named in the message so the user knows what to
+        /// raise.
+        knob: crate::options::TimeoutKnob,
+    },
 }
 
 /// The class of a failure: what a caller can do about it. The C ABI's status codes are these.
@@ -159,6 +327,7 @@ impl ChorusError {
     }
 }
 
+/// The result of a backend operation.
 pub type Result<T> = std::result::Result<T, ChorusError>;
 
 impl From<chorus_bootstrap::BootstrapError> for ChorusError {

@@ -19,6 +19,8 @@
 //! feature makes them public for this crate's own integration tests (the RDMA protocol and transport
 //! tests drive them directly); it is not part of the supported API.
 #![deny(unsafe_code)]
+// Every item of the supported API is documented; the `internals` feature opens undocumented layers to this crate's own tests.
+#![cfg_attr(not(feature = "internals"), deny(missing_docs))]
 
 pub mod logging;
 pub mod memory;

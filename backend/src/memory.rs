@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+/// Where a registered region lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Location {
     /// Host memory: reachable by every transport ("wildcard").
@@ -18,13 +19,17 @@ pub enum Location {
 /// A registered region, addressed at its allocation base.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Registration {
+    /// Start address of the allocation.
     pub base: usize,
+    /// Length of the allocation in bytes.
     pub len: usize,
     /// Offset of the caller's pointer inside the allocation.
     pub offset: usize,
+    /// Where the allocation lives.
     pub location: Location,
 }
 
+/// This rank's registered allocations, keyed by base, each with its location and refcount.
 #[derive(Default)]
 pub struct Registry {
     regions: Mutex<BTreeMap<usize, (usize, Location, u64)>>,
@@ -65,10 +70,12 @@ impl Registry {
         }
     }
 
+    /// The number of registered allocations (not references).
     pub fn len(&self) -> usize {
         self.regions.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Whether no allocation is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

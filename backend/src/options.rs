@@ -371,10 +371,12 @@ impl Options {
         self.rdma = rdma;
         self
     }
+    /// Sets [`Options::host_id`].
     pub fn with_host_id(mut self, id: impl Into<String>) -> Self {
         self.host_id = Some(id.into());
         self
     }
+    /// Sets [`Options::fault_tolerance`] (this overrides `CHORUS_FT`).
     pub fn with_fault_tolerance(mut self, on: bool) -> Self {
         self.fault_tolerance = on;
         self
@@ -384,15 +386,18 @@ impl Options {
         self.ft_save_limit = bytes;
         self
     }
+    /// Sets [`Options::device_path`] (this overrides `CHORUS_CUDA_PATH`).
     pub fn with_device_path(mut self, p: DevicePath) -> Self {
         self.device_path = p;
         self
     }
 
+    /// Sets [`Options::policy`] (this overrides `CHORUS_FAILURE_POLICY`).
     pub fn with_policy(mut self, p: FailurePolicy) -> Self {
         self.policy = p;
         self
     }
+    /// Sets [`Options::name`].
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

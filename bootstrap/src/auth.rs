@@ -18,8 +18,12 @@ use sha2::Sha256;
 
 use crate::{BootstrapError, Result};
 
+/// Variable holding the job secret itself.
 pub const SECRET_VAR: &str = "CHORUS_SECRET";
+/// Variable naming a file that holds the job secret (read when `CHORUS_SECRET` is unset).
 pub const SECRET_FILE_VAR: &str = "CHORUS_SECRET_FILE";
+/// Variable that, set to `1`/`true`/`yes`, makes listening beyond loopback without a secret an
+/// error.
 pub const REQUIRE_SECRET_VAR: &str = "CHORUS_REQUIRE_SECRET";
 /// Length of a MAC (HMAC-SHA256).
 pub const MAC_LEN: usize = 32;
@@ -27,7 +31,9 @@ pub const MAC_LEN: usize = 32;
 /// Roles of a proof; part of what is signed, so a proof made for one is worthless for another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// A store client, proving the secret to the store.
     StoreClient,
+    /// The store server, answering with its own proof.
     StoreServer,
     /// The rank that connects in a rank-to-rank introduction.
     LinkConnector,

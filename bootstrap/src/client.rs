@@ -21,6 +21,8 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// Extra time a `wait` response may take beyond the wait's own timeout (network + scheduling).
 const WAIT_SLACK: Duration = Duration::from_secs(5);
 
+/// Client of a [`StoreServer`](crate::StoreServer): a [`Store`] over TCP, with a small pool of
+/// connections (see the module docs).
 pub struct StoreClient {
     addr: String,
     /// Who hosts the store, for errors that say it is gone (e.g. "rank 0's process").

@@ -13,11 +13,17 @@ use crate::{BootstrapError, Result, Store, StoreClient, StoreServer};
 /// Where and who this process is in the job.
 #[derive(Debug, Clone)]
 pub struct Rendezvous {
+    /// Host of the job's store (`MASTER_ADDR`): a name or an IP address.
     pub master_addr: String,
+    /// Port of the job's store (`MASTER_PORT`); rank 0 binds [`store_port`].
     pub master_port: u16,
+    /// This process's rank (`RANK` / `SLURM_PROCID`), below `world_size`.
     pub rank: usize,
+    /// Number of ranks in the job (`WORLD_SIZE` / `SLURM_NTASKS`).
     pub world_size: usize,
+    /// This process's rank on its node (`LOCAL_RANK` / `SLURM_LOCALID`).
     pub local_rank: usize,
+    /// Number of ranks on this node (`LOCAL_WORLD_SIZE` / `SLURM_NTASKS_PER_NODE`).
     pub local_world_size: usize,
     /// "host:port" of a store hosted by the launcher (`CHORUS_STORE_ADDR`), if any.
     pub store_addr: Option<String>,
@@ -26,11 +32,17 @@ pub struct Rendezvous {
 /// Explicit settings that take precedence over the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// Replaces `MASTER_ADDR`.
     pub master_addr: Option<String>,
+    /// Replaces `MASTER_PORT`.
     pub master_port: Option<u16>,
+    /// Replaces `RANK` / `SLURM_PROCID`.
     pub rank: Option<usize>,
+    /// Replaces `WORLD_SIZE` / `SLURM_NTASKS`.
     pub world_size: Option<usize>,
+    /// Replaces `LOCAL_RANK` / `SLURM_LOCALID`.
     pub local_rank: Option<usize>,
+    /// Replaces `LOCAL_WORLD_SIZE` / `SLURM_NTASKS_PER_NODE`.
     pub local_world_size: Option<usize>,
 }
 

@@ -39,6 +39,7 @@ const TERM_TO_KILL: Duration = Duration::from_secs(3);
 /// pipe open must not hang the launcher).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What [`run`] launches, and how (the `chorus-run` command line).
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
     /// Number of ranks to spawn.
@@ -48,8 +49,11 @@ pub struct LaunchOptions {
     /// When a rank fails, terminate the others after `grace` (default). Fault-tolerance jobs whose
     /// survivors keep going set this to false and wait for everyone.
     pub kill_on_failure: bool,
+    /// How long the remaining ranks get, once a rank failed, before they are terminated.
     pub grace: Duration,
+    /// The program every rank runs.
     pub program: String,
+    /// Its arguments.
     pub args: Vec<String>,
     /// Host the store in a child process of its own rather than in the launcher (the binary
     /// does): the ranks survive its death as they survive a rank's. That child is this same
@@ -62,6 +66,8 @@ pub struct LaunchOptions {
 }
 
 impl LaunchOptions {
+    /// `nproc` ranks of `program` with `args`; a free store port, the store in the launcher, kill on
+    /// failure after 5 s, no restarts.
     pub fn new(nproc: usize, program: impl Into<String>, args: Vec<String>) -> Self {
         Self {
             nproc,

@@ -5,6 +5,8 @@
 //! The store server is one `tokio` event-loop thread behind a synchronous API, so thousands of idle
 //! or waiting clients cost no thread each (issue 17). Every blocking operation takes a deadline.
 
+#![deny(missing_docs)]
+
 pub mod auth;
 pub mod client;
 pub mod env;

@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+/// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"CHST";
 /// 2: the connection handshake ([`Request::Hello`]).
 pub const VERSION: u8 = 2;
@@ -24,67 +25,103 @@ pub const NONCE_LEN: usize = 32;
 /// Magic, version and body length.
 pub const HEADER_LEN: usize = 9;
 
+/// A client's request; the server answers each with one [`Response`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// The first request on every connection.
     Hello {
+        /// The client's fresh nonce ([`NONCE_LEN`] bytes).
         client_nonce: Vec<u8>,
     },
     /// The client's proof of the job secret, after a [`Response::Challenge`] that asked for one.
     Prove {
+        /// The client's proof over both nonces ([`JobSecret::prove`](crate::JobSecret::prove)).
         client_mac: Vec<u8>,
     },
+    /// Sets `key` to `value`; answered with [`Response::Ok`].
     Set {
+        /// Key to set.
         key: String,
+        /// Its new value.
         value: Vec<u8>,
     },
+    /// Reads `key`; answered with [`Response::Value`].
     Get {
+        /// Key to read.
         key: String,
     },
     /// The server waits at most `timeout_ms` and then answers [`Response::WaitTimeout`].
     Wait {
+        /// Keys that must all exist; the answer is [`Response::Values`] in this order.
         keys: Vec<String>,
+        /// How long to wait, in milliseconds.
         timeout_ms: u64,
     },
+    /// Adds `delta` to the counter at `key`; answered with [`Response::Int`], the new value.
     Add {
+        /// Counter key (decimal i64 text; absent counts as 0).
         key: String,
+        /// Amount to add.
         delta: i64,
     },
+    /// Sets `key` to `new` if it holds `expected`; answered with [`Response::Swapped`].
     CompareSet {
+        /// Key to swap.
         key: String,
+        /// Value the key must hold for the swap (`None`: the key must be absent).
         expected: Option<Vec<u8>>,
+        /// Value to store.
         new: Vec<u8>,
     },
+    /// Removes `key`; answered with [`Response::Bool`], whether it existed.
     Delete {
+        /// Key to remove.
         key: String,
     },
+    /// Lists the keys starting with `prefix`; answered with [`Response::Keys`].
     ListPrefix {
+        /// Prefix to match.
         prefix: String,
     },
 }
 
+/// The server's answer to one [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The answer to [`Request::Hello`]. Without `auth_required` the connection is ready.
     Challenge {
+        /// The server's fresh nonce ([`NONCE_LEN`] bytes).
         server_nonce: Vec<u8>,
+        /// Whether the client must send [`Request::Prove`] next.
         auth_required: bool,
     },
     /// The answer to an accepted [`Request::Prove`]: the server's own proof of the secret.
     Welcome {
+        /// The server's proof over both nonces ([`JobSecret::prove`](crate::JobSecret::prove)).
         server_mac: Vec<u8>,
     },
+    /// Done (answers [`Request::Set`]).
     Ok,
+    /// The value read by [`Request::Get`]; `None` if the key is absent.
     Value(Option<Vec<u8>>),
+    /// The values awaited by [`Request::Wait`], in the order of its keys.
     Values(Vec<Vec<u8>>),
+    /// The counter's new value after [`Request::Add`].
     Int(i64),
+    /// The outcome of [`Request::CompareSet`].
     Swapped {
+        /// Whether `new` was stored.
         swapped: bool,
+        /// The value held after the operation (empty for a failed swap on an absent key).
         value: Vec<u8>,
     },
+    /// Whether the key of [`Request::Delete`] existed.
     Bool(bool),
+    /// The keys listed by [`Request::ListPrefix`], sorted.
     Keys(Vec<String>),
+    /// [`Request::Wait`] timed out before every key existed.
     WaitTimeout {
+        /// The keys still absent.
         missing: Vec<String>,
     },
     /// The request failed on the server (bad counter value, malformed frame, ...).
@@ -94,18 +131,35 @@ pub enum Response {
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The peer closed the connection before a frame began.
     #[error("connection closed")]
     Closed,
+    /// The frame does not start with [`MAGIC`]; holds the bytes that came instead.
     #[error("bad magic {0:02x?} (expected \"CHST\")")]
     BadMagic([u8; 4]),
+    /// The frame is of another protocol version than [`VERSION`]; holds that version.
     #[error("unsupported protocol version {0} (expected {VERSION})")]
     BadVersion(u8),
+    /// The announced body exceeds the size limit.
     #[error("frame body of {len} bytes exceeds the {limit}-byte limit")]
-    TooLarge { len: u64, limit: usize },
+    TooLarge {
+        /// The announced body length.
+        len: u64,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The connection closed in the middle of a frame.
     #[error("connection closed in the middle of a frame ({got} of {want} bytes)")]
-    Truncated { got: usize, want: usize },
+    Truncated {
+        /// Bytes of the frame that arrived, header included.
+        got: usize,
+        /// Bytes the frame needed (the header, or the header and the announced body).
+        want: usize,
+    },
+    /// The body is not a valid message, or has bytes left over after it.
     #[error("undecodable body: {0}")]
     Decode(String),
+    /// Reading the socket failed (timeouts included).
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -118,12 +172,15 @@ fn config() -> bincode::config::Configuration<
     bincode::config::standard().with_limit::<MAX_BODY>()
 }
 
+/// Encodes a message as a frame body (bincode, standard config); empty, which decodes as an error,
+/// if that fails.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Encoding our own plain enums into a Vec cannot fail except by exceeding the limit, which
     // write_frame reports; fall back to an empty body (decodes as an error) rather than panicking.
     bincode::serde::encode_to_vec(msg, config()).unwrap_or_default()
 }
 
+/// Decodes a frame body as one message; bytes left over are an error.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let (msg, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| FrameError::Decode(e.to_string()))?;
@@ -156,6 +213,7 @@ pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
     w.flush()
 }
 
+/// Encodes `msg` and writes it as one frame.
 pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
     write_frame(w, &encode(msg))
 }
@@ -237,6 +295,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
     Ok(body)
 }
 
+/// Reads one frame and decodes its body.
 pub fn read_msg<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, FrameError> {
     decode(&read_frame(r)?)
 }

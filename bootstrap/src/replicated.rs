@@ -235,7 +235,9 @@ pub type KeyFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 /// What a refilled slot votes on: the keys `votes_on` accepts, and each key of `guarded` once
 /// it has been caught up on it ([`ReplicatedStore::catch_up`]).
 pub struct Refill {
+    /// The keys the refilled slot votes on.
     pub votes_on: KeyFilter,
+    /// Keys it votes on only once caught up on them.
     pub guarded: Vec<String>,
 }
 
@@ -312,6 +314,8 @@ pub struct Sentinel {
 }
 
 impl Sentinel {
+    /// Wraps `inner`, the acceptor's store; `sentinel` is the key the group wrote there when it was
+    /// made.
     pub fn new(inner: Arc<dyn Store>, sentinel: String) -> Sentinel {
         Sentinel { inner, sentinel, forgot: AtomicU64::new(0) }
     }

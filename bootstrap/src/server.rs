@@ -64,13 +64,21 @@ impl Default for ServerLimits {
 /// Counters of a running server; they only grow, except `open_connections` and `in_flight_bytes`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerStats {
+    /// Connections open now.
     pub open_connections: usize,
+    /// Bytes of partly received frames now (see [`ServerLimits::max_in_flight_bytes`]).
     pub in_flight_bytes: usize,
+    /// Connections accepted.
     pub accepted: u64,
+    /// Connections refused at [`ServerLimits::max_connections`].
     pub refused_connection_limit: u64,
+    /// Connections closed after [`ServerLimits::idle_timeout`].
     pub closed_idle: u64,
+    /// Connections closed for a bad frame or a protocol violation (failed proofs included).
     pub closed_bad_frame: u64,
+    /// Waits dropped because their client went away.
     pub abandoned_waits: u64,
+    /// Connections refused for a missing or wrong proof of the job secret.
     pub refused_auth: u64,
 }
 
@@ -95,6 +103,8 @@ struct Shared {
     secret: Option<JobSecret>,
 }
 
+/// The TCP store server: a [`MemStore`] served by one event-loop thread. Dropping it shuts it
+/// down.
 pub struct StoreServer {
     addr: SocketAddr,
     shared: Arc<Shared>,

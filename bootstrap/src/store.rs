@@ -13,6 +13,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 ///
 /// Keys are UTF-8 strings, values are raw bytes. Every blocking call takes a deadline.
 pub trait Store: Send + Sync {
+    /// Sets `key` to `value`, replacing any value it had.
     fn set(&self, key: &str, value: &[u8]) -> Result<()>;
     /// `None` if the key is absent.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
@@ -65,6 +66,7 @@ impl Default for MemStore {
 }
 
 impl MemStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -244,6 +246,7 @@ pub struct PrefixStore {
 }
 
 impl PrefixStore {
+    /// `inner` with every key placed under `"{prefix}/"`.
     pub fn new(inner: Arc<dyn Store>, prefix: &str) -> Self {
         Self {
             inner,
@@ -351,6 +354,7 @@ pub struct AfterRendezvous {
 }
 
 impl AfterRendezvous {
+    /// Wraps a group's store once the group exists.
     pub fn new(inner: Arc<dyn Store>) -> Self {
         Self { inner }
     }

@@ -4,20 +4,35 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum DType {
+    /// 32-bit IEEE float.
     F32 = 0,
+    /// 64-bit IEEE float.
     F64,
+    /// 16-bit IEEE half float.
     F16,
+    /// bfloat16 (8-bit exponent, 7-bit mantissa).
     BF16,
+    /// Signed 8-bit integer.
     I8,
+    /// Unsigned 8-bit integer.
     U8,
+    /// Signed 16-bit integer.
     I16,
+    /// Signed 32-bit integer.
     I32,
+    /// Signed 64-bit integer.
     I64,
+    /// Boolean, one byte (0 or 1).
     Bool,
+    /// Unsigned 16-bit integer (data movement only).
     U16,
+    /// Unsigned 32-bit integer (data movement only).
     U32,
+    /// Unsigned 64-bit integer (data movement only).
     U64,
+    /// fp8 E4M3 (`float8_e4m3fn`; data movement only).
     F8E4M3,
+    /// fp8 E5M2 (`float8_e5m2`; data movement only).
     F8E5M2,
 }
 
@@ -151,6 +166,7 @@ impl DType {
         REDUCIBLE_DTYPES.contains(&self)
     }
 
+    /// The dtype with discriminant `v`, if any.
     pub fn from_u8(v: u8) -> Option<DType> {
         ALL_DTYPES.get(v as usize).copied()
     }
@@ -166,13 +182,21 @@ impl std::fmt::Display for DType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ReduceOp {
+    /// Sum.
     Sum = 0,
+    /// Product.
     Prod,
+    /// Minimum.
     Min,
+    /// Maximum.
     Max,
+    /// Mean: the sum divided by the number of contributions ([`crate::finalize_avg`]).
     Avg,
+    /// Bitwise and (logical and for bool).
     BAnd,
+    /// Bitwise or (logical or for bool).
     BOr,
+    /// Bitwise xor (logical xor for bool).
     BXor,
 }
 
@@ -188,6 +212,7 @@ const ALL_OPS: [ReduceOp; 8] = [
 ];
 
 impl ReduceOp {
+    /// The lowercase name ("sum", "prod", ..., "band", "bor", "bxor").
     pub fn name(self) -> &'static str {
         use ReduceOp::*;
         match self {
@@ -207,10 +232,12 @@ impl ReduceOp {
         ALL_OPS.iter().copied().find(|o| o.name() == s)
     }
 
+    /// Every op, in discriminant order.
     pub fn all() -> &'static [ReduceOp] {
         &ALL_OPS
     }
 
+    /// The op with discriminant `v`, if any.
     pub fn from_u8(v: u8) -> Option<ReduceOp> {
         ALL_OPS.get(v as usize).copied()
     }

@@ -13,6 +13,7 @@
 //! Multi-source reductions make a single pass over memory: for each block the accumulator is loaded
 //! once, every source is folded into it while it sits in L1, and the result is stored once.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 mod dtype;
 pub use dtype::{DType, ReduceOp};
@@ -31,7 +32,12 @@ pub mod fdpass;
 pub enum KernelError {
     /// The (op, dtype) pair has no reduction.
     #[error("reduce op {op:?} ('{}') is not supported for dtype {dtype}: {}", .op.name(), supported_help(.dtype, *.op))]
-    Unsupported { op: ReduceOp, dtype: &'static str },
+    Unsupported {
+        /// The requested op.
+        op: ReduceOp,
+        /// Name of the dtype ([`DType::name`]).
+        dtype: &'static str,
+    },
     /// Buffers of different lengths, or a length that is not a multiple of the element size.
     #[error(
         "buffer length mismatch for dtype {dtype} (element size {elem_size} bytes): expected {expected} bytes, \
@@ -39,27 +45,41 @@ pub enum KernelError {
          a multiple of the element size"
     )]
     LengthMismatch {
+        /// Name of the dtype ([`DType::name`]).
         dtype: &'static str,
+        /// Bytes per element of the dtype.
         elem_size: usize,
         /// Length of the destination/accumulator in bytes (or, for a non-multiple length, the length
         /// rounded down to whole elements).
         expected: usize,
+        /// Length of the offending buffer in bytes.
         actual: usize,
         /// 0 = destination/accumulator, i >= 1 = the (i-1)-th source.
         index: usize,
     },
     /// An argument outside the domain of the kernel (no sources, divide by zero ranks).
     #[error("invalid argument: {reason}")]
-    InvalidArgument { reason: &'static str },
+    InvalidArgument {
+        /// What was wrong with the argument.
+        reason: &'static str,
+    },
     /// No usable CUDA here (no driver library, no NVRTC, no device); the text says which and why.
     #[error("CUDA is not available: {0}")]
     CudaUnavailable(String),
     /// NVRTC rejected the kernel source; `log` is the NVRTC program log (with the options used).
     #[error("NVRTC failed to compile the chorus reduce kernels:\n{log}")]
-    CudaCompile { log: String },
+    CudaCompile {
+        /// The NVRTC program log.
+        log: String,
+    },
     /// A CUDA driver call failed.
     #[error("CUDA error while {what}: {reason}")]
-    Cuda { what: String, reason: String },
+    Cuda {
+        /// What was being done (the step or driver call).
+        what: String,
+        /// The driver's error.
+        reason: String,
+    },
     /// Setting up a GPU communicator failed (the ranks disagree on its configuration, or the exchange
     /// of workspace handles failed); the text says which.
     #[error("GPU communicator setup failed: {0}")]
@@ -70,7 +90,12 @@ pub enum KernelError {
          died or hung, or the ranks issued collectives in different orders or with different sizes; this \
          device communicator cannot be used any more (CHORUS_CUDA_TIMEOUT_MS sets the deadline)"
     )]
-    CollectiveTimeout { block: u32, timeout_ms: u64 },
+    CollectiveTimeout {
+        /// The thread block that gave up first.
+        block: u32,
+        /// The deadline it waited, in milliseconds.
+        timeout_ms: u64,
+    },
     /// The host aborted the device communicator (through its host control block): waiting kernels gave
     /// up and no further operation is accepted. The process group aborts it with reason `1 + rank`
     /// when its failure detector finds that rank dead.
@@ -80,7 +105,12 @@ pub enum KernelError {
         abort_reason_help(*.reason),
         .block.map(|b| format!(" while thread block {b} waited for a peer")).unwrap_or_default()
     )]
-    CollectiveAborted { reason: u64, block: Option<u32> },
+    CollectiveAborted {
+        /// The abort reason the host set (`1 + rank` from the process group; 0 if none was given).
+        reason: u64,
+        /// The thread block that saw the abort while waiting, if a kernel recorded one.
+        block: Option<u32>,
+    },
 }
 
 /// How the process group's abort reasons read (`1 + rank` of the failed peer).
@@ -91,6 +121,7 @@ fn abort_reason_help(reason: u64) -> String {
     }
 }
 
+/// Result of the kernel functions.
 pub type Result<T> = std::result::Result<T, KernelError>;
 
 fn supported_help(dtype: &str, op: ReduceOp) -> String {

@@ -8,6 +8,7 @@ use std::any::Any;
 /// An element type with a chorus dtype. (`bool` data goes through the byte-level `*_raw` calls
 /// with `DType::Bool`, since arbitrary bytes are not valid `bool`s.)
 pub trait Element: Pod {
+    /// The chorus dtype of `Self`.
     const DTYPE: DType;
 }
 
@@ -16,10 +17,12 @@ macro_rules! element {
 }
 element!(f32 => F32, f64 => F64, f16 => F16, bf16 => BF16, i8 => I8, u8 => U8, i16 => I16, i32 => I32, i64 => I64, u16 => U16, u32 => U32, u64 => U64);
 
+/// The bytes of `s`.
 pub fn as_bytes<T: Element>(s: &[T]) -> &[u8] {
     pod::bytes(s)
 }
 
+/// The bytes of `s`, writable.
 pub fn as_bytes_mut<T: Element>(s: &mut [T]) -> &mut [u8] {
     pod::bytes_mut(s)
 }

@@ -241,6 +241,7 @@ impl ProcessGroup {
         self.all_reduce_raw(as_bytes_mut(buf), T::DTYPE, op)
     }
 
+    /// [`ProcessGroup::all_reduce`] on bytes read as `dtype` elements; returns the operation's report.
     pub fn all_reduce_raw(&self, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<OpInfo> {
         kernels::check_supported(dtype, op)?;
         elems(buf.len(), dtype, "all_reduce")?;
@@ -275,6 +276,7 @@ impl ProcessGroup {
         self.reduce_raw(as_bytes_mut(buf), root, T::DTYPE, op)
     }
 
+    /// [`ProcessGroup::reduce`] on bytes read as `dtype` elements; returns the operation's report.
     pub fn reduce_raw(&self, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<OpInfo> {
         kernels::check_supported(dtype, op)?;
         check_root(root, self.size())?;
@@ -327,6 +329,7 @@ impl ProcessGroup {
         self.run_blocking("broadcast", movement(kind::BROADCAST, dtype, Some(root), buf.len()), |c, x, t, _| broadcast_impl(t, c, x, buf, root))
     }
 
+    /// [`ProcessGroup::broadcast_raw`] on an owned buffer, queued: the [`Work`] gives it back.
     pub fn broadcast_async<B: OpBuffer>(&self, buf: B, root: usize) -> Work<B> {
         self.broadcast_issue(Mode::Queued, buf, None, root).into_work("broadcast")
     }
@@ -382,6 +385,7 @@ impl ProcessGroup {
         Ok(info)
     }
 
+    /// [`ProcessGroup::all_gather_raw`] on owned buffers, queued: the [`Work`] gives them back.
     pub fn all_gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {
         self.all_gather_issue(Mode::Queued, input, output, None).into_work("all_gather")
     }
@@ -415,6 +419,8 @@ impl ProcessGroup {
         self.reduce_scatter_raw(as_bytes(input), as_bytes_mut(output), T::DTYPE, op)
     }
 
+    /// [`ProcessGroup::reduce_scatter`] on bytes read as `dtype` elements; returns the
+    /// operation's report.
     pub fn reduce_scatter_raw(&self, input: &[u8], output: &mut [u8], dtype: DType, op: ReduceOp) -> Result<OpInfo> {
         kernels::check_supported(dtype, op)?;
         self.check_gather_sizes("reduce_scatter", output.len(), input.len())?;
@@ -501,6 +507,8 @@ impl ProcessGroup {
         self.all_to_all_v_raw(as_bytes(input), send_counts, as_bytes_mut(output), recv_counts, T::DTYPE)
     }
 
+    /// [`ProcessGroup::all_to_all_v`] on bytes read as `dtype` elements (counts in elements, not
+    /// bytes); returns the operation's report.
     pub fn all_to_all_v_raw(&self, input: &[u8], send_counts: &[usize], output: &mut [u8], recv_counts: &[usize], dtype: DType) -> Result<OpInfo> {
         let (send, recv) = self.all_to_all_v_splits(input.len(), send_counts, output.len(), recv_counts, dtype, false)?;
         self.run_blocking("all_to_all_v", movement(kind::ALL_TO_ALL_V, Some(dtype), None, 0), |c, x, t, _| all_to_all_impl(t, c, x, input, output, &send, &recv, true))
@@ -541,6 +549,7 @@ impl ProcessGroup {
         Ok((send, recv))
     }
 
+    /// [`ProcessGroup::all_to_all_raw`] on owned buffers, queued: the [`Work`] gives them back.
     pub fn all_to_all_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O) -> Work<(I, O)> {
         self.all_to_all_issue(Mode::Queued, input, output, None).into_work("all_to_all")
     }
@@ -611,6 +620,8 @@ impl ProcessGroup {
         self.run_blocking("gather", movement(kind::GATHER, dtype, Some(root), input.len()), |c, x, t, _| gather_impl(t, c, x, input, &mut output[..out_len], root))
     }
 
+    /// [`ProcessGroup::gather_raw`] on owned buffers, queued: the [`Work`] gives them back
+    /// (`output` is filled on `root` only).
     pub fn gather_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
         self.gather_issue(Mode::Queued, input, output, None, root).into_work("gather")
     }
@@ -663,6 +674,8 @@ impl ProcessGroup {
         self.run_blocking("scatter", movement(kind::SCATTER, dtype, Some(root), output.len()), |c, x, t, _| scatter_impl(t, c, x, &input[..in_len], output, root))
     }
 
+    /// [`ProcessGroup::scatter_raw`] on owned buffers, queued: the [`Work`] gives them back
+    /// (`input` is read on `root` only).
     pub fn scatter_async<I: OpBuffer, O: OpBuffer>(&self, input: I, output: O, root: usize) -> Work<(I, O)> {
         self.scatter_issue(Mode::Queued, input, output, None, root).into_work("scatter")
     }
@@ -700,6 +713,7 @@ impl ProcessGroup {
         })
     }
 
+    /// [`ProcessGroup::barrier`], queued: the [`Work`] completes once every rank entered it.
     pub fn barrier_async(&self) -> Work<()> {
         self.barrier_issue(Mode::Queued).into_work("barrier")
     }

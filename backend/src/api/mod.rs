@@ -120,10 +120,13 @@ impl ProcessGroup {
         Ok(pg)
     }
 
+    /// This process's rank in the group (`0..size`).
     pub fn rank(&self) -> usize {
         self.inner.rank
     }
 
+    /// The number of ranks the group was made with; failed ranks keep their numbers (see
+    /// [`ProcessGroup::active_ranks`] for the live ones).
     pub fn size(&self) -> usize {
         self.inner.size
     }

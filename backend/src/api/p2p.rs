@@ -9,8 +9,24 @@ use crate::error::{ChorusError, Result};
 
 /// One entry of a batch (like torch's `P2POp`).
 pub enum P2pRequest<B> {
-    Send { buf: B, to: usize, tag: u64 },
-    Recv { buf: B, from: usize, tag: u64 },
+    /// Send `buf` to rank `to` with `tag` (as [`ProcessGroup::send_async`]).
+    Send {
+        /// The data to send.
+        buf: B,
+        /// The destination rank.
+        to: usize,
+        /// The tag the receive must name.
+        tag: u64,
+    },
+    /// Receive into `buf` from rank `from` with `tag` (as [`ProcessGroup::recv_async`]).
+    Recv {
+        /// The buffer to fill: the message must have exactly its size.
+        buf: B,
+        /// The source rank.
+        from: usize,
+        /// The tag the send named.
+        tag: u64,
+    },
 }
 
 fn finisher<B: OpBuffer>(done: work::Completer<B>, name: &'static str) -> crate::engine::p2p::Finish {
@@ -89,18 +105,23 @@ impl ProcessGroup {
         self.recv_issue(Mode::Queued, buf, from, tag).into_work("recv")
     }
 
+    /// Sends `buf` to rank `to` with `tag`; returns once the data left `buf`.
     pub fn send<T: Element>(&self, buf: &[T], to: usize, tag: u64) -> Result<()> {
         self.send_raw(as_bytes(buf), to, tag)
     }
 
+    /// [`ProcessGroup::send`] on bytes.
     pub fn send_raw(&self, buf: &[u8], to: usize, tag: u64) -> Result<()> {
         self.send_async(buf.to_vec(), to, tag).wait().map(|_| ())
     }
 
+    /// Receives a message of exactly `buf`'s size from rank `from` with `tag` into `buf`;
+    /// returns once it arrived.
     pub fn recv<T: Element>(&self, buf: &mut [T], from: usize, tag: u64) -> Result<()> {
         self.recv_raw(as_bytes_mut(buf), from, tag)
     }
 
+    /// [`ProcessGroup::recv`] on bytes.
     pub fn recv_raw(&self, buf: &mut [u8], from: usize, tag: u64) -> Result<()> {
         let got = self.recv_async(vec![0u8; buf.len()], from, tag).wait()?;
         buf.copy_from_slice(&got);

@@ -27,7 +27,12 @@ pub enum HostReason {
     /// The options ask for it (`DevicePath::Host`, `CHORUS_CUDA_PATH=host`).
     Requested,
     /// The view has more members than a device communicator spans.
-    TooManyRanks { ranks: usize, max: usize },
+    TooManyRanks {
+        /// Active ranks in the view.
+        ranks: usize,
+        /// The most ranks a device communicator spans.
+        max: usize,
+    },
     /// The group spans several hosts; the kernels reach peers over NVLink within one host only.
     SeveralHosts,
 }
@@ -154,7 +159,9 @@ impl HostOps {
 /// [`DeviceGroup`]'s take, with its safety contracts.
 #[derive(Clone, Debug)]
 pub enum DeviceOps {
+    /// The group's device communicator.
     Kernels(DeviceGroup),
+    /// Host copies and the host collective.
     Host(HostOps),
 }
 
@@ -334,6 +341,7 @@ pub struct DeviceStage {
 }
 
 impl DeviceStage {
+    /// An empty stage for buffers on GPU `device` (its ordinal), copied on `stream`.
     pub fn new(device: usize, stream: RawStream) -> DeviceStage {
         DeviceStage { device, stream, bufs: RefCell::new(Vec::new()) }
     }

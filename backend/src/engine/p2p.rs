@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 
 /// Memory an asynchronous operation owns until it completes.
 pub trait OpBuffer: Send + 'static {
+    /// The buffer's contents as bytes.
     fn bytes(&self) -> &[u8];
+    /// The buffer's contents as writable bytes.
     fn bytes_mut(&mut self) -> &mut [u8];
+    /// The boxed buffer as `Any`, so the caller's type can be recovered on completion.
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
     /// The dtype of the elements it holds, where it has one (`Vec<f32>`: `F32`); `None` for bytes,
     /// which any dtype may be read from. An operation refuses a buffer whose elements are not of

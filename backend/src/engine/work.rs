@@ -122,8 +122,11 @@ fn fill<R>(inner: &Inner<R>, result: Result<R>, kept: Option<R>) {
 /// it failed while running; not when the engine lost them).
 #[derive(Debug)]
 pub struct OpError<R> {
+    /// Why the operation failed.
     pub error: ChorusError,
+    /// The operation's report (who failed, the epoch; empty where the error says nothing).
     pub info: OpInfo,
+    /// The operation's buffers, where it still had them.
     pub buffers: Option<R>,
 }
 

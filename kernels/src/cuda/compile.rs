@@ -254,6 +254,7 @@ pub struct BuiltModulePart {
     pub entries: Vec<String>,
     /// The machine code.
     pub cubin: Vec<u8>,
+    /// Whether the cubin was compiled now, read from the cache or shipped.
     pub origin: Origin,
 }
 

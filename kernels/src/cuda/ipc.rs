@@ -43,8 +43,11 @@ impl DeviceRegistration {
 /// the registered pointer inside it (beside the handle, never folded into it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpcExport {
+    /// The CUDA IPC memory handle (`cuIpcGetMemHandle`) of the allocation base.
     pub handle: [u8; 64],
+    /// Size of the whole allocation in bytes.
     pub base_size: usize,
+    /// Offset of the registered pointer from the base.
     pub offset: usize,
 }
 
@@ -357,6 +360,7 @@ impl DeviceAllocation {
         self.ptr
     }
 
+    /// Size of the allocation in bytes.
     pub fn size(&self) -> usize {
         self.size
     }

@@ -55,8 +55,11 @@ const BLOCKS_PER_SM: u32 = 16;
 /// One kernel of the module and what its preload (`cuFuncGetAttribute`) returned.
 #[derive(Clone, Debug)]
 pub struct PreloadedKernel {
+    /// The kernel's entry-point name.
     pub name: String,
+    /// `CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK`: the largest block it can launch with.
     pub max_threads_per_block: i32,
+    /// `CU_FUNC_ATTRIBUTE_NUM_REGS`: registers per thread.
     pub num_regs: i32,
 }
 

@@ -152,10 +152,12 @@ impl DeviceComm {
         })
     }
 
+    /// This process's rank in the communicator.
     pub fn rank(&self) -> usize {
         self.rank
     }
 
+    /// Number of ranks in the communicator.
     pub fn world(&self) -> usize {
         self.world
     }
@@ -165,6 +167,7 @@ impl DeviceComm {
         self.kernels.ordinal()
     }
 
+    /// The options the communicator was set up with.
     pub fn options(&self) -> &CommOptions {
         &self.opts
     }
