@@ -103,6 +103,16 @@ impl Outcome {
         status.code().map(Outcome::Code).unwrap_or(Outcome::Lost)
     }
 
+    /// How the process ended, for a report ("exited with status 3"); `None` when it was lost
+    /// (already reported where that was found).
+    fn how(self) -> Option<String> {
+        match self {
+            Outcome::Code(c) => Some(format!("exited with status {c}")),
+            Outcome::Signal(s) => Some(format!("was killed by signal {s}{}", signal_name(s))),
+            Outcome::Lost => None,
+        }
+    }
+
     fn exit_code(self) -> i32 {
         match self {
             Outcome::Code(c) => c,
@@ -318,11 +328,7 @@ impl StoreHost {
             Err(_) => Outcome::Lost,
         };
         child.ended = Some(outcome);
-        let how = match outcome {
-            Outcome::Code(c) => format!("exited with status {c}"),
-            Outcome::Signal(s) => format!("was killed by signal {s}{}", signal_name(s)),
-            Outcome::Lost => "was lost".into(),
-        };
+        let how = outcome.how().unwrap_or_else(|| "was lost".into());
         eprintln!(
             "chorus-run: the store process (pid {}) {how}; fault-tolerant ranks go on through their membership replicas, and replacements find the group in CHORUS_REPLICA_DIR, but groups created from now on cannot meet",
             child.process.id()
@@ -611,13 +617,8 @@ fn report(rank: usize, outcome: Outcome, after_terminate: bool) {
     } else {
         ""
     };
-    match outcome {
-        Outcome::Code(c) => eprintln!("chorus-run: rank {rank} exited with status {c}{why}"),
-        Outcome::Signal(s) => eprintln!(
-            "chorus-run: rank {rank} was killed by signal {s}{}{why}",
-            signal_name(s)
-        ),
-        Outcome::Lost => {}
+    if let Some(how) = outcome.how() {
+        eprintln!("chorus-run: rank {rank} {how}{why}");
     }
 }
 
