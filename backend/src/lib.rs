@@ -12,8 +12,9 @@
 //!
 //! `unsafe` code is denied in this crate except where it meets foreign code, each exception named
 //! where it is granted: `sys` (shared memory, futexes, process liveness, plain-old-data views),
-//! `transport::rdma::ffi` (libibverbs and libcuda through `dlopen`), and `api::device_group` and
-//! `api::staged` (CUDA device pointers and streams handed in by the caller).
+//! `transport::rdma::ffi` (libibverbs and libcuda through `dlopen`), `api::device_group` and
+//! `api::staged` (CUDA device pointers and streams handed in by the caller), and `api::scope`
+//! (caller memory lent to queued operations until they complete).
 //!
 //! The layers below the API (`engine`, `group`, `sys`, `transport`) are private. The `internals`
 //! feature makes them public for this crate's own integration tests (the RDMA protocol and transport
@@ -58,7 +59,7 @@ pub mod transport;
 pub(crate) mod transport;
 
 pub use api::buffer::{as_bytes, as_bytes_mut, Element};
-pub use api::{Creation, Issued, Mode, ProcessGroup};
+pub use api::{Creation, Issued, Mode, OpScope, ProcessGroup, ScopedWork};
 pub use api::{DeviceGroup, DeviceOps, DeviceRoute, DeviceStage, HostReason};
 pub use api::p2p_types::P2pRequest;
 pub use chorus_kernels::{DType, ReduceOp};

@@ -5,23 +5,8 @@ use chorus_bootstrap::{MemStore, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn run<F>(n: usize, name: &str, f: F) -> Vec<chorus_backend::Result<()>>
-where
-    F: Fn(ProcessGroup) -> chorus_backend::Result<()> + Send + Sync + 'static,
-{
-    // Threads of one process on a busy machine: a starved heartbeat is not a dead rank.
-    std::env::set_var("CHORUS_HEARTBEAT_TIMEOUT_MS", "30000");
-    let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let f = Arc::new(f);
-    let handles: Vec<_> = (0..n)
-        .map(|r| {
-            let (store, f) = (store.clone(), f.clone());
-            let opts = Options::default().with_timeout(Duration::from_secs(30)).with_name(name).with_host_id("host");
-            std::thread::spawn(move || f(ProcessGroup::new(store, r, n, opts)?))
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
-}
+mod support;
+use support::run;
 
 fn invalid(r: chorus_backend::Result<impl std::fmt::Debug>, what: &str) -> String {
     match r {
@@ -244,3 +229,4 @@ fn typed_async_forms_and_blocking_reports() {
     });
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }
+

@@ -6,11 +6,13 @@ mod device_group;
 mod ft;
 mod issue;
 mod p2p;
+mod scope;
 pub mod staged;
 pub mod p2p_types { pub use super::p2p::P2pRequest; }
 pub use device_group::DeviceGroup;
 pub use staged::{DeviceOps, DeviceRoute, DeviceStage, HostReason};
 pub use issue::{Issued, Mode};
+pub use scope::{OpScope, ScopedWork};
 pub mod select;
 
 use crate::engine::comm::OpCtx;

@@ -6,3 +6,4 @@ pub mod futex;
 pub mod shm;
 pub mod pod;
 pub mod proc;
+pub mod lend;
