@@ -65,5 +65,6 @@ pub use api::p2p_types::P2pRequest;
 pub use chorus_kernels::{DType, ReduceOp};
 pub use engine::p2p::OpBuffer;
 pub use engine::work::{OpError, OpInfo, Outcome, Work};
+pub use membership::marks::ResumePoint;
 pub use error::{ChorusError, ErrorKind, Result};
 pub use options::{DevicePath, FailurePolicy, Options, RdmaOptions, TimeoutKnob};

@@ -245,6 +245,91 @@ fn a_live_excluded_rank_rejoins_in_place() {
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }
 
+/// Issue 23: a replacement learns where the survivors are in their loop from the marks they
+/// publish (`mark`, `resume_point`), not from collective counts. Steps of three collectives
+/// (all_reduce, all_gather, all_reduce), every rank contributing the label `step * 10 + index`:
+/// a replacement that resumed at the wrong place would contribute another label and every
+/// result check below would fail. Rank 2 is excluded in the middle of step 5, rejoins, and
+/// resumes wherever the survivors admit it, mid-step or not.
+#[test]
+fn a_replacement_resumes_at_the_survivors_mark() {
+    const PER_STEP: u64 = 3;
+    quiet_heartbeats();
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let opts = |r: usize| Options::default().with_timeout(Duration::from_secs(30)).with_name("marks").with_host_id(same_host(r));
+    let hs: Vec<_> = (0..3)
+        .map(|r| {
+            let (store, o) = (store.clone(), opts(r));
+            std::thread::spawn(move || -> chorus_backend::Result<Option<chorus_backend::ResumePoint>> {
+                let mut pg = ProcessGroup::new(store.clone(), r, 3, o.clone())?;
+                let (mut step, mut index, mut resumed) = (0u64, 0u64, None);
+                // Steps from 6 on in which the last collective had every rank: the same count on
+                // every rank (the replacement's included), so all stop together.
+                let mut full_steps = 0;
+                while full_steps < 4 {
+                    if index == 0 {
+                        pg.mark(step);
+                    }
+                    if (step, index, r) == (5, 1, 0) {
+                        pg.deactivate_ranks(&[2])?;
+                    }
+                    let label = (step * 10 + index) as i64;
+                    let outcome = if index == 1 {
+                        let mut out = vec![-1i64; 3 * 4];
+                        pg.all_gather(&[label; 4], &mut out).map(|info| {
+                            for q in 0..3 {
+                                let want = if info.contributors.contains(&q) { label } else { 0 };
+                                assert!(out[q * 4..(q + 1) * 4].iter().all(|&x| x == want), "rank {r} step {step}.{index}: block {q} {out:?}");
+                            }
+                            info
+                        })
+                    } else {
+                        let mut v = vec![label; 9];
+                        pg.all_reduce(&mut v, ReduceOp::Sum).map(|info| {
+                            let want = label * info.contributors.len() as i64;
+                            assert!(v.iter().all(|&x| x == want), "rank {r} step {step}.{index}: {v:?} over {:?}", info.contributors);
+                            info
+                        })
+                    };
+                    match outcome {
+                        Ok(info) => {
+                            if index == PER_STEP - 1 && step >= 6 && info.contributors.len() == 3 {
+                                full_steps += 1;
+                            }
+                        }
+                        Err(ChorusError::Excluded { .. }) if r == 2 && resumed.is_none() => {
+                            drop(pg);
+                            pg = ProcessGroup::join(store.clone(), 2, 3, o.clone())?;
+                            let at = pg.resume_point().expect("the survivors marked their steps");
+                            resumed = Some(at);
+                            // The survivors' last collective was the done-th of step `marker`.
+                            (step, index) = (at.marker, at.done);
+                            if index < PER_STEP {
+                                continue;
+                            }
+                            (step, index) = (step + 1, 0);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    index += 1;
+                    if index == PER_STEP {
+                        (step, index) = (step + 1, 0);
+                    }
+                }
+                Ok(resumed)
+            })
+        })
+        .collect();
+    let results: Vec<_> = hs.into_iter().map(|h| h.join().expect("rank thread")).collect();
+    let at = match &results[..] {
+        [Ok(None), Ok(None), Ok(Some(at))] => *at,
+        other => panic!("{other:?}"),
+    };
+    eprintln!("replacement resumed at {at:?}");
+    assert!(at.marker >= 5 && (1..=PER_STEP).contains(&at.done), "{at:?}");
+}
+
 /// The host path's layout for a view without rank 2: all_gather and gather leave zeros in its block
 /// (whatever the output held), the members' blocks at their group ranks. (The GPU kernel path,
 /// `DeviceGroup`, does the same; `python/tests/_ft_worker.py` checks it on a GPU.)

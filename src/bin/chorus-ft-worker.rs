@@ -74,10 +74,19 @@ fn main() {
         eprintln!("mark ready {}", unix_ns());
     }
     let out = std::io::stdout();
-    // A replacement (CHORUS_JOIN=1) resumes at the survivors' collective count.
-    let mut iter = pg.ops_completed() as usize;
+    // Each iteration issues one collective, marked with the iteration's number: a replacement
+    // (CHORUS_JOIN=1) resumes after the survivors' last one.
+    let mut iter = match pg.resume_point() {
+        Some(p) => {
+            assert_eq!(p.done, 1, "rank {me}: an iteration issues one collective, the resume point says {p:?}");
+            p.marker as usize + 1
+        }
+        None => 0,
+    };
+    assert_eq!(iter as u64, pg.ops_completed(), "rank {me}: the survivors' mark and their collective count disagree");
     let slow_us: u64 = std::env::var("CHORUS_FT_SLOW_US").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     while iter < stop_at {
+        pg.mark(iter as u64);
         let (which, elems) = match op.as_str() {
             "mixed" => (["all_reduce", "all_gather", "all_to_all", "broadcast"][iter % 4], elems),
             "train" => {

@@ -20,6 +20,7 @@ use crate::engine::desc::OpDesc;
 use crate::engine::work::{OpInfo, Work};
 use crate::error::{ChorusError, Result};
 use crate::group::{self, GroupInner};
+use crate::membership::marks::ResumePoint;
 use crate::options::Options;
 use chorus_bootstrap::{env, Store, StoreServer};
 use std::sync::atomic::Ordering;
@@ -250,9 +251,40 @@ impl ProcessGroup {
     }
 
     /// Collectives this rank has issued in this group (a replacement starts at the survivors'
-    /// count, so an application can resume its loop from it).
+    /// count).
     pub fn ops_completed(&self) -> u64 {
         self.inner.op_seq.load(Ordering::SeqCst)
+    }
+
+    /// Marks where this rank is in its own loop: the collectives it issues from now on belong to
+    /// `value` (a training step, say) until the next mark. Marks cost no communication; they
+    /// travel with the survivors' recovery reports to a replacement, which reads where it joined
+    /// from [`ProcessGroup::resume_point`]. Every rank should mark at the same places of the
+    /// loop, on the thread that issues its collectives.
+    pub fn mark(&self, value: u64) {
+        self.inner.membership.mark(value, self.inner.op_seq.load(Ordering::SeqCst));
+    }
+
+    /// For a replacement ([`ProcessGroup::join`]): where it joined the survivors' loop. The
+    /// survivors' last collective before this rank's first was the `done`-th they issued after
+    /// marking `marker` ([`ProcessGroup::mark`]), so this rank issues that part's remaining
+    /// collectives (none when `done` is the part's whole count) and goes on from there. `None`
+    /// for a rank that did not join, or when the survivors marked nothing before.
+    ///
+    /// ```no_run
+    /// # use chorus_backend::{ProcessGroup, ReduceOp};
+    /// # fn f(pg: &ProcessGroup, steps: u64) -> chorus_backend::Result<()> {
+    /// // One collective per step: a replacement starts after the survivors' last step.
+    /// let first = pg.resume_point().map_or(0, |p| p.marker + 1);
+    /// for step in first..steps {
+    ///     pg.mark(step);
+    ///     let mut grads = vec![1.0f32; 1024];
+    ///     pg.all_reduce(&mut grads, ReduceOp::Sum)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        self.inner.membership.resume_point()
     }
 
     /// Connections the current link to `peer` has made (RDMA: queue pairs, which a rejoin

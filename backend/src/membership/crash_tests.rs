@@ -109,8 +109,8 @@ fn run_round_in(n: usize, kind: Kind, members: &[usize], order: &[usize], stoppe
             let r = Round { store: &store, views: &views, uid: "sim", me: m.rank, round: 1, view: &view };
             match m.next {
                 Step::Post => match kind {
-                    Kind::Failure { dead } => r.post(&Post { committed: 4, current: Some((5, m.rank % 2 == 0)), dead: vec![dead], epoch: view.epoch, can_rerun: true, timed_out: vec![] }).unwrap(),
-                    Kind::Admission { .. } => r.post_boundary(4).unwrap(),
+                    Kind::Failure { dead } => r.post(&Post { committed: 4, current: Some((5, m.rank % 2 == 0)), dead: vec![dead], epoch: view.epoch, can_rerun: true, timed_out: vec![], marks: vec![] }).unwrap(),
+                    Kind::Admission { .. } => r.post_boundary(4, vec![]).unwrap(),
                 },
                 Step::Signal => raised = raised.max(signal(1, matches!(kind, Kind::Failure { .. }))),
                 Step::Derive => {
@@ -121,7 +121,7 @@ fn run_round_in(n: usize, kind: Kind, members: &[usize], order: &[usize], stoppe
                         Kind::Admission { .. } => match r.propose_admission().unwrap() {
                             Some(d) => Some(d),
                             None if members.iter().any(|&p| is_dead(p)) => {
-                                r.post(&Post { committed: 4, current: None, dead: members.iter().copied().filter(|&p| is_dead(p)).collect(), epoch: view.epoch, can_rerun: true, timed_out: vec![] }).unwrap();
+                                r.post(&Post { committed: 4, current: None, dead: members.iter().copied().filter(|&p| is_dead(p)).collect(), epoch: view.epoch, can_rerun: true, timed_out: vec![], marks: vec![] }).unwrap();
                                 r.propose_failure(is_dead).unwrap()
                             }
                             None => None,
@@ -256,12 +256,12 @@ fn a_lost_decision_leaves_nothing_behind() {
     let view = View::full(4);
     let round = |me| Round { store: &store, views: &views, uid: "race", me, round: 1, view: &view };
     for me in [0, 1] {
-        round(me).post(&Post { committed: 4, current: None, dead: vec![3], epoch: 0, can_rerun: true, timed_out: vec![] }).unwrap();
+        round(me).post(&Post { committed: 4, current: None, dead: vec![3], epoch: 0, can_rerun: true, timed_out: vec![], marks: vec![] }).unwrap();
     }
     // Rank 0 sees rank 2 dead too; rank 1 is about to decide with rank 2's (stale) post counted.
-    round(2).post(&Post { committed: 4, current: None, dead: vec![], epoch: 0, can_rerun: true, timed_out: vec![] }).unwrap();
-    let ours = Decision { commit_through: 4, view: view.next(&[], &[2, 3]), removed: vec![2, 3], interrupted: false, rerun_possible: true, timed_out: vec![] };
-    let theirs = Decision { commit_through: 4, view: view.next(&[], &[3]), removed: vec![3], interrupted: false, rerun_possible: true, timed_out: vec![] };
+    round(2).post(&Post { committed: 4, current: None, dead: vec![], epoch: 0, can_rerun: true, timed_out: vec![], marks: vec![] }).unwrap();
+    let ours = Decision { commit_through: 4, view: view.next(&[], &[2, 3]), removed: vec![2, 3], interrupted: false, rerun_possible: true, timed_out: vec![], marks: vec![] };
+    let theirs = Decision { commit_through: 4, view: view.next(&[], &[3]), removed: vec![3], interrupted: false, rerun_possible: true, timed_out: vec![], marks: vec![] };
     assert_eq!(round(0).commit(ours.clone()).unwrap(), ours);
     assert_eq!(round(1).commit(theirs).unwrap(), ours, "the loser gets the winner's decision");
     assert_eq!(views.read().unwrap(), view, "nothing is published before a decision is applied");

@@ -3,6 +3,7 @@
 //! replacement). The store and the clock are passed in; what it needs from the rank's links and
 //! signal block comes through [`Peers`]. The engine drives it between and around collectives
 //! (`api::ft`); the group serves joins with its join counters. `recovery.rs` has the rules.
+use super::marks::{self, Marks, ResumePoint};
 use super::recovery::{self, Decision, Post, Round};
 use super::{View, ViewStore};
 use crate::error::{ChorusError, Result};
@@ -59,11 +60,13 @@ pub struct Progress {
     pub proceed: Option<(u64, u64)>,
     /// The ranks the current attempt waited for past its deadline (reset when an attempt starts).
     pub timed_out: Vec<usize>,
+    /// Where the application marked its loop (reports carry them to a replacement).
+    pub marks: Marks,
 }
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { committed: 0, current: None, can_rerun: true, proceed: None, timed_out: Vec::new() }
+        Progress { committed: 0, current: None, can_rerun: true, proceed: None, timed_out: Vec::new(), marks: Marks::default() }
     }
 }
 
@@ -183,6 +186,8 @@ pub struct Membership {
     /// by the collective path); both monotonic.
     joins_announced: AtomicU64,
     joins_served: AtomicU64,
+    /// A replacement's place in the survivors' loop, from the decision that admitted it.
+    resume: Mutex<Option<ResumePoint>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -216,6 +221,7 @@ impl Membership {
             last_decision: Mutex::new(None),
             joins_announced: AtomicU64::new(0),
             joins_served: AtomicU64::new(0),
+            resume: Mutex::new(None),
         }
     }
 
@@ -250,6 +256,18 @@ impl Membership {
 
     pub fn committed(&self) -> u64 {
         lock(&self.progress).committed
+    }
+
+    /// The application marked `value` with `issued` collectives issued ([`marks`]).
+    pub fn mark(&self, value: u64, issued: u64) {
+        let mut p = lock(&self.progress);
+        let committed = p.committed;
+        p.marks.set(value, issued, committed);
+    }
+
+    /// Where this rank joined the survivors' loop, if it is a replacement and they marked it.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        *lock(&self.resume)
     }
 
     fn round<'a>(&'a self, round: u64, view: &'a View) -> Round<'a> {
@@ -308,7 +326,7 @@ impl Membership {
         let r = self.round(round, &view);
         match answer.1 {
             0 => self.post_failure(peers, &progress, &view, round)?,
-            1 => r.post_boundary(progress.committed)?,
+            1 => r.post_boundary(progress.committed, progress.marks.recent())?,
             _ => r.post_inside(answer.2)?,
         }
         tracing::debug!(round, kind = answer.1, at = answer.2, "answered recovery from the attendant thread");
@@ -318,7 +336,7 @@ impl Membership {
     fn post_failure(&self, peers: &dyn Peers, progress: &Progress, view: &View, round: u64) -> Result<()> {
         let dead: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank && peers.peer_dead(p)).collect();
         let timed_out = if progress.current.is_some() { progress.timed_out.clone() } else { Vec::new() };
-        let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch, can_rerun: progress.can_rerun, timed_out };
+        let post = Post { committed: progress.committed, current: progress.current, dead, epoch: view.epoch, can_rerun: progress.can_rerun, timed_out, marks: progress.marks.recent() };
         self.round(round, view).post(&post)?;
         self.raise(peers, round, true, &view.members());
         Ok(())
@@ -496,7 +514,8 @@ impl Membership {
         }
         let r = self.round(adm.round, &adm.view);
         if !adm.posted {
-            r.post_boundary(adm.boundary)?;
+            let marks = lock(&self.progress).marks.recent();
+            r.post_boundary(adm.boundary, marks)?;
             adm.posted = true;
             return Ok(AdmissionStep::Posted);
         }
@@ -585,6 +604,7 @@ impl Membership {
         tracing::info!(round, commit_through = d.commit_through, epoch = d.view.epoch, "admission round decided");
         let fails = d.interrupted && (!d.rerun_possible || self.policy == FailurePolicy::Abort || !d.timed_out.is_empty());
         let next = d.commit_through + fails as u64;
+        let resume = marks::position(&d.marks, next);
         let removed = d.removed.clone();
         self.apply(round, d);
         adm.asked = None;
@@ -595,6 +615,7 @@ impl Membership {
         // The survivors' next collective is ours too: one they re-run or that simply comes next
         // (it reports the removals this decision made); one that fails on them is theirs.
         lock(&self.progress).committed = next;
+        *lock(&self.resume) = resume;
         *lock(&self.pending_failed) = if fails { Vec::new() } else { removed };
         tracing::info!(epoch = view.epoch, next_collective = next + 1, "rejoined");
         Ok(AdmitStep::Admitted(next))

@@ -5,6 +5,7 @@
 //! records, `liveness` failure detection, `threads` the heartbeat and attendant threads.
 pub mod join;
 pub mod liveness;
+pub mod marks;
 pub mod member;
 pub mod recovery;
 pub mod threads;

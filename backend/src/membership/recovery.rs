@@ -31,6 +31,7 @@
 //!   started it — or, when a survivor inside it could not keep its input (in-place, too large to
 //!   save), it fails with the same error on every survivor, those between collectives included,
 //!   when they issue it.
+use super::marks::Mark;
 use super::view::{View, ViewStore};
 use crate::error::{ChorusError, Result};
 use chorus_bootstrap::Store;
@@ -53,6 +54,8 @@ pub struct Post {
     /// The ranks it waited for past its deadline in its current collective (it started this
     /// round because of that: a *timeout round*).
     pub timed_out: Vec<usize>,
+    /// Its application's recent marks ([`super::marks`]).
+    pub marks: Vec<Mark>,
 }
 
 /// The agreed outcome of a recovery round.
@@ -73,6 +76,10 @@ pub struct Decision {
     /// deadline: that collective fails with the same timeout error on every survivor (a re-run
     /// would wait for them again).
     pub timed_out: Vec<usize>,
+    /// The application's recent marks, from a survivor that issued the collectives up to
+    /// `commit_through + 1`: a replacement admitted by this decision learns from them where in
+    /// its loop it joins.
+    pub marks: Vec<Mark>,
 }
 
 /// What [`decide`] found.
@@ -105,6 +112,16 @@ pub fn decide(posts: &[(usize, Post)]) -> Verdict {
     timed_out.sort_unstable();
     timed_out.dedup();
     Verdict { commit_through: committed, interrupted: inside().next().is_some(), rerun_possible: inside().all(|(_, p)| p.can_rerun), timed_out }
+}
+
+/// The marks of a survivor that issued every collective a replacement may follow: one inside the
+/// collective after the highest committed one (it may fail, and the replacement then joins after
+/// it), else one that committed the highest (a rank between collectives may not have marked
+/// past it yet, but every mark before it was made before it was issued).
+fn marks_through(posts: &[(usize, Post)]) -> Vec<Mark> {
+    let committed = posts.iter().map(|(_, p)| p.committed).max().unwrap_or(0);
+    let inside = posts.iter().find(|(_, p)| p.current.is_some_and(|(op, _)| op == committed + 1));
+    inside.or_else(|| posts.iter().find(|(_, p)| p.committed == committed)).map(|(_, p)| p.marks.clone()).unwrap_or_default()
 }
 
 /// The value of a `Recovery` counter that asks for round `round`: odd for a failure round (it
@@ -156,8 +173,9 @@ impl Round<'_> {
 
     /// Admission: this rank is between collectives after collective `boundary` and starts no
     /// other until the round is decided (or another member is found inside `boundary + 1`).
-    pub fn post_boundary(&self, boundary: u64) -> Result<()> {
-        self.store.set(&key(self.uid, self.round, &format!("admit/{}", self.me)), &encode(&boundary))?;
+    /// Its application's recent marks go with it.
+    pub fn post_boundary(&self, boundary: u64, marks: Vec<Mark>) -> Result<()> {
+        self.store.set(&key(self.uid, self.round, &format!("admit/{}", self.me)), &encode(&(boundary, marks)))?;
         Ok(())
     }
 
@@ -197,18 +215,20 @@ impl Round<'_> {
         if let Some(d) = self.decision()? {
             return Ok(Some(d));
         }
-        let mut at = None;
+        let mut at: Option<(u64, Vec<Mark>)> = None;
         for r in self.view.members() {
             let Some(b) = self.store.get(&key(self.uid, self.round, &format!("admit/{r}")))? else { return Ok(None) };
-            let b: u64 = decode(&b)?;
-            if at.is_some_and(|a| a != b) {
-                return Ok(None);
+            let (b, marks): (u64, Vec<Mark>) = decode(&b)?;
+            match &at {
+                Some((a, _)) if *a != b => return Ok(None),
+                // Every member issued the collectives up to the boundary: the first's marks do.
+                Some(_) => {}
+                None => at = Some((b, marks)),
             }
-            at = Some(b);
         }
-        let Some(boundary) = at else { return Ok(None) };
+        let Some((boundary, marks)) = at else { return Ok(None) };
         let next = self.view.next(&self.views.requests()?, &[]);
-        Ok(Some(Decision { commit_through: boundary, view: next, removed: Vec::new(), interrupted: false, rerun_possible: true, timed_out: Vec::new() }))
+        Ok(Some(Decision { commit_through: boundary, view: next, removed: Vec::new(), interrupted: false, rerun_possible: true, timed_out: Vec::new(), marks }))
     }
 
     /// Proposes `d` as the round's decision: the compare-and-set that makes it the decision is
@@ -264,12 +284,13 @@ impl Round<'_> {
         dead.dedup();
         // Posts from ranks another survivor saw die do not count (they may be stale).
         posts.retain(|(r, _)| !dead.contains(r));
+        let marks = marks_through(&posts);
         let mut v = decide(&posts);
         // A rank waited for that died is a failure (the collective may be re-run without it); a
         // live one that was only late stays a member.
         v.timed_out.retain(|r| !dead.contains(r));
         let next = self.view.next(&self.views.requests()?, &dead);
-        Ok(Some(Decision { commit_through: v.commit_through, view: next, removed: dead, interrupted: v.interrupted, rerun_possible: v.rerun_possible, timed_out: v.timed_out }))
+        Ok(Some(Decision { commit_through: v.commit_through, view: next, removed: dead, interrupted: v.interrupted, rerun_possible: v.rerun_possible, timed_out: v.timed_out, marks }))
     }
 }
 
@@ -278,7 +299,7 @@ mod tests {
     use super::*;
 
     fn post(committed: u64, current: Option<(u64, bool)>) -> Post {
-        Post { committed, current, dead: vec![], epoch: 0, can_rerun: true, timed_out: vec![] }
+        Post { committed, current, dead: vec![], epoch: 0, can_rerun: true, timed_out: vec![], marks: vec![] }
     }
 
     fn waited(committed: u64, current: Option<(u64, bool)>, timed_out: &[usize]) -> Post {
@@ -376,15 +397,15 @@ mod tests {
             views.activate(&[2]).unwrap();
             let grown = View { epoch: 2, active: vec![true; 3], requests: 2 };
             let (r0, r1) = (round(&store, &views, &view, 0), round(&store, &views, &view, 1));
-            r0.post_boundary(7).unwrap();
+            r0.post_boundary(7, vec![]).unwrap();
             assert_eq!(r1.try_admission().unwrap(), None);
             // Rank 1 is inside collective 8: rank 0 must run 8 under the old view.
             r1.post_inside(8).unwrap();
             assert!(r0.inside_after(7).unwrap());
             assert!(!r1.inside_after(8).unwrap());
-            r1.post_boundary(8).unwrap();
+            r1.post_boundary(8, vec![]).unwrap();
             assert_eq!(r0.try_admission().unwrap(), None);
-            r0.post_boundary(8).unwrap();
+            r0.post_boundary(8, vec![]).unwrap();
             let d = r0.try_admission().unwrap().expect("decided");
             assert_eq!((d.commit_through, d.interrupted, d.removed.clone(), d.view.clone(), d.timed_out.clone()), (8, false, vec![], grown, vec![]));
             // One record: a failure report now changes nothing.
