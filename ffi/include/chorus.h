@@ -223,6 +223,14 @@ int32_t chorus_group_epoch(const chorus_group_t *group, uint64_t *out);
    application can resume its loop from it. */
 int32_t chorus_group_ops_completed(const chorus_group_t *group, uint64_t *out);
 
+/* Marks where the application is in its loop: the collectives this rank issues from now on belong to
+   `value` (a training step, say); a replacement reads the survivors' place with chorus_group_resume_point. */
+int32_t chorus_group_mark(const chorus_group_t *group, uint64_t value);
+
+/* For a replacement: the survivors' last collective before this rank's first was the `*done`-th they
+   issued after marking `*marker`; `*done` is 0 for a rank that did not join or when nothing was marked. */
+int32_t chorus_group_resume_point(const chorus_group_t *group, uint64_t *marker, uint64_t *done);
+
 /* Whether the group's GPU communicator on CUDA device `device` still works (as ncclCommGetAsyncError):
    CHORUS_OK (also when the device has none), CHORUS_ERR_TIMEOUT when a kernel waited past its deadline,
    CHORUS_ERR_PEER_FAILED when the group aborted it because a peer died (message in chorus_last_error).

@@ -306,6 +306,35 @@ pub unsafe extern "C" fn chorus_group_ops_completed(group_: *const chorus_group,
     guard(|| put_u64("chorus_group_ops_completed", out, group(group_)?.pg.ops_completed()))
 }
 
+/// Marks where the application is in its loop: the collectives this rank issues from now on
+/// belong to `value` (a training step, say); a replacement learns the survivors' place from
+/// `chorus_group_resume_point`.
+///
+/// # Safety
+/// `group` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_mark(group_: *const chorus_group, value: u64) -> i32 {
+    guard(|| {
+        group(group_)?.pg.mark(value);
+        Ok(())
+    })
+}
+
+/// For a replacement: the survivors' last collective before this rank's first was the `*done`-th
+/// they issued after marking `*marker`. `*done` is 0 (and `*marker` 0) for a rank that did not
+/// join, or when the survivors marked nothing.
+///
+/// # Safety
+/// `group` is a live handle; `marker` and `done` are writable.
+#[no_mangle]
+pub unsafe extern "C" fn chorus_group_resume_point(group_: *const chorus_group, marker: *mut u64, done: *mut u64) -> i32 {
+    guard(|| {
+        let at = group(group_)?.pg.resume_point();
+        put_u64("chorus_group_resume_point", marker, at.map_or(0, |p| p.marker))?;
+        put_u64("chorus_group_resume_point", done, at.map_or(0, |p| p.done))
+    })
+}
+
 /// Whether the group's GPU communicator on CUDA device `device` still works, as NCCL's
 /// `ncclCommGetAsyncError`: `CHORUS_OK` (also when the device has none), or the error of its
 /// failure, with the message in `chorus_last_error`: `CHORUS_ERR_TIMEOUT` when a kernel waited past

@@ -95,6 +95,12 @@ fn membership_reports_and_deactivation() {
                 let mut ops = 0u64;
                 assert_eq!(unsafe { chorus_group_ops_completed(g, &mut ops) }, CHORUS_OK);
                 assert_eq!(ops, 1);
+                // Marks cost nothing here; a rank that did not join has no resume point.
+                assert_eq!(unsafe { chorus_group_mark(g, 7) }, CHORUS_OK);
+                let (mut marker, mut done) = (9u64, 9u64);
+                assert_eq!(unsafe { chorus_group_resume_point(g, &mut marker, &mut done) }, CHORUS_OK);
+                assert_eq!((marker, done), (0, 0));
+                assert_eq!(unsafe { chorus_group_resume_point(g, &mut marker, std::ptr::null_mut()) }, CHORUS_ERR_INVALID_ARGUMENT);
 
                 // Invalid ranks are refused on the calling rank.
                 let bad = [5i32];

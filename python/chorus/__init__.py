@@ -25,14 +25,16 @@ from .ft import (
     get_failed_ranks,
     get_ops_completed,
     get_replica_address,
+    get_resume_point,
     get_work_epoch,
     join_group,
+    mark,
 )
 
 __all__ = [
     "ChorusError", "ChorusInvalidArgument", "ChorusTimeout", "ChorusUnsupported", "ChorusWork", "Options",
     "ProcessGroupChorus", "library_path", "get_active_ranks", "get_current_epoch", "get_failed_ranks",
-    "get_contributors", "get_work_epoch", "get_ops_completed", "get_replica_address", "deactivate_ranks", "activate_ranks", "join_group",
+    "get_contributors", "get_work_epoch", "get_ops_completed", "mark", "get_resume_point", "get_replica_address", "deactivate_ranks", "activate_ranks", "join_group",
     "check_device", "backend_path", "build_native", "fallback_reason",
 ]
 

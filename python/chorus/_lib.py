@@ -138,6 +138,8 @@ def _load():
         "chorus_group_epoch": (c_int32, [G, POINTER(c_uint64)]),
         "chorus_group_device_status": (c_int32, [G, c_int32]),
         "chorus_group_ops_completed": (c_int32, [G, POINTER(c_uint64)]),
+        "chorus_group_mark": (c_int32, [G, c_uint64]),
+        "chorus_group_resume_point": (c_int32, [G, POINTER(c_uint64), POINTER(c_uint64)]),
         "chorus_group_deactivate_ranks": (c_int32, [G, POINTER(c_int32), c_size_t]),
         "chorus_group_activate_ranks": (c_int32, [G, POINTER(c_int32), c_size_t]),
         "chorus_work_failed_ranks": (c_int32, [W, POINTER(c_int32), c_size_t, POINTER(c_size_t)]),

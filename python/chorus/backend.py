@@ -361,6 +361,17 @@ class ProcessGroupChorus(dist.ProcessGroup):
         """Collectives this rank issued in the group (a replacement starts at the survivors' count)."""
         return _lib.u64(lib.chorus_group_ops_completed, self._group())
 
+    def mark(self, value: int) -> None:
+        """The collectives this rank issues from now on belong to ``value`` (a training step, say)."""
+        check(lib.chorus_group_mark(self._group(), int(value)))
+
+    def resume_point(self) -> tuple[int, int] | None:
+        """For a replacement: ``(marker, done)``, the survivors' last collective before its first was the
+        ``done``-th after they marked ``marker``; ``None`` otherwise."""
+        marker, done = ctypes.c_uint64(0), ctypes.c_uint64(0)
+        check(lib.chorus_group_resume_point(self._group(), ctypes.byref(marker), ctypes.byref(done)))
+        return (int(marker.value), int(done.value)) if done.value else None
+
     def _ranks_call(self, fn, ranks) -> None:
         rs = [int(r) for r in ranks]
         arr = (ctypes.c_int32 * max(len(rs), 1))(*rs)

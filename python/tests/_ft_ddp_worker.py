@@ -40,9 +40,13 @@ then issue exactly the collectives the survivors issue. So:
   collectives. Once per instance, each rank checks that a step issued exactly the collectives it
   recorded (chorus.get_ops_completed() before and after) and writes the plan to the store: the
   collective count at that step's start and each collective's (kind, dtype, numel, reduce op).
-* Catch up. The replacement reads chorus.get_ops_completed() (N, the survivors' count when they admitted
-  it) and the plan. Position (N - start) % len(plan) is where the survivors are inside their step; it
-  issues the rest of that step's collectives with zero tensors (recording their outcomes, which the test
+* Marks. Every attempt marks its phases with chorus.mark(attempt * 4 + phase): phase 0 before the ctrl
+  all_reduce, then phase 1 (train: buckets and metric) or phase 2 (sync: the broadcast) once the ctrl
+  result chose. The survivors' marks reach a replacement with the decision that admits it.
+* Catch up. The replacement reads chorus.get_resume_point(): (marker, done), the survivors' last
+  collective before its first was the done-th after that mark. Phase 0: they ran the ctrl and train
+  next; phase 1: they ran done collectives of the training body; phase 2: the sync is complete. It
+  issues the rest of that step's collectives (their kinds from the plan) with zero tensors (recording their outcomes, which the test
   compares with the survivors'). The survivors see the contributors change in the middle of the step,
   so the step is invalid and they redo it: the replacement's zeros never reach the weights.
 * Sync at a step boundary. The replacement then runs the ctrl all_reduce with its needs-state flag set.
@@ -262,18 +266,25 @@ def main():
         # Catch up to the survivors' step boundary (see the docstring).
         plan = json.loads(store.get(PLAN_KEY).decode())
         L = len(plan["ops"])
-        if ops0 < plan["start"]:
-            raise RuntimeError(f"admitted at collective {ops0}, before the plan's start {plan['start']}: cannot place it in a step")
-        pos = (ops0 - plan["start"]) % L
+        at = chorus.get_resume_point()
+        if at is None:
+            raise RuntimeError("joined without a resume point: the survivors marked nothing")
+        marker, done = at
+        phase = marker % 4
+        # Where the survivors are inside a step of the plan: after the ctrl plus `done` of the body.
+        pos = {0: done, 1: 1 + done, 2: L}[phase] % L
         rec = Recorder()
         mirror(rec, plan["ops"][pos:] if pos else [])
-        report["catch_up"] = {"ops_start": ops0, "pos": pos, "plan_len": L, "ops": rec.ops}
-        log(f"joined at collective {ops0}: position {pos} of a {L}-collective step; caught up with {len(rec.ops)} collectives")
+        report["catch_up"] = {"ops_start": ops0, "marker": marker, "done": done, "pos": pos, "plan_len": L, "ops": rec.ops}
+        log(f"joined at collective {ops0}: mark {marker} (phase {phase}), {done} done: position {pos} of a {L}-collective step; "
+            f"caught up with {len(rec.ops)} collectives")
         if chorus.get_ops_completed() != ops0 + len(rec.ops):
             raise RuntimeError(f"catch-up issued {chorus.get_ops_completed() - ops0} collectives, recorded {len(rec.ops)}")
         plan_ops = plan["ops"]
 
+    attempt = 0
     while True:
+        attempt += 1
         if syncs >= REJOINS and valid_since_sync >= AFTER:
             break
         if time.time() - t_start > MAX_SECONDS:
@@ -285,11 +296,13 @@ def main():
         ops_start = chorus.get_ops_completed()
         att = {"ops_start": ops_start, "step": step, "instance": trainer.instance if trainer else None}
 
-        # 1. ctrl
+        # 1. ctrl (phase 0 of the attempt's marks)
+        chorus.mark(attempt * 4)
         ctrl = ctrl_tensor(None, None) if trainer is None else ctrl_tensor(step, trainer.instance)
         ctrl_ok = run_op(rec, "all_reduce", ctrl, op="max")
         if ctrl_ok and int(ctrl[:n].max()) > 0:
             # Sync: every member saw the same flags in the same result.
+            chorus.mark(attempt * 4 + 2)
             members = rec.ops[0]["contributors"]
             src = min(r for r in members if int(ctrl[r]) == 0)
             step = int(ctrl[n])
@@ -309,6 +322,7 @@ def main():
             report["attempts"].append(att)
             log(f"sync at collective {ops_start}: from rank {src} to {members}, step {step}, instance {instance}")
             continue
+        chorus.mark(attempt * 4 + 1)
         if trainer is None:
             # Still without state (the ctrl failed): issue the rest of a step, then try again.
             mirror(rec, plan_ops[1:])

@@ -245,6 +245,6 @@ def test_ddp_kill_and_rejoin(victim, tmp_path):
     assert len({rep["param_digest"] for rep in finals}) == 1, [rep["param_digest"] for rep in finals]
     redone = sum(not a["valid"] for a in train)
     print(f"{N} ranks, victim {victim}, {when}: {len(ref)} attempts ({redone} redone), "
-          f"failure {failed_reports or errors}, admitted at collective {admitted} (position {cu['pos']} of {cu['plan_len']}), "
+          f"failure {failed_reports or errors}, admitted at collective {admitted} (mark {cu['marker']}, {cu['done']} done: position {cu['pos']} of {cu['plan_len']}), "
           f"loss {losses[0]:.3f} -> {losses[KILL_AT_STEP]:.3f} (kill) -> {after[0]:.3f} (rejoin) -> {losses[-1]:.3f}; "
           f"{time.time() - t0:.1f} s ({time.time() - t_kill:.1f} s after the kill)")

@@ -67,7 +67,7 @@ namespace chorus_torch {
 #define CHORUS_FUNCTIONS(X)                                                                                   \
   X(chorus_abi_version) X(chorus_last_error) X(chorus_buf_write) X(chorus_group_create) X(chorus_group_join) \
   X(chorus_group_rank) X(chorus_group_size) X(chorus_group_active_ranks) X(chorus_group_epoch) X(chorus_group_replica_address)               \
-  X(chorus_group_ops_completed) X(chorus_group_device_status) X(chorus_group_deactivate_ranks)             \
+  X(chorus_group_ops_completed) X(chorus_group_mark) X(chorus_group_resume_point) X(chorus_group_device_status) X(chorus_group_deactivate_ranks)             \
   X(chorus_group_activate_ranks) X(chorus_group_destroy) X(chorus_all_reduce) X(chorus_broadcast)           \
   X(chorus_reduce) X(chorus_all_gather) X(chorus_reduce_scatter) X(chorus_all_to_all) X(chorus_all_to_all_v) \
   X(chorus_gather) X(chorus_scatter) X(chorus_barrier) X(chorus_send) X(chorus_recv) X(chorus_work_wait)    \
@@ -745,6 +745,15 @@ class ChorusBackend : public c10d::Backend {
 
   uint64_t ops_completed() { return getSequenceNumberForGroup(); }
 
+  void mark(uint64_t value) { check(api.chorus_group_mark(group(), value)); }
+
+  // (marker, done); done is 0 when this rank did not join or nothing was marked.
+  std::pair<uint64_t, uint64_t> resume_point() {
+    uint64_t marker = 0, done = 0;
+    check(api.chorus_group_resume_point(group(), &marker, &done));
+    return {marker, done};
+  }
+
   void check_device(int64_t device) { check(api.chorus_group_device_status(group(), static_cast<int32_t>(device))); }
 
   void change_ranks(const std::vector<int64_t>& ranks, bool activate) {
@@ -1325,6 +1334,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("current_epoch", &ChorusBackend::current_epoch)
       .def("replica_address", &ChorusBackend::replica_address)
       .def("ops_completed", &ChorusBackend::ops_completed)
+      .def("mark", &ChorusBackend::mark, py::arg("value"))
+      .def("resume_point", &ChorusBackend::resume_point)
       .def("check_device", &ChorusBackend::check_device, py::arg("device"))
       .def("deactivate_ranks", [](ChorusBackend& b, const std::vector<int64_t>& r) { b.change_ranks(r, false); })
       .def("activate_ranks", [](ChorusBackend& b, const std::vector<int64_t>& r) { b.change_ranks(r, true); })
