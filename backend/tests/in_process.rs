@@ -76,17 +76,29 @@ fn chunk_loop_never_reconnects() {
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }
 
+/// Every rank fails the collective; one told by a peer names that peer (issue 23: rank 1 was told
+/// "see rank 1's error"), over shared memory and TCP.
 #[test]
 fn mismatched_counts_fail_on_every_rank() {
-    let results = run(3, "mismatch", same_host, |pg| {
-        let len = if pg.rank() == 0 { 10 } else { 12 };
-        let mut v = vec![1.0f32; len];
-        match pg.all_reduce(&mut v, ReduceOp::Sum) {
-            Err(ChorusError::Mismatch { .. }) | Err(ChorusError::PeerReportedMismatch { .. }) => Ok(()),
-            other => panic!("rank {} expected a mismatch error, got {other:?}", pg.rank()),
-        }
-    });
-    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    for (name, host) in [("mismatch-shm", same_host as fn(usize) -> String), ("mismatch-tcp", own_host)] {
+        let results = run(3, name, host, |pg| {
+            for round in 0..5 {
+                let len = if pg.rank() == round % 3 { 10 } else { 12 };
+                let mut v = vec![1.0f32; len];
+                match pg.all_reduce(&mut v, ReduceOp::Sum) {
+                    Err(ChorusError::Mismatch { rank, peer, .. }) => assert!(rank == pg.rank() && peer != rank, "rank {}: {rank} vs {peer}", pg.rank()),
+                    Err(ChorusError::PeerReportedMismatch { peer, .. }) => assert_ne!(peer, pg.rank(), "told by itself"),
+                    other => panic!("rank {} expected a mismatch error, got {other:?}", pg.rank()),
+                }
+                // The group stays usable.
+                let mut ok = vec![1i32; 3];
+                pg.all_reduce(&mut ok, ReduceOp::Sum)?;
+                assert_eq!(ok, vec![3; 3]);
+            }
+            Ok(())
+        });
+        assert!(results.iter().all(|r| r.is_ok()), "{name}: {results:?}");
+    }
 }
 
 #[test]
