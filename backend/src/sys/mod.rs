@@ -7,3 +7,4 @@ pub mod shm;
 pub mod pod;
 pub mod proc;
 pub mod lend;
+pub mod sched;

@@ -15,7 +15,7 @@
 //! Every counter only grows (never reset for reuse); each sits on its own cache line. Whoever
 //! stores a counter rings the doorbell afterwards, so one futex word wakes a rank that waits for
 //! any mix of conditions.
-use crate::sys::futex;
+use crate::sys::{futex, sched};
 use crate::sys::shm::Segment;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -184,19 +184,30 @@ impl SignalBlock {
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<T, Option<E>> {
         let start = Instant::now();
+        let mut spin = policy.spin;
+        let mut contended = false;
         let mut i: u32 = 0;
         loop {
             if let Some(v) = ready() {
                 return Ok(v);
             }
             i = i.wrapping_add(1);
+            if i == 64 {
+                // Other programs fill the cores (sys/sched.rs): spinning keeps the peer we wait
+                // for off a core, and yielding hands the core to them; sleep on the doorbell soon.
+                // Asked only by waits that last, so quick ones pay nothing.
+                contended = sched::contended(policy.local_ranks);
+                if contended {
+                    spin = spin.min(CONTENDED_SPIN);
+                }
+            }
             // Reading the clock every 64 turns keeps the spin tight.
-            if i.is_multiple_of(64) && start.elapsed() >= policy.spin {
+            if i.is_multiple_of(64) && start.elapsed() >= spin {
                 break;
             }
             std::hint::spin_loop();
         }
-        while start.elapsed() < policy.spin + policy.yield_for {
+        while !contended && start.elapsed() < policy.spin + policy.yield_for {
             if let Some(v) = ready() {
                 return Ok(v);
             }
@@ -225,6 +236,9 @@ impl SignalBlock {
     }
 }
 
+/// The most a waiter spins while another program competes for the cores.
+const CONTENDED_SPIN: Duration = Duration::from_micros(2);
+
 /// How long a waiter spins and yields before it sleeps. With more ranks than cores, spinning
 /// starves the very peer being waited for, so the policy shrinks spinning there; every phase is
 /// bounded in time, not iterations, so a loaded machine degrades gracefully.
@@ -233,6 +247,8 @@ pub struct WaitPolicy {
     pub spin: Duration,
     pub yield_for: Duration,
     pub sleep_slice: Duration,
+    /// This host's ranks of the group, each runnable while it spins or yields.
+    pub local_ranks: usize,
 }
 
 impl WaitPolicy {
@@ -242,6 +258,6 @@ impl WaitPolicy {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let us = Duration::from_micros;
         let (default_spin, default_yield) = if local_ranks <= cores { (us(50), us(2000)) } else { (us(2), us(500)) };
-        WaitPolicy { spin: spin.unwrap_or(default_spin), yield_for: yield_for.unwrap_or(default_yield), sleep_slice: Duration::from_millis(5) }
+        WaitPolicy { spin: spin.unwrap_or(default_spin), yield_for: yield_for.unwrap_or(default_yield), sleep_slice: Duration::from_millis(5), local_ranks }
     }
 }
