@@ -47,7 +47,7 @@ fn foreign(runnable: u64, local_ranks: usize) -> usize {
 fn runnable() -> u64 {
     let now = epoch().elapsed().as_nanos() as u64 + 1;
     let at = SAMPLED_AT.load(Ordering::Relaxed);
-    if now.saturating_sub(at) < SAMPLE_EVERY.as_nanos() as u64 {
+    if at != 0 && now.saturating_sub(at) < SAMPLE_EVERY.as_nanos() as u64 {
         return RUNNABLE.load(Ordering::Relaxed);
     }
     // One waiter samples; the others use the last count meanwhile.
