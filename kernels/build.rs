@@ -4,7 +4,8 @@
 //! (`$OUT_DIR/shipped_kernels.rs`, included by `src/cuda/shipped.rs`). At run time the device's
 //! architecture picks its cubins with no compile; an architecture not shipped falls back to run-time
 //! NVRTC. Where the build machine has no NVRTC the build still succeeds and says so once (a cargo
-//! warning): the library then compiles at run time only.
+//! warning): the library then compiles at run time only. Without the `cuda` feature it writes an empty
+//! table and does nothing else (no NVRTC lookup; its NVRTC loader and codec are not even compiled).
 //!
 //! Settings (environment of the build):
 //! - `CHORUS_NVRTC`: libnvrtc.so.13, or the directory holding it (else: `LD_LIBRARY_PATH`, `CUDA_HOME`,
@@ -17,21 +18,26 @@
 //! cache (source, options, NVRTC version), so rebuilding the crate (another profile, an edit elsewhere)
 //! does not compile them again.
 
+#[cfg(feature = "cuda")]
 #[path = "src/cuda/parts.rs"]
 #[allow(dead_code)]
 mod parts;
+#[cfg(feature = "cuda")]
 #[path = "src/cuda/cubin.rs"]
 #[allow(dead_code)]
 mod cubin;
 
 use std::path::{Path, PathBuf};
+#[cfg(feature = "cuda")]
 use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(feature = "cuda")]
 use std::sync::Mutex;
 
 /// Data-centre and workstation GPUs: Turing, Ampere (A100, A10/RTX 30), Ada (L40, RTX 40), Hopper,
 /// Blackwell (B200/GB200, B300/GB300) and Blackwell workstation (RTX PRO / RTX 50). Devices of the same
 /// major version and a higher minor (sm_87 Orin, sm_121 GB10) run the closest lower cubin. Embedded
 /// parts (sm_87, sm_88, sm_110) are not shipped.
+#[cfg(feature = "cuda")]
 const SHIPPED: &[u32] = &[75, 80, 86, 89, 90, 100, 103, 120];
 
 fn main() {
@@ -43,13 +49,21 @@ fn main() {
     }
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let table = out_dir.join("shipped_kernels.rs");
-    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
-        write_table(&table, None, &[]);
-        return;
-    }
+    // Without `cuda` nothing is shipped: no NVRTC is looked for or opened, and the build script is
+    // compiled without its NVRTC loader and codec (the optional build dependencies stay out).
+    #[cfg(not(feature = "cuda"))]
+    write_table(&table, None, &[]);
+    #[cfg(feature = "cuda")]
+    ship(&out_dir, &table);
+}
+
+/// Compiles (or takes from the cubin cache) the kernels for every architecture to ship and writes
+/// the table; an empty table where the build machine has no NVRTC or `CHORUS_KERNEL_ARCHS=none`.
+#[cfg(feature = "cuda")]
+fn ship(out_dir: &Path, table: &Path) {
     let archs_setting = std::env::var("CHORUS_KERNEL_ARCHS").ok();
     if archs_setting.as_deref().map(str::trim) == Some("none") {
-        write_table(&table, None, &[]);
+        write_table(table, None, &[]);
         return;
     }
     let Some(lib) = find_nvrtc() else {
@@ -58,7 +72,7 @@ fn main() {
              shipped; they will be compiled at run time on first use (~10 s). To ship them: `pip install \
              nvidia-cuda-nvrtc==13.*` or set CHORUS_NVRTC to libnvrtc.so.13, then rebuild."
         );
-        write_table(&table, None, &[]);
+        write_table(table, None, &[]);
         return;
     };
     let nvrtc = match nvrtc::Nvrtc::open(&lib) {
@@ -69,7 +83,7 @@ fn main() {
                  at run time",
                 lib.display()
             );
-            write_table(&table, None, &[]);
+            write_table(table, None, &[]);
             return;
         }
     };
@@ -83,7 +97,7 @@ fn main() {
             .collect(),
         None => SHIPPED.iter().copied().filter(|a| supported.contains(a)).collect(),
     };
-    let cache = cubin_cache_dir(&out_dir);
+    let cache = cubin_cache_dir(out_dir);
     let parts = parts::module_parts();
     let jobs: Vec<(u32, usize)> = archs.iter().flat_map(|&a| (0..parts.len()).map(move |p| (a, p))).collect();
     let results: Vec<Mutex<Option<PathBuf>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
@@ -102,11 +116,12 @@ fn main() {
     let files: Vec<PathBuf> = results.into_iter().map(|m| m.into_inner().unwrap().expect("every job ran")).collect();
     let per_arch: Vec<(u32, Vec<PathBuf>)> =
         archs.iter().enumerate().map(|(i, &a)| (a, files[i * parts.len()..(i + 1) * parts.len()].to_vec())).collect();
-    write_table(&table, Some(version), &per_arch);
+    write_table(table, Some(version), &per_arch);
 }
 
 /// One part for one architecture, deflated (zlib): from the build cache when it holds a good one, else
 /// compiled and stored. Every cubin is checked as an image for `arch` before it is shipped.
+#[cfg(feature = "cuda")]
 fn build_part(nvrtc: &nvrtc::Nvrtc, version: (i32, i32), cache: &Path, source: &str, name: &str, arch: u32) -> PathBuf {
     let target = format!("sm_{arch}");
     let key = parts::program_key(source, &target, version);
@@ -128,6 +143,7 @@ fn build_part(nvrtc: &nvrtc::Nvrtc, version: (i32, i32), cache: &Path, source: &
 }
 
 /// `target/chorus-kernel-cubins` (OUT_DIR is `target/<profile>/build/<pkg>/out`), else OUT_DIR itself.
+#[cfg(feature = "cuda")]
 fn cubin_cache_dir(out_dir: &Path) -> PathBuf {
     let target = out_dir.ancestors().nth(4).filter(|_| out_dir.ancestors().nth(2).is_some_and(|b| b.ends_with("build")));
     let dir = target.map_or_else(|| out_dir.join("cubins"), |t| t.join("chorus-kernel-cubins"));
@@ -153,6 +169,7 @@ fn write_table(path: &Path, version: Option<(i32, i32)>, per_arch: &[(u32, Vec<P
 }
 
 /// The first libnvrtc.so.13 in the places the module docs list.
+#[cfg(feature = "cuda")]
 fn find_nvrtc() -> Option<PathBuf> {
     const LIB: &str = "libnvrtc.so.13";
     if let Some(v) = std::env::var_os("CHORUS_NVRTC").filter(|v| !v.is_empty()) {
@@ -188,6 +205,7 @@ fn find_nvrtc() -> Option<PathBuf> {
 }
 
 /// `<venv>/lib/python3*/site-packages`.
+#[cfg(feature = "cuda")]
 fn python_site_dirs(venv: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(venv.join("lib")) else { return Vec::new() };
     rd.filter_map(|e| e.ok())
@@ -197,6 +215,7 @@ fn python_site_dirs(venv: &Path) -> Vec<PathBuf> {
 }
 
 /// The site-packages of `python3` on PATH (where `pip install nvidia-cuda-nvrtc` put it), if any.
+#[cfg(feature = "cuda")]
 fn python_site_packages() -> Option<Vec<PathBuf>> {
     let out = std::process::Command::new("python3")
         .args(["-c", "import site, sys; print('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))"])
@@ -206,6 +225,7 @@ fn python_site_packages() -> Option<Vec<PathBuf>> {
 }
 
 /// NVRTC opened at build time (libloading): only the calls a compile to cubin needs.
+#[cfg(feature = "cuda")]
 mod nvrtc {
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
     use std::path::Path;

@@ -1,9 +1,9 @@
-//! The `chorus-run` launcher (package chorus-bootstrap) launches the test worker on 3 ranks: it
+//! The `chorus-run` launcher (package chorus-tools) launches the test worker on 3 ranks: it
 //! hosts the store, sets torchrun's environment plus CHORUS_STORE_ADDR, and the short `smoke`
 //! scenario passes on every rank. The launcher runs as a copy of this test binary calling the
 //! launcher's code, so the test never depends on another package's binary being built.
 mod common;
-#[path = "../bootstrap/tests/support/mod.rs"]
+#[path = "../tools/tests/support/mod.rs"]
 mod support;
 use chorus_bootstrap::launch::{self, LaunchOptions};
 use std::process::{Command, Stdio};
@@ -17,7 +17,7 @@ fn chorus_run_launches_three_ranks() {
     if std::env::var_os(LAUNCHER_CHILD).is_some() {
         // The launcher: chorus-run's own code (`launch::run`, what the binary calls after parsing
         // its arguments), so the test needs no binary of another package. The binary's argument
-        // parsing is tested in chorus-bootstrap's tests/launch.rs.
+        // parsing is tested in chorus-tools's tests/launch.rs.
         let (harness, _) = common::worker_args(&["smoke"]);
         let mut opts = LaunchOptions::new(3, worker.display().to_string(), harness.iter().map(|a| a.to_string()).collect());
         opts.grace = std::time::Duration::from_secs(2);

@@ -16,6 +16,13 @@
 //! `api::staged` (CUDA device pointers and streams handed in by the caller), and `api::scope`
 //! (caller memory lent to queued operations until they complete).
 //!
+//! The `cuda` feature (default) adds the GPU collectives: `DeviceGroup` and
+//! `ProcessGroup::device_group`, the device-pointer collectives on the path `ProcessGroup::device_route`
+//! decides (`DeviceOps`, `DeviceStage`), and RDMA registration of GPU memory. Without it the crate
+//! builds without cudarc; the host API is the same, the GPU items are absent, and registering GPU
+//! memory for RDMA fails with an error that says so. [`DevicePath`] and [`memory::Location`] stay:
+//! they are plain data.
+//!
 //! The layers below the API (`engine`, `group`, `sys`, `transport`) are private. The `internals`
 //! feature makes them public for this crate's own integration tests (the RDMA protocol and transport
 //! tests drive them directly); it is not part of the supported API.
@@ -60,6 +67,7 @@ pub(crate) mod transport;
 
 pub use api::buffer::{as_bytes, as_bytes_mut, Element};
 pub use api::{Creation, Issued, Mode, OpScope, ProcessGroup, ScopedWork};
+#[cfg(feature = "cuda")]
 pub use api::{DeviceGroup, DeviceOps, DeviceRoute, DeviceStage, HostReason};
 pub use api::p2p_types::P2pRequest;
 pub use chorus_kernels::{DType, ReduceOp};

@@ -411,6 +411,7 @@ fn successive_replacements_link_to_each_other_over_tcp() {
 /// docs/design.md invariant 3 on the GPU path: a group's GPU communicator keeps its host control block (abort
 /// word, error mirror) in page-locked host memory, and the group registers it as `Location::Host`. A
 /// one-rank group needs no peer process, so this runs in-process on one GPU.
+#[cfg(feature = "cuda")]
 #[test]
 #[ignore = "needs a CUDA GPU; run with --ignored on the GPU machine"]
 fn gpu_control_block_is_registered_as_host_memory() {
@@ -646,6 +647,7 @@ fn a_replacement_joining_during_an_unsaved_all_reduce_fails_nothing() {
 /// The host path of the Rust API's device-pointer collectives (issue 21): with
 /// `DevicePath::Host`, `device_ops` copies GPU buffers to the host on the caller's stream, runs the
 /// host collective and copies the results back. Two ranks as threads sharing GPU 0.
+#[cfg(feature = "cuda")]
 #[test]
 #[ignore = "needs a CUDA GPU; run with --ignored on the GPU machine"]
 fn gpu_device_ops_on_the_host_path() {

@@ -1,4 +1,5 @@
-//! `chorus-run`: a `torchrun --standalone`-style launcher that hosts the store itself.
+//! `chorus-run`: a `torchrun --standalone`-style launcher that hosts the store itself. The program
+//! (its argument parsing) is in the `chorus-tools` package; its work is here.
 //!
 //! The store lives with the launcher, not in rank 0, so a crashing worker never takes the job's
 //! store down (see the failure contract in docs/design.md). The binary runs it in a child process

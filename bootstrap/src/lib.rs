@@ -1,5 +1,6 @@
 //! Rendezvous for chorus: a small key/value store (TCP server + client), torchrun/SLURM-compatible
-//! environment parsing, listeners that bind before they publish, and the `chorus-run` launcher.
+//! environment parsing, listeners that bind before they publish, and the `chorus-run` launcher's
+//! code ([`launch`]; the programs `chorus-run` and `chorus-store` are in the `chorus-tools` package).
 //!
 //! The client and the launcher are plain `std::net` + threads: bootstrap traffic is tiny and rare.
 //! The store server is one `tokio` event-loop thread behind a synchronous API, so thousands of idle

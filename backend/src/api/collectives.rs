@@ -516,7 +516,9 @@ impl ProcessGroup {
 
     /// Checks `all_to_all_v`'s counts and turns them into byte splits. Every sum and product is
     /// checked (counts come from callers and from the C ABI), and a rank's block to itself must
-    /// have the same length as its block from itself: the plan copies one into the other.
+    /// have the same length as its block from itself: the plan copies one into the other. Used by
+    /// the device path (`cuda`).
+    #[cfg(feature = "cuda")]
     #[allow(clippy::type_complexity)]
     pub(super) fn check_all_to_all_v(&self, input: usize, send_counts: &[usize], output: usize, recv_counts: &[usize], dtype: DType) -> Result<(Vec<(usize, usize)>, Vec<(usize, usize)>)> {
         self.all_to_all_v_splits(input, send_counts, output, recv_counts, dtype, true)

@@ -75,11 +75,6 @@ impl ProcessGroup {
         Ok(DeviceGroup::new(comm, members, size, epoch))
     }
 
-    /// Where the memory registry of this group says `ptr` lives (`None`: not registered).
-    pub fn registered_location(&self, ptr: usize) -> Option<Location> {
-        self.inner.registry.lookup(ptr).map(|r| r.location)
-    }
-
     /// `Err` once the GPU communicator on device `ordinal` failed (a kernel passed its deadline, or
     /// it was aborted because a peer died); reads host memory only, so it is cheap to poll after a
     /// stream synchronization. `Ok` when the device has no communicator.

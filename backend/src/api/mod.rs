@@ -1,15 +1,21 @@
 //! The public Rust API: [`ProcessGroup`], its collectives and point-to-point calls.
 pub mod buffer;
 mod collectives;
+// GPU collectives (the `cuda` feature).
+#[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
 mod device_group;
 mod ft;
 mod issue;
 mod p2p;
 mod scope;
+#[cfg(feature = "cuda")]
 pub mod staged;
 pub mod p2p_types { pub use super::p2p::P2pRequest; }
+#[cfg(feature = "cuda")]
 pub use device_group::DeviceGroup;
+#[cfg(feature = "cuda")]
 pub use staged::{DeviceOps, DeviceRoute, DeviceStage, HostReason};
 pub use issue::{Issued, Mode};
 pub use scope::{OpScope, ScopedWork};
@@ -21,6 +27,7 @@ use crate::engine::work::{OpInfo, Work};
 use crate::error::{ChorusError, Result};
 use crate::group::{self, GroupInner};
 use crate::membership::marks::ResumePoint;
+use crate::memory::Location;
 use crate::options::Options;
 use chorus_bootstrap::{env, Store, StoreServer};
 use std::sync::atomic::Ordering;
@@ -142,6 +149,11 @@ impl ProcessGroup {
     /// The group's unique id (stable across ranks).
     pub fn uid(&self) -> &str {
         &self.inner.uid
+    }
+
+    /// Where the memory registry of this group says `ptr` lives (`None`: not registered).
+    pub fn registered_location(&self, ptr: usize) -> Option<Location> {
+        self.inner.registry.lookup(ptr).map(|r| r.location)
     }
 
     /// The transport used towards each rank ("self" for this rank).

@@ -54,6 +54,7 @@ impl Counters {
 
 /// A GPU communicator of the group: the device it runs on, the view epoch it was built in and that
 /// view's members, which it spans (communicator rank i is group rank `members[i]`).
+#[cfg(feature = "cuda")]
 pub struct DeviceSlot {
     pub ordinal: usize,
     pub epoch: u64,
@@ -64,6 +65,7 @@ pub struct DeviceSlot {
 pub struct GroupInner {
     /// GPU communicators of this group, one per CUDA device ordinal (created on first use, rebuilt
     /// after the view changed).
+    #[cfg(feature = "cuda")]
     pub device_comms: Mutex<Vec<DeviceSlot>>,
     pub uid: String,
     pub rank: usize,
@@ -180,6 +182,7 @@ fn start(
         .map_err(|e| ChorusError::InvalidArgument(format!("spawning the point-to-point thread: {e}")))?;
     let committed = membership.committed();
     let inner = Arc::new(GroupInner {
+        #[cfg(feature = "cuda")]
         device_comms: Mutex::new(Vec::new()),
         worker: Worker::start(format!("chorus-coll-{uid}-{rank}")),
         uid,
@@ -234,6 +237,7 @@ impl membership::threads::Member for GroupInner {
 
     fn beat(&self) {
         self.liveness.beat(&self.links());
+        #[cfg(feature = "cuda")]
         self.abort_device_comms_of_dead_peers();
     }
 
@@ -280,6 +284,7 @@ impl GroupInner {
     /// Aborts every GPU communicator that spans a peer found dead, so its kernels stop waiting for
     /// that peer now instead of at their deadline (reason: 1 + the dead rank). A kernel cannot see a
     /// dead process; this host-side check is how it learns.
+    #[cfg(feature = "cuda")]
     fn abort_device_comms_of_dead_peers(&self) {
         let comms: Vec<_> = {
             let g = self.device_comms.lock().unwrap_or_else(|p| p.into_inner());

@@ -5,7 +5,8 @@
 //! with this module runs (and falls back to shm/tcp) on machines without rdma-core. The verbs
 //! structures are in `abi` (copied from rdma-core v55's `verbs.h`, the copy vendored by the
 //! `ibverbs-sys 0.3.2+55.0` crate; ABI-stable across rdma-core releases, with size checks). GPU
-//! memory is exported as a dma-buf through the CUDA driver as the kernels crate loads it (`cuda`).
+//! memory is exported as a dma-buf through the CUDA driver as the kernels crate loads it (`cuda`;
+//! only with the crate's `cuda` feature).
 //! Below: the safe wrappers (context, memory regions, completion queues, queue pairs).
 //!
 //! `ibv_post_send`, `ibv_post_recv` and `ibv_poll_cq` are `static inline` in verbs.h: they call
@@ -14,11 +15,13 @@
 #![allow(non_camel_case_types, dead_code)]
 
 mod abi;
+#[cfg(feature = "cuda")]
 mod cuda;
 mod load;
 
 pub use abi::*;
-pub use cuda::{close_fd, cuda_allocation_of, cuda_dmabuf_fd};
+#[cfg(feature = "cuda")]
+pub use cuda::{cuda_allocation_of, cuda_dmabuf_fd};
 pub use load::{library_name, verbs, LoadError, Verbs};
 use load::errno_string;
 use std::ffi::{c_int, c_void, CStr};
@@ -36,6 +39,12 @@ pub struct PortDesc {
     pub attr: ibv_port_attr,
     /// (index, gid) for every non-zero GID of the port's table.
     pub gids: Vec<(u32, [u8; 16])>,
+}
+
+/// Closes a file descriptor we own (a dma-buf fd after registration).
+pub fn close_fd(fd: i32) {
+    // SAFETY: the caller owns `fd` and never uses it again.
+    unsafe { libc::close(fd) };
 }
 
 /// Names of every RDMA device.

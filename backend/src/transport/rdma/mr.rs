@@ -5,7 +5,8 @@
 //!
 //! Host memory registers with `ibv_reg_mr`. Device memory registers as a dma-buf: the
 //! allocation is exported with `cuMemGetHandleForAddressRange(DMA_BUF_FD)` and registered with
-//! `ibv_reg_dmabuf_mr(fd, offset 0, len, iova = base)` ([`VerbsRegistrar`]).
+//! `ibv_reg_dmabuf_mr(fd, offset 0, len, iova = base)` ([`VerbsRegistrar`]); a build without the
+//! `cuda` feature refuses device memory with an error that says so.
 use super::ffi;
 use crate::memory::{Location, Registration, Registry};
 use std::collections::BTreeMap;
@@ -96,6 +97,7 @@ impl Registrar for VerbsRegistrar {
 
 /// Registers a whole device allocation through dma-buf. Checks that `base` is the allocation
 /// base (`cuMemGetAddressRange`), exports it, registers it and closes the exported fd.
+#[cfg(feature = "cuda")]
 pub fn register_device_allocation(ctx: &ffi::Context, base: u64, len: usize) -> Result<ffi::Mr, String> {
     let (alloc_base, alloc_len) = ffi::cuda_allocation_of(base)?;
     if alloc_base != base {
@@ -106,6 +108,16 @@ pub fn register_device_allocation(ctx: &ffi::Context, base: u64, len: usize) -> 
     let r = register_dmabuf(ctx, fd, 0, len, base);
     ffi::close_fd(fd);
     r
+}
+
+/// Without the `cuda` feature GPU memory cannot be exported: registering it fails, saying why (host
+/// memory registers as ever).
+#[cfg(not(feature = "cuda"))]
+pub fn register_device_allocation(_ctx: &ffi::Context, base: u64, len: usize) -> Result<ffi::Mr, String> {
+    Err(format!(
+        "cannot register GPU memory at {base:#x} ({len} bytes) for RDMA: chorus was built without its `cuda` feature \
+         (on by default), which exports GPU memory as a dma-buf"
+    ))
 }
 
 /// The dma-buf registration itself, given an exported fd and the region's offset inside it.

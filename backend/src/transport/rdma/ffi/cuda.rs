@@ -67,9 +67,3 @@ pub fn cuda_dmabuf_fd(base: u64, len: usize) -> Result<i32, String> {
     }
     Ok(fd)
 }
-
-/// Closes a file descriptor we own (a dma-buf fd after registration).
-pub fn close_fd(fd: i32) {
-    // SAFETY: the caller owns `fd` and never uses it again.
-    unsafe { libc::close(fd) };
-}
