@@ -17,6 +17,7 @@ pub struct Mark {
 /// `done`-th one issued since they marked `marker` (`done` equal to the part's collective count:
 /// the replacement starts the next part).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct ResumePoint {
     /// The value the survivors last marked before that collective ([`crate::ProcessGroup::mark`]).
     pub marker: u64,
