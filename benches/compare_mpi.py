@@ -56,17 +56,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OPS = ["all_reduce", "broadcast", "all_gather", "all_to_all"]
 
-
-def parse_size(s):
-    t = s.strip().upper()
-    for suf in ("IB", "B"):
-        if t.endswith(suf) and len(t) > len(suf):
-            t = t[: -len(suf)]
-            break
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
-    if mult != 1:
-        t = t[:-1]
-    return int(float(t) * mult)
+# Shared with the Gloo comparison (standard library only, no torch at import).
+sys.path.insert(0, HERE)
+from compare_gloo import wait_idle  # noqa: E402
+from gloo_bench import parse_size  # noqa: E402
 
 
 def human(n):
@@ -157,30 +150,6 @@ def probe_cma(exe, extra):
 
 
 # ---- runs -----------------------------------------------------------------------------------
-
-def cpu_busy(interval=1.0):
-    def snap():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)
-    t0, i0 = snap()
-    time.sleep(interval)
-    t1, i1 = snap()
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_idle(max_wait, threshold=0.15):
-    """The machine is shared: wait (up to max_wait s) until other work leaves the CPUs idle."""
-    if max_wait <= 0:
-        return
-    t0, calm, b = time.time(), 0, 0.0
-    while time.time() - t0 < max_wait:
-        b = cpu_busy()
-        calm = calm + 1 if b < threshold else 0
-        if calm >= 3:
-            return
-    log(f"# warning: CPUs still busy ({b:.0%}) after waiting {max_wait} s; numbers will be noisy")
-
 
 def run_bench(cmd, label, json_path, logf, env=None, timeout=1800):
     if os.path.exists(json_path):
