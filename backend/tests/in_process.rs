@@ -111,6 +111,39 @@ fn mismatched_broadcast_fails_at_the_root_too() {
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
 }
 
+/// Issue 20, first part: a receive from a rank that left fails alone, naming the peer and saying
+/// the group goes on; point-to-point traffic with the other peers in the same batch completes.
+#[test]
+fn a_receive_from_a_departed_rank_fails_alone() {
+    // Over TCP, where the departed rank's closed sockets say so at once (threads of one process share
+    // a pid, so over shared memory only its silence would, after the heartbeat timeout).
+    for (name, host) in [("p2p-gone-tcp", own_host as fn(usize) -> String)] {
+        let results = run(3, name, host, |pg| {
+            pg.barrier()?;
+            match pg.rank() {
+                2 => drop(pg),
+                0 => {
+                    let from_gone = pg.recv_async(vec![0u8; 64], 2, 1);
+                    let to_one = pg.send_async(vec![7u8; 64], 1, 2);
+                    let from_one = pg.recv_async(vec![0u8; 64], 1, 3);
+                    to_one.wait()?;
+                    assert_eq!(from_one.wait()?, vec![9u8; 64]);
+                    match from_gone.wait() {
+                        Err(e @ ChorusError::PeerFailed { peer: 2, .. }) => assert!(e.to_string().contains("goes on"), "{e}"),
+                        other => panic!("a receive from the departed rank 2 gave {other:?}"),
+                    }
+                }
+                _ => {
+                    assert_eq!(pg.recv_async(vec![0u8; 64], 0, 2).wait()?, vec![7u8; 64]);
+                    pg.send_async(vec![9u8; 64], 0, 3).wait()?;
+                }
+            }
+            Ok(())
+        });
+        assert!(results.iter().all(|r| r.is_ok()), "{name}: {results:?}");
+    }
+}
+
 #[test]
 fn sends_in_both_directions_at_once_do_not_deadlock() {
     for (name, host) in [("p2p-shm", same_host as fn(usize) -> String), ("p2p-tcp", own_host)] {
