@@ -128,8 +128,13 @@ fn a_receive_from_a_departed_rank_fails_alone() {
                     let from_one = pg.recv_async(vec![0u8; 64], 1, 3);
                     to_one.wait()?;
                     assert_eq!(from_one.wait()?, vec![9u8; 64]);
-                    match from_gone.wait() {
-                        Err(e @ ChorusError::PeerFailed { peer: 2, .. }) => assert!(e.to_string().contains("goes on"), "{e}"),
+                    // The error names the peer, the report says who failed, the buffer comes back.
+                    match from_gone.outcome() {
+                        Err(chorus_backend::OpError { error: e @ ChorusError::PeerFailed { peer: 2, .. }, info, buffers }) => {
+                            assert!(e.to_string().contains("goes on"), "{e}");
+                            assert_eq!(info.failed, vec![2]);
+                            assert_eq!(buffers, Some(vec![0u8; 64]));
+                        }
                         other => panic!("a receive from the departed rank 2 gave {other:?}"),
                     }
                 }

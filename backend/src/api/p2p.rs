@@ -31,8 +31,17 @@ pub enum P2pRequest<B> {
 
 fn finisher<B: OpBuffer>(done: work::Completer<B>, name: &'static str) -> crate::engine::p2p::Finish {
     Box::new(move |buf: Box<dyn OpBuffer>, result: Result<()>| {
-        let typed = buf.into_any().downcast::<B>().map(|b| *b).map_err(|_| ChorusError::Incomplete(format!("{name}: buffer type changed in flight")));
-        done.complete(result.and(typed));
+        let Ok(typed) = buf.into_any().downcast::<B>() else {
+            return done.complete(Err(ChorusError::Incomplete(format!("{name}: buffer type changed in flight"))));
+        };
+        match result {
+            Ok(()) => done.complete(Ok(*typed)),
+            // A failed message reports who failed and gives its buffer back.
+            Err(e) => {
+                done.set_info(OpInfo::of_error(&e));
+                done.fail_returning(e, *typed)
+            }
+        }
     })
 }
 

@@ -36,12 +36,14 @@ pub struct OpInfo {
 
 impl OpInfo {
     /// What a failed operation reports: errors that end a collective alike on every survivor
-    /// still say who failed and the epoch; others report nothing.
+    /// still say who failed and the epoch, a peer's death (a point-to-point message's, say) names
+    /// the peer; others report nothing.
     pub fn of_error(e: &ChorusError) -> OpInfo {
         match e {
             ChorusError::FailedByPolicy { failed, epoch, .. } | ChorusError::NotRecoverable { failed, epoch, .. } | ChorusError::AgreedTimeout { failed, epoch, .. } => {
                 OpInfo { epoch: *epoch, failed: failed.clone(), contributors: Vec::new() }
             }
+            ChorusError::PeerFailed { peer, .. } => OpInfo { failed: vec![*peer], ..OpInfo::default() },
             _ => OpInfo::default(),
         }
     }
