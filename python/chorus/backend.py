@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from . import _lib, _native
-from ._lib import DEVICE_CPU, check, lib
+from ._lib import DEVICE_CPU, ChorusError, check, lib
 from ._store import callbacks_for
 
 _DTYPES: dict[torch.dtype, int] = {}
@@ -104,8 +104,8 @@ class ChorusWork(dist.Work):
                     if rc == _lib.ERR_TIMEOUT and lib.chorus_work_is_completed(h) == 0:
                         raise _lib.error(rc)  # still running: the caller may wait again
                     err = _lib.error(rc) if rc else None
-                    if err is None:
-                        self._infos.append(_op_info(h))
+                    # A failed operation reports too (who failed: a point-to-point peer that died).
+                    self._infos.append(_op_info(h))
                     lib.chorus_work_free(h)
                     self._handles[i] = None
                     if err is not None:
@@ -168,20 +168,27 @@ class ChorusWork(dist.Work):
             infos.extend(w._all_infos())
         return infos
 
+    def _settle(self) -> None:
+        """Waits for the operation; a failed one still reports who failed, so its error is not raised here."""
+        try:
+            self.wait()
+        except ChorusError:
+            pass
+
     def failed_ranks(self) -> list[int]:
-        """Ranks that failed during this operation (waits for it first); [] if none did."""
-        self.wait()
+        """Ranks that failed during this operation (waits for it first; also when it failed); [] if none did."""
+        self._settle()
         return sorted({r for f, _, _ in self._all_infos() for r in f})
 
     def contributors(self) -> list[int]:
         """The ranks whose data the result contains (waits for the operation first)."""
-        self.wait()
+        self._settle()
         infos = self._all_infos()
         return list(infos[-1][1]) if infos else []
 
     def epoch(self) -> int:
         """The membership epoch the operation ran under (waits for it first)."""
-        self.wait()
+        self._settle()
         return max((e for _, _, e in self._all_infos()), default=0)
 
     def source_rank(self) -> int:

@@ -4,6 +4,10 @@ FT_MODE=abort:  rank 2 vanishes before collective 5; ranks 0 and 1 get the same 
                 continue over [0, 1].
 FT_MODE=deact:  rank 0 deactivates rank 2 before collective 5; rank 2's collective 5 fails (excluded),
                 ranks 0 and 1 continue over [0, 1]. Prints one JSON record per collective.
+FT_MODE=p2p:    every rank isends to and irecvs from both others, 6 rounds; rank 1 vanishes before
+                round 3: each survivor's receive from it fails alone (naming rank 1, its Work saying
+                rank 1 failed) while the exchange between the survivors completes; then an
+                all_reduce runs over the survivors. One JSON record per round.
 """
 import json
 import os
@@ -17,12 +21,40 @@ import torch.distributed as dist
 import chorus
 
 
+def p2p_rounds(rank, n):
+    for it in range(6):
+        if it == 3 and rank == 1:
+            os._exit(0)  # gone without a word
+        peers = [p for p in range(n) if p != rank]
+        sends = [(p, dist.isend(torch.full((64,), float(rank * 100 + it)), p, tag=it)) for p in peers]
+        recvs = [(p, torch.zeros(64)) for p in peers]
+        recvs = [(p, t, dist.irecv(t, p, tag=it)) for p, t in recvs]
+        rec = {"iter": it, "recv": {}, "send": {}}
+        for p, t, w in recvs:
+            try:
+                w.wait()
+                rec["recv"][p] = "ok" if t[0].item() == p * 100 + it else f"wrong {t[0].item()}"
+            except Exception as e:  # noqa: BLE001 (torch wraps the backend's error)
+                rec["recv"][p] = {"error": str(e), "failed": chorus.get_failed_ranks(w)}
+        for p, w in sends:
+            try:
+                w.wait()
+                rec["send"][p] = "ok"
+            except Exception as e:  # noqa: BLE001
+                rec["send"][p] = {"error": str(e), "failed": chorus.get_failed_ranks(w)}
+        print(json.dumps(rec), flush=True)
+    t = torch.full((8,), float(rank + 1))
+    w = dist.all_reduce(t, async_op=True)
+    w.wait()
+    print(json.dumps({"all_reduce": t[0].item(), "contributors": chorus.get_contributors(w), "failed": chorus.get_failed_ranks(w)}), flush=True)
+
+
 def main():
     rank, n, mode = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), os.environ["FT_MODE"]
     store = dist.TCPStore("127.0.0.1", int(os.environ["CHORUS_TEST_STORE_PORT"]), n + 1, is_master=False, timeout=timedelta(seconds=60))
     opts = chorus.Options(failure_policy="abort" if mode == "abort" else "shrink", heartbeat_timeout_ms=1000)
     dist.init_process_group("chorus", store=store, rank=rank, world_size=n, timeout=timedelta(seconds=20), pg_options=opts)
-    for it in range(12):
+    for it in range(12 if mode != "p2p" else 0):
         if it == 5 and mode == "deact" and rank == 0:
             chorus.deactivate_ranks([2])
         if it == 5 and mode == "abort" and rank == 2:
@@ -39,6 +71,8 @@ def main():
         if "error" in rec and mode == "deact" and rank == 2:
             break
         time.sleep(0.01)
+    if mode == "p2p":
+        p2p_rounds(rank, n)
     if rank == 0:
         store.set("ft_policy_done", b"1")
     else:

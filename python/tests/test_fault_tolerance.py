@@ -266,3 +266,21 @@ def test_deactivate_ranks(tmp_path):
     assert all(r["contributors"] == [0, 1, 2] and r["sum"] == 6 for r in recs[:5])
     assert all(r["contributors"] == [0, 1] and r["sum"] == 3 and r["epoch"] == recs[5]["epoch"] > recs[0]["epoch"] for r in recs[5:]), recs[5:]
     assert "error" in out[2][-1] and out[2][-1]["iter"] == 5, out[2]
+
+
+def test_p2p_with_a_dead_peer_fails_alone(tmp_path):
+    """Issue 20, first part: point-to-point with a peer that died fails for that peer only."""
+    out = _run_policy("p2p", tmp_path)
+    assert len(out[1]) == 3 and all(r["recv"] == {"0": "ok", "2": "ok"} for r in out[1]), out[1]
+    for r in (0, 2):
+        other = str(2 - r)
+        recs, last = out[r][:-1], out[r][-1]
+        assert len(recs) == 6, recs
+        assert all(rec["recv"] == {"1": "ok", other: "ok"} and rec["send"] == {"1": "ok", other: "ok"} for rec in recs[:3]), recs[:3]
+        for rec in recs[3:]:
+            # The exchange between the survivors completes; the receive from rank 1 fails, naming it.
+            assert rec["recv"][other] == "ok" and rec["send"][other] == "ok", rec
+            got = rec["recv"]["1"]
+            assert isinstance(got, dict) and "rank 1 failed" in got["error"] and got["failed"] == [1], rec
+        # The group goes on: the next collective runs over the survivors and reports rank 1 once.
+        assert last == {"all_reduce": 4.0, "contributors": [0, 2], "failed": [1]}, last
