@@ -31,14 +31,15 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn cores() -> usize {
+/// This host's cores (as the process may use them), read once.
+pub fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// Whether other programs' runnable tasks occupy every core, with `local_ranks` ranks of this
-/// host's groups counted as ours (each may be runnable while it spins or yields): then waiters
-/// should sleep rather than yield, and spin only briefly.
+/// host's groups counted as ours (each may be runnable while it spins or yields): then a waiter
+/// that outlasted its spin should sleep rather than yield.
 pub fn contended(local_ranks: usize) -> bool {
     foreign(runnable(), local_ranks) >= cores()
 }

@@ -246,7 +246,7 @@ impl WaitPolicy {
     /// The policy for `local_ranks` contenders for this host's cores; `spin` and `yield_for`
     /// (`Options::spin`, `Options::yield_for`) override the phases' lengths.
     pub fn for_host(local_ranks: usize, spin: Option<Duration>, yield_for: Option<Duration>) -> WaitPolicy {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = sched::cores();
         let us = Duration::from_micros;
         let (default_spin, default_yield) = if local_ranks <= cores { (us(50), us(2000)) } else { (us(2), us(500)) };
         WaitPolicy { spin: spin.unwrap_or(default_spin), yield_for: yield_for.unwrap_or(default_yield), sleep_slice: Duration::from_millis(5), local_ranks }
