@@ -82,8 +82,35 @@ pub struct Options {
     /// addresses there (the others' ranks), so a launcher can restart a rank after the store died
     /// without knowing anything of replicas.
     pub replica_dir: Option<std::path::PathBuf>,
+    /// The ranks present when the group is created (`CHORUS_INITIAL_MEMBERS`, e.g. `0-3` or
+    /// `0,1,5`); `None`: every rank. The others are empty slots: inactive from the start, skipped
+    /// by collectives like failed ranks, and filled later by a process that joins them
+    /// ([`crate::ProcessGroup::join`]), which the members admit between two collectives. Every
+    /// rank must use the same; subgroups start with every rank.
+    pub initial_members: Option<Vec<usize>>,
     /// RDMA device selection and queue-pair attributes (`CHORUS_IB_*`).
     pub rdma: RdmaOptions,
+}
+
+/// Parses a rank list: comma-separated ranks and inclusive ranges (`0-3,6`), ascending and
+/// without duplicates once parsed; `None` if anything is not a rank or a range.
+pub fn parse_ranks(v: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?);
+                if a > b {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
 }
 
 /// What set a group's timeout ([`Options::timeout`]); a timeout error names it.
@@ -185,11 +212,13 @@ pub struct Agreed {
     /// Ranks run one plan together: a GPU collective on the kernels on one rank and on the host
     /// path on another would wait for each other in different places until the timeout.
     pub device_path: String,
+    /// The ranks present at creation (`None`: all), so every rank starts from the same view.
+    pub initial_members: Option<Vec<usize>>,
 }
 
 impl Agreed {
     /// Every setting as (the variable that sets it, its value in words).
-    fn entries(&self) -> [(&'static str, String); 7] {
+    fn entries(&self) -> [(&'static str, String); 8] {
         [
             ("CHORUS_SHM_CHUNK", self.shm_chunk.to_string()),
             ("CHORUS_TCP_CHUNK", self.tcp_chunk.to_string()),
@@ -198,6 +227,7 @@ impl Agreed {
             ("CHORUS_FT", (self.fault_tolerance as u8).to_string()),
             ("CHORUS_FAILURE_POLICY", self.policy.clone()),
             ("CHORUS_CUDA_PATH", self.device_path.clone()),
+            ("CHORUS_INITIAL_MEMBERS", self.initial_members.as_ref().map_or_else(|| "(every rank)".into(), |m| format!("{m:?}"))),
         ]
     }
 
@@ -326,6 +356,14 @@ impl Default for Options {
             membership_replicas: std::env::var("CHORUS_MEMBERSHIP_REPLICAS").map(|v| v != "0").unwrap_or(true),
             join_via: std::env::var("CHORUS_JOIN_VIA").map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
             replica_dir: std::env::var_os("CHORUS_REPLICA_DIR").filter(|d| !d.is_empty()).map(Into::into),
+            initial_members: std::env::var("CHORUS_INITIAL_MEMBERS").ok().filter(|v| !v.trim().is_empty()).map(|v| {
+                // A list that does not parse would silently start a full group: say so, and let
+                // creation fail on the ranks (an empty list names nobody present).
+                parse_ranks(&v).unwrap_or_else(|| {
+                    tracing::warn!(value = %v, "CHORUS_INITIAL_MEMBERS is not a rank list like 0-3 or 0,1,5");
+                    Vec::new()
+                })
+            }),
             rdma: RdmaOptions::from_env(),
         }
     }
@@ -335,6 +373,23 @@ impl Default for Options {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Options {
+    /// Sets [`Options::initial_members`]: the group starts with only these ranks present.
+    pub fn with_initial_members(mut self, ranks: &[usize]) -> Self {
+        let mut r = ranks.to_vec();
+        r.sort_unstable();
+        r.dedup();
+        self.initial_members = Some(r);
+        self
+    }
+
+    /// The ranks present when a group of `size` ranks is created.
+    pub fn present_at_creation(&self, size: usize) -> Vec<usize> {
+        match &self.initial_members {
+            Some(m) => m.iter().copied().filter(|&r| r < size).collect(),
+            None => (0..size).collect(),
+        }
+    }
+
     /// Sets [`Options::membership_replicas`].
     pub fn with_membership_replicas(mut self, on: bool) -> Self {
         self.membership_replicas = on;
@@ -434,6 +489,7 @@ impl Options {
                 DevicePath::Kernels => "kernels".into(),
                 DevicePath::Host => "host".into(),
             },
+            initial_members: self.initial_members.clone(),
         }
     }
 }

@@ -57,8 +57,15 @@ impl ProcessGroup {
     /// client of the same store.
     pub fn new(store: Arc<dyn Store>, rank: usize, size: usize, opts: Options) -> Result<ProcessGroup> {
         // Generations keep repeated top-level groups with the same name apart on one store.
-        let gen = store.add(&format!("chorus/{}/generation/{rank}", opts.name), 1)?;
+        let gen = store.add(&group::replicas::generation_key(&opts.name, rank), 1)?;
         let uid = format!("{}.{gen}", opts.name);
+        // The empty slots' processes join this generation: the first member present names it for them.
+        let present = opts.present_at_creation(size);
+        if present.first() == Some(&rank) {
+            for slot in (0..size).filter(|r| present.binary_search(r).is_err()) {
+                store.set(&group::replicas::generation_key(&opts.name, slot), gen.to_string().as_bytes())?;
+            }
+        }
         let inner = group::create(store, uid, rank, size, (0..size).collect(), opts)?;
         let pg = ProcessGroup { inner, _server: None };
         pg.leave_replica_address();
@@ -187,24 +194,31 @@ impl ProcessGroup {
         let k = self.inner.subgroups.fetch_add(1, Ordering::SeqCst);
         let uid = format!("{}/{k}", self.inner.uid);
         let Some(my_index) = sorted.iter().position(|&r| r == self.rank()) else { return Ok(None) };
-        let inner = group::create(self.inner.store.clone(), uid, my_index, sorted.len(), sorted, self.inner.opts.clone())?;
+        let inner = group::create(self.inner.store.clone(), uid, my_index, sorted.len(), sorted, self.subgroup_options())?;
         Ok(Some(ProcessGroup { inner, _server: self._server.clone() }))
     }
 
+    /// A subgroup's options: this group's, with every one of its ranks present at creation.
+    fn subgroup_options(&self) -> Options {
+        Options { initial_members: None, ..self.inner.opts.clone() }
+    }
+
     /// Splits this group by `color` (ranks with equal colors form a group, ordered by `key` then
-    /// rank); `None` opts out. Every rank of this group must call it.
+    /// rank); `None` opts out. Every active rank of this group must call it.
     pub fn split(&self, color: Option<u32>, key: i64) -> Result<Option<ProcessGroup>> {
         self.inner.check_live()?;
         let k = self.inner.subgroups.fetch_add(1, Ordering::SeqCst);
         let enc = |c: Option<u32>, key: i64| format!("{}:{key}", c.map_or(-1, |c| c as i64));
         let me_key = self.inner.store_key(&format!("split/{k}/{}", self.rank()));
         self.inner.store.set(&me_key, enc(color, key).as_bytes())?;
-        let keys: Vec<String> = (0..self.size()).map(|r| self.inner.store_key(&format!("split/{k}/{r}"))).collect();
+        // The active ranks answer (an empty slot or a removed rank has nobody to).
+        let active = self.active_ranks();
+        let keys: Vec<String> = active.iter().map(|r| self.inner.store_key(&format!("split/{k}/{r}"))).collect();
         let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
         let vals = self.inner.store.wait(&refs, self.inner.opts.timeout)?;
         let Some(color) = color else { return Ok(None) };
         let mut members: Vec<(i64, usize)> = Vec::new();
-        for (r, v) in vals.iter().enumerate() {
+        for (&r, v) in active.iter().zip(&vals) {
             let s = String::from_utf8_lossy(v);
             let (c, kk) = s.split_once(':').ok_or_else(|| ChorusError::InvalidArgument("bad split record".into()))?;
             if c.parse::<i64>().ok() == Some(color as i64) {
@@ -215,7 +229,7 @@ impl ProcessGroup {
         let ranks: Vec<usize> = members.iter().map(|&(_, r)| r).collect();
         let my_index = ranks.iter().position(|&r| r == self.rank()).expect("member of own color");
         let uid = format!("{}/{k}.{color}", self.inner.uid);
-        let inner = group::create(self.inner.store.clone(), uid, my_index, ranks.len(), ranks, self.inner.opts.clone())?;
+        let inner = group::create(self.inner.store.clone(), uid, my_index, ranks.len(), ranks, self.subgroup_options())?;
         Ok(Some(ProcessGroup { inner, _server: self._server.clone() }))
     }
 

@@ -155,15 +155,19 @@ fn start(
     tracing::debug!(transports = ?transport_names(&links), chunk, "group links ready");
 
     let liveness = Arc::new(Liveness::new(size, opts.heartbeat_interval, opts.heartbeat_timeout));
-    // A new group starts with every rank (a view change another rank already stored is adopted
-    // by all through its round, at the same collective); a replacement takes the survivors' view.
+    // A new group starts with every rank present at creation (a view change another rank already
+    // stored is adopted by all through its round, at the same collective); a replacement or a
+    // rank filling an empty slot takes the survivors' view.
     let resumed = resume.as_ref().map(|r| Resumed { view: r.view.clone(), committed: r.committed, rounds: r.rounds });
     // Recovery rounds and views go through the replicas when there are some (`replicas`).
     let records: Arc<dyn Store> = match &membership_store {
         Some(m) => m.clone(),
         None => store.clone(),
     };
-    let membership = Membership::new(rank, size, &uid, records.clone(), opts.policy, opts.timeout, Arc::new(SystemClock), resumed).with_timeout_knob(opts.timeout_knob);
+    let initial = View::starting(size, &opts.present_at_creation(size));
+    let membership = Membership::new(rank, size, &uid, records.clone(), opts.policy, opts.timeout, Arc::new(SystemClock), resumed)
+        .with_timeout_knob(opts.timeout_knob)
+        .with_initial_view(initial, resume.is_none());
     let rounds_applied = membership.rounds_handle();
     let signals = prep.local.signals.clone();
     let mut coll = Comm::new(rank, size, Stream::Collective, links.clone(), signals.clone(), policy.clone(), opts.timeout, opts.timeout_knob, liveness.clone(), rounds_applied.clone());
@@ -203,7 +207,7 @@ fn start(
         all_shared_memory,
         opts,
         op_seq: AtomicU64::new(committed),
-        subgroups: AtomicU64::new(0),
+        subgroups: AtomicU64::new(resume.as_ref().map_or(0, |r| r.handoffs.iter().map(|(_, h, _)| h.subgroups).max().unwrap_or(0))),
         lifecycle: AtomicU64::new(0),
         counters,
         registry: prep.registry,
@@ -355,9 +359,12 @@ impl GroupInner {
             // replacements that find the group through our replica read its record there.
             let record = self.join_store.wait(&[&replicas::ReplicaInfo::key(&self.uid, p)], deadline.saturating_duration_since(Instant::now()))?;
             let record = replicas::ReplicaInfo::decode(p, &record[0]);
-            replicas::refill(m, &self.uid, self.size, &record, self.membership.rounds_applied(), req.seq, self.opts.timeout)?;
+            // A rank filling an empty slot has no acceptor slot to refill.
+            if let Some(slot) = replicas::acceptor_slot(&self.opts.present_at_creation(self.size), p) {
+                replicas::refill(m, slot, &self.uid, self.size, &record, self.membership.rounds_applied(), req.seq, self.opts.timeout)?;
+            }
             if let Some(own) = &self.replica {
-                replicas::publish_directory(own, &self.uid, &self.opts.name, std::slice::from_ref(&record))?;
+                replicas::publish_directory(own, &self.uid, &self.opts.name, self.size, std::slice::from_ref(&record))?;
             }
         }
         // Chunks the dead predecessor never consumed are forfeited: our credits restart full. (It
@@ -372,7 +379,7 @@ impl GroupInner {
         comm.links[p] = Some(link.clone());
         self.links.lock().unwrap_or_else(|e| e.into_inner())[p] = Some(link.clone());
         let view = self.membership.view();
-        join::publish_handoff(&self.join_store, &self.uid, req, self.rank, "coll", &coll, &view, self.membership.committed(), self.membership.rounds_applied())?;
+        join::publish_handoff(&self.join_store, &self.uid, req, self.rank, "coll", &coll, &view, self.membership.committed(), self.membership.rounds_applied(), self.subgroups.load(Ordering::SeqCst))?;
         // The point-to-point stream's counters live with its thread: it relinks and publishes.
         let tx = self.p2p_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(tx) = tx {

@@ -12,7 +12,8 @@
 //! one that restarted empty at the same address, or a fresh store handed to a replacement, would
 //! otherwise vote as if it remembered its promises.
 //!
-//! Slot 0 is the job's store, slot `1 + r` rank `r`'s replica. A rank that replaced an earlier
+//! Slot 0 is the job's store, slot `1 + i` the replica of the `i`-th rank present at the group's
+//! creation ([`acceptor_slot`]; rank `r`'s, `1 + r`, when every rank was). A rank that replaced an earlier
 //! process brings an empty replica: it votes only on recovery rounds after those applied when it
 //! took the slot (its predecessor voted on no later one; `bootstrap::replicated` says why).
 use crate::error::{ChorusError, Result};
@@ -110,8 +111,18 @@ fn remote(info: &ReplicaInfo, timeout: Duration) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(RemoteReplica::new(info.addr.clone().unwrap_or_default(), timeout, secret)))
 }
 
+/// The acceptor slot of rank `rank`'s replica in a group whose ranks present at creation were
+/// `present` (ascending): `1 +` its place among them, or `None` for a rank that filled an empty
+/// slot later. Such a rank serves a replica (joins can go through it) but does not vote: a
+/// CASPaxos register's acceptor set is fixed, and growing it safely would take a
+/// reconfiguration protocol; the acceptors are the job's store and the ranks of the creation
+/// (and the replacements of those).
+pub fn acceptor_slot(present: &[usize], rank: usize) -> Option<usize> {
+    present.binary_search(&rank).ok().map(|i| 1 + i)
+}
+
 /// The membership store of rank `me`: the job's `store` and the replica of each rank in
-/// `records` (one per rank, in rank order; this rank's own is `own`). A replica that refilled its
+/// `records` (one per rank present at creation, in rank order; this rank's own is `own`). A replica that refilled its
 /// slot (this rank's own when `me_joined`) votes on the keys `fresh(its rank)` accepts, and on
 /// the long-lived records it holds.
 #[allow(clippy::too_many_arguments)]
@@ -142,15 +153,16 @@ pub fn generation_key(name: &str, rank: usize) -> String {
 
 /// Writes the directory of group `uid` into this rank's replica (its own keys, not registers):
 /// what a replacement that joins through it reads first. Top-level groups (`<name>.<gen>`) also
-/// get the generation keys that name them.
-pub fn publish_directory(own: &StoreServer, uid: &str, name: &str, records: &[ReplicaInfo]) -> Result<()> {
+/// get the generation keys that name them, for each of the `size` slots.
+pub fn publish_directory(own: &StoreServer, uid: &str, name: &str, size: usize, records: &[ReplicaInfo]) -> Result<()> {
     let local = own.local_store();
     for r in records {
         local.set(&ReplicaInfo::key(uid, r.rank), &r.encode())?;
     }
     if let Some(gen) = uid.strip_prefix(name).and_then(|rest| rest.strip_prefix('.')).filter(|g| g.parse::<u64>().is_ok()) {
-        for r in records {
-            local.set(&generation_key(name, r.rank), gen.as_bytes())?;
+        // Every slot's, empty ones included: a process that fills one joins this group.
+        for r in 0..size {
+            local.set(&generation_key(name, r), gen.as_bytes())?;
         }
     }
     Ok(())
@@ -236,15 +248,15 @@ pub fn long_lived_keys(uid: &str, size: usize) -> Vec<String> {
 /// Puts replacement `info`'s replica in its rank's slot of group `uid`'s membership store (of
 /// `size` ranks): it votes on the rounds after `applied` and the joins after `joined` (its own
 /// request), and on the long-lived records once the replacement caught it up on them.
-pub fn refill(replicated: &ReplicatedStore, uid: &str, size: usize, info: &ReplicaInfo, applied: u64, joined: u64, timeout: Duration) -> Result<()> {
-    replicated.replace(1 + info.rank, format!("rank {}'s replica (replacement)", info.rank), remote(info, timeout.min(REPLICA_TIMEOUT))?, Refill { votes_on: fresh_keys(applied, joined), guarded: long_lived_keys(uid, size) });
+pub fn refill(replicated: &ReplicatedStore, slot: usize, uid: &str, size: usize, info: &ReplicaInfo, applied: u64, joined: u64, timeout: Duration) -> Result<()> {
+    replicated.replace(slot, format!("rank {}'s replica (replacement)", info.rank), remote(info, timeout.min(REPLICA_TIMEOUT))?, Refill { votes_on: fresh_keys(applied, joined), guarded: long_lived_keys(uid, size) });
     Ok(())
 }
 
-/// Catches rank `rank`'s refilled slot up on the long-lived records; without it (no majority
-/// now) the slot just keeps out of those it missed.
-pub fn catch_up(replicated: &ReplicatedStore, uid: &str, size: usize, rank: usize) {
-    if let Err(e) = replicated.catch_up(1 + rank, &long_lived_keys(uid, size)) {
+/// Catches rank `rank`'s refilled acceptor slot `slot` up on the long-lived records; without it
+/// (no majority now) the slot just keeps out of those it missed.
+pub fn catch_up(replicated: &ReplicatedStore, slot: usize, uid: &str, size: usize, rank: usize) {
+    if let Err(e) = replicated.catch_up(slot, &long_lived_keys(uid, size)) {
         tracing::warn!(rank, error = %e, "could not catch rank {rank}'s replica up on the membership records; it votes on later recovery rounds and joins only");
     }
 }

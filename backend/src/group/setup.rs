@@ -132,6 +132,13 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
         return Err(ChorusError::InvalidRank { rank, size });
     }
     let _span = tracing::info_span!("group_create", uid = %uid, rank, size).entered();
+    // Ranks present at creation; the others are empty slots that joins fill later.
+    let present = opts.present_at_creation(size);
+    if present.binary_search(&rank).is_err() {
+        return Err(ChorusError::InvalidArgument(format!(
+            "rank {rank} is an empty slot of this group (CHORUS_INITIAL_MEMBERS / Options::initial_members names {present:?}): fill it by joining the running group (ProcessGroup::join, or CHORUS_JOIN=1)"
+        )));
+    }
     let deadline = Instant::now() + opts.timeout;
     let prep = prepare(&uid, rank, size, &opts)?;
     let me = prep.me.clone();
@@ -141,15 +148,16 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let my_replica = ReplicaInfo { rank, addr: prep.replica.as_ref().map(|r| r.local_addr().to_string()), joined: false };
     store.set(&ReplicaInfo::key(&uid, rank), &my_replica.encode())?;
     store.set(&key(&uid, &format!("peer/{rank}")), &me.encode())?;
-    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("peer/{r}"))).chain((0..size).map(|r| ReplicaInfo::key(&uid, r))).collect();
+    let n = present.len();
+    let keys: Vec<String> = present.iter().map(|r| key(&uid, &format!("peer/{r}"))).chain(present.iter().map(|&r| ReplicaInfo::key(&uid, r))).collect();
     let records = watch.wait(&keys, deadline, &mut |i, v| {
-        if i < size {
+        if i < n {
             watch.learn(&PeerInfo::decode(v)?);
         }
         Ok(())
     })?;
-    let peers: Vec<PeerInfo> = records[..size].iter().map(|v| PeerInfo::decode(v)).collect::<Result<_>>()?;
-    let replica_records: Vec<ReplicaInfo> = records[size..].iter().enumerate().map(|(r, v)| ReplicaInfo::decode(r, v)).collect();
+    let peers: Vec<PeerInfo> = records[..n].iter().map(|v| PeerInfo::decode(v)).collect::<Result<_>>()?;
+    let replica_records: Vec<ReplicaInfo> = records[n..].iter().zip(&present).map(|(v, &r)| ReplicaInfo::decode(r, v)).collect();
     check_settings(&me, &peers)?;
     replicas::check_agreement(&my_replica, &replica_records)?;
     let membership_store = match &prep.replica {
@@ -163,7 +171,7 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     if let Some(own) = &prep.replica {
         // A replacement may find the group through this replica (its records for replacements
         // go into the membership store from the attendant thread: `publish_for_joiners`).
-        replicas::publish_directory(own, &uid, &opts.name, &replica_records)?;
+        replicas::publish_directory(own, &uid, &opts.name, size, &replica_records)?;
     }
 
     let counters = Counters::new(size);
@@ -182,13 +190,24 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
 
     // Everyone mapped everyone: the names can go (nothing leaks in /dev/shm after a crash).
     store.set(&key(&uid, &format!("mapped/{rank}")), b"1")?;
-    let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("mapped/{r}"))).collect();
+    let keys: Vec<String> = present.iter().map(|r| key(&uid, &format!("mapped/{r}"))).collect();
     watch.wait(&keys, deadline, &mut |_, _| Ok(()))?;
 
     let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
-    let chunk = table.chunk(&peers);
+    let chunk = group_chunk(&table, &peers, n < size);
     unlink.disarm();
     start(store, membership_store, uid, rank, size, parent_ranks, opts, prep, table, links, counters, local_ranks, chunk, None)
+}
+
+/// The chunk every plan of the group is built with, from what every rank knows alike: the host
+/// identities of `peers` (everyone in the group), and whether slots were empty at creation —
+/// a rank that fills one later may be on another host, so such a group sizes its chunks for
+/// any transport from the start.
+fn group_chunk(table: &Table, peers: &[PeerInfo], empty_slots: bool) -> usize {
+    match empty_slots {
+        true => table.smallest_slot(),
+        false => table.chunk(peers),
+    }
 }
 
 /// Removes this rank's segment names if setup fails before every peer mapped them.
@@ -228,6 +247,8 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
         return Err(ChorusError::InvalidRank { rank, size });
     }
     let _span = tracing::info_span!("group_join", uid = %uid, rank, size).entered();
+    // The ranks of the group's creation: their replicas are the membership acceptors.
+    let present = opts.present_at_creation(size);
     let deadline = Instant::now() + opts.timeout;
     let prep = prepare(&uid, rank, size, &opts)?;
     let unlink = UnlinkGuard::new(&prep.me);
@@ -241,8 +262,8 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
         Some(own) => {
             // The group exists, so every rank's record is there already (in the directory; a
             // replacement's newer one in the membership store, read once that is up).
-            let mut records = Vec::with_capacity(size);
-            for r in 0..size {
+            let mut records = Vec::with_capacity(present.len());
+            for &r in &present {
                 let v = directory.get(&ReplicaInfo::key(&uid, r))?.ok_or_else(|| {
                     ChorusError::InvalidArgument(format!(
                         "join: group {uid} has no replica record of rank {r}: was it created, and with the same CHORUS_MEMBERSHIP_REPLICAS as this process?"
@@ -275,7 +296,7 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
         Some(m) => m.clone(),
         None => store.clone(),
     };
-    let views = ViewStore::new(join_store.clone(), &uid, size);
+    let views = ViewStore::starting_from(join_store.clone(), &uid, crate::membership::View::starting(size, &present));
     let view = loop {
         let v = views.read()?;
         if !v.is_active(rank) {
@@ -344,28 +365,29 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
     if let (Some(m), Some(own)) = (&membership_store, &prep.replica) {
         // Our replica, and any other that refilled its slot, votes on the rounds after those the
         // survivors applied (none of their predecessors voted on those).
-        let mut records = Vec::with_capacity(size);
-        for r in 0..size {
+        let mut records = vec![my_replica.clone()];
+        for (i, &r) in present.iter().enumerate() {
+            let slot = 1 + i;
+            if r == rank {
+                let refill = chorus_bootstrap::replicated::Refill { votes_on: replicas::fresh_keys(newest.rounds, req_seq), guarded: replicas::long_lived_keys(&uid, size) };
+                m.replace(slot, format!("rank {r}'s replica"), own.local_store(), refill);
+                replicas::catch_up(m, slot, &uid, size, r);
+                continue;
+            }
             let info = replicas::record(&**m, &*directory, &uid, r)?;
-            match r == rank {
-                true => {
-                    let refill = chorus_bootstrap::replicated::Refill { votes_on: replicas::fresh_keys(newest.rounds, req_seq), guarded: replicas::long_lived_keys(&uid, size) };
-                    m.replace(1 + r, format!("rank {r}'s replica"), own.local_store(), refill);
-                    replicas::catch_up(m, &uid, size, r);
-                }
-                // Another replacement's: it took its slot at an earlier join than ours.
-                false if info.joined => replicas::refill(m, &uid, size, &info, newest.rounds, req_seq - 1, opts.timeout)?,
-                false => {}
+            // Another replacement's: it took its slot at an earlier join than ours.
+            if info.joined {
+                replicas::refill(m, slot, &uid, size, &info, newest.rounds, req_seq - 1, opts.timeout)?;
             }
             records.push(info);
         }
-        replicas::publish_directory(own, &uid, &opts.name, &records)?;
+        replicas::publish_directory(own, &uid, &opts.name, size, &records)?;
     }
     let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
     let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
     let mut everyone = peers.clone();
     everyone.push(prep.me.clone());
-    let chunk = table.chunk(&everyone);
+    let chunk = group_chunk(&table, &everyone, present.len() < size);
     let me = prep.me.clone();
     let g = start(store, membership_store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, local_ranks, chunk, Some(resume))?;
     // Later replacements of other ranks read the members' records: ours is this process now.

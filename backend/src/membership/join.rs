@@ -43,6 +43,9 @@ pub struct Handoff {
     pub requests: u64,
     pub committed: u64,
     pub rounds: u64,
+    /// Subgroups the survivor has made from this group (`new_group`, `split`): the joiner counts
+    /// on from there, so the next subgroup has the same name on every rank.
+    pub subgroups: u64,
 }
 
 impl Handoff {
@@ -137,8 +140,8 @@ pub fn forfeit(signals: &SignalBlock, comm: &mut impl StreamCounters, peer: usiz
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn publish_handoff(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, me: usize, stream: &str, counters: &(u64, u64), view: &View, committed: u64, rounds: u64) -> Result<()> {
-    let h = Handoff { sent: counters.0, recvd: counters.1, epoch: view.epoch, active: view.active.clone(), requests: view.requests, committed, rounds };
+pub fn publish_handoff(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, me: usize, stream: &str, counters: &(u64, u64), view: &View, committed: u64, rounds: u64, subgroups: u64) -> Result<()> {
+    let h = Handoff { sent: counters.0, recvd: counters.1, epoch: view.epoch, active: view.active.clone(), requests: view.requests, committed, rounds, subgroups };
     store.set(&handoff_key(uid, req, me, stream), &enc(&h))?;
     Ok(())
 }

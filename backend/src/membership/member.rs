@@ -225,6 +225,16 @@ impl Membership {
         }
     }
 
+    /// A group created with empty slots: epoch 0 has only `initial`'s members. A rank that
+    /// creates the group starts there (`adopt`); a joiner keeps the view it resumed.
+    pub fn with_initial_view(mut self, initial: View, adopt: bool) -> Membership {
+        if adopt {
+            *lock(&self.view) = initial.clone();
+        }
+        self.views = ViewStore::starting_from(self.store.clone(), &self.uid, initial);
+        self
+    }
+
     /// Says what set the timeout (the group's options), for timeout errors.
     pub fn with_timeout_knob(mut self, knob: TimeoutKnob) -> Membership {
         self.timeout_knob = knob;

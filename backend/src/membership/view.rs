@@ -1,7 +1,8 @@
 //! The view records: the decided views, and the requests to change the next one.
 //!
 //! Keys under `chorus/<group uid>/`: `view` holds the newest decided [`View`] (bincode; absent
-//! means epoch 0 with every rank active). Only a recovery round's decision makes a view, and
+//! means epoch 0: every rank active, or the ranks present at creation when the group started
+//! with empty slots). Only a recovery round's decision makes a view, and
 //! every rank that applies a decision publishes its view here; a publish never replaces a view of
 //! a later epoch, so a rank that lost the decision's compare-and-set never leaves its own view
 //! behind. `view_requests` is the append-only list of requested changes (a replacement asking
@@ -25,6 +26,16 @@ pub struct View {
 impl View {
     pub fn full(n: usize) -> View {
         View { epoch: 0, active: vec![true; n], requests: 0 }
+    }
+
+    /// Epoch 0 of a group of `n` slots where only `present` are members (the others are empty
+    /// slots, to be filled by joins).
+    pub fn starting(n: usize, present: &[usize]) -> View {
+        let mut active = vec![false; n];
+        for &r in present.iter().filter(|&&r| r < n) {
+            active[r] = true;
+        }
+        View { epoch: 0, active, requests: 0 }
     }
 
     /// Active ranks, ascending.
@@ -77,19 +88,25 @@ pub struct ViewStore {
     store: Arc<dyn Store>,
     key: String,
     requests_key: String,
-    n: usize,
+    /// Epoch 0, the view before any decision.
+    initial: View,
 }
 
 impl ViewStore {
     pub fn new(store: Arc<dyn Store>, uid: &str, n: usize) -> ViewStore {
-        ViewStore { store, key: format!("chorus/{uid}/view"), requests_key: format!("chorus/{uid}/view_requests"), n }
+        Self::starting_from(store, uid, View::full(n))
+    }
+
+    /// The records of a group whose epoch 0 is `initial` (some slots empty).
+    pub fn starting_from(store: Arc<dyn Store>, uid: &str, initial: View) -> ViewStore {
+        ViewStore { store, key: format!("chorus/{uid}/view"), requests_key: format!("chorus/{uid}/view_requests"), initial }
     }
 
     /// The newest decided view (published by the ranks that applied it).
     pub fn read(&self) -> Result<View> {
         match self.store.get(&self.key)? {
             Some(b) => View::decode(&b),
-            None => Ok(View::full(self.n)),
+            None => Ok(self.initial.clone()),
         }
     }
 
@@ -99,7 +116,7 @@ impl ViewStore {
             let raw = self.store.get(&self.key)?;
             let current = match &raw {
                 Some(b) => View::decode(b)?,
-                None => View::full(self.n),
+                None => self.initial.clone(),
             };
             if raw.is_some() && current.epoch >= view.epoch || raw.is_none() && view.epoch == 0 {
                 return Ok(());
@@ -146,8 +163,8 @@ impl ViewStore {
     }
 
     fn check(&self, ranks: &[usize]) -> Result<()> {
-        match ranks.iter().find(|&&r| r >= self.n) {
-            Some(&r) => Err(ChorusError::InvalidRank { rank: r, size: self.n }),
+        match ranks.iter().find(|&&r| r >= self.initial.active.len()) {
+            Some(&r) => Err(ChorusError::InvalidRank { rank: r, size: self.initial.active.len() }),
             None => Ok(()),
         }
     }

@@ -158,7 +158,12 @@ impl Table {
         if one_host {
             self.transports[0].geometry().slot_bytes
         } else {
-            self.transports.iter().map(|t| t.geometry().slot_bytes).min().unwrap_or(0)
+            self.smallest_slot()
         }
+    }
+
+    /// The smallest slot of any transport: a chunk that fits every link, whatever carries it.
+    pub fn smallest_slot(&self) -> usize {
+        self.transports.iter().map(|t| t.geometry().slot_bytes).min().unwrap_or(0)
     }
 }
