@@ -202,6 +202,16 @@ pub enum ChorusError {
         /// The membership epoch at which this rank was removed.
         epoch: u64,
     },
+    /// A joining process asked to be admitted, but the group had admitted other ranks since it
+    /// linked to the members, so its request was turned down (it has no links to them); it joins
+    /// again from the new view. Seen only when that keeps happening until the join's deadline.
+    #[error("join: the group admitted other ranks while rank {rank} was joining (view epoch {epoch}), and it kept having no links to them until its deadline; start it again")]
+    JoinOutdated {
+        /// The joining rank.
+        rank: usize,
+        /// The view that turned its request down.
+        epoch: u64,
+    },
     /// A collective failed because participants failed and the failure policy is `abort`; the group
     /// continues without them.
     #[error("{op} failed because rank(s) {failed:?} failed (failure policy `abort`); the group continues at epoch {epoch} without them")]
@@ -284,6 +294,7 @@ impl ChorusError {
             ChorusError::FailedByPolicy { .. } => 23,
             ChorusError::Protocol { .. } => 24,
             ChorusError::AgreedTimeout { .. } => 25,
+            ChorusError::JoinOutdated { .. } => 26,
         }
     }
 
@@ -304,6 +315,7 @@ impl ChorusError {
             | ChorusError::RootInactive { .. }
             | ChorusError::PeerInactive { .. }
             | ChorusError::Excluded { .. }
+            | ChorusError::JoinOutdated { .. }
             | ChorusError::FailedByPolicy { .. } => ErrorKind::PeerFailed,
             ChorusError::Store(_) => ErrorKind::Store,
             ChorusError::Connect { .. } | ChorusError::Shm(_) | ChorusError::Io { .. } | ChorusError::Protocol { .. } => ErrorKind::Transport,
@@ -358,6 +370,7 @@ mod tests {
             ChorusError::Protocol { peer: 1, why: "bad header".into() },
             ChorusError::Destroyed,
             ChorusError::Excluded { epoch: 2 },
+            ChorusError::JoinOutdated { rank: 4, epoch: 3 },
             ChorusError::Incomplete("x".into()),
         ];
         let mut codes: Vec<u32> = errors.iter().map(ChorusError::code).collect();

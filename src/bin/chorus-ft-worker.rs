@@ -51,6 +51,9 @@ fn main() {
     // first collective computed under membership epoch E or later (several changes in a row).
     let until = args.get(5).cloned().unwrap_or_else(|| "failure".into());
     let until_epoch: Option<u64> = until.strip_prefix("epoch:").and_then(|e| e.parse().ok());
+    // "members:0,2,3": after the first collective whose contributors are exactly these (a group
+    // that grows and shrinks through several changes, ending there).
+    let until_members: Option<Vec<usize>> = until.strip_prefix("members:").map(|m| m.split(',').filter_map(|r| r.trim().parse().ok()).collect());
     let mut stop_at = iters;
     let mut prev_contributors: Option<Vec<usize>> = None;
     let pg = ProcessGroup::from_env(Options::default()).unwrap_or_else(|e| {
@@ -120,7 +123,7 @@ fn main() {
                         // A removal (never a growth): it ends the loop as the other reports do.
                         let stop = match until_epoch {
                             Some(e) => epoch >= e,
-                            None => until != "rejoin",
+                            None => until != "rejoin" && until_members.is_none(),
                         };
                         if let (Some(a), true) = (after, stop) {
                             if stop_at == iters || until_epoch.is_none() {
@@ -212,7 +215,11 @@ fn main() {
         }
         // Stop AFTER collectives after the last membership change (a failure or a rejoin):
         // every member sees each change at the same collective.
-        if let (Some(a), Some(e)) = (after, until_epoch) {
+        if let (Some(a), Some(m)) = (after, &until_members) {
+            if info.contributors == *m && stop_at == iters {
+                stop_at = iter + 1 + a;
+            }
+        } else if let (Some(a), Some(e)) = (after, until_epoch) {
             if info.epoch >= e && stop_at == iters {
                 stop_at = iter + 1 + a;
             }

@@ -344,8 +344,23 @@ impl ProcessGroup {
             ChorusError::InvalidArgument(format!("join: no group named {} ever had a rank {rank} on this store", opts.name))
         })?;
         let uid = format!("{}.{gen}", opts.name);
-        let inner = group::join(store, directory, uid, rank, size, opts)?;
-        ft::admit(&inner)?;
+        let deadline = Instant::now() + opts.timeout;
+        let inner = loop {
+            let inner = group::join(store.clone(), directory.clone(), uid.clone(), rank, size, opts.clone())?;
+            match ft::admit(&inner) {
+                Ok(()) => break inner,
+                // The group admitted a rank this process has no link to meanwhile (another
+                // joiner): join again from the view that holds it.
+                Err(ChorusError::JoinOutdated { epoch, .. }) if Instant::now() < deadline => {
+                    tracing::info!(epoch, "the group admitted a rank this process has no link to while it joined: joining again");
+                    inner.abandon();
+                }
+                Err(e) => {
+                    inner.abandon();
+                    return Err(e);
+                }
+            }
+        };
         let pg = ProcessGroup { inner, _server: None };
         pg.leave_replica_address();
         Ok(pg)

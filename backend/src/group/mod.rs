@@ -372,7 +372,15 @@ impl GroupInner {
         // come before the new link; a transport that carries the counters into its connection
         // also asks for the point-to-point stream's.)
         let coll = join::forfeit(&self.signals, comm, p);
-        let setup = Setup { store: &*self.join_store, uid: &self.uid, me: &self.me, ranks: self.size, local: &self.local, listener: None, deadline, watch: &crate::transport::watch_nothing };
+        // The joiner bound its listener before it announced itself: a connection it refuses for
+        // longer than a hiccup means it died or gave up this attempt (it announces a new one),
+        // and the members, which link between collectives, must not wait for it.
+        let gave_up = Instant::now() + Duration::from_millis(500);
+        let joiner_gone = move || match Instant::now() > gave_up {
+            true => Err(ChorusError::Connect { transport: "any", peer: p, why: "the joining process does not answer: it died or gave up this attempt".into() }),
+            false => Ok(()),
+        };
+        let setup = Setup { store: &*self.join_store, uid: &self.uid, me: &self.me, ranks: self.size, local: &self.local, listener: None, deadline, watch: &joiner_gone };
         let link = self.transports.relink(&setup, &info, req.seq, &mut || Ok(vec![coll, self.forfeit_p2p(p, deadline)?]))?;
         self.counters.connected(p);
         self.liveness.reset(p);
@@ -404,6 +412,16 @@ impl GroupInner {
 
     /// Stops the engine threads and tells peers. Idempotent.
     pub fn destroy(&self, notify_peers: bool) {
+        self.close(notify_peers, true);
+    }
+
+    /// A join attempt that was turned down ([`ChorusError::JoinOutdated`]): stops this process's
+    /// side like `destroy`, but does not count as a rank leaving the group (its keys stay).
+    pub fn abandon(&self) {
+        self.close(false, false);
+    }
+
+    fn close(&self, notify_peers: bool, counted: bool) {
         if self.lifecycle.fetch_max(1, Ordering::SeqCst) != 0 {
             return;
         }
@@ -431,7 +449,9 @@ impl GroupInner {
                 l.send_abort(self.rank, ABORT_DESTROYED);
             }
         }
-        self.delete_store_keys_when_last();
+        if counted {
+            self.delete_store_keys_when_last();
+        }
         if let Some(r) = &self.replica {
             r.shutdown();
         }

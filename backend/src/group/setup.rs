@@ -247,9 +247,46 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
         return Err(ChorusError::InvalidRank { rank, size });
     }
     let _span = tracing::info_span!("group_join", uid = %uid, rank, size).entered();
+    let deadline = Instant::now() + opts.timeout;
+    loop {
+        match join_once(store.clone(), directory.clone(), &uid, rank, size, &opts, deadline) {
+            Ok(g) => return Ok(g),
+            // A member died (or the view changed otherwise) while this process linked to the
+            // members of the view it read: the survivors remove the dead one with a new view, and
+            // the join starts over from that view with a new request (what was set up is dropped).
+            Err(JoinAttempt::Stale { epoch, cause }) => {
+                tracing::info!(epoch, error = %cause, "a member of the view this join started from is gone; joining again from the next view");
+            }
+            Err(JoinAttempt::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+/// How one attempt to join ended, when it did not.
+enum JoinAttempt {
+    /// Linking to the members of view `epoch` failed (`cause`), and the view has changed since:
+    /// worth another attempt.
+    Stale { epoch: u64, cause: ChorusError },
+    Failed(ChorusError),
+}
+
+impl From<ChorusError> for JoinAttempt {
+    fn from(e: ChorusError) -> Self {
+        JoinAttempt::Failed(e)
+    }
+}
+
+impl From<chorus_bootstrap::BootstrapError> for JoinAttempt {
+    fn from(e: chorus_bootstrap::BootstrapError) -> Self {
+        JoinAttempt::Failed(e.into())
+    }
+}
+
+fn join_once(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: &str, rank: usize, size: usize, opts: &Options, deadline: Instant) -> std::result::Result<Arc<GroupInner>, JoinAttempt> {
+    let uid = uid.to_string();
+    let opts = opts.clone();
     // The ranks of the group's creation: their replicas are the membership acceptors.
     let present = opts.present_at_creation(size);
-    let deadline = Instant::now() + opts.timeout;
     let prep = prepare(&uid, rank, size, &opts)?;
     let unlink = UnlinkGuard::new(&prep.me);
     // With replicas, the view and the recovery rounds live in them: reach them through every
@@ -286,7 +323,7 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
             Some(Arc::new(replicas::membership_store(&store, own, &uid, rank, true, &records, opts.timeout, &fresh)?))
         }
         None if !Arc::ptr_eq(&store, &directory) => {
-            return Err(ChorusError::InvalidArgument("join: CHORUS_JOIN_VIA (joining through a member's replica) needs membership replicas, which this process runs without (CHORUS_MEMBERSHIP_REPLICAS=0)".into()));
+            return Err(JoinAttempt::Failed(ChorusError::InvalidArgument("join: CHORUS_JOIN_VIA (joining through a member's replica) needs membership replicas, which this process runs without (CHORUS_MEMBERSHIP_REPLICAS=0)".into())));
         }
         None => None,
     };
@@ -303,7 +340,7 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
             break v;
         }
         if Instant::now() >= deadline {
-            return Err(ChorusError::InvalidArgument(format!("join: rank {rank} is still an active member (is the old process still running?)")));
+            return Err(ChorusError::InvalidArgument(format!("join: rank {rank} is still an active member (is the old process still running?)")).into());
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -312,14 +349,27 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
         return Err(ChorusError::InvalidArgument(format!(
             "join: the group's view (epoch {}) has no active member, so there is nobody to rejoin through; create the group anew",
             view.epoch
-        )));
+        ))
+        .into());
     }
+    // Linking failed: if the survivors change the view soon (they remove a member that died),
+    // the attempt is stale and the join starts over; else the failure stands.
+    let stale = |cause: ChorusError| {
+        let settle = deadline.min(Instant::now() + opts.heartbeat_timeout * 2 + Duration::from_secs(5));
+        while Instant::now() < settle {
+            if views.read().is_ok_and(|v| v.epoch != view.epoch) {
+                return JoinAttempt::Stale { epoch: view.epoch, cause };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        JoinAttempt::Failed(cause)
+    };
     let mut peers = Vec::new();
     for &s in &members {
         let k = key(&uid, &format!("peer/{s}"));
         let info = match join_store.wait(&[&k], deadline.saturating_duration_since(Instant::now())) {
             Ok(v) => PeerInfo::decode(&v[0])?,
-            Err(e) => return Err(ChorusError::InvalidArgument(format!("join: no info for rank {s} ({e})"))),
+            Err(e) => return Err(stale(ChorusError::InvalidArgument(format!("join: no info for rank {s} ({e})")))),
         };
         peers.push(info);
     }
@@ -342,17 +392,19 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
         join_floor.store(seq - 1, std::sync::atomic::Ordering::SeqCst);
         let req = join::announce(&join_store, &uid, rank, seq, &prep.me)?;
         // Pairs that must connect before the survivors hand off (RDMA queue pairs) do so now.
-        let connecting = table.connect(&s, &peers, Pairing::Join { seq: req.seq })?;
-        // Survivors publish where their counters are, after linking to us.
+        let connecting = table.connect(&s, &peers, Pairing::Join { seq: req.seq }).map_err(stale)?;
+        // Survivors publish where their counters are, after linking to us; a member that died
+        // meanwhile never does, and the survivors' next view says so.
+        let view_moved = || views.read().is_ok_and(|v| v.epoch != view.epoch);
         let mut handoffs = Vec::new();
         for &m in &members {
-            let (coll, p2p) = join::await_handoff(&join_store, &uid, &req, m, deadline)?;
+            let (coll, p2p) = join::await_handoff(&join_store, &uid, &req, m, deadline, &view_moved).map_err(stale)?;
             handoffs.push((m, coll, p2p));
         }
         let survivor_counts = |peer: usize| -> Vec<(u64, u64)> {
             handoffs.iter().find(|(m, _, _)| *m == peer).map(|(_, c, p)| vec![(c.sent, c.recvd), (p.sent, p.recvd)]).unwrap_or_else(|| vec![(0, 0); STREAMS])
         };
-        place(&mut links, &counters, connecting.start(&s, &survivor_counts)?)?;
+        place(&mut links, &counters, connecting.start(&s, &survivor_counts).map_err(stale)?)?;
         (handoffs, req.seq)
     };
     unlink.disarm();
@@ -383,6 +435,7 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
         }
         replicas::publish_directory(own, &uid, &opts.name, size, &records)?;
     }
+    let resume_members: Vec<usize> = handoffs.iter().map(|(m, _, _)| *m).collect();
     let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
     let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
     let mut everyone = peers.clone();
@@ -392,9 +445,11 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
     let g = start(store, membership_store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, local_ranks, chunk, Some(resume))?;
     // Later replacements of other ranks read the members' records: ours is this process now.
     g.join_store.set(&key(&g.uid, &format!("peer/{rank}")), &me.encode())?;
-    // Ask to be a member again: a view change that every survivor adopts at the same collective
-    // (the admission round `ft::admit` raises and waits for).
-    g.views.activate(&[rank])?;
+    // Ask to be a member: a view change that every member adopts at the same collective (the
+    // admission round `ft::admit` raises and waits for), turned down if the group admitted a
+    // rank this process has no link to meanwhile (then it joins again).
+    let place = g.views.ask_to_join(rank, resume_members)?;
+    g.membership.asked_to_join(place);
     Ok(g)
 }
 

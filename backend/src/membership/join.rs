@@ -82,7 +82,7 @@ pub fn take_number(store: &Arc<dyn Store>, uid: &str) -> Result<u64> {
 pub fn announce(store: &Arc<dyn Store>, uid: &str, rank: usize, seq: u64, me: &PeerInfo) -> Result<JoinRequest> {
     store.set(&key(uid, &format!("join/{seq}/peer")), &enc(me))?;
     store.set(&key(uid, &format!("join_req/{seq}")), rank.to_string().as_bytes())?;
-    tracing::info!(rank, seq, "asked to rejoin");
+    tracing::info!(rank, seq, "asked to join");
     Ok(JoinRequest { rank, seq })
 }
 
@@ -146,14 +146,24 @@ pub fn publish_handoff(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, me:
     Ok(())
 }
 
-/// Replacement side: the survivor's records for both streams.
-pub fn await_handoff(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, survivor: usize, deadline: Instant) -> Result<(Handoff, Handoff)> {
+/// Replacement side: the survivor's records for both streams. Gives up early when `view_moved`
+/// says the group's view changed (the survivor may have died, and the joiner starts over).
+pub fn await_handoff(store: &Arc<dyn Store>, uid: &str, req: &JoinRequest, survivor: usize, deadline: Instant, view_moved: &dyn Fn() -> bool) -> Result<(Handoff, Handoff)> {
     let k1 = handoff_key(uid, req, survivor, "coll");
     let k2 = handoff_key(uid, req, survivor, "p2p");
-    let v = store.wait(&[&k1, &k2], deadline.saturating_duration_since(Instant::now())).map_err(|e| {
-        ChorusError::InvalidArgument(format!("join: rank {survivor} did not link to this replacement in time ({e}); survivors link between collectives, so they must keep running them"))
-    })?;
-    Ok((dec(&v[0])?, dec(&v[1])?))
+    loop {
+        let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+        match store.wait(&[&k1, &k2], slice) {
+            Ok(v) => return Ok((dec(&v[0])?, dec(&v[1])?)),
+            Err(e) if Instant::now() >= deadline || view_moved() => {
+                let why = if view_moved() { "the group's view changed meanwhile".to_string() } else { e.to_string() };
+                return Err(ChorusError::InvalidArgument(format!(
+                    "join: rank {survivor} did not link to this process ({why}); members link between collectives, so they must keep running them"
+                )));
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Replacement side: continue the pair's counters from the survivor's record.

@@ -188,6 +188,9 @@ pub struct Membership {
     joins_served: AtomicU64,
     /// A replacement's place in the survivors' loop, from the decision that admitted it.
     resume: Mutex<Option<ResumePoint>>,
+    /// A joining process's activation request: its place in the request list (0: none). A view
+    /// that holds it without this rank active turned it down.
+    join_request: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,7 +225,13 @@ impl Membership {
             joins_announced: AtomicU64::new(0),
             joins_served: AtomicU64::new(0),
             resume: Mutex::new(None),
+            join_request: AtomicU64::new(0),
         }
+    }
+
+    /// A joining process asked to be active with the request at `place` ([`ViewStore::ask_to_join`]).
+    pub fn asked_to_join(&self, place: u64) {
+        self.join_request.store(place, Ordering::SeqCst);
     }
 
     /// A group created with empty slots: epoch 0 has only `initial`'s members. A rank that
@@ -336,7 +345,10 @@ impl Membership {
         let r = self.round(round, &view);
         match answer.1 {
             0 => self.post_failure(peers, &progress, &view, round)?,
-            1 => r.post_boundary(progress.committed, progress.marks.recent())?,
+            1 => {
+                r.post_boundary(progress.committed, progress.marks.recent())?;
+                self.raise(peers, round, false, &view.members());
+            }
             _ => r.post_inside(answer.2)?,
         }
         tracing::debug!(round, kind = answer.1, at = answer.2, "answered recovery from the attendant thread");
@@ -526,6 +538,9 @@ impl Membership {
         if !adm.posted {
             let marks = lock(&self.progress).marks.recent();
             r.post_boundary(adm.boundary, marks)?;
+            // The joiner that asked may have no link to every member (one admitted after it
+            // linked): pass the round on, as failure posts do.
+            self.raise(peers, adm.round, false, &adm.view.members());
             adm.posted = true;
             return Ok(AdmissionStep::Posted);
         }
@@ -620,6 +635,11 @@ impl Membership {
         adm.asked = None;
         let view = self.view();
         if !view.is_active(self.rank) {
+            // The view holds our request but not us: it admitted ranks we have no link to.
+            let asked = self.join_request.load(Ordering::SeqCst);
+            if asked > 0 && view.requests >= asked {
+                return Err(ChorusError::JoinOutdated { rank: self.rank, epoch: view.epoch });
+            }
             return Ok(AdmitStep::Waiting);
         }
         // The survivors' next collective is ours too: one they re-run or that simply comes next

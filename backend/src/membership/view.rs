@@ -48,11 +48,17 @@ impl View {
     }
 
     /// The view after this one: `requests` folded in (those it does not hold yet), then
-    /// `removed` taken out.
+    /// `removed` taken out. A joiner's activation ([`Request::linked`]) is folded in only if it
+    /// linked to every member active at that point of the fold; otherwise it is turned down
+    /// (counted as folded, changing nothing), and the joiner, which sees that, joins again.
     pub fn next(&self, requests: &[Request], removed: &[usize]) -> View {
         let mut active = self.active.clone();
         for r in requests.iter().skip(self.requests as usize) {
-            if let Some(a) = active.get_mut(r.rank) {
+            let linked_to_all = match &r.linked {
+                Some(linked) => active.iter().enumerate().all(|(p, &a)| !a || p == r.rank || linked.contains(&p)),
+                None => true,
+            };
+            if let (Some(a), true) = (active.get_mut(r.rank), linked_to_all || !r.active) {
                 *a = r.active;
             }
         }
@@ -76,10 +82,13 @@ impl View {
 }
 
 /// A requested change of one rank's membership.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub rank: usize,
     pub active: bool,
+    /// A joining process's activation: the ranks it linked to (the members whose hand-off it got).
+    /// `None` for API changes, which concern ranks the members are linked to already.
+    pub linked: Option<Vec<usize>>,
 }
 
 /// Reads and writes one group's view records in the store.
@@ -138,28 +147,37 @@ impl ViewStore {
         }
     }
 
-    /// Appends requests (compare-and-set: concurrent requests all land, in some order).
-    fn request(&self, ranks: &[usize], active: bool) -> Result<()> {
-        self.check(ranks)?;
+    /// Appends requests (compare-and-set: concurrent requests all land, in some order). Returns
+    /// the length of the list with them: a view holds the last of them once its
+    /// [`View::requests`] reaches it.
+    fn request(&self, new: &[Request]) -> Result<u64> {
+        self.check(&new.iter().map(|r| r.rank).collect::<Vec<_>>())?;
         loop {
             let raw = self.store.get(&self.requests_key)?;
             let mut list = self.requests()?;
-            list.extend(ranks.iter().map(|&rank| Request { rank, active }));
+            list.extend_from_slice(new);
             let bytes = bincode::serde::encode_to_vec(&list, bincode::config::standard()).expect("requests always encode");
             if self.store.compare_set(&self.requests_key, raw.as_deref(), &bytes)?.0 {
-                return Ok(());
+                return Ok(list.len() as u64);
             }
         }
     }
 
     /// Asks for `ranks` to leave the view (taken up by the next recovery round's decision).
     pub fn deactivate(&self, ranks: &[usize]) -> Result<()> {
-        self.request(ranks, false)
+        self.request(&ranks.iter().map(|&rank| Request { rank, active: false, linked: None }).collect::<Vec<_>>()).map(drop)
     }
 
     /// Asks for `ranks` to join the view (taken up by the next recovery round's decision).
     pub fn activate(&self, ranks: &[usize]) -> Result<()> {
-        self.request(ranks, true)
+        self.request(&ranks.iter().map(|&rank| Request { rank, active: true, linked: None }).collect::<Vec<_>>()).map(drop)
+    }
+
+    /// A joining process asks for `rank` to be active, having linked to `linked`; returns the
+    /// request's place (see [`View::next`]: it is turned down if a member it has no link to is
+    /// active by then).
+    pub fn ask_to_join(&self, rank: usize, linked: Vec<usize>) -> Result<u64> {
+        self.request(&[Request { rank, active: true, linked: Some(linked) }])
     }
 
     fn check(&self, ranks: &[usize]) -> Result<()> {
@@ -191,6 +209,31 @@ mod tests {
         // Requests already folded in are not applied again.
         let v3 = v2.next(&vs.requests().unwrap(), &[2]);
         assert_eq!((v3.epoch, v3.members()), (3, vec![0, 3]));
+    }
+
+    /// Issue 20: two processes join empty slots 4 and 5 of a group of 0-3 at once, each linked
+    /// only to the members it found. The first request in the list is folded in; the second
+    /// names no link to rank 4, active by then, so it is turned down (and that joiner joins
+    /// again, linked to rank 4 too).
+    #[test]
+    fn a_joiner_is_admitted_only_when_linked_to_every_member() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let vs = ViewStore::starting_from(store, "g", View::starting(6, &[0, 1, 2, 3]));
+        assert_eq!(vs.read().unwrap().members(), vec![0, 1, 2, 3]);
+        assert_eq!(vs.ask_to_join(4, vec![0, 1, 2, 3]).unwrap(), 1);
+        assert_eq!(vs.ask_to_join(5, vec![0, 1, 2, 3]).unwrap(), 2);
+        let v1 = vs.read().unwrap().next(&vs.requests().unwrap(), &[]);
+        assert_eq!((v1.members(), v1.requests), (vec![0, 1, 2, 3, 4], 2));
+        // Rank 5 again, linked to 4 as well; rank 1 died meanwhile (a link to it is not needed).
+        assert_eq!(vs.ask_to_join(5, vec![0, 2, 3, 4]).unwrap(), 3);
+        let v2 = v1.next(&vs.requests().unwrap(), &[1]);
+        assert_eq!(v2.members(), vec![0, 2, 3, 4], "rank 1 is still active when rank 5's request is folded in");
+        assert_eq!(vs.ask_to_join(5, vec![0, 2, 3, 4]).unwrap(), 4);
+        let v3 = v2.next(&vs.requests().unwrap(), &[]);
+        assert_eq!(v3.members(), vec![0, 2, 3, 4, 5]);
+        // API activations are not gated.
+        vs.activate(&[1]).unwrap();
+        assert_eq!(v3.next(&vs.requests().unwrap(), &[]).members(), vec![0, 1, 2, 3, 4, 5]);
     }
 
     #[test]
