@@ -7,6 +7,10 @@
 //!   survivor (the outage an application sees);
 //! * rejoin: replacement process start → admitted by a new view, and → its first collective.
 //!
+//! `--grow 4,5,8` measures growth instead: a group of 8 slots created by 4 ranks, joined by one
+//! process and then by three at once; each step's time is from the joiners' start to the first
+//! collective of the last of them.
+//!
 //! `--no-replicas` runs the ranks without membership replicas (`CHORUS_MEMBERSHIP_REPLICAS=0`:
 //! the store alone agrees); `--kill-store-host` (with replicas) lets rank 0 host the store (`MASTER_ADDR`/
 //! `MASTER_PORT`, as under `env://`) and kills rank 0: the store dies with it, and the replacement
@@ -42,6 +46,11 @@ struct Args {
     /// Rank 0 hosts the store and is the one killed (with replicas; its replacement joins through them).
     #[arg(long)]
     kill_store_host: bool,
+    /// Growth instead of failures, e.g. `4,5,8`: a group of 8 slots created by ranks 0-3
+    /// (`CHORUS_INITIAL_MEMBERS`), then rank 4 joins, then ranks 5-7 at once; reports each
+    /// joiner's time from its process start to its first collective. Replaces `-n`.
+    #[arg(long, value_delimiter = ',')]
+    grow: Vec<usize>,
 }
 
 fn now_ns() -> u128 {
@@ -74,16 +83,24 @@ impl StoreAt {
 
 fn spawn(worker: &std::path::Path, store: &StoreAt, rank: usize, a: &Args, join: Option<&[String]>) -> Rank {
     let mut c = Command::new(worker);
+    if let (Some(first), Some(_)) = (a.grow.first(), a.grow.last()) {
+        c.env("CHORUS_INITIAL_MEMBERS", format!("0-{}", first - 1));
+    }
     match store {
         StoreAt::Bench(s) => c.env("MASTER_PORT", s.local_addr().port().to_string()).env("CHORUS_STORE_ADDR", s.local_addr().to_string()),
         StoreAt::RankZero(port) => c.env("MASTER_PORT", port.to_string()).env_remove("CHORUS_STORE_ADDR"),
     };
     c.env("CHORUS_MEMBERSHIP_REPLICAS", if a.no_replicas && !a.kill_store_host { "0" } else { "1" });
-    c.args(["all_reduce", "100000000", &a.elems.to_string(), "200", "rejoin"])
+    // Growing, the members run until every slot is filled; else until a replacement is back.
+    let until = match a.grow.is_empty() {
+        true => "rejoin".to_string(),
+        false => format!("members:{}", (0..a.world()).map(|r| r.to_string()).collect::<Vec<_>>().join(",")),
+    };
+    c.args(["all_reduce", "100000000", &a.elems.to_string(), "200", &until])
         .env("RANK", rank.to_string())
-        .env("WORLD_SIZE", a.nprocs.to_string())
+        .env("WORLD_SIZE", a.world().to_string())
         .env("LOCAL_RANK", rank.to_string())
-        .env("LOCAL_WORLD_SIZE", a.nprocs.to_string())
+        .env("LOCAL_WORLD_SIZE", a.world().to_string())
         .env("MASTER_ADDR", "127.0.0.1")
         .env("CHORUS_FT_TIMES", "1")
         .env("CHORUS_LOG", "chorus_backend::api::ft=info")
@@ -148,12 +165,60 @@ fn ms(ns: u128) -> f64 {
     ns as f64 / 1e6
 }
 
+impl Args {
+    /// The group's size: its slots when it grows.
+    fn world(&self) -> usize {
+        self.grow.last().copied().unwrap_or(self.nprocs)
+    }
+}
+
+/// `--grow`: per trial, each step's joiners (started at once) from process start to first
+/// collective.
+fn grow(a: &Args, worker: &std::path::Path) {
+    let steps: Vec<(usize, usize)> = a.grow.windows(2).map(|w| (w[0], w[1])).collect();
+    assert!(!steps.is_empty() && steps.iter().all(|(f, t)| f < t), "--grow needs increasing sizes, e.g. 4,5,8");
+    println!("# chorus growth {:?}, {} transport, all_reduce of {} x i64 in a loop on the members, {} slots", a.grow, if a.tcp { "tcp" } else { "shm" }, a.elems, a.world());
+    println!("# trial  {}", steps.iter().map(|(f, t)| format!("{f}->{t}_first_op_ms(max over joiners)")).collect::<Vec<_>>().join("  "));
+    let mut sums = vec![0f64; steps.len()];
+    for trial in 0..a.trials {
+        let store = StoreAt::new(a);
+        let mut ranks: Vec<Rank> = (0..a.grow[0]).map(|r| spawn(worker, &store, r, a, None)).collect();
+        for r in &ranks {
+            wait_for(r, |l| l.starts_with("mark iter 50 "), Duration::from_secs(60)).expect("ranks running");
+        }
+        let mut row = Vec::new();
+        for (i, &(from, to)) in steps.iter().enumerate() {
+            let start = now_ns();
+            let joiners: Vec<Rank> = (from..to).map(|r| spawn(worker, &store, r, a, Some(&[]))).collect();
+            let mut worst = 0u128;
+            for j in &joiners {
+                let first = wait_for(j, |l| l.starts_with("mark iter "), Duration::from_secs(60)).expect("joiner ran");
+                let t: u128 = first.split_whitespace().nth(3).and_then(|x| x.parse().ok()).unwrap_or(0);
+                worst = worst.max(t.saturating_sub(start));
+            }
+            row.push(ms(worst));
+            sums[i] += ms(worst);
+            ranks.extend(joiners);
+        }
+        println!("{trial:7}  {}", row.iter().map(|v| format!("{v:12.2}")).collect::<Vec<_>>().join("  "));
+        for mut r in ranks {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    }
+    let t = a.trials as f64;
+    println!("# mean   {}", sums.iter().map(|v| format!("{:12.2}", v / t)).collect::<Vec<_>>().join("  "));
+}
+
 fn main() {
     let a = Args::parse();
     let worker = std::env::current_exe().expect("exe").with_file_name("chorus-ft-worker");
     if !worker.exists() {
         eprintln!("{} not found: build it with `cargo build --release --bins`", worker.display());
         std::process::exit(2);
+    }
+    if !a.grow.is_empty() {
+        return grow(&a, &worker);
     }
     let membership = match (a.kill_store_host, a.no_replicas) {
         (true, _) => "membership replicas, rank 0 hosts the store and is killed, its replacement joins through the replicas",
