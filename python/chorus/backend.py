@@ -253,7 +253,7 @@ class ProcessGroupChorus(dist.ProcessGroup):
     """A torch ProcessGroup whose collectives run in the chorus library."""
 
     def __init__(self, store, rank: int, size: int, timeout: timedelta | None = None, name: str = "torch",
-                 options: "Options | None" = None, join: bool = False):
+                 options: "Options | None" = None, join: bool = False, top_level: bool = True):
         super().__init__(rank, size)
         self._rank, self._size = rank, size
         self._group_name = ""
@@ -267,7 +267,7 @@ class ProcessGroupChorus(dist.ProcessGroup):
         cb = callbacks_for(store)
         out = ctypes.c_void_p()
         create = lib.chorus_group_join if join else lib.chorus_group_create
-        with _env_for(options):
+        with _env_for(options, top_level):
             check(create(ctypes.byref(cb), rank, size, name.encode(), ms, ctypes.byref(out)))
         self._g = out
         self._joined = join
@@ -778,6 +778,11 @@ class Options:
                           of the buffer per collective; without it, a collective during which a rank died
                           fails with the same error on every survivor when not every survivor already
                           holds its result (it cannot be re-run), and the group goes on.
+    initial_members:      the ranks present when the default group is created (a list of ints; None:
+                          CHORUS_INITIAL_MEMBERS, else every rank). The others are empty slots: the
+                          world size counts them, collectives skip them like failed ranks, and a process
+                          started later for one joins it (``chorus.join_group``, or CHORUS_JOIN=1) between
+                          two collectives of the members. Subgroups always start with all their ranks.
     cuda_path:            "kernels" (default: CUDA tensors use the NVLink kernels on the current stream;
                           a rank dying mid-collective makes them time out) or "host" (CUDA tensors are
                           copied to the host and back around the host collective, which keeps the
@@ -790,7 +795,7 @@ class Options:
     def __init__(self, failure_policy: str | None = None, heartbeat_ms: int | None = None,
                  heartbeat_timeout_ms: int | None = None, fault_tolerance: bool | None = None,
                  join: bool | None = None, timeout: timedelta | None = None, cuda_path: str | None = None,
-                 ft_save_limit: int | None = None):
+                 ft_save_limit: int | None = None, initial_members: list[int] | None = None):
         if failure_policy is not None and failure_policy not in ("shrink", "abort"):
             raise ValueError(f"chorus: failure_policy must be 'shrink' or 'abort', not {failure_policy!r}")
         if cuda_path is not None and cuda_path not in ("kernels", "host"):
@@ -808,6 +813,11 @@ class Options:
             raise ValueError(f"chorus: ft_save_limit must be a non-negative int (bytes), not {ft_save_limit!r}")
         self.cuda_path = cuda_path
         self.ft_save_limit = ft_save_limit
+        if initial_members is not None:
+            initial_members = sorted({int(r) for r in initial_members})
+            if not initial_members or initial_members[0] < 0:
+                raise ValueError(f"chorus: initial_members must name ranks present at creation, not {initial_members!r}")
+        self.initial_members = initial_members
 
     def _env(self) -> dict[str, str | None]:
         """The variables to set for the group's creation (None: unset them)."""
@@ -824,6 +834,8 @@ class Options:
             env["CHORUS_CUDA_PATH"] = self.cuda_path
         if self.ft_save_limit is not None:
             env["CHORUS_FT_SAVE_LIMIT"] = str(self.ft_save_limit)
+        if self.initial_members is not None:
+            env["CHORUS_INITIAL_MEMBERS"] = ",".join(map(str, self.initial_members))
         if self.timeout is not None:
             # The library takes the smaller of the timeout passed and CHORUS_TIMEOUT_MS; an
             # explicit option overrides the variable instead.
@@ -842,8 +854,11 @@ class _env_for:
     """The library reads these settings from the environment when it creates a group: set them for
     the duration of the creation call only, then restore the caller's values."""
 
-    def __init__(self, options: "Options | None"):
+    def __init__(self, options: "Options | None", top_level: bool = True):
         self.env = options._env() if options is not None else {}
+        if not top_level:
+            # Empty slots are the default group's: a subgroup starts with all of its ranks.
+            self.env["CHORUS_INITIAL_MEMBERS"] = None
         self.saved: dict[str, str | None] = {}
 
     def __enter__(self):
@@ -879,11 +894,11 @@ def _create_backend(opts, backend_options=None):
     native = _native.load()
     if native is None:
         return ProcessGroupChorus(opts.store, opts.group_rank, opts.group_size, opts.timeout, "torch",
-                                  options=backend_options, join=join)
+                                  options=backend_options, join=join, top_level=default_group)
     timeout = backend_options.timeout if backend_options is not None and backend_options.timeout is not None else opts.timeout
     ms = int(timeout.total_seconds() * 1000) if timeout is not None else 0
     cuda_path = backend_options.cuda_path if backend_options is not None and backend_options.cuda_path is not None else os.environ.get("CHORUS_CUDA_PATH", "kernels")
-    with _env_for(backend_options):
+    with _env_for(backend_options, default_group):
         b = native.ChorusBackend(opts.store, opts.group_rank, opts.group_size, ms, "torch", join, cuda_path == "host")
     _LIVE_GROUPS.add(b)
     return b
