@@ -324,10 +324,13 @@ impl ProcessGroup {
         self.inner.counters.connections_to.get(peer).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
-    /// Starts a replacement for `rank` of a running top-level group (same store, size and name):
-    /// it waits until the survivors removed the old process, links to them (only the pairs
-    /// that involve it are created; healthy pairs keep theirs), and returns once the survivors
-    /// admitted it with a new view.
+    /// Starts a replacement for `rank` of a running top-level group (same store, size and name),
+    /// or fills `rank` when it is an empty slot ([`Options::initial_members`]): it waits until the
+    /// rank is inactive (the survivors removed the old process), links to the members (only the
+    /// pairs that involve it are created; healthy pairs keep theirs), and returns once the members
+    /// admitted it with a new view. If the group admits another rank this process has no link to
+    /// meanwhile (another joiner), or a member dies while it links, it joins again from the new
+    /// view, within `opts.timeout`.
     ///
     /// With [`Options::join_via`] (members' replica addresses) it finds the group through a
     /// member's replica rather than `store`: for when the process that hosted the store died
