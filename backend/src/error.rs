@@ -388,6 +388,7 @@ mod tests {
                 ErrorKind::Transport,
                 ErrorKind::Destroyed,
                 ErrorKind::PeerFailed,
+                ErrorKind::PeerFailed,
                 ErrorKind::Incomplete
             ]
         );

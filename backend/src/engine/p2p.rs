@@ -128,9 +128,58 @@ pub struct P2pEngine {
     /// Per peer: a chunk was rejected, so chunks continuing its message are dropped.
     resync: Vec<bool>,
     unexpected: HashMap<(usize, u64), VecDeque<Vec<u8>>>,
+    /// Operations that failed because their peer died, held until the group's view no longer
+    /// counts that peer (the agreement the attendant threads run: `Membership::settle_between`),
+    /// or until `until`: whoever sees the failure sees the shrunk view too.
+    failed_on_dead: Vec<FailedOnDead>,
+    /// Whether the group's view no longer counts a peer (`None`: no fault tolerance, so no view
+    /// change to wait for).
+    departed: Option<Departed>,
+}
+
+/// Says whether the group's current view no longer counts a rank.
+pub type Departed = Box<dyn Fn(usize) -> bool + Send>;
+
+struct FailedOnDead {
+    peer: usize,
+    buf: Box<dyn OpBuffer>,
+    finish: Finish,
+    error: ChorusError,
+    until: Instant,
 }
 
 impl P2pEngine {
+    /// Failed operations wait for the view to drop their dead peer for at most this long.
+    const VIEW_WAIT: Duration = Duration::from_secs(5);
+
+    /// Holds operations that failed on a dead peer until the view drops it (see
+    /// [`P2pEngine::failed_on_dead`]).
+    pub fn with_departed(mut self, departed: Departed) -> P2pEngine {
+        self.departed = Some(departed);
+        self
+    }
+
+    /// Ends `op` with `error`, at once unless the error is its peer's death and the view still
+    /// counts that peer.
+    fn fail_on_peer(&mut self, peer: usize, buf: Box<dyn OpBuffer>, finish: Finish, error: ChorusError) {
+        let dead = matches!(error, ChorusError::PeerFailed { .. });
+        match (&self.departed, dead) {
+            (Some(_), true) => self.failed_on_dead.push(FailedOnDead { peer, buf, finish, error, until: Instant::now() + Self::VIEW_WAIT }),
+            _ => finish(buf, Err(error)),
+        }
+    }
+
+    /// Completes the held failures whose peer left the view (or that waited long enough).
+    fn release_failed_on_dead(&mut self) {
+        let Some(departed) = &self.departed else { return };
+        let now = Instant::now();
+        let (done, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.failed_on_dead).into_iter().partition(|f| departed(f.peer) || f.until <= now);
+        self.failed_on_dead = held;
+        for f in done {
+            (f.finish)(f.buf, Err(f.error));
+        }
+    }
+
     pub fn new(comm: Comm) -> P2pEngine {
         let n = comm.n;
         P2pEngine {
@@ -141,11 +190,13 @@ impl P2pEngine {
             incoming: (0..n).map(|_| None).collect(),
             resync: vec![false; n],
             unexpected: HashMap::new(),
+            failed_on_dead: Vec::new(),
+            departed: None,
         }
     }
 
     fn idle(&self) -> bool {
-        self.recvs.is_empty() && self.sends.iter().all(|q| q.is_empty())
+        self.recvs.is_empty() && self.sends.iter().all(|q| q.is_empty()) && self.failed_on_dead.is_empty()
     }
 
     fn accept(&mut self, op: P2pOp) {
@@ -417,7 +468,7 @@ impl P2pEngine {
                     knob: self.comm.timeout_knob,
                 });
                 let _ = op.chunks_sent;
-                (op.finish)(op.buf, Err(err));
+                self.fail_on_peer(to, op.buf, op.finish, err);
             }
         }
         let mut i = 0;
@@ -433,7 +484,7 @@ impl P2pEngine {
                     waited_ms: self.comm.timeout.as_millis() as u64,
                     knob: self.comm.timeout_knob,
                 });
-                (r.finish)(r.buf, Err(err));
+                self.fail_on_peer(r.from, r.buf, r.finish, err);
                 continue;
             }
             i += 1;
@@ -441,6 +492,9 @@ impl P2pEngine {
     }
 
     fn fail_all(&mut self, mk: impl Fn() -> ChorusError) {
+        for f in self.failed_on_dead.drain(..) {
+            (f.finish)(f.buf, Err(f.error));
+        }
         for q in &mut self.sends {
             while let Some(op) = q.pop_front() {
                 (op.finish)(op.buf, Err(mk()));
@@ -476,6 +530,7 @@ impl P2pEngine {
             let moved = self.progress();
             if last_expire.elapsed() > Duration::from_millis(20) {
                 self.expire();
+                self.release_failed_on_dead();
                 last_expire = Instant::now();
             }
             if !moved && !self.idle() {

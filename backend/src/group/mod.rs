@@ -180,9 +180,16 @@ fn start(
         }
     }
     let (p2p_tx, p2p_rx) = crossbeam::channel::unbounded();
+    let mut engine = P2pEngine::new(p2p);
+    if opts.fault_tolerance {
+        // A point-to-point failure on a dead peer completes once the view dropped it, which the
+        // attendant threads agree on without waiting for a collective (`settle_between`).
+        let view = membership.view_handle();
+        engine = engine.with_departed(Box::new(move |peer| !view.lock().unwrap_or_else(|p| p.into_inner()).is_active(peer)));
+    }
     let p2p_thread = std::thread::Builder::new()
         .name(format!("chorus-p2p-{uid}-{rank}"))
-        .spawn(move || P2pEngine::new(p2p).run(p2p_rx))
+        .spawn(move || engine.run(p2p_rx))
         .map_err(|e| ChorusError::InvalidArgument(format!("spawning the point-to-point thread: {e}")))?;
     let committed = membership.committed();
     let inner = Arc::new(GroupInner {
@@ -249,6 +256,9 @@ impl membership::threads::Member for GroupInner {
         match self.membership.answer(self, *answered) {
             Ok(a) => *answered = a,
             Err(e) => tracing::debug!(error = %e, "answering a recovery round failed"),
+        }
+        if let Err(e) = self.membership.settle_between(self) {
+            tracing::debug!(error = %e, "settling a failure round between collectives failed");
         }
         if poll_joins {
             if let Some(n) = self.joins_announced_hint() {

@@ -62,11 +62,14 @@ pub struct Progress {
     pub timed_out: Vec<usize>,
     /// Where the application marked its loop (reports carry them to a replacement).
     pub marks: Marks,
+    /// The round the collective path is settling between collectives (the attendant thread
+    /// leaves it to it); cleared when a decision is applied.
+    pub settling: Option<u64>,
 }
 
 impl Default for Progress {
     fn default() -> Self {
-        Progress { committed: 0, current: None, can_rerun: true, proceed: None, timed_out: Vec::new(), marks: Marks::default() }
+        Progress { committed: 0, current: None, can_rerun: true, proceed: None, timed_out: Vec::new(), marks: Marks::default(), settling: None }
     }
 }
 
@@ -364,6 +367,41 @@ impl Membership {
         Ok(())
     }
 
+    /// From the attendant thread, while this rank is between collectives: a member found dead
+    /// starts a failure round now, and a failure round every live member reported on is decided
+    /// and applied here. So the view drops a dead rank without waiting for a collective (a
+    /// point-to-point failure completes under the shrunk view; a rank that is computing sees it in
+    /// `active_ranks`). Under the progress lock: no collective starts meanwhile, and one that
+    /// starts afterwards runs under the decided view and ends as the decision says (`ending`).
+    pub fn settle_between(&self, peers: &dyn Peers) -> Result<()> {
+        let mut progress = lock(&self.progress);
+        let view = self.view();
+        if progress.current.is_some() || progress.settling.is_some() || !view.is_active(self.rank) {
+            return Ok(());
+        }
+        let round = self.rounds_applied() + 1;
+        match self.pending_round(peers) {
+            None => {
+                let dead: Vec<usize> = view.members().into_iter().filter(|&p| p != self.rank && peers.peer_dead(p)).collect();
+                if !dead.is_empty() {
+                    tracing::info!(?dead, round, "a member died while this rank is between collectives: starting a failure round");
+                    self.post_failure(peers, &progress, &view, round)?;
+                }
+            }
+            Some((r, true)) if r == round => {
+                let rec = self.round(round, &view);
+                if !rec.posted(self.rank) {
+                    self.post_failure(peers, &progress, &view, round)?;
+                }
+                if let Some(d) = rec.try_failure(|p| p != self.rank && peers.peer_dead(p))? {
+                    self.apply_locked(&mut progress, round, d);
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
     /// Sets the collective this rank is inside (or none) and raises the committed one.
     pub fn set_progress(&self, current: Option<(u64, bool)>, committed: Option<u64>) {
         let mut p = lock(&self.progress);
@@ -392,12 +430,20 @@ impl Membership {
     /// (this rank is between collectives meanwhile), or a decision already ended it. Under the
     /// progress lock, so the attendant thread never answers for this rank as idle once it started.
     pub fn start_attempt(&self, peers: &dyn Peers, op: &'static str, op_seq: u64) -> Start {
-        // A decision applied while this rank was still finishing the collective before (in that
-        // one's commit barrier) may have failed this one on the others: it fails here too.
-        if let Ending::Fails(e) = self.ending(op, op_seq) {
-            return Start::Ended(e);
-        }
-        let mut p = lock(&self.progress);
+        let mut p = loop {
+            // A decision applied while this rank was still finishing the collective before (in
+            // that one's commit barrier), or by the attendant thread between collectives, may
+            // have failed this one on the others: it fails here too.
+            let applied = self.rounds_applied();
+            if let Ending::Fails(e) = self.ending(op, op_seq) {
+                return Start::Ended(e);
+            }
+            let p = lock(&self.progress);
+            // The attendant applies decisions under this lock: none came in since the look above.
+            if self.rounds_applied() == applied {
+                break p;
+            }
+        };
         let pending = match self.pending_round(peers) {
             // Admission pending, but a member already runs the next collective: run it too.
             Some((round, false)) if p.proceed == Some((round, p.committed)) => None,
@@ -406,12 +452,15 @@ impl Membership {
         match pending {
             None => {
                 p.current = Some((op_seq, false));
+                p.settling = None;
                 p.can_rerun = true;
                 p.timed_out.clear();
                 Start::Started
             }
             Some((round, failure)) => {
                 p.current = None;
+                // The collective path settles this round: the attendant leaves it alone.
+                p.settling = Some(round);
                 Start::Settle(round, failure)
             }
         }
@@ -653,13 +702,23 @@ impl Membership {
 
     /// Applies round `round`'s decision and publishes its view.
     fn apply(&self, round: u64, decision: Decision) {
+        let mut p = lock(&self.progress);
+        self.apply_locked(&mut p, round, decision);
+    }
+
+    /// [`Membership::apply`] under the progress lock. A round applied already (by the attendant
+    /// thread and the collective path both) is applied once.
+    fn apply_locked(&self, p: &mut Progress, round: u64, decision: Decision) {
+        if self.rounds_applied() >= round {
+            return;
+        }
         tracing::info!(round, commit_through = decision.commit_through, epoch = decision.view.epoch, removed = ?decision.removed, interrupted = decision.interrupted, rerun_possible = decision.rerun_possible, "recovery decided");
         {
-            let mut p = lock(&self.progress);
             // Everything up to commit_through is committed; this rank held the data for it (the
             // decision rule guarantees it), so its result stands.
             p.committed = p.committed.max(decision.commit_through);
             p.proceed = None;
+            p.settling = None;
         }
         *lock(&self.view) = decision.view.clone();
         // Every rank that applies a decision publishes its view (a replacement waits for it to
