@@ -92,7 +92,7 @@ pub enum ChorusError {
     /// operation. With fault tolerance (the default) the group goes on without it: point-to-point
     /// operations with other peers are unaffected and the next collective removes it from the view
     /// (a replacement can rejoin); without, the group is unusable.
-    #[error("rank {peer} failed during {op} ({why}); with fault tolerance (the default) the group goes on without it from its next collective, otherwise the group is unusable now")]
+    #[error("rank {peer} failed during {op} ({why}); with fault tolerance (the default) the group goes on without it (its view drops the rank), otherwise the group is unusable now")]
     PeerFailed {
         /// The operation that was running (empty when the transport reports it before an operation
         /// names it).

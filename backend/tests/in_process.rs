@@ -115,6 +115,9 @@ fn mismatched_broadcast_fails_at_the_root_too() {
 /// the group goes on; point-to-point traffic with the other peers in the same batch completes.
 #[test]
 fn a_receive_from_a_departed_rank_fails_alone() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Rank 0's epoch once its failed receive completed (0: not yet).
+    static AGREED_EPOCH: AtomicU64 = AtomicU64::new(0);
     // Over TCP, where the departed rank's closed sockets say so at once (threads of one process share
     // a pid, so over shared memory only its silence would, after the heartbeat timeout).
     for (name, host) in [("p2p-gone-tcp", own_host as fn(usize) -> String)] {
@@ -137,10 +140,21 @@ fn a_receive_from_a_departed_rank_fails_alone() {
                         }
                         other => panic!("a receive from the departed rank 2 gave {other:?}"),
                     }
+                    // The view dropped rank 2 by the time the failure completed, with no
+                    // collective run: the same agreement (a failure round) as for collectives.
+                    assert_eq!(pg.active_ranks(), vec![0, 1]);
+                    AGREED_EPOCH.store(pg.current_epoch(), Ordering::SeqCst);
                 }
                 _ => {
                     assert_eq!(pg.recv_async(vec![0u8; 64], 0, 2).wait()?, vec![7u8; 64]);
                     pg.send_async(vec![9u8; 64], 0, 3).wait()?;
+                    // Rank 1, between collectives all along, has the same view at the same epoch.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                    while AGREED_EPOCH.load(Ordering::SeqCst) == 0 || pg.current_epoch() < AGREED_EPOCH.load(Ordering::SeqCst) {
+                        assert!(std::time::Instant::now() < deadline, "rank 1 never saw rank 2 leave: {:?}", pg.active_ranks());
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    assert_eq!((pg.active_ranks(), pg.current_epoch()), (vec![0, 1], AGREED_EPOCH.load(Ordering::SeqCst)));
                 }
             }
             Ok(())

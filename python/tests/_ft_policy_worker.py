@@ -4,9 +4,10 @@ FT_MODE=abort:  rank 2 vanishes before collective 5; ranks 0 and 1 get the same 
                 continue over [0, 1].
 FT_MODE=deact:  rank 0 deactivates rank 2 before collective 5; rank 2's collective 5 fails (excluded),
                 ranks 0 and 1 continue over [0, 1]. Prints one JSON record per collective.
-FT_MODE=p2p:    every rank isends to and irecvs from both others, 6 rounds; rank 1 vanishes before
-                round 3: each survivor's receive from it fails alone (naming rank 1, its Work saying
-                rank 1 failed) while the exchange between the survivors completes; then an
+FT_MODE=p2p:    every rank isends to and irecvs from both others, 6 rounds (odd ones through
+                batch_isend_irecv); rank 1 vanishes before round 3: each survivor's receive from it
+                fails alone (naming rank 1, its Work saying rank 1 failed) while the exchange between
+                the survivors completes, and the view no longer counts rank 1 once it did; then an
                 all_reduce runs over the survivors. One JSON record per round.
 """
 import json
@@ -26,9 +27,16 @@ def p2p_rounds(rank, n):
         if it == 3 and rank == 1:
             os._exit(0)  # gone without a word
         peers = [p for p in range(n) if p != rank]
-        sends = [(p, dist.isend(torch.full((64,), float(rank * 100 + it)), p, tag=it)) for p in peers]
-        recvs = [(p, torch.zeros(64)) for p in peers]
-        recvs = [(p, t, dist.irecv(t, p, tag=it)) for p, t in recvs]
+        outs = [(p, torch.full((64,), float(rank * 100 + it))) for p in peers]
+        ins = [(p, torch.zeros(64)) for p in peers]
+        if it % 2:
+            # Odd rounds as one batch: each operation still completes (or fails) on its own.
+            works = dist.batch_isend_irecv([dist.P2POp(dist.isend, t, p, tag=it) for p, t in outs] + [dist.P2POp(dist.irecv, t, p, tag=it) for p, t in ins])
+            sends = [(p, w) for (p, _), w in zip(outs, works[: len(outs)])]
+            recvs = [(p, t, w) for (p, t), w in zip(ins, works[len(outs):])]
+        else:
+            sends = [(p, dist.isend(t, p, tag=it)) for p, t in outs]
+            recvs = [(p, t, dist.irecv(t, p, tag=it)) for p, t in ins]
         rec = {"iter": it, "recv": {}, "send": {}}
         for p, t, w in recvs:
             try:
@@ -42,6 +50,8 @@ def p2p_rounds(rank, n):
                 rec["send"][p] = "ok"
             except Exception as e:  # noqa: BLE001
                 rec["send"][p] = {"error": str(e), "failed": chorus.get_failed_ranks(w)}
+        # Once a failure completed, the view no longer counts the dead rank (no collective ran).
+        rec["active"] = chorus.get_active_ranks()
         print(json.dumps(rec), flush=True)
     t = torch.full((8,), float(rank + 1))
     w = dist.all_reduce(t, async_op=True)
