@@ -25,7 +25,7 @@ fn modes(cyclic: bool, n: usize) -> Vec<(Forwarding, usize)> {
 
 /// Distinct per-rank data: `bytes / elem` little-endian elements of `elem` bytes (values span the
 /// whole width so that wrapping matters), then byte filler for any remainder.
-fn pattern(rank: usize, bytes: usize, elem: usize, salt: u64) -> Vec<u8> {
+pub(super) fn pattern(rank: usize, bytes: usize, elem: usize, salt: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(bytes);
     for i in 0..bytes / elem {
         let x = (rank as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -40,11 +40,11 @@ fn pattern(rank: usize, bytes: usize, elem: usize, salt: u64) -> Vec<u8> {
     v
 }
 
-fn garbage(len: usize) -> Vec<u8> {
+pub(super) fn garbage(len: usize) -> Vec<u8> {
     vec![0xA5; len]
 }
 
-fn sum(parts: &[&[u8]], elem: usize) -> Vec<u8> {
+pub(super) fn sum(parts: &[&[u8]], elem: usize) -> Vec<u8> {
     let mut acc = parts[0].to_vec();
     for p in &parts[1..] {
         reduce_add(&mut acc, p, elem);
@@ -52,7 +52,7 @@ fn sum(parts: &[&[u8]], elem: usize) -> Vec<u8> {
     acc
 }
 
-fn run(
+pub(super) fn run(
     label: &str,
     plans: &[Plan],
     mem: &mut [RankMem],
