@@ -185,10 +185,10 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let keys: Vec<String> = (0..size).map(|r| key(&uid, &format!("mapped/{r}"))).collect();
     watch.wait(&keys, deadline, &mut |_, _| Ok(()))?;
 
-    let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
+    let host_ids = peers.iter().map(|p| Some(p.host_id.clone())).collect();
     let chunk = table.chunk(&peers);
     unlink.disarm();
-    start(store, membership_store, uid, rank, size, parent_ranks, opts, prep, table, links, counters, local_ranks, chunk, None)
+    start(store, membership_store, uid, rank, size, parent_ranks, opts, prep, table, links, counters, host_ids, chunk, None)
 }
 
 /// Removes this rank's segment names if setup fails before every peer mapped them.
@@ -362,12 +362,15 @@ pub fn join(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: String, rank:
         replicas::publish_directory(own, &uid, &opts.name, &records)?;
     }
     let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
-    let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
     let mut everyone = peers.clone();
     everyone.push(prep.me.clone());
+    let mut host_ids = vec![None; size];
+    for p in &everyone {
+        host_ids[p.rank] = Some(p.host_id.clone());
+    }
     let chunk = table.chunk(&everyone);
     let me = prep.me.clone();
-    let g = start(store, membership_store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, local_ranks, chunk, Some(resume))?;
+    let g = start(store, membership_store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, host_ids, chunk, Some(resume))?;
     // Later replacements of other ranks read the members' records: ours is this process now.
     g.join_store.set(&key(&g.uid, &format!("peer/{rank}")), &me.encode())?;
     // Ask to be a member again: a view change that every survivor adopts at the same collective
