@@ -3,7 +3,7 @@
 //! results; and the bytes they send across hosts, against the flat schedules.
 use super::hier::{Cross, HostLayout};
 use super::sim::{Forwarding, RankMem, SimStats};
-use super::tests::{garbage, pattern, run, sum};
+use super::tests::{garbage, pattern, run, run_broadcast, sum};
 use super::*;
 
 const CHUNK: usize = 64;
@@ -105,13 +105,7 @@ fn broadcast_hier_is_correct_for_every_layout() {
                     let data = pattern(root, bytes, 1, 12);
                     for mode in modes(false) {
                         let label = format!("broadcast_hier {cross:?} {} root={root} bytes={bytes}", name(&l));
-                        let mut mem: Vec<RankMem> = (0..n)
-                            .map(|r| RankMem { input: vec![], output: if r == root { data.clone() } else { garbage(bytes) }, in_place: false })
-                            .collect();
-                        run(&label, &plans, &mut mem, mode, 1, CHUNK, 1);
-                        for (r, m) in mem.iter().enumerate() {
-                            assert!(m.output == data, "{label}: wrong output on rank {r}");
-                        }
+                        run_broadcast(&label, &plans, root, &data, mode, CHUNK);
                     }
                 }
             }

@@ -272,26 +272,27 @@ fn check_broadcast(name: &str, build: fn(usize, usize, usize, usize, usize) -> P
                     let data = pattern(root, bytes, 1, 4);
                     for mode in modes(false, n) {
                         let label = format!("{name} n={n} root={root} chunk={chunk} bytes={bytes}");
-                        // In place: only `Output` exists; an `Input` range would fail the bounds check.
-                        let mut mem: Vec<RankMem> = (0..n)
-                            .map(|r| RankMem {
-                                input: vec![],
-                                output: if r == root {
-                                    data.clone()
-                                } else {
-                                    garbage(bytes)
-                                },
-                                in_place: false,
-                            })
-                            .collect();
-                        run(&label, &plans, &mut mem, mode, 1, chunk, 1);
-                        for (r, m) in mem.iter().enumerate() {
-                            assert!(m.output == data, "{label}: wrong output on rank {r}");
-                        }
+                        run_broadcast(&label, &plans, root, &data, mode, chunk);
                     }
                 }
             }
         }
+    }
+}
+
+/// Runs broadcast plans of `data` from `root` and checks every rank's output.
+pub(super) fn run_broadcast(label: &str, plans: &[Plan], root: usize, data: &[u8], mode: (Forwarding, usize), chunk: usize) {
+    // In place: only `Output` exists; an `Input` range would fail the bounds check.
+    let mut mem: Vec<RankMem> = (0..plans.len())
+        .map(|r| RankMem {
+            input: vec![],
+            output: if r == root { data.to_vec() } else { garbage(data.len()) },
+            in_place: false,
+        })
+        .collect();
+    run(label, plans, &mut mem, mode, 1, chunk, 1);
+    for (r, m) in mem.iter().enumerate() {
+        assert!(m.output == data, "{label}: wrong output on rank {r}");
     }
 }
 

@@ -95,7 +95,7 @@ fn all_reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &m
 fn reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
     let (n, me, bytes, elem, chunk) = (t.m(), t.me(), buf.len(), dtype.size(), t.chunk);
     let root = dense_root(t, ctx, root)?;
-    let plan = match select::reduce(t, bytes) {
+    let plan = match select::rooted(t, Coll::Reduce, bytes) {
         RootedAlgo::Direct => algo::reduce_direct(n, me, root, bytes, elem, chunk),
         RootedAlgo::Pipelined => algo::reduce_rs_gather(n, me, root, bytes, elem, chunk),
         RootedAlgo::Hier(cross) => algo::reduce_hier(&t.layout(), me, root, bytes, elem, chunk, cross),
@@ -120,7 +120,7 @@ fn reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [
 fn broadcast_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], root: usize) -> Result<()> {
     let root = dense_root(t, ctx, root)?;
     let (n, me, bytes, chunk) = (t.m(), t.me(), buf.len(), t.chunk);
-    let plan = match select::broadcast(t, bytes) {
+    let plan = match select::rooted(t, Coll::Broadcast, bytes) {
         RootedAlgo::Direct => algo::broadcast_direct(n, me, root, bytes, chunk),
         RootedAlgo::Pipelined => algo::broadcast_chain(n, me, root, bytes, chunk),
         RootedAlgo::Hier(cross) => algo::broadcast_hier(&t.layout(), me, root, bytes, chunk, cross),

@@ -214,36 +214,23 @@ pub fn blocks(t: &Topo, coll: Coll, block: usize) -> BlocksAlgo {
     }
 }
 
-/// Two-level where [`two_level`] says so; flat, a pipelined chain for broadcasts of more than one
-/// chunk to more than one receiver.
-pub fn broadcast(t: &Topo, bytes: usize) -> RootedAlgo {
-    if let Some((_, c)) = two_level(t, Coll::Broadcast, bytes) {
+/// Broadcast and reduce: two-level where [`two_level`] says so; flat, the pipelined form for
+/// large messages to more than two ranks (broadcast: a chain once there is more than one chunk;
+/// reduce: reduce-scatter then gather above 256 KiB), direct otherwise.
+pub fn rooted(t: &Topo, coll: Coll, bytes: usize) -> RootedAlgo {
+    if let Some((_, c)) = two_level(t, coll, bytes) {
         return RootedAlgo::Hier(c);
     }
-    let chain = match t.forced {
-        Some(ForcedAlgo::Chain) => true,
-        Some(ForcedAlgo::Direct) => false,
-        _ => t.m() > 2 && bytes > t.chunk,
+    let (forcing, large) = match coll {
+        Coll::Broadcast => (ForcedAlgo::Chain, bytes > t.chunk),
+        _ => (ForcedAlgo::RsGather, bytes > 256 * 1024),
     };
-    if chain {
-        RootedAlgo::Pipelined
-    } else {
-        RootedAlgo::Direct
-    }
-}
-
-/// Two-level where [`two_level`] says so; flat, reduce-scatter then gather to the root for large
-/// reductions.
-pub fn reduce(t: &Topo, bytes: usize) -> RootedAlgo {
-    if let Some((_, c)) = two_level(t, Coll::Reduce, bytes) {
-        return RootedAlgo::Hier(c);
-    }
-    let rs_gather = match t.forced {
-        Some(ForcedAlgo::RsGather) => true,
+    let pipelined = match t.forced {
+        Some(f) if f == forcing => true,
         Some(ForcedAlgo::Direct) => false,
-        _ => t.m() > 2 && bytes > 256 * 1024,
+        _ => t.m() > 2 && large,
     };
-    if rs_gather {
+    if pipelined {
         RootedAlgo::Pipelined
     } else {
         RootedAlgo::Direct
@@ -266,18 +253,18 @@ mod tests {
         let two_by_two = topo(&[0, 0, 1, 1], None);
         assert_eq!(all_reduce(&two_by_two, small), AllReduceAlgo::HierLeaders(Cross::Direct));
         assert_eq!(all_reduce(&two_by_two, large), AllReduceAlgo::HierSegments(Cross::Direct));
-        assert_eq!(broadcast(&two_by_two, large), RootedAlgo::Hier(Cross::Direct));
+        assert_eq!(rooted(&two_by_two, Coll::Broadcast, large), RootedAlgo::Hier(Cross::Direct));
         assert_eq!(blocks(&two_by_two, Coll::AllGather, small), BlocksAlgo::Hier);
         let four_hosts = topo(&[0, 0, 1, 1, 2, 2, 3, 3], None);
         assert_eq!(all_reduce(&four_hosts, large), AllReduceAlgo::HierSegments(Cross::Ring));
-        assert_eq!(reduce(&four_hosts, large), RootedAlgo::Hier(Cross::Ring));
-        assert_eq!(reduce(&four_hosts, small), RootedAlgo::Hier(Cross::Direct));
+        assert_eq!(rooted(&four_hosts, Coll::Reduce, large), RootedAlgo::Hier(Cross::Ring));
+        assert_eq!(rooted(&four_hosts, Coll::Reduce, small), RootedAlgo::Hier(Cross::Direct));
         // Uneven hosts (a rank of host 1 failed) stay two-level.
         assert_eq!(all_reduce(&topo(&[0, 0, 1], None), large), AllReduceAlgo::HierSegments(Cross::Direct));
         // One host, or one rank per host (what is left of 2 x 2 after a failure on each host): flat.
         assert_eq!(all_reduce(&topo(&[0, 0, 0, 0], None), large), AllReduceAlgo::RsAg);
         assert_eq!(all_reduce(&topo(&[0, 1, 2], None), large), AllReduceAlgo::Ring);
-        assert_eq!(broadcast(&topo(&[0, 1, 2], None), large), RootedAlgo::Pipelined);
+        assert_eq!(rooted(&topo(&[0, 1, 2], None), Coll::Broadcast, large), RootedAlgo::Pipelined);
         assert_eq!(blocks(&topo(&[0, 1], None), Coll::ReduceScatter, large), BlocksAlgo::Direct);
     }
 
@@ -285,11 +272,11 @@ mod tests {
     fn forcing_picks_flat_or_two_level_anywhere() {
         let two_by_two = |f| topo(&[0, 0, 1, 1], Some(f));
         assert_eq!(all_reduce(&two_by_two(ForcedAlgo::Ring), 16), AllReduceAlgo::Ring);
-        assert_eq!(broadcast(&two_by_two(ForcedAlgo::Chain), 16), RootedAlgo::Pipelined);
+        assert_eq!(rooted(&two_by_two(ForcedAlgo::Chain), Coll::Broadcast, 16), RootedAlgo::Pipelined);
         assert_eq!(blocks(&two_by_two(ForcedAlgo::Direct), Coll::AllGather, 1 << 20), BlocksAlgo::Direct);
         let one_host = topo(&[0, 0, 0], Some(ForcedAlgo::Hier));
         assert_eq!(all_reduce(&one_host, 16), AllReduceAlgo::HierLeaders(Cross::Direct));
-        assert_eq!(reduce(&one_host, 16), RootedAlgo::Hier(Cross::Direct));
+        assert_eq!(rooted(&one_host, Coll::Reduce, 16), RootedAlgo::Hier(Cross::Direct));
         assert_eq!(ForcedAlgo::parse("hier"), Some(ForcedAlgo::Hier));
     }
 }
