@@ -98,7 +98,6 @@ impl HostLayout {
         c.sort_unstable();
         c
     }
-
 }
 
 fn position(members: &[usize], r: usize) -> usize {
@@ -139,6 +138,7 @@ pub fn all_reduce_hier(l: &HostLayout, me: usize, bytes: usize, elem: usize, chu
     from.sort_unstable();
     let segs = split_even(bytes, l.widest(), elem);
     let rounds = segs.iter().map(|s| num_chunks(s.1, chunk)).max().unwrap_or(1);
+    // Chunk `c` of every segment that has one, with the segment's owner on this host.
     let chunks = |c: usize| segs.iter().enumerate().filter(move |(_, s)| c < num_chunks(s.1, chunk)).map(move |(j, &s)| (l.owner(h, j), chunk_of(s, chunk, c)));
     let mut plan = Plan::default();
     for c in 0..rounds {
@@ -160,8 +160,10 @@ pub fn all_reduce_hier(l: &HostLayout, me: usize, bytes: usize, elem: usize, chu
             }
         }
     }
-    let alone = peers.is_empty();
-    for c in (0..rounds).filter(|_| !alone) {
+    if peers.is_empty() {
+        return plan;
+    }
+    for c in 0..rounds {
         for (owner, (off, len)) in chunks(c) {
             let r = Range::output(off, len);
             if owner == me {
