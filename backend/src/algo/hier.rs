@@ -10,7 +10,8 @@
 //! Builders concatenate phases (within a host, across hosts, within a host); every rank runs the
 //! phases, and the segments inside a phase, in the same order, and each phase is a complete
 //! exchange among its participants. The simulator checks every layout up to 16 hosts × 8 ranks,
-//! even and uneven, for deadlock freedom with one slot per pair.
+//! even and uneven, for deadlock freedom with one slot per pair (two under atomic forwarding
+//! where a phase is a ring of three or more hosts, as for the flat rings).
 use super::all_reduce::{all_reduce_direct, all_reduce_ring};
 use super::plan::{Plan, Range, Step};
 use super::remap::{map_ranges, to_members};
