@@ -136,6 +136,27 @@ fn four_ranks_mixed_big() {
     }
 }
 
+/// Two-level schedules (`algo::hier`) on 2 hosts x 3 ranks and 3 hosts x 2 (4 x 2 and 2 x 2 are
+/// the mixed runs above and below).
+#[test]
+fn six_ranks_three_per_host_chunked() {
+    run_hosts(6, Hosts::PerHost(3), "matrix", &["--dtypes", "reduced", "--sizes", "0,1,7,4097,128K"], SMALL_EQUAL_CHUNKS);
+}
+
+#[test]
+fn six_ranks_mixed_big() {
+    run_hosts(6, Hosts::Mixed, "matrix", &["--dtypes", "f32,i64", "--sizes", "0,7,4097,3M", "--big-ops", "sum"], &[]);
+}
+
+/// `CHORUS_ALGO=hier` forces the two-level schedules where they would not be chosen: on one host
+/// and with one rank per host.
+#[test]
+fn forced_two_level_on_one_host_and_one_rank_per_host() {
+    let forced: Vec<(&str, &str)> = SMALL_EQUAL_CHUNKS.iter().copied().chain([("CHORUS_ALGO", "hier")]).collect();
+    run_hosts(3, Hosts::Shm, "matrix", &["--dtypes", "f32,i32", "--sizes", "0,1,7,4097,128K"], &forced);
+    run_hosts(3, Hosts::Tcp, "matrix", &["--dtypes", "f32,i32", "--sizes", "0,1,7,4097,128K"], &forced);
+}
+
 #[test]
 fn eight_ranks_mixed_chunked() {
     chunked(8, Hosts::Mixed, "reduced", "0,7,4097,64K");

@@ -424,6 +424,14 @@ fn kill_random_rank_of_8_mixed() {
     trials(6, 7, 8, mixed, &[0, 2, 4, 6], &[]);
 }
 
+/// 3 hosts x 2: a killed rank leaves hosts of 2, 1 and 2 (or 1, 2, 2...) active ranks, and the
+/// two-level schedules run over that uneven layout.
+#[test]
+fn kill_random_rank_of_6_on_three_hosts() {
+    let _serial = serial();
+    trials(9, 5, 6, mixed, &[0, 2, 3, 5], &[]);
+}
+
 #[test]
 fn kill_random_rank_of_8_over_tcp() {
     let _serial = serial();

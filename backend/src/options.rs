@@ -51,7 +51,7 @@ pub struct Options {
     /// Slot size of the RDMA rings, bytes (`CHORUS_RDMA_CHUNK`, default 512 KiB, at most 64 MiB);
     /// every rank must use the same.
     pub rdma_chunk: usize,
-    /// Forces an algorithm where it applies (`CHORUS_ALGO=direct|rs_ag|ring|chain|rs_gather`;
+    /// Forces an algorithm where it applies (`CHORUS_ALGO=direct|rs_ag|ring|chain|rs_gather|hier`;
     /// benchmarks and tests). Every rank must use the same: ranks run one plan together.
     pub algo: Option<String>,
     /// Every rank beats to its peers this often (`CHORUS_HEARTBEAT_MS`, default 100).
@@ -278,6 +278,8 @@ pub enum ForcedAlgo {
     Ring,
     Chain,
     RsGather,
+    /// The two-level (host-aware) schedules, even on one host or one rank per host.
+    Hier,
 }
 
 impl ForcedAlgo {
@@ -289,8 +291,9 @@ impl ForcedAlgo {
             "ring" => ForcedAlgo::Ring,
             "chain" => ForcedAlgo::Chain,
             "rs_gather" => ForcedAlgo::RsGather,
+            "hier" => ForcedAlgo::Hier,
             other => {
-                tracing::warn!(algo = other, "CHORUS_ALGO names no algorithm (direct, rs_ag, ring, chain, rs_gather): choosing as usual");
+                tracing::warn!(algo = other, "CHORUS_ALGO names no algorithm (direct, rs_ag, ring, chain, rs_gather, hier): choosing as usual");
                 return None;
             }
         };

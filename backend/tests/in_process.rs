@@ -40,6 +40,16 @@ fn same_host(_: usize) -> String {
 fn own_host(r: usize) -> String {
     format!("host{r}")
 }
+fn two_per_host(r: usize) -> String {
+    format!("host{}", r / 2)
+}
+fn three_per_host(r: usize) -> String {
+    format!("host{}", r / 3)
+}
+/// Ranks dealt round-robin over three hosts: a host's ranks are not consecutive.
+fn dealt_over_three(r: usize) -> String {
+    format!("host{}", r % 3)
+}
 
 #[test]
 fn many_chunks_wrap_the_slot_ring_over_shm_and_tcp() {
@@ -250,7 +260,13 @@ fn destroyed_group_refuses_work() {
 
 #[test]
 fn float_sums_are_bitwise_identical_on_every_rank() {
-    let results = run(3, "bitwise", same_host, |pg| {
+    for (name, n, host) in [("bitwise", 3, same_host as fn(usize) -> String), ("bitwise-2x2", 4, two_per_host)] {
+        float_sums_are_bitwise_identical(name, n, host);
+    }
+}
+
+fn float_sums_are_bitwise_identical(name: &str, n: usize, host: fn(usize) -> String) {
+    let results = run(n, name, host, |pg| {
         let mut v: Vec<f32> = (0..1000).map(|i| 0.1f32 * (i as f32 + 1.0) / (pg.rank() as f32 + 3.0)).collect();
         pg.all_reduce(&mut v, ReduceOp::Sum)?;
         let mut all = vec![0f32; 1000 * pg.size()];
@@ -442,6 +458,92 @@ fn check_shrunk_gathers(pg: &ProcessGroup, r: usize) -> chorus_backend::Result<(
     pg.gather(&mine, &mut at_root, 1)?;
     if r == 1 {
         assert_eq!(at_root, want, "gather on the root");
+    }
+    Ok(())
+}
+
+/// Every collective that has a two-level schedule (`algo::hier`), on fake hosts (`with_host_id`:
+/// shared memory within a host, TCP across), at 0, 1 and 7 elements and at more than a chunk
+/// (the multi-host chunk is 256 KiB), against values every rank computes for itself.
+#[test]
+fn two_level_collectives_on_fake_hosts() {
+    for (name, n, host) in [("hier-2x2", 4, two_per_host as fn(usize) -> String), ("hier-2x3", 6, three_per_host), ("hier-3x2-dealt", 6, dealt_over_three)] {
+        let results = run(n, name, host, move |pg| check_collectives(&pg, &(0..n).collect::<Vec<_>>()));
+        assert!(results.iter().all(|r| r.is_ok()), "{name}: {results:?}");
+    }
+}
+
+/// Ranks excluded from 3 hosts x 2: one (the hosts then hold 2, 1 and 2 active ranks, still
+/// two-level) or one per host (one rank per host: the flat algorithms again).
+#[test]
+fn two_level_collectives_over_uneven_hosts_after_an_exclusion() {
+    for (name, excluded) in [("hier-uneven", &[3][..]), ("hier-one-per-host", &[1, 2, 5])] {
+        quiet_heartbeats();
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let members: Vec<usize> = (0..6).filter(|r| !excluded.contains(r)).collect();
+        let hs: Vec<_> = (0..6)
+            .map(|r| {
+                let (store, members, excluded) = (store.clone(), members.clone(), excluded.to_vec());
+                let opts = Options::default().with_timeout(Duration::from_secs(60)).with_name(name).with_host_id(two_per_host(r));
+                std::thread::spawn(move || -> chorus_backend::Result<()> {
+                    let pg = ProcessGroup::new(store.clone(), r, 6, opts)?;
+                    if r == 0 {
+                        pg.deactivate_ranks(&excluded)?;
+                    }
+                    let result = loop {
+                        let mut v = [1i64];
+                        match pg.all_reduce(&mut v, ReduceOp::Sum) {
+                            Ok(info) if info.contributors == members => break check_collectives(&pg, &members),
+                            Ok(_) => {}
+                            Err(ChorusError::Excluded { .. }) if excluded.contains(&r) => break Ok(()),
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    // Members stay until every rank is done (see gathers_in_a_shrunk_view...).
+                    store.set(&format!("test/finished/{r}"), b"1")?;
+                    let keys: Vec<String> = (0..6).map(|q| format!("test/finished/{q}")).collect();
+                    let _ = store.wait(&keys.iter().map(String::as_str).collect::<Vec<_>>(), Duration::from_secs(60));
+                    result
+                })
+            })
+            .collect();
+        let results: Vec<_> = hs.into_iter().map(|h| h.join().expect("rank thread")).collect();
+        assert!(results.iter().all(|r| r.is_ok()), "{name}: {results:?}");
+    }
+}
+
+/// all_reduce, broadcast (two roots), reduce, all_gather and reduce_scatter among the active
+/// `members`, checked element by element.
+fn check_collectives(pg: &ProcessGroup, members: &[usize]) -> chorus_backend::Result<()> {
+    let (n, r) = (pg.size(), pg.rank());
+    let value = |q: usize, i: usize| (i as i64 * 7 + q as i64 * 1001) % 9973 - 4000;
+    let sum = |i: usize| members.iter().map(|&q| value(q, i)).sum::<i64>();
+    let last = *members.last().expect("members");
+    for count in [0usize, 1, 7, 70_001] {
+        let mine: Vec<i64> = (0..count).map(|i| value(r, i)).collect();
+        let mut v = mine.clone();
+        pg.all_reduce(&mut v, ReduceOp::Sum)?;
+        assert!(v.iter().enumerate().all(|(i, &x)| x == sum(i)), "all_reduce of {count} on rank {r}");
+        for root in [members[1], last] {
+            let mut b = if r == root { mine.clone() } else { vec![0; count] };
+            pg.broadcast(&mut b, root)?;
+            assert!(b.iter().enumerate().all(|(i, &x)| x == value(root, i)), "broadcast of {count} from {root} on rank {r}");
+        }
+        let mut red = mine.clone();
+        pg.reduce(&mut red, last, ReduceOp::Sum)?;
+        assert!(r != last || red.iter().enumerate().all(|(i, &x)| x == sum(i)), "reduce of {count} to {last}");
+        assert!(r == last || red == mine, "reduce of {count} changed rank {r}'s input");
+        let mut all = vec![-1i64; n * count];
+        pg.all_gather(&mine, &mut all)?;
+        for q in 0..n {
+            let block = &all[q * count..(q + 1) * count];
+            let active = members.contains(&q);
+            assert!(block.iter().enumerate().all(|(i, &x)| x == if active { value(q, i) } else { 0 }), "all_gather of {count}: block {q} on rank {r}");
+        }
+        let input: Vec<i64> = (0..n * count).map(|i| value(r, i)).collect();
+        let mut out = vec![-1i64; count];
+        pg.reduce_scatter(&input, &mut out, ReduceOp::Sum)?;
+        assert!(out.iter().enumerate().all(|(i, &x)| x == sum(r * count + i)), "reduce_scatter of {count} on rank {r}");
     }
     Ok(())
 }

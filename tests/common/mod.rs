@@ -99,6 +99,8 @@ pub enum Hosts {
     Tcp,
     /// Two ranks per host: pairs (0,1), (2,3), ... share memory, the others use TCP.
     Mixed,
+    /// `k` consecutive ranks per host (shared memory within, TCP across).
+    PerHost(usize),
     /// One host per rank, every pair over RDMA on the softverbs test provider.
     Rdma,
 }
@@ -109,6 +111,7 @@ impl Hosts {
             Hosts::Shm => "h0".into(),
             Hosts::Tcp | Hosts::Rdma => format!("h{rank}"),
             Hosts::Mixed => format!("h{}", rank / 2),
+            Hosts::PerHost(k) => format!("h{}", rank / k),
         }
     }
 

@@ -31,6 +31,7 @@
 pub mod all_gather;
 pub mod all_reduce;
 pub mod exchange;
+pub mod hier;
 pub mod plan;
 pub mod reduce_scatter;
 pub mod remap;
@@ -42,10 +43,13 @@ pub mod split;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod hier_tests;
 
 pub use all_gather::{all_gather_direct, all_gather_ring};
 pub use all_reduce::{all_reduce_direct, all_reduce_ring, all_reduce_rs_ag};
 pub use exchange::{all_to_all, barrier};
+pub use hier::{all_gather_hier, all_reduce_hier, all_reduce_hier_leaders, broadcast_hier, reduce_hier, reduce_scatter_hier, Cross, HostLayout};
 pub use plan::*;
 pub use reduce_scatter::{reduce_scatter_direct, reduce_scatter_ring};
 pub use rooted::{

@@ -4,6 +4,8 @@
 //! `members[i]` (ascending, so `RecvReduce` sender lists stay in rank order), and
 //! [`spread_blocks`] moves the ranges of a per-rank block layout (all-gather output,
 //! reduce-scatter input, gather/scatter buffers) from dense block `i` to group block `members[i]`.
+//! The host-aware builders (`hier`) use the same two renamings, with [`map_ranges`], to place
+//! plans built for one host or one rank per host into the whole group's plan.
 use super::plan::{Buf, Plan, Range, Step};
 
 fn peer(members: &[usize], p: usize) -> usize {
@@ -34,14 +36,19 @@ pub fn spread_blocks(plan: Plan, buf: Buf, block: usize, members: &[usize]) -> P
     if block == 0 {
         return plan;
     }
-    let fix = |r: Range| -> Range {
+    map_ranges(plan, |r| {
         if r.buf != buf {
             return r;
         }
         let (i, within) = (r.off / block, r.off % block);
         debug_assert!(within + r.len <= block, "a step straddles two blocks");
         Range { off: members[i] * block + within, ..r }
-    };
+    })
+}
+
+/// Rewrites every range of `plan` with `fix` (peers unchanged): placing a sub-plan built for
+/// a smaller buffer into a part of the operation's buffers.
+pub fn map_ranges(plan: Plan, fix: impl Fn(Range) -> Range) -> Plan {
     let steps = plan
         .steps
         .into_iter()
@@ -50,7 +57,7 @@ pub fn spread_blocks(plan: Plan, buf: Buf, block: usize, members: &[usize]) -> P
             Step::Recv { from, dst } => Step::Recv { from, dst: fix(dst) },
             Step::RecvReduce { from, local, dst } => Step::RecvReduce { from, local: fix(local), dst: fix(dst) },
             Step::RecvCopySend { from, to, dst } => Step::RecvCopySend { from, to, dst: fix(dst) },
-            Step::RecvReduceSend { from, to, local, dst } => Step::RecvReduceSend { from, to, local: fix(local), dst: dst.map(fix) },
+            Step::RecvReduceSend { from, to, local, dst } => Step::RecvReduceSend { from, to, local: fix(local), dst: dst.map(&fix) },
             Step::Copy { src, dst } => Step::Copy { src: fix(src), dst: fix(dst) },
         })
         .collect();

@@ -74,6 +74,8 @@ impl RankMem {
 pub struct SimStats {
     /// Chunks moved through FIFOs, per ordered pair `[from * n + to]`.
     pub messages: Vec<usize>,
+    /// Payload bytes moved through FIFOs, per ordered pair `[from * n + to]`.
+    pub bytes: Vec<usize>,
     /// Steps executed in total.
     pub steps: usize,
 }
@@ -136,6 +138,7 @@ pub fn simulate(plans: &[Plan], mem: &mut [RankMem], cfg: SimConfig) -> Result<S
         pending: (0..n).map(|_| Pending::None).collect(),
         stats: SimStats {
             messages: vec![0; n * n],
+            bytes: vec![0; n * n],
             steps: 0,
         },
     };
@@ -276,8 +279,9 @@ impl Sim<'_> {
     }
     fn push(&mut self, from: usize, to: usize, data: Vec<u8>) {
         debug_assert!(self.has_room(from, to));
-        self.fifos[from * self.n + to].push_back(data);
         self.stats.messages[from * self.n + to] += 1;
+        self.stats.bytes[from * self.n + to] += data.len();
+        self.fifos[from * self.n + to].push_back(data);
     }
     fn pop(&mut self, from: usize, me: usize, expect: usize) -> Result<Vec<u8>, String> {
         let data = self.fifos[from * self.n + me]

@@ -25,7 +25,7 @@ fn modes(cyclic: bool, n: usize) -> Vec<(Forwarding, usize)> {
 
 /// Distinct per-rank data: `bytes / elem` little-endian elements of `elem` bytes (values span the
 /// whole width so that wrapping matters), then byte filler for any remainder.
-fn pattern(rank: usize, bytes: usize, elem: usize, salt: u64) -> Vec<u8> {
+pub(super) fn pattern(rank: usize, bytes: usize, elem: usize, salt: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(bytes);
     for i in 0..bytes / elem {
         let x = (rank as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -40,11 +40,11 @@ fn pattern(rank: usize, bytes: usize, elem: usize, salt: u64) -> Vec<u8> {
     v
 }
 
-fn garbage(len: usize) -> Vec<u8> {
+pub(super) fn garbage(len: usize) -> Vec<u8> {
     vec![0xA5; len]
 }
 
-fn sum(parts: &[&[u8]], elem: usize) -> Vec<u8> {
+pub(super) fn sum(parts: &[&[u8]], elem: usize) -> Vec<u8> {
     let mut acc = parts[0].to_vec();
     for p in &parts[1..] {
         reduce_add(&mut acc, p, elem);
@@ -52,7 +52,7 @@ fn sum(parts: &[&[u8]], elem: usize) -> Vec<u8> {
     acc
 }
 
-fn run(
+pub(super) fn run(
     label: &str,
     plans: &[Plan],
     mem: &mut [RankMem],
@@ -272,26 +272,27 @@ fn check_broadcast(name: &str, build: fn(usize, usize, usize, usize, usize) -> P
                     let data = pattern(root, bytes, 1, 4);
                     for mode in modes(false, n) {
                         let label = format!("{name} n={n} root={root} chunk={chunk} bytes={bytes}");
-                        // In place: only `Output` exists; an `Input` range would fail the bounds check.
-                        let mut mem: Vec<RankMem> = (0..n)
-                            .map(|r| RankMem {
-                                input: vec![],
-                                output: if r == root {
-                                    data.clone()
-                                } else {
-                                    garbage(bytes)
-                                },
-                                in_place: false,
-                            })
-                            .collect();
-                        run(&label, &plans, &mut mem, mode, 1, chunk, 1);
-                        for (r, m) in mem.iter().enumerate() {
-                            assert!(m.output == data, "{label}: wrong output on rank {r}");
-                        }
+                        run_broadcast(&label, &plans, root, &data, mode, chunk);
                     }
                 }
             }
         }
+    }
+}
+
+/// Runs broadcast plans of `data` from `root` and checks every rank's output.
+pub(super) fn run_broadcast(label: &str, plans: &[Plan], root: usize, data: &[u8], mode: (Forwarding, usize), chunk: usize) {
+    // In place: only `Output` exists; an `Input` range would fail the bounds check.
+    let mut mem: Vec<RankMem> = (0..plans.len())
+        .map(|r| RankMem {
+            input: vec![],
+            output: if r == root { data.to_vec() } else { garbage(data.len()) },
+            in_place: false,
+        })
+        .collect();
+    run(label, plans, &mut mem, mode, 1, chunk, 1);
+    for (r, m) in mem.iter().enumerate() {
+        assert!(m.output == data, "{label}: wrong output on rank {r}");
     }
 }
 

@@ -4,7 +4,7 @@
 //! queued form).
 use super::buffer::{as_bytes, as_bytes_mut, check_element_types, Element};
 use super::issue::{Issued, Mode};
-use super::select::{self, AllReduceAlgo, Topo};
+use super::select::{self, AllReduceAlgo, BlocksAlgo, Coll, RootedAlgo, Topo};
 use super::ProcessGroup;
 use crate::algo::{self, Buf};
 use crate::engine::comm::{Comm, OpCtx};
@@ -84,6 +84,8 @@ fn all_reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &m
         AllReduceAlgo::Direct => algo::all_reduce_direct(n, me, bytes, elem, chunk),
         AllReduceAlgo::RsAg => algo::all_reduce_rs_ag(n, me, bytes, elem, chunk),
         AllReduceAlgo::Ring => algo::all_reduce_ring(n, me, bytes, elem, chunk),
+        AllReduceAlgo::HierLeaders(cross) => algo::all_reduce_hier_leaders(&t.layout(), me, bytes, elem, chunk, cross),
+        AllReduceAlgo::HierSegments(cross) => algo::all_reduce_hier(&t.layout(), me, bytes, elem, chunk, cross),
     };
     exec::run(comm, ctx, &t.place(plan), &mut Bufs::InPlace(buf), Some(Reduction { dtype, op }), None)?;
     finalize(op, dtype, buf, n)
@@ -93,10 +95,10 @@ fn all_reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &m
 fn reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [u8], root: usize, dtype: DType, op: ReduceOp) -> Result<()> {
     let (n, me, bytes, elem, chunk) = (t.m(), t.me(), buf.len(), dtype.size(), t.chunk);
     let root = dense_root(t, ctx, root)?;
-    let plan = if select::reduce_rs_gather(t, bytes) {
-        algo::reduce_rs_gather(n, me, root, bytes, elem, chunk)
-    } else {
-        algo::reduce_direct(n, me, root, bytes, elem, chunk)
+    let plan = match select::rooted(t, Coll::Reduce, bytes) {
+        RootedAlgo::Direct => algo::reduce_direct(n, me, root, bytes, elem, chunk),
+        RootedAlgo::Pipelined => algo::reduce_rs_gather(n, me, root, bytes, elem, chunk),
+        RootedAlgo::Hier(cross) => algo::reduce_hier(&t.layout(), me, root, bytes, elem, chunk, cross),
     };
     let plan = t.place(plan);
     let red = Some(Reduction { dtype, op });
@@ -117,22 +119,22 @@ fn reduce_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, attempt: u32, buf: &mut [
 
 fn broadcast_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, buf: &mut [u8], root: usize) -> Result<()> {
     let root = dense_root(t, ctx, root)?;
-    let plan = if select::broadcast_chain(t, buf.len()) {
-        algo::broadcast_chain(t.m(), t.me(), root, buf.len(), t.chunk)
-    } else {
-        algo::broadcast_direct(t.m(), t.me(), root, buf.len(), t.chunk)
+    let (n, me, bytes, chunk) = (t.m(), t.me(), buf.len(), t.chunk);
+    let plan = match select::rooted(t, Coll::Broadcast, bytes) {
+        RootedAlgo::Direct => algo::broadcast_direct(n, me, root, bytes, chunk),
+        RootedAlgo::Pipelined => algo::broadcast_chain(n, me, root, bytes, chunk),
+        RootedAlgo::Hier(cross) => algo::broadcast_hier(&t.layout(), me, root, bytes, chunk, cross),
     };
     exec::run(comm, ctx, &t.place(plan), &mut Bufs::InPlace(buf), None, None)?;
     comm.drain(ctx)
 }
 
 fn all_gather_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8]) -> Result<()> {
-    let block = input.len();
-    let dense_total = block * t.m();
-    let plan = if select::use_ring(t, dense_total) {
-        algo::all_gather_ring(t.m(), t.me(), block, t.chunk)
-    } else {
-        algo::all_gather_direct(t.m(), t.me(), block, t.chunk)
+    let (n, me, block, chunk) = (t.m(), t.me(), input.len(), t.chunk);
+    let plan = match select::blocks(t, Coll::AllGather, block) {
+        BlocksAlgo::Direct => algo::all_gather_direct(n, me, block, chunk),
+        BlocksAlgo::Ring => algo::all_gather_ring(n, me, block, chunk),
+        BlocksAlgo::Hier => algo::all_gather_hier(&t.layout(), me, block, chunk),
     };
     if !t.full() {
         // Blocks of inactive ranks carry no data: zeros, on every rank alike.
@@ -145,11 +147,11 @@ fn all_gather_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output:
 
 #[allow(clippy::too_many_arguments)]
 fn reduce_scatter_impl(t: &Topo, comm: &mut Comm, ctx: &OpCtx, input: &[u8], output: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
-    let block = output.len();
-    let plan = if select::use_ring(t, block * t.m()) {
-        algo::reduce_scatter_ring(t.m(), t.me(), block, dtype.size(), t.chunk)
-    } else {
-        algo::reduce_scatter_direct(t.m(), t.me(), block, dtype.size(), t.chunk)
+    let (n, me, block, elem, chunk) = (t.m(), t.me(), output.len(), dtype.size(), t.chunk);
+    let plan = match select::blocks(t, Coll::ReduceScatter, block) {
+        BlocksAlgo::Direct => algo::reduce_scatter_direct(n, me, block, elem, chunk),
+        BlocksAlgo::Ring => algo::reduce_scatter_ring(n, me, block, elem, chunk),
+        BlocksAlgo::Hier => algo::reduce_scatter_hier(&t.layout(), me, block, elem, chunk),
     };
     exec::run(comm, ctx, &t.place_blocks(plan, Buf::Input, block), &mut Bufs::Separate { input, output }, Some(Reduction { dtype, op }), None)?;
     finalize(op, dtype, output, t.m())

@@ -32,7 +32,8 @@ use std::time::Instant;
 type Attempt<'a> = dyn FnMut(&mut Comm, &OpCtx, &Topo, u32) -> Result<()> + 'a;
 
 fn topo(g: &GroupInner, members: Vec<usize>) -> Topo {
-    Topo { size: g.size, members, rank: g.rank, chunk: g.chunk, shared_memory: g.all_shared_memory, ft: g.opts.fault_tolerance, save_limit: g.opts.ft_save_limit, forced: g.forced_algo }
+    let hosts = g.host_indices(&members);
+    Topo { size: g.size, members, rank: g.rank, chunk: g.chunk, hosts, ft: g.opts.fault_tolerance, save_limit: g.opts.ft_save_limit, forced: g.forced_algo }
 }
 
 /// Runs `attempt` until it is committed on every survivor, or fails with a non-recoverable error.

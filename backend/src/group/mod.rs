@@ -88,7 +88,10 @@ pub struct GroupInner {
     pub chunk: usize,
     /// The algorithm `Options::algo` forces, if any (read once, at creation).
     pub forced_algo: Option<ForcedAlgo>,
-    pub all_shared_memory: bool,
+    /// The host identity of every rank this rank knows (`None`: never linked), by group rank;
+    /// a replacement's is learnt when it is linked. Algorithms are chosen from the hosts of the
+    /// active members (`host_indices`), alike on every rank.
+    host_ids: Mutex<Vec<Option<String>>>,
     /// Monotonic: collectives submitted so far (the next op's sequence number is this + 1).
     pub op_seq: AtomicU64,
     pub subgroups: AtomicU64,
@@ -141,7 +144,7 @@ fn start(
     transports: Table,
     links: Vec<Option<Arc<dyn Link>>>,
     counters: Counters,
-    local_ranks: usize,
+    host_ids: Vec<Option<String>>,
     chunk: usize,
     resume: Option<Resume>,
 ) -> Result<Arc<GroupInner>> {
@@ -150,8 +153,8 @@ fn start(
     // Chunks from socket peers land through this process's reader threads: those need a core
     // too, so count them as extra local contenders.
     let socket_links = links.iter().flatten().filter(|l| !l.shares_memory()).count();
+    let local_ranks = host_ids.iter().filter(|h| h.as_deref() == Some(prep.me.host_id.as_str())).count();
     let policy = WaitPolicy::for_host(local_ranks + if socket_links > 0 { local_ranks } else { 0 }, opts.spin, opts.yield_for);
-    let all_shared_memory = links.iter().flatten().all(|l| l.shares_memory());
     tracing::debug!(transports = ?transport_names(&links), chunk, "group links ready");
 
     let liveness = Arc::new(Liveness::new(size, opts.heartbeat_interval, opts.heartbeat_timeout));
@@ -211,7 +214,7 @@ fn start(
         transports,
         chunk,
         forced_algo: opts.algo.as_deref().and_then(ForcedAlgo::parse),
-        all_shared_memory,
+        host_ids: Mutex::new(host_ids),
         opts,
         op_seq: AtomicU64::new(committed),
         subgroups: AtomicU64::new(resume.as_ref().map_or(0, |r| r.handoffs.iter().map(|(_, h, _)| h.subgroups).max().unwrap_or(0))),
@@ -314,6 +317,26 @@ impl GroupInner {
         }
     }
 
+    /// The host of each of `members` (group ranks), numbered by first appearance: equal
+    /// identities share a number; a rank whose identity is unknown gets a host of its own.
+    pub fn host_indices(&self, members: &[usize]) -> Vec<usize> {
+        let ids = self.host_ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen: Vec<Option<&str>> = Vec::new();
+        members
+            .iter()
+            .map(|&r| {
+                let id = ids[r].as_deref();
+                match seen.iter().position(|s| id.is_some() && *s == id) {
+                    Some(h) => h,
+                    None => {
+                        seen.push(id);
+                        seen.len() - 1
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// Whether `peer` is known to be gone.
     pub fn peer_dead(&self, peer: usize) -> bool {
         match &self.links()[peer] {
@@ -394,6 +417,7 @@ impl GroupInner {
         let link = self.transports.relink(&setup, &info, req.seq, &mut || Ok(vec![coll, self.forfeit_p2p(p, deadline)?]))?;
         self.counters.connected(p);
         self.liveness.reset(p);
+        self.host_ids.lock().unwrap_or_else(|e| e.into_inner())[p] = Some(info.host_id.clone());
         comm.links[p] = Some(link.clone());
         self.links.lock().unwrap_or_else(|e| e.into_inner())[p] = Some(link.clone());
         let view = self.membership.view();

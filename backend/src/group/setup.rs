@@ -193,10 +193,14 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let keys: Vec<String> = present.iter().map(|r| key(&uid, &format!("mapped/{r}"))).collect();
     watch.wait(&keys, deadline, &mut |_, _| Ok(()))?;
 
-    let local_ranks = peers.iter().filter(|p| p.host_id == me.host_id).count();
+    // Each rank's host, by rank (empty slots have none yet).
+    let mut host_ids = vec![None; size];
+    for p in &peers {
+        host_ids[p.rank] = Some(p.host_id.clone());
+    }
     let chunk = group_chunk(&table, &peers, n < size);
     unlink.disarm();
-    start(store, membership_store, uid, rank, size, parent_ranks, opts, prep, table, links, counters, local_ranks, chunk, None)
+    start(store, membership_store, uid, rank, size, parent_ranks, opts, prep, table, links, counters, host_ids, chunk, None)
 }
 
 /// The chunk every plan of the group is built with, from what every rank knows alike: the host
@@ -437,12 +441,15 @@ fn join_once(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: &str, rank: 
     }
     let resume_members: Vec<usize> = handoffs.iter().map(|(m, _, _)| *m).collect();
     let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
-    let local_ranks = peers.iter().filter(|p| p.host_id == prep.me.host_id).count() + 1;
     let mut everyone = peers.clone();
     everyone.push(prep.me.clone());
+    let mut host_ids = vec![None; size];
+    for p in &everyone {
+        host_ids[p.rank] = Some(p.host_id.clone());
+    }
     let chunk = group_chunk(&table, &everyone, present.len() < size);
     let me = prep.me.clone();
-    let g = start(store, membership_store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, local_ranks, chunk, Some(resume))?;
+    let g = start(store, membership_store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, host_ids, chunk, Some(resume))?;
     // Later replacements of other ranks read the members' records: ours is this process now.
     g.join_store.set(&key(&g.uid, &format!("peer/{rank}")), &me.encode())?;
     // Ask to be a member: a view change that every member adopts at the same collective (the
