@@ -146,3 +146,50 @@ fn a_group_grows_into_its_empty_slots_shrinks_and_grows_again_over_shm() {
 fn a_group_grows_into_its_empty_slots_shrinks_and_grows_again_over_tcp() {
     check(&grow_shrink_grow("grow-tcp", own_host));
 }
+
+/// A group with empty slots leaves no store keys once every slot that was ever filled destroyed
+/// it: 3 slots, ranks 0 and 1 present; once with slot 2 never filled, once with slot 2 joined.
+#[test]
+fn a_group_with_empty_slots_leaves_no_store_keys() {
+    std::env::set_var("CHORUS_HEARTBEAT_TIMEOUT_MS", "30000");
+    chorus_backend::logging::install_stderr_logger();
+    for (name, fill) in [("slots-unfilled", false), ("slots-filled", true)] {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        // Monotonic: members that created the group.
+        let created = Arc::new(AtomicU64::new(0));
+        let ranks = if fill { 3 } else { 2 };
+        let hs: Vec<_> = (0..ranks)
+            .map(|r| {
+                let (store, created) = (store.clone(), created.clone());
+                let o = Options::default().with_timeout(Duration::from_secs(60)).with_name(name).with_host_id(same_host(r)).with_initial_members(&[0, 1]);
+                std::thread::spawn(move || -> chorus_backend::Result<String> {
+                    let pg = match r {
+                        2 => {
+                            while created.load(Ordering::SeqCst) < 2 {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            ProcessGroup::join(store, 2, 3, o)?
+                        }
+                        _ => {
+                            let pg = ProcessGroup::new(store, r, 3, o)?;
+                            created.fetch_add(1, Ordering::SeqCst);
+                            pg
+                        }
+                    };
+                    // Everyone runs collectives until 5 held every rank started (the same 5 on
+                    // every rank: the joiner's first is the first over all of them).
+                    let mut full = 0;
+                    while full < 5 {
+                        full += (step(&pg)?.len() == ranks) as usize;
+                    }
+                    let uid = pg.uid().to_string();
+                    pg.destroy();
+                    Ok(uid)
+                })
+            })
+            .collect();
+        let uids: Vec<String> = hs.into_iter().map(|h| h.join().expect("rank thread").expect("rank")).collect();
+        let left = store.list_prefix(&format!("chorus/{}/", uids[0])).unwrap();
+        assert!(left.is_empty(), "{name}: keys left after every filled slot destroyed the group: {left:?}");
+    }
+}

@@ -342,7 +342,12 @@ impl ProcessGroup {
             true => store.clone(),
             false => group::replicas::directory_via(&opts.join_via, opts.timeout)?,
         };
-        let gen = directory.get(&group::replicas::generation_key(&opts.name, rank))?;
+        let gen_key = group::replicas::generation_key(&opts.name, rank);
+        let mut gen = directory.get(&gen_key)?;
+        if gen.is_none() && opts.initial_members.is_some() {
+            // A process for an empty slot may start before the members created the group.
+            gen = directory.wait(&[&gen_key], opts.timeout).ok().and_then(|mut v| v.pop());
+        }
         let gen = gen.and_then(|g| String::from_utf8_lossy(&g).trim().parse::<i64>().ok()).ok_or_else(|| {
             ChorusError::InvalidArgument(format!("join: no group named {} ever had a rank {rank} on this store", opts.name))
         })?;
@@ -364,6 +369,7 @@ impl ProcessGroup {
                 }
             }
         };
+        inner.note_filled_slot();
         let pg = ProcessGroup { inner, _server: None };
         pg.leave_replica_address();
         Ok(pg)

@@ -505,7 +505,14 @@ impl GroupInner {
                 return;
             }
         };
-        if usize::try_from(destroyed).ok() != Some(self.size) {
+        // Every slot's last process destroys the group once: the slots present at creation and
+        // the empty ones a joiner filled since (`filled/<rank>`, set when it was admitted).
+        let present = self.opts.present_at_creation(self.size);
+        let slots = match present.len() < self.size {
+            true => present.len() + self.store.list_prefix(&format!("{prefix}filled/")).map_or(0, |k| k.len()),
+            false => self.size,
+        };
+        if usize::try_from(destroyed).ok() != Some(slots) {
             return;
         }
         // The group's own keys, and the registers the job's store keeps for them as a membership
@@ -524,6 +531,16 @@ impl GroupInner {
                     tracing::debug!(key, error = %e, "could not delete a destroyed group's store key");
                     return;
                 }
+            }
+        }
+    }
+
+    /// A rank that filled an empty slot counts among those that destroy the group
+    /// (`delete_store_keys_when_last`).
+    pub fn note_filled_slot(&self) {
+        if self.opts.present_at_creation(self.size).binary_search(&self.rank).is_err() {
+            if let Err(e) = self.store.set(&key(&self.uid, &format!("filled/{}", self.rank)), b"1") {
+                tracing::debug!(error = %e, "could not record the filled slot in the store");
             }
         }
     }
