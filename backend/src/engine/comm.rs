@@ -46,6 +46,9 @@ pub struct Comm {
     pub links: Vec<Option<Arc<dyn Link>>>,
     pub signals: SignalBlock,
     pub policy: WaitPolicy,
+    /// `policy` for waits on peers without shared memory (their chunks come through our helper
+    /// threads): [`WaitPolicy::relayed`].
+    relayed: WaitPolicy,
     pub timeout: Duration,
     /// What set `timeout` (named by timeout errors).
     pub timeout_knob: TimeoutKnob,
@@ -104,7 +107,8 @@ impl Comm {
         rounds_applied: Arc<AtomicU64>,
     ) -> Comm {
         let tasks = (0..n).map(|_| PeerTask::Skipped(SkipReason::NotInPlan)).collect();
-        Comm { me, n, stream, links, signals, policy, timeout, timeout_knob, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true, members: (0..n).collect(), data_sent: vec![(0, 0); n], probed: vec![0; n] }
+        let relayed = policy.relayed();
+        Comm { me, n, stream, links, signals, policy, relayed, timeout, timeout_knob, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true, members: (0..n).collect(), data_sent: vec![(0, 0); n], probed: vec![0; n] }
     }
 
     /// The highest recovery round a peer asked for that must interrupt this rank's operation (a
@@ -189,7 +193,9 @@ impl Comm {
         // A rank about to wait owes nobody a credit (see `transport::tcp::credits`).
         self.flush_credits();
         let check = || self.check_op(ctx, Some(peer));
-        match self.signals.wait(&self.policy, deadline, ready, check) {
+        let shared = self.links.get(peer).and_then(|l| l.as_ref()).is_none_or(|l| l.shares_memory());
+        let policy = if shared { &self.policy } else { &self.relayed };
+        match self.signals.wait(policy, deadline, ready, check) {
             Ok(v) => Ok(Some(v)),
             Err(Some(e)) => Err(e),
             Err(None) => {
