@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """chorus against Gloo between two network namespaces joined by a veth pair (issue 26, item 5).
 
-    sudo python3 benches/compare_netns.py [--chorus-bench PATH] [--label TEXT] [--ranks-per-host 1,2]
+    sudo python3 benches/compare_netns.py [--chorus-bench PATH] [--label TEXT]
+        [--baseline PATH --baseline-label TEXT] [--ranks-per-host 1,2]
         [--shapes none,10gbit] [--rounds 3] [--ops all_reduce,broadcast,all_gather,all_to_all]
         [-b 1K -e 16M -f 4 -n 20 -w 5] [--python PYTHON_WITH_TORCH] [--markdown benches/RESULTS.md]
 
@@ -22,6 +23,8 @@ What it does:
          ip netns exec A|B env RANK=r WORLD_SIZE=2L MASTER_ADDR=10.77.0.1 ... chorus-bench OPS ...
          ip netns exec A|B env RANK=r ... GLOO_SOCKET_IFNAME=<veth> python gloo_bench.py OPS ...
      one process per rank, and keeps each side's best time per (op, size); #wrong is the worst.
+     --baseline adds a second chorus-bench (an earlier commit's build) as a third side of the
+     same rounds, so before and after are compared in the same minutes of a noisy machine.
      Ranks in one namespace share memory under chorus (their default host id includes the
      network namespace); pairs across namespaces use TCP. Gloo uses TCP between all ranks.
   5. Counts the bytes that cross the link per all_reduce (tx_bytes of both veth ends, from
@@ -30,8 +33,9 @@ What it does:
      difference in iterations, next to the ideal for two hosts (each direction carries S bytes,
      2S in all, whatever L) and to a flat ring's 2 x 2(n-1)/n x S.
   6. Prints a markdown section (machine, versions, command, link numbers, one table per
-     (L, shape, op) with both busbw, their ratio and, from 1 MB, chorus' and Gloo's busbw as a
-     fraction of the one-stream iperf3 rate); --markdown appends it to a file.
+     (L, shape, op) with every side's time and busbw, each chorus side's busbw over Gloo's and,
+     from 1 MB, every side's busbw as a fraction of the one-stream iperf3 rate); --markdown
+     appends it to a file.
 
 Busbw factors are nccl-tests' (all_reduce 2(n-1)/n, all_gather and all_to_all (n-1)/n,
 broadcast 1), so with one rank per host every collective's busbw is bounded by one direction of
@@ -154,6 +158,15 @@ def ensure_iperf3():
         subprocess.run(["apt-get", "install", "-y", "iperf3"], env=env, check=True)
 
 
+def reap(server):
+    """Waits for a one-off server that should be exiting; kills it if it does not."""
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def iperf(ns, extra, seconds):
     """Gbit/s B receives from A (summed over streams; with --bidir, both directions)."""
     port = str(random.randint(20000, 60000))
@@ -176,11 +189,7 @@ def iperf(ns, extra, seconds):
             return end["sum_received"]["bits_per_second"] / 1e9, end["sum_received_bidir_reverse"]["bits_per_second"] / 1e9
         return end["sum_received"]["bits_per_second"] / 1e9
     finally:
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        reap(server)
 
 
 def pingpong_serve(port):
@@ -220,11 +229,7 @@ def round_trip(ns, count=20000):
         out = sh(ns.exec("a", [sys.executable, me, "--pingpong-client", str(port), "--pingpong-count", str(count)])).stdout
         return json.loads(out.strip().splitlines()[-1])
     finally:
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        reap(server)
 
 
 def measure_link(ns, seconds):
@@ -276,24 +281,32 @@ def run_ranks(ns, argv, n, per_host, gloo, logf, timeout):
     return rc
 
 
-def bench_argv(side, a, ops, top, json_path, iters=None, warmup=None, check=None):
-    common = ["-b", a.minbytes, "-e", top, "-f", a.stepfactor, "-n", str(iters or a.iters),
-              "-w", str(a.warmup_iters if warmup is None else warmup), "--max-bytes-per-size", a.cap]
-    if check is not None:
-        common += ["-c", str(check)]
-    if side == "chorus":
-        return [a.chorus_bench, ",".join(ops)] + common + (["--json", json_path] if json_path else [])
-    return [a.python, os.path.join(HERE, "gloo_bench.py"), ",".join(ops)] + common + (["--json", json_path] if json_path else [])
+class Side:
+    """One contestant: a chorus-bench binary, or Gloo (gloo_bench.py under `python`)."""
+
+    def __init__(self, name, chorus_bench=None, python=None):
+        self.name, self.chorus_bench, self.python = name, chorus_bench, python
+        self.gloo = chorus_bench is None
+
+    def argv(self, a, ops, top, json_path, iters=None, warmup=None, check=None):
+        common = ["-b", a.minbytes, "-e", top, "-f", a.stepfactor, "-n", str(iters or a.iters),
+                  "-w", str(a.warmup_iters if warmup is None else warmup), "--max-bytes-per-size", a.cap]
+        if check is not None:
+            common += ["-c", str(check)]
+        common += ["--json", json_path] if json_path else []
+        if self.gloo:
+            return [self.python, os.path.join(HERE, "gloo_bench.py"), ",".join(ops)] + common
+        return [self.chorus_bench, ",".join(ops)] + common
 
 
 def bytes_per_all_reduce(ns, a, side, n, per_host, size, logf):
     """Link bytes per all_reduce of `size` bytes: the difference of two runs (2 and 10 iterations)."""
     deltas = []
     for iters in (2, 10):
-        argv = bench_argv(side, a, ["all_reduce"], size, None, iters=iters, warmup=0, check=0)
+        argv = side.argv(a, ["all_reduce"], size, None, iters=iters, warmup=0, check=0)
         argv[argv.index("-b") + 1] = size
         before = ns.link_bytes()
-        if run_ranks(ns, argv, n, per_host, side == "gloo", logf, a.timeout) != 0:
+        if run_ranks(ns, argv, n, per_host, side.gloo, logf, a.timeout) != 0:
             return None
         deltas.append(ns.link_bytes() - before)
     return (deltas[1] - deltas[0]) / 8
@@ -306,16 +319,16 @@ def torch_version(python):
     return p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else "unknown"
 
 
-def header(a, argv, link):
+def header(a, argv, link, sides):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     iperf_v = sh(["iperf3", "--version"], check=False).stdout.strip().splitlines()
     lines = [
-        f"### {a.label}: chorus vs Gloo across two network namespaces, {now}",
+        f"### chorus vs Gloo across two network namespaces, {now}",
         "",
         f"- machine: `nproc` = {os.cpu_count()}, {cpu_model()}, {platform.system()} {platform.release()}; "
         "two network namespaces joined by a veth pair (both namespaces share the 2 cores)",
-        f"- chorus: `{a.chorus_bench}` with its defaults (fault tolerance on); Gloo: torch {torch_version(a.python)}, "
-        "`benches/gloo_bench.py`, 1 intra-op thread per rank",
+        "- chorus (defaults, fault tolerance on): " + "; ".join(f"{s.name} = `{s.chorus_bench}`" for s in sides if not s.gloo)
+        + f"; Gloo: torch {torch_version(a.python)}, `benches/gloo_bench.py`, 1 intra-op thread per rank",
         f"- link: {iperf_v[0] if iperf_v else 'iperf3'}; raw TCP round trip: Python ping-pong of 8 bytes, TCP_NODELAY",
         f"- command: `{argv}`",
         "",
@@ -330,20 +343,25 @@ def header(a, argv, link):
     return "\n".join(lines)
 
 
-def table(chorus, gloo, op, n, per_host, shape, link_gbyte):
-    sizes = sorted({s for (o, s) in chorus if o == op} | {s for (o, s) in gloo if o == op})
+def table(best, sides, op, n, per_host, shape, link_gbyte):
+    """One markdown table: every side's time, busbw and (from LINK_FROM) busbw / link, and each
+    chorus side's busbw ratio to Gloo's (the last side)."""
+    gloo = sides[-1]
+    sizes = sorted({s for side in sides for (o, s) in best[side.name] if o == op})
+    names = [side.name for side in sides]
+    cols = ([f"{x} time (us)" for x in names] + [f"{x} busbw (GB/s)" for x in names]
+            + [f"{x} / gloo busbw" for x in names[:-1]] + [f"{x} / link" for x in names] + ["#wrong (" + " / ".join(names) + ")"])
     out = [f"#### {op}, 2 hosts x {per_host} rank{'s' if per_host > 1 else ''} ({n} ranks), link {shape}", "",
-           "| size | chorus time (us) | gloo time (us) | time ratio (gloo/chorus) | chorus busbw (GB/s) | gloo busbw (GB/s) "
-           "| chorus / link | gloo / link | #wrong (chorus/gloo) |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for s in sizes:
-        c, g = chorus.get((op, s)), gloo.get((op, s))
-        f = lambda r, k, fmt: fmt.format(r[k]) if r else "–"
-        ratio = f"{g['time_us'] / c['time_us']:.2f}x" if c and g and c["time_us"] > 0 else "–"
-        frac = lambda r: f"{r['busbw'] / link_gbyte:.2f}" if r and s >= LINK_FROM else "–"
-        wr = f"{c['wrong'] if c else '–'}/{g['wrong'] if g else '–'}"
-        out.append(f"| {human(s)} | {f(c, 'time_us', '{:.1f}')} | {f(g, 'time_us', '{:.1f}')} | {ratio} | "
-                   f"{f(c, 'busbw', '{:.3f}')} | {f(g, 'busbw', '{:.3f}')} | {frac(c)} | {frac(g)} | {wr} |")
+           "| size | " + " | ".join(cols) + " |", "|---:|" + "---:|" * len(cols)]
+    for size in sizes:
+        rows = [best[x].get((op, size)) for x in names]
+        g = rows[-1]
+        cell = lambda r, k, fmt: fmt.format(r[k]) if r else "–"
+        ratio = lambda r: f"{r['busbw'] / g['busbw']:.2f}x" if r and g and g["busbw"] > 0 else "–"
+        frac = lambda r: f"{r['busbw'] / link_gbyte:.2f}" if r and size >= LINK_FROM else "–"
+        cells = ([cell(r, "time_us", "{:.1f}") for r in rows] + [cell(r, "busbw", "{:.3f}") for r in rows]
+                 + [ratio(r) for r in rows[:-1]] + [frac(r) for r in rows] + ["/".join(str(r["wrong"]) if r else "–" for r in rows)])
+        out.append(f"| {human(size)} | " + " | ".join(cells) + " |")
     out.append("")
     return out
 
@@ -353,7 +371,10 @@ def table(chorus, gloo, op, n, per_host, shape, link_gbyte):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chorus-bench", default=os.path.join(ROOT, "target", "release", "chorus-bench"))
-    p.add_argument("--label", default=None, help="names the chorus build in the section title (default: its path)")
+    p.add_argument("--label", default="chorus", help="names the chorus build in the tables (default chorus)")
+    p.add_argument("--baseline", default=None, metavar="PATH",
+                   help="a second chorus-bench (e.g. an earlier commit's) run in the same rounds, alternating")
+    p.add_argument("--baseline-label", default="baseline", help="names the baseline in the tables")
     p.add_argument("--python", default=default_python(), help="python with torch, for Gloo (default: .venv)")
     p.add_argument("--ranks-per-host", default="1,2", help="comma list (default 1,2); 2 hosts each")
     p.add_argument("--shapes", default="none,10gbit", help="comma list of none or tbf rates (default none,10gbit)")
@@ -385,8 +406,12 @@ def main():
         sys.exit("compare_netns: needs root (ip netns, tc)")
     if not os.access(a.chorus_bench, os.X_OK):
         sys.exit(f"compare_netns: {a.chorus_bench} is missing: cargo build --release -p chorus-bench")
-    a.chorus_bench = os.path.abspath(a.chorus_bench)
-    a.label = a.label or a.chorus_bench
+    sides = [Side(a.label, os.path.abspath(a.chorus_bench))]
+    if a.baseline:
+        if not os.access(a.baseline, os.X_OK):
+            sys.exit(f"compare_netns: {a.baseline} is missing")
+        sides.append(Side(a.baseline_label, os.path.abspath(a.baseline)))
+    sides.append(Side("gloo", python=a.python))
     ops = [o.strip() for o in a.ops.split(",") if o.strip()]
     unknown = [o for o in ops if o not in OPS]
     if unknown:
@@ -414,48 +439,51 @@ def main():
             link_gbyte = link[shape]["one_stream_gbit"] / 8
             for per_host in per_hosts:
                 n = 2 * per_host
-                runs = {"chorus": [], "gloo": []}
+                runs = {side.name: [] for side in sides}
                 for r in range(a.rounds):
-                    order = ["chorus", "gloo"] if r % 2 == 0 else ["gloo", "chorus"]
+                    # Each round starts with another side, so each sees the same kinds of noise.
+                    order = sides[r % len(sides):] + sides[:r % len(sides)]
                     for side in order:
-                        js = os.path.join(tmp, f"{side}_{shape}_L{per_host}_{r}.json")
+                        js = os.path.join(tmp, f"{side.name}_{shape}_L{per_host}_{r}.json")
                         if os.path.exists(js):
                             os.remove(js)
                         wait_idle(a.wait_idle)
                         t0 = time.time()
-                        rc = run_ranks(ns, bench_argv(side, a, ops, a.maxbytes, js), n, per_host, side == "gloo", logf, a.timeout)
-                        log(f"# {side}, {shape}, 2 x {per_host}, round {r + 1}/{a.rounds}: "
+                        rc = run_ranks(ns, side.argv(a, ops, a.maxbytes, js), n, per_host, side.gloo, logf, a.timeout)
+                        log(f"# {side.name}, {shape}, 2 x {per_host}, round {r + 1}/{a.rounds}: "
                             f"{'ok' if rc == 0 else f'exit {rc}'} in {time.time() - t0:.1f} s")
                         data = json.load(open(js)) if os.path.exists(js) else {}
                         failed |= rc != 0 or not data
-                        runs[side].append(data)
-                chorus, gloo = best_of(runs["chorus"]), best_of(runs["gloo"])
-                failed |= any(v["wrong"] for v in chorus.values()) or any(v["wrong"] for v in gloo.values())
-                transports = next((d.get("transports_rank0") for d in runs["chorus"] if d.get("transports_rank0")), [])
+                        runs[side.name].append(data)
+                best = {name: best_of(rs) for name, rs in runs.items()}
+                failed |= any(v["wrong"] for b in best.values() for v in b.values())
+                transports = next((d.get("transports_rank0") for d in runs[sides[0].name] if d.get("transports_rank0")), [])
                 out = [f"chorus transports (rank 0): {', '.join(transports) or 'unknown'}; best of {a.rounds} "
                        f"alternating rounds per side; link = iperf3 one stream, {link[shape]['one_stream_gbit']:.1f} Gbit/s", ""]
                 for op in ops:
-                    out += table(chorus, gloo, op, n, per_host, shape, link_gbyte)
+                    out += table(best, sides, op, n, per_host, shape, link_gbyte)
                 sections.append("\n".join(out))
                 size = parse_size(a.bytes_size)
-                got = {side: bytes_per_all_reduce(ns, a, side, n, per_host, a.bytes_size, logf) for side in ("chorus", "gloo")}
+                got = {side.name: bytes_per_all_reduce(ns, a, side, n, per_host, a.bytes_size, logf) for side in sides}
                 byte_rows.append((shape, per_host, size, got))
                 log(f"# link bytes per {a.bytes_size} all_reduce, {shape}, 2 x {per_host}: {got}")
     finally:
         ns.close()
 
-    md = [header(a, argv, link)]
+    md = [header(a, argv, link, sides)]
+    names = [side.name for side in sides]
     md += ["Bytes crossing the link per all_reduce (both directions, tx_bytes of both veth ends, frames with their "
            "headers): ideal for 2 hosts = 2 x S (S each way); flat ring = 2 x 2(n-1)/n x S.", "",
-           "| shape | ranks | all_reduce size S | chorus bytes | gloo bytes | ideal 2S | flat ring | chorus / ideal | gloo / ideal |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| shape | ranks | all_reduce size S | " + " | ".join(f"{x} bytes" for x in names)
+           + " | ideal 2S | flat ring | " + " | ".join(f"{x} / ideal" for x in names) + " |",
+           "|---|---|---:|" + "---:|" * (2 * len(names) + 2)]
     for shape, per_host, size, got in byte_rows:
         n = 2 * per_host
         ring = 2 * 2 * (n - 1) / n * size
         cell = lambda v: f"{v / 1e6:.2f} MB" if v is not None else "failed"
         rel = lambda v: f"{v / (2 * size):.2f}" if v is not None else "–"
-        md.append(f"| {shape} | 2 x {per_host} | {human(size)} | {cell(got['chorus'])} | {cell(got['gloo'])} | "
-                  f"{2 * size / 1e6:.2f} MB | {ring / 1e6:.2f} MB | {rel(got['chorus'])} | {rel(got['gloo'])} |")
+        md.append(f"| {shape} | 2 x {per_host} | {human(size)} | " + " | ".join(cell(got[x]) for x in names)
+                  + f" | {2 * size / 1e6:.2f} MB | {ring / 1e6:.2f} MB | " + " | ".join(rel(got[x]) for x in names) + " |")
     md.append("")
     md += sections
     text = "\n".join(md)
