@@ -53,13 +53,14 @@ pub struct Received {
 }
 
 impl Received {
-    /// The streams whose count `carried` raised, with the new count.
-    pub fn news(&mut self, carried: [u64; STREAMS]) -> impl Iterator<Item = (usize, u64)> + '_ {
-        carried.into_iter().enumerate().filter_map(move |(s, v)| {
-            (v > self.seen[s]).then(|| {
-                self.seen[s] = v;
-                (s, v)
-            })
+    /// Per stream, the count `carried` raised it to (`None`: no news).
+    pub fn news(&mut self, carried: [u64; STREAMS]) -> [Option<u64>; STREAMS] {
+        std::array::from_fn(|s| {
+            let raised = carried[s] > self.seen[s];
+            if raised {
+                self.seen[s] = carried[s];
+            }
+            raised.then_some(carried[s])
         })
     }
 }
@@ -90,14 +91,14 @@ mod tests {
             let due = rx.consume(0, consumed);
             if due || data_back {
                 acks += u64::from(due && !data_back);
-                for (_, v) in seen.news(rx.carry()) {
+                if let [Some(v), _] = seen.news(rx.carry()) {
                     credit = v;
                 }
             }
             // Nothing more to consume: the receiver is about to wait, so it flushes.
             if consumed == sent && rx.pending() {
                 acks += 1;
-                for (_, v) in seen.news(rx.carry()) {
+                if let [Some(v), _] = seen.news(rx.carry()) {
                     credit = v;
                 }
             }
@@ -130,11 +131,11 @@ mod tests {
     #[test]
     fn only_raised_counts_are_news() {
         let mut r = Received::default();
-        assert_eq!(r.news([0, 0]).collect::<Vec<_>>(), vec![]);
-        assert_eq!(r.news([2, 0]).collect::<Vec<_>>(), vec![(0, 2)]);
-        assert_eq!(r.news([2, 1]).collect::<Vec<_>>(), vec![(1, 1)]);
-        assert_eq!(r.news([1, 1]).collect::<Vec<_>>(), vec![], "a late frame with older counts");
-        assert_eq!(r.news([5, 7]).collect::<Vec<_>>(), vec![(0, 5), (1, 7)]);
+        assert_eq!(r.news([0, 0]), [None, None]);
+        assert_eq!(r.news([2, 0]), [Some(2), None]);
+        assert_eq!(r.news([2, 1]), [None, Some(1)]);
+        assert_eq!(r.news([1, 1]), [None, None], "a late frame with older counts");
+        assert_eq!(r.news([5, 7]), [Some(5), Some(7)]);
     }
 
     #[test]

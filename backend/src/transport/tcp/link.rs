@@ -178,9 +178,10 @@ impl Shared {
     /// Takes in one frame whose header was read; reads a data frame's payload into its slot.
     /// The reason the stream cannot go on, if it cannot.
     fn receive(&self, sock: &mut TcpStream, h: &Header, received: &mut Received) -> std::result::Result<(), (u64, String)> {
-        for (s, v) in received.news(h.credits) {
-            let stream = if s == 0 { Stream::Collective } else { Stream::P2p };
-            self.signals.publish(self.signals.ack_seq(self.peer, stream), v);
+        for (stream, news) in [Stream::Collective, Stream::P2p].into_iter().zip(received.news(h.credits)) {
+            if let Some(v) = news {
+                self.signals.publish(self.signals.ack_seq(self.peer, stream), v);
+            }
         }
         let stream = || match h.id {
             0 => Ok(Stream::Collective),
