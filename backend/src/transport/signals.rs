@@ -240,9 +240,9 @@ pub struct WaitPolicy {
     pub sleep_slice: Duration,
     /// This host's ranks of the group, each runnable while it spins or yields.
     pub local_ranks: usize,
-    /// The spin and yield phases of a wait for what this process's own helper thread delivers
-    /// (a socket's reader: [`WaitPolicy::relayed`]).
-    relayed: (Duration, Duration),
+    /// The spin of a wait for what this process's own helper thread delivers (a socket's
+    /// reader: [`WaitPolicy::relayed`]).
+    relayed_spin: Duration,
 }
 
 impl WaitPolicy {
@@ -257,18 +257,21 @@ impl WaitPolicy {
             yield_for: yield_for.unwrap_or(default_yield),
             sleep_slice: Duration::from_millis(5),
             local_ranks,
-            relayed: (spin.unwrap_or(Duration::ZERO), yield_for.unwrap_or(Duration::ZERO)),
+            relayed_spin: spin.unwrap_or(Duration::ZERO),
         }
     }
 
     /// The policy for a wait on a peer whose chunks and counters this process's own helper thread
-    /// delivers (a socket's reader thread): by default it sleeps on the doorbell at once. A waiter
-    /// that spins or yields holds a core the helper needs, and the helper, just woken by the
-    /// network, waits for the spin to end: between two network namespaces on the 2-core machine
-    /// a 2-rank 8-byte all_reduce took 42-52 us with the 50 us spin, 39 us yielding, 32 us
-    /// sleeping at once (and 140-230 us against 25-28 us with other builds running). Where
-    /// spare cores make spinning pay, `CHORUS_SPIN_US` / `CHORUS_YIELD_US` apply here too.
+    /// delivers (a socket's reader thread): no spin by default, straight to the yield phase. A
+    /// spinning waiter holds a core that the reader, just woken by the network, needs, and the
+    /// reader waits for the spin to end; a yielding one hands it over, and unlike a sleeping one it
+    /// keeps the core out of its idle state (waking a vCPU of this VM from idle costs tens of us: a
+    /// Python TCP ping-pong between two namespaces takes 8 us a round trip when the machine is busy,
+    /// 60 us when it is idle). 2-rank 8-byte all_reduce across two namespaces on the 2-core
+    /// machine, same minutes: the 50 us spin 52-150 us, no spin 26-76 us, sleeping at once 61-81 us
+    /// (`benches/RESULTS.md`, issue 26). Where spare cores make spinning pay, `CHORUS_SPIN_US`
+    /// applies here too.
     pub fn relayed(&self) -> WaitPolicy {
-        WaitPolicy { spin: self.relayed.0, yield_for: self.relayed.1, ..self.clone() }
+        WaitPolicy { spin: self.relayed_spin, ..self.clone() }
     }
 }
