@@ -268,7 +268,7 @@ impl WaitPolicy {
     /// keeps the core out of its idle state (waking a vCPU of this VM from idle costs tens of us: a
     /// Python TCP ping-pong between two namespaces takes 8 us a round trip when the machine is busy,
     /// 60 us when it is idle). 2-rank 8-byte all_reduce across two namespaces on the 2-core
-    /// machine, same minutes: the 50 us spin 52-150 us, no spin 26-76 us, sleeping at once 61-81 us
+    /// machine, same minutes: the 50 us spin 48-150 us, no spin 26-79 us, sleeping at once 61-81 us
     /// (`benches/RESULTS.md`, issue 26). Where spare cores make spinning pay, `CHORUS_SPIN_US`
     /// applies here too.
     pub fn relayed(&self) -> WaitPolicy {
