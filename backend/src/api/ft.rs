@@ -37,7 +37,15 @@ fn topo(g: &GroupInner, members: Vec<usize>) -> Topo {
 }
 
 /// Runs `attempt` until it is committed on every survivor, or fails with a non-recoverable error.
-pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Attempt<'_>) -> Result<OpInfo> {
+pub fn drive(g: &GroupInner, comm: &mut Comm, ctx: OpCtx, attempt: &mut Attempt<'_>) -> Result<OpInfo> {
+    let ended = drive_attempts(g, comm, ctx, attempt);
+    // Credits held back for batching go out before the caller moves on: a peer that drains this
+    // collective waits for them.
+    comm.flush_credits();
+    ended
+}
+
+fn drive_attempts(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Attempt<'_>) -> Result<OpInfo> {
     let ft = g.opts.fault_tolerance;
     let m = &g.membership;
     let mut tries = 0u32;
@@ -102,7 +110,8 @@ pub fn drive(g: &GroupInner, comm: &mut Comm, mut ctx: OpCtx, attempt: &mut Atte
                 return Err(e);
             }
         }
-        // Slow path: agree with the survivors.
+        // Slow path: agree with the survivors (who must not wait for our credits meanwhile).
+        comm.flush_credits();
         let recovered = {
             let _span = tracing::info_span!("recovery", op = ctx.name, seq = ctx.op_seq).entered();
             m.recover(g)

@@ -13,7 +13,7 @@ use crate::membership::liveness::Liveness;
 use crate::membership::recovery;
 use crate::options::TimeoutKnob;
 use crate::transport::signals::{Control, SignalBlock, Stream, WaitPolicy, ABORT_DESTROYED, ABORT_FAILED};
-use crate::transport::{Link, SlotMeta};
+use crate::transport::{Link, Payload, SlotMeta};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,9 @@ pub struct Comm {
     pub links: Vec<Option<Arc<dyn Link>>>,
     pub signals: SignalBlock,
     pub policy: WaitPolicy,
+    /// `policy` for waits on peers without shared memory (their chunks come through our helper
+    /// threads): [`WaitPolicy::relayed`].
+    relayed: WaitPolicy,
     pub timeout: Duration,
     /// What set `timeout` (named by timeout errors).
     pub timeout_knob: TimeoutKnob,
@@ -104,7 +107,8 @@ impl Comm {
         rounds_applied: Arc<AtomicU64>,
     ) -> Comm {
         let tasks = (0..n).map(|_| PeerTask::Skipped(SkipReason::NotInPlan)).collect();
-        Comm { me, n, stream, links, signals, policy, timeout, timeout_knob, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true, members: (0..n).collect(), data_sent: vec![(0, 0); n], probed: vec![0; n] }
+        let relayed = policy.relayed();
+        Comm { me, n, stream, links, signals, policy, relayed, timeout, timeout_knob, sent: vec![0; n], recvd: vec![0; n], tasks, liveness, rounds_applied, scratch: Vec::new(), big_scratch: Vec::new(), backup: Vec::new(), inputs_intact: true, members: (0..n).collect(), data_sent: vec![(0, 0); n], probed: vec![0; n] }
     }
 
     /// The highest recovery round a peer asked for that must interrupt this rank's operation (a
@@ -186,8 +190,12 @@ impl Comm {
 
     /// `wait_for` until `deadline`: `None` once it passed.
     fn wait_until<T>(&self, ctx: &OpCtx, deadline: Instant, peer: usize, ready: impl FnMut() -> Option<T>) -> Result<Option<T>> {
+        // A rank about to wait owes nobody a credit (see `transport::tcp::credits`).
+        self.flush_credits();
         let check = || self.check_op(ctx, Some(peer));
-        match self.signals.wait(&self.policy, deadline, ready, check) {
+        let shared = self.links.get(peer).and_then(|l| l.as_ref()).is_none_or(|l| l.shares_memory());
+        let policy = if shared { &self.policy } else { &self.relayed };
+        match self.signals.wait(policy, deadline, ready, check) {
             Ok(v) => Ok(Some(v)),
             Err(Some(e)) => Err(e),
             Err(None) => {
@@ -246,8 +254,8 @@ impl Comm {
         ChorusError::Mismatch { op: ctx.name, what, rank: self.me, mine, peer, theirs }
     }
 
-    /// Sends one chunk of `len` bytes produced by `fill` to `to`.
-    pub fn send(&mut self, ctx: &OpCtx, to: usize, meta_total: u64, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+    /// Sends one chunk of `len` bytes (`payload`) to `to`.
+    pub fn send(&mut self, ctx: &OpCtx, to: usize, meta_total: u64, len: usize, payload: Payload<'_>) -> Result<()> {
         let link = self.link(to)?;
         let slots = link.geometry().slots as u64;
         let seq = self.sent[to];
@@ -256,7 +264,7 @@ impl Comm {
         }
         let [desc, size] = ctx.desc.words();
         let meta = SlotMeta { op_seq: ctx.op_seq, desc, total: meta_total, offset: 0, tag: size, len: len as u64, attempt: ctx.attempt };
-        link.put(self.stream, seq, &meta, fill)?;
+        link.put(self.stream, seq, &meta, payload)?;
         self.sent[to] = seq + 1;
         self.data_sent[to] = (ctx.op_seq, seq + 1);
         Ok(())
@@ -308,7 +316,7 @@ impl Comm {
         let [desc, size] = ctx.desc.words();
         let meta = SlotMeta { op_seq: ctx.op_seq, desc, total: 0, offset: PROBE, tag: size, len: 0, attempt: ctx.attempt };
         tracing::debug!(op = ctx.name, op_seq = ctx.op_seq, peer = to, "probing a peer that keeps us waiting");
-        link.put(self.stream, seq, &meta, &mut |_| {})?;
+        link.put(self.stream, seq, &meta, Payload::Bytes(&[]))?;
         self.sent[to] = seq + 1;
         self.probed[to] = ctx.op_seq;
         Ok(())
@@ -436,6 +444,17 @@ impl Comm {
             tracing::debug!(peer = from, error = %e, "returning a credit failed");
         }
         Ok(())
+    }
+
+    /// Sends the credits a link held back to batch them ([`Link::flush_acks`]): before a wait that
+    /// may block, and when an operation ends. As with [`Comm::release`], a failure is not this
+    /// operation's.
+    pub fn flush_credits(&self) {
+        for l in self.links.iter().flatten() {
+            if let Err(e) = l.flush_acks() {
+                tracing::debug!(peer = l.peer(), error = %e, "returning credits failed");
+            }
+        }
     }
 
     /// Waits until every peer consumed the data we sent it in this collective (so a receiver's

@@ -2,6 +2,7 @@
 use super::comm::{Comm, OpCtx};
 use crate::algo::{Buf, Plan, Range, Step};
 use crate::error::Result;
+use crate::transport::Payload;
 use chorus_kernels::{self as kernels, DType, ReduceOp};
 
 /// The operation's memory: separate input and output, or one buffer for both.
@@ -67,7 +68,7 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
         match step {
             Step::Send { to, src } => {
                 let data = bufs.read(*src);
-                comm.send(ctx, *to, send_total(*to), data.len(), &mut |out| out.copy_from_slice(data))?;
+                comm.send(ctx, *to, send_total(*to), data.len(), Payload::Bytes(data))?;
             }
             Step::Recv { from, dst } => {
                 let seq = comm.next_chunk(ctx, *from, dst.len, recv_total(*from))?;
@@ -108,7 +109,7 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
                 let link = comm.link(*from)?;
                 let chunk = link.inbound(comm.stream).payload(seq, dst.len);
                 for &t in to {
-                    comm.send(ctx, t, send_total(t), chunk.len(), &mut |out| out.copy_from_slice(chunk))?;
+                    comm.send(ctx, t, send_total(t), chunk.len(), Payload::Bytes(chunk))?;
                 }
                 bufs.write(*dst).copy_from_slice(chunk);
                 comm.release(*from, seq)?;
@@ -122,16 +123,17 @@ pub fn run(comm: &mut Comm, ctx: &OpCtx, plan: &Plan, bufs: &mut Bufs<'_>, red: 
                     Some(d) => {
                         reduce_step(bufs, r, *local, *d, &[chunk])?;
                         let data = bufs.read(*d);
-                        comm.send(ctx, *to, send_total(*to), data.len(), &mut |out| out.copy_from_slice(data))?;
+                        comm.send(ctx, *to, send_total(*to), data.len(), Payload::Bytes(data))?;
                     }
                     None => {
                         let mine = bufs.read(*local);
                         let mut failed = None;
-                        comm.send(ctx, *to, send_total(*to), mine.len(), &mut |out| {
+                        let mut reduce = |out: &mut [u8]| {
                             if let Err(e) = kernels::reduce_into(r.dtype, r.op, out, &[mine, chunk]) {
                                 failed = Some(e);
                             }
-                        })?;
+                        };
+                        comm.send(ctx, *to, send_total(*to), mine.len(), Payload::Fill(&mut reduce))?;
                         if let Some(e) = failed {
                             return Err(e.into());
                         }

@@ -8,7 +8,7 @@
 //! between a pair with the same tag arrive in the order they were sent.
 use super::comm::{Comm, OpCtx};
 use crate::error::{ChorusError, Result};
-use crate::transport::SlotMeta;
+use crate::transport::{Payload, SlotMeta};
 use crossbeam::channel::{Receiver, TryRecvError};
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -265,7 +265,7 @@ impl P2pEngine {
                 let len = (total - head.off).min(geo.slot_bytes);
                 let meta = SlotMeta { op_seq: 0, desc: 0, total: total as u64, offset: head.off as u64, tag: head.tag, len: len as u64, attempt: 0 };
                 let data = &head.buf.bytes()[head.off..head.off + len];
-                if let Err(e) = link.put(self.comm.stream, seq, &meta, &mut |out| out.copy_from_slice(data)) {
+                if let Err(e) = link.put(self.comm.stream, seq, &meta, Payload::Bytes(data)) {
                     let op = self.sends[to].pop_front().expect("head");
                     (op.finish)(op.buf, Err(e));
                     break;
@@ -521,6 +521,7 @@ impl P2pEngine {
                 }
             }
             if self.idle() {
+                self.comm.flush_credits();
                 match ops.recv_timeout(Duration::from_millis(50)) {
                     Ok(op) => self.accept(op),
                     Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
@@ -528,6 +529,10 @@ impl P2pEngine {
                 }
             }
             let moved = self.progress();
+            if !moved {
+                // Nothing moved this turn: whoever waits for our credits gets them now.
+                self.comm.flush_credits();
+            }
             if last_expire.elapsed() > Duration::from_millis(20) {
                 self.expire();
                 self.release_failed_on_dead();

@@ -52,6 +52,26 @@ impl PeerInfo {
     }
 }
 
+/// The payload of one put.
+pub enum Payload<'a> {
+    /// Bytes that already lie in memory (the caller's buffer, or a slot of an inbound ring): a
+    /// transport that streams (a socket) sends them from where they lie, without a staging copy.
+    Bytes(&'a [u8]),
+    /// A producer of exactly `meta.len` bytes whose result is kept nowhere else (a reduction
+    /// straight into the outgoing chunk): it writes into the slot, or into a socket's staging buffer.
+    Fill(&'a mut dyn FnMut(&mut [u8])),
+}
+
+impl Payload<'_> {
+    /// Writes the payload into `out` (exactly its length).
+    pub fn write_to(self, out: &mut [u8]) {
+        match self {
+            Payload::Bytes(b) => out.copy_from_slice(b),
+            Payload::Fill(fill) => fill(out),
+        }
+    }
+}
+
 /// One direction-agnostic connection to a peer.
 pub trait Link: Send + Sync {
     /// The peer's group-local rank.
@@ -63,12 +83,18 @@ pub trait Link: Send + Sync {
     fn shares_memory(&self) -> bool;
     /// Slot count and size of the peer's inbound ring for our chunks (and of ours for theirs).
     fn geometry(&self) -> RingGeometry;
-    /// Writes one chunk into the peer's inbound ring slot `seq % slots` of `stream`: `fill`
-    /// produces exactly `meta.len` payload bytes, then the peer's `data_seq` becomes `seq + 1`.
-    /// The caller has already checked the credit (the slot is free).
-    fn put(&self, stream: Stream, seq: u64, meta: &SlotMeta, fill: &mut dyn FnMut(&mut [u8])) -> Result<()>;
-    /// Returns credits: tells the peer we consumed its chunks `0..acked` on `stream`.
+    /// Writes one chunk into the peer's inbound ring slot `seq % slots` of `stream`: `payload`
+    /// is exactly `meta.len` bytes, then the peer's `data_seq` becomes `seq + 1`. The caller has
+    /// already checked the credit (the slot is free).
+    fn put(&self, stream: Stream, seq: u64, meta: &SlotMeta, payload: Payload<'_>) -> Result<()>;
+    /// Returns credits: we consumed the peer's chunks `0..acked` on `stream`. A transport may hold
+    /// the credit back to send it with others (or with a later frame) until [`Link::flush_acks`].
     fn ack(&self, stream: Stream, acked: u64) -> Result<()>;
+    /// Sends every credit [`Link::ack`] held back. The engine calls it before a wait that could
+    /// block and when an operation ends, so a held credit never keeps a peer waiting for long.
+    fn flush_acks(&self) -> Result<()> {
+        Ok(())
+    }
     /// Our inbound ring for this peer's chunks on `stream`.
     fn inbound(&self, stream: Stream) -> &InboundRing;
     /// Error if the peer is known to be gone (process exited, connection closed).

@@ -4,6 +4,7 @@
 //! the header is a framed [`SlotMeta`], separate from the payload bytes, so completion and
 //! bookkeeping never travel inside data (docs/design.md invariant 1). Whether a slot is full is decided by
 //! the sequence counters in the signal block, not by anything in the ring.
+use super::Payload;
 use crate::sys::shm::Segment;
 use std::sync::Arc;
 
@@ -92,11 +93,11 @@ impl InboundRing {
     }
 
     /// Writer side: fill header and payload of chunk `seq` (the writer holds the credit).
-    pub fn write(&self, seq: u64, meta: &SlotMeta, fill: &mut dyn FnMut(&mut [u8])) {
+    pub fn write(&self, seq: u64, meta: &SlotMeta, payload: Payload<'_>) {
         let len = meta.len as usize;
         assert!(len <= self.geo.slot_bytes, "chunk of {len} bytes exceeds slot of {}", self.geo.slot_bytes);
         let off = self.slot_off(seq);
-        fill(self.seg.bytes_mut(off + HEADER, len));
+        payload.write_to(self.seg.bytes_mut(off + HEADER, len));
         meta.encode(self.seg.bytes_mut(off, HEADER));
     }
 

@@ -240,15 +240,38 @@ pub struct WaitPolicy {
     pub sleep_slice: Duration,
     /// This host's ranks of the group, each runnable while it spins or yields.
     pub local_ranks: usize,
+    /// The spin of a wait for what this process's own helper thread delivers (a socket's
+    /// reader: [`WaitPolicy::relayed`]).
+    relayed_spin: Duration,
 }
 
 impl WaitPolicy {
     /// The policy for `local_ranks` contenders for this host's cores; `spin` and `yield_for`
-    /// (`Options::spin`, `Options::yield_for`) override the phases' lengths.
+    /// (`Options::spin`, `Options::yield_for`) override the phases' lengths, of relayed waits too.
     pub fn for_host(local_ranks: usize, spin: Option<Duration>, yield_for: Option<Duration>) -> WaitPolicy {
         let cores = sched::cores();
         let us = Duration::from_micros;
         let (default_spin, default_yield) = if local_ranks <= cores { (us(50), us(2000)) } else { (us(2), us(500)) };
-        WaitPolicy { spin: spin.unwrap_or(default_spin), yield_for: yield_for.unwrap_or(default_yield), sleep_slice: Duration::from_millis(5), local_ranks }
+        WaitPolicy {
+            spin: spin.unwrap_or(default_spin),
+            yield_for: yield_for.unwrap_or(default_yield),
+            sleep_slice: Duration::from_millis(5),
+            local_ranks,
+            relayed_spin: spin.unwrap_or(Duration::ZERO),
+        }
+    }
+
+    /// The policy for a wait on a peer whose chunks and counters this process's own helper thread
+    /// delivers (a socket's reader thread): no spin by default, straight to the yield phase. A
+    /// spinning waiter holds a core that the reader, just woken by the network, needs, and the
+    /// reader waits for the spin to end; a yielding one hands it over, and unlike a sleeping one it
+    /// keeps the core out of its idle state (waking a vCPU of this VM from idle costs tens of us: a
+    /// Python TCP ping-pong between two namespaces takes 8 us a round trip when the machine is busy,
+    /// 60 us when it is idle). 2-rank 8-byte all_reduce across two namespaces on the 2-core
+    /// machine, same minutes: the 50 us spin 48-150 us, no spin 26-79 us, sleeping at once 61-81 us
+    /// (`benches/RESULTS.md`, issue 26). Where spare cores make spinning pay, `CHORUS_SPIN_US`
+    /// applies here too.
+    pub fn relayed(&self) -> WaitPolicy {
+        WaitPolicy { spin: self.relayed_spin, ..self.clone() }
     }
 }

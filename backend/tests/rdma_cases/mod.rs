@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 use chorus_backend::transport::signals::{SignalBlock, Stream};
 use chorus_backend::transport::rdma::{self, RdmaLink, Resume};
-use chorus_backend::transport::{shm, Link, PeerInfo, RingGeometry, SlotMeta};
+use chorus_backend::transport::{shm, Link, Payload, PeerInfo, RingGeometry, SlotMeta};
 use chorus_backend::Options;
 use chorus_bootstrap::{MemStore, Store};
 use std::collections::HashMap;
@@ -64,7 +64,7 @@ pub fn exchange(me: usize, to: &RdmaLink, from: &RdmaLink, signals: &SignalBlock
     while sent < base + chunks || got < base + chunks {
         if sent < base + chunks && signals.ack_seq(to.peer(), Stream::Collective).load(Ordering::Acquire) + slots > sent {
             let meta = SlotMeta { op_seq: sent, len: 4096, ..Default::default() };
-            to.put(Stream::Collective, sent, &meta, &mut |b| b.fill((sent as u8) ^ me as u8)).expect("put");
+            to.put(Stream::Collective, sent, &meta, Payload::Fill(&mut |b| b.fill((sent as u8) ^ me as u8))).expect("put");
             sent += 1;
         }
         if got < base + chunks && signals.data_seq(from.peer(), Stream::Collective).load(Ordering::Acquire) > got {
@@ -141,11 +141,11 @@ pub fn writes_to_a_vanished_peer_fail_the_link() {
             let l = &links[&1];
             let meta = SlotMeta { op_seq: 10, len: 64, ..Default::default() };
             // The put itself may succeed (the error arrives as a completion) or fail at once.
-            let _ = l.put(Stream::Collective, 10, &meta, &mut |b| b.fill(1));
+            let _ = l.put(Stream::Collective, 10, &meta, Payload::Fill(&mut |b| b.fill(1)));
             wait(|| l.check_alive().is_err(), "the link to notice the vanished peer");
             let e = l.check_alive().unwrap_err().to_string();
             assert!(e.contains("retry") || e.contains("flushed"), "unexpected failure text: {e}");
-            assert!(l.put(Stream::Collective, 11, &meta, &mut |b| b.fill(1)).is_err(), "a failed link refuses writes");
+            assert!(l.put(Stream::Collective, 11, &meta, Payload::Fill(&mut |b| b.fill(1))).is_err(), "a failed link refuses writes");
         }
     });
 }

@@ -11,7 +11,7 @@ use super::{Device, NAME};
 use crate::transport::signals::{Control, SignalBlock, Stream, CONTROLS, STREAMS};
 use crate::error::{ChorusError, Result};
 use crate::sys::shm::Segment;
-use crate::transport::{InboundRing, Link, RingGeometry, SlotMeta};
+use crate::transport::{InboundRing, Link, Payload, RingGeometry, SlotMeta};
 use chorus_bootstrap::Store;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -430,12 +430,12 @@ impl Link for RdmaLink {
         self.shared.geo
     }
 
-    fn put(&self, stream: Stream, seq: u64, meta: &SlotMeta, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
+    fn put(&self, stream: Stream, seq: u64, meta: &SlotMeta, payload: Payload<'_>) -> Result<()> {
         let sh = &self.shared;
         self.check_alive()?;
         // The engine holds the credit for slot seq % slots: our staging copy of it is free too
         // (the receiver consumed the previous chunk in it, so the NIC finished reading it).
-        sh.staging_rings[stream as usize].write(seq, meta, fill);
+        sh.staging_rings[stream as usize].write(seq, meta, payload);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut g = sh.conn.lock().unwrap_or_else(|p| p.into_inner());

@@ -4,7 +4,7 @@ use super::ring_offset;
 use crate::transport::signals::{SignalBlock, Stream, STREAMS};
 use crate::error::{ChorusError, Result};
 use crate::sys::shm::Segment;
-use crate::transport::{InboundRing, Link, RingGeometry, SlotMeta};
+use crate::transport::{InboundRing, Link, Payload, RingGeometry, SlotMeta};
 use std::sync::Arc;
 
 pub struct ShmLink {
@@ -52,8 +52,8 @@ impl Link for ShmLink {
         self.geo
     }
 
-    fn put(&self, stream: Stream, seq: u64, meta: &SlotMeta, fill: &mut dyn FnMut(&mut [u8])) -> Result<()> {
-        self.outbound[stream as usize].write(seq, meta, fill);
+    fn put(&self, stream: Stream, seq: u64, meta: &SlotMeta, payload: Payload<'_>) -> Result<()> {
+        self.outbound[stream as usize].write(seq, meta, payload);
         self.peer_signals.publish(self.peer_signals.data_seq(self.me, stream), seq + 1);
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! secret (`CHORUS_SECRET` / `CHORUS_SECRET_FILE`) the introduction is a mutual HMAC
 //! challenge-response bound to the group and the claimed rank (`chorus_bootstrap::auth`); a
 //! connection that cannot prove the secret is dropped before its rank is believed.
+mod credits;
 mod link;
 
 pub use link::TcpLink;
