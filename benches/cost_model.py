@@ -181,8 +181,10 @@ def predict(params, names, f, fixed=0.0):
 # ----------------------------------------------------------------------------- host engine (algo/*.rs, select.rs)
 
 SHM_CHUNK = 256 * KiB  # options.rs shm_chunk
-NET_CHUNK = 512 * KiB  # options.rs tcp_chunk / rdma_chunk
-MIXED_CHUNK = 256 * KiB  # the two-level table in RESULTS.md was counted with chunk 256 KiB
+# On several hosts the group's chunk is the smallest slot of any transport (transport::Table::chunk):
+# shm's 256 KiB, below tcp_chunk / rdma_chunk (512 KiB).
+NET_CHUNK = 256 * KiB
+MIXED_CHUNK = 256 * KiB
 
 
 def cdiv(a, b):
@@ -271,6 +273,14 @@ def report(title, rows, params, names, label):
     mean = sum(e[0] for e in errs) / len(errs)
     print("%s: %s  (%d points; relative error mean %.0f%%, max %.0f%%)" % (
         title, ", ".join("%s=%s" % (n, label(n, params[n])) for n in names), len(rows), 100 * mean, 100 * errs[0][0]))
+    per_op = {}
+    for e, key, t, p in errs:
+        op = key.split()[0]
+        per_op[op] = max(per_op.get(op, 0.0), e)
+    print("    max error by op: " + ", ".join("%s %.0f%%" % (op, 100 * e) for op, e in sorted(per_op.items())))
+    large = [e for e, key, t, p in errs if size_of(key.split()[-1].rstrip("B") or "0") >= MiB]
+    if large:
+        print("    max error at 1 MiB and above: %.0f%% (%d points)" % (100 * max(large), len(large)))
     for e, key, t, p in errs[:3]:
         print("    worst: %-40s measured %10.1f us  model %10.1f us  (%+.0f%%)" % (key, t / US, p / US, 100 * (p - t) / t))
     return mean, errs[0][0]
@@ -365,14 +375,32 @@ class Links:
         g = self.g
         return launches * g["alpha_launch"] + steps * g["alpha_step"] + m * g["beta_nvl"]
 
+    def op(self, op, M):
+        """A within-node phase that is one of the kernels' collectives over 8 GPUs on M bytes: the
+        measured 8 x H200 chorus time where the run has that size, else the fitted model."""
+        if not hasattr(self, "_meas"):
+            self._meas = {(r["op"], int(r["bytes"])): float(r["chorus_us"]) * US for r in load_gpu(8)}
+        M = int(M)
+        if (op, M) in self._meas:
+            return self._meas[(op, M)]
+        _, f = gpu_features(op, 8, M, gpu_opts(8))
+        return predict(self.g, ["alpha_launch", "alpha_step", "beta_nvl"], f)
+
     def cross_direct(self, H, m):
-        """Everyone to everyone among H (one per host), m bytes to each peer."""
-        return self.an + (H - 1) * self.on + (H - 1) * m * self.bn
+        """Everyone to everyone among H (one per host), m bytes to each peer in chunks: one network
+        latency (the chunk rounds pipeline), a posting overhead per message, the bytes through one NIC."""
+        r = cdiv(int(m), NET_CHUNK)
+        return self.an + (H - 1) * r * self.on + (H - 1) * m * self.bn
 
     def cross_ring(self, H, m):
         """Ring all-reduce of m bytes among H, chunk-major (algo::all_reduce_ring)."""
         r = cdiv(int(m // H), NET_CHUNK)
         return 2 * (H - 1) * r * (self.an + self.on) + 2 * (H - 1) / H * m * self.bn
+
+    def cross_ring_pipelined(self, H, m):
+        """Ring all-reduce whose chunk rounds overlap (not in chorus: its rings are chunk-major)."""
+        r = cdiv(int(m // H), NET_CHUNK)
+        return (2 * (H - 1) + r - 1) * (self.an + self.on) + 2 * (H - 1) / H * m * self.bn
 
     def cross_recdbl(self, H, m):
         """Recursive doubling (not in chorus): log2 H exchanges of the whole m."""
@@ -385,7 +413,8 @@ class Links:
         return (H - 2 + r) * (self.an + self.on + c * self.bn)
 
     def cross_star(self, H, m):
-        return self.an + (H - 1) * self.on + (H - 1) * m * self.bn
+        """One rank to H - 1 others (a star across hosts), m bytes each: as cross_direct."""
+        return self.cross_direct(H, m)
 
 
 HIER_LEADERS_MAX = 64 * KiB
@@ -400,24 +429,23 @@ def chorus_pick(op, H, L, M, k):
             return ("direct", k.cross_direct(H, b)) if H <= 2 or b * (H - 1) <= HIER_DIRECT_MAX else ("ring", k.cross_ring(H, b))
         if M <= HIER_LEADERS_MAX:
             x, t = exchange(M)
-            return "leaders, %s across" % x, k.intra((L - 1) * M) + t + k.intra((L - 1) * M)
+            return "leaders, %s across" % x, k.op("reduce", M) + t + k.op("broadcast", M)
         x, t = exchange(M / L)
-        return "segments, %s across" % x, k.intra((L - 1) / L * M) + t + k.intra((L - 1) / L * M, steps=1)
+        return "segments, %s across" % x, k.op("reduce_scatter", M) + t + k.op("all_gather", M)
     if op in ("broadcast", "reduce"):
         if H > 2 and M > NET_CHUNK:
             x, t = "chain", k.cross_chain(H, M)
         else:
             x, t = "star", k.cross_star(H, M)
-        o = gpu_opts(L)
-        inside = k.intra(2 * (L - 1) / L * M, launches=2) if M >= o["bcast_scatter"] else k.intra((L - 1) * M)
+        inside = k.op(op, M)
         # chunk-pipelined down (up) the tree: the network and NVLink parts overlap
         return "tree, %s across" % x, max(t, inside)
     if op == "all_gather":
         b = M / N
-        return "blocks (star per block)", max(k.cross_star(H, b), k.intra((L - 1) / L * M))
+        return "blocks (star per block)", max(k.cross_star(H, b), k.op("all_gather", M))
     if op == "reduce_scatter":
         b = M / N
-        return "blocks (chain in host, star across)", max(k.intra((L - 1) / L * M, steps=L - 1), k.cross_star(H, b))
+        return "blocks (chain in host, star across)", max(k.op("reduce_scatter", M) + (L - 2) * k.g["alpha_step"], k.cross_star(H, b))
     if op == "all_to_all":
         b = M / N
         # flat pairwise (no two-level schedule): N - 1 steps, N - L of them across hosts
@@ -428,25 +456,27 @@ def chorus_pick(op, H, L, M, k):
 def better_pick(op, H, L, M, k):
     """What the model says should run where chorus's table has no rule for the scale (not built)."""
     if op == "all_reduce" and M <= HIER_LEADERS_MAX:
-        return "leaders, recursive doubling across", k.intra((L - 1) * M) + k.cross_recdbl(H, M) + k.intra((L - 1) * M)
+        return "leaders, recursive doubling across", k.op("reduce", M) + k.cross_recdbl(H, M) + k.op("broadcast", M)
     if op == "all_reduce":
         b = M / L
-        cands = [("segments, ring across", k.cross_ring(H, b)), ("segments, recursive doubling across", k.cross_recdbl(H, b))]
+        cands = [("segments, ring across", k.cross_ring(H, b)), ("segments, pipelined ring across", k.cross_ring_pipelined(H, b)),
+                 ("segments, recursive doubling across", k.cross_recdbl(H, b))]
         x, t = min(cands, key=lambda c: c[1])
-        return x, k.intra((L - 1) / L * M) + t + k.intra((L - 1) / L * M)
+        return x, k.op("reduce_scatter", M) + t + k.op("all_gather", M)
     if op in ("broadcast", "reduce") and M <= NET_CHUNK:
         kk = math.ceil(math.log2(H))
-        return "tree, binomial across", max(kk * (k.an + k.on + M * k.bn), k.intra((L - 1) * M))
+        return "tree, binomial across", max(kk * (k.an + k.on + M * k.bn), k.op(op, M))
     if op in ("broadcast", "reduce"):
         # the message split into L slices, each down its own chain through a different local rank
         # (and NIC), then an all-gather (reduce-scatter) within the host
-        return "L slices, chain across each", max(k.cross_chain(H, M / L), k.intra(2 * (L - 1) / L * M, launches=2))
+        inside = k.op("all_gather" if op == "broadcast" else "reduce_scatter", M)
+        return "L slices, chain across each", max(k.cross_chain(H, M / L), inside)
     if op in ("all_gather", "reduce_scatter"):
         b = M / (H * L)
         kk = math.ceil(math.log2(H))
         # Bruck/PAT-like across hosts: log2 H steps, (H-1) b bytes per rank in all
         t = kk * (k.an + k.on) + (H - 1) * b * k.bn
-        return "blocks, logarithmic across (PAT-like)", max(t, k.intra((L - 1) / L * M, steps=(L - 1) if op == "reduce_scatter" else 1))
+        return "blocks, logarithmic across (PAT-like)", max(t, k.op(op, M))
     return None
 
 
