@@ -279,8 +279,11 @@ def report(title, rows, params, names, label):
         per_op[op] = max(per_op.get(op, 0.0), e)
     print("    max error by op: " + ", ".join("%s %.0f%%" % (op, 100 * e) for op, e in sorted(per_op.items())))
     large = [e for e, key, t, p in errs if size_of(key.split()[-1].rstrip("B") or "0") >= MiB]
+    huge = [e for e, key, t, p in errs if size_of(key.split()[-1].rstrip("B") or "0") >= 64 * MiB]
     if large:
         print("    max error at 1 MiB and above: %.0f%% (%d points)" % (100 * max(large), len(large)))
+    if huge:
+        print("    max error at 64 MiB and above: %.0f%% (%d points)" % (100 * max(huge), len(huge)))
     for e, key, t, p in errs[:3]:
         print("    worst: %-40s measured %10.1f us  model %10.1f us  (%+.0f%%)" % (key, t / US, p / US, 100 * (p - t) / t))
     return mean, errs[0][0]
@@ -405,7 +408,7 @@ class Links:
     def cross_recdbl(self, H, m):
         """Recursive doubling (not in chorus): log2 H exchanges of the whole m."""
         k = math.ceil(math.log2(H))
-        return k * (self.an + self.on + m * self.bn)
+        return k * (self.an + cdiv(int(m), NET_CHUNK) * self.on + m * self.bn)
 
     def cross_chain(self, H, m):
         r = cdiv(int(m), NET_CHUNK)
@@ -475,7 +478,7 @@ def better_pick(op, H, L, M, k):
         b = M / (H * L)
         kk = math.ceil(math.log2(H))
         # Bruck/PAT-like across hosts: log2 H steps, (H-1) b bytes per rank in all
-        t = kk * (k.an + k.on) + (H - 1) * b * k.bn
+        t = kk * k.an + max(kk, cdiv(int((H - 1) * b), NET_CHUNK)) * k.on + (H - 1) * b * k.bn
         return "blocks, logarithmic across (PAT-like)", max(t, k.op(op, M))
     return None
 
