@@ -420,6 +420,12 @@ class Links:
         return self.cross_direct(H, m)
 
 
+def overlap(a, b, chunks):
+    """Two phases pipelined chunk by chunk: the slower one, plus one chunk of the other (with one
+    chunk, nothing overlaps)."""
+    return max(a, b) + min(a, b) / max(1, chunks)
+
+
 HIER_LEADERS_MAX = 64 * KiB
 HIER_DIRECT_MAX = 256 * KiB
 
@@ -442,13 +448,13 @@ def chorus_pick(op, H, L, M, k):
             x, t = "star", k.cross_star(H, M)
         inside = k.op(op, M)
         # chunk-pipelined down (up) the tree: the network and NVLink parts overlap
-        return "tree, %s across" % x, max(t, inside)
+        return "tree, %s across" % x, overlap(t, inside, cdiv(int(M), NET_CHUNK))
     if op == "all_gather":
         b = M / N
-        return "blocks (star per block)", max(k.cross_star(H, b), k.op("all_gather", M))
+        return "blocks (star per block)", overlap(k.cross_star(H, b), k.op("all_gather", M), cdiv(int(M / L), NET_CHUNK))
     if op == "reduce_scatter":
         b = M / N
-        return "blocks (chain in host, star across)", max(k.op("reduce_scatter", M) + (L - 2) * k.g["alpha_step"], k.cross_star(H, b))
+        return "blocks (chain in host, star across)", overlap(k.op("reduce_scatter", M) + (L - 2) * k.g["alpha_step"], k.cross_star(H, b), cdiv(int(M / L), NET_CHUNK))
     if op == "all_to_all":
         b = M / N
         # flat pairwise (no two-level schedule): N - 1 steps, N - L of them across hosts
@@ -468,18 +474,18 @@ def better_pick(op, H, L, M, k):
         return x, k.op("reduce_scatter", M) + t + k.op("all_gather", M)
     if op in ("broadcast", "reduce") and M <= NET_CHUNK:
         kk = math.ceil(math.log2(H))
-        return "tree, binomial across", max(kk * (k.an + k.on + M * k.bn), k.op(op, M))
+        return "tree, binomial across", kk * (k.an + k.on + M * k.bn) + k.op(op, M)
     if op in ("broadcast", "reduce"):
         # the message split into L slices, each down its own chain through a different local rank
         # (and NIC), then an all-gather (reduce-scatter) within the host
         inside = k.op("all_gather" if op == "broadcast" else "reduce_scatter", M)
-        return "L slices, chain across each", max(k.cross_chain(H, M / L), inside)
+        return "L slices, chain across each", overlap(k.cross_chain(H, M / L), inside, cdiv(int(M / L), NET_CHUNK))
     if op in ("all_gather", "reduce_scatter"):
         b = M / (H * L)
         kk = math.ceil(math.log2(H))
         # Bruck/PAT-like across hosts: log2 H steps, (H-1) b bytes per rank in all
         t = kk * k.an + max(kk, cdiv(int((H - 1) * b), NET_CHUNK)) * k.on + (H - 1) * b * k.bn
-        return "blocks, logarithmic across (PAT-like)", max(t, k.op(op, M))
+        return "within: the kernel's own; across: logarithmic (PAT-like)", overlap(t, k.op(op, M), cdiv(int(M / (H * L)), NET_CHUNK))
     return None
 
 
