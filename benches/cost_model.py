@@ -549,7 +549,7 @@ def project(gpu8, md):
     k = Links(gpu8, PUBLISHED["net_hop"], PUBLISHED["net_overhead"], PUBLISHED["nic_bw"])
     L = 8
     print()
-    print("Projection: N GPUs, 8 per node, NVLink within (fitted 8 x H200 kernels), 400 Gb/s RDMA across")
+    print("Projection: N GPUs, 8 per node, NVLink within (measured 8 x H200 phase times, else the fitted kernels), 400 Gb/s RDMA across")
     print("(published: %.1f us per hop + %.1f us per message, %.0f GB/s per NIC; one NIC per GPU)" % (
         PUBLISHED["net_hop"] / US, PUBLISHED["net_overhead"] / US, PUBLISHED["nic_bw"] / 1e9))
     for op in OPS:
