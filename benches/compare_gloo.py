@@ -151,16 +151,30 @@ def best_of(runs):
     return {"results": list(best.values())}
 
 
+def add_size_args(p, maxbytes):
+    """The sweep's flags, as chorus-bench and the other side's benchmark take them."""
+    p.add_argument("-b", "--minbytes", default="1K")
+    p.add_argument("-e", "--maxbytes", default=maxbytes)
+    p.add_argument("-f", "--stepfactor", default="4")
+    p.add_argument("-n", "--iters", default="20")
+    p.add_argument("-w", "--warmup_iters", default="5")
+
+
+def publish(text, markdown, failed):
+    """Prints the tables, appends them to `markdown` if given, and exits (1 if any run failed)."""
+    print("\n" + text, flush=True)
+    if markdown:
+        with open(markdown, "a") as f:
+            f.write("\n" + text + "\n")
+    sys.exit(1 if failed else 0)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--ops", default="all_reduce,broadcast,all_gather,all_to_all",
                    help="comma list of collectives, or 'all'")
-    p.add_argument("-b", "--minbytes", default="1K")
-    p.add_argument("-e", "--maxbytes", default="64M")
-    p.add_argument("-f", "--stepfactor", default="4")
-    p.add_argument("-n", "--iters", default="20")
-    p.add_argument("-w", "--warmup_iters", default="5")
+    add_size_args(p, "64M")
     p.add_argument("-d", "--datatype", default="float")
     p.add_argument("--max-bytes-per-size", dest="cap", default="256M")
     p.add_argument("--chorus-bench", default=os.path.join(ROOT, "target", "release", "chorus-bench"))
@@ -198,13 +212,7 @@ def main():
     title = (f"{a.nprocs} ranks, {a.datatype}, sizes {a.minbytes}..{a.maxbytes} x{a.stepfactor}, "
              f"iters {a.iters} warmup {a.warmup_iters} (cap {a.cap}/size)"
              + (f", best of {a.repeat} alternating runs per side" if a.repeat > 1 else ""))
-    md = tables(chorus, gloo, ops, a.nprocs, title)
-    print()
-    print(md)
-    if a.markdown:
-        with open(a.markdown, "a") as f:
-            f.write(md + "\n")
-    sys.exit(1 if rcs else 0)
+    publish(tables(chorus, gloo, ops, a.nprocs, title), a.markdown, rcs)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ OPS = ["all_reduce", "broadcast", "all_gather", "all_to_all"]
 
 # Shared with the Gloo comparison (standard library only, no torch at import).
 sys.path.insert(0, HERE)
-from compare_gloo import wait_idle  # noqa: E402
+from compare_gloo import publish, wait_idle  # noqa: E402
 from gloo_bench import parse_size  # noqa: E402
 
 
@@ -379,13 +379,8 @@ def main():
                      f"{a.warmup_iters} (cap {a.cap}/size), best of {a.rounds} alternating round"
                      + ("s" if a.rounds > 1 else "") + " per side")
             md.append(tables(chorus, mpi, ops, np, load, title, transports))
-    text = "\n".join(md)
     log(f"\n# total time {time.time() - t_start:.0f} s\n")
-    print(text, flush=True)
-    if a.markdown:
-        with open(a.markdown, "a") as f:
-            f.write("\n" + text + "\n")
-    sys.exit(1 if failed else 0)
+    publish("\n".join(md), a.markdown, failed)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ GRACE = 5
 LINK_FROM = 1 << 20
 
 sys.path.insert(0, HERE)
-from compare_gloo import default_python, human, wait_idle  # noqa: E402
+from compare_gloo import add_size_args, default_python, human, publish, wait_idle  # noqa: E402
 from compare_mpi import best_of, cpu_model, log  # noqa: E402
 from gloo_bench import parse_size  # noqa: E402
 
@@ -393,11 +393,7 @@ def main():
     p.add_argument("--shapes", default="none,10gbit", help="comma list of none or tbf rates (default none,10gbit)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ops", default=",".join(OPS))
-    p.add_argument("-b", "--minbytes", default="1K")
-    p.add_argument("-e", "--maxbytes", default="16M")
-    p.add_argument("-f", "--stepfactor", default="4")
-    p.add_argument("-n", "--iters", default="20")
-    p.add_argument("-w", "--warmup_iters", default="5")
+    add_size_args(p, "16M")
     p.add_argument("--max-bytes-per-size", dest="cap", default="256M")
     p.add_argument("--bytes-size", default="16M", help="all_reduce size whose link bytes are counted (default 16M)")
     p.add_argument("--iperf-seconds", type=int, default=3)
@@ -499,12 +495,7 @@ def main():
                   + f" | {2 * size / 1e6:.2f} MB | {ring / 1e6:.2f} MB | " + " | ".join(rel(got[x]) for x in names) + " |")
     md.append("")
     md += sections
-    text = "\n".join(md)
-    print("\n" + text, flush=True)
-    if a.markdown:
-        with open(a.markdown, "a") as f:
-            f.write("\n" + text + "\n")
-    sys.exit(1 if failed else 0)
+    publish("\n".join(md), a.markdown, failed)
 
 
 if __name__ == "__main__":
