@@ -47,7 +47,8 @@ fn main() {
         std::process::exit(code);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        // CHORUS_LOG, as every chorus program reads it; RUST_LOG where that is not set.
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::from_default_env()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
