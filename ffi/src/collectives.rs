@@ -3,7 +3,7 @@
 use super::*;
 use crate::error::CHORUS_ERR_TIMEOUT;
 use chorus_backend::{ChorusError, DeviceStage};
-use crate::device::{device_collective, device_overlap_ok, gpu_kernels};
+use crate::device::{device_collective, device_overlap_ok, gpu_hybrid, gpu_kernels, hybrid_collective};
 
 // ------------------------------------------------------------------ collectives
 
@@ -167,6 +167,13 @@ pub unsafe extern "C" fn chorus_all_reduce(
             unsafe { dg.all_reduce(s, c.dt, op, buf as u64, buf as u64, n) }.map_err(FfiError::from)
         });
     }
+    if gpu_hybrid(group_, device) {
+        return hybrid_collective(group_, work, "all_reduce", dtype_, device, stream, |c, ops, s| {
+            let (op, n) = (reduce_op(op)?, c.bytes(count)? / c.dt.size());
+            // SAFETY: as above.
+            unsafe { ops.all_reduce(s, c.dt, op, buf as u64, buf as u64, n) }.map_err(FfiError::from)
+        });
+    }
     collective(group_, work, "all_reduce", dtype_, device, stream, |c| {
         let op = reduce_op(op)?;
         Ok(c.g.pg.all_reduce_issue(c.mode, c.buf(buf, count)?, c.dt, op))
@@ -193,6 +200,13 @@ pub unsafe extern "C" fn chorus_broadcast(
             let (bytes, root) = (c.bytes(count)?, rank_arg(root, "root")?);
             // SAFETY: as in chorus_all_reduce.
             unsafe { dg.broadcast(s, buf as u64, buf as u64, bytes, root) }.map_err(FfiError::from)
+        });
+    }
+    if gpu_hybrid(group_, device) {
+        return hybrid_collective(group_, work, "broadcast", dtype_, device, stream, |c, ops, s| {
+            let (bytes, root) = (c.bytes(count)?, rank_arg(root, "root")?);
+            // SAFETY: as in chorus_all_reduce.
+            unsafe { ops.broadcast(s, buf as u64, buf as u64, bytes, root) }.map_err(FfiError::from)
         });
     }
     collective(group_, work, "broadcast", dtype_, device, stream, |c| {

@@ -11,6 +11,32 @@ pub(crate) fn gpu_kernels(group_: *mut chorus_group, device: i32) -> bool {
     device >= 0 && group(group_).map_or(true, |g| g.pg.device_route() == chorus_backend::DeviceRoute::Kernels)
 }
 
+/// Whether a call on `device` takes the kernels within each host and the host transports across
+/// (`DeviceRoute::Hybrid`: a group spanning hosts; all_reduce and broadcast).
+pub(crate) fn gpu_hybrid(group_: *mut chorus_group, device: i32) -> bool {
+    device >= 0 && group(group_).is_ok_and(|g| g.pg.device_route() == chorus_backend::DeviceRoute::Hybrid)
+}
+
+/// A GPU collective of a group spanning hosts (`gpu_hybrid`): `run` does it on the group's
+/// [`chorus_backend::DeviceOps`]; it returns once the host steps are done (the GPU steps are
+/// stream-ordered), so the returned work is complete.
+pub(crate) fn hybrid_collective(
+    group_: *mut chorus_group,
+    work: *mut *mut chorus_work,
+    op: &'static str,
+    dtype_: i32,
+    device: i32,
+    stream: *mut c_void,
+    run: impl FnOnce(&Call, &chorus_backend::DeviceOps, chorus_kernels::cuda::RawStream) -> FfiResult<()>,
+) -> i32 {
+    with_work(group_, work, op, |g, mode| {
+        let call = Call { g, op, dt: dtype(dtype_)?, stage: None, mode };
+        let ops = g.pg.device_ops(device as usize).map_err(|e| FfiError::from(e).in_op(op))?;
+        run(&call, &ops, chorus_kernels::cuda::RawStream(stream as usize))?;
+        Ok(Issued::Ran(Ok(()), OpInfo::default()))
+    })
+}
+
 /// A GPU collective: `device >= 0` names the CUDA device every pointer lives on and `stream` is a
 /// `CUstream` of it (NULL: the legacy default stream). `enqueue` puts the operation on that stream
 /// through the group's device communicator; the returned work is already complete (the operation is

@@ -23,7 +23,8 @@ impl ProcessGroup {
     /// collective); ranks may use different devices. Compiles and preloads the kernels before it
     /// returns (docs/design.md invariant 4). Its host control block is registered as host memory (invariant 3).
     ///
-    /// A communicator spans the members of the view it was built in. When the view changes (a failed
+    /// A communicator spans the members of the view it was built in (on a group spanning hosts,
+    /// those on this rank's host: [`crate::DeviceRoute::Hybrid`]). When the view changes (a failed
     /// rank was removed, or a replacement rejoined), the next GPU collective builds one over the new
     /// view's members, so GPU collectives go on over the survivors. A communicator aborted because a
     /// peer died reports that until the view moves on.
@@ -47,6 +48,12 @@ impl ProcessGroup {
             (v.epoch, v.members())
         };
         let rank = self.rank();
+        // A group spanning hosts: the communicator spans this rank's host (`api::hybrid` crosses
+        // hosts with the host transports).
+        let members = match self.device_route() {
+            super::DeviceRoute::Hybrid => self.host_layout().hosts.into_iter().find(|h| h.contains(&rank)).unwrap_or(members),
+            _ => members,
+        };
         let Some(me) = members.iter().position(|&r| r == rank) else {
             return Err(ChorusError::Excluded { epoch });
         };

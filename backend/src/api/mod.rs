@@ -7,6 +7,8 @@ mod cuda;
 #[cfg(feature = "cuda")]
 mod device_group;
 mod ft;
+#[cfg(feature = "cuda")]
+pub mod hybrid;
 mod issue;
 mod p2p;
 mod scope;
@@ -191,15 +193,20 @@ impl ProcessGroup {
         if let Some(&bad) = sorted.iter().find(|&&r| r >= self.size()) {
             return Err(ChorusError::InvalidRank { rank: bad, size: self.size() });
         }
+        self.new_group_with(&sorted, self.subgroup_options())
+    }
+
+    /// [`ProcessGroup::new_group`] of `sorted` (ascending, checked) ranks with `opts`.
+    pub(crate) fn new_group_with(&self, sorted: &[usize], opts: Options) -> Result<Option<ProcessGroup>> {
         let k = self.inner.subgroups.fetch_add(1, Ordering::SeqCst);
         let uid = format!("{}/{k}", self.inner.uid);
         let Some(my_index) = sorted.iter().position(|&r| r == self.rank()) else { return Ok(None) };
-        let inner = group::create(self.inner.store.clone(), uid, my_index, sorted.len(), sorted, self.subgroup_options())?;
+        let inner = group::create(self.inner.store.clone(), uid, my_index, sorted.len(), sorted.to_vec(), opts)?;
         Ok(Some(ProcessGroup { inner, _server: self._server.clone() }))
     }
 
     /// A subgroup's options: this group's, with every one of its ranks present at creation.
-    fn subgroup_options(&self) -> Options {
+    pub(crate) fn subgroup_options(&self) -> Options {
         Options { initial_members: None, ..self.inner.opts.clone() }
     }
 

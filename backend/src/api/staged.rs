@@ -33,7 +33,8 @@ pub enum HostReason {
         /// The most ranks a device communicator spans.
         max: usize,
     },
-    /// The group spans several hosts; the kernels reach peers over NVLink within one host only.
+    /// The group spans several hosts and one of them has more ranks than a device communicator
+    /// spans.
     SeveralHosts,
 }
 
@@ -42,7 +43,7 @@ impl std::fmt::Display for HostReason {
         match self {
             HostReason::Requested => write!(f, "the group's options ask for the host path (DevicePath::Host, CHORUS_CUDA_PATH=host)"),
             HostReason::TooManyRanks { ranks, max } => write!(f, "the group has {ranks} active ranks and the GPU kernels span at most {max}"),
-            HostReason::SeveralHosts => write!(f, "the group spans several hosts and the GPU kernels reach peers on one host only"),
+            HostReason::SeveralHosts => write!(f, "the group spans several hosts and one of them has more ranks than the GPU kernels span"),
         }
     }
 }
@@ -54,20 +55,23 @@ pub enum DeviceRoute {
     Kernels,
     /// Host copies and the host collective.
     Host(HostReason),
+    /// A group spanning hosts: the kernels within each host (a device communicator over its
+    /// ranks), the host transports across hosts (`api::hybrid`) for all_reduce and broadcast; the
+    /// host path for the others.
+    Hybrid,
 }
 
-/// The path for a group whose options say `path`, whose view has `members` active ranks, and which
-/// spans several hosts or not (`several_hosts`), when a device communicator spans at most
-/// `max_ranks`. Every rank decides the same: the inputs are the same on every member.
-pub fn device_route(path: DevicePath, members: usize, max_ranks: usize, several_hosts: bool) -> DeviceRoute {
-    if path == DevicePath::Host {
-        DeviceRoute::Host(HostReason::Requested)
-    } else if members > max_ranks {
-        DeviceRoute::Host(HostReason::TooManyRanks { ranks: members, max: max_ranks })
-    } else if several_hosts {
-        DeviceRoute::Host(HostReason::SeveralHosts)
-    } else {
-        DeviceRoute::Kernels
+/// The path for a group whose options say `path`, whose view has `members` active ranks of which
+/// the largest host holds `widest`, and which spans several hosts or not (`several_hosts`), when a
+/// device communicator spans at most `max_ranks`. Every rank decides the same: the inputs are the
+/// same on every member.
+pub fn device_route(path: DevicePath, members: usize, widest: usize, max_ranks: usize, several_hosts: bool) -> DeviceRoute {
+    match (path, several_hosts) {
+        (DevicePath::Host, _) => DeviceRoute::Host(HostReason::Requested),
+        (_, false) if members > max_ranks => DeviceRoute::Host(HostReason::TooManyRanks { ranks: members, max: max_ranks }),
+        (_, false) => DeviceRoute::Kernels,
+        (_, true) if widest > max_ranks => DeviceRoute::Host(HostReason::SeveralHosts),
+        (_, true) => DeviceRoute::Hybrid,
     }
 }
 
@@ -83,7 +87,17 @@ impl ProcessGroup {
         // A link that is not shared memory (tcp, rdma) leads to another host; with two hosts or
         // more every rank has such a link, so every rank decides alike.
         let several_hosts = self.inner.links().iter().flatten().any(|l| l.transport() != "shm");
-        device_route(path, members, chorus_kernels::cuda::coll::MAX_RANKS, several_hosts)
+        let widest = match several_hosts {
+            true => self.host_layout().hosts.iter().map(Vec::len).max().unwrap_or(0),
+            false => members,
+        };
+        device_route(path, members, widest, chorus_kernels::cuda::coll::MAX_RANKS, several_hosts)
+    }
+
+    /// The view's members by host.
+    pub(crate) fn host_layout(&self) -> super::hybrid::Layout {
+        let members = self.active_ranks();
+        super::hybrid::Layout::new(&members, &self.inner.host_indices(&members))
     }
 
     /// Collectives on GPU memory of device `ordinal`, on the path [`ProcessGroup::device_route`]
@@ -92,6 +106,13 @@ impl ProcessGroup {
         match self.device_route() {
             DeviceRoute::Kernels => Ok(DeviceOps::Kernels(self.device_group(ordinal)?)),
             DeviceRoute::Host(reason) => Ok(DeviceOps::Host(HostOps { pg: self.clone(), ordinal, reason })),
+            DeviceRoute::Hybrid => {
+                let layout = self.host_layout();
+                let rail = self.rail(&layout)?;
+                let local = self.device_group(ordinal)?;
+                let host = HostOps { pg: self.clone(), ordinal, reason: HostReason::SeveralHosts };
+                Ok(DeviceOps::Hybrid(super::hybrid::HybridOps { pg: self.clone(), ordinal, local, layout, rail }, host))
+            }
         }
     }
 }
@@ -100,7 +121,7 @@ impl ProcessGroup {
 ///
 /// # Safety
 /// `ptr` is `len` bytes of memory of device `ordinal`, valid until the copy completed on `stream`.
-unsafe fn download(ordinal: usize, stream: RawStream, ptr: u64, len: usize, op: &'static str) -> Result<Vec<u8>> {
+pub(crate) unsafe fn download(ordinal: usize, stream: RawStream, ptr: u64, len: usize, op: &'static str) -> Result<Vec<u8>> {
     let mut host = vec![0u8; len];
     if len > 0 {
         // SAFETY: forwarded to the caller.
@@ -113,7 +134,7 @@ unsafe fn download(ordinal: usize, stream: RawStream, ptr: u64, len: usize, op: 
 ///
 /// # Safety
 /// `ptr` is `data.len()` writable bytes of memory of device `ordinal`, not used concurrently.
-unsafe fn upload(ordinal: usize, stream: RawStream, ptr: u64, data: &[u8], op: &'static str) -> Result<()> {
+pub(crate) unsafe fn upload(ordinal: usize, stream: RawStream, ptr: u64, data: &[u8], op: &'static str) -> Result<()> {
     if data.is_empty() {
         return Ok(());
     }
@@ -163,6 +184,9 @@ pub enum DeviceOps {
     Kernels(DeviceGroup),
     /// Host copies and the host collective.
     Host(HostOps),
+    /// Kernels within each host and the host transports across (all_reduce, broadcast); the
+    /// host path (`.1`) for the other collectives.
+    Hybrid(super::hybrid::HybridOps, HostOps),
 }
 
 impl DeviceOps {
@@ -172,7 +196,9 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.all_reduce(stream, dtype, op, src, dst, count) },
-            DeviceOps::Host(h) => unsafe {
+            // An average over uneven hosts is not the hosts' averages averaged: the host path.
+            DeviceOps::Hybrid(x, _) if op != ReduceOp::Avg || x.layout.even() => unsafe { x.all_reduce(stream, dtype, op, src, dst, count) },
+            DeviceOps::Host(h) | DeviceOps::Hybrid(_, h) => unsafe {
                 let mut buf = h.get(stream, src, HostOps::bytes(count, dtype)?, "all_reduce")?;
                 h.pg.all_reduce_raw(&mut buf, dtype, op)?;
                 h.put(stream, dst, &buf, "all_reduce")
@@ -187,7 +213,7 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.reduce(stream, dtype, op, src, dst, count, root) },
-            DeviceOps::Host(h) => unsafe {
+            DeviceOps::Host(h) | DeviceOps::Hybrid(_, h) => unsafe {
                 let mut buf = h.get(stream, src, HostOps::bytes(count, dtype)?, "reduce")?;
                 h.pg.reduce_raw(&mut buf, root, dtype, op)?;
                 if h.pg.rank() == root {
@@ -204,6 +230,7 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.broadcast(stream, src, dst, bytes, root) },
+            DeviceOps::Hybrid(x, _) => unsafe { x.broadcast(stream, src, dst, bytes, root) },
             DeviceOps::Host(h) => unsafe {
                 let mut buf = if h.pg.rank() == root { h.get(stream, src, bytes, "broadcast")? } else { vec![0u8; bytes] };
                 h.pg.broadcast_raw(&mut buf, root)?;
@@ -218,7 +245,7 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.all_gather(stream, src, dst, block) },
-            DeviceOps::Host(h) => unsafe {
+            DeviceOps::Host(h) | DeviceOps::Hybrid(_, h) => unsafe {
                 let input = h.get(stream, src, block, "all_gather")?;
                 let mut out = vec![0u8; h.times_size(block)?];
                 h.pg.all_gather_raw(&input, &mut out)?;
@@ -233,7 +260,7 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.reduce_scatter(stream, dtype, op, src, dst, count) },
-            DeviceOps::Host(h) => unsafe {
+            DeviceOps::Host(h) | DeviceOps::Hybrid(_, h) => unsafe {
                 let block = HostOps::bytes(count, dtype)?;
                 let input = h.get(stream, src, h.times_size(block)?, "reduce_scatter")?;
                 let mut out = vec![0u8; block];
@@ -249,7 +276,7 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.all_to_all(stream, src, dst, block) },
-            DeviceOps::Host(h) => unsafe {
+            DeviceOps::Host(h) | DeviceOps::Hybrid(_, h) => unsafe {
                 let total = h.times_size(block)?;
                 let input = h.get(stream, src, total, "all_to_all")?;
                 let mut out = vec![0u8; total];
@@ -265,7 +292,7 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.gather(stream, src, dst, block, root) },
-            DeviceOps::Host(h) => unsafe {
+            DeviceOps::Host(h) | DeviceOps::Hybrid(_, h) => unsafe {
                 let input = h.get(stream, src, block, "gather")?;
                 let is_root = h.pg.rank() == root;
                 let mut out = vec![0u8; if is_root { h.times_size(block)? } else { 0 }];
@@ -284,7 +311,7 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.scatter(stream, src, dst, block, root) },
-            DeviceOps::Host(h) => unsafe {
+            DeviceOps::Host(h) | DeviceOps::Hybrid(_, h) => unsafe {
                 let input = if h.pg.rank() == root { h.get(stream, src, h.times_size(block)?, "scatter")? } else { Vec::new() };
                 let mut out = vec![0u8; block];
                 h.pg.scatter_raw(&input, &mut out, root)?;
@@ -302,7 +329,7 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.send(stream, src, bytes, peer) },
-            DeviceOps::Host(h) => unsafe {
+            DeviceOps::Host(h) | DeviceOps::Hybrid(_, h) => unsafe {
                 let buf = h.get(stream, src, bytes, "send")?;
                 h.pg.send_raw(&buf, peer, 0)
             },
@@ -315,7 +342,7 @@ impl DeviceOps {
         match self {
             // SAFETY (both arms): forwarded to the caller.
             DeviceOps::Kernels(g) => unsafe { g.recv(stream, dst, bytes, peer) },
-            DeviceOps::Host(h) => unsafe {
+            DeviceOps::Host(h) | DeviceOps::Hybrid(_, h) => unsafe {
                 let mut buf = vec![0u8; bytes];
                 h.pg.recv_raw(&mut buf, peer, 0)?;
                 h.put(stream, dst, &buf, "recv")
@@ -397,17 +424,23 @@ mod tests {
 
     #[test]
     fn kernels_when_asked_for_and_the_group_fits_one_host() {
-        assert_eq!(device_route(DevicePath::Kernels, 1, 8, false), DeviceRoute::Kernels);
-        assert_eq!(device_route(DevicePath::Kernels, 8, 8, false), DeviceRoute::Kernels);
+        assert_eq!(device_route(DevicePath::Kernels, 1, 1, 8, false), DeviceRoute::Kernels);
+        assert_eq!(device_route(DevicePath::Kernels, 8, 8, 8, false), DeviceRoute::Kernels);
+    }
+
+    #[test]
+    fn kernels_within_each_host_when_the_group_spans_hosts() {
+        assert_eq!(device_route(DevicePath::Kernels, 4, 2, 8, true), DeviceRoute::Hybrid);
+        // More than a device communicator spans in all, but not on any one host.
+        assert_eq!(device_route(DevicePath::Kernels, 16, 8, 8, true), DeviceRoute::Hybrid);
     }
 
     #[test]
     fn the_host_path_when_asked_for_or_the_kernels_cannot_span_the_group() {
-        assert_eq!(device_route(DevicePath::Host, 2, 8, false), DeviceRoute::Host(HostReason::Requested));
-        assert_eq!(device_route(DevicePath::Host, 16, 8, true), DeviceRoute::Host(HostReason::Requested));
-        assert_eq!(device_route(DevicePath::Kernels, 9, 8, false), DeviceRoute::Host(HostReason::TooManyRanks { ranks: 9, max: 8 }));
-        assert_eq!(device_route(DevicePath::Kernels, 16, 8, true), DeviceRoute::Host(HostReason::TooManyRanks { ranks: 16, max: 8 }));
-        assert_eq!(device_route(DevicePath::Kernels, 4, 8, true), DeviceRoute::Host(HostReason::SeveralHosts));
+        assert_eq!(device_route(DevicePath::Host, 2, 2, 8, false), DeviceRoute::Host(HostReason::Requested));
+        assert_eq!(device_route(DevicePath::Host, 16, 8, 8, true), DeviceRoute::Host(HostReason::Requested));
+        assert_eq!(device_route(DevicePath::Kernels, 9, 9, 8, false), DeviceRoute::Host(HostReason::TooManyRanks { ranks: 9, max: 8 }));
+        assert_eq!(device_route(DevicePath::Kernels, 18, 9, 8, true), DeviceRoute::Host(HostReason::SeveralHosts));
     }
 
     #[test]

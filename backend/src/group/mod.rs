@@ -121,6 +121,10 @@ pub struct GroupInner {
     pub join_store: Arc<dyn Store>,
     /// 1 once this rank's records for replacements are in the membership store (0 before).
     published_for_joiners: AtomicU64,
+    /// The GPU path across hosts (`api::hybrid`): the view epoch and host layout it was built for,
+    /// and this rank's rail (the subgroup of the same place on every host), if it has one.
+    #[allow(clippy::type_complexity)]
+    pub rails: Mutex<Option<(u64, Vec<Vec<usize>>, Option<Arc<GroupInner>>)>>,
 }
 
 /// State a joining rank takes over from the survivors.
@@ -234,6 +238,7 @@ fn start(
         join_store: records,
         // A replacement published its records while joining.
         published_for_joiners: AtomicU64::new(resume.is_some() as u64),
+        rails: Mutex::new(None),
     });
     // Joins announced before this rank existed are not for it.
     if let Some(n) = join::announced(&inner.join_store, &inner.uid)? {
