@@ -31,6 +31,18 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
+/// This process's threads by name, digits and the group's name dropped (`chorus-tcp-x` for
+/// `chorus-tcp-3`...), as `name=count,...`.
+fn thread_kinds() -> String {
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for t in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let kind: String = name.trim().split(['-', '.']).take(2).collect::<Vec<_>>().join("-").chars().filter(|c| !c.is_ascii_digit()).collect();
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(",")
+}
+
 /// One rank: create, barrier, report, wait for everyone to have reported (a second barrier), exit.
 fn rank() -> ! {
     let t0 = Instant::now();
@@ -44,7 +56,7 @@ fn rank() -> ! {
         std::process::exit(3)
     });
     let barrier = t0.elapsed() - created;
-    println!("ready create_ms {:.1} barrier_ms {:.1} threads {} fds {}", created.as_secs_f64() * 1e3, barrier.as_secs_f64() * 1e3, count("/proc/self/task"), count("/proc/self/fd"));
+    println!("ready create_ms {:.1} barrier_ms {:.1} threads {} fds {} kinds {}", created.as_secs_f64() * 1e3, barrier.as_secs_f64() * 1e3, count("/proc/self/task"), count("/proc/self/fd"), thread_kinds());
     let _ = pg.barrier();
     pg.destroy();
     std::process::exit(0)
@@ -107,6 +119,7 @@ fn run(n: usize, timeout: Duration) -> Result<Run, String> {
         let _ = k.wait();
     }
     let max = |name: &str| lines.iter().map(|l| field(l, name)).fold(0f64, f64::max);
+    eprintln!("{n} ranks, rank threads by kind: {}", lines[0].split(" kinds ").nth(1).unwrap_or(""));
     Ok(Run { wall, create_ms: max("create_ms"), barrier_ms: max("barrier_ms"), threads: max("threads") as usize, fds: max("fds") as usize })
 }
 
