@@ -1,6 +1,7 @@
 //! Which path a group's collectives on GPU memory take, decided without a GPU: the kernels for a
-//! group on one host with at most 8 active ranks, else (or when the options ask for it) the host
-//! path, with the reason. Ranks are threads of this process; no CUDA call is made.
+//! group on one host with at most 8 active ranks, the kernels within each host (hybrid) for a group
+//! spanning hosts none of which has more, else (or when the options ask for it) the host path,
+//! with the reason. Ranks are threads of this process; no CUDA call is made.
 use chorus_backend::{DeviceOps, DevicePath, DeviceRoute, HostReason, Options, ProcessGroup};
 use chorus_bootstrap::{MemStore, Store};
 use std::sync::Arc;
@@ -21,9 +22,10 @@ fn routes(n: usize, name: &str, path: DevicePath, host_of: fn(usize) -> String) 
                 let ops = match route {
                     DeviceRoute::Host(_) => match pg.device_ops(0).expect("host-path ops") {
                         DeviceOps::Host(h) => Some(h.reason()),
-                        DeviceOps::Kernels(_) => panic!("kernels although the route is the host path"),
+                        DeviceOps::Kernels(_) | DeviceOps::Hybrid(..) => panic!("kernels although the route is the host path"),
                     },
-                    DeviceRoute::Kernels => None,
+                    // Both build a device communicator (this rank's host's, for the hybrid).
+                    DeviceRoute::Kernels | DeviceRoute::Hybrid => None,
                 };
                 pg.barrier().expect("barrier");
                 (route, ops)
@@ -51,10 +53,19 @@ fn the_host_path_when_asked_for() {
     assert!(routes(2, "route-asked", DevicePath::Host, one_host).iter().all(|r| *r == want));
 }
 
+/// Issue 26, item 2: a group spanning hosts takes the kernels within each host and the host
+/// transports across, even with more ranks in all than one communicator spans.
 #[test]
-fn several_hosts_take_the_host_path() {
+fn several_hosts_take_the_kernels_within_each_host() {
+    assert!(routes(2, "route-tcp", DevicePath::Kernels, own_host).iter().all(|r| *r == (DeviceRoute::Hybrid, None)));
+    assert!(routes(10, "route-ten", DevicePath::Kernels, |r| format!("host{}", r % 2)).iter().all(|r| *r == (DeviceRoute::Hybrid, None)));
+}
+
+/// A host with more ranks than a device communicator spans sends the group to the host path.
+#[test]
+fn a_host_wider_than_the_kernels_span_takes_the_host_path() {
     let want = (DeviceRoute::Host(HostReason::SeveralHosts), Some(HostReason::SeveralHosts));
-    assert!(routes(2, "route-tcp", DevicePath::Kernels, own_host).iter().all(|r| *r == want));
+    assert!(routes(10, "route-wide", DevicePath::Kernels, |r| format!("host{}", (r == 9) as usize)).iter().all(|r| *r == want));
 }
 
 #[test]
