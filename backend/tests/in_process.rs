@@ -128,6 +128,9 @@ fn a_receive_from_a_departed_rank_fails_alone() {
     use std::sync::atomic::{AtomicU64, Ordering};
     // Rank 0's epoch once its failed receive completed (0: not yet).
     static AGREED_EPOCH: AtomicU64 = AtomicU64::new(0);
+    // Rank 1 checked its view (monotonic 0 -> 1): rank 0 keeps its group (and its membership
+    // replica, one of the majority rank 1 reads the decision through) until then.
+    static RANK1_CHECKED: AtomicU64 = AtomicU64::new(0);
     // Over TCP, where the departed rank's closed sockets say so at once (threads of one process share
     // a pid, so over shared memory only its silence would, after the heartbeat timeout).
     for (name, host) in [("p2p-gone-tcp", own_host as fn(usize) -> String)] {
@@ -154,6 +157,10 @@ fn a_receive_from_a_departed_rank_fails_alone() {
                     // collective run: the same agreement (a failure round) as for collectives.
                     assert_eq!(pg.active_ranks(), vec![0, 1]);
                     AGREED_EPOCH.store(pg.current_epoch(), Ordering::SeqCst);
+                    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                    while RANK1_CHECKED.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
                 _ => {
                     assert_eq!(pg.recv_async(vec![0u8; 64], 0, 2).wait()?, vec![7u8; 64]);
@@ -165,6 +172,7 @@ fn a_receive_from_a_departed_rank_fails_alone() {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     assert_eq!((pg.active_ranks(), pg.current_epoch()), (vec![0, 1], AGREED_EPOCH.load(Ordering::SeqCst)));
+                    RANK1_CHECKED.store(1, Ordering::SeqCst);
                 }
             }
             Ok(())
