@@ -3,7 +3,8 @@
 use super::*;
 use crate::error::CHORUS_ERR_TIMEOUT;
 use chorus_backend::{ChorusError, DeviceStage};
-use crate::device::{device_collective, device_overlap_ok, gpu_hybrid, gpu_kernels, hybrid_collective};
+use crate::device::{device_collective, device_overlap_ok, gpu_kernels, gpu_route, on_device};
+use chorus_backend::DeviceRoute;
 
 // ------------------------------------------------------------------ collectives
 
@@ -159,20 +160,24 @@ pub unsafe extern "C" fn chorus_all_reduce(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "all_reduce", dtype_, device, stream, |c, dg, s| {
-            let (op, n) = (reduce_op(op)?, c.bytes(count)? / c.dt.size());
-            // SAFETY: the caller's contract: `buf` is device memory of `device` holding `count`
-            // elements, valid until the operation completes on `stream`.
-            unsafe { dg.all_reduce(s, c.dt, op, buf as u64, buf as u64, n) }.map_err(FfiError::from)
-        });
-    }
-    if gpu_hybrid(group_, device) {
-        return hybrid_collective(group_, work, "all_reduce", dtype_, device, stream, |c, ops, s| {
-            let (op, n) = (reduce_op(op)?, c.bytes(count)? / c.dt.size());
-            // SAFETY: as above.
-            unsafe { ops.all_reduce(s, c.dt, op, buf as u64, buf as u64, n) }.map_err(FfiError::from)
-        });
+    match gpu_route(group_, device) {
+        Some(DeviceRoute::Kernels) => {
+            return device_collective(group_, work, "all_reduce", dtype_, device, stream, |c, dg, s| {
+                let (op, n) = (reduce_op(op)?, c.bytes(count)? / c.dt.size());
+                // SAFETY: the caller's contract: `buf` is device memory of `device` holding `count`
+                // elements, valid until the operation completes on `stream`.
+                unsafe { dg.all_reduce(s, c.dt, op, buf as u64, buf as u64, n) }.map_err(FfiError::from)
+            });
+        }
+        Some(DeviceRoute::Hybrid) => {
+            // The group's DeviceOps: kernels within each host, rails across.
+            return on_device(group_, work, "all_reduce", dtype_, device, stream, |pg, d| pg.device_ops(d), |c, ops, s| {
+                let (op, n) = (reduce_op(op)?, c.bytes(count)? / c.dt.size());
+                // SAFETY: as above.
+                unsafe { ops.all_reduce(s, c.dt, op, buf as u64, buf as u64, n) }.map_err(FfiError::from)
+            });
+        }
+        _ => {}
     }
     collective(group_, work, "all_reduce", dtype_, device, stream, |c| {
         let op = reduce_op(op)?;
@@ -195,19 +200,22 @@ pub unsafe extern "C" fn chorus_broadcast(
     stream: *mut c_void,
     work: *mut *mut chorus_work,
 ) -> i32 {
-    if gpu_kernels(group_, device) {
-        return device_collective(group_, work, "broadcast", dtype_, device, stream, |c, dg, s| {
-            let (bytes, root) = (c.bytes(count)?, rank_arg(root, "root")?);
-            // SAFETY: as in chorus_all_reduce.
-            unsafe { dg.broadcast(s, buf as u64, buf as u64, bytes, root) }.map_err(FfiError::from)
-        });
-    }
-    if gpu_hybrid(group_, device) {
-        return hybrid_collective(group_, work, "broadcast", dtype_, device, stream, |c, ops, s| {
-            let (bytes, root) = (c.bytes(count)?, rank_arg(root, "root")?);
-            // SAFETY: as in chorus_all_reduce.
-            unsafe { ops.broadcast(s, buf as u64, buf as u64, bytes, root) }.map_err(FfiError::from)
-        });
+    match gpu_route(group_, device) {
+        Some(DeviceRoute::Kernels) => {
+            return device_collective(group_, work, "broadcast", dtype_, device, stream, |c, dg, s| {
+                let (bytes, root) = (c.bytes(count)?, rank_arg(root, "root")?);
+                // SAFETY: as in chorus_all_reduce.
+                unsafe { dg.broadcast(s, buf as u64, buf as u64, bytes, root) }.map_err(FfiError::from)
+            });
+        }
+        Some(DeviceRoute::Hybrid) => {
+            return on_device(group_, work, "broadcast", dtype_, device, stream, |pg, d| pg.device_ops(d), |c, ops, s| {
+                let (bytes, root) = (c.bytes(count)?, rank_arg(root, "root")?);
+                // SAFETY: as in chorus_all_reduce.
+                unsafe { ops.broadcast(s, buf as u64, buf as u64, bytes, root) }.map_err(FfiError::from)
+            });
+        }
+        _ => {}
     }
     collective(group_, work, "broadcast", dtype_, device, stream, |c| {
         let b = c.buf(buf, count)?;

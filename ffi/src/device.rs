@@ -3,44 +3,47 @@
 use super::*;
 use crate::collectives::{with_work, Call};
 
+/// The route a call on `device` takes: `None` for host memory, else the group's device route. An
+/// invalid group handle answers the kernels; the kernel path reports it.
+pub(crate) fn gpu_route(group_: *mut chorus_group, device: i32) -> Option<chorus_backend::DeviceRoute> {
+    (device >= 0).then(|| group(group_).map_or(chorus_backend::DeviceRoute::Kernels, |g| g.pg.device_route()))
+}
+
 /// Whether a call on `device` takes the GPU kernels: device memory, and the group's device route
 /// says kernels (not told to run GPU tensors on the host path with `CHORUS_CUDA_PATH=host`, and a
-/// group the kernels can span: at most 8 active ranks on one host). An invalid group handle answers
-/// yes; the kernel path reports it.
+/// group the kernels can span: at most 8 active ranks on one host).
 pub(crate) fn gpu_kernels(group_: *mut chorus_group, device: i32) -> bool {
-    device >= 0 && group(group_).map_or(true, |g| g.pg.device_route() == chorus_backend::DeviceRoute::Kernels)
+    gpu_route(group_, device) == Some(chorus_backend::DeviceRoute::Kernels)
 }
 
-/// Whether a call on `device` takes the kernels within each host and the host transports across
-/// (`DeviceRoute::Hybrid`: a group spanning hosts; all_reduce and broadcast).
-pub(crate) fn gpu_hybrid(group_: *mut chorus_group, device: i32) -> bool {
-    device >= 0 && group(group_).is_ok_and(|g| g.pg.device_route() == chorus_backend::DeviceRoute::Hybrid)
-}
-
-/// A GPU collective of a group spanning hosts (`gpu_hybrid`): `run` does it on the group's
-/// [`chorus_backend::DeviceOps`]; it returns once the host steps are done (the GPU steps are
-/// stream-ordered), so the returned work is complete.
-pub(crate) fn hybrid_collective(
+/// A GPU collective on what `open` makes of the group for `device` (its device communicator, or
+/// its [`chorus_backend::DeviceOps`]): `device >= 0` names the CUDA device every pointer lives on
+/// and `stream` is a `CUstream` of it (NULL: the legacy default stream). `enqueue` puts the
+/// operation on that stream; the returned work is already complete (the operation is
+/// stream-ordered, as NCCL's are: later work on `stream` sees its result; a host step of the
+/// hybrid route is done by then).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn on_device<T>(
     group_: *mut chorus_group,
     work: *mut *mut chorus_work,
     op: &'static str,
     dtype_: i32,
     device: i32,
     stream: *mut c_void,
-    run: impl FnOnce(&Call, &chorus_backend::DeviceOps, chorus_kernels::cuda::RawStream) -> FfiResult<()>,
+    open: impl FnOnce(&chorus_backend::ProcessGroup, usize) -> chorus_backend::Result<T>,
+    enqueue: impl FnOnce(&Call, &T, chorus_kernels::cuda::RawStream) -> FfiResult<()>,
 ) -> i32 {
     with_work(group_, work, op, |g, mode| {
         let call = Call { g, op, dt: dtype(dtype_)?, stage: None, mode };
-        let ops = g.pg.device_ops(device as usize).map_err(|e| FfiError::from(e).in_op(op))?;
-        run(&call, &ops, chorus_kernels::cuda::RawStream(stream as usize))?;
+        // Setup errors (no CUDA, a peer's workspace) say which call needed the communicator.
+        let on = open(&g.pg, device as usize).map_err(|e| FfiError::from(e).in_op(op))?;
+        enqueue(&call, &on, chorus_kernels::cuda::RawStream(stream as usize))?;
+        // Enqueued is done (stream-ordered), in both forms; it reports what a work handle would.
         Ok(Issued::Ran(Ok(()), OpInfo::default()))
     })
 }
 
-/// A GPU collective: `device >= 0` names the CUDA device every pointer lives on and `stream` is a
-/// `CUstream` of it (NULL: the legacy default stream). `enqueue` puts the operation on that stream
-/// through the group's device communicator; the returned work is already complete (the operation is
-/// stream-ordered, as NCCL's are: later work on `stream` sees its result).
+/// A GPU collective on the group's device communicator (the kernel route).
 pub(crate) fn device_collective(
     group_: *mut chorus_group,
     work: *mut *mut chorus_work,
@@ -50,14 +53,7 @@ pub(crate) fn device_collective(
     stream: *mut c_void,
     enqueue: impl FnOnce(&Call, &chorus_backend::DeviceGroup, chorus_kernels::cuda::RawStream) -> FfiResult<()>,
 ) -> i32 {
-    with_work(group_, work, op, |g, mode| {
-        let call = Call { g, op, dt: dtype(dtype_)?, stage: None, mode };
-        // Setup errors (no CUDA, a peer's workspace) say which call needed the communicator.
-        let dg = g.pg.device_group(device as usize).map_err(|e| FfiError::from(e).in_op(op))?;
-        enqueue(&call, &dg, chorus_kernels::cuda::RawStream(stream as usize))?;
-        // Enqueued is done (stream-ordered), in both forms; it reports what a work handle would.
-        Ok(Issued::Ran(Ok(()), OpInfo::default()))
-    })
+    on_device(group_, work, op, dtype_, device, stream, |pg, d| pg.device_group(d), enqueue)
 }
 
 /// Device buffers of one GPU call may only coincide exactly (`sendbuf == recvbuf + at`, in place) or

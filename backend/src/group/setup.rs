@@ -193,14 +193,20 @@ pub fn create(store: Arc<dyn Store>, uid: String, rank: usize, size: usize, pare
     let keys: Vec<String> = present.iter().map(|r| key(&uid, &format!("mapped/{r}"))).collect();
     watch.wait(&keys, deadline, &mut |_, _| Ok(()))?;
 
-    // Each rank's host, by rank (empty slots have none yet).
-    let mut host_ids = vec![None; size];
-    for p in &peers {
-        host_ids[p.rank] = Some(p.host_id.clone());
-    }
+    let host_ids = hosts_by_rank(&peers, size);
     let chunk = group_chunk(&table, &peers, n < size);
     unlink.disarm();
     start(store, membership_store, uid, rank, size, parent_ranks, opts, prep, table, links, counters, host_ids, chunk, None)
+}
+
+/// Each rank's host identity, by rank, from the records of `peers` (ranks without one, such as
+/// empty slots, have none yet).
+fn hosts_by_rank(peers: &[PeerInfo], size: usize) -> Vec<Option<String>> {
+    let mut hosts = vec![None; size];
+    for p in peers {
+        hosts[p.rank] = Some(p.host_id.clone());
+    }
+    hosts
 }
 
 /// The chunk every plan of the group is built with, from what every rank knows alike: the host
@@ -443,10 +449,7 @@ fn join_once(store: Arc<dyn Store>, directory: Arc<dyn Store>, uid: &str, rank: 
     let resume = Resume { view: newest.view(size), committed: newest.committed, rounds: newest.rounds, handoffs };
     let mut everyone = peers.clone();
     everyone.push(prep.me.clone());
-    let mut host_ids = vec![None; size];
-    for p in &everyone {
-        host_ids[p.rank] = Some(p.host_id.clone());
-    }
+    let host_ids = hosts_by_rank(&everyone, size);
     let chunk = group_chunk(&table, &everyone, present.len() < size);
     let me = prep.me.clone();
     let g = start(store, membership_store, uid, rank, size, (0..size).collect(), opts, prep, table, links, counters, host_ids, chunk, Some(resume))?;
